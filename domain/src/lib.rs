@@ -1,0 +1,53 @@
+//! mercato's domain: the aggregates Product, Cart, Order and Payment, their commands and events.
+//!
+//! Aggregates implement [`cqrs_es::Aggregate`]: `handle` decides which events a command causes,
+//! `apply` folds an event into the state. Nothing here does I/O; anything a decision needs from
+//! elsewhere (a product's current price, say) arrives inside the command.
+
+pub mod cart;
+pub mod ids;
+pub mod money;
+pub mod order;
+pub mod payment;
+pub mod product;
+pub mod views;
+
+pub use cart::{Cart, CartCommand, CartError, CartEvent};
+pub use ids::{CartId, CustomerId, FieldError};
+pub use money::{Money, MoneyError};
+pub use order::{CancelReason, Order, OrderCommand, OrderError, OrderEvent, OrderStatus};
+pub use payment::{Payment, PaymentCommand, PaymentError, PaymentEvent, PaymentStatus};
+pub use product::{Product, ProductCommand, ProductError, ProductEvent};
+pub use views::{ProductViewEvent, VIEWS_STREAM_TYPE};
+
+/// Every event type with its stream type and current schema version. The wire format of each
+/// version lives in the `schemas` crate; this table is what the Rust types here produce.
+pub const EVENT_TYPES: &[(&str, &str, u32)] = &[
+    ("product", "ProductCreated", 1),
+    ("product", "ProductDetailsChanged", 1),
+    ("product", "StockAdjusted", 1),
+    ("product", "StockReserved", 1),
+    ("product", "StockReleased", 1),
+    ("product", "StockCommitted", 1),
+    ("product", "ProductUpdated", 2),
+    ("cart", "CartItemAdded", 1),
+    ("cart", "CartItemRemoved", 1),
+    ("cart", "CartCheckedOut", 1),
+    ("order", "OrderCreated", 1),
+    ("order", "OrderConfirmed", 1),
+    ("order", "OrderCancelled", 1),
+    ("payment", "PaymentRequested", 1),
+    ("payment", "PaymentSucceeded", 1),
+    ("payment", "PaymentFailed", 1),
+    ("payment", "PaymentTimedOut", 1),
+    ("payment", "PaymentRefunded", 1),
+    (VIEWS_STREAM_TYPE, "ProductViewed", 1),
+];
+
+/// The schema version the current Rust type of `event_type` is written as (0 if unknown).
+pub fn current_schema_version(event_type: &str) -> u32 {
+    EVENT_TYPES
+        .iter()
+        .find(|(_, name, _)| *name == event_type)
+        .map_or(0, |(_, _, version)| *version)
+}

@@ -1,0 +1,52 @@
+//! The event envelope of CONTRACT.md: what every stored, published or exported event carries.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// Why an event happened and who caused it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    /// Shared by everything one request (or one saga run) caused, across streams.
+    pub correlation_id: String,
+    /// The id of the request or event that directly caused this event.
+    pub causation_id: String,
+    /// Set when the checkout saga caused the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga_id: Option<String>,
+    /// Who asked: a user, a service account, or `anonymous`.
+    pub actor: String,
+    /// Which part of mercato wrote it: `command-api`, `saga`, `seed`, ...
+    pub source: String,
+}
+
+/// An event about to be appended: the store assigns its stream version and global position.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// Unique per event. Appending an event whose id is already stored stores nothing.
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub occurred_at: DateTime<Utc>,
+    /// The event's body as JSON text, exactly as it is stored.
+    pub payload: Box<RawValue>,
+    pub metadata: EventMetadata,
+}
+
+/// An event as the store holds it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecordedEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub stream_type: String,
+    pub stream_id: String,
+    /// 1 for the first event of a stream, then 2, 3, ... without gaps.
+    pub stream_version: u64,
+    /// The event's place in the global log: strictly increasing in commit-visibility order.
+    pub position: u64,
+    pub occurred_at: DateTime<Utc>,
+    pub metadata: EventMetadata,
+    pub payload: Box<RawValue>,
+}

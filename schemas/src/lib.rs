@@ -1,0 +1,7 @@
+//! mercato's event contracts. Only this crate knows how an event looks on the wire: the envelope
+//! ([`envelope`]), the JSON payload of every event type and version, the Avro schemas under
+//! `schemas/avro/`, and the upcasters that read old versions as the current one.
+
+pub mod envelope;
+
+pub use envelope::{EventMetadata, NewEvent, RecordedEvent};
