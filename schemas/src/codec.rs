@@ -1,0 +1,116 @@
+//! The JSON codec: a domain event to (type, schema version, payload) and back.
+//!
+//! Domain event enums are serde's externally tagged enums of one struct per variant, so an event
+//! serialises as `{"ProductCreated":{...}}`. The stored payload is the inner object; the variant
+//! name is the envelope's `event_type`. Decoding first upcasts an older stored version to the
+//! current one (see [`crate::upcast`]).
+
+use cqrs_es::DomainEvent;
+use serde_json::value::RawValue;
+
+/// An event as the store and the wire hold it, without its envelope.
+#[derive(Clone, Debug)]
+pub struct EncodedEvent {
+    pub event_type: String,
+    pub schema_version: u32,
+    pub payload: Box<RawValue>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("event {event_type} v{schema_version} cannot be decoded: {source}")]
+    Payload {
+        event_type: String,
+        schema_version: u32,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "event {event_type} has schema version {schema_version}, newer than this build knows ({current})"
+    )]
+    FromTheFuture {
+        event_type: String,
+        schema_version: u32,
+        current: u32,
+    },
+    #[error("unknown event type {0}")]
+    UnknownEventType(String),
+    #[error("event {event_type} cannot be encoded: {source}")]
+    Encode {
+        event_type: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("upcasting {event_type} from v{from_version} failed: {message}")]
+    Upcast {
+        event_type: String,
+        from_version: u32,
+        message: String,
+    },
+}
+
+/// Encodes a domain event as its type name, current schema version and JSON payload.
+pub fn encode<E: DomainEvent>(event: &E) -> Result<EncodedEvent, CodecError> {
+    let event_type = event.event_type();
+    let schema_version = domain::current_schema_version(&event_type);
+    if schema_version == 0 {
+        return Err(CodecError::UnknownEventType(event_type));
+    }
+    let tagged = serde_json::to_string(event).map_err(|source| CodecError::Encode {
+        event_type: event_type.clone(),
+        source,
+    })?;
+    // `{"<event_type>":<payload>}`: take the payload out without parsing it again.
+    let prefix_len = event_type.len() + 4;
+    let inner = tagged
+        .get(prefix_len..tagged.len().saturating_sub(1))
+        .filter(|_| tagged.starts_with(&format!("{{\"{event_type}\":")))
+        .map(str::to_owned)
+        .ok_or_else(|| CodecError::Encode {
+            event_type: event_type.clone(),
+            source: serde::de::Error::custom(
+                "domain events must be externally tagged enums of structs",
+            ),
+        })?;
+    let payload = RawValue::from_string(inner).map_err(|source| CodecError::Encode {
+        event_type: event_type.clone(),
+        source,
+    })?;
+    Ok(EncodedEvent {
+        event_type,
+        schema_version,
+        payload,
+    })
+}
+
+/// Decodes a stored payload of any known version into the current domain event.
+pub fn decode<E: DomainEvent>(
+    event_type: &str,
+    schema_version: u32,
+    payload: &RawValue,
+) -> Result<E, CodecError> {
+    let current = domain::current_schema_version(event_type);
+    if current == 0 {
+        return Err(CodecError::UnknownEventType(event_type.to_owned()));
+    }
+    if schema_version > current {
+        return Err(CodecError::FromTheFuture {
+            event_type: event_type.to_owned(),
+            schema_version,
+            current,
+        });
+    }
+    let upcast;
+    let payload_text = if schema_version < current {
+        upcast = crate::upcast::upcast(event_type, schema_version, payload)?;
+        upcast.get()
+    } else {
+        payload.get()
+    };
+    let tagged = format!("{{\"{event_type}\":{payload_text}}}");
+    serde_json::from_str(&tagged).map_err(|source| CodecError::Payload {
+        event_type: event_type.to_owned(),
+        schema_version,
+        source,
+    })
+}
