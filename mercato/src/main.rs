@@ -1,1 +1,212 @@
-fn main() {}
+//! `mercato`: one binary for every role of the platform and for operators and auditors.
+
+mod config;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{CommonArgs, Config, Role, Secret};
+
+/// An event-sourced commerce backend: commands in, events kept, read models out.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mercato",
+    version,
+    about = "An event-sourced commerce backend: commands in, every change kept as an event, read models out",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the platform (every role by default, embedded unless configured otherwise)
+    Serve(ServeArgs),
+    /// Load sample products through the normal command path
+    Seed(SeedArgs),
+    /// Rebuild read models from the event store
+    Replay(ReplayArgs),
+    /// Read the event history: one stream, the global log, or everything one request caused
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Check the history for tampering and see an aggregate as it stood at a moment
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Apply database migrations (serve also does this on start)
+    Migrate,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "MERCATO_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Which part to run, for scale-out [default: all]
+    #[arg(long, env = "MERCATO_ROLE", value_enum)]
+    role: Option<Role>,
+    /// Alias of OPENSEARCH_URL
+    #[arg(long, env = "ELASTICSEARCH_URL", hide = true, hide_env_values = true)]
+    elasticsearch_url: Option<Secret>,
+}
+
+#[derive(Debug, Args)]
+struct SeedArgs {
+    /// A JSON file of products [default: the shipped sample catalogue]
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false, id = "target")]
+struct ReplayTarget {
+    /// The read model to rebuild
+    #[arg(long, value_name = "NAME", group = "target")]
+    projection: Option<String>,
+    /// Rebuild every read model
+    #[arg(long, group = "target")]
+    all: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    target: ReplayTarget,
+    /// Start from this global position instead of the beginning
+    #[arg(long, value_name = "POSITION")]
+    from: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
+    Cloudevents,
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// One stream's history, e.g. `product/0b9f...`
+    Stream {
+        #[arg(value_name = "TYPE/ID")]
+        stream: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+    },
+    /// The global log in position order
+    Tail {
+        #[arg(long, value_name = "POSITION")]
+        from: Option<u64>,
+        /// Keep following new events
+        #[arg(long)]
+        follow: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+    },
+    /// Everything one request or one saga caused, across streams
+    Correlated {
+        #[arg(value_name = "CORRELATION_ID")]
+        correlation_id: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// An aggregate as it stood at a time or position
+    State {
+        #[arg(value_name = "TYPE/ID")]
+        stream: String,
+        /// RFC 3339 time or a global position
+        #[arg(long, value_name = "TIME|POSITION")]
+        at: String,
+    },
+    /// Recompute the hash chains; exit 1 naming the first event that does not match
+    Verify {
+        #[arg(long, value_name = "TYPE/ID")]
+        stream: Option<String>,
+        #[arg(long, value_name = "HASH")]
+        expect_head: Option<String>,
+    },
+    /// Print the current head hash, for an auditor to record outside the system
+    Head,
+}
+
+/// How a run ended: success, a failure at run time (exit 1), or bad usage (exit 2).
+#[derive(Debug)]
+enum Failure {
+    Runtime(anyhow::Error),
+    Usage(String),
+}
+
+impl From<config::ConfigError> for Failure {
+    fn from(error: config::ConfigError) -> Self {
+        Failure::Usage(error.to_string())
+    }
+}
+
+fn not_built(command: &str) -> Failure {
+    Failure::Usage(format!(
+        "`mercato {command}` is not available in this version yet; see CHANGELOG.md for what is"
+    ))
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Serve(serve) => {
+            let _config = Config::resolve(&cli.common, serve.listen, serve.role, serve.elasticsearch_url)?;
+            Err(not_built("serve"))
+        }
+        Command::Seed(_) => Err(not_built("seed")),
+        Command::Replay(_) => Err(not_built("replay")),
+        Command::Events(_) => Err(not_built("events")),
+        Command::Audit(_) => Err(not_built("audit")),
+        Command::Migrate => Err(not_built("migrate")),
+    }
+}
+
+/// Errors go to stderr as one line that starts with `error:`.
+fn print_error(message: &str) {
+    let one_line = message.replace('\n', " ");
+    eprintln!("error: {}", one_line.trim_start_matches("error: "));
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = error.print();
+                return ExitCode::SUCCESS;
+            }
+            if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = error.print();
+                return ExitCode::from(2);
+            }
+            let rendered = error.render().to_string();
+            let what = rendered.split("\n\n").next().unwrap_or("bad usage");
+            let what = what.split_whitespace().collect::<Vec<_>>().join(" ");
+            print_error(&format!("{what}; run `mercato --help` for usage"));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            print_error(&message);
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(error)) => {
+            print_error(&format!("{error:#}"));
+            ExitCode::from(1)
+        }
+    }
+}

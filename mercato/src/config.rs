@@ -1,0 +1,238 @@
+//! One typed configuration, loaded once: flag, then environment, then config file, then default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// A value that must never be printed: connection strings carry passwords.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(value.to_owned()))
+    }
+}
+
+/// Which part of mercato a process runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    #[default]
+    All,
+    CommandApi,
+    QueryApi,
+    Projector,
+    Saga,
+    Relay,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The options every data subcommand shares. Each one is also read from its environment
+/// variable, then from the `--config` file.
+#[derive(Clone, Debug, Default, Args)]
+pub struct CommonArgs {
+    /// Configuration file (TOML) with any of the keys below in snake_case.
+    #[arg(long, global = true, env = "MERCATO_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Directory for embedded data (SQLite store, search index) [default: ./data]
+    #[arg(long, global = true, env = "MERCATO_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Event store and SQL read models: postgres://... or sqlite://PATH [default: sqlite://{data-dir}/mercato.db]
+    #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+    /// Redis for the query cache, carts and popularity [default: in-process]
+    #[arg(long, global = true, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+    /// Kafka brokers (host:port,...) for the relay and Kafka-fed consumers [default: none]
+    #[arg(long, global = true, env = "KAFKA_BOOTSTRAP", value_name = "HOSTS")]
+    pub kafka_bootstrap: Option<String>,
+    /// OpenSearch or Elasticsearch for product search [default: embedded index]
+    #[arg(long, global = true, env = "OPENSEARCH_URL", value_name = "URL", hide_env_values = true)]
+    pub opensearch_url: Option<Secret>,
+    /// OTLP endpoint for traces [default: no export]
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otel_endpoint: Option<String>,
+    /// Log format
+    #[arg(long, global = true, env = "MERCATO_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// What a config file may hold: the same keys as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub role: Option<Role>,
+    pub database_url: Option<Secret>,
+    pub redis_url: Option<Secret>,
+    pub kafka_bootstrap: Option<String>,
+    pub opensearch_url: Option<Secret>,
+    pub otel_endpoint: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// The configuration a process runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub role: Role,
+    pub database_url: Secret,
+    pub redis_url: Option<Secret>,
+    pub kafka_bootstrap: Option<String>,
+    pub opensearch_url: Option<Secret>,
+    pub otel_endpoint: Option<String>,
+    pub log_format: LogFormat,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}; check the --config path")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: error.message().to_owned(),
+        })
+    }
+}
+
+impl Config {
+    /// Resolves flags and environment (already merged by clap) over the config file and defaults.
+    /// `OPENSEARCH_URL` has the alias `ELASTICSEARCH_URL`.
+    pub fn resolve(
+        common: &CommonArgs,
+        listen: Option<SocketAddr>,
+        role: Option<Role>,
+        elasticsearch_url: Option<Secret>,
+    ) -> Result<Config, ConfigError> {
+        let file = match &common.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = common
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let default_database_url = || Secret(format!("sqlite://{}", data_dir.join("mercato.db").display()));
+        Ok(Config {
+            listen: listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))),
+            role: role.or(file.role).unwrap_or_default(),
+            database_url: common.database_url.clone().or(file.database_url).unwrap_or_else(default_database_url),
+            redis_url: common.redis_url.clone().or(file.redis_url),
+            kafka_bootstrap: common.kafka_bootstrap.clone().or(file.kafka_bootstrap),
+            opensearch_url: common.opensearch_url.clone().or(elasticsearch_url).or(file.opensearch_url),
+            otel_endpoint: common.otel_endpoint.clone().or(file.otel_endpoint),
+            log_format: common.log_format.or(file.log_format).unwrap_or_default(),
+            data_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_everything_embedded_under_the_data_dir() {
+        let config = Config::resolve(&CommonArgs::default(), None, None, None).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.role, Role::All);
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.database_url.expose(), "sqlite://./data/mercato.db");
+        assert!(config.redis_url.is_none() && config.kafka_bootstrap.is_none() && config.opensearch_url.is_none());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mercato.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\nrole = \"query-api\"\ndata_dir = \"/srv/mercato\"\nredis_url = \"redis://file\"\n",
+        )
+        .unwrap();
+        let common = CommonArgs {
+            config: Some(path),
+            redis_url: Some(Secret::new("redis://flag")),
+            ..CommonArgs::default()
+        };
+        let config = Config::resolve(&common, None, Some(Role::Saga), None).unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.role, Role::Saga);
+        assert_eq!(config.redis_url.unwrap().expose(), "redis://flag");
+        assert_eq!(config.database_url.expose(), "sqlite:///srv/mercato/mercato.db");
+    }
+
+    #[test]
+    fn elasticsearch_url_is_an_alias_that_opensearch_url_overrides() {
+        let alias = Some(Secret::new("http://es:9200"));
+        let config = Config::resolve(&CommonArgs::default(), None, None, alias.clone()).unwrap();
+        assert_eq!(config.opensearch_url.unwrap().expose(), "http://es:9200");
+        let common = CommonArgs { opensearch_url: Some(Secret::new("http://os:9200")), ..CommonArgs::default() };
+        let config = Config::resolve(&common, None, None, alias).unwrap();
+        assert_eq!(config.opensearch_url.unwrap().expose(), "http://os:9200");
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_config_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let common = CommonArgs { config: Some(path), ..CommonArgs::default() };
+        let error = Config::resolve(&common, None, None, None).unwrap_err().to_string();
+        assert!(error.contains("lisen"), "{error}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("postgres://user:hunter2@db/mercato");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+}
