@@ -11,40 +11,77 @@ use serde_json::value::RawValue;
 /// An event as the store and the wire hold it, without its envelope.
 #[derive(Clone, Debug)]
 pub struct EncodedEvent {
+    /// The event's type name, such as `ProductUpdated` (the envelope's `event_type`).
     pub event_type: String,
+    /// The version of the payload's shape (the envelope's `schema_version`).
     pub schema_version: u32,
+    /// The event's body as JSON text.
     pub payload: Box<RawValue>,
 }
 
+/// Why an event could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
+    /// The payload is not valid JSON for the event type at that version.
     #[error("event {event_type} v{schema_version} cannot be decoded: {source}")]
     Payload {
+        /// The event's type name.
         event_type: String,
+        /// The stored version of the payload.
         schema_version: u32,
+        /// What serde found wrong.
         #[source]
         source: serde_json::Error,
     },
+    /// The stored version is newer than the current version of this build: a newer mercato
+    /// wrote it. Upgrade this process rather than guessing at the shape.
     #[error(
         "event {event_type} has schema version {schema_version}, newer than this build knows ({current})"
     )]
     FromTheFuture {
+        /// The event's type name.
         event_type: String,
+        /// The stored version of the payload.
         schema_version: u32,
+        /// The newest version this build reads.
         current: u32,
     },
+    /// The stored version is older than the current one and no chain of upcasters leads from it
+    /// to the current version.
+    #[error(
+        "event {event_type} has schema version {schema_version}, which this build cannot read: no upcaster from v{missing_step} to v{next} is registered (current version is {current})",
+        next = .missing_step + 1
+    )]
+    UnknownVersion {
+        /// The event's type name.
+        event_type: String,
+        /// The stored version of the payload.
+        schema_version: u32,
+        /// The first version of the chain that has no upcaster.
+        missing_step: u32,
+        /// The version the chain should end at.
+        current: u32,
+    },
+    /// The event type is not in `domain::EVENT_TYPES`.
     #[error("unknown event type {0}")]
     UnknownEventType(String),
+    /// The domain event could not be written as JSON.
     #[error("event {event_type} cannot be encoded: {source}")]
     Encode {
+        /// The event's type name.
         event_type: String,
+        /// What serde found wrong.
         #[source]
         source: serde_json::Error,
     },
+    /// An upcaster step rejected the payload.
     #[error("upcasting {event_type} from v{from_version} failed: {message}")]
     Upcast {
+        /// The event's type name.
         event_type: String,
+        /// The version the failing step reads.
         from_version: u32,
+        /// What the step found wrong.
         message: String,
     },
 }

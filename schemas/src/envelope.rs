@@ -26,27 +26,40 @@ pub struct EventMetadata {
 pub struct NewEvent {
     /// Unique per event. Appending an event whose id is already stored stores nothing.
     pub event_id: Uuid,
+    /// The event's type name, such as `ProductUpdated`.
     pub event_type: String,
+    /// The version of the payload's shape; see [`crate::upcast`].
     pub schema_version: u32,
+    /// When the event happened (UTC).
     pub occurred_at: DateTime<Utc>,
     /// The event's body as JSON text, exactly as it is stored.
     pub payload: Box<RawValue>,
+    /// Why the event happened and who caused it.
     pub metadata: EventMetadata,
 }
 
 /// An event as the store holds it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RecordedEvent {
+    /// Unique per event (UUID).
     pub event_id: Uuid,
+    /// The event's type name, such as `ProductUpdated`.
     pub event_type: String,
+    /// The version of the payload's shape, which may be older than the current one; decode with
+    /// [`crate::decode`], which upcasts.
     pub schema_version: u32,
+    /// The aggregate kind: `product`, `cart`, `order`, `payment` or `product_views`.
     pub stream_type: String,
+    /// The aggregate instance: a product or order UUID, a cart id, ...
     pub stream_id: String,
     /// 1 for the first event of a stream, then 2, 3, ... without gaps.
     pub stream_version: u64,
     /// The event's place in the global log: strictly increasing in commit-visibility order.
     pub position: u64,
+    /// When the event happened (UTC); serialised as RFC 3339.
     pub occurred_at: DateTime<Utc>,
+    /// Why the event happened and who caused it.
     pub metadata: EventMetadata,
+    /// The event's body as JSON text, at `schema_version`.
     pub payload: Box<RawValue>,
 }

@@ -1,0 +1,265 @@
+//! One realistic sample of every event variant (some twice, to cover both sides of an optional
+//! field), and [`AnyEvent`], which decodes any stream type's event into its domain enum.
+
+use domain::cart::{CartCheckedOut, CartItemAdded, CartItemRemoved};
+use domain::order::{OrderCancelled, OrderConfirmed, OrderCreated, OrderLine};
+use domain::payment::{
+    PaymentFailed, PaymentRefunded, PaymentRequested, PaymentSucceeded, PaymentTimedOut,
+};
+use domain::product::{
+    ProductCreated, ProductDetailsChanged, ProductUpdated, StockAdjusted, StockCommitted,
+    StockReleased, StockReserved,
+};
+use domain::views::ProductViewed;
+use domain::{
+    CancelReason, CartEvent, CartId, CustomerId, Money, OrderEvent, PaymentEvent, ProductEvent,
+    ProductViewEvent,
+};
+use schemas::{CodecError, EncodedEvent};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+pub const GRINDER: Uuid = Uuid::from_u128(0x6f1c1d2e_8a8b_4f57_9d0a_3c1b2a4d5e6f);
+pub const KETTLE: Uuid = Uuid::from_u128(0x2b7e9c41_0d3a_4e8f_b615_7a90c2d4e813);
+pub const ORDER: Uuid = Uuid::from_u128(0x0c5f8e2a_41b7_4d93_a2e6_18f4b7c9d350);
+
+/// A domain event of any stream type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AnyEvent {
+    Product(ProductEvent),
+    Cart(CartEvent),
+    Order(OrderEvent),
+    Payment(PaymentEvent),
+    View(ProductViewEvent),
+}
+
+impl AnyEvent {
+    pub fn stream_type(&self) -> &'static str {
+        match self {
+            AnyEvent::Product(_) => "product",
+            AnyEvent::Cart(_) => "cart",
+            AnyEvent::Order(_) => "order",
+            AnyEvent::Payment(_) => "payment",
+            AnyEvent::View(_) => domain::VIEWS_STREAM_TYPE,
+        }
+    }
+
+    pub fn encode(&self) -> Result<EncodedEvent, CodecError> {
+        match self {
+            AnyEvent::Product(event) => schemas::encode(event),
+            AnyEvent::Cart(event) => schemas::encode(event),
+            AnyEvent::Order(event) => schemas::encode(event),
+            AnyEvent::Payment(event) => schemas::encode(event),
+            AnyEvent::View(event) => schemas::encode(event),
+        }
+    }
+
+    /// Decodes a stored payload (upcasting it) into the domain enum of `stream_type`.
+    pub fn decode(
+        stream_type: &str,
+        event_type: &str,
+        schema_version: u32,
+        payload: &RawValue,
+    ) -> Result<AnyEvent, CodecError> {
+        Ok(match stream_type {
+            "product" => AnyEvent::Product(schemas::decode(event_type, schema_version, payload)?),
+            "cart" => AnyEvent::Cart(schemas::decode(event_type, schema_version, payload)?),
+            "order" => AnyEvent::Order(schemas::decode(event_type, schema_version, payload)?),
+            "payment" => AnyEvent::Payment(schemas::decode(event_type, schema_version, payload)?),
+            domain::VIEWS_STREAM_TYPE => {
+                AnyEvent::View(schemas::decode(event_type, schema_version, payload)?)
+            }
+            other => panic!("unknown stream type {other}"),
+        })
+    }
+}
+
+fn customer() -> CustomerId {
+    CustomerId::parse("alice-42").unwrap()
+}
+
+/// Naming every variant here makes a new variant without a sample a compile error.
+fn variant_has_a_sample(event: &AnyEvent) {
+    match event {
+        AnyEvent::Product(
+            ProductEvent::ProductCreated(_)
+            | ProductEvent::ProductDetailsChanged(_)
+            | ProductEvent::StockAdjusted(_)
+            | ProductEvent::StockReserved(_)
+            | ProductEvent::StockReleased(_)
+            | ProductEvent::StockCommitted(_)
+            | ProductEvent::ProductUpdated(_),
+        )
+        | AnyEvent::Cart(
+            CartEvent::CartItemAdded(_)
+            | CartEvent::CartItemRemoved(_)
+            | CartEvent::CartCheckedOut(_),
+        )
+        | AnyEvent::Order(
+            OrderEvent::OrderCreated(_)
+            | OrderEvent::OrderConfirmed(_)
+            | OrderEvent::OrderCancelled(_),
+        )
+        | AnyEvent::Payment(
+            PaymentEvent::PaymentRequested(_)
+            | PaymentEvent::PaymentSucceeded(_)
+            | PaymentEvent::PaymentFailed(_)
+            | PaymentEvent::PaymentTimedOut(_)
+            | PaymentEvent::PaymentRefunded(_),
+        )
+        | AnyEvent::View(ProductViewEvent::ProductViewed(_)) => {}
+    }
+}
+
+/// Every sample event.
+pub fn all() -> Vec<AnyEvent> {
+    let lines = vec![
+        OrderLine {
+            product_id: GRINDER,
+            quantity: 1,
+            unit_price: Money::from_minor(24_999),
+        },
+        OrderLine {
+            product_id: KETTLE,
+            quantity: 2,
+            unit_price: Money::from_minor(5_450),
+        },
+    ];
+    let samples = vec![
+        AnyEvent::Product(ProductEvent::ProductCreated(ProductCreated {
+            product_id: GRINDER,
+            name: "Espresso grinder".to_owned(),
+            description: "Conical steel burrs, 40 grind settings.".to_owned(),
+            price: Money::from_minor(24_999),
+            stock_qty: 12,
+            category: Some("kitchen".to_owned()),
+        })),
+        AnyEvent::Product(ProductEvent::ProductCreated(ProductCreated {
+            product_id: KETTLE,
+            name: "Gooseneck kettle «Ø» 1 l".to_owned(),
+            description: String::new(),
+            price: Money::from_minor(5_450),
+            stock_qty: 0,
+            category: None,
+        })),
+        AnyEvent::Product(ProductEvent::ProductDetailsChanged(ProductDetailsChanged {
+            name: "Espresso grinder".to_owned(),
+            description: "Conical steel burrs, 40 grind settings.".to_owned(),
+            price: Money::from_minor(22_900),
+            category: Some("coffee".to_owned()),
+        })),
+        AnyEvent::Product(ProductEvent::StockAdjusted(StockAdjusted {
+            delta: -3,
+            stock_qty: 9,
+        })),
+        AnyEvent::Product(ProductEvent::StockReserved(StockReserved {
+            order_id: ORDER,
+            quantity: 1,
+        })),
+        AnyEvent::Product(ProductEvent::StockReleased(StockReleased {
+            order_id: ORDER,
+            quantity: 1,
+        })),
+        AnyEvent::Product(ProductEvent::StockCommitted(StockCommitted {
+            order_id: ORDER,
+            quantity: 1,
+        })),
+        AnyEvent::Product(ProductEvent::ProductUpdated(ProductUpdated {
+            product_id: GRINDER,
+            name: "Espresso grinder".to_owned(),
+            description: "Conical steel burrs, 40 grind settings.".to_owned(),
+            price: Money::from_minor(24_999),
+            stock_qty: 12,
+            category: Some("kitchen".to_owned()),
+            version: 2,
+        })),
+        AnyEvent::Product(ProductEvent::ProductUpdated(ProductUpdated {
+            product_id: KETTLE,
+            name: "Gooseneck kettle «Ø» 1 l".to_owned(),
+            description: String::new(),
+            price: Money::from_minor(1),
+            stock_qty: domain::product::STOCK_MAX,
+            category: None,
+            version: 7,
+        })),
+        AnyEvent::Cart(CartEvent::CartItemAdded(CartItemAdded {
+            product_id: KETTLE,
+            quantity: 2,
+            line_quantity: 3,
+            unit_price: Money::from_minor(5_450),
+        })),
+        AnyEvent::Cart(CartEvent::CartItemRemoved(CartItemRemoved {
+            product_id: KETTLE,
+        })),
+        AnyEvent::Cart(CartEvent::CartCheckedOut(CartCheckedOut {
+            order_id: ORDER,
+            customer_id: customer(),
+        })),
+        AnyEvent::Order(OrderEvent::OrderCreated(OrderCreated {
+            order_id: ORDER,
+            customer_id: customer(),
+            lines: lines.clone(),
+            total: Money::from_minor(35_899),
+            payment_token: "tok_visa".to_owned(),
+            cart_id: Some(CartId::parse("cart-7f3a").unwrap()),
+        })),
+        AnyEvent::Order(OrderEvent::OrderCreated(OrderCreated {
+            order_id: ORDER,
+            customer_id: customer(),
+            lines: lines[..1].to_vec(),
+            total: Money::from_minor(24_999),
+            payment_token: "tok_chargeDeclined".to_owned(),
+            cart_id: None,
+        })),
+        AnyEvent::Order(OrderEvent::OrderConfirmed(OrderConfirmed {
+            order_id: ORDER,
+        })),
+        AnyEvent::Order(OrderEvent::OrderCancelled(OrderCancelled {
+            order_id: ORDER,
+            reason: CancelReason::PaymentDeclined,
+            detail: "card declined by the issuer".to_owned(),
+        })),
+        AnyEvent::Order(OrderEvent::OrderCancelled(OrderCancelled {
+            order_id: ORDER,
+            reason: CancelReason::OutOfStock,
+            detail: "Espresso grinder: 1 requested, 0 available".to_owned(),
+        })),
+        AnyEvent::Order(OrderEvent::OrderCancelled(OrderCancelled {
+            order_id: ORDER,
+            reason: CancelReason::PaymentTimeout,
+            detail: "the payment gateway did not answer within 10 s".to_owned(),
+        })),
+        AnyEvent::Payment(PaymentEvent::PaymentRequested(PaymentRequested {
+            order_id: ORDER,
+            amount: Money::from_minor(35_899),
+            payment_token: "tok_visa".to_owned(),
+        })),
+        AnyEvent::Payment(PaymentEvent::PaymentSucceeded(PaymentSucceeded {
+            order_id: ORDER,
+            amount: Money::from_minor(35_899),
+            charge_id: "ch_3f9a1c".to_owned(),
+        })),
+        AnyEvent::Payment(PaymentEvent::PaymentFailed(PaymentFailed {
+            order_id: ORDER,
+            reason: "card_declined".to_owned(),
+        })),
+        AnyEvent::Payment(PaymentEvent::PaymentTimedOut(PaymentTimedOut {
+            order_id: ORDER,
+        })),
+        AnyEvent::Payment(PaymentEvent::PaymentRefunded(PaymentRefunded {
+            order_id: ORDER,
+            amount: Money::from_minor(35_899),
+            refund_id: "re_81b2d4".to_owned(),
+        })),
+        AnyEvent::View(ProductViewEvent::ProductViewed(ProductViewed {
+            product_id: GRINDER,
+            customer_id: Some(customer()),
+        })),
+        AnyEvent::View(ProductViewEvent::ProductViewed(ProductViewed {
+            product_id: GRINDER,
+            customer_id: None,
+        })),
+    ];
+    samples.iter().for_each(variant_has_a_sample);
+    samples
+}
