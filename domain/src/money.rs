@@ -59,9 +59,22 @@ impl Money {
         };
         let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
             Some(idx) => {
-                let exponent: i32 = unsigned[idx + 1..]
-                    .parse()
-                    .map_err(|_| MoneyError::NotANumber)?;
+                let exponent_text = &unsigned[idx + 1..];
+                let exponent_digits = exponent_text.trim_start_matches(['+', '-']);
+                if exponent_digits.is_empty()
+                    || !exponent_digits.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return Err(MoneyError::NotANumber);
+                }
+                // A valid exponent beyond i32 is far out of range either way.
+                let exponent: i32 =
+                    exponent_text
+                        .parse()
+                        .unwrap_or(if exponent_text.starts_with('-') {
+                            -(i32::MAX / 2)
+                        } else {
+                            i32::MAX / 2
+                        });
                 (&unsigned[..idx], exponent)
             }
             None => (unsigned, 0),
@@ -193,6 +206,15 @@ mod tests {
             Err(MoneyError::TooLarge)
         );
         assert_eq!(Money::parse_decimal("1e300"), Err(MoneyError::TooLarge));
+        assert_eq!(
+            Money::parse_decimal("1e99999999999"),
+            Err(MoneyError::TooLarge)
+        );
+        assert_eq!(
+            Money::parse_decimal("1e-99999999999"),
+            Err(MoneyError::TooManyDecimals)
+        );
+        assert_eq!(Money::parse_decimal("0e-99999999999"), Ok(Money::ZERO));
         assert_eq!(
             Money::parse_decimal("99999999999999999999999"),
             Err(MoneyError::TooLarge)

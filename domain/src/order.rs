@@ -276,3 +276,305 @@ impl DomainEvent for OrderEvent {
         crate::current_schema_version(&self.event_type()).to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::test::{AggregateTestExecutor, TestFramework};
+
+    use super::*;
+
+    fn order_id() -> Uuid {
+        Uuid::from_u128(0x0a0d_0001)
+    }
+
+    fn product(number: u128) -> Uuid {
+        Uuid::from_u128(0x0b0d_0000 + number)
+    }
+
+    fn alice() -> CustomerId {
+        CustomerId::parse("alice").expect("a valid customer id")
+    }
+
+    fn line(product_number: u128, quantity: u32, unit_price_minor: i64) -> OrderLine {
+        OrderLine {
+            product_id: product(product_number),
+            quantity,
+            unit_price: Money::from_minor(unit_price_minor),
+        }
+    }
+
+    fn create_with(lines: Vec<OrderLine>, payment_token: &str) -> OrderCommand {
+        OrderCommand::CreateOrder {
+            order_id: order_id(),
+            customer_id: alice(),
+            lines,
+            payment_token: payment_token.to_owned(),
+            cart_id: Some(CartId::parse("cart-7").expect("a valid cart id")),
+        }
+    }
+
+    fn create(lines: Vec<OrderLine>) -> OrderCommand {
+        create_with(lines, "tok_visa")
+    }
+
+    fn created(lines: Vec<OrderLine>, total_minor: i64) -> OrderEvent {
+        OrderEvent::OrderCreated(OrderCreated {
+            order_id: order_id(),
+            customer_id: alice(),
+            lines,
+            total: Money::from_minor(total_minor),
+            payment_token: "tok_visa".to_owned(),
+            cart_id: Some(CartId::parse("cart-7").expect("a valid cart id")),
+        })
+    }
+
+    fn pending_order() -> Vec<OrderEvent> {
+        vec![created(vec![line(1, 2, 1_000)], 2_000)]
+    }
+
+    fn confirmed() -> OrderEvent {
+        OrderEvent::OrderConfirmed(OrderConfirmed {
+            order_id: order_id(),
+        })
+    }
+
+    fn cancel(reason: CancelReason) -> OrderCommand {
+        OrderCommand::CancelOrder {
+            reason,
+            detail: "product 2 is out of stock".to_owned(),
+        }
+    }
+
+    fn cancelled(reason: CancelReason) -> OrderEvent {
+        OrderEvent::OrderCancelled(OrderCancelled {
+            order_id: order_id(),
+            reason,
+            detail: "product 2 is out of stock".to_owned(),
+        })
+    }
+
+    fn given(events: Vec<OrderEvent>) -> AggregateTestExecutor<Order> {
+        TestFramework::<Order>::with(()).given(events)
+    }
+
+    #[track_caller]
+    fn assert_invalid(result: Result<Vec<OrderEvent>, OrderError>, expected_field: &str) {
+        match result {
+            Err(OrderError::Invalid(FieldError { field, .. })) => assert_eq!(field, expected_field),
+            other => panic!("expected an invalid {expected_field}, got {other:?}"),
+        }
+    }
+
+    // CreateOrder
+
+    #[test]
+    fn creating_an_order_emits_order_created_with_the_exact_total_of_its_lines() {
+        // 3 x 0.10 + 1 x 0.20 + 2 x 19.99 = 40.48, with no binary rounding on the way.
+        let lines = vec![line(1, 3, 10), line(2, 1, 20), line(3, 2, 1_999)];
+        given(vec![])
+            .when(create(lines.clone()))
+            .then_expect_events(vec![created(lines, 4_048)]);
+    }
+
+    #[test]
+    fn creating_an_order_twice_fails_with_already_exists() {
+        given(pending_order())
+            .when(create(vec![line(1, 2, 1_000)]))
+            .then_expect_error(OrderError::AlreadyExists);
+    }
+
+    #[test]
+    fn an_order_without_lines_fails_naming_the_lines_field() {
+        assert_invalid(given(vec![]).when(create(vec![])).inspect_result(), "lines");
+    }
+
+    #[test]
+    fn an_order_of_100_lines_is_accepted() {
+        let lines: Vec<OrderLine> = (0..100).map(|line_idx| line(line_idx, 1, 1)).collect();
+        given(vec![])
+            .when(create(lines.clone()))
+            .then_expect_events(vec![created(lines, 100)]);
+    }
+
+    #[test]
+    fn an_order_of_101_lines_fails_naming_the_lines_field() {
+        let lines: Vec<OrderLine> = (0..101).map(|line_idx| line(line_idx, 1, 1)).collect();
+        assert_invalid(given(vec![]).when(create(lines)).inspect_result(), "lines");
+    }
+
+    #[test]
+    fn a_product_on_two_lines_fails_naming_the_lines_field() {
+        let lines = vec![line(1, 1, 100), line(2, 1, 100), line(1, 2, 100)];
+        assert_invalid(given(vec![]).when(create(lines)).inspect_result(), "lines");
+    }
+
+    #[test]
+    fn a_line_quantity_of_999_is_accepted() {
+        given(vec![])
+            .when(create(vec![line(1, 999, 1)]))
+            .then_expect_events(vec![created(vec![line(1, 999, 1)], 999)]);
+    }
+
+    #[test]
+    fn a_line_quantity_outside_1_to_999_fails_naming_the_quantity_field() {
+        for quantity in [0, 1_000, u32::MAX] {
+            let lines = vec![line(1, 1, 100), line(2, quantity, 100)];
+            assert_invalid(
+                given(vec![]).when(create(lines)).inspect_result(),
+                "quantity",
+            );
+        }
+    }
+
+    #[test]
+    fn a_unit_price_of_zero_or_less_fails_naming_the_unit_price_field() {
+        for unit_price_minor in [0, -1] {
+            let lines = vec![line(1, 1, 100), line(2, 1, unit_price_minor)];
+            assert_invalid(
+                given(vec![]).when(create(lines)).inspect_result(),
+                "unit_price",
+            );
+        }
+    }
+
+    #[test]
+    fn an_invalid_payment_token_fails_naming_the_payment_token_field() {
+        for payment_token in ["", "tok visa", "4242 4242 4242 4242"] {
+            assert_invalid(
+                given(vec![])
+                    .when(create_with(vec![line(1, 1, 100)], payment_token))
+                    .inspect_result(),
+                "payment_token",
+            );
+        }
+    }
+
+    #[test]
+    fn a_total_beyond_the_integer_range_fails_with_total_too_large() {
+        // One line whose quantity times unit price overflows, and two lines whose sum does.
+        let overflowing_line = vec![line(1, 3, i64::MAX / 2)];
+        let overflowing_sum = vec![line(1, 1, i64::MAX / 2 + 1), line(2, 1, i64::MAX / 2 + 1)];
+        for lines in [overflowing_line, overflowing_sum] {
+            given(vec![])
+                .when(create(lines))
+                .then_expect_error(OrderError::TotalTooLarge);
+        }
+    }
+
+    #[test]
+    fn every_command_but_create_on_a_missing_order_fails_with_not_found() {
+        for command in [OrderCommand::ConfirmOrder, cancel(CancelReason::OutOfStock)] {
+            given(vec![])
+                .when(command)
+                .then_expect_error(OrderError::NotFound);
+        }
+    }
+
+    // Status
+
+    #[test]
+    fn a_new_order_is_pending() {
+        let mut order = Order::default();
+        for event in pending_order() {
+            order.apply(event);
+        }
+        assert_eq!(order.status, OrderStatus::Pending);
+        assert_eq!(order.status.as_str(), "PENDING");
+    }
+
+    #[test]
+    fn confirming_a_pending_order_emits_order_confirmed() {
+        given(pending_order())
+            .when(OrderCommand::ConfirmOrder)
+            .then_expect_events(vec![confirmed()]);
+    }
+
+    #[test]
+    fn cancelling_a_pending_order_emits_order_cancelled_with_its_reason_and_detail() {
+        for reason in [
+            CancelReason::OutOfStock,
+            CancelReason::PaymentDeclined,
+            CancelReason::PaymentTimeout,
+        ] {
+            given(pending_order())
+                .when(cancel(reason))
+                .then_expect_events(vec![cancelled(reason)]);
+        }
+    }
+
+    #[test]
+    fn cancel_reasons_are_written_as_out_of_stock_payment_declined_and_payment_timeout() {
+        for (reason, text) in [
+            (CancelReason::OutOfStock, "out_of_stock"),
+            (CancelReason::PaymentDeclined, "payment_declined"),
+            (CancelReason::PaymentTimeout, "payment_timeout"),
+        ] {
+            assert_eq!(reason.as_str(), text);
+            assert_eq!(
+                serde_json::to_value(reason).expect("a reason serializes"),
+                serde_json::Value::from(text)
+            );
+        }
+    }
+
+    #[test]
+    fn confirming_a_confirmed_order_emits_nothing() {
+        let mut history = pending_order();
+        history.push(confirmed());
+        given(history)
+            .when(OrderCommand::ConfirmOrder)
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn cancelling_a_cancelled_order_emits_nothing() {
+        let mut history = pending_order();
+        history.push(cancelled(CancelReason::OutOfStock));
+        for reason in [CancelReason::OutOfStock, CancelReason::PaymentDeclined] {
+            given(history.clone())
+                .when(cancel(reason))
+                .then_expect_events(vec![]);
+        }
+    }
+
+    #[test]
+    fn confirming_a_cancelled_order_fails_with_invalid_transition() {
+        let mut history = pending_order();
+        history.push(cancelled(CancelReason::PaymentDeclined));
+        given(history)
+            .when(OrderCommand::ConfirmOrder)
+            .then_expect_error(OrderError::InvalidTransition {
+                from: OrderStatus::Cancelled,
+                to: OrderStatus::Confirmed,
+            });
+    }
+
+    #[test]
+    fn cancelling_a_confirmed_order_fails_with_invalid_transition() {
+        let mut history = pending_order();
+        history.push(confirmed());
+        given(history)
+            .when(cancel(CancelReason::PaymentTimeout))
+            .then_expect_error(OrderError::InvalidTransition {
+                from: OrderStatus::Confirmed,
+                to: OrderStatus::Cancelled,
+            });
+    }
+
+    // Snapshots
+
+    #[test]
+    fn an_order_snapshot_round_trips_through_json() {
+        let mut order = Order::default();
+        for event in [
+            created(vec![line(1, 2, 1_000), line(2, 1, 5)], 2_005),
+            cancelled(CancelReason::PaymentDeclined),
+        ] {
+            order.apply(event);
+        }
+        assert_eq!(order.status, OrderStatus::Cancelled);
+        let json = serde_json::to_string(&order).expect("an order serializes");
+        let restored: Order = serde_json::from_str(&json).expect("a snapshot deserializes");
+        assert_eq!(restored, order);
+    }
+}

@@ -280,3 +280,341 @@ impl DomainEvent for PaymentEvent {
         crate::current_schema_version(&self.event_type()).to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::test::{AggregateTestExecutor, TestFramework};
+
+    use super::*;
+
+    const AMOUNT: Money = Money::from_minor(4_048);
+
+    fn order_id() -> Uuid {
+        Uuid::from_u128(0x0a0d_0001)
+    }
+
+    fn request_with(amount: Money, payment_token: &str) -> PaymentCommand {
+        PaymentCommand::RequestPayment {
+            order_id: order_id(),
+            amount,
+            payment_token: payment_token.to_owned(),
+        }
+    }
+
+    fn request() -> PaymentCommand {
+        request_with(AMOUNT, "tok_visa")
+    }
+
+    fn requested() -> PaymentEvent {
+        PaymentEvent::PaymentRequested(PaymentRequested {
+            order_id: order_id(),
+            amount: AMOUNT,
+            payment_token: "tok_visa".to_owned(),
+        })
+    }
+
+    fn record_success(charge_id: &str) -> PaymentCommand {
+        PaymentCommand::RecordSuccess {
+            charge_id: charge_id.to_owned(),
+        }
+    }
+
+    fn succeeded(charge_id: &str) -> PaymentEvent {
+        PaymentEvent::PaymentSucceeded(PaymentSucceeded {
+            order_id: order_id(),
+            amount: AMOUNT,
+            charge_id: charge_id.to_owned(),
+        })
+    }
+
+    fn record_failure() -> PaymentCommand {
+        PaymentCommand::RecordFailure {
+            reason: "card declined".to_owned(),
+        }
+    }
+
+    fn failed() -> PaymentEvent {
+        PaymentEvent::PaymentFailed(PaymentFailed {
+            order_id: order_id(),
+            reason: "card declined".to_owned(),
+        })
+    }
+
+    fn timed_out() -> PaymentEvent {
+        PaymentEvent::PaymentTimedOut(PaymentTimedOut {
+            order_id: order_id(),
+        })
+    }
+
+    fn record_refund() -> PaymentCommand {
+        PaymentCommand::RecordRefund {
+            refund_id: "re_1".to_owned(),
+        }
+    }
+
+    fn refunded() -> PaymentEvent {
+        PaymentEvent::PaymentRefunded(PaymentRefunded {
+            order_id: order_id(),
+            amount: AMOUNT,
+            refund_id: "re_1".to_owned(),
+        })
+    }
+
+    fn given(events: Vec<PaymentEvent>) -> AggregateTestExecutor<Payment> {
+        TestFramework::<Payment>::with(()).given(events)
+    }
+
+    fn refused_field_error(result: Result<Vec<PaymentEvent>, PaymentError>) -> FieldError {
+        match result {
+            Err(PaymentError::Invalid(field_error)) => field_error,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    // RequestPayment
+
+    #[test]
+    fn requesting_a_payment_emits_payment_requested() {
+        given(vec![])
+            .when(request())
+            .then_expect_events(vec![requested()]);
+    }
+
+    #[test]
+    fn an_amount_of_zero_or_less_fails_naming_the_amount_field() {
+        for minor in [0, -1] {
+            let result = given(vec![])
+                .when(request_with(Money::from_minor(minor), "tok_visa"))
+                .inspect_result();
+            assert_eq!(refused_field_error(result).field, "amount");
+        }
+    }
+
+    #[test]
+    fn a_token_of_1_to_128_printable_characters_is_accepted() {
+        let longest = "t".repeat(PAYMENT_TOKEN_MAX_CHARS);
+        for payment_token in ["t", "tok_visa", "pm_1Nv0~!#$%&*+/=?^", longest.as_str()] {
+            let result = given(vec![])
+                .when(request_with(AMOUNT, payment_token))
+                .inspect_result();
+            assert!(
+                matches!(result.as_deref(), Ok([PaymentEvent::PaymentRequested(_)])),
+                "{payment_token:?} was refused: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_too_long_spaced_or_non_ascii_token_fails_naming_the_payment_token_field() {
+        let too_long = "t".repeat(PAYMENT_TOKEN_MAX_CHARS + 1);
+        for payment_token in [
+            "",
+            too_long.as_str(),
+            "tok visa",
+            "tok_visa\n",
+            "tök_visa",
+            "\u{7f}",
+        ] {
+            let result = given(vec![])
+                .when(request_with(AMOUNT, payment_token))
+                .inspect_result();
+            assert_eq!(
+                refused_field_error(result).field,
+                "payment_token",
+                "{payment_token:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_raw_card_number_is_refused_with_a_message_asking_for_a_gateway_token() {
+        for card_number in [
+            "4242424242424242",
+            "4242 4242 4242 4242",
+            "4242-4242-4242-4242",
+            "378282246310005",
+            "123456789012",
+            "1234567890123456789",
+        ] {
+            let result = given(vec![])
+                .when(request_with(AMOUNT, card_number))
+                .inspect_result();
+            let field_error = refused_field_error(result);
+            assert_eq!(field_error.field, "payment_token");
+            assert!(
+                field_error.message.contains("card number")
+                    && field_error
+                        .message
+                        .contains("token from the payment gateway"),
+                "{card_number:?}: {}",
+                field_error.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_run_of_fewer_than_12_or_more_than_19_digits_is_not_taken_for_a_card_number() {
+        for payment_token in ["12345678901", "12345678901234567890"] {
+            given(vec![])
+                .when(request_with(AMOUNT, payment_token))
+                .then_expect_events(vec![PaymentEvent::PaymentRequested(PaymentRequested {
+                    order_id: order_id(),
+                    amount: AMOUNT,
+                    payment_token: payment_token.to_owned(),
+                })]);
+        }
+    }
+
+    #[test]
+    fn the_same_request_again_emits_nothing() {
+        given(vec![requested()])
+            .when(request())
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn the_same_request_after_the_charge_emits_nothing() {
+        given(vec![requested(), succeeded("ch_1")])
+            .when(request())
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_request_with_another_amount_or_token_fails_with_already_requested() {
+        for command in [
+            request_with(Money::from_minor(4_049), "tok_visa"),
+            request_with(AMOUNT, "tok_mastercard"),
+        ] {
+            given(vec![requested()])
+                .when(command)
+                .then_expect_error(PaymentError::AlreadyRequested);
+        }
+    }
+
+    #[test]
+    fn every_command_before_a_request_fails_with_not_requested() {
+        for command in [
+            record_success("ch_1"),
+            record_failure(),
+            PaymentCommand::RecordTimeout,
+            record_refund(),
+        ] {
+            given(vec![])
+                .when(command)
+                .then_expect_error(PaymentError::NotRequested);
+        }
+    }
+
+    // RecordSuccess
+
+    #[test]
+    fn recording_a_success_emits_payment_succeeded_for_the_requested_amount() {
+        given(vec![requested()])
+            .when(record_success("ch_1"))
+            .then_expect_events(vec![succeeded("ch_1")]);
+    }
+
+    #[test]
+    fn recording_a_success_twice_never_emits_a_second_payment_succeeded() {
+        given(vec![requested(), succeeded("ch_1")])
+            .when(record_success("ch_2"))
+            .then_expect_events(vec![]);
+        given(vec![requested(), succeeded("ch_1"), refunded()])
+            .when(record_success("ch_2"))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn recording_a_success_after_a_failure_fails_with_already_settled() {
+        given(vec![requested(), failed()])
+            .when(record_success("ch_1"))
+            .then_expect_error(PaymentError::AlreadySettled(PaymentStatus::Failed));
+    }
+
+    // RecordFailure
+
+    #[test]
+    fn recording_a_failure_emits_payment_failed() {
+        given(vec![requested()])
+            .when(record_failure())
+            .then_expect_events(vec![failed()]);
+    }
+
+    #[test]
+    fn recording_a_failure_twice_emits_nothing() {
+        given(vec![requested(), failed()])
+            .when(record_failure())
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn recording_a_failure_after_a_success_fails_with_already_settled() {
+        given(vec![requested(), succeeded("ch_1")])
+            .when(record_failure())
+            .then_expect_error(PaymentError::AlreadySettled(PaymentStatus::Succeeded));
+    }
+
+    // RecordTimeout
+
+    #[test]
+    fn recording_a_timeout_of_a_requested_payment_emits_payment_timed_out() {
+        given(vec![requested()])
+            .when(PaymentCommand::RecordTimeout)
+            .then_expect_events(vec![timed_out()]);
+    }
+
+    #[test]
+    fn a_success_after_a_timeout_is_recorded_so_that_it_can_be_refunded() {
+        given(vec![requested(), timed_out()])
+            .when(record_success("ch_late"))
+            .then_expect_events(vec![succeeded("ch_late")]);
+        given(vec![requested(), timed_out(), succeeded("ch_late")])
+            .when(record_refund())
+            .then_expect_events(vec![refunded()]);
+    }
+
+    // RecordRefund
+
+    #[test]
+    fn refunding_a_succeeded_payment_emits_payment_refunded_for_its_amount() {
+        given(vec![requested(), succeeded("ch_1")])
+            .when(record_refund())
+            .then_expect_events(vec![refunded()]);
+    }
+
+    #[test]
+    fn refunding_twice_emits_nothing() {
+        given(vec![requested(), succeeded("ch_1"), refunded()])
+            .when(record_refund())
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn refunding_a_payment_that_was_never_charged_fails_with_not_charged() {
+        let cases = [
+            (vec![requested()], PaymentStatus::Requested),
+            (vec![requested(), failed()], PaymentStatus::Failed),
+            (vec![requested(), timed_out()], PaymentStatus::TimedOut),
+        ];
+        for (history, status) in cases {
+            given(history)
+                .when(record_refund())
+                .then_expect_error(PaymentError::NotCharged(status));
+        }
+    }
+
+    // Snapshots
+
+    #[test]
+    fn a_payment_snapshot_round_trips_through_json() {
+        let mut payment = Payment::default();
+        for event in [requested(), timed_out(), succeeded("ch_late")] {
+            payment.apply(event);
+        }
+        assert!(payment.timed_out);
+        assert_eq!(payment.status, PaymentStatus::Succeeded);
+        let json = serde_json::to_string(&payment).expect("a payment serializes");
+        let restored: Payment = serde_json::from_str(&json).expect("a snapshot deserializes");
+        assert_eq!(restored, payment);
+    }
+}

@@ -3,7 +3,7 @@
 //! Every event that changes the product is followed, in the same command, by a `ProductUpdated`
 //! that carries the whole product, so that a consumer can index it without other lookups.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -16,7 +16,8 @@ use crate::money::Money;
 pub const NAME_MAX_CHARS: usize = 200;
 pub const DESCRIPTION_MAX_CHARS: usize = 5_000;
 pub const CATEGORY_MAX_CHARS: usize = 100;
-/// The largest stock a product may hold; it keeps every stock figure inside a 32-bit integer.
+/// The largest stock a product may hold, units reserved for open orders included; it keeps every
+/// stock figure inside a 32-bit integer.
 pub const STOCK_MAX: u32 = 1_000_000_000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,12 +138,26 @@ pub enum ProductError {
     InsufficientStock { requested: u32, available: u32 },
     #[error("stock cannot go below zero: {stock_qty} in stock, delta {delta}")]
     NegativeStock { stock_qty: u32, delta: i64 },
-    #[error("stock cannot exceed {STOCK_MAX}: {stock_qty} in stock, delta {delta}")]
+    #[error(
+        "stock cannot exceed {STOCK_MAX} units, counting those reserved for open orders: {stock_qty} in stock, delta {delta}"
+    )]
     StockTooLarge { stock_qty: u32, delta: i64 },
     #[error("the reservation for order {order_id} was already released or committed")]
     ReservationClosed { order_id: Uuid },
     #[error("order {order_id} has no reservation to commit")]
     NoReservation { order_id: Uuid },
+    #[error("the reservation for order {order_id} was released and cannot be committed")]
+    ReservationReleased { order_id: Uuid },
+}
+
+/// How a closed reservation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationOutcome {
+    /// Given back to stock: the order was cancelled.
+    Released,
+    /// Sold: the order was confirmed.
+    Committed,
 }
 
 /// A product as its events leave it.
@@ -156,8 +171,9 @@ pub struct Product {
     pub category: Option<String>,
     /// Open reservations: order id to reserved quantity.
     pub reservations: BTreeMap<Uuid, u32>,
-    /// Orders whose reservation was released or committed; a late reserve for them is refused.
-    pub closed_reservations: BTreeSet<Uuid>,
+    /// Orders whose reservation was released or committed, and how: a late reserve for them is
+    /// refused, and a released reservation can never be committed.
+    pub closed_reservations: BTreeMap<Uuid, ReservationOutcome>,
     /// How many events the product stream holds.
     pub version: u64,
 }
@@ -229,6 +245,13 @@ pub fn validate_stock(stock_qty: i64) -> Result<u32, FieldError> {
 impl Product {
     fn exists(&self) -> bool {
         self.product_id.is_some()
+    }
+
+    /// The units held by open reservations.
+    fn reserved_units(&self) -> i64 {
+        self.reservations.values().fold(0_i64, |sum, &quantity| {
+            sum.saturating_add(i64::from(quantity))
+        })
     }
 
     /// The `ProductUpdated` that follows `changes` once they are applied to `self`.
@@ -325,7 +348,9 @@ impl Product {
                 delta,
             });
         }
-        if stock_qty > i64::from(STOCK_MAX) {
+        // Units reserved for open orders come back to stock when an order is cancelled, so the
+        // ceiling counts them too: a release can then never lift stock above STOCK_MAX.
+        if stock_qty.saturating_add(self.reserved_units()) > i64::from(STOCK_MAX) {
             return Err(ProductError::StockTooLarge {
                 stock_qty: self.stock_qty,
                 delta,
@@ -345,7 +370,7 @@ impl Product {
         if quantity == 0 {
             return Err(FieldError::new("quantity", "must be at least 1").into());
         }
-        if self.closed_reservations.contains(&order_id) {
+        if self.closed_reservations.contains_key(&order_id) {
             return Err(ProductError::ReservationClosed { order_id });
         }
         if self.reservations.contains_key(&order_id) {
@@ -375,8 +400,13 @@ impl Product {
                 order_id,
                 quantity,
             }))),
-            None if self.closed_reservations.contains(&order_id) => Ok(None), // committed twice
-            None => Err(ProductError::NoReservation { order_id }),
+            None => match self.closed_reservations.get(&order_id) {
+                Some(ReservationOutcome::Committed) => Ok(None), // committed twice
+                Some(ReservationOutcome::Released) => {
+                    Err(ProductError::ReservationReleased { order_id })
+                }
+                None => Err(ProductError::NoReservation { order_id }),
+            },
         }
     }
 }
@@ -459,11 +489,13 @@ impl Aggregate for Product {
                 if self.reservations.remove(&released.order_id).is_some() {
                     self.stock_qty = self.stock_qty.saturating_add(released.quantity);
                 }
-                self.closed_reservations.insert(released.order_id);
+                self.closed_reservations
+                    .insert(released.order_id, ReservationOutcome::Released);
             }
             ProductEvent::StockCommitted(committed) => {
                 self.reservations.remove(&committed.order_id);
-                self.closed_reservations.insert(committed.order_id);
+                self.closed_reservations
+                    .insert(committed.order_id, ReservationOutcome::Committed);
             }
             // The full picture: it repeats what the change before it did, so it only confirms.
             ProductEvent::ProductUpdated(updated) => {
@@ -494,5 +526,784 @@ impl DomainEvent for ProductEvent {
 
     fn event_version(&self) -> String {
         crate::current_schema_version(&self.event_type()).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::test::{AggregateTestExecutor, TestFramework};
+
+    use super::*;
+
+    const KETTLE_PRICE: Money = Money::from_minor(2_499);
+
+    fn kettle_id() -> Uuid {
+        Uuid::from_u128(0x6b65_7474_6c65)
+    }
+
+    fn order(number: u128) -> Uuid {
+        Uuid::from_u128(0x0a0d_0000 + number)
+    }
+
+    /// The fields of a `CreateProduct`, so that a test can change one and keep the others valid.
+    #[derive(Clone, Debug)]
+    struct NewProduct {
+        name: String,
+        description: String,
+        price: Money,
+        stock_qty: i64,
+        category: Option<String>,
+    }
+
+    fn kettle() -> NewProduct {
+        NewProduct {
+            name: "Kettle".to_owned(),
+            description: "Boils a litre of water".to_owned(),
+            price: KETTLE_PRICE,
+            stock_qty: 10,
+            category: Some("kitchen".to_owned()),
+        }
+    }
+
+    impl NewProduct {
+        fn command(self) -> ProductCommand {
+            ProductCommand::CreateProduct {
+                product_id: kettle_id(),
+                name: self.name,
+                description: self.description,
+                price: self.price,
+                stock_qty: self.stock_qty,
+                category: self.category,
+            }
+        }
+    }
+
+    fn created(stock_qty: u32) -> ProductEvent {
+        let kettle = kettle();
+        ProductEvent::ProductCreated(ProductCreated {
+            product_id: kettle_id(),
+            name: kettle.name,
+            description: kettle.description,
+            price: kettle.price,
+            stock_qty,
+            category: kettle.category,
+        })
+    }
+
+    /// The `ProductUpdated` of an unchanged kettle holding `stock_qty` units.
+    fn full_kettle(stock_qty: u32, version: u64) -> ProductEvent {
+        let kettle = kettle();
+        ProductEvent::ProductUpdated(ProductUpdated {
+            product_id: kettle_id(),
+            name: kettle.name,
+            description: kettle.description,
+            price: kettle.price,
+            stock_qty,
+            category: kettle.category,
+            version,
+        })
+    }
+
+    /// The stream of a kettle created with `stock_qty` units, then `changes` (each paired with the
+    /// stock it leaves), every event followed by its `ProductUpdated` as the aggregate writes them.
+    fn kettle_history(stock_qty: u32, changes: Vec<(ProductEvent, u32)>) -> Vec<ProductEvent> {
+        let mut events = vec![created(stock_qty), full_kettle(stock_qty, 2)];
+        for (change, stock_after) in changes {
+            events.push(change);
+            let version = events.len() as u64 + 1;
+            events.push(full_kettle(stock_after, version));
+        }
+        events
+    }
+
+    fn adjusted(delta: i64, stock_qty: u32) -> ProductEvent {
+        ProductEvent::StockAdjusted(StockAdjusted { delta, stock_qty })
+    }
+
+    fn reserved(order_id: Uuid, quantity: u32) -> ProductEvent {
+        ProductEvent::StockReserved(StockReserved { order_id, quantity })
+    }
+
+    fn released(order_id: Uuid, quantity: u32) -> ProductEvent {
+        ProductEvent::StockReleased(StockReleased { order_id, quantity })
+    }
+
+    fn committed(order_id: Uuid, quantity: u32) -> ProductEvent {
+        ProductEvent::StockCommitted(StockCommitted { order_id, quantity })
+    }
+
+    fn given(events: Vec<ProductEvent>) -> AggregateTestExecutor<Product> {
+        TestFramework::<Product>::with(()).given(events)
+    }
+
+    fn given_no_product() -> AggregateTestExecutor<Product> {
+        TestFramework::<Product>::with(()).given_no_previous_events()
+    }
+
+    fn update(
+        name: Option<&str>,
+        description: Option<&str>,
+        price: Option<Money>,
+        category: Option<Option<&str>>,
+    ) -> ProductCommand {
+        ProductCommand::UpdateProduct {
+            name: name.map(str::to_owned),
+            description: description.map(str::to_owned),
+            price,
+            category: category.map(|category| category.map(str::to_owned)),
+        }
+    }
+
+    #[track_caller]
+    fn assert_invalid(result: Result<Vec<ProductEvent>, ProductError>, expected_field: &str) {
+        match result {
+            Err(ProductError::Invalid(FieldError { field, .. })) => {
+                assert_eq!(field, expected_field)
+            }
+            other => panic!("expected an invalid {expected_field}, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn assert_creates(new_product: NewProduct) {
+        let result = given_no_product()
+            .when(new_product.clone().command())
+            .inspect_result();
+        assert!(
+            matches!(
+                result.as_deref(),
+                Ok([
+                    ProductEvent::ProductCreated(_),
+                    ProductEvent::ProductUpdated(_)
+                ])
+            ),
+            "{new_product:?} was refused: {result:?}"
+        );
+    }
+
+    #[track_caller]
+    fn assert_create_refused(new_product: NewProduct, expected_field: &str) {
+        assert_invalid(
+            given_no_product()
+                .when(new_product.command())
+                .inspect_result(),
+            expected_field,
+        );
+    }
+
+    // CreateProduct
+
+    #[test]
+    fn creating_a_product_emits_product_created_then_the_full_product_at_version_2() {
+        given_no_product()
+            .when(kettle().command())
+            .then_expect_events(vec![created(10), full_kettle(10, 2)]);
+    }
+
+    #[test]
+    fn creating_a_product_without_a_category_is_allowed() {
+        let uncategorised = NewProduct {
+            category: None,
+            ..kettle()
+        };
+        given_no_product()
+            .when(uncategorised.command())
+            .then_expect_events(vec![
+                ProductEvent::ProductCreated(ProductCreated {
+                    product_id: kettle_id(),
+                    name: "Kettle".to_owned(),
+                    description: "Boils a litre of water".to_owned(),
+                    price: KETTLE_PRICE,
+                    stock_qty: 10,
+                    category: None,
+                }),
+                ProductEvent::ProductUpdated(ProductUpdated {
+                    product_id: kettle_id(),
+                    name: "Kettle".to_owned(),
+                    description: "Boils a litre of water".to_owned(),
+                    price: KETTLE_PRICE,
+                    stock_qty: 10,
+                    category: None,
+                    version: 2,
+                }),
+            ]);
+    }
+
+    #[test]
+    fn creating_a_product_twice_fails_with_already_exists() {
+        given(kettle_history(10, vec![]))
+            .when(kettle().command())
+            .then_expect_error(ProductError::AlreadyExists);
+    }
+
+    #[test]
+    fn a_name_of_1_to_200_characters_is_accepted() {
+        assert_creates(NewProduct {
+            name: "K".to_owned(),
+            ..kettle()
+        });
+        assert_creates(NewProduct {
+            name: "é".repeat(NAME_MAX_CHARS),
+            ..kettle()
+        });
+    }
+
+    #[test]
+    fn an_empty_or_blank_name_is_refused_naming_the_name_field() {
+        for name in ["", " ", " \t\n "] {
+            assert_create_refused(
+                NewProduct {
+                    name: name.to_owned(),
+                    ..kettle()
+                },
+                "name",
+            );
+        }
+    }
+
+    #[test]
+    fn a_name_longer_than_200_characters_is_refused_naming_the_name_field() {
+        assert_create_refused(
+            NewProduct {
+                name: "K".repeat(NAME_MAX_CHARS + 1),
+                ..kettle()
+            },
+            "name",
+        );
+    }
+
+    #[test]
+    fn a_description_of_up_to_5000_characters_is_accepted() {
+        assert_creates(NewProduct {
+            description: String::new(),
+            ..kettle()
+        });
+        assert_creates(NewProduct {
+            description: "ü".repeat(DESCRIPTION_MAX_CHARS),
+            ..kettle()
+        });
+    }
+
+    #[test]
+    fn a_description_longer_than_5000_characters_is_refused_naming_the_description_field() {
+        assert_create_refused(
+            NewProduct {
+                description: "d".repeat(DESCRIPTION_MAX_CHARS + 1),
+                ..kettle()
+            },
+            "description",
+        );
+    }
+
+    #[test]
+    fn a_price_from_one_cent_to_the_maximum_is_accepted() {
+        for price in [Money::from_minor(1), Money::MAX] {
+            assert_creates(NewProduct { price, ..kettle() });
+        }
+    }
+
+    #[test]
+    fn a_price_of_zero_or_less_or_above_the_maximum_is_refused_naming_the_price_field() {
+        for minor in [0, -1, Money::MAX.minor() + 1] {
+            assert_create_refused(
+                NewProduct {
+                    price: Money::from_minor(minor),
+                    ..kettle()
+                },
+                "price",
+            );
+        }
+    }
+
+    #[test]
+    fn a_stock_from_0_to_one_billion_is_accepted() {
+        for stock_qty in [0, i64::from(STOCK_MAX)] {
+            assert_creates(NewProduct {
+                stock_qty,
+                ..kettle()
+            });
+        }
+    }
+
+    #[test]
+    fn a_negative_stock_or_one_above_one_billion_is_refused_naming_the_stock_qty_field() {
+        for stock_qty in [-1, i64::from(STOCK_MAX) + 1, i64::MAX] {
+            assert_create_refused(
+                NewProduct {
+                    stock_qty,
+                    ..kettle()
+                },
+                "stock_qty",
+            );
+        }
+    }
+
+    #[test]
+    fn a_category_of_1_to_100_characters_is_accepted() {
+        for category in ["k".to_owned(), "ß".repeat(CATEGORY_MAX_CHARS)] {
+            assert_creates(NewProduct {
+                category: Some(category),
+                ..kettle()
+            });
+        }
+    }
+
+    #[test]
+    fn an_empty_blank_or_too_long_category_is_refused_naming_the_category_field() {
+        for category in [
+            "".to_owned(),
+            "   ".to_owned(),
+            "c".repeat(CATEGORY_MAX_CHARS + 1),
+        ] {
+            assert_create_refused(
+                NewProduct {
+                    category: Some(category),
+                    ..kettle()
+                },
+                "category",
+            );
+        }
+    }
+
+    #[test]
+    fn every_command_but_create_on_a_missing_product_fails_with_not_found() {
+        let commands = [
+            update(Some("Teapot"), None, None, None),
+            ProductCommand::AdjustStock { delta: 5 },
+            ProductCommand::ReserveStock {
+                order_id: order(1),
+                quantity: 1,
+            },
+            ProductCommand::ReleaseStock { order_id: order(1) },
+            ProductCommand::CommitStock { order_id: order(1) },
+        ];
+        for command in commands {
+            given_no_product()
+                .when(command)
+                .then_expect_error(ProductError::NotFound);
+        }
+    }
+
+    // ProductUpdated and the stream version
+
+    #[test]
+    fn the_aggregate_counts_every_event_it_applies_in_its_version() {
+        let history = kettle_history(10, vec![(adjusted(5, 15), 15), (reserved(order(1), 2), 13)]);
+        let mut product = Product::default();
+        for event in history.clone() {
+            product.apply(event);
+        }
+        assert_eq!(product.version, history.len() as u64);
+        assert_eq!(product.version, 6);
+    }
+
+    #[test]
+    fn product_updated_carries_the_stream_version_of_its_own_event() {
+        let history = kettle_history(10, vec![(adjusted(5, 15), 15), (reserved(order(1), 2), 13)]);
+        given(history)
+            .when(ProductCommand::AdjustStock { delta: -3 })
+            .then_expect_events(vec![adjusted(-3, 10), full_kettle(10, 8)]);
+    }
+
+    // UpdateProduct
+
+    #[test]
+    fn updating_the_name_emits_the_new_details_then_the_full_product() {
+        given(kettle_history(10, vec![]))
+            .when(update(Some("Electric kettle"), None, None, None))
+            .then_expect_events(vec![
+                ProductEvent::ProductDetailsChanged(ProductDetailsChanged {
+                    name: "Electric kettle".to_owned(),
+                    description: "Boils a litre of water".to_owned(),
+                    price: KETTLE_PRICE,
+                    category: Some("kitchen".to_owned()),
+                }),
+                ProductEvent::ProductUpdated(ProductUpdated {
+                    product_id: kettle_id(),
+                    name: "Electric kettle".to_owned(),
+                    description: "Boils a litre of water".to_owned(),
+                    price: KETTLE_PRICE,
+                    stock_qty: 10,
+                    category: Some("kitchen".to_owned()),
+                    version: 4,
+                }),
+            ]);
+    }
+
+    #[test]
+    fn updating_description_price_and_category_together_changes_all_three() {
+        given(kettle_history(7, vec![]))
+            .when(update(
+                None,
+                Some("Boils two litres"),
+                Some(Money::from_minor(3_000)),
+                Some(Some("appliances")),
+            ))
+            .then_expect_events(vec![
+                ProductEvent::ProductDetailsChanged(ProductDetailsChanged {
+                    name: "Kettle".to_owned(),
+                    description: "Boils two litres".to_owned(),
+                    price: Money::from_minor(3_000),
+                    category: Some("appliances".to_owned()),
+                }),
+                ProductEvent::ProductUpdated(ProductUpdated {
+                    product_id: kettle_id(),
+                    name: "Kettle".to_owned(),
+                    description: "Boils two litres".to_owned(),
+                    price: Money::from_minor(3_000),
+                    stock_qty: 7,
+                    category: Some("appliances".to_owned()),
+                    version: 4,
+                }),
+            ]);
+    }
+
+    #[test]
+    fn updating_the_category_to_none_clears_it() {
+        given(kettle_history(10, vec![]))
+            .when(update(None, None, None, Some(None)))
+            .then_expect_events(vec![
+                ProductEvent::ProductDetailsChanged(ProductDetailsChanged {
+                    name: "Kettle".to_owned(),
+                    description: "Boils a litre of water".to_owned(),
+                    price: KETTLE_PRICE,
+                    category: None,
+                }),
+                ProductEvent::ProductUpdated(ProductUpdated {
+                    product_id: kettle_id(),
+                    name: "Kettle".to_owned(),
+                    description: "Boils a litre of water".to_owned(),
+                    price: KETTLE_PRICE,
+                    stock_qty: 10,
+                    category: None,
+                    version: 4,
+                }),
+            ]);
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_emits_nothing() {
+        let same_values = update(
+            Some("Kettle"),
+            Some("Boils a litre of water"),
+            Some(KETTLE_PRICE),
+            Some(Some("kitchen")),
+        );
+        for command in [same_values, update(None, None, None, None)] {
+            given(kettle_history(10, vec![]))
+                .when(command)
+                .then_expect_events(vec![]);
+        }
+    }
+
+    #[test]
+    fn an_update_with_an_invalid_field_is_refused_naming_that_field() {
+        let too_long_description = "d".repeat(DESCRIPTION_MAX_CHARS + 1);
+        let too_long_name = "n".repeat(NAME_MAX_CHARS + 1);
+        let cases = [
+            (update(Some(" "), None, None, None), "name"),
+            (update(Some(&too_long_name), None, None, None), "name"),
+            (
+                update(None, Some(&too_long_description), None, None),
+                "description",
+            ),
+            (update(None, None, Some(Money::ZERO), None), "price"),
+            (
+                update(
+                    None,
+                    None,
+                    Some(Money::from_minor(Money::MAX.minor() + 1)),
+                    None,
+                ),
+                "price",
+            ),
+            (update(None, None, None, Some(Some(""))), "category"),
+        ];
+        for (command, field) in cases {
+            assert_invalid(
+                given(kettle_history(10, vec![]))
+                    .when(command)
+                    .inspect_result(),
+                field,
+            );
+        }
+    }
+
+    // AdjustStock
+
+    #[test]
+    fn adjusting_stock_by_zero_emits_nothing() {
+        given(kettle_history(10, vec![]))
+            .when(ProductCommand::AdjustStock { delta: 0 })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn adjusting_stock_emits_the_delta_and_the_resulting_stock() {
+        given(kettle_history(10, vec![]))
+            .when(ProductCommand::AdjustStock { delta: 5 })
+            .then_expect_events(vec![adjusted(5, 15), full_kettle(15, 4)]);
+        given(kettle_history(10, vec![]))
+            .when(ProductCommand::AdjustStock { delta: -10 })
+            .then_expect_events(vec![adjusted(-10, 0), full_kettle(0, 4)]);
+    }
+
+    #[test]
+    fn adjusting_stock_below_zero_fails_with_negative_stock() {
+        given(kettle_history(10, vec![]))
+            .when(ProductCommand::AdjustStock { delta: -11 })
+            .then_expect_error(ProductError::NegativeStock {
+                stock_qty: 10,
+                delta: -11,
+            });
+        given(kettle_history(10, vec![]))
+            .when(ProductCommand::AdjustStock { delta: i64::MIN })
+            .then_expect_error(ProductError::NegativeStock {
+                stock_qty: 10,
+                delta: i64::MIN,
+            });
+    }
+
+    #[test]
+    fn adjusting_stock_up_to_one_billion_succeeds() {
+        let delta = i64::from(STOCK_MAX) - 10;
+        given(kettle_history(10, vec![]))
+            .when(ProductCommand::AdjustStock { delta })
+            .then_expect_events(vec![adjusted(delta, STOCK_MAX), full_kettle(STOCK_MAX, 4)]);
+    }
+
+    #[test]
+    fn adjusting_stock_above_one_billion_fails_with_stock_too_large() {
+        for delta in [i64::from(STOCK_MAX) - 9, i64::MAX] {
+            given(kettle_history(10, vec![]))
+                .when(ProductCommand::AdjustStock { delta })
+                .then_expect_error(ProductError::StockTooLarge {
+                    stock_qty: 10,
+                    delta,
+                });
+        }
+    }
+
+    #[test]
+    fn units_reserved_for_open_orders_count_towards_the_stock_ceiling() {
+        // 5 available and 5 held for order 1: the held units come back to stock if the order
+        // is cancelled, so they must fit under the ceiling too.
+        let history = kettle_history(10, vec![(reserved(order(1), 5), 5)]);
+        given(history.clone())
+            .when(ProductCommand::AdjustStock {
+                delta: i64::from(STOCK_MAX) - 10,
+            })
+            .then_expect_events(vec![
+                adjusted(i64::from(STOCK_MAX) - 10, STOCK_MAX - 5),
+                full_kettle(STOCK_MAX - 5, 6),
+            ]);
+        given(history)
+            .when(ProductCommand::AdjustStock {
+                delta: i64::from(STOCK_MAX) - 9,
+            })
+            .then_expect_error(ProductError::StockTooLarge {
+                stock_qty: 5,
+                delta: i64::from(STOCK_MAX) - 9,
+            });
+    }
+
+    // ReserveStock
+
+    #[test]
+    fn reserving_stock_lowers_the_stock_by_the_quantity() {
+        given(kettle_history(10, vec![]))
+            .when(ProductCommand::ReserveStock {
+                order_id: order(1),
+                quantity: 3,
+            })
+            .then_expect_events(vec![reserved(order(1), 3), full_kettle(7, 4)]);
+    }
+
+    #[test]
+    fn reserving_all_of_the_available_stock_succeeds() {
+        given(kettle_history(10, vec![]))
+            .when(ProductCommand::ReserveStock {
+                order_id: order(1),
+                quantity: 10,
+            })
+            .then_expect_events(vec![reserved(order(1), 10), full_kettle(0, 4)]);
+    }
+
+    #[test]
+    fn reserving_a_quantity_of_zero_fails_naming_the_quantity_field() {
+        assert_invalid(
+            given(kettle_history(10, vec![]))
+                .when(ProductCommand::ReserveStock {
+                    order_id: order(1),
+                    quantity: 0,
+                })
+                .inspect_result(),
+            "quantity",
+        );
+    }
+
+    #[test]
+    fn reserving_more_than_available_fails_with_the_available_quantity() {
+        let history = kettle_history(10, vec![(reserved(order(1), 4), 6)]);
+        given(history)
+            .when(ProductCommand::ReserveStock {
+                order_id: order(2),
+                quantity: 7,
+            })
+            .then_expect_error(ProductError::InsufficientStock {
+                requested: 7,
+                available: 6,
+            });
+    }
+
+    #[test]
+    fn reserving_again_for_an_order_with_an_open_reservation_emits_nothing() {
+        let history = kettle_history(10, vec![(reserved(order(1), 3), 7)]);
+        given(history)
+            .when(ProductCommand::ReserveStock {
+                order_id: order(1),
+                quantity: 3,
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn reserving_for_an_order_whose_reservation_was_released_fails_with_reservation_closed() {
+        let history = kettle_history(
+            10,
+            vec![(reserved(order(1), 3), 7), (released(order(1), 3), 10)],
+        );
+        given(history)
+            .when(ProductCommand::ReserveStock {
+                order_id: order(1),
+                quantity: 3,
+            })
+            .then_expect_error(ProductError::ReservationClosed { order_id: order(1) });
+    }
+
+    #[test]
+    fn reserving_for_an_order_whose_reservation_was_committed_fails_with_reservation_closed() {
+        let history = kettle_history(
+            10,
+            vec![(reserved(order(1), 3), 7), (committed(order(1), 3), 7)],
+        );
+        given(history)
+            .when(ProductCommand::ReserveStock {
+                order_id: order(1),
+                quantity: 3,
+            })
+            .then_expect_error(ProductError::ReservationClosed { order_id: order(1) });
+    }
+
+    // ReleaseStock
+
+    #[test]
+    fn releasing_a_reservation_returns_its_quantity_to_stock() {
+        let history = kettle_history(
+            10,
+            vec![(reserved(order(1), 3), 7), (reserved(order(2), 2), 5)],
+        );
+        given(history)
+            .when(ProductCommand::ReleaseStock { order_id: order(1) })
+            .then_expect_events(vec![released(order(1), 3), full_kettle(8, 8)]);
+    }
+
+    #[test]
+    fn releasing_a_reservation_twice_emits_nothing() {
+        let history = kettle_history(
+            10,
+            vec![(reserved(order(1), 3), 7), (released(order(1), 3), 10)],
+        );
+        given(history)
+            .when(ProductCommand::ReleaseStock { order_id: order(1) })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn releasing_what_was_never_reserved_emits_nothing() {
+        let history = kettle_history(10, vec![(reserved(order(1), 3), 7)]);
+        given(history)
+            .when(ProductCommand::ReleaseStock { order_id: order(2) })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn releasing_after_a_commit_emits_nothing_and_returns_nothing_to_stock() {
+        let history = kettle_history(
+            10,
+            vec![(reserved(order(1), 3), 7), (committed(order(1), 3), 7)],
+        );
+        given(history.clone())
+            .when(ProductCommand::ReleaseStock { order_id: order(1) })
+            .then_expect_events(vec![]);
+        // The sale still holds: the next change shows 7 in stock, not 10.
+        given(history)
+            .when(ProductCommand::AdjustStock { delta: 1 })
+            .then_expect_events(vec![adjusted(1, 8), full_kettle(8, 8)]);
+    }
+
+    // CommitStock
+
+    #[test]
+    fn committing_a_reservation_closes_it_as_a_sale_without_changing_stock() {
+        let history = kettle_history(10, vec![(reserved(order(1), 3), 7)]);
+        given(history)
+            .when(ProductCommand::CommitStock { order_id: order(1) })
+            .then_expect_events(vec![committed(order(1), 3), full_kettle(7, 6)]);
+    }
+
+    #[test]
+    fn committing_a_reservation_twice_emits_nothing() {
+        let history = kettle_history(
+            10,
+            vec![(reserved(order(1), 3), 7), (committed(order(1), 3), 7)],
+        );
+        given(history)
+            .when(ProductCommand::CommitStock { order_id: order(1) })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn committing_a_released_reservation_fails_and_keeps_the_units_on_sale() {
+        let history = kettle_history(
+            10,
+            vec![(reserved(order(1), 3), 7), (released(order(1), 3), 10)],
+        );
+        given(history)
+            .when(ProductCommand::CommitStock { order_id: order(1) })
+            .then_expect_error(ProductError::ReservationReleased { order_id: order(1) });
+    }
+
+    #[test]
+    fn committing_for_an_order_that_never_reserved_fails_with_no_reservation() {
+        let history = kettle_history(10, vec![(reserved(order(1), 3), 7)]);
+        given(history)
+            .when(ProductCommand::CommitStock { order_id: order(2) })
+            .then_expect_error(ProductError::NoReservation { order_id: order(2) });
+    }
+
+    // Snapshots
+
+    #[test]
+    fn a_product_snapshot_round_trips_through_json() {
+        let history = kettle_history(
+            10,
+            vec![
+                (reserved(order(1), 3), 7),
+                (reserved(order(2), 2), 5),
+                (committed(order(1), 3), 5),
+                (reserved(order(3), 1), 4),
+                (released(order(3), 1), 5),
+            ],
+        );
+        let mut product = Product::default();
+        for event in history {
+            product.apply(event);
+        }
+        assert_eq!(product.reservations.len(), 1);
+        assert_eq!(product.closed_reservations.len(), 2);
+        let json = serde_json::to_string(&product).expect("a product serializes");
+        let restored: Product = serde_json::from_str(&json).expect("a snapshot deserializes");
+        assert_eq!(restored, product);
     }
 }
