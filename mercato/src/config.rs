@@ -70,19 +70,42 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "MERCATO_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Event store and SQL read models: postgres://... or sqlite://PATH [default: sqlite://{data-dir}/mercato.db]
-    #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<Secret>,
     /// Redis for the query cache, carts and popularity [default: in-process]
-    #[arg(long, global = true, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub redis_url: Option<Secret>,
     /// Kafka brokers (host:port,...) for the relay and Kafka-fed consumers [default: none]
     #[arg(long, global = true, env = "KAFKA_BOOTSTRAP", value_name = "HOSTS")]
     pub kafka_bootstrap: Option<String>,
     /// OpenSearch or Elasticsearch for product search [default: embedded index]
-    #[arg(long, global = true, env = "OPENSEARCH_URL", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "OPENSEARCH_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub opensearch_url: Option<Secret>,
     /// OTLP endpoint for traces [default: no export]
-    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
     pub otel_endpoint: Option<String>,
     /// Log format
     #[arg(long, global = true, env = "MERCATO_LOG_FORMAT", value_enum)]
@@ -124,15 +147,20 @@ pub const DEFAULT_DATA_DIR: &str = "./data";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}; check the --config path")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
 }
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         toml::from_str(&text).map_err(|error| ConfigError::Parse {
             path: path.to_owned(),
             message: error.message().to_owned(),
@@ -158,16 +186,31 @@ impl Config {
             .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let default_database_url = || Secret(format!("sqlite://{}", data_dir.join("mercato.db").display()));
+        let default_database_url = || {
+            Secret(format!(
+                "sqlite://{}",
+                data_dir.join("mercato.db").display()
+            ))
+        };
         Ok(Config {
-            listen: listen
-                .or(file.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))),
+            listen: listen.or(file.listen).unwrap_or_else(|| {
+                DEFAULT_LISTEN
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
+            }),
             role: role.or(file.role).unwrap_or_default(),
-            database_url: common.database_url.clone().or(file.database_url).unwrap_or_else(default_database_url),
+            database_url: common
+                .database_url
+                .clone()
+                .or(file.database_url)
+                .unwrap_or_else(default_database_url),
             redis_url: common.redis_url.clone().or(file.redis_url),
             kafka_bootstrap: common.kafka_bootstrap.clone().or(file.kafka_bootstrap),
-            opensearch_url: common.opensearch_url.clone().or(elasticsearch_url).or(file.opensearch_url),
+            opensearch_url: common
+                .opensearch_url
+                .clone()
+                .or(elasticsearch_url)
+                .or(file.opensearch_url),
             otel_endpoint: common.otel_endpoint.clone().or(file.otel_endpoint),
             log_format: common.log_format.or(file.log_format).unwrap_or_default(),
             data_dir,
@@ -186,7 +229,11 @@ mod tests {
         assert_eq!(config.role, Role::All);
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.database_url.expose(), "sqlite://./data/mercato.db");
-        assert!(config.redis_url.is_none() && config.kafka_bootstrap.is_none() && config.opensearch_url.is_none());
+        assert!(
+            config.redis_url.is_none()
+                && config.kafka_bootstrap.is_none()
+                && config.opensearch_url.is_none()
+        );
     }
 
     #[test]
@@ -207,7 +254,10 @@ mod tests {
         assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(config.role, Role::Saga);
         assert_eq!(config.redis_url.unwrap().expose(), "redis://flag");
-        assert_eq!(config.database_url.expose(), "sqlite:///srv/mercato/mercato.db");
+        assert_eq!(
+            config.database_url.expose(),
+            "sqlite:///srv/mercato/mercato.db"
+        );
     }
 
     #[test]
@@ -215,7 +265,10 @@ mod tests {
         let alias = Some(Secret::new("http://es:9200"));
         let config = Config::resolve(&CommonArgs::default(), None, None, alias.clone()).unwrap();
         assert_eq!(config.opensearch_url.unwrap().expose(), "http://es:9200");
-        let common = CommonArgs { opensearch_url: Some(Secret::new("http://os:9200")), ..CommonArgs::default() };
+        let common = CommonArgs {
+            opensearch_url: Some(Secret::new("http://os:9200")),
+            ..CommonArgs::default()
+        };
         let config = Config::resolve(&common, None, None, alias).unwrap();
         assert_eq!(config.opensearch_url.unwrap().expose(), "http://os:9200");
     }
@@ -225,8 +278,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
-        let common = CommonArgs { config: Some(path), ..CommonArgs::default() };
-        let error = Config::resolve(&common, None, None, None).unwrap_err().to_string();
+        let common = CommonArgs {
+            config: Some(path),
+            ..CommonArgs::default()
+        };
+        let error = Config::resolve(&common, None, None, None)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("lisen"), "{error}");
     }
 

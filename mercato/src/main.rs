@@ -161,7 +161,12 @@ fn not_built(command: &str) -> Failure {
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve(serve) => {
-            let _config = Config::resolve(&cli.common, serve.listen, serve.role, serve.elasticsearch_url)?;
+            let _config = Config::resolve(
+                &cli.common,
+                serve.listen,
+                serve.role,
+                serve.elasticsearch_url,
+            )?;
             Err(not_built("serve"))
         }
         Command::Seed(_) => Err(not_built("seed")),
@@ -183,7 +188,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => {
             use clap::error::ErrorKind;
-            if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) {
                 let _ = error.print();
                 return ExitCode::SUCCESS;
             }
