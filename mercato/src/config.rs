@@ -13,12 +13,28 @@ use serde::Deserialize;
 pub struct Secret(String);
 
 impl Secret {
+    #[cfg(test)]
     pub fn new(value: impl Into<String>) -> Secret {
         Secret(value.into())
     }
 
+    #[cfg(test)]
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// The value with any password masked: `postgres://user:***@host/db`. Safe to print.
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return "***".to_owned();
+        };
+        match rest.rsplit_once('@') {
+            Some((credentials, host)) => {
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => self.0.clone(),
+        }
     }
 }
 
@@ -169,6 +185,33 @@ impl FileConfig {
 }
 
 impl Config {
+    /// The configuration as `key = value` lines, secrets masked.
+    pub fn describe(&self) -> String {
+        let optional = |value: Option<String>| value.unwrap_or_else(|| "(not set)".to_owned());
+        let role = format!("{:?}", self.role).to_lowercase();
+        let log_format = format!("{:?}", self.log_format).to_lowercase();
+        [
+            ("listen", self.listen.to_string()),
+            ("data_dir", self.data_dir.display().to_string()),
+            ("role", role),
+            ("database_url", self.database_url.redacted()),
+            (
+                "redis_url",
+                optional(self.redis_url.as_ref().map(Secret::redacted)),
+            ),
+            ("kafka_bootstrap", optional(self.kafka_bootstrap.clone())),
+            (
+                "opensearch_url",
+                optional(self.opensearch_url.as_ref().map(Secret::redacted)),
+            ),
+            ("otel_endpoint", optional(self.otel_endpoint.clone())),
+            ("log_format", log_format),
+        ]
+        .iter()
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect()
+    }
+
     /// Resolves flags and environment (already merged by clap) over the config file and defaults.
     /// `OPENSEARCH_URL` has the alias `ELASTICSEARCH_URL`.
     pub fn resolve(
@@ -292,5 +335,18 @@ mod tests {
     fn secrets_never_print() {
         let secret = Secret::new("postgres://user:hunter2@db/mercato");
         assert!(!format!("{secret:?}").contains("hunter2"));
+        assert_eq!(secret.redacted(), "postgres://user:***@db/mercato");
+        let common = CommonArgs {
+            database_url: Some(secret),
+            ..CommonArgs::default()
+        };
+        let described = Config::resolve(&common, None, None, None)
+            .unwrap()
+            .describe();
+        assert!(
+            described.contains("database_url = postgres://user:***@db/mercato"),
+            "{described}"
+        );
+        assert!(!described.contains("hunter2"));
     }
 }

@@ -41,6 +41,8 @@ enum Command {
     Audit(AuditCommand),
     /// Apply database migrations (serve also does this on start)
     Migrate,
+    /// Print the configuration this process would run with (flags, environment, file, defaults)
+    Config(ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -139,10 +141,9 @@ enum AuditCommand {
     Head,
 }
 
-/// How a run ended: success, a failure at run time (exit 1), or bad usage (exit 2).
+/// How a run failed: bad usage or a part that is not available (exit 2).
 #[derive(Debug)]
 enum Failure {
-    Runtime(anyhow::Error),
     Usage(String),
 }
 
@@ -160,14 +161,16 @@ fn not_built(command: &str) -> Failure {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Serve(serve) => {
-            let _config = Config::resolve(
+        Command::Serve(_) => Err(not_built("serve")),
+        Command::Config(serve) => {
+            let config = Config::resolve(
                 &cli.common,
                 serve.listen,
                 serve.role,
                 serve.elasticsearch_url,
             )?;
-            Err(not_built("serve"))
+            print!("{}", config.describe());
+            Ok(())
         }
         Command::Seed(_) => Err(not_built("seed")),
         Command::Replay(_) => Err(not_built("replay")),
@@ -211,10 +214,6 @@ fn main() -> ExitCode {
         Err(Failure::Usage(message)) => {
             print_error(&message);
             ExitCode::from(2)
-        }
-        Err(Failure::Runtime(error)) => {
-            print_error(&format!("{error:#}"));
-            ExitCode::from(1)
         }
     }
 }
