@@ -18,7 +18,6 @@ impl Secret {
         Secret(value.into())
     }
 
-    #[cfg(test)]
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -29,10 +28,10 @@ impl Secret {
             return "***".to_owned();
         };
         match rest.rsplit_once('@') {
-            Some((credentials, host)) => {
-                let user = credentials.split(':').next().unwrap_or_default();
-                format!("{scheme}://{user}:***@{host}")
-            }
+            Some((credentials, host)) => match credentials.split_once(':') {
+                Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+                None => self.0.clone(),
+            },
             None => self.0.clone(),
         }
     }
@@ -348,5 +347,10 @@ mod tests {
             "{described}"
         );
         assert!(!described.contains("hunter2"));
+        assert_eq!(
+            Secret::new("postgres://postgres@db/x").redacted(),
+            "postgres://postgres@db/x"
+        );
+        assert_eq!(Secret::new("opaque-token").redacted(), "***");
     }
 }

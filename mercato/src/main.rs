@@ -141,10 +141,44 @@ enum AuditCommand {
     Head,
 }
 
-/// How a run failed: bad usage or a part that is not available (exit 2).
+/// How a run failed: at run time (exit 1), or bad usage or a part that is not available (exit 2).
 #[derive(Debug)]
 enum Failure {
+    Runtime(anyhow::Error),
     Usage(String),
+}
+
+impl From<eventstore::StoreError> for Failure {
+    fn from(error: eventstore::StoreError) -> Self {
+        match error {
+            eventstore::StoreError::UnsupportedUrl { .. }
+            | eventstore::StoreError::InvalidUrl(_) => Failure::Usage(error.to_string()),
+            other => Failure::Runtime(other.into()),
+        }
+    }
+}
+
+impl Failure {
+    /// Adds what was being done to a runtime failure; usage errors already say what to fix.
+    fn context(self, what: String) -> Failure {
+        match self {
+            Failure::Runtime(error) => Failure::Runtime(error.context(what)),
+            usage => usage,
+        }
+    }
+}
+
+/// Runs `future` on a multi-threaded runtime.
+fn block_on<T>(
+    future: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| {
+            Failure::Runtime(anyhow::Error::new(error).context("cannot start the async runtime"))
+        })?
+        .block_on(future)
 }
 
 impl From<config::ConfigError> for Failure {
@@ -176,8 +210,32 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Replay(_) => Err(not_built("replay")),
         Command::Events(_) => Err(not_built("events")),
         Command::Audit(_) => Err(not_built("audit")),
-        Command::Migrate => Err(not_built("migrate")),
+        Command::Migrate => {
+            let config = Config::resolve(&cli.common, None, None, None)?;
+            let target = config.database_url.redacted();
+            block_on(async {
+                eventstore::migrate(config.database_url.expose()).await.map_err(|error| {
+                    Failure::from(error).context(format!(
+                        "cannot apply migrations to {target} (check DATABASE_URL and that the database is running)"
+                    ))
+                })?;
+                eprintln!("migrations applied to {target}");
+                Ok(())
+            })
+        }
     }
+}
+
+/// An error and its causes on one line, leaving out a cause its parent already quotes.
+fn describe_chain(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message = format!("{message}: {cause}");
+        }
+    }
+    message
 }
 
 /// Errors go to stderr as one line that starts with `error:`.
@@ -214,6 +272,10 @@ fn main() -> ExitCode {
         Err(Failure::Usage(message)) => {
             print_error(&message);
             ExitCode::from(2)
+        }
+        Err(Failure::Runtime(error)) => {
+            print_error(&describe_chain(&error));
+            ExitCode::from(1)
         }
     }
 }

@@ -1,0 +1,792 @@
+//! The PostgreSQL adapter: concurrent appenders, a global position no reader can skip.
+//!
+//! How the position works and why it is correct is written down in this crate's README.md
+//! ("PostgreSQL: the global position"). In short: an event's position is
+//! `(transaction id << 20) + index within the transaction`, and readers only read below
+//! `xmin << 20`, where xmin is the oldest transaction still running; below that bound nothing
+//! can appear any more.
+
+mod rows;
+mod sql;
+mod subscription;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use schemas::RecordedEvent;
+use serde_json::value::RawValue;
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::store::{
+    AppendRequest, AppendResult, Backend, DEFAULT_BATCH_SIZE, EventStore, Snapshot, Subscription,
+    SubscriptionSource,
+};
+use crate::verdict::{self, Decision, StoredId, Verdict};
+use rows::{EventColumns, to_i64, to_u64};
+pub use sql::{CHANNEL, MAX_EVENTS_PER_TRANSACTION};
+pub(crate) use subscription::PgSubscription;
+
+/// How often an append that lost a race (or found its transaction id too old for the stream)
+/// is tried again before the caller gets [`StoreError::Conflict`].
+const MAX_APPEND_ATTEMPTS: usize = 8;
+
+/// How long the notifier lets commits gather before it sends one NOTIFY for all of them
+/// (other processes' subscribers learn of a commit this much later; this process's own
+/// subscriptions are woken at once).
+const NOTIFY_GATHER: Duration = Duration::from_millis(2);
+
+/// How long the listener task waits before listening again after PostgreSQL refused it.
+const LISTENER_RETRY: Duration = Duration::from_secs(1);
+
+/// Connection settings of [`PgEventStore`].
+#[derive(Clone, Debug)]
+pub struct PgStoreOptions {
+    /// The most connections the store opens (appends, reads, and one per store for LISTEN).
+    pub max_connections: u32,
+    /// How long an operation waits for a free connection before it fails.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgStoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 32,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The event store on PostgreSQL. Cheap to clone: clones share one pool.
+#[derive(Clone, Debug)]
+pub struct PgEventStore {
+    inner: Arc<PgInner>,
+}
+
+#[derive(Debug)]
+struct PgInner {
+    pool: PgPool,
+    /// Bumped whenever new events may be readable: by this store's own commits and by the
+    /// listener task on every notification. Subscriptions wait on it.
+    wake: Arc<watch::Sender<u64>>,
+    /// Bumped after each commit of this store; the notifier task then sends one NOTIFY for
+    /// however many commits happened meanwhile.
+    notify_request: watch::Sender<u64>,
+    listener: tokio::sync::Mutex<Option<ListenerTask>>,
+}
+
+#[derive(Debug)]
+struct ListenerTask {
+    handle: JoinHandle<()>,
+    /// Dropped with the store, which stops the task.
+    _shutdown: oneshot::Sender<()>,
+}
+
+/// The migrations of the PostgreSQL adapter. Other crates may keep their own migrations in the
+/// same database: versions this migrator does not know are ignored.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("./migrations/postgres");
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+impl PgEventStore {
+    /// Connects with default options and applies the migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, PgStoreOptions::default()).await
+    }
+
+    /// Connects and applies the migrations.
+    pub async fn connect_with(url: &str, options: PgStoreOptions) -> Result<Self, StoreError> {
+        // One direct connection first: an unreachable server or a refused login is reported with
+        // its own reason at once, not as a pool timeout after `acquire_timeout`.
+        let probe = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+        let _ = sqlx::Connection::close(probe).await;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect(url)
+            .await?;
+        let store = Self::from_pool(pool);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Wraps an existing pool (migrations are not applied; see [`PgEventStore::migrate`]).
+    /// Must be called inside a tokio runtime: it starts the task that notifies other processes
+    /// of this store's commits.
+    pub fn from_pool(pool: PgPool) -> Self {
+        let (notify_request, notify_requests) = watch::channel(0);
+        tokio::spawn(run_notifier(pool.clone(), notify_requests));
+        Self {
+            inner: Arc::new(PgInner {
+                pool,
+                wake: Arc::new(watch::channel(0).0),
+                notify_request,
+                listener: tokio::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Applies the adapter's migrations (idempotent).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        migrator().run(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    /// The connection pool, for callers that append inside their own transaction.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Appends inside the caller's transaction: the events become visible when, and only if,
+    /// the caller commits. Several appends in one transaction get consecutive positions.
+    ///
+    /// Notifies subscribers inside the transaction (delivered at commit). PostgreSQL serialises
+    /// the commits of transactions that notify, so the store's own appends notify after their
+    /// commit instead; use this for appends that must share a transaction with other writes.
+    ///
+    /// Refusals that the store detects before writing (stream at another version, ids already
+    /// stored) leave the transaction usable. If a concurrent writer wins a race for the same
+    /// stream version or event id, PostgreSQL aborts the transaction: the answer is then
+    /// [`StoreError::Conflict`] and the caller must roll back.
+    pub async fn append_in_transaction(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+        request: AppendRequest,
+    ) -> Result<AppendResult, StoreError> {
+        request.validate()?;
+        check_size(request.events.len())?;
+        let columns = EventColumns::of(&request);
+        let connection: &mut PgConnection = transaction;
+        match insert(connection, &request, &columns).await {
+            Ok(Inserted::Appended(result)) => {
+                if !result.positions.is_empty() {
+                    sqlx::query(sql::NOTIFY)
+                        .bind(CHANNEL)
+                        .execute(&mut *connection)
+                        .await?;
+                }
+                Ok(result)
+            }
+            Ok(Inserted::Refused(seen)) => {
+                seen.check_room(request.events.len())?;
+                match judge(connection, &request).await? {
+                    Verdict::Duplicate(result) => Ok(result),
+                    Verdict::Refused(error) => Err(error),
+                    // The stream moved on after this transaction took its id (see sql::APPEND).
+                    Verdict::Appendable => Err(request.conflict(seen.current_version)),
+                }
+            }
+            Err(error) if is_unique_violation(&error) => {
+                let mut connection = self.inner.pool.acquire().await?;
+                match judge(&mut connection, &request).await? {
+                    Verdict::Refused(error) => Err(error),
+                    Verdict::Duplicate(_) | Verdict::Appendable => {
+                        let actual = stream_version(
+                            &mut connection,
+                            &request.stream_type,
+                            &request.stream_id,
+                        )
+                        .await?;
+                        Err(request.conflict(actual))
+                    }
+                }
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Appends one request in one statement, outside any explicit transaction.
+    async fn append_alone(&self, request: &AppendRequest) -> Result<AppendResult, StoreError> {
+        if request.events.is_empty() {
+            let mut connection = self.inner.pool.acquire().await?;
+            let current_version =
+                stream_version(&mut connection, &request.stream_type, &request.stream_id).await?;
+            if !request.expected.is_satisfied_by(current_version) {
+                return Err(request.conflict(current_version));
+            }
+            return Ok(AppendResult {
+                positions: Vec::new(),
+                stream_version: current_version,
+                duplicate: false,
+            });
+        }
+        let columns = if request.events.len() > sql::VALUES_MAX_ROWS {
+            Some(EventColumns::of(request))
+        } else {
+            None
+        };
+        let mut connection = self.inner.pool.acquire().await?;
+        for _ in 0..MAX_APPEND_ATTEMPTS {
+            let verdict = match insert_alone(&mut connection, request, columns.as_ref()).await {
+                Ok(Some(result)) => {
+                    self.announce_commit();
+                    return Ok(result);
+                }
+                Ok(None) => judge(&mut connection, request).await?,
+                Err(error) if is_unique_violation(&error) => {
+                    judge(&mut connection, request).await?
+                }
+                Err(error) => return Err(error.into()),
+            };
+            match verdict {
+                Verdict::Duplicate(result) => return Ok(result),
+                Verdict::Refused(error) => return Err(error),
+                // A concurrent writer won the race for the next version (expected: any).
+                Verdict::Appendable => continue,
+            }
+        }
+        let current_version =
+            stream_version(&mut connection, &request.stream_type, &request.stream_id).await?;
+        Err(request.conflict(current_version))
+    }
+
+    /// Appends several requests (and maybe a snapshot) in one transaction.
+    async fn append_in_new_transaction(
+        &self,
+        requests: &[AppendRequest],
+        snapshot: Option<&Snapshot>,
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        for request in requests {
+            request.validate()?;
+        }
+        check_size(requests.iter().map(|request| request.events.len()).sum())?;
+        let columns = requests.iter().map(EventColumns::of).collect::<Vec<_>>();
+        for _ in 0..MAX_APPEND_ATTEMPTS {
+            let mut transaction = self.inner.pool.begin().await?;
+            let mut results = Vec::with_capacity(requests.len());
+            let mut refused = false;
+            for (request, columns) in requests.iter().zip(&columns) {
+                match insert(&mut transaction, request, columns).await {
+                    Ok(Inserted::Appended(result)) => results.push(result),
+                    Ok(Inserted::Refused(seen)) => {
+                        seen.check_room(request.events.len())?;
+                        refused = true;
+                        break;
+                    }
+                    Err(error) if is_unique_violation(&error) => {
+                        refused = true;
+                        break;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            if !refused {
+                if let Some(snapshot) = snapshot {
+                    upsert_snapshot(&mut transaction, snapshot).await?;
+                }
+                transaction.commit().await?;
+                if results.iter().any(|result| !result.positions.is_empty()) {
+                    self.announce_commit();
+                }
+                return Ok(results);
+            }
+            transaction.rollback().await?;
+            let mut connection = self.inner.pool.acquire().await?;
+            let mut verdicts = Vec::with_capacity(requests.len());
+            for request in requests {
+                verdicts.push(judge(&mut connection, request).await?);
+            }
+            match verdict::decide(requests, verdicts) {
+                Decision::Duplicates(results) => return Ok(results),
+                Decision::Refused(error) => return Err(error),
+                Decision::Retry => continue,
+            }
+        }
+        let mut connection = self.inner.pool.acquire().await?;
+        match requests.first() {
+            Some(request) => {
+                let actual =
+                    stream_version(&mut connection, &request.stream_type, &request.stream_id)
+                        .await?;
+                Err(request.conflict(actual))
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Wakes this process's subscriptions and asks the notifier to tell other processes.
+    fn announce_commit(&self) {
+        self.inner
+            .wake
+            .send_modify(|counter| *counter = counter.wrapping_add(1));
+        self.inner
+            .notify_request
+            .send_modify(|counter| *counter = counter.wrapping_add(1));
+    }
+
+    /// One page of the global log below the horizon, and whether committed events wait above it.
+    pub(crate) async fn read_page(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<(Vec<RecordedEvent>, bool), StoreError> {
+        let rows = sqlx::query(sql::READ_PAGE)
+            .bind(to_i64(after_position))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.inner.pool)
+            .await?;
+        let mut pending = false;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            pending = row.try_get("pending")?;
+            let position: Option<i64> = row.try_get("position")?;
+            if position.is_some() {
+                events.push(rows::recorded_event(row)?);
+            }
+        }
+        Ok((events, pending))
+    }
+
+    /// Makes sure the task that LISTENs for other processes' commits runs.
+    async fn ensure_listener(&self) -> Result<(), StoreError> {
+        let mut listener_task = self.inner.listener.lock().await;
+        if listener_task
+            .as_ref()
+            .is_some_and(|task| !task.handle.is_finished())
+        {
+            return Ok(());
+        }
+        let mut listener = PgListener::connect_with(&self.inner.pool).await?;
+        listener.listen(CHANNEL).await?;
+        let (shutdown, shutdown_signal) = oneshot::channel();
+        let handle = tokio::spawn(run_listener(
+            listener,
+            self.inner.wake.clone(),
+            shutdown_signal,
+        ));
+        *listener_task = Some(ListenerTask {
+            handle,
+            _shutdown: shutdown,
+        });
+        Ok(())
+    }
+}
+
+fn check_size(n_events: usize) -> Result<(), StoreError> {
+    if n_events > MAX_EVENTS_PER_TRANSACTION {
+        return Err(StoreError::TooManyEvents {
+            n_events,
+            max_events: MAX_EVENTS_PER_TRANSACTION,
+        });
+    }
+    Ok(())
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database_error) if database_error.is_unique_violation())
+}
+
+/// What the append statement saw when it refused to insert.
+#[derive(Debug)]
+struct Seen {
+    current_version: u64,
+    first_position: i64,
+    xact_base: i64,
+}
+
+impl Seen {
+    fn check_room(&self, n_events: usize) -> Result<(), StoreError> {
+        let used = self.first_position.saturating_sub(self.xact_base);
+        let room = i64::try_from(MAX_EVENTS_PER_TRANSACTION).unwrap_or(i64::MAX) - used;
+        if i64::try_from(n_events).unwrap_or(i64::MAX) > room {
+            return Err(StoreError::TooManyEvents {
+                n_events: n_events + usize::try_from(used).unwrap_or(0),
+                max_events: MAX_EVENTS_PER_TRANSACTION,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+enum Inserted {
+    Appended(AppendResult),
+    Refused(Seen),
+}
+
+/// Runs the append statement for one request on `connection` (in whatever transaction it is).
+async fn insert(
+    connection: &mut PgConnection,
+    request: &AppendRequest,
+    columns: &EventColumns,
+) -> Result<Inserted, sqlx::Error> {
+    let required_version = request.expected.required_version().map_or(-1, to_i64);
+    let row = sqlx::query(sql::APPEND)
+        .bind(&request.stream_type)
+        .bind(&request.stream_id)
+        .bind(required_version)
+        .bind(&columns.event_ids)
+        .bind(&columns.event_types)
+        .bind(&columns.schema_versions)
+        .bind(&columns.occurred_at)
+        .bind(&columns.correlation_ids)
+        .bind(&columns.causation_ids)
+        .bind(&columns.saga_ids)
+        .bind(&columns.actors)
+        .bind(&columns.sources)
+        .bind(&columns.payloads)
+        .fetch_one(&mut *connection)
+        .await?;
+    let current_version: i64 = row.try_get("current_version")?;
+    let current_version = u64::try_from(current_version).unwrap_or(0);
+    let first_position: i64 = row.try_get("first_position")?;
+    let xact_base: i64 = row.try_get("xact_base")?;
+    let n_inserted: i64 = row.try_get("n_inserted")?;
+    let n_events = request.events.len();
+    let appended = if n_events == 0 {
+        request.expected.is_satisfied_by(current_version)
+    } else {
+        usize::try_from(n_inserted).is_ok_and(|n_inserted| n_inserted == n_events)
+    };
+    if !appended {
+        return Ok(Inserted::Refused(Seen {
+            current_version,
+            first_position,
+            xact_base,
+        }));
+    }
+    let first_position = u64::try_from(first_position).unwrap_or(0);
+    Ok(Inserted::Appended(AppendResult {
+        positions: (0..n_events as u64)
+            .map(|event_index| first_position + event_index)
+            .collect(),
+        stream_version: current_version + n_events as u64,
+        duplicate: false,
+    }))
+}
+
+/// Runs the lean append statement for a request alone in its transaction (autocommit).
+/// `None` when it inserted nothing (the stream is at another version).
+async fn insert_alone(
+    connection: &mut PgConnection,
+    request: &AppendRequest,
+    columns: Option<&EventColumns>,
+) -> Result<Option<AppendResult>, sqlx::Error> {
+    let n_events = request.events.len();
+    let required_version = request.expected.required_version().map_or(-1, to_i64);
+    let mut query = sqlx::query(sql::append_alone(n_events))
+        .bind(&request.stream_type)
+        .bind(&request.stream_id)
+        .bind(required_version);
+    match columns {
+        Some(columns) => {
+            query = query
+                .bind(&columns.event_ids)
+                .bind(&columns.event_types)
+                .bind(&columns.schema_versions)
+                .bind(&columns.occurred_at)
+                .bind(&columns.correlation_ids)
+                .bind(&columns.causation_ids)
+                .bind(&columns.saga_ids)
+                .bind(&columns.actors)
+                .bind(&columns.sources)
+                .bind(&columns.payloads);
+        }
+        None => {
+            for event in &request.events {
+                query = query
+                    .bind(event.event_id)
+                    .bind(event.event_type.as_str())
+                    .bind(rows::schema_version(event.schema_version))
+                    .bind(event.occurred_at)
+                    .bind(event.metadata.correlation_id.as_str())
+                    .bind(event.metadata.causation_id.as_str())
+                    .bind(event.metadata.saga_id.as_deref())
+                    .bind(event.metadata.actor.as_str())
+                    .bind(event.metadata.source.as_str())
+                    .bind(event.payload.get());
+            }
+        }
+    }
+    let rows = query.fetch_all(&mut *connection).await?;
+    if rows.len() != n_events {
+        return Ok(None);
+    }
+    let mut inserted = Vec::with_capacity(n_events);
+    for row in &rows {
+        let stream_version: i64 = row.try_get("stream_version")?;
+        let position: i64 = row.try_get("position")?;
+        inserted.push((stream_version, position));
+    }
+    inserted.sort_unstable();
+    let stream_version = inserted
+        .last()
+        .map_or(0, |(stream_version, _)| *stream_version);
+    Ok(Some(AppendResult {
+        positions: inserted
+            .into_iter()
+            .map(|(_, position)| u64::try_from(position).unwrap_or(0))
+            .collect(),
+        stream_version: u64::try_from(stream_version).unwrap_or(0),
+        duplicate: false,
+    }))
+}
+
+/// Decides what a refused request is, from what `connection` sees now.
+async fn judge(
+    connection: &mut PgConnection,
+    request: &AppendRequest,
+) -> Result<Verdict, StoreError> {
+    let stored = stored_ids(connection, &request.event_ids()).await?;
+    let current_version =
+        stream_version(connection, &request.stream_type, &request.stream_id).await?;
+    Ok(verdict::judge(request, &stored, current_version))
+}
+
+async fn stored_ids(
+    connection: &mut PgConnection,
+    event_ids: &[Uuid],
+) -> Result<Vec<StoredId>, StoreError> {
+    if event_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(sql::STORED_IDS)
+        .bind(event_ids)
+        .fetch_all(&mut *connection)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(StoredId {
+                event_id: row.try_get("event_id")?,
+                stream_type: row.try_get("stream_type")?,
+                stream_id: row.try_get("stream_id")?,
+                stream_version: to_u64(row.try_get("stream_version")?, "stream_version")?,
+                position: to_u64(row.try_get("position")?, "position")?,
+            })
+        })
+        .collect()
+}
+
+async fn stream_version(
+    connection: &mut PgConnection,
+    stream_type: &str,
+    stream_id: &str,
+) -> Result<u64, StoreError> {
+    let version: i64 = sqlx::query_scalar(sql::STREAM_VERSION)
+        .bind(stream_type)
+        .bind(stream_id)
+        .fetch_one(&mut *connection)
+        .await?;
+    to_u64(version, "stream_version")
+}
+
+async fn upsert_snapshot(
+    connection: &mut PgConnection,
+    snapshot: &Snapshot,
+) -> Result<(), StoreError> {
+    sqlx::query(sql::UPSERT_SNAPSHOT)
+        .bind(&snapshot.stream_type)
+        .bind(&snapshot.stream_id)
+        .bind(to_i64(snapshot.version))
+        .bind(snapshot.state.get())
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+/// Sends one NOTIFY after each burst of commits, outside any append transaction.
+///
+/// PostgreSQL serialises the commits of transactions that issued NOTIFY (a global lock held
+/// from before the commit record until after it), which would cap append throughput at one
+/// commit flush at a time; notifying afterwards, coalesced, keeps commits concurrent. If the
+/// process dies between a commit and its NOTIFY, other processes' subscribers still find the
+/// events at their next safety poll.
+async fn run_notifier(pool: PgPool, mut notify_requests: watch::Receiver<u64>) {
+    while notify_requests.changed().await.is_ok() {
+        // Let the commits of a burst gather: one NOTIFY wakes every listener for all of them.
+        tokio::time::sleep(NOTIFY_GATHER).await;
+        notify_requests.borrow_and_update();
+        if let Err(error) = sqlx::query(sql::NOTIFY).bind(CHANNEL).execute(&pool).await {
+            tracing::warn!(%error, "event store could not notify subscribers of new events");
+        }
+    }
+}
+
+/// Turns notifications from any process into wake-ups of this store's subscriptions.
+async fn run_listener(
+    mut listener: PgListener,
+    wake: Arc<watch::Sender<u64>>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    let bump = |counter: &mut u64| *counter = counter.wrapping_add(1);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            received = listener.try_recv() => match received {
+                Ok(Some(_notification)) => {
+                    while listener.next_buffered().is_some() {}
+                    wake.send_modify(bump);
+                }
+                // The connection was lost and is being re-established: notifications may have
+                // been lost with it, so let subscriptions read again.
+                Ok(None) => wake.send_modify(bump),
+                Err(error) => {
+                    tracing::warn!(%error, "event store lost its LISTEN connection, retrying");
+                    wake.send_modify(bump);
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(LISTENER_RETRY) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn append(&self, request: AppendRequest) -> Result<AppendResult, StoreError> {
+        request.validate()?;
+        check_size(request.events.len())?;
+        self.append_alone(&request).await
+    }
+
+    async fn append_atomic(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        if let [request] = requests.as_slice() {
+            request.validate()?;
+            check_size(request.events.len())?;
+            return Ok(vec![self.append_alone(request).await?]);
+        }
+        self.append_in_new_transaction(&requests, None).await
+    }
+
+    async fn append_with_snapshot(
+        &self,
+        request: AppendRequest,
+        snapshot: Snapshot,
+    ) -> Result<AppendResult, StoreError> {
+        let mut results = self
+            .append_in_new_transaction(std::slice::from_ref(&request), Some(&snapshot))
+            .await?;
+        results.pop().ok_or(StoreError::CommitFailed(
+            "the transaction returned no result".to_owned(),
+        ))
+    }
+
+    async fn read_stream(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        // A stream is always read as a prefix: version N+1 can only be inserted once version N
+        // is committed, so no horizon is needed here.
+        let query = format!(
+            "SELECT {} FROM events WHERE stream_type = $1 AND stream_id = $2 \
+             AND stream_version > $3 ORDER BY stream_version LIMIT $4",
+            sql::EVENT_COLUMNS
+        );
+        let rows = sqlx::query(&query)
+            .bind(stream_type)
+            .bind(stream_id)
+            .bind(to_i64(after_version))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter().map(rows::recorded_event).collect()
+    }
+
+    async fn stream_version(&self, stream_type: &str, stream_id: &str) -> Result<u64, StoreError> {
+        let mut connection = self.inner.pool.acquire().await?;
+        stream_version(&mut connection, stream_type, stream_id).await
+    }
+
+    async fn read_all(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.read_page(after_position, limit).await?.0)
+    }
+
+    async fn find_events(&self, event_ids: &[Uuid]) -> Result<Vec<RecordedEvent>, StoreError> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = format!(
+            "SELECT {} FROM events WHERE event_id = ANY($1::uuid[]) ORDER BY position",
+            sql::EVENT_COLUMNS
+        );
+        let rows = sqlx::query(&query)
+            .bind(event_ids)
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter().map(rows::recorded_event).collect()
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        let head: i64 = sqlx::query_scalar(sql::HEAD_POSITION)
+            .fetch_one(&self.inner.pool)
+            .await?;
+        to_u64(head, "position")
+    }
+
+    async fn subscribe(&self, after_position: u64) -> Result<Subscription, StoreError> {
+        // Subscribe to wake-ups before the first read, so that no commit falls in between.
+        let wake = self.inner.wake.subscribe();
+        self.ensure_listener().await?;
+        Ok(Subscription {
+            source: SubscriptionSource::Postgres(PgSubscription::new(
+                self.clone(),
+                wake,
+                after_position,
+                DEFAULT_BATCH_SIZE,
+            )),
+        })
+    }
+
+    async fn load_snapshot(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let row = sqlx::query(sql::LOAD_SNAPSHOT)
+            .bind(stream_type)
+            .bind(stream_id)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let state: String = row.try_get("state")?;
+        let state = RawValue::from_string(state).map_err(|error| {
+            StoreError::CorruptRow(format!(
+                "snapshot of {stream_type}/{stream_id} is not JSON: {error}"
+            ))
+        })?;
+        Ok(Some(Snapshot {
+            stream_type: stream_type.to_owned(),
+            stream_id: stream_id.to_owned(),
+            version: to_u64(row.try_get("version")?, "version")?,
+            state,
+        }))
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        let mut connection = self.inner.pool.acquire().await?;
+        upsert_snapshot(&mut connection, &snapshot).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,216 @@
+//! The statements of the PostgreSQL adapter, in one place.
+
+/// The channel appenders notify and subscribers listen on.
+pub const CHANNEL: &str = "mercato_events";
+
+/// Positions are `(transaction id << POSITION_SHIFT) + index within the transaction`.
+pub(crate) const POSITION_SHIFT: u32 = 20;
+
+/// How many events one transaction can hold: the index within a transaction has 20 bits.
+pub const MAX_EVENTS_PER_TRANSACTION: usize = 1 << POSITION_SHIFT;
+
+pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_type, stream_id, \
+    stream_version, event_type, schema_version, occurred_at, correlation_id, causation_id, \
+    saga_id, actor, source, payload";
+
+/// Appends one request's events in one statement, or appends nothing and says why.
+///
+/// Parameters: $1 stream_type, $2 stream_id, $3 required version (-1 for any), then one array
+/// per column: $4 event ids, $5 event types, $6 schema versions, $7 occurred_at,
+/// $8 correlation ids, $9 causation ids, $10 saga ids, $11 actors, $12 sources, $13 payloads.
+///
+/// The statement inserts only when every guard holds:
+/// - the stream is at the required version;
+/// - none of the event ids is stored yet (a retried append is answered from the stored rows);
+/// - the stream's last event has a lower position than the first new one. Only an append
+///   inside a longer transaction that took its transaction id before a concurrent writer
+///   committed to the same stream can fail this; without it that stream's versions would not
+///   be in position order;
+/// - the transaction still has room for the events in its 2^20 positions.
+///
+/// It always returns one row: what it saw, and how many rows it inserted.
+pub(crate) const APPEND: &str = r#"
+WITH head AS (
+    SELECT stream_version, position
+    FROM events
+    WHERE stream_type = $1 AND stream_id = $2
+    ORDER BY stream_version DESC
+    LIMIT 1
+), seen AS (
+    SELECT
+        COALESCE((SELECT stream_version FROM head), 0) AS current_version,
+        COALESCE((SELECT position FROM head), -1) AS last_position,
+        (SELECT count(*) FROM events WHERE event_id = ANY($4::uuid[])) AS n_known,
+        pg_current_xact_id()::text::bigint << 20 AS xact_base
+), start AS (
+    SELECT
+        seen.*,
+        COALESCE(
+            (SELECT max(position) + 1 FROM events
+             WHERE position >= seen.xact_base AND position < seen.xact_base + 1048576),
+            seen.xact_base
+        ) AS first_position
+    FROM seen
+), accepted AS (
+    SELECT *
+    FROM start
+    WHERE ($3::bigint < 0 OR current_version = $3::bigint)
+      AND n_known = 0
+      AND last_position < first_position
+      AND first_position + cardinality($4::uuid[]) <= xact_base + 1048576
+), inserted AS (
+    INSERT INTO events (position, event_id, stream_type, stream_id, stream_version, event_type,
+        schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload)
+    SELECT
+        accepted.first_position + input.event_index - 1, input.event_id, $1, $2,
+        accepted.current_version + input.event_index, input.event_type, input.schema_version,
+        input.occurred_at, input.correlation_id, input.causation_id, input.saga_id,
+        input.actor, input.source, input.payload
+    FROM accepted,
+        UNNEST($4::uuid[], $5::text[], $6::int4[], $7::timestamptz[], $8::text[], $9::text[],
+               $10::text[], $11::text[], $12::text[], $13::text[])
+        WITH ORDINALITY AS input(event_id, event_type, schema_version, occurred_at,
+            correlation_id, causation_id, saga_id, actor, source, payload, event_index)
+    RETURNING 1
+)
+SELECT
+    start.current_version,
+    start.last_position,
+    start.n_known,
+    start.first_position,
+    start.xact_base,
+    (SELECT count(*) FROM inserted) AS n_inserted
+FROM start
+"#;
+
+/// Appends up to this many events with one `VALUES` row each; more go through `UNNEST`.
+pub(crate) const VALUES_MAX_ROWS: usize = 32;
+
+const INSERT_COLUMNS: &str = "INSERT INTO events (position, event_id, stream_type, stream_id, \
+    stream_version, event_type, schema_version, occurred_at, correlation_id, causation_id, \
+    saga_id, actor, source, payload)";
+
+const ALONE_SELECT: &str = "SELECT (pg_current_xact_id()::text::bigint << 20) + input.event_index - 1, \
+    input.event_id, $1::text, $2::text, seen.current_version + input.event_index, \
+    input.event_type, input.schema_version, input.occurred_at, input.correlation_id, \
+    input.causation_id, input.saga_id, input.actor, input.source, input.payload \
+    FROM (SELECT COALESCE((SELECT stream_version FROM events \
+    WHERE stream_type = $1::text AND stream_id = $2::text \
+    ORDER BY stream_version DESC LIMIT 1), 0) AS current_version) AS seen, ";
+
+const ALONE_WHERE: &str = " WHERE $3::bigint < 0 OR seen.current_version = $3::bigint \
+    RETURNING position, stream_version";
+
+/// The append statement for a request that is its transaction's only statement (the common
+/// case, run outside any explicit transaction): it inserts every event or none, and returns the
+/// inserted rows. Parameters: $1 stream_type, $2 stream_id, $3 required version (-1 for any),
+/// then 10 per event as in [`APPEND`] (bound row by row for up to [`VALUES_MAX_ROWS`] events,
+/// as arrays beyond).
+///
+/// It can be this lean because it runs alone in its transaction: its positions start at the
+/// transaction's base; its transaction id is taken after its snapshot, so every event it sees
+/// in the stream has a lower position; and a refused or conflicting insert is classified
+/// afterwards on the same connection.
+pub(crate) fn append_alone(n_events: usize) -> &'static str {
+    static BY_ROW_COUNT: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let statements = BY_ROW_COUNT.get_or_init(|| {
+        let mut statements = Vec::with_capacity(VALUES_MAX_ROWS + 2);
+        statements.push(format!(
+            "{INSERT_COLUMNS} {ALONE_SELECT} UNNEST($4::uuid[], $5::text[], $6::int4[], \
+             $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+             $13::text[]) WITH ORDINALITY AS input(event_id, event_type, schema_version, \
+             occurred_at, correlation_id, causation_id, saga_id, actor, source, payload, \
+             event_index){ALONE_WHERE}"
+        ));
+        for n_rows in 1..=VALUES_MAX_ROWS {
+            let rows: Vec<String> = (0..n_rows)
+                .map(|row_index| {
+                    let first = 4 + row_index * 10;
+                    format!(
+                        "({}, ${}::uuid, ${}::text, ${}::int4, ${}::timestamptz, ${}::text, \
+                         ${}::text, ${}::text, ${}::text, ${}::text, ${}::text)",
+                        row_index + 1,
+                        first,
+                        first + 1,
+                        first + 2,
+                        first + 3,
+                        first + 4,
+                        first + 5,
+                        first + 6,
+                        first + 7,
+                        first + 8,
+                        first + 9
+                    )
+                })
+                .collect();
+            statements.push(format!(
+                "{INSERT_COLUMNS} {ALONE_SELECT} (VALUES {}) AS input(event_index, event_id, \
+                 event_type, schema_version, occurred_at, correlation_id, causation_id, saga_id, \
+                 actor, source, payload){ALONE_WHERE}",
+                rows.join(", ")
+            ));
+        }
+        statements
+    });
+    // Index 0 is the UNNEST form.
+    let index = if n_events <= VALUES_MAX_ROWS {
+        n_events
+    } else {
+        0
+    };
+    statements[index].as_str()
+}
+
+/// The stored events among a list of ids: what a rejected append is classified with.
+pub(crate) const STORED_IDS: &str = "SELECT event_id, stream_type, stream_id, stream_version, \
+    position FROM events WHERE event_id = ANY($1::uuid[])";
+
+pub(crate) const STREAM_VERSION: &str = "SELECT COALESCE(max(stream_version), 0) FROM events \
+    WHERE stream_type = $1 AND stream_id = $2";
+
+/// One page of the global log below the horizon, plus whether committed events wait above it.
+///
+/// The horizon is `xmin << 20`, where xmin is the oldest transaction still running when this
+/// statement's snapshot was taken: every transaction with a lower id has finished, so no event
+/// can ever appear below the horizon later. The same snapshot decides which rows are visible,
+/// so what this statement returns below the horizon is final.
+///
+/// The page is the first `$2` visible events after `$1`, cut at the horizon: the cut comes
+/// after the LIMIT so that the planner walks the primary key in order (it cannot estimate the
+/// horizon, and would otherwise sort the whole tail of the log).
+///
+/// Always returns at least one row; `position` is NULL when the page is empty.
+pub(crate) const READ_PAGE: &str = r#"
+WITH bound AS MATERIALIZED (
+    SELECT
+        horizon,
+        (SELECT position FROM events WHERE position >= horizon ORDER BY position LIMIT 1)
+            IS NOT NULL AS pending
+    FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20 AS horizon) AS now
+), page AS (
+    SELECT position, event_id, stream_type, stream_id, stream_version, event_type,
+        schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload
+    FROM events
+    WHERE position > $1
+    ORDER BY position
+    LIMIT $2
+)
+SELECT bound.pending, page.*
+FROM bound
+LEFT JOIN page ON page.position < bound.horizon
+ORDER BY page.position
+"#;
+
+pub(crate) const HEAD_POSITION: &str = "SELECT COALESCE(max(position), 0) FROM events \
+    WHERE position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)";
+
+pub(crate) const UPSERT_SNAPSHOT: &str = "INSERT INTO snapshots (stream_type, stream_id, version, \
+    state, taken_at) VALUES ($1, $2, $3, $4, now()) \
+    ON CONFLICT (stream_type, stream_id) DO UPDATE \
+    SET version = excluded.version, state = excluded.state, taken_at = excluded.taken_at \
+    WHERE snapshots.version <= excluded.version";
+
+pub(crate) const LOAD_SNAPSHOT: &str =
+    "SELECT version, state FROM snapshots WHERE stream_type = $1 AND stream_id = $2";
+
+pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, '')";

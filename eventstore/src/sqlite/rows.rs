@@ -1,0 +1,84 @@
+//! Turning SQLite rows into events.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use schemas::{EventMetadata, RecordedEvent};
+use serde_json::value::RawValue;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+
+pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_type, stream_id, \
+    stream_version, event_type, schema_version, occurred_at, correlation_id, causation_id, \
+    saga_id, actor, source, payload";
+
+/// How many ids one `IN (...)` lookup binds.
+pub(crate) const IDS_PER_QUERY: usize = 500;
+
+pub(crate) fn to_u64(value: i64, column: &str) -> Result<u64, StoreError> {
+    u64::try_from(value)
+        .map_err(|_| StoreError::CorruptRow(format!("{column} is negative: {value}")))
+}
+
+/// A `u64` position, version or limit as a bind parameter (saturating).
+pub(crate) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Timestamps are stored as RFC 3339 text in UTC with microseconds (PostgreSQL's precision), so
+/// that both adapters give back the same instant and the text sorts in time order.
+pub(crate) fn format_timestamp(timestamp: &DateTime<Utc>) -> String {
+    timestamp.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+pub(crate) fn parse_uuid(text: &str, position: i64) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text).map_err(|error| {
+        StoreError::CorruptRow(format!(
+            "event_id at position {position} is not a uuid: {error}"
+        ))
+    })
+}
+
+/// Reads an event from a row holding [`EVENT_COLUMNS`].
+pub(crate) fn recorded_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.try_get("position")?;
+    let event_id: String = row.try_get("event_id")?;
+    let occurred_at: String = row.try_get("occurred_at")?;
+    let occurred_at = DateTime::parse_from_rfc3339(&occurred_at)
+        .map_err(|error| {
+            StoreError::CorruptRow(format!(
+                "occurred_at at position {position} is not RFC 3339: {error}"
+            ))
+        })?
+        .with_timezone(&Utc);
+    let payload: String = row.try_get("payload")?;
+    let payload = RawValue::from_string(payload).map_err(|error| {
+        StoreError::CorruptRow(format!(
+            "payload at position {position} is not JSON: {error}"
+        ))
+    })?;
+    let schema_version: i64 = row.try_get("schema_version")?;
+    Ok(RecordedEvent {
+        event_id: parse_uuid(&event_id, position)?,
+        event_type: row.try_get("event_type")?,
+        schema_version: u32::try_from(schema_version).map_err(|_| {
+            StoreError::CorruptRow(format!(
+                "schema_version at position {position} is out of range: {schema_version}"
+            ))
+        })?,
+        stream_type: row.try_get("stream_type")?,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: to_u64(row.try_get("stream_version")?, "stream_version")?,
+        position: to_u64(position, "position")?,
+        occurred_at,
+        metadata: EventMetadata {
+            correlation_id: row.try_get("correlation_id")?,
+            causation_id: row.try_get("causation_id")?,
+            saga_id: row.try_get("saga_id")?,
+            actor: row.try_get("actor")?,
+            source: row.try_get("source")?,
+        },
+        payload,
+    })
+}

@@ -1,0 +1,440 @@
+//! The writer task: group commit of every append queued while the last commit was flushing.
+
+use chrono::Utc;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Connection, QueryBuilder, Row, Sqlite};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::rows::{IDS_PER_QUERY, format_timestamp, parse_uuid, to_i64, to_u64};
+use crate::error::StoreError;
+use crate::store::{AppendRequest, AppendResult, Snapshot};
+use crate::verdict::{self, StoredId, Verdict};
+
+/// The most appends one commit carries.
+const MAX_JOBS_PER_COMMIT: usize = 1024;
+/// The most rows one INSERT statement carries (13 parameters each, well below SQLite's limit).
+const ROWS_PER_INSERT: usize = 500;
+
+/// One caller's appends (all or nothing) and maybe a snapshot, with where to send the answer.
+#[derive(Debug)]
+pub(crate) struct WriteJob {
+    pub requests: Vec<AppendRequest>,
+    pub snapshot: Option<Snapshot>,
+    pub reply: oneshot::Sender<Result<Vec<AppendResult>, StoreError>>,
+}
+
+/// A job's answer. The outer `Result` of the functions below is for failures of the connection
+/// or the transaction, which fail the whole batch.
+type JobOutcome = Result<Vec<AppendResult>, StoreError>;
+
+/// Runs until every store handle is dropped: takes all queued jobs, commits them together,
+/// answers each caller after the commit, and publishes the new head position.
+pub(crate) async fn run(
+    mut connection: SqliteConnection,
+    mut jobs: mpsc::Receiver<WriteJob>,
+    head: watch::Sender<u64>,
+) {
+    let mut batch = Vec::with_capacity(64);
+    while jobs.recv_many(&mut batch, MAX_JOBS_PER_COMMIT).await > 0 {
+        commit_batch(&mut connection, std::mem::take(&mut batch), &head).await;
+    }
+    if let Err(error) = connection.close().await {
+        tracing::warn!(%error, "closing the sqlite event store's write connection failed");
+    }
+}
+
+async fn commit_batch(
+    connection: &mut SqliteConnection,
+    batch: Vec<WriteJob>,
+    head: &watch::Sender<u64>,
+) {
+    match run_batch(connection, &batch).await {
+        Ok(outcomes) => {
+            let last_position = outcomes
+                .iter()
+                .filter_map(|outcome| outcome.as_ref().ok())
+                .flatten()
+                .filter_map(AppendResult::last_position)
+                .max();
+            if let Some(last_position) = last_position {
+                head.send_if_modified(|head_position| {
+                    let moved = last_position > *head_position;
+                    if moved {
+                        *head_position = last_position;
+                    }
+                    moved
+                });
+            }
+            for (job, outcome) in batch.into_iter().zip(outcomes) {
+                // A caller that stopped waiting gets nothing; its events are committed anyway.
+                let _ = job.reply.send(outcome);
+            }
+        }
+        Err(error) => {
+            if let Err(rollback_error) = sqlx::query("ROLLBACK").execute(&mut *connection).await {
+                tracing::debug!(%rollback_error, "rollback after a failed group commit");
+            }
+            tracing::error!(%error, n_jobs = batch.len(), "sqlite event store group commit failed");
+            let message = error.to_string();
+            for job in batch {
+                let _ = job
+                    .reply
+                    .send(Err(StoreError::CommitFailed(message.clone())));
+            }
+        }
+    }
+}
+
+async fn run_batch(
+    connection: &mut SqliteConnection,
+    batch: &[WriteJob],
+) -> Result<Vec<JobOutcome>, sqlx::Error> {
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *connection)
+        .await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        outcomes.push(run_job(connection, job).await?);
+    }
+    sqlx::query("COMMIT").execute(&mut *connection).await?;
+    Ok(outcomes)
+}
+
+/// Runs one job inside its own savepoint when it has more than one statement that writes.
+async fn run_job(
+    connection: &mut SqliteConnection,
+    job: &WriteJob,
+) -> Result<JobOutcome, sqlx::Error> {
+    let needs_savepoint = job.requests.len() > 1
+        || job.snapshot.is_some()
+        || job
+            .requests
+            .iter()
+            .any(|request| request.events.len() > ROWS_PER_INSERT);
+    if needs_savepoint {
+        sqlx::query("SAVEPOINT append_job")
+            .execute(&mut *connection)
+            .await?;
+    }
+    let outcome = run_job_steps(connection, job).await?;
+    if needs_savepoint {
+        if outcome.is_err() {
+            sqlx::query("ROLLBACK TO append_job")
+                .execute(&mut *connection)
+                .await?;
+        }
+        sqlx::query("RELEASE append_job")
+            .execute(&mut *connection)
+            .await?;
+    }
+    Ok(outcome)
+}
+
+async fn run_job_steps(
+    connection: &mut SqliteConnection,
+    job: &WriteJob,
+) -> Result<JobOutcome, sqlx::Error> {
+    let mut results = Vec::with_capacity(job.requests.len());
+    for request in &job.requests {
+        match append_one(connection, request).await? {
+            Ok(result) => results.push(result),
+            Err(error) => return Ok(Err(error)),
+        }
+    }
+    // Requests without events go along with the others.
+    let mut n_duplicates = 0;
+    let mut n_appended = 0;
+    let mut first_duplicate_id = None;
+    for (request, result) in job.requests.iter().zip(&results) {
+        if request.events.is_empty() {
+            continue;
+        }
+        if result.duplicate {
+            n_duplicates += 1;
+            first_duplicate_id =
+                first_duplicate_id.or(request.events.first().map(|event| event.event_id));
+        } else {
+            n_appended += 1;
+        }
+    }
+    if let (true, Some(event_id)) = (n_appended > 0, first_duplicate_id) {
+        return Ok(Err(StoreError::EventIdReused { event_id }));
+    }
+    if n_duplicates == 0
+        && let Some(snapshot) = &job.snapshot
+    {
+        upsert_snapshot(connection, snapshot).await?;
+    }
+    Ok(Ok(results))
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database_error) if database_error.is_unique_violation())
+}
+
+/// Appends one request inside the open transaction (the writer holds the write lock, so what
+/// it reads cannot change before it writes).
+async fn append_one(
+    connection: &mut SqliteConnection,
+    request: &AppendRequest,
+) -> Result<Result<AppendResult, StoreError>, sqlx::Error> {
+    if request.events.is_empty() {
+        let current_version = current_version(connection, request).await?;
+        if !request.expected.is_satisfied_by(current_version) {
+            return Ok(Err(request.conflict(current_version)));
+        }
+        return Ok(Ok(AppendResult {
+            positions: Vec::new(),
+            stream_version: current_version,
+            duplicate: false,
+        }));
+    }
+    if request.events.len() > ROWS_PER_INSERT {
+        return append_in_chunks(connection, request).await;
+    }
+    // The common case: one statement checks the version and inserts.
+    match insert_guarded(connection, request).await {
+        Ok(Some(result)) => Ok(Ok(result)),
+        Ok(None) => {
+            let current_version = current_version(connection, request).await?;
+            let stored = stored_ids(connection, request).await?;
+            Ok(judged(request, &stored, current_version))
+        }
+        Err(error) if is_unique_violation(&error) => {
+            let current_version = current_version(connection, request).await?;
+            let stored = stored_ids(connection, request).await?;
+            Ok(judged(request, &stored, current_version))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+async fn current_version(
+    connection: &mut SqliteConnection,
+    request: &AppendRequest,
+) -> Result<u64, sqlx::Error> {
+    let current_version: Option<i64> = sqlx::query_scalar(
+        "SELECT stream_version FROM events WHERE stream_type = ? AND stream_id = ? \
+         ORDER BY stream_version DESC LIMIT 1",
+    )
+    .bind(&request.stream_type)
+    .bind(&request.stream_id)
+    .fetch_optional(&mut *connection)
+    .await?;
+    Ok(u64::try_from(current_version.unwrap_or(0)).unwrap_or(0))
+}
+
+/// The insert statement for `n_rows` events: it inserts them all if the stream is at the
+/// required version (?3, -1 for any), else nothing. ?1 stream_type, ?2 stream_id, then 10
+/// parameters per event.
+fn guarded_insert_sql(n_rows: usize) -> String {
+    let rows: Vec<String> = (0..n_rows)
+        .map(|row_index| {
+            let first = 4 + row_index * 10;
+            let parameters: Vec<String> = (first..first + 10)
+                .map(|parameter| format!("?{parameter}"))
+                .collect();
+            format!("({}, {})", row_index + 1, parameters.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, \
+         schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, \
+         payload) \
+         SELECT input.column2, ?1, ?2, seen.current_version + input.column1, input.column3, \
+         input.column4, input.column5, input.column6, input.column7, input.column8, \
+         input.column9, input.column10, input.column11 \
+         FROM (SELECT COALESCE((SELECT stream_version FROM events \
+         WHERE stream_type = ?1 AND stream_id = ?2 ORDER BY stream_version DESC LIMIT 1), 0) \
+         AS current_version) AS seen, (VALUES {}) AS input \
+         WHERE ?3 < 0 OR seen.current_version = ?3 \
+         RETURNING position, stream_version",
+        rows.join(", ")
+    )
+}
+
+/// Inserts every event of `request` if its stream is at the expected version; `None` if not.
+async fn insert_guarded(
+    connection: &mut SqliteConnection,
+    request: &AppendRequest,
+) -> Result<Option<AppendResult>, sqlx::Error> {
+    let statement = guarded_insert_sql(request.events.len());
+    let required_version = request.expected.required_version().map_or(-1, to_i64);
+    let mut query = sqlx::query(&statement)
+        .bind(request.stream_type.as_str())
+        .bind(request.stream_id.as_str())
+        .bind(required_version);
+    for event in &request.events {
+        query = query
+            .bind(event.event_id.to_string())
+            .bind(event.event_type.as_str())
+            .bind(i64::from(event.schema_version))
+            .bind(format_timestamp(&event.occurred_at))
+            .bind(event.metadata.correlation_id.as_str())
+            .bind(event.metadata.causation_id.as_str())
+            .bind(event.metadata.saga_id.as_deref())
+            .bind(event.metadata.actor.as_str())
+            .bind(event.metadata.source.as_str())
+            .bind(event.payload.get());
+    }
+    let rows = query.fetch_all(&mut *connection).await?;
+    if rows.len() != request.events.len() {
+        return Ok(None);
+    }
+    let mut inserted = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let stream_version: i64 = row.try_get("stream_version")?;
+        let position: i64 = row.try_get("position")?;
+        inserted.push((stream_version, position));
+    }
+    inserted.sort_unstable();
+    let stream_version = inserted
+        .last()
+        .map_or(0, |(stream_version, _)| *stream_version);
+    Ok(Some(AppendResult {
+        positions: inserted
+            .into_iter()
+            .map(|(_, position)| u64::try_from(position).unwrap_or(0))
+            .collect(),
+        stream_version: u64::try_from(stream_version).unwrap_or(0),
+        duplicate: false,
+    }))
+}
+
+/// Appends a request too large for one statement, chunk by chunk (inside the job's savepoint).
+async fn append_in_chunks(
+    connection: &mut SqliteConnection,
+    request: &AppendRequest,
+) -> Result<Result<AppendResult, StoreError>, sqlx::Error> {
+    let current_version = current_version(connection, request).await?;
+    // Look for stored ids first, so that a unique violation half-way cannot be mistaken for a
+    // duplicate of this request's own first rows.
+    let stored = stored_ids(connection, request).await?;
+    if !request.expected.is_satisfied_by(current_version) || !stored.is_empty() {
+        return Ok(judged(request, &stored, current_version));
+    }
+    let mut positions = Vec::with_capacity(request.events.len());
+    for (chunk_index, chunk) in request.events.chunks(ROWS_PER_INSERT).enumerate() {
+        let first_version = current_version + 1 + (chunk_index * ROWS_PER_INSERT) as u64;
+        match insert_chunk(connection, request, chunk, first_version).await {
+            Ok(chunk_positions) => positions.extend(chunk_positions),
+            Err(error) if is_unique_violation(&error) => {
+                return Ok(Err(request.conflict(current_version)));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(Ok(AppendResult {
+        positions,
+        stream_version: current_version + request.events.len() as u64,
+        duplicate: false,
+    }))
+}
+
+fn judged(
+    request: &AppendRequest,
+    stored: &[StoredId],
+    current_version: u64,
+) -> Result<AppendResult, StoreError> {
+    match verdict::judge(request, stored, current_version) {
+        Verdict::Duplicate(result) => Ok(result),
+        Verdict::Refused(error) => Err(error),
+        Verdict::Appendable => Err(request.conflict(current_version)),
+    }
+}
+
+async fn insert_chunk(
+    connection: &mut SqliteConnection,
+    request: &AppendRequest,
+    chunk: &[schemas::NewEvent],
+    first_version: u64,
+) -> Result<Vec<u64>, sqlx::Error> {
+    let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, \
+         schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, \
+         payload) ",
+    );
+    builder.push_values(chunk.iter().enumerate(), |mut row, (event_index, event)| {
+        row.push_bind(event.event_id.to_string())
+            .push_bind(request.stream_type.as_str())
+            .push_bind(request.stream_id.as_str())
+            .push_bind(to_i64(first_version + event_index as u64))
+            .push_bind(event.event_type.as_str())
+            .push_bind(i64::from(event.schema_version))
+            .push_bind(format_timestamp(&event.occurred_at))
+            .push_bind(event.metadata.correlation_id.as_str())
+            .push_bind(event.metadata.causation_id.as_str())
+            .push_bind(event.metadata.saga_id.as_deref())
+            .push_bind(event.metadata.actor.as_str())
+            .push_bind(event.metadata.source.as_str())
+            .push_bind(event.payload.get());
+    });
+    builder.push(" RETURNING position, stream_version");
+    let rows = builder.build().fetch_all(&mut *connection).await?;
+    let mut inserted = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let position: i64 = row.try_get("position")?;
+        let stream_version: i64 = row.try_get("stream_version")?;
+        inserted.push((stream_version, position));
+    }
+    inserted.sort_unstable();
+    Ok(inserted
+        .into_iter()
+        .map(|(_, position)| u64::try_from(position).unwrap_or(0))
+        .collect())
+}
+
+async fn stored_ids(
+    connection: &mut SqliteConnection,
+    request: &AppendRequest,
+) -> Result<Vec<StoredId>, sqlx::Error> {
+    let mut stored = Vec::new();
+    let event_ids = request.event_ids();
+    for chunk in event_ids.chunks(IDS_PER_QUERY) {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT event_id, stream_type, stream_id, stream_version, position FROM events \
+             WHERE event_id IN ",
+        );
+        builder.push_tuples(chunk, |mut tuple, event_id| {
+            tuple.push_bind(event_id.to_string());
+        });
+        let rows = builder.build().fetch_all(&mut *connection).await?;
+        for row in &rows {
+            let position: i64 = row.try_get("position")?;
+            let event_id: String = row.try_get("event_id")?;
+            let stream_version: i64 = row.try_get("stream_version")?;
+            stored.push(StoredId {
+                event_id: parse_uuid(&event_id, position)
+                    .map_err(|error| sqlx::Error::Decode(error.into()))?,
+                stream_type: row.try_get("stream_type")?,
+                stream_id: row.try_get("stream_id")?,
+                stream_version: to_u64(stream_version, "stream_version")
+                    .map_err(|error| sqlx::Error::Decode(error.into()))?,
+                position: to_u64(position, "position")
+                    .map_err(|error| sqlx::Error::Decode(error.into()))?,
+            });
+        }
+    }
+    Ok(stored)
+}
+
+async fn upsert_snapshot(
+    connection: &mut SqliteConnection,
+    snapshot: &Snapshot,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO snapshots (stream_type, stream_id, version, state, taken_at) \
+         VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (stream_type, stream_id) DO UPDATE \
+         SET version = excluded.version, state = excluded.state, taken_at = excluded.taken_at \
+         WHERE snapshots.version <= excluded.version",
+    )
+    .bind(&snapshot.stream_type)
+    .bind(&snapshot.stream_id)
+    .bind(to_i64(snapshot.version))
+    .bind(snapshot.state.get())
+    .bind(format_timestamp(&Utc::now()))
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,663 @@
+//! PostgreSQL only: the global position under concurrent writers, slow and rolled-back
+//! transactions. Each test runs in a database of its own (skipped loudly without
+//! `DATABASE_URL`, failing instead with `MERCATO_REQUIRE_SERVICES=1`).
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eventstore::testing::postgres_event_store;
+use eventstore::{EventStore, ExpectedVersion, PgEventStore, RecordedEvent, StoreError};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use uuid::Uuid;
+
+use common::{BATCH_TIMEOUT, assert_log_order, next_batch, numbered_events, read_exactly, request};
+
+/// What one writer did.
+#[derive(Debug, Default)]
+struct WriterReport {
+    committed: Vec<Uuid>,
+    rolled_back: Vec<Uuid>,
+    n_commits: usize,
+    n_rollbacks: usize,
+    /// Transactions that lost a race on a shared stream and were rolled back.
+    n_refused: usize,
+}
+
+/// Appends through `append_in_transaction` until `n_events` events are committed: 1 to 4
+/// events to one of the writer's own streams, sometimes one more to a stream shared with other
+/// writers, random short sleeps inside the transaction, and about 10% of transactions rolled
+/// back on purpose.
+async fn write_with_rollbacks(
+    store: PgEventStore,
+    writer_index: usize,
+    n_events: usize,
+) -> WriterReport {
+    let mut rng = StdRng::seed_from_u64(1_000 + writer_index as u64);
+    let mut versions = [0u64; 4];
+    let mut report = WriterReport::default();
+    while report.committed.len() < n_events {
+        let mut transaction = store.pool().begin().await.unwrap();
+        sleep_up_to(&mut rng, 1_000).await;
+        let stream_index = rng.random_range(0..versions.len());
+        let events = numbered_events(&format!("writer-{writer_index}"), rng.random_range(1..=4));
+        let n_own_events = events.len() as u64;
+        let mut event_ids: Vec<Uuid> = events.iter().map(|event| event.event_id).collect();
+        store
+            .append_in_transaction(
+                &mut transaction,
+                request(
+                    "load",
+                    &format!("w{writer_index}-s{stream_index}"),
+                    ExpectedVersion::Exact(versions[stream_index]),
+                    events,
+                ),
+            )
+            .await
+            .unwrap();
+        if rng.random_bool(0.2) {
+            let shared = numbered_events("shared", 1);
+            let shared_id = shared[0].event_id;
+            let appended = store
+                .append_in_transaction(
+                    &mut transaction,
+                    request(
+                        "load",
+                        &format!("shared-{}", writer_index % 2),
+                        ExpectedVersion::Any,
+                        shared,
+                    ),
+                )
+                .await;
+            match appended {
+                Ok(_) => event_ids.push(shared_id),
+                Err(error) if error.is_conflict() => {
+                    transaction.rollback().await.unwrap();
+                    report.n_refused += 1;
+                    report.rolled_back.extend(event_ids);
+                    continue;
+                }
+                Err(error) => panic!("writer {writer_index}: {error}"),
+            }
+        }
+        sleep_up_to(&mut rng, 2_000).await;
+        if rng.random_bool(0.1) {
+            transaction.rollback().await.unwrap();
+            report.n_rollbacks += 1;
+            report.rolled_back.extend(event_ids);
+        } else {
+            transaction.commit().await.unwrap();
+            report.n_commits += 1;
+            versions[stream_index] += n_own_events;
+            report.committed.extend(event_ids);
+        }
+    }
+    report
+}
+
+async fn sleep_up_to(rng: &mut StdRng, max_micros: u64) {
+    let micros = rng.random_range(0..=max_micros);
+    if micros > 0 {
+        tokio::time::sleep(Duration::from_micros(micros)).await;
+    }
+}
+
+/// Follows the log from 0 into a shared list until stopped.
+fn follow(
+    store: PgEventStore,
+) -> (
+    Arc<Mutex<Vec<RecordedEvent>>>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let handle = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut subscription = store.subscribe(0).await.unwrap();
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    batch = subscription.next_batch() => {
+                        let batch = batch.unwrap();
+                        seen.lock().unwrap().extend(batch);
+                    }
+                }
+            }
+        })
+    };
+    (seen, stop, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_concurrent_writers_with_rollbacks_are_followed_live_exactly_once() {
+    const N_WRITERS: usize = 16;
+    const EVENTS_PER_WRITER: usize = 1_500;
+    let Some((store, _database)) = postgres_event_store(
+        "sixteen_concurrent_writers_with_rollbacks_are_followed_live_exactly_once",
+    )
+    .await
+    else {
+        return;
+    };
+    let started = Instant::now();
+    let (seen, stop, follower) = follow(store.clone());
+
+    let writers: Vec<_> = (0..N_WRITERS)
+        .map(|writer_index| {
+            tokio::spawn(write_with_rollbacks(
+                store.clone(),
+                writer_index,
+                EVENTS_PER_WRITER,
+            ))
+        })
+        .collect();
+    let mut committed = HashSet::new();
+    let mut rolled_back = HashSet::new();
+    let (mut n_commits, mut n_rollbacks, mut n_refused) = (0, 0, 0);
+    for writer in writers {
+        let report = writer.await.unwrap();
+        committed.extend(report.committed);
+        rolled_back.extend(report.rolled_back);
+        n_commits += report.n_commits;
+        n_rollbacks += report.n_rollbacks;
+        n_refused += report.n_refused;
+    }
+    let writing_took = started.elapsed();
+
+    // The follower catches up with the last commits, then nothing more arrives.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap().len() < committed.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber saw {} of {} committed events",
+            seen.lock().unwrap().len(),
+            committed.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop.send(());
+    follower.await.unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+
+    let seen_ids: HashSet<Uuid> = seen.iter().map(|event| event.event_id).collect();
+    eprintln!(
+        "{N_WRITERS} writers: {} events committed in {n_commits} transactions, {} events in \
+         {n_rollbacks} rolled-back and {n_refused} refused transactions; the subscriber saw {} \
+         events ({} distinct); writing took {writing_took:?}, all {:?}",
+        committed.len(),
+        rolled_back.len(),
+        seen.len(),
+        seen_ids.len(),
+        started.elapsed()
+    );
+    assert!(committed.len() >= N_WRITERS * EVENTS_PER_WRITER);
+    assert!(n_rollbacks > 0 && !rolled_back.is_empty());
+    assert_eq!(seen.len(), committed.len(), "every committed event, once");
+    assert_eq!(seen_ids.len(), seen.len(), "no event twice");
+    assert_eq!(seen_ids, committed, "exactly the committed events");
+    assert!(
+        seen_ids.is_disjoint(&rolled_back),
+        "a rolled-back event was seen"
+    );
+    assert_log_order(&seen);
+    let log = read_exactly(&store, 1_000, committed.len()).await;
+    assert_eq!(
+        log.iter().map(|event| event.position).collect::<Vec<_>>(),
+        seen.iter().map(|event| event.position).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_restarted_from_its_checkpoint_while_transactions_are_in_flight_misses_nothing()
+ {
+    const N_WRITERS: usize = 4;
+    const EVENTS_PER_WRITER: usize = 500;
+    let Some((store, _database)) = postgres_event_store(
+        "a_subscriber_restarted_from_its_checkpoint_while_transactions_are_in_flight_misses_nothing",
+    )
+    .await
+    else {
+        return;
+    };
+    let writers: Vec<_> = (0..N_WRITERS)
+        .map(|writer_index| {
+            tokio::spawn(write_with_rollbacks(
+                store.clone(),
+                writer_index,
+                EVENTS_PER_WRITER,
+            ))
+        })
+        .collect();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut seen: Vec<RecordedEvent> = Vec::new();
+    let mut checkpoint = 0;
+    let mut n_restarts = 0;
+    while writers.iter().any(|writer| !writer.is_finished()) {
+        let mut subscription = store
+            .subscribe(checkpoint)
+            .await
+            .unwrap()
+            .with_batch_size(rng.random_range(1..=50));
+        for _ in 0..rng.random_range(1..=5) {
+            match tokio::time::timeout(Duration::from_millis(200), subscription.next_batch()).await
+            {
+                Ok(batch) => seen.extend(batch.unwrap()),
+                Err(_elapsed) => break,
+            }
+        }
+        checkpoint = subscription.checkpoint();
+        n_restarts += 1;
+    }
+    let mut committed = HashSet::new();
+    let mut rolled_back = HashSet::new();
+    for writer in writers {
+        let report = writer.await.unwrap();
+        committed.extend(report.committed);
+        rolled_back.extend(report.rolled_back);
+    }
+    // A last subscriber from the last checkpoint picks up the rest.
+    let mut subscription = store.subscribe(checkpoint).await.unwrap();
+    while seen.len() < committed.len() {
+        seen.extend(next_batch(&mut subscription).await);
+    }
+    eprintln!(
+        "{n_restarts} restarts, {} events seen, {} committed, {} rolled back",
+        seen.len(),
+        committed.len(),
+        rolled_back.len()
+    );
+    assert!(n_restarts > 3, "only {n_restarts} restarts");
+    let seen_ids: HashSet<Uuid> = seen.iter().map(|event| event.event_id).collect();
+    assert_eq!(seen.len(), committed.len());
+    assert_eq!(seen_ids, committed);
+    assert!(seen_ids.is_disjoint(&rolled_back));
+    assert_log_order(&seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_blocked_on_the_same_stream_version_gets_a_conflict_when_the_other_commits() {
+    let Some((store, _database)) = postgres_event_store(
+        "a_writer_blocked_on_the_same_stream_version_gets_a_conflict_when_the_other_commits",
+    )
+    .await
+    else {
+        return;
+    };
+    for commit_first in [true, false] {
+        let stream_id = format!("order-{commit_first}");
+        store
+            .append(request(
+                "order",
+                &stream_id,
+                ExpectedVersion::NoStream,
+                numbered_events("base", 1),
+            ))
+            .await
+            .unwrap();
+        let mut first = store.pool().begin().await.unwrap();
+        store
+            .append_in_transaction(
+                &mut first,
+                request(
+                    "order",
+                    &stream_id,
+                    ExpectedVersion::Exact(1),
+                    numbered_events("first", 1),
+                ),
+            )
+            .await
+            .unwrap();
+        // The second writer read version 1 too; its insert waits on the first one's row.
+        let second = {
+            let store = store.clone();
+            let stream_id = stream_id.clone();
+            tokio::spawn(async move {
+                store
+                    .append(request(
+                        "order",
+                        &stream_id,
+                        ExpectedVersion::Exact(1),
+                        numbered_events("second", 2),
+                    ))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !second.is_finished(),
+            "the second writer must wait for the first"
+        );
+        if commit_first {
+            first.commit().await.unwrap();
+            match second.await.unwrap() {
+                Err(StoreError::Conflict { actual, .. }) => assert_eq!(actual, 2),
+                other => panic!("expected a conflict, got {other:?}"),
+            }
+            assert_eq!(store.stream_version("order", &stream_id).await.unwrap(), 2);
+        } else {
+            first.rollback().await.unwrap();
+            let result = second.await.unwrap().unwrap();
+            assert_eq!(result.stream_version, 3);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_transaction_holds_the_horizon_back_until_it_commits_or_rolls_back() {
+    let Some((store, _database)) = postgres_event_store(
+        "a_running_transaction_holds_the_horizon_back_until_it_commits_or_rolls_back",
+    )
+    .await
+    else {
+        return;
+    };
+    let mut subscription = store.subscribe(0).await.unwrap();
+
+    // A slow transaction takes its position first, a quick one commits after it.
+    let mut slow = store.pool().begin().await.unwrap();
+    let slow_result = store
+        .append_in_transaction(
+            &mut slow,
+            request(
+                "cart",
+                "slow",
+                ExpectedVersion::NoStream,
+                numbered_events("slow", 2),
+            ),
+        )
+        .await
+        .unwrap();
+    let quick_result = store
+        .append(request(
+            "cart",
+            "quick",
+            ExpectedVersion::NoStream,
+            numbered_events("quick", 1),
+        ))
+        .await
+        .unwrap();
+    assert!(quick_result.positions[0] > slow_result.positions[1]);
+
+    // The quick event is committed, but a reader that returned it now would skip the slow
+    // ones when they commit: it is held back until the slow transaction ends.
+    assert!(store.read_all(0, 100).await.unwrap().is_empty());
+    assert!(store.head_position().await.unwrap() < quick_result.positions[0]);
+    let waited = tokio::time::timeout(Duration::from_millis(300), subscription.next_batch()).await;
+    assert!(
+        waited.is_err(),
+        "nothing may be delivered yet, got {waited:?}"
+    );
+
+    slow.commit().await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        seen.extend(next_batch(&mut subscription).await);
+    }
+    assert_eq!(
+        seen.iter().map(|event| event.position).collect::<Vec<_>>(),
+        [
+            slow_result.positions.clone(),
+            quick_result.positions.clone()
+        ]
+        .concat()
+    );
+
+    // A rolled-back transaction leaves no gap anyone waits on.
+    let mut doomed = store.pool().begin().await.unwrap();
+    store
+        .append_in_transaction(
+            &mut doomed,
+            request(
+                "cart",
+                "doomed",
+                ExpectedVersion::NoStream,
+                numbered_events("doomed", 3),
+            ),
+        )
+        .await
+        .unwrap();
+    let after = store
+        .append(request(
+            "cart",
+            "after",
+            ExpectedVersion::NoStream,
+            numbered_events("after", 1),
+        ))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    doomed.rollback().await.unwrap();
+    let batch = next_batch(&mut subscription).await;
+    assert_eq!(
+        batch.iter().map(|event| event.position).collect::<Vec<_>>(),
+        after.positions
+    );
+    assert!(
+        started.elapsed() < BATCH_TIMEOUT,
+        "the subscriber waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(store.stream_version("cart", "doomed").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_in_one_transaction_get_consecutive_positions_and_commit_together() {
+    let Some((store, _database)) = postgres_event_store(
+        "appends_in_one_transaction_get_consecutive_positions_and_commit_together",
+    )
+    .await
+    else {
+        return;
+    };
+    let mut transaction = store.pool().begin().await.unwrap();
+    let cart = store
+        .append_in_transaction(
+            &mut transaction,
+            request(
+                "cart",
+                "c",
+                ExpectedVersion::NoStream,
+                numbered_events("cart", 2),
+            ),
+        )
+        .await
+        .unwrap();
+    let order = store
+        .append_in_transaction(
+            &mut transaction,
+            request(
+                "order",
+                "o",
+                ExpectedVersion::NoStream,
+                numbered_events("order", 3),
+            ),
+        )
+        .await
+        .unwrap();
+    let positions = [cart.positions.clone(), order.positions.clone()].concat();
+    assert!(positions.windows(2).all(|pair| pair[1] == pair[0] + 1));
+    assert!(
+        store
+            .read_stream("cart", "c", 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    transaction.commit().await.unwrap();
+    let log = read_exactly(&store, 10, 5).await;
+    assert_eq!(
+        log.iter().map(|event| event.position).collect::<Vec<_>>(),
+        positions
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_in_a_transaction_older_than_the_streams_last_event_is_refused() {
+    let Some((store, _database)) = postgres_event_store(
+        "an_append_in_a_transaction_older_than_the_streams_last_event_is_refused",
+    )
+    .await
+    else {
+        return;
+    };
+    // The transaction takes its id (and so its positions) with a first append...
+    let mut older = store.pool().begin().await.unwrap();
+    store
+        .append_in_transaction(
+            &mut older,
+            request(
+                "cart",
+                "a",
+                ExpectedVersion::NoStream,
+                numbered_events("a", 1),
+            ),
+        )
+        .await
+        .unwrap();
+    // ...then a younger transaction commits to stream b...
+    let younger = store
+        .append(request(
+            "cart",
+            "b",
+            ExpectedVersion::NoStream,
+            numbered_events("b", 1),
+        ))
+        .await
+        .unwrap();
+    // ...so b's next event from the older transaction would come before b's first one in the
+    // log. It is refused, and the transaction stays usable.
+    let refused = store
+        .append_in_transaction(
+            &mut older,
+            request(
+                "cart",
+                "b",
+                ExpectedVersion::Exact(1),
+                numbered_events("b-late", 1),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.is_conflict(), "{refused:?}");
+    older.commit().await.unwrap();
+    let log = read_exactly(&store, 10, 2).await;
+    assert_log_order(&log);
+    assert_eq!(log[1].position, younger.positions[0]);
+    // Retried in a new transaction, it goes through.
+    let mut retry = store.pool().begin().await.unwrap();
+    let retried = store
+        .append_in_transaction(
+            &mut retry,
+            request(
+                "cart",
+                "b",
+                ExpectedVersion::Exact(1),
+                numbered_events("b-late", 1),
+            ),
+        )
+        .await
+        .unwrap();
+    retry.commit().await.unwrap();
+    assert!(retried.positions[0] > younger.positions[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_found_before_writing_leave_the_callers_transaction_usable() {
+    let Some((store, _database)) =
+        postgres_event_store("refusals_found_before_writing_leave_the_callers_transaction_usable")
+            .await
+    else {
+        return;
+    };
+    let events = numbered_events("stored", 2);
+    let stored = store
+        .append(request(
+            "cart",
+            "c",
+            ExpectedVersion::NoStream,
+            events.clone(),
+        ))
+        .await
+        .unwrap();
+    let mut transaction = store.pool().begin().await.unwrap();
+    let conflict = store
+        .append_in_transaction(
+            &mut transaction,
+            request(
+                "cart",
+                "c",
+                ExpectedVersion::Exact(7),
+                numbered_events("x", 1),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(conflict.is_conflict());
+    let duplicate = store
+        .append_in_transaction(
+            &mut transaction,
+            request("cart", "c", ExpectedVersion::NoStream, events),
+        )
+        .await
+        .unwrap();
+    assert!(duplicate.duplicate);
+    assert_eq!(duplicate.positions, stored.positions);
+    store
+        .append_in_transaction(
+            &mut transaction,
+            request(
+                "cart",
+                "c",
+                ExpectedVersion::Exact(2),
+                numbered_events("y", 1),
+            ),
+        )
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+    assert_eq!(store.stream_version("cart", "c").await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_is_woken_by_appends_from_another_process() {
+    let Some((store, database)) =
+        postgres_event_store("a_subscriber_is_woken_by_appends_from_another_process").await
+    else {
+        return;
+    };
+    // A second store on the same database stands for another process.
+    let other_process = PgEventStore::connect(database.url()).await.unwrap();
+    let mut subscription = store.subscribe(0).await.unwrap();
+    let mut delays = Vec::new();
+    for round in 0..5 {
+        // The subscriber is caught up and waiting; without a notification it would only read
+        // again at its one-second safety poll, about 900 ms from now.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let appended = other_process
+            .append(request(
+                "cart",
+                &format!("c-{round}"),
+                ExpectedVersion::NoStream,
+                numbered_events("elsewhere", 1),
+            ))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let batch = next_batch(&mut subscription).await;
+        delays.push(started.elapsed());
+        assert_eq!(batch[0].position, appended.positions[0]);
+    }
+    delays.sort();
+    let median = delays[delays.len() / 2];
+    assert!(
+        median < Duration::from_millis(500),
+        "woken after {delays:?}: the NOTIFY did not wake the subscriber"
+    );
+}

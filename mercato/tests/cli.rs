@@ -1,0 +1,102 @@
+//! The binary's outside surface: subcommands, exit codes, and one-line `error:` messages.
+
+use std::process::{Command, Output};
+
+fn mercato(args: &[&str], data_dir: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mercato"))
+        .args(args)
+        .current_dir(data_dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("MERCATO_CONFIG")
+        .env_remove("MERCATO_DATA_DIR")
+        .output()
+        .expect("the mercato binary runs")
+}
+
+fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn help_lists_every_subcommand_of_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = mercato(&["--help"], dir.path());
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for subcommand in ["serve", "seed", "replay", "events", "audit", "migrate"] {
+        assert!(
+            help.contains(subcommand),
+            "{subcommand} missing from:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn bad_usage_exits_2_with_one_error_line_that_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["replay"][..],
+        &["serve", "--listen", "nowhere"],
+        &["no-such-command"],
+    ] {
+        let output = mercato(args, dir.path());
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = stderr_of(&output);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains("--help"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_subcommand_that_is_not_available_yet_says_so_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = mercato(&["seed"], dir.path());
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr_of(&output).starts_with("error: `mercato seed` is not available"));
+}
+
+#[test]
+fn migrate_creates_the_embedded_store_under_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = mercato(&["migrate", "--data-dir", "shop"], dir.path());
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert!(dir.path().join("shop/mercato.db").exists());
+    // Applying them again changes nothing and succeeds.
+    let again = mercato(&["migrate", "--data-dir", "shop"], dir.path());
+    assert_eq!(again.status.code(), Some(0), "{}", stderr_of(&again));
+}
+
+#[test]
+fn migrate_against_an_unreachable_database_exits_1_naming_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = mercato(
+        &[
+            "migrate",
+            "--database-url",
+            "postgres://mercato:secret@127.0.0.1:1/shop",
+        ],
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = stderr_of(&output);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot apply migrations"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
+}
+
+#[test]
+fn an_unsupported_database_url_is_bad_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = mercato(
+        &["migrate", "--database-url", "mysql://db/shop"],
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr_of(&output).contains("postgres://"));
+}
