@@ -8,9 +8,9 @@ run *ARGS:
 test *ARGS:
     scripts/test {{ARGS}}
 
-# Benchmarks: print figures and ratios, record them in BENCHMARKS.md.
-bench:
-    @echo "error: no benchmark is built yet; see CHANGELOG.md" >&2; exit 2
+# Benchmarks: print every figure with its ratio to a baseline of the same run (see BENCHMARKS.md).
+bench *ARGS:
+    scripts/bench {{ARGS}}
 
 # Format the code.
 fmt:

@@ -28,7 +28,6 @@
 //! snapshot; when other writers appended since, [`CqrsEventRepository`] hands over a snapshot
 //! that does not deserialise, and cqrs-es replays the stream instead of deciding on stale state.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{SecondsFormat, Utc};
@@ -135,28 +134,25 @@ fn serialized_event(recorded: &RecordedEvent) -> Result<SerializedEvent, Persist
     let inner: Value = serde_json::from_str(recorded.payload.get())?;
     let mut tagged = serde_json::Map::with_capacity(1);
     tagged.insert(recorded.event_type.clone(), inner);
-    let mut metadata = HashMap::from([
-        (
-            "correlation_id".to_owned(),
-            recorded.metadata.correlation_id.clone(),
-        ),
-        (
-            "causation_id".to_owned(),
-            recorded.metadata.causation_id.clone(),
-        ),
-        ("actor".to_owned(), recorded.metadata.actor.clone()),
-        ("source".to_owned(), recorded.metadata.source.clone()),
-        ("event_id".to_owned(), recorded.event_id.to_string()),
-        ("position".to_owned(), recorded.position.to_string()),
-        (
-            "occurred_at".to_owned(),
-            recorded
-                .occurred_at
-                .to_rfc3339_opts(SecondsFormat::Micros, true),
-        ),
-    ]);
+    // Built as the JSON object cqrs-es reads, without an intermediate map.
+    let mut metadata = serde_json::Map::with_capacity(8);
+    let mut put = |key: &str, value: String| {
+        metadata.insert(key.to_owned(), Value::String(value));
+    };
+    put("correlation_id", recorded.metadata.correlation_id.clone());
+    put("causation_id", recorded.metadata.causation_id.clone());
+    put("actor", recorded.metadata.actor.clone());
+    put("source", recorded.metadata.source.clone());
+    put("event_id", recorded.event_id.to_string());
+    put("position", recorded.position.to_string());
+    put(
+        "occurred_at",
+        recorded
+            .occurred_at
+            .to_rfc3339_opts(SecondsFormat::Micros, true),
+    );
     if let Some(saga_id) = &recorded.metadata.saga_id {
-        metadata.insert("saga_id".to_owned(), saga_id.clone());
+        put("saga_id", saga_id.clone());
     }
     Ok(SerializedEvent {
         aggregate_id: recorded.stream_id.clone(),
@@ -165,7 +161,7 @@ fn serialized_event(recorded: &RecordedEvent) -> Result<SerializedEvent, Persist
         event_type: recorded.event_type.clone(),
         event_version: recorded.schema_version.to_string(),
         payload: Value::Object(tagged),
-        metadata: serde_json::to_value(metadata)?,
+        metadata: Value::Object(metadata),
     })
 }
 

@@ -195,7 +195,7 @@ WITH bound AS MATERIALIZED (
     ORDER BY position
     LIMIT $2
 )
-SELECT bound.pending, page.*
+SELECT page.*, bound.pending
 FROM bound
 LEFT JOIN page ON page.position < bound.horizon
 ORDER BY page.position
