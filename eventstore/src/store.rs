@@ -137,6 +137,23 @@ pub struct AppendResult {
 }
 
 impl AppendResult {
+    /// The result of an append from the `(stream_version, position)` of each inserted row, in
+    /// any order.
+    pub(crate) fn from_inserted_rows(mut inserted: Vec<(i64, i64)>) -> AppendResult {
+        inserted.sort_unstable();
+        let stream_version = inserted
+            .last()
+            .map_or(0, |(stream_version, _)| *stream_version);
+        AppendResult {
+            positions: inserted
+                .into_iter()
+                .map(|(_, position)| u64::try_from(position).unwrap_or(0))
+                .collect(),
+            stream_version: u64::try_from(stream_version).unwrap_or(0),
+            duplicate: false,
+        }
+    }
+
     /// The position of the last event of this append, if it had any.
     pub fn last_position(&self) -> Option<u64> {
         self.positions.last().copied()
@@ -152,6 +169,31 @@ pub struct Snapshot {
     pub version: u64,
     /// The state as JSON text.
     pub state: Box<RawValue>,
+}
+
+impl Snapshot {
+    /// A snapshot from its stored columns; a state that is not JSON is a corrupt row.
+    pub(crate) fn from_stored(
+        stream_type: &str,
+        stream_id: &str,
+        version: i64,
+        state: String,
+    ) -> Result<Snapshot, StoreError> {
+        let state = RawValue::from_string(state).map_err(|error| {
+            StoreError::CorruptRow(format!(
+                "snapshot of {stream_type}/{stream_id} is not JSON: {error}"
+            ))
+        })?;
+        let version = u64::try_from(version).map_err(|_| {
+            StoreError::CorruptRow(format!("snapshot version is negative: {version}"))
+        })?;
+        Ok(Snapshot {
+            stream_type: stream_type.to_owned(),
+            stream_id: stream_id.to_owned(),
+            version,
+            state,
+        })
+    }
 }
 
 /// Which adapter a store runs on.

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use schemas::RecordedEvent;
-use serde_json::value::RawValue;
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::{oneshot, watch};
@@ -509,24 +508,11 @@ async fn insert_alone(
     if rows.len() != n_events {
         return Ok(None);
     }
-    let mut inserted = Vec::with_capacity(n_events);
-    for row in &rows {
-        let stream_version: i64 = row.try_get("stream_version")?;
-        let position: i64 = row.try_get("position")?;
-        inserted.push((stream_version, position));
-    }
-    inserted.sort_unstable();
-    let stream_version = inserted
-        .last()
-        .map_or(0, |(stream_version, _)| *stream_version);
-    Ok(Some(AppendResult {
-        positions: inserted
-            .into_iter()
-            .map(|(_, position)| u64::try_from(position).unwrap_or(0))
-            .collect(),
-        stream_version: u64::try_from(stream_version).unwrap_or(0),
-        duplicate: false,
-    }))
+    let inserted = rows
+        .iter()
+        .map(|row| Ok((row.try_get("stream_version")?, row.try_get("position")?)))
+        .collect::<Result<Vec<(i64, i64)>, sqlx::Error>>()?;
+    Ok(Some(AppendResult::from_inserted_rows(inserted)))
 }
 
 /// Decides what a refused request is, from what `connection` sees now.
@@ -766,18 +752,13 @@ impl EventStore for PgEventStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let state: String = row.try_get("state")?;
-        let state = RawValue::from_string(state).map_err(|error| {
-            StoreError::CorruptRow(format!(
-                "snapshot of {stream_type}/{stream_id} is not JSON: {error}"
-            ))
-        })?;
-        Ok(Some(Snapshot {
-            stream_type: stream_type.to_owned(),
-            stream_id: stream_id.to_owned(),
-            version: to_u64(row.try_get("version")?, "version")?,
-            state,
-        }))
+        Snapshot::from_stored(
+            stream_type,
+            stream_id,
+            row.try_get("version")?,
+            row.try_get("state")?,
+        )
+        .map(Some)
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {

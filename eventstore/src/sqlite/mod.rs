@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use schemas::RecordedEvent;
-use serde_json::value::RawValue;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
@@ -304,18 +303,13 @@ impl EventStore for SqliteEventStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let state: String = row.try_get("state")?;
-        let state = RawValue::from_string(state).map_err(|error| {
-            StoreError::CorruptRow(format!(
-                "snapshot of {stream_type}/{stream_id} is not JSON: {error}"
-            ))
-        })?;
-        Ok(Some(Snapshot {
-            stream_type: stream_type.to_owned(),
-            stream_id: stream_id.to_owned(),
-            version: to_u64(row.try_get("version")?, "version")?,
-            state,
-        }))
+        Snapshot::from_stored(
+            stream_type,
+            stream_id,
+            row.try_get("version")?,
+            row.try_get("state")?,
+        )
+        .map(Some)
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError> {

@@ -281,24 +281,11 @@ async fn insert_guarded(
     if rows.len() != request.events.len() {
         return Ok(None);
     }
-    let mut inserted = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let stream_version: i64 = row.try_get("stream_version")?;
-        let position: i64 = row.try_get("position")?;
-        inserted.push((stream_version, position));
-    }
-    inserted.sort_unstable();
-    let stream_version = inserted
-        .last()
-        .map_or(0, |(stream_version, _)| *stream_version);
-    Ok(Some(AppendResult {
-        positions: inserted
-            .into_iter()
-            .map(|(_, position)| u64::try_from(position).unwrap_or(0))
-            .collect(),
-        stream_version: u64::try_from(stream_version).unwrap_or(0),
-        duplicate: false,
-    }))
+    let inserted = rows
+        .iter()
+        .map(|row| Ok((row.try_get("stream_version")?, row.try_get("position")?)))
+        .collect::<Result<Vec<(i64, i64)>, sqlx::Error>>()?;
+    Ok(Some(AppendResult::from_inserted_rows(inserted)))
 }
 
 /// Appends a request too large for one statement, chunk by chunk (inside the job's savepoint).
