@@ -661,3 +661,391 @@ async fn a_subscriber_is_woken_by_appends_from_another_process() {
         "woken after {delays:?}: the NOTIFY did not wake the subscriber"
     );
 }
+
+/// The transaction a position was written by.
+fn transaction_of(position: u64) -> u64 {
+    position >> 20
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_single_event_appends_are_committed_together_and_followed_live_exactly_once() {
+    const N_WRITERS: usize = 16;
+    const APPENDS_PER_WRITER: usize = 300;
+    const N_OWN_STREAMS: usize = 3;
+    let Some((store, _database)) = postgres_event_store(
+        "concurrent_single_event_appends_are_committed_together_and_followed_live_exactly_once",
+    )
+    .await
+    else {
+        return;
+    };
+    let (seen, stop, follower) = follow(store.clone());
+    let writers: Vec<_> = (0..N_WRITERS)
+        .map(|writer_index| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(2_000 + writer_index as u64);
+                let mut versions = [0u64; N_OWN_STREAMS];
+                // (event id, stream, position the caller got back)
+                let mut appended = Vec::with_capacity(APPENDS_PER_WRITER);
+                for _ in 0..APPENDS_PER_WRITER {
+                    let events = numbered_events(&format!("writer-{writer_index}"), 1);
+                    let event_id = events[0].event_id;
+                    let (stream_id, expected, own_stream) = if rng.random_bool(0.2) {
+                        let shared = format!("shared-{}", rng.random_range(0..3));
+                        (shared, ExpectedVersion::Any, None)
+                    } else {
+                        let stream_index = rng.random_range(0..N_OWN_STREAMS);
+                        (
+                            format!("w{writer_index}-s{stream_index}"),
+                            ExpectedVersion::Exact(versions[stream_index]),
+                            Some(stream_index),
+                        )
+                    };
+                    let result = store
+                        .append(request("load", &stream_id, expected, events))
+                        .await
+                        .unwrap();
+                    assert!(!result.duplicate);
+                    assert_eq!(result.positions.len(), 1);
+                    if let Some(stream_index) = own_stream {
+                        versions[stream_index] += 1;
+                        assert_eq!(result.stream_version, versions[stream_index]);
+                    }
+                    appended.push((event_id, stream_id, result.positions[0]));
+                }
+                appended
+            })
+        })
+        .collect();
+    let mut appended = Vec::new();
+    for writer in writers {
+        appended.extend(writer.await.unwrap());
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap().len() < appended.len() {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber saw {} of {} appended events",
+            seen.lock().unwrap().len(),
+            appended.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop.send(());
+    follower.await.unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+
+    assert_eq!(
+        seen.len(),
+        N_WRITERS * APPENDS_PER_WRITER,
+        "every event, once"
+    );
+    let seen_positions: std::collections::HashMap<Uuid, u64> = seen
+        .iter()
+        .map(|event| (event.event_id, event.position))
+        .collect();
+    assert_eq!(seen_positions.len(), seen.len(), "no event twice");
+    for (event_id, stream_id, position) in &appended {
+        assert_eq!(
+            seen_positions.get(event_id),
+            Some(position),
+            "event {event_id} of stream {stream_id}: the position its caller got back"
+        );
+    }
+    assert_log_order(&seen);
+
+    // Group commit happened: some transactions wrote events of several streams.
+    let mut streams_by_transaction: std::collections::HashMap<u64, HashSet<&str>> =
+        std::collections::HashMap::new();
+    for event in &seen {
+        streams_by_transaction
+            .entry(transaction_of(event.position))
+            .or_default()
+            .insert(event.stream_id.as_str());
+    }
+    let n_shared_commits = streams_by_transaction
+        .values()
+        .filter(|streams| streams.len() > 1)
+        .count();
+    eprintln!(
+        "{} events in {} transactions, {n_shared_commits} of them carrying several streams",
+        seen.len(),
+        streams_by_transaction.len()
+    );
+    assert!(
+        n_shared_commits > 0,
+        "no two appends were committed together"
+    );
+}
+
+/// A store whose single committer is busy with an append that waits on `gate`, an open
+/// transaction holding version 1 of the stream `gate/gate`: every append made until the gate
+/// is committed queues up and is then committed as one batch.
+async fn store_with_a_blocked_committer(
+    url: &str,
+) -> (
+    PgEventStore,
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    tokio::task::JoinHandle<Result<eventstore::AppendResult, StoreError>>,
+) {
+    let store = PgEventStore::connect_with(
+        url,
+        eventstore::PgStoreOptions {
+            committers: 1,
+            ..eventstore::PgStoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut gate = store.pool().begin().await.unwrap();
+    store
+        .append_in_transaction(
+            &mut gate,
+            request(
+                "gate",
+                "gate",
+                ExpectedVersion::NoStream,
+                numbered_events("gate", 1),
+            ),
+        )
+        .await
+        .unwrap();
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(request(
+                    "gate",
+                    "gate",
+                    ExpectedVersion::Any,
+                    numbered_events("behind the gate", 1),
+                ))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the committer must wait for the gate's transaction"
+    );
+    (store, gate, waiting)
+}
+
+/// Starts an append in its own task (it queues at once).
+fn spawn_append(
+    store: &PgEventStore,
+    request: eventstore::AppendRequest,
+) -> tokio::task::JoinHandle<Result<eventstore::AppendResult, StoreError>> {
+    let store = store.clone();
+    tokio::spawn(async move { store.append(request).await })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_one_batch_a_conflicting_and_a_duplicate_append_are_refused_while_the_others_commit() {
+    let Some((_store, database)) = postgres_event_store(
+        "in_one_batch_a_conflicting_and_a_duplicate_append_are_refused_while_the_others_commit",
+    )
+    .await
+    else {
+        return;
+    };
+    let (store, gate, waiting) = store_with_a_blocked_committer(database.url()).await;
+    let stored_events = numbered_events("stored", 1);
+    // Stored through append_in_transaction: the committer is busy.
+    let mut setup = store.pool().begin().await.unwrap();
+    let stored = store
+        .append_in_transaction(
+            &mut setup,
+            request(
+                "cart",
+                "retried",
+                ExpectedVersion::NoStream,
+                stored_events.clone(),
+            ),
+        )
+        .await
+        .unwrap();
+    for stream_id in ["existing", "moved-on"] {
+        store
+            .append_in_transaction(
+                &mut setup,
+                request(
+                    "cart",
+                    stream_id,
+                    ExpectedVersion::NoStream,
+                    numbered_events(stream_id, 2),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    setup.commit().await.unwrap();
+
+    let fresh = spawn_append(
+        &store,
+        request(
+            "cart",
+            "fresh",
+            ExpectedVersion::NoStream,
+            numbered_events("fresh", 1),
+        ),
+    );
+    let existing = spawn_append(
+        &store,
+        request(
+            "cart",
+            "existing",
+            ExpectedVersion::Exact(2),
+            numbered_events("existing", 3),
+        ),
+    );
+    let conflicting = spawn_append(
+        &store,
+        request(
+            "cart",
+            "moved-on",
+            ExpectedVersion::Exact(1),
+            numbered_events("late", 1),
+        ),
+    );
+    // A retry of the stored append, expecting the version it expected the first time.
+    let duplicate = spawn_append(
+        &store,
+        request("cart", "retried", ExpectedVersion::NoStream, stored_events),
+    );
+    let shared_any = spawn_append(
+        &store,
+        request(
+            "cart",
+            "any",
+            ExpectedVersion::Any,
+            numbered_events("any", 2),
+        ),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gate.commit().await.unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap().stream_version, 2);
+
+    let fresh = fresh.await.unwrap().unwrap();
+    let existing = existing.await.unwrap().unwrap();
+    let shared_any = shared_any.await.unwrap().unwrap();
+    assert_eq!(fresh.stream_version, 1);
+    assert_eq!(existing.stream_version, 5);
+    assert_eq!(shared_any.stream_version, 2);
+    assert!(!fresh.duplicate && !existing.duplicate && !shared_any.duplicate);
+    let positions = [
+        fresh.positions.clone(),
+        existing.positions.clone(),
+        shared_any.positions.clone(),
+    ]
+    .concat();
+    assert!(
+        positions
+            .iter()
+            .all(|position| transaction_of(*position) == transaction_of(positions[0])),
+        "the accepted appends were committed in one transaction: {positions:?}"
+    );
+    match conflicting.await.unwrap() {
+        Err(StoreError::Conflict {
+            expected, actual, ..
+        }) => {
+            assert_eq!(expected, ExpectedVersion::Exact(1));
+            assert_eq!(actual, 2);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let duplicate = duplicate.await.unwrap().unwrap();
+    assert!(duplicate.duplicate);
+    assert_eq!(duplicate.positions, stored.positions);
+    assert_eq!(duplicate.stream_version, 1);
+
+    assert_eq!(store.stream_version("cart", "moved-on").await.unwrap(), 2);
+    assert_eq!(store.stream_version("cart", "retried").await.unwrap(), 1);
+    // gate 2, retried 1, existing 5, moved-on 2, fresh 1, any 2
+    let log = read_exactly(&store, 100, 13).await;
+    assert_log_order(&log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_loses_a_race_on_an_event_id_is_appended_request_by_request() {
+    let Some((_store, database)) = postgres_event_store(
+        "a_batch_that_loses_a_race_on_an_event_id_is_appended_request_by_request",
+    )
+    .await
+    else {
+        return;
+    };
+    let (store, gate, waiting) = store_with_a_blocked_committer(database.url()).await;
+    let stored_events = numbered_events("stored", 2);
+    let mut setup = store.pool().begin().await.unwrap();
+    let stored = store
+        .append_in_transaction(
+            &mut setup,
+            request(
+                "cart",
+                "retried",
+                ExpectedVersion::NoStream,
+                stored_events.clone(),
+            ),
+        )
+        .await
+        .unwrap();
+    setup.commit().await.unwrap();
+    let reused_id = stored_events[0].event_id;
+
+    let appends: Vec<_> = (0..3)
+        .map(|index| {
+            spawn_append(
+                &store,
+                request(
+                    "cart",
+                    &format!("fine-{index}"),
+                    ExpectedVersion::NoStream,
+                    numbered_events("fine", 1),
+                ),
+            )
+        })
+        .collect();
+    // Any version is accepted, so the batch statement inserts the stored ids again and fails.
+    let duplicate = spawn_append(
+        &store,
+        request("cart", "retried", ExpectedVersion::Any, stored_events),
+    );
+    // An id stored as another stream's event.
+    let mut reusing = numbered_events("reused", 1);
+    reusing[0].event_id = reused_id;
+    let reused = spawn_append(
+        &store,
+        request("cart", "other", ExpectedVersion::Any, reusing),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gate.commit().await.unwrap();
+    waiting.await.unwrap().unwrap();
+
+    let mut transactions = HashSet::new();
+    for append in appends {
+        let result = append.await.unwrap().unwrap();
+        assert_eq!(result.stream_version, 1);
+        assert!(!result.duplicate);
+        transactions.insert(transaction_of(result.positions[0]));
+    }
+    assert_eq!(
+        transactions.len(),
+        3,
+        "after the failed batch each request is appended alone"
+    );
+    let duplicate = duplicate.await.unwrap().unwrap();
+    assert!(duplicate.duplicate);
+    assert_eq!(duplicate.positions, stored.positions);
+    assert_eq!(duplicate.stream_version, 2);
+    match reused.await.unwrap() {
+        Err(StoreError::EventIdReused { .. }) => {}
+        other => panic!("expected a reused event id, got {other:?}"),
+    }
+    // gate 2, retried 2, three fine streams
+    let log = read_exactly(&store, 100, 7).await;
+    assert_log_order(&log);
+}

@@ -6,6 +6,7 @@
 //! `xmin << 20`, where xmin is the oldest transaction still running; below that bound nothing
 //! can appear any more.
 
+mod committer;
 mod rows;
 mod sql;
 mod subscription;
@@ -17,7 +18,7 @@ use async_trait::async_trait;
 use schemas::RecordedEvent;
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -50,6 +51,9 @@ pub struct PgStoreOptions {
     pub max_connections: u32,
     /// How long an operation waits for a free connection before it fails.
     pub acquire_timeout: Duration,
+    /// How many group commits of concurrent appends can be in flight at once (at least 1):
+    /// each committer appends whatever single-stream appends are queued in one statement.
+    pub committers: usize,
 }
 
 impl Default for PgStoreOptions {
@@ -57,6 +61,7 @@ impl Default for PgStoreOptions {
         Self {
             max_connections: 32,
             acquire_timeout: Duration::from_secs(10),
+            committers: committer::DEFAULT_COMMITTERS,
         }
     }
 }
@@ -77,6 +82,9 @@ struct PgInner {
     /// however many commits happened meanwhile.
     notify_request: watch::Sender<u64>,
     listener: tokio::sync::Mutex<Option<ListenerTask>>,
+    /// Where [`EventStore::append`] queues its requests for the committer tasks. Dropped with
+    /// the store, which stops them.
+    appends: mpsc::UnboundedSender<committer::PendingAppend>,
 }
 
 #[derive(Debug)]
@@ -111,25 +119,39 @@ impl PgEventStore {
             .acquire_timeout(options.acquire_timeout)
             .connect(url)
             .await?;
-        let store = Self::from_pool(pool);
+        let store = Self::start(pool, options.committers);
         store.migrate().await?;
         Ok(store)
     }
 
     /// Wraps an existing pool (migrations are not applied; see [`PgEventStore::migrate`]).
     /// Must be called inside a tokio runtime: it starts the task that notifies other processes
-    /// of this store's commits.
+    /// of this store's commits and the tasks that group-commit appends.
     pub fn from_pool(pool: PgPool) -> Self {
+        Self::start(pool, committer::DEFAULT_COMMITTERS)
+    }
+
+    fn start(pool: PgPool, n_committers: usize) -> Self {
         let (notify_request, notify_requests) = watch::channel(0);
         tokio::spawn(run_notifier(pool.clone(), notify_requests));
-        Self {
-            inner: Arc::new(PgInner {
-                pool,
-                wake: Arc::new(watch::channel(0).0),
-                notify_request,
-                listener: tokio::sync::Mutex::new(None),
-            }),
+        let (appends, incoming) = mpsc::unbounded_channel();
+        let inner = Arc::new(PgInner {
+            pool,
+            wake: Arc::new(watch::channel(0).0),
+            notify_request,
+            listener: tokio::sync::Mutex::new(None),
+            appends,
+        });
+        let queue = Arc::new(tokio::sync::Mutex::new(committer::AppendQueue::new(
+            incoming,
+        )));
+        for _ in 0..n_committers.max(1) {
+            tokio::spawn(committer::run_committer(
+                Arc::downgrade(&inner),
+                queue.clone(),
+            ));
         }
+        Self { inner }
     }
 
     /// Applies the adapter's migrations (idempotent).
@@ -216,21 +238,50 @@ impl PgEventStore {
                 duplicate: false,
             });
         }
+        let mut connection = self.inner.pool.acquire().await?;
+        self.append_alone_on(&mut connection, request, false).await
+    }
+
+    /// Finishes a request the batch statement did not append (its stream was at another
+    /// version when the statement looked): judged like a refused lone append, then appended
+    /// alone if nothing stands in the way any more.
+    async fn settle_refused(
+        &self,
+        connection: &mut PgConnection,
+        request: &AppendRequest,
+    ) -> Result<AppendResult, StoreError> {
+        self.append_alone_on(connection, request, true).await
+    }
+
+    /// The lone append statement on `connection`, tried again while a concurrent writer wins
+    /// the race for the next version of an `Any` append. With `judge_first` it starts by
+    /// judging why an earlier statement did not append the request.
+    async fn append_alone_on(
+        &self,
+        connection: &mut PgConnection,
+        request: &AppendRequest,
+        mut judge_first: bool,
+    ) -> Result<AppendResult, StoreError> {
         let columns = if request.events.len() > sql::VALUES_MAX_ROWS {
             Some(EventColumns::of(request))
         } else {
             None
         };
-        let mut connection = self.inner.pool.acquire().await?;
         for _ in 0..MAX_APPEND_ATTEMPTS {
-            let verdict = match insert_alone(&mut connection, request, columns.as_ref()).await {
+            let inserted = if judge_first {
+                judge_first = false;
+                Ok(None)
+            } else {
+                insert_alone(&mut *connection, request, columns.as_ref()).await
+            };
+            let verdict = match inserted {
                 Ok(Some(result)) => {
                     self.announce_commit();
                     return Ok(result);
                 }
-                Ok(None) => judge(&mut connection, request).await?,
+                Ok(None) => judge(&mut *connection, request).await?,
                 Err(error) if is_unique_violation(&error) => {
-                    judge(&mut connection, request).await?
+                    judge(&mut *connection, request).await?
                 }
                 Err(error) => return Err(error.into()),
             };
@@ -242,7 +293,7 @@ impl PgEventStore {
             }
         }
         let current_version =
-            stream_version(&mut connection, &request.stream_type, &request.stream_id).await?;
+            stream_version(&mut *connection, &request.stream_type, &request.stream_id).await?;
         Err(request.conflict(current_version))
     }
 
@@ -635,7 +686,18 @@ impl EventStore for PgEventStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendResult, StoreError> {
         request.validate()?;
         check_size(request.events.len())?;
-        self.append_alone(&request).await
+        if request.events.is_empty() {
+            // Nothing to write: only the version check, which needs no commit.
+            return self.append_alone(&request).await;
+        }
+        let (answer, answered) = oneshot::channel();
+        let pending = committer::PendingAppend { request, answer };
+        if let Err(mpsc::error::SendError(pending)) = self.inner.appends.send(pending) {
+            // The committers are gone (the runtime that started them has shut down): append
+            // from here.
+            return self.append_alone(&pending.request).await;
+        }
+        answered.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn append_atomic(

@@ -161,6 +161,51 @@ pub(crate) fn append_alone(n_events: usize) -> &'static str {
     statements[index].as_str()
 }
 
+/// Appends several requests, each to its own stream, in one statement outside any explicit
+/// transaction (a group commit of concurrent appends).
+///
+/// Parameters, one entry per request: $1 stream types, $2 stream ids, $3 required versions
+/// (-1 for any); one entry per event, request by request and in each request's order:
+/// $4 the request's number (1-based), $5 the event's number within its request (1-based), then
+/// the columns as in [`APPEND`] from $6 (event ids) to $15 (payloads). No two requests name the
+/// same stream.
+///
+/// Each request whose stream is at its required version has all its events inserted; the
+/// others get none. The position index is the event's number within the whole statement, so
+/// the low 20 bits of a returned position say which event it is. It is correct for the reason
+/// the lone statement is: one statement alone in its transaction takes its transaction id after
+/// its snapshot, so every event it saw in any of these streams has a lower position.
+pub(crate) const APPEND_BATCH: &str = r#"
+WITH request AS MATERIALIZED (
+    SELECT
+        request.request_number,
+        request.stream_type,
+        request.stream_id,
+        request.required_version,
+        COALESCE((SELECT events.stream_version FROM events
+                  WHERE events.stream_type = request.stream_type
+                    AND events.stream_id = request.stream_id
+                  ORDER BY events.stream_version DESC LIMIT 1), 0) AS current_version
+    FROM UNNEST($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY
+        AS request(stream_type, stream_id, required_version, request_number)
+)
+INSERT INTO events (position, event_id, stream_type, stream_id, stream_version, event_type,
+    schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload)
+SELECT
+    (pg_current_xact_id()::text::bigint << 20) + input.event_index - 1, input.event_id,
+    request.stream_type, request.stream_id, request.current_version + input.index_in_request,
+    input.event_type, input.schema_version, input.occurred_at, input.correlation_id,
+    input.causation_id, input.saga_id, input.actor, input.source, input.payload
+FROM UNNEST($4::int4[], $5::bigint[], $6::uuid[], $7::text[], $8::int4[], $9::timestamptz[],
+            $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
+    WITH ORDINALITY AS input(request_number, index_in_request, event_id, event_type,
+        schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source,
+        payload, event_index)
+JOIN request ON request.request_number = input.request_number
+WHERE request.required_version < 0 OR request.current_version = request.required_version
+RETURNING position, stream_version
+"#;
+
 /// The stored events among a list of ids: what a rejected append is classified with.
 pub(crate) const STORED_IDS: &str = "SELECT event_id, stream_type, stream_id, stream_version, \
     position FROM events WHERE event_id = ANY($1::uuid[])";
