@@ -17,8 +17,8 @@ use std::sync::{Arc, Weak};
 use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
-use uuid::Uuid;
 
+use super::rows::EventColumns;
 use super::{PgEventStore, PgInner, is_unique_violation, rows, sql};
 use crate::error::StoreError;
 use crate::store::{AppendRequest, AppendResult};
@@ -246,23 +246,13 @@ fn shared_error(error: &sqlx::Error) -> StoreError {
 }
 
 /// The batch statement's arrays, borrowed from the requests.
-#[derive(Default)]
 struct BatchColumns<'a> {
     stream_types: Vec<&'a str>,
     stream_ids: Vec<&'a str>,
     required_versions: Vec<i64>,
     request_numbers: Vec<i32>,
     indexes_in_request: Vec<i64>,
-    event_ids: Vec<Uuid>,
-    event_types: Vec<&'a str>,
-    schema_versions: Vec<i32>,
-    occurred_at: Vec<chrono::DateTime<chrono::Utc>>,
-    correlation_ids: Vec<&'a str>,
-    causation_ids: Vec<&'a str>,
-    saga_ids: Vec<Option<&'a str>>,
-    actors: Vec<&'a str>,
-    sources: Vec<&'a str>,
-    payloads: Vec<&'a str>,
+    events: EventColumns<'a>,
     /// The request (its index in the batch) of each event, in statement order.
     request_of_event: Vec<usize>,
 }
@@ -279,16 +269,7 @@ impl<'a> BatchColumns<'a> {
             required_versions: Vec::with_capacity(batch.len()),
             request_numbers: Vec::with_capacity(n_events),
             indexes_in_request: Vec::with_capacity(n_events),
-            event_ids: Vec::with_capacity(n_events),
-            event_types: Vec::with_capacity(n_events),
-            schema_versions: Vec::with_capacity(n_events),
-            occurred_at: Vec::with_capacity(n_events),
-            correlation_ids: Vec::with_capacity(n_events),
-            causation_ids: Vec::with_capacity(n_events),
-            saga_ids: Vec::with_capacity(n_events),
-            actors: Vec::with_capacity(n_events),
-            sources: Vec::with_capacity(n_events),
-            payloads: Vec::with_capacity(n_events),
+            events: EventColumns::with_capacity(n_events),
             request_of_event: Vec::with_capacity(n_events),
         };
         for (request_index, pending) in batch.iter().enumerate() {
@@ -304,18 +285,7 @@ impl<'a> BatchColumns<'a> {
                 columns
                     .indexes_in_request
                     .push(i64::try_from(event_index + 1).unwrap_or(i64::MAX));
-                columns.event_ids.push(event.event_id);
-                columns.event_types.push(&event.event_type);
-                columns
-                    .schema_versions
-                    .push(rows::schema_version(event.schema_version));
-                columns.occurred_at.push(event.occurred_at);
-                columns.correlation_ids.push(&event.metadata.correlation_id);
-                columns.causation_ids.push(&event.metadata.causation_id);
-                columns.saga_ids.push(event.metadata.saga_id.as_deref());
-                columns.actors.push(&event.metadata.actor);
-                columns.sources.push(&event.metadata.source);
-                columns.payloads.push(event.payload.get());
+                columns.events.push(event);
                 columns.request_of_event.push(request_index);
             }
         }
@@ -331,22 +301,15 @@ async fn insert_batch(
     batch: &[PendingAppend],
 ) -> Result<Vec<Vec<(i64, i64)>>, sqlx::Error> {
     let columns = BatchColumns::of(batch);
-    let rows = sqlx::query::<Postgres>(sql::APPEND_BATCH)
+    let query = sqlx::query::<Postgres>(sql::APPEND_BATCH)
         .bind(&columns.stream_types)
         .bind(&columns.stream_ids)
         .bind(&columns.required_versions)
         .bind(&columns.request_numbers)
-        .bind(&columns.indexes_in_request)
-        .bind(&columns.event_ids)
-        .bind(&columns.event_types)
-        .bind(&columns.schema_versions)
-        .bind(&columns.occurred_at)
-        .bind(&columns.correlation_ids)
-        .bind(&columns.causation_ids)
-        .bind(&columns.saga_ids)
-        .bind(&columns.actors)
-        .bind(&columns.sources)
-        .bind(&columns.payloads)
+        .bind(&columns.indexes_in_request);
+    let rows = columns
+        .events
+        .bind(query)
         .fetch_all(&mut *connection)
         .await?;
     let mut inserted = vec![Vec::new(); batch.len()];

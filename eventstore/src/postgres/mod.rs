@@ -465,25 +465,14 @@ enum Inserted {
 async fn insert(
     connection: &mut PgConnection,
     request: &AppendRequest,
-    columns: &EventColumns,
+    columns: &EventColumns<'_>,
 ) -> Result<Inserted, sqlx::Error> {
     let required_version = request.expected.required_version().map_or(-1, to_i64);
-    let row = sqlx::query(sql::APPEND)
+    let query = sqlx::query(sql::APPEND)
         .bind(&request.stream_type)
         .bind(&request.stream_id)
-        .bind(required_version)
-        .bind(&columns.event_ids)
-        .bind(&columns.event_types)
-        .bind(&columns.schema_versions)
-        .bind(&columns.occurred_at)
-        .bind(&columns.correlation_ids)
-        .bind(&columns.causation_ids)
-        .bind(&columns.saga_ids)
-        .bind(&columns.actors)
-        .bind(&columns.sources)
-        .bind(&columns.payloads)
-        .fetch_one(&mut *connection)
-        .await?;
+        .bind(required_version);
+    let row = columns.bind(query).fetch_one(&mut *connection).await?;
     let current_version: i64 = row.try_get("current_version")?;
     let current_version = u64::try_from(current_version).unwrap_or(0);
     let first_position: i64 = row.try_get("first_position")?;
@@ -517,7 +506,7 @@ async fn insert(
 async fn insert_alone(
     connection: &mut PgConnection,
     request: &AppendRequest,
-    columns: Option<&EventColumns>,
+    columns: Option<&EventColumns<'_>>,
 ) -> Result<Option<AppendResult>, sqlx::Error> {
     let n_events = request.events.len();
     let required_version = request.expected.required_version().map_or(-1, to_i64);
@@ -527,17 +516,7 @@ async fn insert_alone(
         .bind(required_version);
     match columns {
         Some(columns) => {
-            query = query
-                .bind(&columns.event_ids)
-                .bind(&columns.event_types)
-                .bind(&columns.schema_versions)
-                .bind(&columns.occurred_at)
-                .bind(&columns.correlation_ids)
-                .bind(&columns.causation_ids)
-                .bind(&columns.saga_ids)
-                .bind(&columns.actors)
-                .bind(&columns.sources)
-                .bind(&columns.payloads);
+            query = columns.bind(query);
         }
         None => {
             for event in &request.events {

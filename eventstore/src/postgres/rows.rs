@@ -1,7 +1,7 @@
 //! Turning PostgreSQL rows into events, and events into the append statement's arrays.
 
 use chrono::{DateTime, Utc};
-use schemas::{EventMetadata, RecordedEvent};
+use schemas::{EventMetadata, NewEvent, RecordedEvent};
 use serde_json::value::RawValue;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -61,24 +61,24 @@ pub(crate) fn schema_version(schema_version: u32) -> i32 {
 }
 
 /// One array per column, as the append statement binds them.
+/// The per-event arrays of an append statement (`UNNEST`ed by it), borrowed from the events.
 #[derive(Debug, Default)]
-pub(crate) struct EventColumns {
+pub(crate) struct EventColumns<'a> {
     pub event_ids: Vec<Uuid>,
-    pub event_types: Vec<String>,
+    pub event_types: Vec<&'a str>,
     pub schema_versions: Vec<i32>,
     pub occurred_at: Vec<DateTime<Utc>>,
-    pub correlation_ids: Vec<String>,
-    pub causation_ids: Vec<String>,
-    pub saga_ids: Vec<Option<String>>,
-    pub actors: Vec<String>,
-    pub sources: Vec<String>,
-    pub payloads: Vec<String>,
+    pub correlation_ids: Vec<&'a str>,
+    pub causation_ids: Vec<&'a str>,
+    pub saga_ids: Vec<Option<&'a str>>,
+    pub actors: Vec<&'a str>,
+    pub sources: Vec<&'a str>,
+    pub payloads: Vec<&'a str>,
 }
 
-impl EventColumns {
-    pub(crate) fn of(request: &AppendRequest) -> Self {
-        let n_events = request.events.len();
-        let mut columns = EventColumns {
+impl<'a> EventColumns<'a> {
+    pub(crate) fn with_capacity(n_events: usize) -> Self {
+        EventColumns {
             event_ids: Vec::with_capacity(n_events),
             event_types: Vec::with_capacity(n_events),
             schema_versions: Vec::with_capacity(n_events),
@@ -89,24 +89,47 @@ impl EventColumns {
             actors: Vec::with_capacity(n_events),
             sources: Vec::with_capacity(n_events),
             payloads: Vec::with_capacity(n_events),
-        };
+        }
+    }
+
+    /// The columns of one request's events.
+    pub(crate) fn of(request: &'a AppendRequest) -> Self {
+        let mut columns = EventColumns::with_capacity(request.events.len());
         for event in &request.events {
-            let schema_version = schema_version(event.schema_version);
-            columns.event_ids.push(event.event_id);
-            columns.event_types.push(event.event_type.clone());
-            columns.schema_versions.push(schema_version);
-            columns.occurred_at.push(event.occurred_at);
-            columns
-                .correlation_ids
-                .push(event.metadata.correlation_id.clone());
-            columns
-                .causation_ids
-                .push(event.metadata.causation_id.clone());
-            columns.saga_ids.push(event.metadata.saga_id.clone());
-            columns.actors.push(event.metadata.actor.clone());
-            columns.sources.push(event.metadata.source.clone());
-            columns.payloads.push(event.payload.get().to_owned());
+            columns.push(event);
         }
         columns
     }
+
+    pub(crate) fn push(&mut self, event: &'a NewEvent) {
+        self.event_ids.push(event.event_id);
+        self.event_types.push(&event.event_type);
+        self.schema_versions
+            .push(schema_version(event.schema_version));
+        self.occurred_at.push(event.occurred_at);
+        self.correlation_ids.push(&event.metadata.correlation_id);
+        self.causation_ids.push(&event.metadata.causation_id);
+        self.saga_ids.push(event.metadata.saga_id.as_deref());
+        self.actors.push(&event.metadata.actor);
+        self.sources.push(&event.metadata.source);
+        self.payloads.push(event.payload.get());
+    }
+
+    /// Binds the ten arrays, in this order, as the statement's next parameters.
+    pub(crate) fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query
+            .bind(&self.event_ids)
+            .bind(&self.event_types)
+            .bind(&self.schema_versions)
+            .bind(&self.occurred_at)
+            .bind(&self.correlation_ids)
+            .bind(&self.causation_ids)
+            .bind(&self.saga_ids)
+            .bind(&self.actors)
+            .bind(&self.sources)
+            .bind(&self.payloads)
+    }
 }
+
+/// A PostgreSQL statement with its parameters.
+pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
