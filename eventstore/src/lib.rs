@@ -14,6 +14,15 @@
 //! is read and no reader can skip one: see README.md for how the PostgreSQL adapter achieves it
 //! with concurrent writers and no global lock.
 
+/// The columns every read of events selects, in the order both adapters' row readers take them
+/// by index: `concat!("SELECT ", event_columns!(), " FROM events ...")`.
+macro_rules! event_columns {
+    () => {
+        "position, event_id, stream_type, stream_id, stream_version, event_type, \
+         schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload"
+    };
+}
+
 pub mod aggregate;
 pub mod cqrs;
 mod error;

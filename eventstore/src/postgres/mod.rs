@@ -711,14 +711,7 @@ impl EventStore for PgEventStore {
         after_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        // A stream is always read as a prefix: version N+1 can only be inserted once version N
-        // is committed, so no horizon is needed here.
-        let query = format!(
-            "SELECT {} FROM events WHERE stream_type = $1 AND stream_id = $2 \
-             AND stream_version > $3 ORDER BY stream_version LIMIT $4",
-            sql::EVENT_COLUMNS
-        );
-        let rows = sqlx::query(&query)
+        let rows = sqlx::query(sql::READ_STREAM)
             .bind(stream_type)
             .bind(stream_id)
             .bind(to_i64(after_version))
@@ -748,11 +741,7 @@ impl EventStore for PgEventStore {
         if event_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let query = format!(
-            "SELECT {} FROM events WHERE event_id = ANY($1::uuid[]) ORDER BY position",
-            sql::EVENT_COLUMNS
-        );
-        let rows = sqlx::query(&query)
+        let rows = sqlx::query(sql::FIND_EVENTS)
             .bind(event_ids)
             .fetch_all(&self.inner.pool)
             .await?;

@@ -21,8 +21,7 @@ pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// Reads a row selected with [`crate::postgres::sql::EVENT_COLUMNS`], by column index (the
-/// order of that list), which spares a name lookup per column per row on long reads.
+/// Reads a row selected with `event_columns!()`, by column index (the order of that list), which spares a name lookup per column per row on long reads.
 pub(crate) fn recorded_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let position: i64 = row.try_get(0)?;
     let payload: String = row.try_get(13)?;

@@ -9,9 +9,20 @@ pub(crate) const POSITION_SHIFT: u32 = 20;
 /// How many events one transaction can hold: the index within a transaction has 20 bits.
 pub const MAX_EVENTS_PER_TRANSACTION: usize = 1 << POSITION_SHIFT;
 
-pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_type, stream_id, \
-    stream_version, event_type, schema_version, occurred_at, correlation_id, causation_id, \
-    saga_id, actor, source, payload";
+/// One stream's events after a version. A stream is always read as a prefix (version N+1 can
+/// only be inserted once version N is committed), so no horizon is needed.
+pub(crate) const READ_STREAM: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE stream_type = $1 AND stream_id = $2 AND stream_version > $3 \
+     ORDER BY stream_version LIMIT $4"
+);
+
+pub(crate) const FIND_EVENTS: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE event_id = ANY($1::uuid[]) ORDER BY position"
+);
 
 /// Appends one request's events in one statement, or appends nothing and says why.
 ///

@@ -31,7 +31,7 @@ use crate::store::{
     AppendRequest, AppendResult, Backend, DEFAULT_BATCH_SIZE, EventStore, Snapshot, Subscription,
     SubscriptionSource,
 };
-use rows::{EVENT_COLUMNS, recorded_event, to_i64, to_u64};
+use rows::{recorded_event, to_i64, to_u64};
 pub(crate) use subscription::SqliteSubscription;
 use writer::WriteJob;
 
@@ -210,11 +210,13 @@ impl EventStore for SqliteEventStore {
         after_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let query = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_type = ? AND stream_id = ? \
-             AND stream_version > ? ORDER BY stream_version LIMIT ?"
+        const READ_STREAM: &str = concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE stream_type = ? AND stream_id = ? AND stream_version > ? \
+             ORDER BY stream_version LIMIT ?"
         );
-        let rows = sqlx::query(&query)
+        let rows = sqlx::query(READ_STREAM)
             .bind(stream_type)
             .bind(stream_id)
             .bind(to_i64(after_version))
@@ -241,10 +243,12 @@ impl EventStore for SqliteEventStore {
         after_position: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let query = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+        const READ_ALL: &str = concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE position > ? ORDER BY position LIMIT ?"
         );
-        let rows = sqlx::query(&query)
+        let rows = sqlx::query(READ_ALL)
             .bind(to_i64(after_position))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.inner.readers)
@@ -255,8 +259,10 @@ impl EventStore for SqliteEventStore {
     async fn find_events(&self, event_ids: &[Uuid]) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut events = Vec::new();
         for chunk in event_ids.chunks(rows::IDS_PER_QUERY) {
-            let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN "
+            let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(concat!(
+                "SELECT ",
+                event_columns!(),
+                " FROM events WHERE event_id IN "
             ));
             builder.push_tuples(chunk, |mut tuple, event_id| {
                 tuple.push_bind(event_id.to_string());

@@ -9,10 +9,6 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 
-pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_type, stream_id, \
-    stream_version, event_type, schema_version, occurred_at, correlation_id, causation_id, \
-    saga_id, actor, source, payload";
-
 /// How many ids one `IN (...)` lookup binds.
 pub(crate) const IDS_PER_QUERY: usize = 500;
 
@@ -40,7 +36,7 @@ pub(crate) fn parse_uuid(text: &str, position: i64) -> Result<Uuid, StoreError> 
     })
 }
 
-/// Reads an event from a row holding [`EVENT_COLUMNS`].
+/// Reads an event from a row holding `event_columns!()`.
 pub(crate) fn recorded_event(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
     let position: i64 = row.try_get("position")?;
     let event_id: String = row.try_get("event_id")?;

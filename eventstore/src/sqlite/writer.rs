@@ -224,10 +224,22 @@ async fn current_version(
     Ok(u64::try_from(current_version.unwrap_or(0)).unwrap_or(0))
 }
 
-/// The insert statement for `n_rows` events: it inserts them all if the stream is at the
-/// required version (?3, -1 for any), else nothing. ?1 stream_type, ?2 stream_id, then 10
-/// parameters per event.
-fn guarded_insert_sql(n_rows: usize) -> String {
+/// The insert statement for `n_rows` events (at most [`ROWS_PER_INSERT`]), built once per row
+/// count: it inserts them all if the stream is at the required version (?3, -1 for any), else
+/// nothing. ?1 stream_type, ?2 stream_id, then 10 parameters per event.
+fn guarded_insert_sql(n_rows: usize) -> std::borrow::Cow<'static, str> {
+    static BY_ROW_COUNT: [std::sync::OnceLock<String>; ROWS_PER_INSERT + 1] =
+        [const { std::sync::OnceLock::new() }; ROWS_PER_INSERT + 1];
+    match BY_ROW_COUNT.get(n_rows) {
+        Some(statement) => statement
+            .get_or_init(|| build_guarded_insert_sql(n_rows))
+            .into(),
+        // Callers split larger requests; a larger one is still correct, only not cached.
+        None => build_guarded_insert_sql(n_rows).into(),
+    }
+}
+
+fn build_guarded_insert_sql(n_rows: usize) -> String {
     let rows: Vec<String> = (0..n_rows)
         .map(|row_index| {
             let first = 4 + row_index * 10;
