@@ -1,7 +1,7 @@
 //! One typed configuration, loaded once: flag, then environment, then config file, then default.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
@@ -156,7 +156,7 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 pub const DEFAULT_DATA_DIR: &str = "./data";
 
 #[derive(Debug, thiserror::Error)]
@@ -235,11 +235,7 @@ impl Config {
             ))
         };
         Ok(Config {
-            listen: listen.or(file.listen).unwrap_or_else(|| {
-                DEFAULT_LISTEN
-                    .parse()
-                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))
-            }),
+            listen: listen.or(file.listen).unwrap_or(DEFAULT_LISTEN),
             role: role.or(file.role).unwrap_or_default(),
             database_url: common
                 .database_url
@@ -267,7 +263,7 @@ mod tests {
     #[test]
     fn defaults_run_everything_embedded_under_the_data_dir() {
         let config = Config::resolve(&CommonArgs::default(), None, None, None).unwrap();
-        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.role, Role::All);
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.database_url.expose(), "sqlite://./data/mercato.db");

@@ -98,10 +98,11 @@ pub fn encode<E: DomainEvent>(event: &E) -> Result<EncodedEvent, CodecError> {
         source,
     })?;
     // `{"<event_type>":<payload>}`: take the payload out without parsing it again.
-    let prefix_len = event_type.len() + 4;
     let inner = tagged
-        .get(prefix_len..tagged.len().saturating_sub(1))
-        .filter(|_| tagged.starts_with(&format!("{{\"{event_type}\":")))
+        .strip_prefix("{\"")
+        .and_then(|rest| rest.strip_prefix(event_type.as_str()))
+        .and_then(|rest| rest.strip_prefix("\":"))
+        .and_then(|rest| rest.strip_suffix('}'))
         .map(str::to_owned)
         .ok_or_else(|| CodecError::Encode {
             event_type: event_type.clone(),
