@@ -795,6 +795,7 @@ async fn store_with_a_blocked_committer(
         url,
         eventstore::PgStoreOptions {
             committers: 1,
+            direct_appends: false,
             ..eventstore::PgStoreOptions::default()
         },
     )
@@ -1048,4 +1049,74 @@ async fn a_batch_that_loses_a_race_on_an_event_id_is_appended_request_by_request
     // gate 2, retried 2, three fine streams
     let log = read_exactly(&store, 100, 7).await;
     assert_log_order(&log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_concurrent_stream_reads_are_answered_each_with_its_own_streams_events() {
+    let Some((store, _database)) =
+        postgres_event_store("many_concurrent_stream_reads_are_answered").await
+    else {
+        return;
+    };
+    // 40 streams, stream i holding i + 1 events.
+    let n_streams = 40;
+    for stream_index in 0..n_streams {
+        store
+            .append(request(
+                "reading",
+                &format!("s{stream_index}"),
+                ExpectedVersion::NoStream,
+                numbered_events(&format!("s{stream_index}"), stream_index + 1),
+            ))
+            .await
+            .unwrap();
+    }
+    // 64 readers at once, each reading many streams with various offsets and limits, so that
+    // reads queue up and are answered in shared statements.
+    let mut readers = Vec::new();
+    for reader_index in 0..64_usize {
+        let store = store.clone();
+        readers.push(tokio::spawn(async move {
+            let mut n_checked = 0;
+            for round in 0..25_usize {
+                let stream_index = (reader_index * 7 + round * 3) % n_streams;
+                let after_version = (round % 3) as u64;
+                let limit = 1 + (reader_index + round) % 5;
+                let events = store
+                    .read_stream("reading", &format!("s{stream_index}"), after_version, limit)
+                    .await
+                    .unwrap();
+                let n_in_stream = stream_index as u64 + 1;
+                let expected: Vec<u64> = ((after_version + 1)..=n_in_stream).take(limit).collect();
+                let versions: Vec<u64> = events.iter().map(|event| event.stream_version).collect();
+                assert_eq!(
+                    versions, expected,
+                    "stream s{stream_index} after {after_version} limit {limit}"
+                );
+                assert!(
+                    events
+                        .iter()
+                        .all(|event| event.stream_id == format!("s{stream_index}")),
+                    "a read got another stream's events"
+                );
+                // An unknown stream reads as empty, even inside a batch.
+                let none = store
+                    .read_stream("reading", &format!("missing-{reader_index}"), 0, 10)
+                    .await
+                    .unwrap();
+                assert!(none.is_empty());
+                n_checked += 1;
+            }
+            n_checked
+        }));
+    }
+    let mut n_checked = 0;
+    for reader in readers {
+        n_checked += reader.await.unwrap();
+    }
+    assert_eq!(n_checked, 64 * 25);
+    assert!(
+        store.batched_stream_reads() > 0,
+        "64 concurrent readers never shared a statement"
+    );
 }

@@ -7,6 +7,7 @@
 //! can appear any more.
 
 mod committer;
+mod reader;
 mod rows;
 mod sql;
 mod subscription;
@@ -29,6 +30,7 @@ use crate::store::{
 };
 use crate::verdict::{self, Decision, StoredId, Verdict};
 use rows::{EventColumns, to_i64, to_u64};
+use sql::READ_PAGE_PENDING_COLUMN;
 pub use sql::{CHANNEL, MAX_EVENTS_PER_TRANSACTION};
 pub(crate) use subscription::PgSubscription;
 
@@ -54,6 +56,10 @@ pub struct PgStoreOptions {
     /// How many group commits of concurrent appends can be in flight at once (at least 1):
     /// each committer appends whatever single-stream appends are queued in one statement.
     pub committers: usize,
+    /// Whether an append made while no other append of this store is in flight runs its own
+    /// statement from the caller's task, sparing it the hop to a committer (nothing could be
+    /// committed with it anyway). Off, every append goes through the committers.
+    pub direct_appends: bool,
 }
 
 impl Default for PgStoreOptions {
@@ -62,6 +68,7 @@ impl Default for PgStoreOptions {
             max_connections: 32,
             acquire_timeout: Duration::from_secs(10),
             committers: committer::DEFAULT_COMMITTERS,
+            direct_appends: true,
         }
     }
 }
@@ -85,6 +92,12 @@ struct PgInner {
     /// Where [`EventStore::append`] queues its requests for the committer tasks. Dropped with
     /// the store, which stops them.
     appends: mpsc::UnboundedSender<committer::PendingAppend>,
+    /// Counts stream reads in flight: beyond a few, reads are batched.
+    read_gate: reader::Gate,
+    /// Counts appends in flight: a lone one runs directly (see [`PgStoreOptions::direct_appends`]).
+    append_gate: reader::Gate,
+    /// Where [`EventStore::read_stream`] queues reads for the reader tasks when many run at once.
+    reads: mpsc::UnboundedSender<reader::PendingRead>,
 }
 
 #[derive(Debug)]
@@ -114,12 +127,16 @@ impl PgEventStore {
         // its own reason at once, not as a pool timeout after `acquire_timeout`.
         let probe = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
         let _ = sqlx::Connection::close(probe).await;
+        // No ping before each use of a pooled connection: it cost one round trip per
+        // statement. A connection the server dropped fails the one statement that uses it (an
+        // `unavailable` error callers retry) and is then discarded by the pool.
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
+            .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout)
             .connect(url)
             .await?;
-        let store = Self::start(pool, options.committers);
+        let store = Self::start(pool, &options);
         store.migrate().await?;
         Ok(store)
     }
@@ -128,24 +145,35 @@ impl PgEventStore {
     /// Must be called inside a tokio runtime: it starts the task that notifies other processes
     /// of this store's commits and the tasks that group-commit appends.
     pub fn from_pool(pool: PgPool) -> Self {
-        Self::start(pool, committer::DEFAULT_COMMITTERS)
+        Self::start(pool, &PgStoreOptions::default())
     }
 
-    fn start(pool: PgPool, n_committers: usize) -> Self {
+    fn start(pool: PgPool, options: &PgStoreOptions) -> Self {
         let (notify_request, notify_requests) = watch::channel(0);
         tokio::spawn(run_notifier(pool.clone(), notify_requests));
         let (appends, incoming) = mpsc::unbounded_channel();
+        let (reads, incoming_reads) = mpsc::unbounded_channel();
         let inner = Arc::new(PgInner {
             pool,
             wake: Arc::new(watch::channel(0).0),
             notify_request,
             listener: tokio::sync::Mutex::new(None),
             appends,
+            read_gate: reader::Gate::new(reader::DIRECT_READS),
+            append_gate: reader::Gate::new(usize::from(options.direct_appends)),
+            reads,
         });
+        let read_queue = Arc::new(tokio::sync::Mutex::new(incoming_reads));
+        for _ in 0..reader::READERS {
+            tokio::spawn(reader::run_reader(
+                Arc::downgrade(&inner),
+                read_queue.clone(),
+            ));
+        }
         let queue = Arc::new(tokio::sync::Mutex::new(committer::AppendQueue::new(
             incoming,
         )));
-        for _ in 0..n_committers.max(1) {
+        for _ in 0..options.committers.max(1) {
             tokio::spawn(committer::run_committer(
                 Arc::downgrade(&inner),
                 queue.clone(),
@@ -158,6 +186,15 @@ impl PgEventStore {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         migrator().run(&self.inner.pool).await?;
         Ok(())
+    }
+
+    /// How many stream reads were answered by a statement shared with other reads so far (a
+    /// measure of read concurrency; see `reader.rs`).
+    pub fn batched_stream_reads(&self) -> u64 {
+        self.inner
+            .read_gate
+            .n_batched
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The connection pool, for callers that append inside their own transaction.
@@ -385,12 +422,15 @@ impl PgEventStore {
         let mut pending = false;
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
-            pending = row.try_get("pending")?;
-            let position: Option<i64> = row.try_get("position")?;
+            pending = row.try_get(READ_PAGE_PENDING_COLUMN)?;
+            let position: Option<i64> = row.try_get(0)?;
             if position.is_some() {
                 events.push(rows::recorded_event(row)?);
             }
         }
+        // The statement promises no order; the rows nearly always come in order already, for
+        // which this sort is one linear pass.
+        events.sort_by_key(|event| event.position);
         Ok((events, pending))
     }
 
@@ -669,6 +709,10 @@ impl EventStore for PgEventStore {
             // Nothing to write: only the version check, which needs no commit.
             return self.append_alone(&request).await;
         }
+        let in_flight = self.inner.append_gate.enter();
+        if in_flight.direct {
+            return self.append_alone(&request).await;
+        }
         let (answer, answered) = oneshot::channel();
         let pending = committer::PendingAppend { request, answer };
         if let Err(mpsc::error::SendError(pending)) = self.inner.appends.send(pending) {
@@ -711,14 +755,26 @@ impl EventStore for PgEventStore {
         after_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(sql::READ_STREAM)
-            .bind(stream_type)
-            .bind(stream_id)
-            .bind(to_i64(after_version))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.inner.pool)
-            .await?;
-        rows.iter().map(rows::recorded_event).collect()
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let in_flight = self.inner.read_gate.enter();
+        if in_flight.direct {
+            return reader::read_one(&self.inner, stream_type, stream_id, after_version, limit)
+                .await;
+        }
+        let (answer, answered) = oneshot::channel();
+        let pending = reader::PendingRead {
+            stream_type: stream_type.to_owned(),
+            stream_id: stream_id.to_owned(),
+            after_version,
+            limit,
+            answer,
+        };
+        if self.inner.reads.send(pending).is_err() {
+            return Err(StoreError::Closed);
+        }
+        answered.await.unwrap_or(Err(StoreError::Closed))
     }
 
     async fn stream_version(&self, stream_type: &str, stream_id: &str) -> Result<u64, StoreError> {

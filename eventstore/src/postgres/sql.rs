@@ -18,6 +18,22 @@ pub(crate) const READ_STREAM: &str = concat!(
      ORDER BY stream_version LIMIT $4"
 );
 
+/// Several streams' events in one statement (see `reader.rs`): $1 stream types, $2 stream ids,
+/// $3 versions to read after, $4 row limits, one element per read. Each row is a stream's event
+/// followed by the 1-based number of the read it answers, ordered by read, then version.
+pub(crate) const READ_STREAMS: &str = concat!(
+    "SELECT e.*, r.request_number FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
+     WITH ORDINALITY AS r(stream_type, stream_id, after_version, max_rows, request_number) \
+     CROSS JOIN LATERAL (SELECT ",
+    event_columns!(),
+    " FROM events WHERE events.stream_type = r.stream_type AND events.stream_id = r.stream_id \
+     AND events.stream_version > r.after_version ORDER BY events.stream_version \
+     LIMIT r.max_rows) e ORDER BY r.request_number, e.stream_version"
+);
+
+/// The index of the read number in a row of [`READ_STREAMS`] (after the 14 event columns).
+pub(crate) const READ_STREAMS_REQUEST_COLUMN: usize = 14;
+
 pub(crate) const FIND_EVENTS: &str = concat!(
     "SELECT ",
     event_columns!(),
@@ -235,7 +251,9 @@ pub(crate) const STREAM_VERSION: &str = "SELECT COALESCE(max(stream_version), 0)
 /// after the LIMIT so that the planner walks the primary key in order (it cannot estimate the
 /// horizon, and would otherwise sort the whole tail of the log).
 ///
-/// Always returns at least one row; `position` is NULL when the page is empty.
+/// Always returns at least one row; `position` is NULL when the page is empty. Rows come in no
+/// promised order (an outer ORDER BY cost a sort of the page on the server); the reader puts them
+/// in position order.
 pub(crate) const READ_PAGE: &str = r#"
 WITH bound AS MATERIALIZED (
     SELECT
@@ -254,8 +272,10 @@ WITH bound AS MATERIALIZED (
 SELECT page.*, bound.pending
 FROM bound
 LEFT JOIN page ON page.position < bound.horizon
-ORDER BY page.position
 "#;
+
+/// The index of the `pending` flag in a row of [`READ_PAGE`] (after the 14 event columns).
+pub(crate) const READ_PAGE_PENDING_COLUMN: usize = 14;
 
 pub(crate) const HEAD_POSITION: &str = "SELECT COALESCE(max(position), 0) FROM events \
     WHERE position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)";
