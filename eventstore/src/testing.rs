@@ -183,6 +183,50 @@ impl Drop for TestDatabase {
     }
 }
 
+/// The variable that names the Redis server tests use.
+pub const REDIS_URL_VARIABLE: &str = "REDIS_URL";
+
+/// `REDIS_URL` when it is set and something answers on its host and port; otherwise the test is
+/// skipped (or fails, when services are required) and `None` comes back.
+pub async fn redis_url(test_name: &str) -> Option<String> {
+    let url = match std::env::var(REDIS_URL_VARIABLE) {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => {
+            skip_or_fail(test_name, "REDIS_URL is not set");
+            return None;
+        }
+    };
+    let authority = url
+        .split_once("://")
+        .map_or(url.as_str(), |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:6379")
+    };
+    let connected = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(&host_port),
+    )
+    .await;
+    match connected {
+        Ok(Ok(_)) => Some(url),
+        _ => {
+            skip_or_fail(
+                test_name,
+                &format!("Redis at REDIS_URL ({host_port}) is unreachable"),
+            );
+            None
+        }
+    }
+}
+
 /// The `sqlite://` URL of a store file inside `directory`.
 pub fn sqlite_url(directory: &Path) -> String {
     format!("sqlite://{}", directory.join("mercato.db").display())

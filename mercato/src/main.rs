@@ -1,6 +1,7 @@
 //! `mercato`: one binary for every role of the platform and for operators and auditors.
 
 mod config;
+mod serve;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -195,7 +196,16 @@ fn not_built(command: &str) -> Failure {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Serve(_) => Err(not_built("serve")),
+        Command::Serve(serve) => {
+            let config = Config::resolve(
+                &cli.common,
+                serve.listen,
+                serve.role,
+                serve.elasticsearch_url,
+            )?;
+            init_logging(config.log_format);
+            block_on(serve::serve(config))
+        }
         Command::Config(serve) => {
             let config = Config::resolve(
                 &cli.common,
@@ -224,6 +234,21 @@ fn run(cli: Cli) -> Result<(), Failure> {
             })
         }
     }
+}
+
+/// Logs go to stderr: human-readable lines, or one JSON object per line (`--log-format json`).
+/// `RUST_LOG` filters them (default `info`).
+fn init_logging(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tantivy=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        config::LogFormat::Text => builder.try_init(),
+        config::LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// An error and its causes on one line, leaving out a cause its parent already quotes.

@@ -1,0 +1,178 @@
+//! The request bodies of the command routes. Unknown fields are refused; money arrives as a JSON
+//! number in major units and is read from its decimal text, never through a binary float.
+
+use domain::Money;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::problem::Problem;
+
+/// A price: a JSON number with at most two decimals, greater than zero is checked by the domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Price(pub Money);
+
+impl<'de> Deserialize<'de> for Price {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        let text = raw.get().trim();
+        if !text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            return Err(serde::de::Error::custom(
+                "must be a JSON number in major units, such as 12.34",
+            ));
+        }
+        Money::parse_decimal(text)
+            .map(Price)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Deserializes a present field as `Some(value)` (so `null` is `Some(None)`), for fields where
+/// absent and `null` mean different things.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProduct {
+    pub name: String,
+    pub description: String,
+    pub price: Price,
+    pub stock_qty: i64,
+    #[serde(default)]
+    pub category: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProduct {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub price: Option<Price>,
+    /// Absent: unchanged; `null`: cleared; a string: set.
+    #[serde(default, deserialize_with = "present")]
+    pub category: Option<Option<String>>,
+}
+
+impl UpdateProduct {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.description.is_none()
+            && self.price.is_none()
+            && self.category.is_none()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustStock {
+    pub delta: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddCartItem {
+    pub product_id: Uuid,
+    pub quantity: i64,
+}
+
+/// The longest shipping address accepted, in characters.
+pub const SHIPPING_ADDRESS_MAX_CHARS: usize = 1_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkout {
+    pub customer_id: String,
+    pub payment_token: String,
+    #[serde(default)]
+    pub shipping_address: Option<String>,
+}
+
+impl Checkout {
+    pub fn validate(&self) -> Result<(), Problem> {
+        domain::payment::validate_payment_token(&self.payment_token)
+            .map_err(|error| Problem::invalid(error.field, &error.message))?;
+        if let Some(address) = &self.shipping_address {
+            let n_chars = address.chars().count();
+            if address.trim().is_empty() || n_chars > SHIPPING_ADDRESS_MAX_CHARS {
+                return Err(Problem::invalid(
+                    "shipping_address",
+                    format!("must be 1 to {SHIPPING_ADDRESS_MAX_CHARS} characters when given"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLineInput {
+    pub product_id: Uuid,
+    pub quantity: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrder {
+    pub customer_id: String,
+    pub lines: Vec<OrderLineInput>,
+    pub payment_token: String,
+}
+
+/// A product id from a path: a UUID, else 404 (no product can have it).
+pub fn product_id_of(text: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(text).map_err(|_| {
+        Problem::not_found(format!(
+            "no product has id {:?}: product ids are UUIDs made by the server",
+            truncate(text, 80)
+        ))
+    })
+}
+
+/// At most `max_chars` characters of `text`, for echoing input in messages.
+pub fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((index, _)) => format!("{}...", &text[..index]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::problem::parse_json;
+
+    #[test]
+    fn prices_are_exact_decimal_numbers_with_at_most_two_decimals() {
+        let body: CreateProduct =
+            parse_json(br#"{"name":"a","description":"b","price":12.34,"stock_qty":1}"#).unwrap();
+        assert_eq!(body.price.0, Money::from_minor(1234));
+        for bad in [r#""12.34""#, "12.345", "1e400", "true", "null"] {
+            let text = format!(r#"{{"name":"a","description":"b","price":{bad},"stock_qty":1}}"#);
+            let problem = parse_json::<CreateProduct>(text.as_bytes()).unwrap_err();
+            assert_eq!(
+                problem.field.as_deref(),
+                Some("price"),
+                "{bad}: {problem:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_update_tells_a_cleared_category_from_an_absent_one() {
+        let cleared: UpdateProduct = parse_json(br#"{"category":null}"#).unwrap();
+        assert_eq!(cleared.category, Some(None));
+        let absent: UpdateProduct = parse_json(br#"{"name":"x"}"#).unwrap();
+        assert_eq!(absent.category, None);
+        assert!(parse_json::<UpdateProduct>(b"{}").unwrap().is_empty());
+    }
+}

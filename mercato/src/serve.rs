@@ -1,0 +1,376 @@
+//! `mercato serve`: opens the configured systems, starts the roles asked for, and serves HTTP
+//! until SIGTERM or Ctrl-C, then drains requests and stops the projections at a checkpoint.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use command_api::http::request_context;
+use command_api::problem::{BODY_LIMIT, Problem};
+use eventstore::EventStore;
+use projections::cache::{Cache, MemoryCache, RedisCache};
+use projections::readdb::{ReadDb, read_db_url};
+use projections::search::{SearchIndex, TantivySearch};
+use projections::sql_models::{
+    OrdersProjection, ProductsProjection, SqlCartsProjection, SqlPopularityProjection,
+};
+use projections::{Progress, Projection, run_projection};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::Failure;
+use crate::config::{Config, Role};
+
+/// How many events a projection takes per batch.
+const PROJECTION_BATCH: usize = 500;
+/// How long shutdown waits for projections to reach a checkpoint.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// Everything a running platform holds.
+pub struct Platform {
+    pub store: Arc<dyn EventStore>,
+    pub db: ReadDb,
+    pub cache: Option<Arc<dyn Cache>>,
+    pub search: Arc<TantivySearch>,
+    pub projections: Vec<Arc<dyn Projection>>,
+}
+
+fn runtime_failure(what: String) -> impl FnOnce(anyhow::Error) -> Failure {
+    move |error| Failure::Runtime(error.context(what))
+}
+
+/// Opens the store, the read models, the cache and the search index the configuration names.
+pub async fn open_platform(config: &Config, run_projector: bool) -> Result<Platform, Failure> {
+    if config.opensearch_url.is_some() {
+        return Err(Failure::Usage(
+            "OPENSEARCH_URL is set, but the OpenSearch adapter is not available in this version; \
+             unset it to use the embedded search index"
+                .to_owned(),
+        ));
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| {
+        Failure::Runtime(anyhow::Error::new(error).context(format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )))
+    })?;
+    let database_url = config.database_url.expose();
+    let store = eventstore::open(database_url).await.map_err(|error| {
+        Failure::from(error).context(format!(
+            "cannot open the event store at {} (check DATABASE_URL and that the database is running)",
+            config.database_url.redacted()
+        ))
+    })?;
+    let db = ReadDb::open(&read_db_url(database_url))
+        .await
+        .map_err(anyhow::Error::new)
+        .map_err(runtime_failure(
+            "cannot open the read-model database".to_owned(),
+        ))?;
+    let cache: Option<Arc<dyn Cache>> = match &config.redis_url {
+        Some(url) => Some(Arc::new(
+            RedisCache::connect(url.expose(), &cache_prefix(database_url))
+                .await
+                .map_err(anyhow::Error::new)
+                .map_err(runtime_failure(format!(
+                    "cannot connect to Redis at {} (check REDIS_URL)",
+                    url.redacted()
+                )))?,
+        )),
+        // In process, the cache is only right if this process's projections invalidate it.
+        None if run_projector => Some(Arc::new(MemoryCache::new(50_000))),
+        None => None,
+    };
+    let search = Arc::new(
+        TantivySearch::open(&config.data_dir.join("search"), cache.clone())
+            .map_err(anyhow::Error::new)
+            .map_err(runtime_failure("cannot open the search index".to_owned()))?,
+    );
+    let projections: Vec<Arc<dyn Projection>> = vec![
+        Arc::new(ProductsProjection::new(db.clone(), cache.clone())),
+        Arc::new(OrdersProjection::new(db.clone())),
+        Arc::new(SqlCartsProjection::new(db.clone())),
+        Arc::new(SqlPopularityProjection::new(db.clone())),
+        Arc::new(search.clone()),
+    ];
+    Ok(Platform {
+        store,
+        db,
+        cache,
+        search,
+        projections,
+    })
+}
+
+/// The prefix of this deployment's Redis keys: derived from the event store's URL, so every
+/// process of one deployment shares it and two deployments (or test runs) on one Redis do not.
+fn cache_prefix(database_url: &str) -> String {
+    // FNV-1a: stable across processes and builds, unlike the standard library's hasher.
+    let hash = database_url
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("mercato:{hash:016x}:")
+}
+
+#[derive(Clone)]
+struct OpsState {
+    store: Arc<dyn EventStore>,
+    db: ReadDb,
+    cache: Option<Arc<dyn Cache>>,
+    progress: Progress,
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn ready(State(state): State<OpsState>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut all_ok = true;
+    let mut check = |name: &str, result: Result<(), String>| {
+        all_ok &= result.is_ok();
+        checks.insert(
+            name.to_owned(),
+            match result {
+                Ok(()) => json!("ok"),
+                Err(error) => json!(error),
+            },
+        );
+    };
+    check(
+        "event_store",
+        state.store.ping().await.map_err(|e| e.to_string()),
+    );
+    check(
+        "read_models",
+        state.db.ping().await.map_err(|e| e.to_string()),
+    );
+    if let Some(cache) = &state.cache {
+        check(&format!("cache_{}", cache.kind()), cache.ping().await);
+    }
+    let projections: serde_json::Map<String, serde_json::Value> = state
+        .progress
+        .snapshot()
+        .into_iter()
+        .map(|(name, progress)| {
+            (
+                name.to_owned(),
+                json!({ "position": progress.position, "caught_up": progress.caught_up }),
+            )
+        })
+        .collect();
+    let status = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "ready": all_ok, "checks": checks, "projections": projections })),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("no route matches this path; see GET /openapi.json")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this path does not accept this method; see GET /openapi.json",
+    )
+}
+
+/// The HTTP application of a role.
+pub fn app(
+    platform: &Platform,
+    role: Role,
+    progress: Progress,
+    views: Option<query_api::views::ViewRecorder>,
+) -> Router {
+    let ops = OpsState {
+        store: platform.store.clone(),
+        db: platform.db.clone(),
+        cache: platform.cache.clone(),
+        progress: progress.clone(),
+    };
+    let mut router = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(ops);
+    if matches!(role, Role::All | Role::CommandApi) {
+        router = router.merge(command_api::router(command_api::CommandState {
+            store: platform.store.clone(),
+        }));
+    }
+    if matches!(role, Role::All | Role::QueryApi) {
+        let search: Arc<dyn SearchIndex> = Arc::new(platform.search.clone());
+        router = router.merge(query_api::router(query_api::QueryState {
+            store: platform.store.clone(),
+            db: platform.db.clone(),
+            search,
+            cache: platform.cache.clone(),
+            progress,
+            views,
+        }));
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(request_context))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                tracing::error!("a request handler panicked");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the server failed to handle the request; it was logged, try again later",
+                )
+                .into_response()
+            },
+        ))
+}
+
+/// Copies each projection's stored checkpoint into `progress` every few milliseconds: how a
+/// query-api process without projections of its own knows how far the read models got.
+async fn poll_checkpoints(
+    projections: Vec<Arc<dyn Projection>>,
+    progress: Progress,
+    shutdown: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        for projection in &projections {
+            if let Ok(position) = projection.checkpoint().await {
+                progress
+                    .sender(projection.name())
+                    .send_if_modified(|state| {
+                        let moved = position > state.position;
+                        state.position = state.position.max(position);
+                        moved
+                    });
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
+
+/// Runs the roles of `config` until a shutdown signal.
+pub async fn serve(config: Config) -> Result<(), Failure> {
+    if matches!(config.role, Role::Saga | Role::Relay) {
+        return Err(Failure::Usage(format!(
+            "the {} role is not available in this version yet; see CHANGELOG.md",
+            format!("{:?}", config.role).to_lowercase()
+        )));
+    }
+    if config.kafka_bootstrap.is_some() {
+        tracing::warn!(
+            "KAFKA_BOOTSTRAP is set, but the Kafka relay is not available in this version yet"
+        );
+    }
+    let run_projector = matches!(config.role, Role::All | Role::Projector);
+    let platform = open_platform(&config, run_projector).await?;
+    let progress = Progress::default();
+    let shutdown = CancellationToken::new();
+    let mut workers = Vec::new();
+    if run_projector {
+        for projection in &platform.projections {
+            workers.push(tokio::spawn(run_projection(
+                platform.store.clone(),
+                projection.clone(),
+                progress.clone(),
+                shutdown.clone(),
+                PROJECTION_BATCH,
+            )));
+        }
+    } else if config.role == Role::QueryApi {
+        workers.push(tokio::spawn(poll_checkpoints(
+            platform.projections.clone(),
+            progress.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let (views, views_task) = if matches!(config.role, Role::All | Role::QueryApi) {
+        let (recorder, task) = query_api::views::ViewRecorder::start(platform.store.clone());
+        (Some(recorder), Some(task))
+    } else {
+        (None, None)
+    };
+    let router = app(&platform, config.role, progress, views);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(anyhow::Error::new)
+        .map_err(runtime_failure(format!(
+            "cannot listen on {} (is another process using it? set --listen)",
+            config.listen
+        )))?;
+    let address = listener
+        .local_addr()
+        .map_err(anyhow::Error::new)
+        .map_err(runtime_failure(
+            "cannot read the listening address".to_owned(),
+        ))?;
+    tracing::info!(
+        %address,
+        role = ?config.role,
+        store = %platform.store.backend(),
+        cache = platform.cache.as_ref().map_or("none", |cache| cache.kind()),
+        "mercato listening"
+    );
+    println!("mercato listening on http://{address}");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(anyhow::Error::new)
+        .map_err(runtime_failure("the HTTP server failed".to_owned()))?;
+    tracing::info!("shutting down: stopping the projections at a checkpoint");
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(STOP_WAIT, futures_join(workers)).await;
+    if stopped.is_err() {
+        tracing::warn!("projections did not stop within {STOP_WAIT:?}");
+    }
+    drop(platform);
+    if let Some(task) = views_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    Ok(())
+}
+
+async fn futures_join(workers: Vec<tokio::task::JoinHandle<()>>) {
+    for worker in workers {
+        let _ = worker.await;
+    }
+}

@@ -1,0 +1,258 @@
+//! The SQL database of the read models: the event store's own database on PostgreSQL, a file
+//! beside the event store on SQLite (so that projections never contend with event appends for
+//! SQLite's one write lock). Read models and their checkpoints live in it together, so a batch
+//! and its checkpoint commit in one transaction.
+
+use std::str::FromStr;
+use std::sync::{Arc, Once};
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor, Row};
+
+use crate::ProjectionError;
+
+/// The statements that create the read models, in order; each is idempotent. The SQL is the
+/// subset PostgreSQL and SQLite share (`$n` parameters, `ON CONFLICT ... DO UPDATE`).
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS projection_checkpoints (
+        name TEXT PRIMARY KEY,
+        position BIGINT NOT NULL,
+        updated_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS rm_products (
+        product_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        price_minor BIGINT NOT NULL,
+        stock_qty BIGINT NOT NULL,
+        category TEXT,
+        popularity BIGINT NOT NULL DEFAULT 0,
+        updated_at TEXT NOT NULL,
+        version BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS rm_orders (
+        order_id TEXT PRIMARY KEY,
+        customer_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        lines TEXT NOT NULL,
+        total_minor BIGINT NOT NULL,
+        payment_status TEXT NOT NULL,
+        cancel_reason TEXT,
+        created_at TEXT NOT NULL,
+        created_position BIGINT NOT NULL,
+        updated_at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS rm_orders_by_customer
+        ON rm_orders (customer_id, created_position)",
+    "CREATE TABLE IF NOT EXISTS rm_carts (
+        cart_id TEXT PRIMARY KEY,
+        lines TEXT NOT NULL,
+        checked_out_as TEXT,
+        version BIGINT NOT NULL,
+        updated_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS rm_popularity (
+        product_id TEXT PRIMARY KEY,
+        score BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS rm_popularity_by_score ON rm_popularity (score)",
+    "CREATE TABLE IF NOT EXISTS rm_customer_products (
+        customer_id TEXT NOT NULL,
+        product_id TEXT NOT NULL,
+        PRIMARY KEY (customer_id, product_id))",
+];
+
+/// Which SQL database the read models are on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadBackend {
+    Postgres,
+    Sqlite,
+}
+
+/// The read-model database.
+#[derive(Clone, Debug)]
+pub struct ReadDb {
+    pool: AnyPool,
+    backend: ReadBackend,
+    /// On SQLite, projections write one at a time: a transaction that reads before it writes
+    /// cannot upgrade its snapshot once another writer committed (`SQLITE_BUSY_SNAPSHOT`), and
+    /// waiting on the lock would not help it.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A projection's write transaction (holding SQLite's in-process write turn).
+#[derive(Debug)]
+pub struct WriteTransaction {
+    pub transaction: sqlx::Transaction<'static, sqlx::Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTransaction {
+    pub async fn commit(self) -> Result<(), ProjectionError> {
+        self.transaction.commit().await?;
+        Ok(())
+    }
+}
+
+/// The read-model database URL for an event store URL: the same database on PostgreSQL; on
+/// SQLite a file beside the store's, `mercato.db` giving `mercato-read.db`.
+pub fn read_db_url(store_url: &str) -> String {
+    let Some(path) = store_url.strip_prefix("sqlite://") else {
+        return store_url.to_owned();
+    };
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    let read_path = match path.rsplit_once('.') {
+        Some((stem, extension)) if !extension.contains('/') => format!("{stem}-read.{extension}"),
+        _ => format!("{path}-read"),
+    };
+    match query {
+        Some(query) => format!("sqlite://{read_path}?{query}"),
+        None => format!("sqlite://{read_path}"),
+    }
+}
+
+static DRIVERS: Once = Once::new();
+
+impl ReadDb {
+    /// Opens (creating an SQLite file if needed) and creates the read-model tables.
+    pub async fn open(url: &str) -> Result<ReadDb, ProjectionError> {
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let backend = if url.starts_with("sqlite:") {
+            ReadBackend::Sqlite
+        } else {
+            ReadBackend::Postgres
+        };
+        let mut connect_url = url.to_owned();
+        if backend == ReadBackend::Sqlite {
+            if let Some(path) = url.strip_prefix("sqlite://") {
+                let path = path.split('?').next().unwrap_or(path);
+                if let Some(parent) = std::path::Path::new(path).parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(parent).map_err(|error| {
+                        ProjectionError::Storage(format!(
+                            "cannot create the directory {}: {error}",
+                            parent.display()
+                        ))
+                    })?;
+                }
+            }
+            if !connect_url.contains("mode=") {
+                connect_url.push_str(if connect_url.contains('?') {
+                    "&mode=rwc"
+                } else {
+                    "?mode=rwc"
+                });
+            }
+        }
+        let options = AnyConnectOptions::from_str(&connect_url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == ReadBackend::Sqlite {
+                8
+            } else {
+                16
+            })
+            .test_before_acquire(false)
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if backend == ReadBackend::Sqlite {
+                        // Read models can be rebuilt from the log: a crash may lose the last
+                        // commits, never consistency (the checkpoint commits with them).
+                        connection.execute("PRAGMA synchronous = NORMAL").await?;
+                        connection.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        if backend == ReadBackend::Sqlite {
+            pool.execute("PRAGMA journal_mode = WAL").await?;
+        }
+        for statement in SCHEMA {
+            pool.execute(*statement).await?;
+        }
+        Ok(ReadDb {
+            pool,
+            backend,
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> ReadBackend {
+        self.backend
+    }
+
+    /// Starts a projection's write transaction.
+    pub async fn begin_write(&self) -> Result<WriteTransaction, ProjectionError> {
+        let turn = match self.backend {
+            ReadBackend::Sqlite => Some(self.write_lock.clone().lock_owned().await),
+            ReadBackend::Postgres => None,
+        };
+        Ok(WriteTransaction {
+            transaction: self.pool.begin().await?,
+            _turn: turn,
+        })
+    }
+
+    /// The stored checkpoint of projection `name` (0 if it never ran).
+    pub async fn checkpoint(&self, name: &str) -> Result<u64, ProjectionError> {
+        let row = sqlx::query("SELECT position FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0),
+            None => 0,
+        })
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<(), ProjectionError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// Stores projection `name`'s checkpoint inside the batch's transaction.
+pub(crate) async fn save_checkpoint(
+    connection: &mut sqlx::AnyConnection,
+    name: &str,
+    position: u64,
+) -> Result<(), ProjectionError> {
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position,
+             updated_at = excluded.updated_at",
+    )
+    .bind(name)
+    .bind(i64::try_from(position).unwrap_or(i64::MAX))
+    .bind(chrono::Utc::now().to_rfc3339())
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_models_of_an_sqlite_store_live_in_a_file_beside_it() {
+        assert_eq!(
+            read_db_url("sqlite://./data/mercato.db"),
+            "sqlite://./data/mercato-read.db"
+        );
+        assert_eq!(
+            read_db_url("sqlite:///tmp/x/store?mode=rwc"),
+            "sqlite:///tmp/x/store-read?mode=rwc"
+        );
+        assert_eq!(
+            read_db_url("postgres://u@h/db"),
+            "postgres://u@h/db",
+            "on PostgreSQL the read models share the store's database"
+        );
+    }
+}

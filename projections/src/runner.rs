@@ -1,0 +1,194 @@
+//! The projection runner: follows the event store from a projection's checkpoint and hands it
+//! batches, and tells readers how far each projection got.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use eventstore::{EventStore, RecordedEvent};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::ProjectionError;
+
+/// A read model fed from the event log.
+///
+/// `apply` must store the batch's effects and the new checkpoint (the last event's position)
+/// atomically, or make applying an event twice give the same result: after a crash the runner
+/// starts again from [`Projection::checkpoint`].
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// The projection's name, unique: it keys the checkpoint and the metrics.
+    fn name(&self) -> &'static str;
+
+    /// The position of the last event applied (0 before the first).
+    async fn checkpoint(&self) -> Result<u64, ProjectionError>;
+
+    /// Applies a batch of events (in position order, all after the checkpoint) and moves the
+    /// checkpoint to the last one.
+    async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError>;
+}
+
+/// How far one projection got, as this process knows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgressState {
+    /// The checkpoint: the position of the last event applied.
+    pub position: u64,
+    /// When the last applied event happened (seconds since the epoch), for lag in seconds.
+    pub last_event_at: Option<i64>,
+    /// Whether the projection has caught up with the head of the log (the last batch it got
+    /// was not a full page).
+    pub caught_up: bool,
+}
+
+/// The progress of every projection a process runs or reads: read-your-writes waits on it.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    watches: Arc<std::sync::RwLock<HashMap<&'static str, watch::Sender<ProgressState>>>>,
+}
+
+impl Progress {
+    /// The watch of projection `name` (created on first use).
+    pub fn sender(&self, name: &'static str) -> watch::Sender<ProgressState> {
+        if let Some(sender) = self
+            .watches
+            .read()
+            .ok()
+            .and_then(|watches| watches.get(name).cloned())
+        {
+            return sender;
+        }
+        let mut watches = match self.watches.write() {
+            Ok(watches) => watches,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        watches
+            .entry(name)
+            .or_insert_with(|| watch::channel(ProgressState::default()).0)
+            .clone()
+    }
+
+    /// The current state of every projection known here, by name.
+    pub fn snapshot(&self) -> Vec<(&'static str, ProgressState)> {
+        let watches = match self.watches.read() {
+            Ok(watches) => watches,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut states: Vec<_> = watches
+            .iter()
+            .map(|(name, sender)| (*name, *sender.borrow()))
+            .collect();
+        states.sort_by_key(|(name, _)| *name);
+        states
+    }
+
+    /// Waits until projection `name` has applied `position`, at most `timeout`. True when it has.
+    pub async fn wait_for(&self, name: &'static str, position: u64, timeout: Duration) -> bool {
+        let mut receiver = self.sender(name).subscribe();
+        let reached = receiver.wait_for(|state| state.position >= position);
+        matches!(tokio::time::timeout(timeout, reached).await, Ok(Ok(_)))
+    }
+}
+
+/// The longest pause between two attempts of a failing batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs `projection` until `shutdown` is cancelled: subscribe from its checkpoint, apply each
+/// batch, publish progress. A failing batch is retried with exponential backoff from the stored
+/// checkpoint; stopping happens between batches, so the stored checkpoint is always the last
+/// batch applied.
+pub async fn run_projection(
+    store: Arc<dyn EventStore>,
+    projection: Arc<dyn Projection>,
+    progress: Progress,
+    shutdown: CancellationToken,
+    batch_size: usize,
+) {
+    let name = projection.name();
+    let sender = progress.sender(name);
+    let mut backoff = Duration::from_millis(50);
+    'resubscribe: while !shutdown.is_cancelled() {
+        let checkpoint = match projection.checkpoint().await {
+            Ok(checkpoint) => checkpoint,
+            Err(error) => {
+                tracing::warn!(projection = name, %error, "cannot read the checkpoint; retrying");
+                if pause(&shutdown, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        sender.send_modify(|state| state.position = state.position.max(checkpoint));
+        let mut subscription = match store.subscribe(checkpoint).await {
+            Ok(subscription) => subscription.with_batch_size(batch_size),
+            Err(error) => {
+                tracing::warn!(projection = name, %error, "cannot subscribe; retrying");
+                if pause(&shutdown, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        tracing::info!(
+            projection = name,
+            checkpoint,
+            "projection following the log"
+        );
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                batch = subscription.next_batch() => batch,
+            };
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(projection = name, %error, "reading the log failed; retrying");
+                    if pause(&shutdown, &mut backoff).await {
+                        return;
+                    }
+                    continue 'resubscribe;
+                }
+            };
+            let Some(last) = batch.last() else { continue };
+            let (last_position, last_at) = (last.position, last.occurred_at.timestamp());
+            let started = Instant::now();
+            if let Err(error) = projection.apply(&batch).await {
+                tracing::error!(
+                    projection = name,
+                    %error,
+                    first_position = batch.first().map_or(0, |event| event.position),
+                    "applying a batch failed; retrying from the stored checkpoint"
+                );
+                if pause(&shutdown, &mut backoff).await {
+                    return;
+                }
+                continue 'resubscribe;
+            }
+            backoff = Duration::from_millis(50);
+            tracing::debug!(
+                projection = name,
+                n_events = batch.len(),
+                last_position,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "batch applied"
+            );
+            let caught_up = batch.len() < batch_size;
+            sender.send_modify(|state| {
+                state.position = last_position;
+                state.last_event_at = Some(last_at);
+                state.caught_up = caught_up;
+            });
+        }
+    }
+}
+
+/// Sleeps for the backoff (doubling it, up to [`MAX_BACKOFF`]); true when shut down meanwhile.
+async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(wait) => false,
+    }
+}
