@@ -1,6 +1,8 @@
 //! `mercato`: one binary for every role of the platform and for operators and auditors.
 
 mod config;
+mod openapi;
+mod seed;
 mod serve;
 
 use std::net::SocketAddr;
@@ -216,7 +218,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             print!("{}", config.describe());
             Ok(())
         }
-        Command::Seed(_) => Err(not_built("seed")),
+        Command::Seed(args) => {
+            let config = Config::resolve(&cli.common, None, None, None)?;
+            block_on(seed::seed(&config, args.file.as_deref()))
+        }
         Command::Replay(_) => Err(not_built("replay")),
         Command::Events(_) => Err(not_built("events")),
         Command::Audit(_) => Err(not_built("audit")),

@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use command_api::http::request_context;
 use command_api::problem::{BODY_LIMIT, Problem};
 use eventstore::EventStore;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use projections::cache::{Cache, MemoryCache, RedisCache};
 use projections::readdb::{ReadDb, read_db_url};
 use projections::search::{SearchIndex, TantivySearch};
@@ -20,6 +21,7 @@ use projections::sql_models::{
 };
 use projections::{Progress, Projection, run_projection};
 use serde_json::json;
+use std::sync::OnceLock;
 use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
@@ -124,6 +126,93 @@ struct OpsState {
     db: ReadDb,
     cache: Option<Arc<dyn Cache>>,
     progress: Progress,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// The Prometheus recorder of this process (installed once).
+fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ])
+                .ok()?
+                .install_recorder()
+                .map_err(|error| tracing::warn!(%error, "metrics are not recorded"))
+                .ok()
+        })
+        .clone()
+}
+
+async fn metrics_text(State(state): State<OpsState>) -> Response {
+    match &state.metrics {
+        Some(handle) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            handle.render(),
+        )
+            .into_response(),
+        None => Problem::unavailable("metrics are not recorded in this process").into_response(),
+    }
+}
+
+/// Counts every request and records its latency, by route pattern, method and status.
+async fn record_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("mercato_http_requests_total", &labels).increment(1);
+    metrics::histogram!("mercato_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// How many events behind the head a projection is counted up to (a larger lag shows as this).
+const LAG_COUNT_CAP: usize = 1_000;
+
+/// Publishes each projection's lag, in events and seconds, every two seconds.
+async fn record_lag(store: Arc<dyn EventStore>, progress: Progress, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        for (name, state) in progress.snapshot() {
+            let Ok(behind) = store.read_all(state.position, LAG_COUNT_CAP).await else {
+                continue;
+            };
+            let lag_seconds = behind.first().map_or(0.0, |oldest| {
+                (chrono_now_seconds() - oldest.occurred_at.timestamp_millis() as f64 / 1000.0)
+                    .max(0.0)
+            });
+            metrics::gauge!("mercato_projection_lag_events", "projection" => name)
+                .set(behind.len() as f64);
+            metrics::gauge!("mercato_projection_lag_seconds", "projection" => name)
+                .set(lag_seconds);
+        }
+    }
+}
+
+fn chrono_now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
+}
+
+async fn openapi_json() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -201,10 +290,13 @@ pub fn app(
         db: platform.db.clone(),
         cache: platform.cache.clone(),
         progress: progress.clone(),
+        metrics: prometheus(),
     };
     let mut router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_json))
         .with_state(ops);
     if matches!(role, Role::All | Role::CommandApi) {
         router = router.merge(command_api::router(command_api::CommandState {
@@ -227,6 +319,7 @@ pub fn app(
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(request_context))
+        .layer(axum::middleware::from_fn(record_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
                 tracing::error!("a request handler panicked");
@@ -323,6 +416,11 @@ pub async fn serve(config: Config) -> Result<(), Failure> {
             shutdown.clone(),
         )));
     }
+    workers.push(tokio::spawn(record_lag(
+        platform.store.clone(),
+        progress.clone(),
+        shutdown.clone(),
+    )));
     let (views, views_task) = if matches!(config.role, Role::All | Role::QueryApi) {
         let (recorder, task) = query_api::views::ViewRecorder::start(platform.store.clone());
         (Some(recorder), Some(task))

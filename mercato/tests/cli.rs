@@ -53,9 +53,48 @@ fn bad_usage_exits_2_with_one_error_line_that_says_what_to_do() {
 #[test]
 fn a_subcommand_that_is_not_available_yet_says_so_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    let output = mercato(&["seed"], dir.path());
+    let output = mercato(&["replay", "--all"], dir.path());
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr_of(&output).starts_with("error: `mercato seed` is not available"));
+    assert!(stderr_of(&output).starts_with("error: `mercato replay` is not available"));
+}
+
+#[test]
+fn seed_loads_the_shipped_catalogue_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = mercato(&["seed", "--data-dir", "shop"], dir.path());
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        stdout.starts_with("seeded 280 products (0 were there already)"),
+        "{stdout}"
+    );
+    let again = mercato(&["seed", "--data-dir", "shop"], dir.path());
+    let stdout = String::from_utf8_lossy(&again.stdout).to_string();
+    assert!(
+        stdout.starts_with("seeded 0 products (280 were there already)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn seed_refuses_a_catalogue_that_is_not_a_list_of_products() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.json"),
+        r#"[{"name":"x","price":"free"}]"#,
+    )
+    .unwrap();
+    let output = mercato(
+        &["seed", "--data-dir", "shop", "--file", "bad.json"],
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.starts_with("error: the catalogue is not a JSON array"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("price"), "{stderr}");
 }
 
 #[test]

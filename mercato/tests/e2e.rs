@@ -627,3 +627,90 @@ async fn read_models_converge_after_a_crash_while_writes_are_flowing() {
     );
     server.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_every_route_and_every_listed_route_exists() {
+    let Some(data) = ServerData::new(Setup::Embedded, "openapi").await else {
+        return;
+    };
+    let server = Server::start(&data).await;
+    let document: Value = server
+        .get("/openapi.json")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().expect("paths");
+    let mut n_operations = 0;
+    for (path, methods) in paths {
+        for (method, operation) in methods.as_object().expect("methods") {
+            n_operations += 1;
+            assert!(
+                operation["responses"]["4XX"]["content"]["application/problem+json"].is_object()
+            );
+            let concrete = path
+                .replace("{product_id}", &uuid::Uuid::new_v4().to_string())
+                .replace("{order_id}", &uuid::Uuid::new_v4().to_string())
+                .replace("{cart_id}", "cart-1")
+                .replace("{customer_id}", "customer-1")
+                .replace("{stream_type}", "product")
+                .replace("{stream_id}", "x");
+            let response = server
+                .client
+                .request(
+                    method.to_uppercase().parse().expect("method"),
+                    server.url(&concrete),
+                )
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .expect("request");
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            assert!(
+                !body.contains("no route matches") && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path} is documented but not served: {status} {body}"
+            );
+            assert!(
+                !status.is_server_error(),
+                "{method} {path}: {status} {body}"
+            );
+        }
+    }
+    // Every route of CONTRACT.md is documented.
+    for (method, path) in [
+        ("post", "/products"),
+        ("put", "/products/{product_id}"),
+        ("post", "/products/{product_id}/stock"),
+        ("post", "/carts/{cart_id}/items"),
+        ("delete", "/carts/{cart_id}/items/{product_id}"),
+        ("post", "/carts/{cart_id}/checkout"),
+        ("post", "/orders"),
+        ("get", "/products/{product_id}"),
+        ("get", "/search"),
+        ("get", "/carts/{cart_id}"),
+        ("get", "/orders/{order_id}"),
+        ("get", "/customers/{customer_id}/orders"),
+        ("get", "/recommendations"),
+        ("get", "/streams/{stream_type}/{stream_id}/events"),
+        ("get", "/events"),
+        ("get", "/health"),
+        ("get", "/ready"),
+        ("get", "/metrics"),
+        ("get", "/openapi.json"),
+    ] {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
+    assert_eq!(n_operations, 19);
+    let metrics = server.get("/metrics").await.text().await.expect("text");
+    assert!(
+        metrics.contains("mercato_http_requests_total{route=\"/openapi.json\""),
+        "{metrics}"
+    );
+    server.terminate().await;
+}

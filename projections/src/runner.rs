@@ -154,6 +154,8 @@ pub async fn run_projection(
             let (last_position, last_at) = (last.position, last.occurred_at.timestamp());
             let started = Instant::now();
             if let Err(error) = projection.apply(&batch).await {
+                metrics::counter!("mercato_projection_failures_total", "projection" => name)
+                    .increment(1);
                 tracing::error!(
                     projection = name,
                     %error,
@@ -174,6 +176,12 @@ pub async fn run_projection(
                 "batch applied"
             );
             let caught_up = batch.len() < batch_size;
+            metrics::counter!("mercato_projection_events_total", "projection" => name)
+                .increment(batch.len() as u64);
+            metrics::histogram!("mercato_projection_batch_seconds", "projection" => name)
+                .record(started.elapsed().as_secs_f64());
+            metrics::gauge!("mercato_projection_position", "projection" => name)
+                .set(last_position as f64);
             sender.send_modify(|state| {
                 state.position = last_position;
                 state.last_event_at = Some(last_at);

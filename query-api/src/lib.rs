@@ -147,7 +147,13 @@ fn db_problem(error: &dyn std::fmt::Display) -> Problem {
     Problem::unavailable("the read model is unavailable; retry later")
 }
 
-fn cached_answer(body: String, hit: bool) -> Response {
+fn cached_answer(body: String, hit: bool, kind: &'static str) -> Response {
+    metrics::counter!(
+        "mercato_cache_requests_total",
+        "kind" => kind,
+        "result" => if hit { "hit" } else { "miss" }
+    )
+    .increment(1);
     let mut response = (
         StatusCode::OK,
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -212,7 +218,7 @@ async fn get_product(
         None => None,
     };
     let answer = if let Some(body) = lookup.as_ref().and_then(|lookup| lookup.value.clone()) {
-        cached_answer(body, true)
+        cached_answer(body, true, "product")
     } else {
         let Some(product) = read_product(&state.db, &product_id).await? else {
             return Err(Problem::not_found(format!(
@@ -225,7 +231,7 @@ async fn get_product(
                 .store(&scope, lookup.generation, "product", &body)
                 .await;
         }
-        cached_answer(body, false)
+        cached_answer(body, false, "product")
     };
     if let Some(views) = &state.views {
         views.record(product_uuid, customer_id);
@@ -319,7 +325,7 @@ async fn search(
         None => None,
     };
     if let Some(body) = lookup.as_ref().and_then(|lookup| lookup.value.clone()) {
-        return Ok(cached_answer(body, true));
+        return Ok(cached_answer(body, true, "search"));
     }
     let result = state.search.search(&query).await.map_err(|error| {
         tracing::warn!(%error, "search failed");
@@ -332,7 +338,7 @@ async fn search(
             .store(SEARCH_SCOPE, lookup.generation, &key, &body)
             .await;
     }
-    Ok(cached_answer(body, false))
+    Ok(cached_answer(body, false, "search"))
 }
 
 #[tracing::instrument(skip_all, fields(cart_id = %cart_id))]
