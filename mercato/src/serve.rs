@@ -15,6 +15,7 @@ use eventstore::EventStore;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use projections::cache::{Cache, MemoryCache, RedisCache};
 use projections::readdb::{ReadDb, read_db_url};
+use projections::redis_models::{RedisCartsProjection, RedisModels, RedisPopularityProjection};
 use projections::search::{SearchIndex, TantivySearch};
 use projections::sql_models::{
     OrdersProjection, ProductsProjection, SqlCartsProjection, SqlPopularityProjection,
@@ -35,6 +36,7 @@ const STOP_WAIT: Duration = Duration::from_secs(10);
 /// Everything a running platform holds.
 pub struct Platform {
     pub store: Arc<dyn EventStore>,
+    pub redis_models: Option<RedisModels>,
     pub db: ReadDb,
     pub cache: Option<Arc<dyn Cache>>,
     pub search: Arc<TantivySearch>,
@@ -92,15 +94,38 @@ pub async fn open_platform(config: &Config, run_projector: bool) -> Result<Platf
             .map_err(anyhow::Error::new)
             .map_err(runtime_failure("cannot open the search index".to_owned()))?,
     );
+    let redis_models = match &config.redis_url {
+        Some(url) => Some(
+            RedisModels::connect(url.expose(), &cache_prefix(database_url))
+                .await
+                .map_err(anyhow::Error::new)
+                .map_err(runtime_failure(format!(
+                    "cannot connect to Redis at {} (check REDIS_URL)",
+                    url.redacted()
+                )))?,
+        ),
+        None => None,
+    };
+    let (carts, popularity): (Arc<dyn Projection>, Arc<dyn Projection>) = match &redis_models {
+        Some(models) => (
+            Arc::new(RedisCartsProjection::new(models.clone())),
+            Arc::new(RedisPopularityProjection::new(models.clone())),
+        ),
+        None => (
+            Arc::new(SqlCartsProjection::new(db.clone())),
+            Arc::new(SqlPopularityProjection::new(db.clone())),
+        ),
+    };
     let projections: Vec<Arc<dyn Projection>> = vec![
         Arc::new(ProductsProjection::new(db.clone(), cache.clone())),
         Arc::new(OrdersProjection::new(db.clone())),
-        Arc::new(SqlCartsProjection::new(db.clone())),
-        Arc::new(SqlPopularityProjection::new(db.clone())),
+        carts,
+        popularity,
         Arc::new(search.clone()),
     ];
     Ok(Platform {
         store,
+        redis_models,
         db,
         cache,
         search,
@@ -312,6 +337,7 @@ pub fn app(
             cache: platform.cache.clone(),
             progress,
             views,
+            redis_models: platform.redis_models.clone(),
         }));
     }
     router

@@ -231,6 +231,46 @@ async fn scenario_b(setup: Setup, test_name: &str) {
         StatusCode::CONFLICT,
         "a cart is checked out once"
     );
+    // Views by a known customer feed popularity too (1 point each, against 10 per unit ordered).
+    for _ in 0..3 {
+        let viewed = server
+            .get(&format!("/products/{other_id}?customer_id=carol"))
+            .await;
+        assert_eq!(viewed.status(), StatusCode::OK);
+    }
+    let popularity = eventually(Duration::from_secs(3), || async {
+        let product: Value = server
+            .get(&format!("/products/{other_id}"))
+            .await
+            .json()
+            .await
+            .ok()?;
+        (product["popularity"] == 23).then_some(())
+    })
+    .await;
+    assert!(
+        popularity.is_some(),
+        "2 units ordered and 3 views make 23 points"
+    );
+    let recommended = eventually(Duration::from_secs(3), || async {
+        let body: Value = server
+            .get("/recommendations?customer_id=dave")
+            .await
+            .json()
+            .await
+            .ok()?;
+        let scores: Vec<i64> = body["items"]
+            .as_array()?
+            .iter()
+            .map(|item| item["score"].as_i64().unwrap_or(0))
+            .collect();
+        (scores.len() >= 2 && scores[..2] == [30, 23]).then_some(())
+    })
+    .await;
+    assert!(
+        recommended.is_some(),
+        "recommendations follow popularity: 30, then 23"
+    );
     server.terminate().await;
 }
 

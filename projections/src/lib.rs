@@ -6,11 +6,13 @@
 //! - [`readdb`]: the SQL database of the read models (PostgreSQL or SQLite).
 //! - [`sql_models`]: products, orders, carts and popularity in SQL, each batch committed with
 //!   its checkpoint.
+//! - [`redis_models`]: carts and popularity on Redis, when it is configured.
 //! - [`search`]: the search port and the Tantivy index (a projection too).
 //! - [`cache`]: the query cache, in process or on Redis, invalidated by the projections.
 
 pub mod cache;
 pub mod readdb;
+pub mod redis_models;
 pub mod runner;
 pub mod search;
 pub mod sql_models;

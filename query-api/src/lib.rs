@@ -22,6 +22,7 @@ use eventstore::{EventStore, RecordedEvent};
 use projections::Progress;
 use projections::cache::{Cache, SEARCH_SCOPE};
 use projections::readdb::ReadDb;
+use projections::redis_models::RedisModels;
 use projections::search::{ProductDoc, SearchIndex, SearchQuery};
 use projections::sql_models::{
     OrdersProjection, ProductsProjection, SqlCartsProjection, SqlPopularityProjection,
@@ -45,6 +46,8 @@ pub struct QueryState {
     pub cache: Option<Arc<dyn Cache>>,
     pub progress: Progress,
     pub views: Option<ViewRecorder>,
+    /// Carts and popularity on Redis, when it is configured (else they are in SQL).
+    pub redis_models: Option<RedisModels>,
 }
 
 /// The query routes of CONTRACT.md.
@@ -233,8 +236,9 @@ async fn get_product(
         }
         cached_answer(body, false, "product")
     };
-    if let Some(views) = &state.views {
-        views.record(product_uuid, customer_id);
+    // A view is recorded when the reader says who they are (`?customer_id=`).
+    if let (Some(views), Some(customer_id)) = (&state.views, customer_id) {
+        views.record(product_uuid, Some(customer_id));
     }
     Ok(answer)
 }
@@ -351,16 +355,24 @@ async fn get_cart(
     let cart_id = domain::CartId::parse(&cart_id)
         .map_err(|error| Problem::invalid(error.field, &error.message))?;
     wait_for(&state, SqlCartsProjection::NAME, &headers, &params).await?;
-    let mut connection = state
-        .db
-        .pool()
-        .acquire()
-        .await
-        .map_err(|error| db_problem(&error))?;
-    let Some(cart) = load_cart_row(&mut connection, cart_id.as_str())
-        .await
-        .map_err(|error| db_problem(&error))?
-    else {
+    let cart = match &state.redis_models {
+        Some(models) => models
+            .cart(cart_id.as_str())
+            .await
+            .map_err(|error| db_problem(&error))?,
+        None => {
+            let mut connection = state
+                .db
+                .pool()
+                .acquire()
+                .await
+                .map_err(|error| db_problem(&error))?;
+            load_cart_row(&mut connection, cart_id.as_str())
+                .await
+                .map_err(|error| db_problem(&error))?
+        }
+    };
+    let Some(cart) = cart else {
         return Err(Problem::not_found(format!("no cart has id {cart_id}")));
     };
     let mut total: i64 = 0;
@@ -491,6 +503,12 @@ async fn recommendations(
         .map_err(|error| Problem::invalid(error.field, &error.message))?;
     let limit = count_param(&params, "limit", 10, 1..=100)?;
     wait_for(&state, SqlPopularityProjection::NAME, &headers, &params).await?;
+    if let Some(models) = &state.redis_models {
+        let items = redis_recommendations(&state.db, models, customer_id.as_str(), limit).await?;
+        return Ok(
+            Json(json!({ "customer_id": customer_id.as_str(), "items": items })).into_response(),
+        );
+    }
     // Popular products the customer has not ordered yet; only products the catalogue knows.
     let rows = sqlx::query(
         "SELECT p.product_id, p.name, pop.score
@@ -517,6 +535,50 @@ async fn recommendations(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| db_problem(&error))?;
     Ok(Json(json!({ "customer_id": customer_id.as_str(), "items": items })).into_response())
+}
+
+/// Recommendations from the Redis sorted set: the top products the customer has not ordered,
+/// keeping only products the catalogue knows.
+async fn redis_recommendations(
+    db: &ReadDb,
+    models: &RedisModels,
+    customer_id: &str,
+    limit: usize,
+) -> Result<Vec<Value>, Problem> {
+    let candidates = models
+        .popular_not_ordered(customer_id, limit + 50)
+        .await
+        .map_err(|error| db_problem(&error))?;
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (1..=candidates.len()).map(|n| format!("${n}")).collect();
+    let statement = format!(
+        "SELECT product_id, name FROM rm_products WHERE product_id IN ({})",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(&statement);
+    for (product_id, _) in &candidates {
+        query = query.bind(product_id);
+    }
+    let rows = query
+        .fetch_all(db.pool())
+        .await
+        .map_err(|error| db_problem(&error))?;
+    let mut names = HashMap::new();
+    for row in &rows {
+        let product_id: String = row.try_get(0).map_err(|error| db_problem(&error))?;
+        let name: String = row.try_get(1).map_err(|error| db_problem(&error))?;
+        names.insert(product_id, name);
+    }
+    Ok(candidates
+        .into_iter()
+        .filter_map(|(product_id, score)| {
+            let name = names.get(&product_id)?.clone();
+            Some(json!({ "product_id": product_id, "name": name, "score": score }))
+        })
+        .take(limit)
+        .collect())
 }
 
 /// An event as the feeds show it: the envelope of CONTRACT.md.

@@ -1,0 +1,310 @@
+//! Carts and popularity on Redis (when `REDIS_URL` is set): carts as JSON values, popularity as a
+//! sorted set, what each customer ordered as sets.
+//!
+//! Each projection keeps its checkpoint in Redis beside its data. A batch is applied by one Lua
+//! script that first checks the checkpoint is still the one the batch was computed from, then
+//! applies every change and moves the checkpoint: atomic, so each event counts exactly once even
+//! with two projector processes (the loser's script changes nothing and its batch is retried from
+//! the new checkpoint). Keys are not declared to the script: this needs a standalone Redis (or one
+//! hash slot), not a cluster.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use async_trait::async_trait;
+use domain::{OrderEvent, ProductViewEvent};
+use eventstore::RecordedEvent;
+use redis::aio::ConnectionManager;
+
+use crate::runner::Projection;
+use crate::sql_models::CartRow;
+use crate::{ORDER_UNIT_POINTS, ProjectionError, VIEW_POINTS, decode};
+
+/// Applies `ARGV[3..]` (groups of op, key, a, b) if `KEYS[1]` still holds `ARGV[1]`, then sets it
+/// to `ARGV[2]`. Ops: `Z` ZINCRBY key b a; `S` SADD key a; `V` SET key a.
+const APPLY_SCRIPT: &str = r#"
+local current = redis.call('GET', KEYS[1]) or '0'
+if current ~= ARGV[1] then return 0 end
+local i = 3
+while i + 3 <= #ARGV do
+  local op, key, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if op == 'Z' then redis.call('ZINCRBY', key, b, a)
+  elseif op == 'S' then redis.call('SADD', key, a)
+  elseif op == 'V' then redis.call('SET', key, a) end
+  i = i + 4
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// The Redis side of the read models: connection and key names.
+#[derive(Clone)]
+pub struct RedisModels {
+    connection: ConnectionManager,
+    prefix: String,
+    apply: redis::Script,
+}
+
+impl fmt::Debug for RedisModels {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("RedisModels")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisModels {
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, ProjectionError> {
+        let client = redis::Client::open(url)?;
+        Ok(Self {
+            connection: ConnectionManager::new(client).await?,
+            prefix: prefix.to_owned(),
+            apply: redis::Script::new(APPLY_SCRIPT),
+        })
+    }
+
+    fn checkpoint_key(&self, name: &str) -> String {
+        format!("{}checkpoint:{name}", self.prefix)
+    }
+
+    fn cart_key(&self, cart_id: &str) -> String {
+        format!("{}cart:{cart_id}", self.prefix)
+    }
+
+    fn popularity_key(&self) -> String {
+        format!("{}popularity", self.prefix)
+    }
+
+    fn ordered_key(&self, customer_id: &str) -> String {
+        format!("{}ordered:{customer_id}", self.prefix)
+    }
+
+    async fn checkpoint_text(&self, name: &str) -> Result<String, ProjectionError> {
+        let mut connection = self.connection.clone();
+        let value: Option<String> = redis::cmd("GET")
+            .arg(self.checkpoint_key(name))
+            .query_async(&mut connection)
+            .await?;
+        Ok(value.unwrap_or_else(|| "0".to_owned()))
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<u64, ProjectionError> {
+        Ok(self.checkpoint_text(name).await?.parse().unwrap_or(0))
+    }
+
+    /// Runs the ops if the checkpoint is still `expected`; an error if another process moved it.
+    async fn apply_ops(
+        &self,
+        name: &str,
+        expected: &str,
+        new_checkpoint: u64,
+        ops: Vec<[String; 4]>,
+    ) -> Result<(), ProjectionError> {
+        let mut connection = self.connection.clone();
+        let mut invocation = self.apply.key(self.checkpoint_key(name));
+        invocation.arg(expected).arg(new_checkpoint.to_string());
+        for op in ops {
+            for part in op {
+                invocation.arg(part);
+            }
+        }
+        let applied: i64 = invocation.invoke_async(&mut connection).await?;
+        if applied == 1 {
+            Ok(())
+        } else {
+            Err(ProjectionError::Storage(format!(
+                "the {name} checkpoint moved while a batch was applied (another projector?); retrying"
+            )))
+        }
+    }
+
+    /// One cart, if the read model has it.
+    pub async fn cart(&self, cart_id: &str) -> Result<Option<CartRow>, ProjectionError> {
+        let mut connection = self.connection.clone();
+        let value: Option<String> = redis::cmd("GET")
+            .arg(self.cart_key(cart_id))
+            .query_async(&mut connection)
+            .await?;
+        Ok(match value {
+            Some(json) => Some(serde_json::from_str(&json)?),
+            None => None,
+        })
+    }
+
+    /// The most popular products (id and score) that `customer_id` has not ordered, at most
+    /// `limit`, looking at no more than `window` of the top products.
+    pub async fn popular_not_ordered(
+        &self,
+        customer_id: &str,
+        window: usize,
+    ) -> Result<Vec<(String, i64)>, ProjectionError> {
+        let mut connection = self.connection.clone();
+        let ordered: BTreeSet<String> = redis::cmd("SMEMBERS")
+            .arg(self.ordered_key(customer_id))
+            .query_async(&mut connection)
+            .await?;
+        let stop = (window + ordered.len()).saturating_sub(1);
+        let top: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(self.popularity_key())
+            .arg(0)
+            .arg(stop)
+            .arg("REV")
+            .arg("WITHSCORES")
+            .query_async(&mut connection)
+            .await?;
+        Ok(top
+            .into_iter()
+            .filter(|(product_id, _)| !ordered.contains(product_id))
+            .map(|(product_id, score)| (product_id, score as i64))
+            .collect())
+    }
+
+    pub async fn ping(&self) -> Result<(), ProjectionError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Carts on Redis.
+#[derive(Debug)]
+pub struct RedisCartsProjection {
+    models: RedisModels,
+}
+
+impl RedisCartsProjection {
+    pub const NAME: &'static str = "carts";
+
+    pub fn new(models: RedisModels) -> Self {
+        Self { models }
+    }
+}
+
+#[async_trait]
+impl Projection for RedisCartsProjection {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    async fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        self.models.checkpoint(Self::NAME).await
+    }
+
+    async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        let expected = self.models.checkpoint_text(Self::NAME).await?;
+        let applied_up_to: u64 = expected.parse().unwrap_or(0);
+        let mut carts: HashMap<String, CartRow> = HashMap::new();
+        for event in events
+            .iter()
+            .filter(|event| event.stream_type == "cart" && event.position > applied_up_to)
+        {
+            if !carts.contains_key(&event.stream_id) {
+                let cart = self
+                    .models
+                    .cart(&event.stream_id)
+                    .await?
+                    .unwrap_or_default();
+                carts.insert(event.stream_id.clone(), cart);
+            }
+            if let Some(cart) = carts.get_mut(&event.stream_id) {
+                cart.apply(event)?;
+            }
+        }
+        let mut ops = Vec::with_capacity(carts.len());
+        for (cart_id, cart) in &carts {
+            ops.push([
+                "V".to_owned(),
+                self.models.cart_key(cart_id),
+                serde_json::to_string(cart)?,
+                String::new(),
+            ]);
+        }
+        let new_checkpoint = last.position.max(applied_up_to);
+        self.models
+            .apply_ops(Self::NAME, &expected, new_checkpoint, ops)
+            .await
+    }
+}
+
+/// Popularity and what each customer ordered, on Redis.
+#[derive(Debug)]
+pub struct RedisPopularityProjection {
+    models: RedisModels,
+}
+
+impl RedisPopularityProjection {
+    pub const NAME: &'static str = "popularity";
+
+    pub fn new(models: RedisModels) -> Self {
+        Self { models }
+    }
+}
+
+#[async_trait]
+impl Projection for RedisPopularityProjection {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    async fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        self.models.checkpoint(Self::NAME).await
+    }
+
+    async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        let expected = self.models.checkpoint_text(Self::NAME).await?;
+        let applied_up_to: u64 = expected.parse().unwrap_or(0);
+        let mut scores: BTreeMap<String, i64> = BTreeMap::new();
+        let mut ordered: BTreeSet<(String, String)> = BTreeSet::new();
+        for event in events.iter().filter(|event| event.position > applied_up_to) {
+            match event.event_type.as_str() {
+                "OrderCreated" => {
+                    let OrderEvent::OrderCreated(created) = decode::<OrderEvent>(event)? else {
+                        continue;
+                    };
+                    for line in &created.lines {
+                        let product_id = line.product_id.to_string();
+                        *scores.entry(product_id.clone()).or_default() +=
+                            ORDER_UNIT_POINTS * i64::from(line.quantity);
+                        ordered.insert((created.customer_id.as_str().to_owned(), product_id));
+                    }
+                }
+                "ProductViewed" => {
+                    let ProductViewEvent::ProductViewed(viewed) =
+                        decode::<ProductViewEvent>(event)?;
+                    *scores.entry(viewed.product_id.to_string()).or_default() += VIEW_POINTS;
+                }
+                _ => {}
+            }
+        }
+        let mut ops = Vec::with_capacity(scores.len() + ordered.len());
+        for (product_id, points) in scores {
+            ops.push([
+                "Z".to_owned(),
+                self.models.popularity_key(),
+                product_id,
+                points.to_string(),
+            ]);
+        }
+        for (customer_id, product_id) in ordered {
+            ops.push([
+                "S".to_owned(),
+                self.models.ordered_key(&customer_id),
+                product_id,
+                String::new(),
+            ]);
+        }
+        let new_checkpoint = last.position.max(applied_up_to);
+        self.models
+            .apply_ops(Self::NAME, &expected, new_checkpoint, ops)
+            .await
+    }
+}
