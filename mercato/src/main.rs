@@ -176,6 +176,9 @@ fn block_on<T>(
     future: impl std::future::Future<Output = Result<T, Failure>>,
 ) -> Result<T, Failure> {
     tokio::runtime::Builder::new_multi_thread()
+        // Blocking work is search queries and index commits: a few threads serve them, and each
+        // extra thread would keep its own malloc arena (resident memory) after a burst.
+        .max_blocking_threads(8)
         .enable_all()
         .build()
         .map_err(|error| {

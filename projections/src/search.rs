@@ -155,7 +155,7 @@ impl TantivySearch {
         let (schema, fields) = schema();
         let mmap = tantivy::directory::MmapDirectory::open(directory)?;
         let index = Index::open_or_create(mmap, schema)?;
-        let writer = index.writer_with_num_threads(1, 32_000_000)?;
+        let writer = index.writer_with_num_threads(1, 15_000_000)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -261,6 +261,7 @@ impl TantivySearch {
                 _ => {}
             }
         }
+        let folded = std::time::Instant::now();
         let mut writer = match self.writer.lock() {
             Ok(writer) => writer,
             Err(poisoned) => poisoned.into_inner(),
@@ -270,11 +271,21 @@ impl TantivySearch {
             writer.delete_term(Term::from_field_text(self.fields.product_id, product_id));
             writer.add_document(self.to_document(product)?)?;
         }
+        let added = std::time::Instant::now();
         let mut prepared = writer.prepare_commit()?;
+        let prepared_at = std::time::Instant::now();
         prepared.set_payload(&last.position.to_string());
         prepared.commit()?;
+        let committed = std::time::Instant::now();
         drop(writer);
         self.reader.reload()?;
+        tracing::debug!(
+            add_us = (added - folded).as_micros() as u64,
+            prepare_us = (prepared_at - added).as_micros() as u64,
+            commit_us = (committed - prepared_at).as_micros() as u64,
+            reload_us = committed.elapsed().as_micros() as u64,
+            "search index committed"
+        );
         Ok(())
     }
 
