@@ -89,8 +89,15 @@ pub async fn open_platform(config: &Config, run_projector: bool) -> Result<Platf
         None if run_projector => Some(Arc::new(MemoryCache::new(50_000))),
         None => None,
     };
+    let search_directory = config.data_dir.join("search");
+    let search = if run_projector {
+        TantivySearch::open(&search_directory, cache.clone())
+    } else {
+        // The projector process (same data directory) writes the index; this one reads it.
+        TantivySearch::open_read_only(&search_directory)
+    };
     let search = Arc::new(
-        TantivySearch::open(&config.data_dir.join("search"), cache.clone())
+        search
             .map_err(anyhow::Error::new)
             .map_err(runtime_failure("cannot open the search index".to_owned()))?,
     );

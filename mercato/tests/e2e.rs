@@ -754,3 +754,96 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_exists() 
     );
     server.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_runs_as_its_own_process_on_postgres_and_redis() {
+    let Some(data) = ServerData::new(Setup::PostgresRedis, "roles_as_processes").await else {
+        return;
+    };
+    let projector = Server::start_role(&data, "projector").await;
+    let commands = Server::start_role(&data, "command-api").await;
+    let queries = Server::start_role(&data, "query-api").await;
+    // Each process serves only its own routes.
+    assert_eq!(
+        commands.get("/search?q=x").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        queries
+            .post(
+                "/products",
+                json!({"name": "x", "description": "x", "price": 1, "stock_qty": 1})
+            )
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let word = unique_word();
+    let (product_id, position) = commands
+        .create_product(&format!("Desk lamp {word}"), "Warm light", 25.0, 4, "Home")
+        .await;
+    // Read-your-writes across processes: the query process waits on the stored checkpoints.
+    let found: Value = queries
+        .get_at(&format!("/search?q={word}"), position)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(found["total"], 1, "{found}");
+    let first = queries
+        .get_at(&format!("/products/{product_id}"), position)
+        .await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(cache_header(&first), "miss");
+    assert_eq!(
+        cache_header(&queries.get(&format!("/products/{product_id}")).await),
+        "hit"
+    );
+    // The projector process invalidates the query process's cache through Redis.
+    let updated = commands
+        .put(
+            &format!("/products/{product_id}"),
+            json!({"name": format!("Floor lamp {word}")}),
+        )
+        .await;
+    assert_eq!(updated.status(), StatusCode::OK);
+    let product: Value = queries
+        .get_at(&format!("/products/{product_id}"), event_position(&updated))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(product["name"], format!("Floor lamp {word}"));
+    let renamed: Value = queries
+        .get_at(&format!("/search?q=floor+{word}"), event_position(&updated))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(renamed["total"], 1, "{renamed}");
+    let order = commands
+        .post(
+            "/orders",
+            json!({"customer_id": "erin", "lines": [{"product_id": product_id, "quantity": 1}], "payment_token": "tok_visa"}),
+        )
+        .await;
+    assert_eq!(order.status(), StatusCode::ACCEPTED);
+    let recommended: Value = queries
+        .get_at("/recommendations?customer_id=frank", event_position(&order))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        recommended["items"][0]["product_id"],
+        product_id.as_str(),
+        "{recommended}"
+    );
+    for server in [queries, commands, projector] {
+        let status = server.terminate().await;
+        assert!(
+            status.success(),
+            "a role did not stop cleanly on SIGTERM: {status}"
+        );
+    }
+}

@@ -128,9 +128,12 @@ fn schema() -> (Schema, Fields) {
 pub struct TantivySearch {
     index: Index,
     reader: IndexReader,
-    writer: Arc<Mutex<IndexWriter>>,
+    /// `None` when opened to read only (a query-api process beside the projector's).
+    writer: Option<Arc<Mutex<IndexWriter>>>,
     fields: Fields,
     cache: Option<Arc<dyn Cache>>,
+    /// The checkpoint of the commit the reader was last reloaded at (read-only mode).
+    reloaded_at: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for TantivySearch {
@@ -144,8 +147,22 @@ impl fmt::Debug for TantivySearch {
 impl TantivySearch {
     pub const NAME: &'static str = "search";
 
-    /// Opens the index in `directory`, creating it if needed.
+    /// Opens the index in `directory` to write (the projection), creating it if needed.
     pub fn open(directory: &Path, cache: Option<Arc<dyn Cache>>) -> Result<Self, ProjectionError> {
+        Self::open_with(directory, cache, true)
+    }
+
+    /// Opens the index in `directory` to read only, for a query-api process that shares the
+    /// directory with a projector process: searches see each commit of the projector.
+    pub fn open_read_only(directory: &Path) -> Result<Self, ProjectionError> {
+        Self::open_with(directory, None, false)
+    }
+
+    fn open_with(
+        directory: &Path,
+        cache: Option<Arc<dyn Cache>>,
+        writable: bool,
+    ) -> Result<Self, ProjectionError> {
         std::fs::create_dir_all(directory).map_err(|error| {
             ProjectionError::Storage(format!(
                 "cannot create the search index directory {}: {error}",
@@ -155,7 +172,13 @@ impl TantivySearch {
         let (schema, fields) = schema();
         let mmap = tantivy::directory::MmapDirectory::open(directory)?;
         let index = Index::open_or_create(mmap, schema)?;
-        let writer = index.writer_with_num_threads(1, 15_000_000)?;
+        let writer = if writable {
+            Some(Arc::new(Mutex::new(
+                index.writer_with_num_threads(1, 15_000_000)?,
+            )))
+        } else {
+            None
+        };
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -163,10 +186,36 @@ impl TantivySearch {
         Ok(Self {
             index,
             reader,
-            writer: Arc::new(Mutex::new(writer)),
+            writer,
             fields,
             cache,
+            reloaded_at: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The checkpoint stored with the last commit.
+    fn committed_checkpoint(&self) -> Result<u64, ProjectionError> {
+        let metas = self.index.load_metas()?;
+        Ok(metas
+            .payload
+            .as_deref()
+            .and_then(|payload| payload.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// In read-only mode, reloads the reader when the projector committed since the last reload,
+    /// so that a search never answers from before a checkpoint it reported.
+    fn catch_up_reader(&self) -> Result<(), ProjectionError> {
+        use std::sync::atomic::Ordering;
+        if self.writer.is_some() {
+            return Ok(()); // the writer reloads after each of its commits
+        }
+        let committed = self.committed_checkpoint()?;
+        if committed > self.reloaded_at.load(Ordering::Acquire) {
+            self.reader.reload()?;
+            self.reloaded_at.fetch_max(committed, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     fn stored_document(&self, product_id: &str) -> Result<Option<ProductDoc>, ProjectionError> {
@@ -262,7 +311,12 @@ impl TantivySearch {
             }
         }
         let folded = std::time::Instant::now();
-        let mut writer = match self.writer.lock() {
+        let Some(writer) = &self.writer else {
+            return Err(ProjectionError::Storage(
+                "the search index was opened to read only".to_owned(),
+            ));
+        };
+        let mut writer = match writer.lock() {
             Ok(writer) => writer,
             Err(poisoned) => poisoned.into_inner(),
         };
@@ -317,6 +371,7 @@ impl TantivySearch {
     }
 
     fn search_blocking(&self, query: &SearchQuery) -> Result<SearchResult, ProjectionError> {
+        self.catch_up_reader()?;
         let searcher = self.reader.searcher();
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         let mut analyzer = self.index.tokenizer_for_field(self.fields.name)?;
@@ -412,12 +467,7 @@ impl Projection for Arc<TantivySearch> {
     }
 
     async fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        let metas = self.index.load_metas()?;
-        Ok(metas
-            .payload
-            .as_deref()
-            .and_then(|payload| payload.parse().ok())
-            .unwrap_or(0))
+        self.committed_checkpoint()
     }
 
     async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {

@@ -64,9 +64,21 @@ pub struct Server {
 impl Server {
     /// Starts the binary on `data` and waits until it listens.
     pub async fn start(data: &ServerData) -> Server {
+        Server::start_role(data, "all").await
+    }
+
+    /// Starts one role of the binary on `data` and waits until it listens.
+    pub async fn start_role(data: &ServerData, role: &str) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mercato"));
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--role",
+                role,
+                "--data-dir",
+            ])
             .arg(data.data_dir.path())
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
