@@ -51,7 +51,8 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     );
     let correlation_id = context.correlation_id.clone();
     request.extensions_mut().insert(context);
-    let run = tracing::Instrument::instrument(next.run(request), span);
+    let started = std::time::Instant::now();
+    let run = tracing::Instrument::instrument(next.run(request), span.clone());
     let mut response = match tokio::time::timeout(REQUEST_TIMEOUT, run).await {
         Ok(response) => response,
         Err(_elapsed) => Problem::unavailable(format!(
@@ -60,6 +61,13 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         ))
         .into_response(),
     };
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request finished"
+        );
+    });
     if let Ok(value) = HeaderValue::from_str(&correlation_id) {
         response.headers_mut().insert(CORRELATION_HEADER, value);
     }

@@ -847,3 +847,45 @@ async fn each_role_runs_as_its_own_process_on_postgres_and_redis() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_correlation_id_of_the_request_on_every_line() {
+    let Some(data) = ServerData::new(Setup::Embedded, "json_logs").await else {
+        return;
+    };
+    let server = Server::start_with(&data, "all", &["--log-format", "json"]).await;
+    let response = server
+        .client
+        .post(server.url("/products"))
+        .header("x-correlation-id", "order-flow-42")
+        .json(&json!({"name": "Logged", "description": "d", "price": 1, "stock_qty": 1}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.headers()["x-correlation-id"], "order-flow-42");
+    let position = event_position(&response);
+    // The correlation id is in the event's metadata too.
+    let feed: Value = server
+        .get(&format!("/events?after=0&correlation_id=order-flow-42"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let events = feed["events"].as_array().expect("events");
+    assert_eq!(events.len(), 2, "ProductCreated and ProductUpdated: {feed}");
+    assert_eq!(events[1]["position"], position);
+    server.terminate().await;
+    let log = std::fs::read_to_string(data.data_dir.path().join("server.log")).expect("log");
+    let request_lines: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["fields"]["message"] == "request finished")
+        .collect();
+    assert!(!request_lines.is_empty(), "no request line in:\n{log}");
+    let line = request_lines
+        .iter()
+        .find(|line| line["span"]["path"] == "/products")
+        .expect("the POST's line");
+    assert_eq!(line["span"]["correlation_id"], "order-flow-42", "{line}");
+    assert_eq!(line["fields"]["status"], 201);
+}

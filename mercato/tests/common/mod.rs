@@ -69,6 +69,11 @@ impl Server {
 
     /// Starts one role of the binary on `data` and waits until it listens.
     pub async fn start_role(data: &ServerData, role: &str) -> Server {
+        Server::start_with(data, role, &[]).await
+    }
+
+    /// Starts the binary with extra arguments (after `serve`), its stderr written to a file.
+    pub async fn start_with(data: &ServerData, role: &str, extra: &[&str]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mercato"));
         command
             .args([
@@ -88,10 +93,17 @@ impl Server {
             .env_remove("MERCATO_LISTEN")
             .env_remove("MERCATO_ROLE")
             .env_remove("MERCATO_DATA_DIR")
-            .env("RUST_LOG", "warn")
+            .args(extra)
+            .env("RUST_LOG", if extra.is_empty() { "warn" } else { "info" })
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        if extra.is_empty() {
+            command.stderr(Stdio::inherit());
+        } else {
+            let log =
+                std::fs::File::create(data.data_dir.path().join("server.log")).expect("log file");
+            command.stderr(Stdio::from(log));
+        }
         if let Some(database) = &data.database {
             command.env("DATABASE_URL", database.url());
         }
