@@ -866,7 +866,7 @@ async fn json_logs_carry_the_correlation_id_of_the_request_on_every_line() {
     let position = event_position(&response);
     // The correlation id is in the event's metadata too.
     let feed: Value = server
-        .get(&format!("/events?after=0&correlation_id=order-flow-42"))
+        .get("/events?after=0&correlation_id=order-flow-42")
         .await
         .json()
         .await
