@@ -237,6 +237,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         "cannot apply migrations to {target} (check DATABASE_URL and that the database is running)"
                     ))
                 })?;
+                projections::readdb::ReadDb::open(&projections::readdb::read_db_url(
+                    config.database_url.expose(),
+                ))
+                .await
+                .map_err(|error| {
+                    Failure::Runtime(
+                        anyhow::Error::new(error)
+                            .context(format!("cannot create the read-model tables for {target}")),
+                    )
+                })?;
                 eprintln!("migrations applied to {target}");
                 Ok(())
             })

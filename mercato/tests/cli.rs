@@ -103,6 +103,10 @@ fn migrate_creates_the_embedded_store_under_the_data_dir() {
     let output = mercato(&["migrate", "--data-dir", "shop"], dir.path());
     assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
     assert!(dir.path().join("shop/mercato.db").exists());
+    assert!(
+        dir.path().join("shop/mercato-read.db").exists(),
+        "the read models' database is created too"
+    );
     // Applying them again changes nothing and succeeds.
     let again = mercato(&["migrate", "--data-dir", "shop"], dir.path());
     assert_eq!(again.status.code(), Some(0), "{}", stderr_of(&again));
