@@ -178,6 +178,24 @@ where
     .map_err(|error| command_problem(&error))
 }
 
+/// Runs `command` on product `product_id` and answers `{product_id, position}`.
+async fn product_written(
+    state: &CommandState,
+    context: &RequestContext,
+    status: StatusCode,
+    product_id: Uuid,
+    command: ProductCommand,
+) -> Result<Response, Problem> {
+    let product_id = product_id.to_string();
+    let executed = run::<Product>(state, context, &product_id, command).await?;
+    Ok(written(
+        status,
+        "product_id",
+        &product_id,
+        executed.last_position(),
+    ))
+}
+
 #[tracing::instrument(skip_all)]
 async fn create_product(
     State(state): State<CommandState>,
@@ -193,29 +211,7 @@ async fn create_product(
         stock_qty: body.stock_qty,
         category: body.category,
     };
-    let executed = run::<Product>(&state, &context, &product_id.to_string(), command).await?;
-    Ok(written(
-        StatusCode::CREATED,
-        "product_id",
-        &product_id.to_string(),
-        executed.last_position(),
-    ))
-}
-
-/// The position to answer with when a command changed nothing: the stream's current head is
-/// already in every read model that has its last event; `None` says nothing was written.
-async fn ensure_product_exists(state: &CommandState, product_id: &Uuid) -> Result<(), Problem> {
-    let version = state
-        .store
-        .stream_version(Product::TYPE, &product_id.to_string())
-        .await
-        .map_err(|error| store_problem(&error))?;
-    if version == 0 {
-        return Err(Problem::not_found(format!(
-            "no product has id {product_id}"
-        )));
-    }
-    Ok(())
+    product_written(&state, &context, StatusCode::CREATED, product_id, command).await
 }
 
 #[tracing::instrument(skip_all, fields(product_id = %product_id))]
@@ -232,20 +228,13 @@ async fn update_product(
             "give at least one of name, description, price, category",
         ));
     }
-    ensure_product_exists(&state, &product_id).await?;
     let command = ProductCommand::UpdateProduct {
         name: body.name,
         description: body.description,
         price: body.price.map(|price| price.0),
         category: body.category,
     };
-    let executed = run::<Product>(&state, &context, &product_id.to_string(), command).await?;
-    Ok(written(
-        StatusCode::OK,
-        "product_id",
-        &product_id.to_string(),
-        executed.last_position(),
-    ))
+    product_written(&state, &context, StatusCode::OK, product_id, command).await
 }
 
 #[tracing::instrument(skip_all, fields(product_id = %product_id))]
@@ -256,13 +245,22 @@ async fn adjust_stock(
     JsonBody(body): JsonBody<AdjustStock>,
 ) -> Result<Response, Problem> {
     let product_id = product_id_of(&product_id)?;
-    ensure_product_exists(&state, &product_id).await?;
     let command = ProductCommand::AdjustStock { delta: body.delta };
-    let executed = run::<Product>(&state, &context, &product_id.to_string(), command).await?;
+    product_written(&state, &context, StatusCode::OK, product_id, command).await
+}
+
+/// Runs `command` on cart `cart_id` and answers `{cart_id, position}`.
+async fn cart_written(
+    state: &CommandState,
+    context: &RequestContext,
+    cart_id: &CartId,
+    command: CartCommand,
+) -> Result<Response, Problem> {
+    let executed = run::<Cart>(state, context, cart_id.as_str(), command).await?;
     Ok(written(
         StatusCode::OK,
-        "product_id",
-        &product_id.to_string(),
+        "cart_id",
+        cart_id.as_str(),
         executed.last_position(),
     ))
 }
@@ -301,13 +299,7 @@ async fn add_cart_item(
         quantity: body.quantity,
         unit_price: product.price,
     };
-    let executed = run::<Cart>(&state, &context, cart_id.as_str(), command).await?;
-    Ok(written(
-        StatusCode::OK,
-        "cart_id",
-        cart_id.as_str(),
-        executed.last_position(),
-    ))
+    cart_written(&state, &context, &cart_id, command).await
 }
 
 #[tracing::instrument(skip_all, fields(cart_id = %cart_id))]
@@ -319,13 +311,7 @@ async fn remove_cart_item(
     let cart_id = cart_id_of(&cart_id)?;
     let product_id = product_id_of(&product_id)?;
     let command = CartCommand::RemoveItem { product_id };
-    let executed = run::<Cart>(&state, &context, cart_id.as_str(), command).await?;
-    Ok(written(
-        StatusCode::OK,
-        "cart_id",
-        cart_id.as_str(),
-        executed.last_position(),
-    ))
+    cart_written(&state, &context, &cart_id, command).await
 }
 
 /// How many times a checkout decides again after losing a race on its cart or order.

@@ -7,13 +7,15 @@
 //! Run with `just bench` or `cargo bench -p mercato --bench http`. BENCH_SECONDS (default 5)
 //! sets the length of each load phase.
 
-use std::process::Stdio;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Server, ServerData, Setup};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 fn phase_seconds() -> u64 {
@@ -145,44 +147,14 @@ async fn direct_writes(n_writers: usize) -> f64 {
     n_done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Starts the release binary embedded in `data_dir` with `role`; returns it and its base URL.
-async fn start_server(data_dir: &std::path::Path, role: &str) -> (tokio::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mercato"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--role",
-            role,
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start mercato");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = lines
-        .next_line()
-        .await
-        .expect("read")
-        .expect("listening line");
-    let base = line
-        .strip_prefix("mercato listening on ")
-        .expect("listening line")
-        .to_owned();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, base)
-}
-
 #[tokio::main]
 async fn main() {
-    let directory = tempfile::tempdir().expect("tempdir");
-    let (mut child, base) = start_server(directory.path(), "all").await;
-    let pid = child.id().expect("pid");
+    let data = ServerData::new(Setup::Embedded, "bench")
+        .await
+        .expect("embedded data");
+    let server = Server::start(&data).await;
+    let pid = server.pid().expect("pid");
+    let base = server.base.clone();
     let client = reqwest::Client::new();
     println!(
         "machine: {} cores",
@@ -291,14 +263,16 @@ async fn main() {
     "#;
     let writes = wrk(&format!("{base}/products"), 16, Some(write_script)).await;
     let rss = peak_rss_mb(pid);
-    let _ = child.kill().await;
+    server.kill().await;
     // The same writes to a process that only runs the command API: HTTP and store, without the
     // projections competing for the two cores.
-    let writes_directory = tempfile::tempdir().expect("tempdir");
-    let (mut writer_child, writer_base) =
-        start_server(writes_directory.path(), "command-api").await;
+    let writes_data = ServerData::new(Setup::Embedded, "bench")
+        .await
+        .expect("embedded data");
+    let writer = Server::start_role(&writes_data, "command-api").await;
+    let writer_base = writer.base.clone();
     let writes_alone = wrk(&format!("{writer_base}/products"), 16, Some(write_script)).await;
-    let _ = writer_child.kill().await;
+    writer.kill().await;
     let direct = direct_writes(16).await;
 
     println!("\n| figure | ours | baseline | ratio | target |\n| --- | --- | --- | --- | --- |");

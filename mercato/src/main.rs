@@ -61,6 +61,13 @@ struct ServeArgs {
     elasticsearch_url: Option<Secret>,
 }
 
+impl ServeArgs {
+    /// The configuration of `serve` (and `config`) with these flags over `common`.
+    fn resolve(self, common: &CommonArgs) -> Result<Config, config::ConfigError> {
+        Config::resolve(common, self.listen, self.role, self.elasticsearch_url)
+    }
+}
+
 #[derive(Debug, Args)]
 struct SeedArgs {
     /// A JSON file of products [default: the shipped sample catalogue]
@@ -202,22 +209,12 @@ fn not_built(command: &str) -> Failure {
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve(serve) => {
-            let config = Config::resolve(
-                &cli.common,
-                serve.listen,
-                serve.role,
-                serve.elasticsearch_url,
-            )?;
+            let config = serve.resolve(&cli.common)?;
             init_logging(config.log_format);
             block_on(serve::serve(config))
         }
         Command::Config(serve) => {
-            let config = Config::resolve(
-                &cli.common,
-                serve.listen,
-                serve.role,
-                serve.elasticsearch_url,
-            )?;
+            let config = serve.resolve(&cli.common)?;
             print!("{}", config.describe());
             Ok(())
         }

@@ -75,16 +75,28 @@ pub async fn open_platform(config: &Config, run_projector: bool) -> Result<Platf
         .map_err(runtime_failure(
             "cannot open the read-model database".to_owned(),
         ))?;
-    let cache: Option<Arc<dyn Cache>> = match &config.redis_url {
-        Some(url) => Some(Arc::new(
-            RedisCache::connect(url.expose(), &cache_prefix(database_url))
-                .await
-                .map_err(anyhow::Error::new)
-                .map_err(runtime_failure(format!(
-                    "cannot connect to Redis at {} (check REDIS_URL)",
-                    url.redacted()
-                )))?,
-        )),
+    // One Redis connection (multiplexed) serves the cache and the Redis read models.
+    let redis = match &config.redis_url {
+        Some(url) => {
+            let connect = async {
+                let client = redis::Client::open(url.expose())?;
+                redis::aio::ConnectionManager::new(client).await
+            };
+            Some(
+                connect
+                    .await
+                    .map_err(anyhow::Error::new)
+                    .map_err(runtime_failure(format!(
+                        "cannot connect to Redis at {} (check REDIS_URL)",
+                        url.redacted()
+                    )))?,
+            )
+        }
+        None => None,
+    };
+    let prefix = cache_prefix(database_url);
+    let cache: Option<Arc<dyn Cache>> = match &redis {
+        Some(connection) => Some(Arc::new(RedisCache::new(connection.clone(), &prefix))),
         // In process, the cache is only right if this process's projections invalidate it.
         None if run_projector => Some(Arc::new(MemoryCache::new(50_000))),
         None => None,
@@ -101,18 +113,7 @@ pub async fn open_platform(config: &Config, run_projector: bool) -> Result<Platf
             .map_err(anyhow::Error::new)
             .map_err(runtime_failure("cannot open the search index".to_owned()))?,
     );
-    let redis_models = match &config.redis_url {
-        Some(url) => Some(
-            RedisModels::connect(url.expose(), &cache_prefix(database_url))
-                .await
-                .map_err(anyhow::Error::new)
-                .map_err(runtime_failure(format!(
-                    "cannot connect to Redis at {} (check REDIS_URL)",
-                    url.redacted()
-                )))?,
-        ),
-        None => None,
-    };
+    let redis_models = redis.map(|connection| RedisModels::new(connection, &prefix));
     let (carts, popularity): (Arc<dyn Projection>, Arc<dyn Projection>) = match &redis_models {
         Some(models) => (
             Arc::new(RedisCartsProjection::new(models.clone())),
@@ -221,18 +222,28 @@ async fn record_lag(store: Arc<dyn EventStore>, progress: Progress, shutdown: Ca
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
+        // Projections at the same checkpoint (the usual case) share one read of the log.
+        let mut lag_at: std::collections::HashMap<u64, (usize, f64)> = Default::default();
         for (name, state) in progress.snapshot() {
-            let Ok(behind) = store.read_all(state.position, LAG_COUNT_CAP).await else {
-                continue;
+            let lag = match lag_at.get(&state.position) {
+                Some(lag) => *lag,
+                None => {
+                    let Ok(behind) = store.read_all(state.position, LAG_COUNT_CAP).await else {
+                        continue;
+                    };
+                    let lag_seconds = behind.first().map_or(0.0, |oldest| {
+                        (chrono_now_seconds()
+                            - oldest.occurred_at.timestamp_millis() as f64 / 1000.0)
+                            .max(0.0)
+                    });
+                    *lag_at
+                        .entry(state.position)
+                        .or_insert((behind.len(), lag_seconds))
+                }
             };
-            let lag_seconds = behind.first().map_or(0.0, |oldest| {
-                (chrono_now_seconds() - oldest.occurred_at.timestamp_millis() as f64 / 1000.0)
-                    .max(0.0)
-            });
             metrics::gauge!("mercato_projection_lag_events", "projection" => name)
-                .set(behind.len() as f64);
-            metrics::gauge!("mercato_projection_lag_seconds", "projection" => name)
-                .set(lag_seconds);
+                .set(lag.0 as f64);
+            metrics::gauge!("mercato_projection_lag_seconds", "projection" => name).set(lag.1);
         }
     }
 }

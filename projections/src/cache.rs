@@ -144,16 +144,14 @@ impl fmt::Debug for RedisCache {
 }
 
 impl RedisCache {
-    /// Connects to Redis; keys start with `prefix` (so that tests and deployments can share a
-    /// server).
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let connection = ConnectionManager::new(client).await?;
-        Ok(Self {
+    /// The cache on a Redis connection; keys start with `prefix` (so that tests and deployments
+    /// can share a server).
+    pub fn new(connection: ConnectionManager, prefix: &str) -> Self {
+        Self {
             connection,
             prefix: prefix.to_owned(),
             lookup: redis::Script::new(LOOKUP_SCRIPT),
-        })
+        }
     }
 
     fn generation_key(&self, scope: &str) -> String {

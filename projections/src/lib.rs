@@ -48,6 +48,67 @@ pub enum ProjectionError {
     Storage(String),
 }
 
+/// What one event adds to a product's popularity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PopularitySignal {
+    pub product_id: String,
+    pub points: i64,
+    /// The customer who ordered the product (`OrderCreated`); `None` for a view.
+    pub ordered_by: Option<String>,
+}
+
+/// The popularity signals of an event: one per order line of an `OrderCreated`
+/// ([`ORDER_UNIT_POINTS`] per unit), one per `ProductViewed` ([`VIEW_POINTS`]), none otherwise.
+/// Every projection that keeps popularity folds these, so they all count alike.
+pub fn popularity_signals(event: &RecordedEvent) -> Result<Vec<PopularitySignal>, ProjectionError> {
+    Ok(match event.event_type.as_str() {
+        "OrderCreated" => match decode::<domain::OrderEvent>(event)? {
+            domain::OrderEvent::OrderCreated(created) => created
+                .lines
+                .iter()
+                .map(|line| PopularitySignal {
+                    product_id: line.product_id.to_string(),
+                    points: ORDER_UNIT_POINTS * i64::from(line.quantity),
+                    ordered_by: Some(created.customer_id.as_str().to_owned()),
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
+        "ProductViewed" => {
+            let domain::ProductViewEvent::ProductViewed(viewed) = decode(event)?;
+            vec![PopularitySignal {
+                product_id: viewed.product_id.to_string(),
+                points: VIEW_POINTS,
+                ordered_by: None,
+            }]
+        }
+        _ => Vec::new(),
+    })
+}
+
+/// The popularity points a batch adds per product, and the (customer, product) pairs it orders.
+pub fn popularity_of_batch<'a>(
+    events: impl IntoIterator<Item = &'a RecordedEvent>,
+) -> Result<PopularityBatch, ProjectionError> {
+    let mut batch = PopularityBatch::default();
+    for event in events {
+        for signal in popularity_signals(event)? {
+            *batch.scores.entry(signal.product_id.clone()).or_default() += signal.points;
+            if let Some(customer_id) = signal.ordered_by {
+                batch.ordered.insert((customer_id, signal.product_id));
+            }
+        }
+    }
+    Ok(batch)
+}
+
+/// See [`popularity_of_batch`].
+#[derive(Debug, Default)]
+pub struct PopularityBatch {
+    pub scores: std::collections::BTreeMap<String, i64>,
+    pub ordered: std::collections::BTreeSet<(String, String)>,
+}
+
 /// Decodes a stored event as the domain event type `E` (upcasting older versions).
 pub fn decode<E: DomainEvent>(event: &RecordedEvent) -> Result<E, ProjectionError> {
     Ok(schemas::decode(

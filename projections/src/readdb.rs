@@ -83,7 +83,10 @@ pub struct WriteTransaction {
 }
 
 impl WriteTransaction {
-    pub async fn commit(self) -> Result<(), ProjectionError> {
+    /// Stores projection `name`'s checkpoint in this transaction and commits: the batch and its
+    /// checkpoint become visible together.
+    pub async fn commit_at(mut self, name: &str, position: u64) -> Result<(), ProjectionError> {
+        save_checkpoint(&mut self.transaction, name, position).await?;
         self.transaction.commit().await?;
         Ok(())
     }
@@ -217,7 +220,7 @@ impl ReadDb {
 }
 
 /// Stores projection `name`'s checkpoint inside the batch's transaction.
-pub(crate) async fn save_checkpoint(
+async fn save_checkpoint(
     connection: &mut sqlx::AnyConnection,
     name: &str,
     position: u64,

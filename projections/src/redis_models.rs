@@ -8,17 +8,16 @@
 //! the new checkpoint). Keys are not declared to the script: this needs a standalone Redis (or one
 //! hash slot), not a cluster.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use async_trait::async_trait;
-use domain::{OrderEvent, ProductViewEvent};
 use eventstore::RecordedEvent;
 use redis::aio::ConnectionManager;
 
 use crate::runner::Projection;
 use crate::sql_models::CartRow;
-use crate::{ORDER_UNIT_POINTS, ProjectionError, VIEW_POINTS, decode};
+use crate::{PopularityBatch, ProjectionError, popularity_of_batch};
 
 /// Applies `ARGV[3..]` (groups of op, key, a, b) if `KEYS[1]` still holds `ARGV[1]`, then sets it
 /// to `ARGV[2]`. Ops: `Z` ZINCRBY key b a; `S` SADD key a; `V` SET key a.
@@ -55,13 +54,13 @@ impl fmt::Debug for RedisModels {
 }
 
 impl RedisModels {
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, ProjectionError> {
-        let client = redis::Client::open(url)?;
-        Ok(Self {
-            connection: ConnectionManager::new(client).await?,
+    /// The read models on a Redis connection (shared with the cache); keys start with `prefix`.
+    pub fn new(connection: ConnectionManager, prefix: &str) -> Self {
+        Self {
+            connection,
             prefix: prefix.to_owned(),
             apply: redis::Script::new(APPLY_SCRIPT),
-        })
+        }
     }
 
     fn checkpoint_key(&self, name: &str) -> String {
@@ -93,17 +92,40 @@ impl RedisModels {
         Ok(self.checkpoint_text(name).await?.parse().unwrap_or(0))
     }
 
-    /// Runs the ops if the checkpoint is still `expected`; an error if another process moved it.
+    /// The stored checkpoint of projection `name` and the events of `events` after it (another
+    /// projector process may have applied part of the batch already).
+    async fn unapplied<'a>(
+        &self,
+        name: &str,
+        events: &'a [RecordedEvent],
+    ) -> Result<Unapplied<'a>, ProjectionError> {
+        let checkpoint = self.checkpoint_text(name).await?;
+        let applied_up_to: u64 = checkpoint.parse().unwrap_or(0);
+        Ok(Unapplied {
+            new_checkpoint: events
+                .last()
+                .map_or(applied_up_to, |last| last.position.max(applied_up_to)),
+            events: events
+                .iter()
+                .filter(|event| event.position > applied_up_to)
+                .collect(),
+            checkpoint,
+        })
+    }
+
+    /// Runs the ops if the checkpoint is still the one `batch` was read at, and moves it past the
+    /// batch; an error if another process moved it meanwhile.
     async fn apply_ops(
         &self,
         name: &str,
-        expected: &str,
-        new_checkpoint: u64,
+        batch: &Unapplied<'_>,
         ops: Vec<[String; 4]>,
     ) -> Result<(), ProjectionError> {
         let mut connection = self.connection.clone();
         let mut invocation = self.apply.key(self.checkpoint_key(name));
-        invocation.arg(expected).arg(new_checkpoint.to_string());
+        invocation
+            .arg(&batch.checkpoint)
+            .arg(batch.new_checkpoint.to_string());
         for op in ops {
             for part in op {
                 invocation.arg(part);
@@ -169,6 +191,15 @@ impl RedisModels {
     }
 }
 
+/// A batch as far as it is not applied yet: see [`RedisModels::unapplied`].
+struct Unapplied<'a> {
+    /// The stored checkpoint, as text, that the script checks is unchanged.
+    checkpoint: String,
+    /// Where the checkpoint moves to.
+    new_checkpoint: u64,
+    events: Vec<&'a RecordedEvent>,
+}
+
 /// Carts on Redis.
 #[derive(Debug)]
 pub struct RedisCartsProjection {
@@ -194,15 +225,12 @@ impl Projection for RedisCartsProjection {
     }
 
     async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
-        let Some(last) = events.last() else {
-            return Ok(());
-        };
-        let expected = self.models.checkpoint_text(Self::NAME).await?;
-        let applied_up_to: u64 = expected.parse().unwrap_or(0);
+        let batch = self.models.unapplied(Self::NAME, events).await?;
         let mut carts: HashMap<String, CartRow> = HashMap::new();
-        for event in events
+        for event in batch
+            .events
             .iter()
-            .filter(|event| event.stream_type == "cart" && event.position > applied_up_to)
+            .filter(|event| event.stream_type == "cart")
         {
             if !carts.contains_key(&event.stream_id) {
                 let cart = self
@@ -225,10 +253,7 @@ impl Projection for RedisCartsProjection {
                 String::new(),
             ]);
         }
-        let new_checkpoint = last.position.max(applied_up_to);
-        self.models
-            .apply_ops(Self::NAME, &expected, new_checkpoint, ops)
-            .await
+        self.models.apply_ops(Self::NAME, &batch, ops).await
     }
 }
 
@@ -257,34 +282,9 @@ impl Projection for RedisPopularityProjection {
     }
 
     async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
-        let Some(last) = events.last() else {
-            return Ok(());
-        };
-        let expected = self.models.checkpoint_text(Self::NAME).await?;
-        let applied_up_to: u64 = expected.parse().unwrap_or(0);
-        let mut scores: BTreeMap<String, i64> = BTreeMap::new();
-        let mut ordered: BTreeSet<(String, String)> = BTreeSet::new();
-        for event in events.iter().filter(|event| event.position > applied_up_to) {
-            match event.event_type.as_str() {
-                "OrderCreated" => {
-                    let OrderEvent::OrderCreated(created) = decode::<OrderEvent>(event)? else {
-                        continue;
-                    };
-                    for line in &created.lines {
-                        let product_id = line.product_id.to_string();
-                        *scores.entry(product_id.clone()).or_default() +=
-                            ORDER_UNIT_POINTS * i64::from(line.quantity);
-                        ordered.insert((created.customer_id.as_str().to_owned(), product_id));
-                    }
-                }
-                "ProductViewed" => {
-                    let ProductViewEvent::ProductViewed(viewed) =
-                        decode::<ProductViewEvent>(event)?;
-                    *scores.entry(viewed.product_id.to_string()).or_default() += VIEW_POINTS;
-                }
-                _ => {}
-            }
-        }
+        let batch = self.models.unapplied(Self::NAME, events).await?;
+        let PopularityBatch { scores, ordered } =
+            popularity_of_batch(batch.events.iter().copied())?;
         let mut ops = Vec::with_capacity(scores.len() + ordered.len());
         for (product_id, points) in scores {
             ops.push([
@@ -302,9 +302,6 @@ impl Projection for RedisPopularityProjection {
                 String::new(),
             ]);
         }
-        let new_checkpoint = last.position.max(applied_up_to);
-        self.models
-            .apply_ops(Self::NAME, &expected, new_checkpoint, ops)
-            .await
+        self.models.apply_ops(Self::NAME, &batch, ops).await
     }
 }

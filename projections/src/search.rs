@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use domain::{OrderEvent, ProductEvent, ProductViewEvent};
+use domain::ProductEvent;
 use eventstore::RecordedEvent;
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{Count, TopDocs};
@@ -29,7 +29,7 @@ use tantivy::{
 
 use crate::cache::{Cache, SEARCH_SCOPE};
 use crate::runner::Projection;
-use crate::{ORDER_UNIT_POINTS, ProjectionError, VIEW_POINTS, decode};
+use crate::{ProjectionError, decode, popularity_signals};
 
 /// A product as search answers show it (and as the product read model does).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,19 +293,10 @@ impl TantivySearch {
                         }),
                     );
                 }
-                "OrderCreated" => {
-                    let OrderEvent::OrderCreated(created) = decode::<OrderEvent>(event)? else {
-                        continue;
-                    };
-                    for line in &created.lines {
-                        let points = ORDER_UNIT_POINTS * i64::from(line.quantity);
-                        self.add_popularity(&mut changed, &line.product_id.to_string(), points)?;
+                "OrderCreated" | "ProductViewed" => {
+                    for signal in popularity_signals(event)? {
+                        self.add_popularity(&mut changed, &signal.product_id, signal.points)?;
                     }
-                }
-                "ProductViewed" => {
-                    let ProductViewEvent::ProductViewed(viewed) =
-                        decode::<ProductViewEvent>(event)?;
-                    self.add_popularity(&mut changed, &viewed.product_id.to_string(), VIEW_POINTS)?;
                 }
                 _ => {}
             }

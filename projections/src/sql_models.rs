@@ -5,15 +5,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use domain::{OrderEvent, PaymentEvent, ProductEvent, ProductViewEvent};
+use domain::{OrderEvent, PaymentEvent, ProductEvent};
 use eventstore::RecordedEvent;
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 
 use crate::cache::Cache;
-use crate::readdb::{ReadDb, save_checkpoint};
+use crate::readdb::ReadDb;
 use crate::runner::Projection;
-use crate::{ORDER_UNIT_POINTS, ProjectionError, VIEW_POINTS, decode};
+use crate::{PopularityBatch, ProjectionError, decode, popularity_of_batch, popularity_signals};
 
 /// Scope names of the query cache that the read models invalidate.
 pub fn product_scope(product_id: &str) -> String {
@@ -43,20 +43,6 @@ impl ProductsProjection {
     pub fn new(db: ReadDb, cache: Option<Arc<dyn Cache>>) -> Self {
         Self { db, cache }
     }
-}
-
-async fn add_popularity(
-    connection: &mut AnyConnection,
-    table_update: &str,
-    product_id: &str,
-    points: i64,
-) -> Result<(), ProjectionError> {
-    sqlx::query(table_update)
-        .bind(points)
-        .bind(product_id)
-        .execute(connection)
-        .await?;
-    Ok(())
 }
 
 #[async_trait]
@@ -107,41 +93,23 @@ impl Projection for ProductsProjection {
                     .await?;
                     changed.insert(product_id);
                 }
-                "OrderCreated" => {
-                    let OrderEvent::OrderCreated(created) = decode::<OrderEvent>(event)? else {
-                        continue;
-                    };
-                    for line in &created.lines {
-                        let product_id = line.product_id.to_string();
-                        add_popularity(
-                            transaction,
+                "OrderCreated" | "ProductViewed" => {
+                    for signal in popularity_signals(event)? {
+                        sqlx::query(
                             "UPDATE rm_products SET popularity = popularity + $1 \
                              WHERE product_id = $2",
-                            &product_id,
-                            ORDER_UNIT_POINTS * i64::from(line.quantity),
                         )
+                        .bind(signal.points)
+                        .bind(&signal.product_id)
+                        .execute(&mut **transaction)
                         .await?;
-                        changed.insert(product_id);
+                        changed.insert(signal.product_id);
                     }
-                }
-                "ProductViewed" => {
-                    let ProductViewEvent::ProductViewed(viewed) =
-                        decode::<ProductViewEvent>(event)?;
-                    let product_id = viewed.product_id.to_string();
-                    add_popularity(
-                        transaction,
-                        "UPDATE rm_products SET popularity = popularity + $1 WHERE product_id = $2",
-                        &product_id,
-                        VIEW_POINTS,
-                    )
-                    .await?;
-                    changed.insert(product_id);
                 }
                 _ => {}
             }
         }
-        save_checkpoint(transaction, Self::NAME, last.position).await?;
-        write.commit().await?;
+        write.commit_at(Self::NAME, last.position).await?;
         if let Some(cache) = &self.cache
             && !changed.is_empty()
         {
@@ -262,8 +230,7 @@ impl Projection for OrdersProjection {
                 _ => {}
             }
         }
-        save_checkpoint(transaction, Self::NAME, last.position).await?;
-        write.commit().await?;
+        write.commit_at(Self::NAME, last.position).await?;
         Ok(())
     }
 }
@@ -389,8 +356,7 @@ impl Projection for SqlCartsProjection {
             .execute(&mut **transaction)
             .await?;
         }
-        save_checkpoint(transaction, Self::NAME, last.position).await?;
-        write.commit().await?;
+        write.commit_at(Self::NAME, last.position).await?;
         Ok(())
     }
 }
@@ -424,29 +390,7 @@ impl Projection for SqlPopularityProjection {
         let Some(last) = events.last() else {
             return Ok(());
         };
-        let mut scores: BTreeMap<String, i64> = BTreeMap::new();
-        let mut ordered: BTreeSet<(String, String)> = BTreeSet::new();
-        for event in events {
-            match event.event_type.as_str() {
-                "OrderCreated" => {
-                    let OrderEvent::OrderCreated(created) = decode::<OrderEvent>(event)? else {
-                        continue;
-                    };
-                    for line in &created.lines {
-                        let product_id = line.product_id.to_string();
-                        *scores.entry(product_id.clone()).or_default() +=
-                            ORDER_UNIT_POINTS * i64::from(line.quantity);
-                        ordered.insert((created.customer_id.as_str().to_owned(), product_id));
-                    }
-                }
-                "ProductViewed" => {
-                    let ProductViewEvent::ProductViewed(viewed) =
-                        decode::<ProductViewEvent>(event)?;
-                    *scores.entry(viewed.product_id.to_string()).or_default() += VIEW_POINTS;
-                }
-                _ => {}
-            }
-        }
+        let PopularityBatch { scores, ordered } = popularity_of_batch(events)?;
         let mut write = self.db.begin_write().await?;
         let transaction = &mut write.transaction;
         for (product_id, points) in &scores {
@@ -469,8 +413,7 @@ impl Projection for SqlPopularityProjection {
             .execute(&mut **transaction)
             .await?;
         }
-        save_checkpoint(transaction, Self::NAME, last.position).await?;
-        write.commit().await?;
+        write.commit_at(Self::NAME, last.position).await?;
         Ok(())
     }
 }

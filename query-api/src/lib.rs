@@ -68,11 +68,6 @@ pub fn router(state: QueryState) -> Router {
 }
 
 /// A money amount as a JSON number in major units, written from its exact decimal text.
-pub fn money_json(minor: i64) -> Value {
-    let text = Money::from_minor(minor).to_string();
-    serde_json::from_str::<Value>(&text).unwrap_or(Value::Null)
-}
-
 fn money_raw(minor: i64) -> Box<RawValue> {
     RawValue::from_string(Money::from_minor(minor).to_string())
         .unwrap_or_else(|_| RawValue::from_string("0".to_owned()).unwrap_or_default())
