@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
@@ -125,6 +126,26 @@ pub struct CommonArgs {
     /// Log format
     #[arg(long, global = true, env = "MERCATO_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Seconds the payment gateway has to answer before the order is cancelled [default: 30]
+    #[arg(long, global = true, env = "MERCATO_PAYMENT_TIMEOUT", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub payment_timeout: Option<f64>,
+    /// Seconds the built-in test gateway takes per charge or refund [default: 0]
+    #[arg(long, global = true, env = "MERCATO_TEST_GATEWAY_LATENCY", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub test_gateway_latency: Option<f64>,
+    /// Seconds after the charge call the test gateway makes a `tok_lateSuccess` charge
+    /// [default: the payment timeout plus 5]
+    #[arg(long, global = true, env = "MERCATO_TEST_GATEWAY_LATE_AFTER", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub test_gateway_late_after: Option<f64>,
+}
+
+/// A duration in seconds: a finite, non-negative number of at most a day.
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && (0.0..=86_400.0).contains(&seconds) => Ok(seconds),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds between 0 and 86400 (such as 30 or 0.5)"
+        )),
+    }
 }
 
 /// What a config file may hold: the same keys as the flags.
@@ -140,6 +161,9 @@ pub struct FileConfig {
     pub opensearch_url: Option<Secret>,
     pub otel_endpoint: Option<String>,
     pub log_format: Option<LogFormat>,
+    pub payment_timeout: Option<f64>,
+    pub test_gateway_latency: Option<f64>,
+    pub test_gateway_late_after: Option<f64>,
 }
 
 /// The configuration a process runs with.
@@ -154,7 +178,15 @@ pub struct Config {
     pub opensearch_url: Option<Secret>,
     pub otel_endpoint: Option<String>,
     pub log_format: LogFormat,
+    /// How long the payment gateway has to answer a charge.
+    pub payment_timeout: Duration,
+    /// How long the built-in test gateway takes per call.
+    pub test_gateway_latency: Duration,
+    /// When the test gateway makes a `tok_lateSuccess` charge, after the charge call.
+    pub test_gateway_late_after: Duration,
 }
+
+pub const DEFAULT_PAYMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 pub const DEFAULT_DATA_DIR: &str = "./data";
@@ -205,6 +237,18 @@ impl Config {
             ),
             ("otel_endpoint", optional(self.otel_endpoint.clone())),
             ("log_format", log_format),
+            (
+                "payment_timeout",
+                format!("{}", self.payment_timeout.as_secs_f64()),
+            ),
+            (
+                "test_gateway_latency",
+                format!("{}", self.test_gateway_latency.as_secs_f64()),
+            ),
+            (
+                "test_gateway_late_after",
+                format!("{}", self.test_gateway_late_after.as_secs_f64()),
+            ),
         ]
         .iter()
         .map(|(key, value)| format!("{key} = {value}\n"))
@@ -234,7 +278,22 @@ impl Config {
                 data_dir.join("mercato.db").display()
             ))
         };
+        let seconds = |flag: Option<f64>, file: Option<f64>| {
+            flag.or(file)
+                .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+                .map(Duration::from_secs_f64)
+        };
+        let payment_timeout = seconds(common.payment_timeout, file.payment_timeout)
+            .unwrap_or(DEFAULT_PAYMENT_TIMEOUT);
         Ok(Config {
+            payment_timeout,
+            test_gateway_latency: seconds(common.test_gateway_latency, file.test_gateway_latency)
+                .unwrap_or(Duration::ZERO),
+            test_gateway_late_after: seconds(
+                common.test_gateway_late_after,
+                file.test_gateway_late_after,
+            )
+            .unwrap_or(payment_timeout + Duration::from_secs(5)),
             listen: listen.or(file.listen).unwrap_or(DEFAULT_LISTEN),
             role: role.or(file.role).unwrap_or_default(),
             database_url: common

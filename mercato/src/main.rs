@@ -42,6 +42,9 @@ enum Command {
     /// Check the history for tampering and see an aggregate as it stood at a moment
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// See and restart checkout sagas
+    #[command(subcommand)]
+    Saga(SagaCommand),
     /// Apply database migrations (serve also does this on start)
     Migrate,
     /// Print the configuration this process would run with (flags, environment, file, defaults)
@@ -100,6 +103,17 @@ enum OutputFormat {
     Table,
     Json,
     Cloudevents,
+}
+
+#[derive(Debug, Subcommand)]
+enum SagaCommand {
+    /// How many checkout sagas are running, done and failed (parked)
+    Status,
+    /// Run parked sagas again once their cause is fixed: one order's, or all of them
+    Retry {
+        #[arg(value_name = "ORDER_ID")]
+        order_id: Option<uuid::Uuid>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +220,48 @@ fn not_built(command: &str) -> Failure {
     ))
 }
 
+async fn saga_command(config: &Config, command: SagaCommand) -> Result<(), Failure> {
+    let failure = |error: anyhow::Error| {
+        Failure::Runtime(error.context(format!(
+            "cannot read the saga tables of {} (check DATABASE_URL)",
+            config.database_url.redacted()
+        )))
+    };
+    let db = projections::readdb::ReadDb::open(&projections::readdb::read_db_url(
+        config.database_url.expose(),
+    ))
+    .await
+    .map_err(|error| failure(error.into()))?;
+    sagas::state::ensure_schema(&db)
+        .await
+        .map_err(|error| failure(error.into()))?;
+    match command {
+        SagaCommand::Status => {
+            let counts = sagas::state::count_by_state(&db)
+                .await
+                .map_err(|error| failure(error.into()))?;
+            for state in [
+                sagas::state::RUNNING,
+                sagas::state::DONE,
+                sagas::state::FAILED,
+            ] {
+                let count = counts
+                    .iter()
+                    .find(|(name, _)| name == state)
+                    .map_or(0, |(_, count)| *count);
+                println!("{state}\t{count}");
+            }
+        }
+        SagaCommand::Retry { order_id } => {
+            let restarted = sagas::state::retry_failed(&db, order_id)
+                .await
+                .map_err(|error| failure(error.into()))?;
+            println!("{restarted} parked saga(s) will run again");
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve(serve) => {
@@ -222,6 +278,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let config = Config::resolve(&cli.common, None, None, None)?;
             block_on(seed::seed(&config, args.file.as_deref()))
         }
+        Command::Saga(command) => {
+            let config = Config::resolve(&cli.common, None, None, None)?;
+            block_on(saga_command(&config, command))
+        }
         Command::Replay(_) => Err(not_built("replay")),
         Command::Events(_) => Err(not_built("events")),
         Command::Audit(_) => Err(not_built("audit")),
@@ -234,14 +294,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         "cannot apply migrations to {target} (check DATABASE_URL and that the database is running)"
                     ))
                 })?;
-                projections::readdb::ReadDb::open(&projections::readdb::read_db_url(
-                    config.database_url.expose(),
-                ))
-                .await
-                .map_err(|error| {
+                let read_models = async {
+                    let db = projections::readdb::ReadDb::open(&projections::readdb::read_db_url(
+                        config.database_url.expose(),
+                    ))
+                    .await?;
+                    sagas::state::ensure_schema(&db).await?;
+                    anyhow::Ok(())
+                };
+                read_models.await.map_err(|error| {
                     Failure::Runtime(
-                        anyhow::Error::new(error)
-                            .context(format!("cannot create the read-model tables for {target}")),
+                        error.context(format!("cannot create the read-model tables for {target}")),
                     )
                 })?;
                 eprintln!("migrations applied to {target}");

@@ -75,6 +75,11 @@ pub async fn open_platform(config: &Config, run_projector: bool) -> Result<Platf
         .map_err(runtime_failure(
             "cannot open the read-model database".to_owned(),
         ))?;
+    // The query API shows a parked saga's reason, so its table exists whichever roles run.
+    sagas::state::ensure_schema(&db)
+        .await
+        .map_err(anyhow::Error::new)
+        .map_err(runtime_failure("cannot create the saga tables".to_owned()))?;
     // One Redis connection (multiplexed) serves the cache and the Redis read models.
     let redis = match &config.redis_url {
         Some(url) => {
@@ -427,11 +432,10 @@ async fn shutdown_signal() {
 
 /// Runs the roles of `config` until a shutdown signal.
 pub async fn serve(config: Config) -> Result<(), Failure> {
-    if matches!(config.role, Role::Saga | Role::Relay) {
-        return Err(Failure::Usage(format!(
-            "the {} role is not available in this version yet; see CHANGELOG.md",
-            format!("{:?}", config.role).to_lowercase()
-        )));
+    if config.role == Role::Relay {
+        return Err(Failure::Usage(
+            "the relay role is not available in this version yet; see CHANGELOG.md".to_owned(),
+        ));
     }
     if config.kafka_bootstrap.is_some() {
         tracing::warn!(
@@ -459,6 +463,37 @@ pub async fn serve(config: Config) -> Result<(), Failure> {
             progress.clone(),
             shutdown.clone(),
         )));
+    }
+    if matches!(config.role, Role::All | Role::Saga) {
+        let gateway = sagas::TestGateway::open(
+            platform.db.clone(),
+            sagas::TestGatewayOptions {
+                latency: config.test_gateway_latency,
+                late_after: config.test_gateway_late_after,
+            },
+        )
+        .await
+        .map_err(anyhow::Error::new)
+        .map_err(runtime_failure(
+            "cannot open the test payment gateway's ledger".to_owned(),
+        ))?;
+        let options = sagas::SagaOptions {
+            payment_timeout: config.payment_timeout,
+            ..sagas::SagaOptions::default()
+        };
+        let (store, db, progress, shutdown) = (
+            platform.store.clone(),
+            platform.db.clone(),
+            progress.clone(),
+            shutdown.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            if let Err(error) =
+                sagas::run_saga(store, db, Arc::new(gateway), options, progress, shutdown).await
+            {
+                tracing::error!(%error, "the checkout saga stopped");
+            }
+        }));
     }
     workers.push(tokio::spawn(record_lag(
         platform.store.clone(),

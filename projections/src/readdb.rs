@@ -170,14 +170,13 @@ impl ReadDb {
         if backend == ReadBackend::Sqlite {
             pool.execute("PRAGMA journal_mode = WAL").await?;
         }
-        for statement in SCHEMA {
-            pool.execute(*statement).await?;
-        }
-        Ok(ReadDb {
+        let db = ReadDb {
             pool,
             backend,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
-        })
+        };
+        db.ensure_schema(SCHEMA).await?;
+        Ok(db)
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -186,6 +185,15 @@ impl ReadDb {
 
     pub fn backend(&self) -> ReadBackend {
         self.backend
+    }
+
+    /// Runs idempotent `CREATE ... IF NOT EXISTS` statements of another owner of tables in this
+    /// database (the saga's state, the test gateway's ledger).
+    pub async fn ensure_schema(&self, statements: &[&str]) -> Result<(), ProjectionError> {
+        for statement in statements {
+            self.pool.execute(*statement).await?;
+        }
+        Ok(())
     }
 
     /// Starts a projection's write transaction.

@@ -454,7 +454,38 @@ async fn get_order(
     let Some(row) = row else {
         return Err(Problem::not_found(format!("no order has id {order_id}")));
     };
-    Ok(Json(order_json(&row).map_err(|error| db_problem(&error))?).into_response())
+    let mut order = order_json(&row).map_err(|error| db_problem(&error))?;
+    if order["status"] == "PENDING"
+        && let Some(reason) = pending_reason(&state, order_id).await
+        && let Some(object) = order.as_object_mut()
+    {
+        object.insert("pending_reason".to_owned(), Value::String(reason));
+    }
+    Ok(Json(order).into_response())
+}
+
+/// Why a pending order's checkout is not moving, when its saga is retrying or parked.
+async fn pending_reason(state: &QueryState, order_id: uuid::Uuid) -> Option<String> {
+    let saga = match sagas::state::saga_status(&state.db, order_id).await {
+        Ok(saga) => saga?,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the order's saga");
+            return None;
+        }
+    };
+    let error = saga.last_error?;
+    Some(if saga.state == sagas::state::FAILED {
+        format!(
+            "checkout stopped after {} failed attempts and waits for an operator \
+             (mercato saga retry): {error}",
+            saga.attempts
+        )
+    } else {
+        format!(
+            "checkout is retrying after {} failed attempts: {error}",
+            saga.attempts
+        )
+    })
 }
 
 #[tracing::instrument(skip_all, fields(customer_id = %customer_id))]

@@ -1,3 +1,373 @@
-//! mercato's checkout process manager: order, stock, payment, with compensations.
+//! mercato's checkout process manager: for each `OrderCreated`, reserve the stock of every line,
+//! charge the payment through the gateway port, then confirm the order (committing the
+//! reservations) or cancel it (releasing them, refunding a late charge).
 //!
-//! Not built yet: see ARCHITECTURE.md for what this crate will own.
+//! - [`state`]: the durable saga rows (state, timer, retries), the intake projection that starts
+//!   them from the log, and the lease that lets one worker run at a time.
+//! - [`checkout`]: one step of a saga, derived from the aggregates' current state.
+//! - [`gateway`]: the payment gateway port and the built-in test gateway with its ledger.
+//! - [`run_saga`]: the worker: holds the lease, follows the log, runs due sagas concurrently,
+//!   retries failing steps with exponential backoff and jitter, parks what keeps failing.
+
+pub mod checkout;
+pub mod gateway;
+pub mod state;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventstore::{EventStore, StoreError};
+use projections::readdb::ReadDb;
+use projections::{Progress, ProjectionError, run_projection};
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use checkout::{Checkout, Ending, Step};
+pub use gateway::{PaymentGateway, TestGateway, TestGatewayOptions};
+pub use state::{SagaIntake, SagaRun, SagaStatus};
+
+/// Why a saga step did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum SagaError {
+    /// A command was refused by its aggregate: retrying will not change it.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The store or another dependency failed; a retry may pass.
+    #[error("{0}")]
+    Transient(String),
+    #[error("payment gateway: {0}")]
+    Gateway(String),
+    #[error("event store: {0}")]
+    Store(#[from] StoreError),
+    #[error("loading an aggregate: {0}")]
+    Load(#[from] eventstore::aggregate::LoadError),
+    #[error(transparent)]
+    Codec(#[from] schemas::CodecError),
+    #[error("saga database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error("saga database: {0}")]
+    Storage(String),
+}
+
+impl SagaError {
+    /// Whether retrying the step can help.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, SagaError::Refused(_))
+    }
+}
+
+/// How the saga worker runs.
+#[derive(Clone, Debug)]
+pub struct SagaOptions {
+    /// How long the gateway has to answer a charge before the order is cancelled.
+    pub payment_timeout: Duration,
+    /// How many sagas run at once.
+    pub concurrency: usize,
+    /// How many times a failing step is tried before the saga is parked as failed.
+    pub max_attempts: u32,
+    /// The first retry's delay; each further retry doubles it (with jitter), up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How long a worker's lease lasts without renewal (renewed every third of it).
+    pub lease_ttl: Duration,
+    /// Names this worker in the lease table.
+    pub worker_id: String,
+}
+
+impl Default for SagaOptions {
+    fn default() -> Self {
+        Self {
+            payment_timeout: Duration::from_secs(30),
+            concurrency: 256,
+            max_attempts: 8,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(6),
+            worker_id: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
+        }
+    }
+}
+
+/// The lease every checkout worker competes for.
+const LEASE: &str = "checkout";
+/// How many events the intake takes per batch.
+const INTAKE_BATCH: usize = 500;
+/// How long shutdown waits for running steps before abandoning them (they are idempotent).
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Runs the checkout saga until `shutdown`: waits for the lease, then follows the log from the
+/// intake's checkpoint and runs due sagas, until the lease is lost or shutdown. Gives the lease
+/// up on shutdown so that a standby worker takes over at once.
+pub async fn run_saga(
+    store: Arc<dyn EventStore>,
+    db: ReadDb,
+    gateway: Arc<dyn PaymentGateway>,
+    options: SagaOptions,
+    progress: Progress,
+    shutdown: CancellationToken,
+) -> Result<(), SagaError> {
+    state::ensure_schema(&db).await?;
+    let checkout = Arc::new(Checkout::new(
+        store.clone(),
+        gateway.clone(),
+        options.payment_timeout,
+    ));
+    // Late charges are recorded by any worker, lease or not: recording is idempotent.
+    if let Some(mut late) = gateway.late_charges() {
+        let checkout = checkout.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let charge = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    charge = late.recv() => match charge { Some(charge) => charge, None => return },
+                };
+                let mut backoff = Duration::from_millis(100);
+                while let Err(error) = checkout.record_late_charge(&charge).await {
+                    tracing::warn!(order_id = %charge.order_id, %error, "cannot record a late charge; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        });
+    }
+    let renew_every = options.lease_ttl / 3;
+    while !shutdown.is_cancelled() {
+        let ttl = i64::try_from(options.lease_ttl.as_millis()).unwrap_or(i64::MAX);
+        let now = state::now_ms();
+        match state::acquire_lease(&db, LEASE, &options.worker_id, now, now + ttl).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(renew_every) => continue,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot take the saga lease; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(renew_every) => continue,
+                }
+            }
+        }
+        tracing::info!(worker = %options.worker_id, "saga worker holds the lease");
+        metrics::gauge!("mercato_saga_lease_held").set(1.0);
+        let held = shutdown.child_token();
+        let wake = Arc::new(Notify::new());
+        let intake = Arc::new(SagaIntake::new(db.clone(), wake.clone()));
+        let renewal = tokio::spawn(renew_lease(
+            db.clone(),
+            options.worker_id.clone(),
+            options.lease_ttl,
+            held.clone(),
+        ));
+        tokio::join!(
+            run_projection(
+                store.clone(),
+                intake,
+                progress.clone(),
+                held.clone(),
+                INTAKE_BATCH
+            ),
+            run_due(checkout.clone(), db.clone(), &options, wake, held.clone()),
+        );
+        held.cancel();
+        let _ = renewal.await;
+        metrics::gauge!("mercato_saga_lease_held").set(0.0);
+        if !shutdown.is_cancelled() {
+            tracing::warn!(worker = %options.worker_id, "saga lease lost; standing by");
+        }
+    }
+    if let Err(error) = state::release_lease(&db, LEASE, &options.worker_id).await {
+        tracing::warn!(%error, "cannot give the saga lease up; it expires by itself");
+    }
+    Ok(())
+}
+
+/// Renews the lease every third of its time to live; cancels `held` when it cannot.
+async fn renew_lease(db: ReadDb, owner: String, ttl: Duration, held: CancellationToken) {
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let mut last_renewed = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = held.cancelled() => return,
+            _ = tokio::time::sleep(ttl / 3) => {}
+        }
+        let now = state::now_ms();
+        match state::acquire_lease(&db, LEASE, &owner, now, now + ttl_ms).await {
+            Ok(true) => last_renewed = tokio::time::Instant::now(),
+            Ok(false) => {
+                tracing::warn!("another saga worker took the lease");
+                held.cancel();
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot renew the saga lease");
+                // Stop before the lease can expire under us.
+                if last_renewed.elapsed() >= ttl * 2 / 3 {
+                    held.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs every due saga, at most `options.concurrency` at once, until `held` is cancelled.
+async fn run_due(
+    checkout: Arc<Checkout>,
+    db: ReadDb,
+    options: &SagaOptions,
+    wake: Arc<Notify>,
+    held: CancellationToken,
+) {
+    let mut running: HashSet<Uuid> = HashSet::new();
+    let mut tasks: JoinSet<Uuid> = JoinSet::new();
+    let mut failures = 0_u32;
+    loop {
+        // Wakes on a finished step, an intake batch, or the next timer; a second at most.
+        let mut wait = Duration::from_secs(1);
+        let free = options.concurrency.saturating_sub(running.len());
+        if free > 0 {
+            // Running sagas are still due in the table: ask for enough rows to see past them.
+            match state::due(&db, state::now_ms(), free + running.len()).await {
+                Ok(runs) => {
+                    failures = 0;
+                    for run in runs {
+                        if running.len() >= options.concurrency {
+                            break;
+                        }
+                        if running.insert(run.order_id) {
+                            tasks.spawn(run_one(
+                                checkout.clone(),
+                                db.clone(),
+                                options.clone(),
+                                run,
+                            ));
+                        }
+                    }
+                    if let Ok(Some(next)) = state::next_due(&db).await {
+                        let until = next - state::now_ms();
+                        if until > 0 {
+                            wait = wait.min(Duration::from_millis(until as u64));
+                        }
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, "cannot read due sagas; retrying");
+                    wait = Duration::from_millis(100 << failures.min(6));
+                }
+            }
+        }
+        tokio::select! {
+            _ = held.cancelled() => break,
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Ok(order_id) = done {
+                    running.remove(&order_id);
+                }
+                // Collect every other finished step before reading the table again.
+                while let Some(done) = tasks.try_join_next() {
+                    if let Ok(order_id) = done {
+                        running.remove(&order_id);
+                    }
+                }
+            }
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    let drained =
+        tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            running = tasks.len(),
+            "saga steps still running at shutdown were abandoned; they resume on the next start"
+        );
+        tasks.abort_all();
+    }
+}
+
+/// Runs one saga step and stores what it left: the end, a timer, or a retry.
+async fn run_one(checkout: Arc<Checkout>, db: ReadDb, options: SagaOptions, run: SagaRun) -> Uuid {
+    let order_id = run.order_id;
+    let span = tracing::info_span!("saga", %order_id, saga_id = %run.saga_id(), correlation_id = %run.correlation_id);
+    let step = tracing::Instrument::instrument(checkout.drive(&run), span.clone()).await;
+    let stored = match &step {
+        Ok(Step::Finished(ending)) => {
+            if run.outcome.is_none() {
+                let duration = (state::now_ms() - run.started_at).max(0) as f64 / 1000.0;
+                metrics::histogram!("mercato_saga_duration_seconds").record(duration);
+                match ending {
+                    Ending::Confirmed => metrics::counter!("mercato_saga_confirmed_total").increment(1),
+                    Ending::Cancelled(reason) => {
+                        metrics::counter!("mercato_saga_cancelled_total", "reason" => reason.as_str())
+                            .increment(1)
+                    }
+                }
+            }
+            state::finish(&db, order_id, ending.outcome()).await
+        }
+        Ok(Step::WaitUntil(at)) => state::wait_until(&db, order_id, *at).await,
+        Err(error) => {
+            let attempts = run.attempts.saturating_add(1);
+            let retry_at = (error.is_retryable() && attempts < options.max_attempts)
+                .then(|| state::now_ms() + backoff_ms(&options, attempts));
+            if retry_at.is_some() {
+                metrics::counter!("mercato_saga_retries_total").increment(1);
+                tracing::warn!(parent: &span, %error, attempts, "saga step failed; retrying");
+            } else {
+                metrics::counter!("mercato_saga_failed_total").increment(1);
+                tracing::error!(parent: &span, %error, attempts, "saga step keeps failing; the saga is parked and its order stays PENDING");
+            }
+            state::record_failure(&db, order_id, attempts, &error.to_string(), retry_at).await
+        }
+    };
+    if let Err(error) = stored {
+        // The row still says "due": the step runs again, and its commands are idempotent.
+        tracing::warn!(parent: &span, %error, "cannot store the saga's progress");
+    }
+    order_id
+}
+
+/// Exponential backoff with jitter: the `attempts`-th retry waits between half and all of
+/// `base * 2^(attempts-1)`, at most `max_backoff`.
+fn backoff_ms(options: &SagaOptions, attempts: u32) -> i64 {
+    let exponential = options
+        .base_backoff
+        .saturating_mul(1_u32 << attempts.saturating_sub(1).min(20))
+        .min(options.max_backoff);
+    let full = exponential.as_millis().max(1) as i64;
+    rand::rng().random_range(full / 2..=full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_ceiling() {
+        let options = SagaOptions::default();
+        for attempts in 1..=12 {
+            let full = (100_i64 << (attempts - 1)).min(10_000);
+            for _ in 0..50 {
+                let wait = backoff_ms(&options, attempts);
+                assert!(
+                    (full / 2..=full).contains(&wait),
+                    "attempt {attempts}: {wait} ms outside {}..={full}",
+                    full / 2
+                );
+            }
+        }
+    }
+}

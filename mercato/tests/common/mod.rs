@@ -53,6 +53,33 @@ impl ServerData {
     }
 }
 
+impl ServerData {
+    /// The event store's URL, as the server resolves it.
+    pub fn store_url(&self) -> String {
+        match &self.database {
+            Some(database) => database.url().to_owned(),
+            None => format!(
+                "sqlite://{}",
+                self.data_dir.path().join("mercato.db").display()
+            ),
+        }
+    }
+
+    /// The event store the server writes (opened beside it, as an auditor would).
+    pub async fn store(&self) -> std::sync::Arc<dyn eventstore::EventStore> {
+        eventstore::open(&self.store_url())
+            .await
+            .expect("open the store")
+    }
+
+    /// The read-model database the server writes (saga rows, test gateway ledger).
+    pub async fn read_db(&self) -> projections::readdb::ReadDb {
+        projections::readdb::ReadDb::open(&projections::readdb::read_db_url(&self.store_url()))
+            .await
+            .expect("open the read-model database")
+    }
+}
+
 /// A running `mercato serve`.
 #[derive(Debug)]
 pub struct Server {

@@ -1,0 +1,529 @@
+//! One step of a checkout saga: read where the order, its payment and its reservations stand,
+//! and issue the next commands.
+//!
+//! The saga keeps no decision in memory. Everything it decided is an event (a reservation, a
+//! payment request, a payment result, the order's end), so a run after a crash reads the same
+//! state and continues; every command carries an id derived from the order's `OrderCreated`, so a
+//! repeated command finds its events stored and changes nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::order::OrderLine;
+use domain::product::ProductError;
+use domain::{
+    CancelReason, Order, OrderCommand, OrderStatus, Payment, PaymentCommand, PaymentEvent,
+    PaymentStatus, Product, ProductCommand,
+};
+use eventstore::aggregate::{CommandError, CommandOptions, execute, load};
+use eventstore::{EventMetadata, EventStore};
+use uuid::Uuid;
+
+use crate::SagaError;
+use crate::gateway::{ChargeOutcome, ChargeRequest, LateCharge, PaymentGateway};
+use crate::state::SagaRun;
+
+/// How a saga ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Confirmed,
+    Cancelled(CancelReason),
+}
+
+impl Ending {
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Ending::Confirmed => "CONFIRMED",
+            Ending::Cancelled(_) => "CANCELLED",
+        }
+    }
+}
+
+/// What a step leaves to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The order ended; nothing is left to do.
+    Finished(Ending),
+    /// Waiting for the gateway: run again at this time (ms), the payment deadline.
+    WaitUntil(i64),
+}
+
+/// One lock per product, so that this process's sagas reserve a product one at a time instead
+/// of losing optimistic-concurrency races to each other (a popular product under a sale).
+#[derive(Debug, Default)]
+struct ProductLocks {
+    locks: Mutex<HashMap<Uuid, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl ProductLocks {
+    fn lock_of(&self, product_id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = match self.locks.lock() {
+            Ok(locks) => locks,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(lock) = locks.get(&product_id).and_then(Weak::upgrade) {
+            return lock;
+        }
+        if locks.len() > 1_024 {
+            locks.retain(|_, lock| lock.strong_count() > 0);
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(product_id, Arc::downgrade(&lock));
+        lock
+    }
+}
+
+/// The checkout process: the store its commands go to, the gateway, and the payment timeout.
+#[derive(Debug)]
+pub struct Checkout {
+    store: Arc<dyn EventStore>,
+    gateway: Arc<dyn PaymentGateway>,
+    payment_timeout: Duration,
+    locks: ProductLocks,
+}
+
+/// How long the gateway is asked for a charge's outcome once the deadline has passed.
+const RECONCILE_WAIT: Duration = Duration::from_millis(500);
+
+/// The source of every event the saga causes.
+pub const SOURCE: &str = "saga";
+
+impl Checkout {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        gateway: Arc<dyn PaymentGateway>,
+        payment_timeout: Duration,
+    ) -> Self {
+        Self {
+            store,
+            gateway,
+            payment_timeout,
+            locks: ProductLocks::default(),
+        }
+    }
+
+    /// Runs the saga of `run` as far as it can go now.
+    pub async fn drive(&self, run: &SagaRun) -> Result<Step, SagaError> {
+        let order_id = run.order_id.to_string();
+        let order = load::<Order>(self.store.as_ref(), &order_id).await?.state;
+        if order.order_id.is_none() {
+            return Err(SagaError::Refused(format!(
+                "order {order_id} does not exist"
+            )));
+        }
+        let payment = self.payment(run).await?;
+        match order.status {
+            OrderStatus::Confirmed => {
+                self.commit_lines(run, &order.lines).await?;
+                return Ok(Step::Finished(Ending::Confirmed));
+            }
+            OrderStatus::Cancelled => {
+                let reason = order.cancel_reason.unwrap_or(CancelReason::PaymentTimeout);
+                self.compensate(run, &order.lines, &payment.state).await?;
+                return Ok(Step::Finished(Ending::Cancelled(reason)));
+            }
+            OrderStatus::Pending => {}
+        }
+        if payment.state.timed_out {
+            return self
+                .cancel(
+                    run,
+                    &order.lines,
+                    CancelReason::PaymentTimeout,
+                    "the payment gateway did not answer in time".to_owned(),
+                )
+                .await;
+        }
+        match payment.state.status {
+            PaymentStatus::NotRequested => {
+                if let Some((reason, detail)) = self.reserve_lines(run, &order.lines).await? {
+                    return self.cancel(run, &order.lines, reason, detail).await;
+                }
+                self.payment_command(
+                    run,
+                    "request-payment",
+                    PaymentCommand::RequestPayment {
+                        order_id: run.order_id,
+                        amount: order.total,
+                        payment_token: run.payment_token.clone(),
+                    },
+                )
+                .await?;
+                let deadline = Utc::now() + self.payment_timeout;
+                self.charge(run, &order, deadline).await
+            }
+            PaymentStatus::Requested => {
+                let requested_at = payment.requested_at.unwrap_or_else(Utc::now);
+                self.charge(run, &order, requested_at + self.payment_timeout)
+                    .await
+            }
+            PaymentStatus::Succeeded => self.confirm(run, &order.lines).await,
+            PaymentStatus::Failed => {
+                self.cancel(
+                    run,
+                    &order.lines,
+                    CancelReason::PaymentDeclined,
+                    payment
+                        .failure
+                        .unwrap_or_else(|| "the payment was declined".to_owned()),
+                )
+                .await
+            }
+            PaymentStatus::TimedOut | PaymentStatus::Refunded => {
+                self.cancel(
+                    run,
+                    &order.lines,
+                    CancelReason::PaymentTimeout,
+                    "the payment gateway did not answer in time".to_owned(),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Asks the gateway for the charge, waiting at most until `deadline`, and records its answer
+    /// (or the timeout).
+    async fn charge(
+        &self,
+        run: &SagaRun,
+        order: &Order,
+        deadline: DateTime<Utc>,
+    ) -> Result<Step, SagaError> {
+        // Past the deadline the gateway is still asked once, briefly: a run that crashed after
+        // the gateway charged must learn of that charge (the order id is the idempotency key,
+        // so asking again never charges twice) instead of cancelling a charged order.
+        let left = (deadline - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .max(RECONCILE_WAIT);
+        let request = ChargeRequest {
+            order_id: run.order_id,
+            amount: order.total,
+            payment_token: run.payment_token.clone(),
+        };
+        let answer = tokio::time::timeout(left, self.gateway.charge(&request))
+            .await
+            .ok();
+        match answer {
+            Some(Ok(ChargeOutcome::Approved { charge_id })) => {
+                self.payment_command(
+                    run,
+                    "payment-result",
+                    PaymentCommand::RecordSuccess { charge_id },
+                )
+                .await?;
+                self.confirm(run, &order.lines).await
+            }
+            Some(Ok(ChargeOutcome::Declined { reason })) => {
+                self.payment_command(
+                    run,
+                    "payment-result",
+                    PaymentCommand::RecordFailure {
+                        reason: reason.clone(),
+                    },
+                )
+                .await?;
+                self.cancel(
+                    run,
+                    &order.lines,
+                    CancelReason::PaymentDeclined,
+                    format!("the payment was declined: {reason}"),
+                )
+                .await
+            }
+            Some(Err(error)) => Err(error),
+            None => {
+                // The deadline passed without an answer. Recording the timeout first makes it
+                // the decision: a success that arrives later is refunded, never kept.
+                let payment = self.payment(run).await?;
+                match payment.state.status {
+                    // A late answer was recorded before the deadline after all.
+                    PaymentStatus::Succeeded if !payment.state.timed_out => {
+                        return self.confirm(run, &order.lines).await;
+                    }
+                    PaymentStatus::Failed => {
+                        let detail = payment.failure.unwrap_or_default();
+                        return self
+                            .cancel(run, &order.lines, CancelReason::PaymentDeclined, detail)
+                            .await;
+                    }
+                    _ => {}
+                }
+                // A success recorded between the read and this command refuses it; the next
+                // run reads that success.
+                self.payment_command(run, "payment-timeout", PaymentCommand::RecordTimeout)
+                    .await
+                    .map_err(|error| SagaError::Transient(error.to_string()))?;
+                self.cancel(
+                    run,
+                    &order.lines,
+                    CancelReason::PaymentTimeout,
+                    format!(
+                        "the payment gateway did not answer within {} s",
+                        self.payment_timeout.as_secs_f64()
+                    ),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Reserves every line, in order. On a line that cannot be reserved, answers why (the
+    /// lines before it are released by the cancellation).
+    async fn reserve_lines(
+        &self,
+        run: &SagaRun,
+        lines: &[OrderLine],
+    ) -> Result<Option<(CancelReason, String)>, SagaError> {
+        for (index, line) in lines.iter().enumerate() {
+            let command = ProductCommand::ReserveStock {
+                order_id: run.order_id,
+                quantity: line.quantity,
+            };
+            match self
+                .product_command(run, &format!("reserve/{index}"), line.product_id, command)
+                .await
+            {
+                Ok(()) => {}
+                Err(CommandError::Domain(ProductError::InsufficientStock {
+                    requested,
+                    available,
+                })) => {
+                    return Ok(Some((
+                        CancelReason::OutOfStock,
+                        format!(
+                            "product {} is out of stock: {requested} ordered, {available} available",
+                            line.product_id
+                        ),
+                    )));
+                }
+                Err(CommandError::Domain(ProductError::NotFound)) => {
+                    return Ok(Some((
+                        CancelReason::OutOfStock,
+                        format!("product {} does not exist", line.product_id),
+                    )));
+                }
+                Err(CommandError::Domain(ProductError::ReservationClosed { .. })) => {
+                    // Released by an earlier run that was cancelling this order.
+                    return Ok(Some((
+                        CancelReason::OutOfStock,
+                        format!("product {} could not be reserved", line.product_id),
+                    )));
+                }
+                Err(error) => return Err(command_error("reserve stock", error)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The payment succeeded: confirm the order, then turn its reservations into sales.
+    async fn confirm(&self, run: &SagaRun, lines: &[OrderLine]) -> Result<Step, SagaError> {
+        self.order_command(run, "confirm", OrderCommand::ConfirmOrder)
+            .await?;
+        self.commit_lines(run, lines).await?;
+        Ok(Step::Finished(Ending::Confirmed))
+    }
+
+    async fn commit_lines(&self, run: &SagaRun, lines: &[OrderLine]) -> Result<(), SagaError> {
+        for (index, line) in lines.iter().enumerate() {
+            let command = ProductCommand::CommitStock {
+                order_id: run.order_id,
+            };
+            self.product_command(run, &format!("commit/{index}"), line.product_id, command)
+                .await
+                .map_err(|error| command_error("commit stock", error))?;
+        }
+        Ok(())
+    }
+
+    /// Cancels the order (the decision, stored first), then compensates.
+    async fn cancel(
+        &self,
+        run: &SagaRun,
+        lines: &[OrderLine],
+        reason: CancelReason,
+        detail: String,
+    ) -> Result<Step, SagaError> {
+        self.order_command(run, "cancel", OrderCommand::CancelOrder { reason, detail })
+            .await?;
+        let payment = self.payment(run).await?;
+        self.compensate(run, lines, &payment.state).await?;
+        Ok(Step::Finished(Ending::Cancelled(reason)))
+    }
+
+    /// For a cancelled order: releases every reservation and refunds a charge that happened.
+    async fn compensate(
+        &self,
+        run: &SagaRun,
+        lines: &[OrderLine],
+        payment: &Payment,
+    ) -> Result<(), SagaError> {
+        for (index, line) in lines.iter().enumerate() {
+            let command = ProductCommand::ReleaseStock {
+                order_id: run.order_id,
+            };
+            match self
+                .product_command(run, &format!("release/{index}"), line.product_id, command)
+                .await
+            {
+                Ok(()) | Err(CommandError::Domain(ProductError::NotFound)) => {}
+                Err(error) => return Err(command_error("release stock", error)),
+            }
+        }
+        if payment.status == PaymentStatus::Succeeded {
+            let charge_id = payment.charge_id.clone().unwrap_or_default();
+            let refund_id = self.gateway.refund(run.order_id, &charge_id).await?;
+            self.payment_command(run, "refund", PaymentCommand::RecordRefund { refund_id })
+                .await?;
+            metrics::counter!("mercato_saga_refunds_total").increment(1);
+            tracing::info!(order_id = %run.order_id, %charge_id, "late charge of a cancelled order refunded");
+        }
+        Ok(())
+    }
+
+    /// Where the payment stands, and when it was requested (the deadline counts from then).
+    async fn payment(&self, run: &SagaRun) -> Result<PaymentView, SagaError> {
+        let events = self
+            .store
+            .read_stream(Payment::TYPE, &run.order_id.to_string(), 0, 64)
+            .await?;
+        let mut view = PaymentView::default();
+        for recorded in &events {
+            let event: PaymentEvent = schemas::decode(
+                &recorded.event_type,
+                recorded.schema_version,
+                &recorded.payload,
+            )?;
+            match &event {
+                PaymentEvent::PaymentRequested(_) => view.requested_at = Some(recorded.occurred_at),
+                PaymentEvent::PaymentFailed(failed) => view.failure = Some(failed.reason.clone()),
+                _ => {}
+            }
+            view.state.apply(event);
+        }
+        Ok(view)
+    }
+
+    fn metadata(&self, run: &SagaRun) -> EventMetadata {
+        EventMetadata {
+            correlation_id: run.correlation_id.clone(),
+            causation_id: run.order_event_id.to_string(),
+            saga_id: Some(run.saga_id().to_string()),
+            actor: SOURCE.to_owned(),
+            source: SOURCE.to_owned(),
+        }
+    }
+
+    /// The options of the saga's command `step`: its events' ids derive from the order's
+    /// creation and the step, so the same step never stores new events twice.
+    fn options(run: &SagaRun, step: &str) -> CommandOptions {
+        CommandOptions::caused_by(Uuid::new_v5(&run.order_event_id, step.as_bytes()))
+    }
+
+    async fn product_command(
+        &self,
+        run: &SagaRun,
+        step: &str,
+        product_id: Uuid,
+        command: ProductCommand,
+    ) -> Result<(), CommandError<ProductError>> {
+        let lock = self.locks.lock_of(product_id);
+        let _turn = lock.lock().await;
+        execute::<Product>(
+            self.store.as_ref(),
+            &product_id.to_string(),
+            command,
+            &(),
+            &self.metadata(run),
+            &Self::options(run, step),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn order_command(
+        &self,
+        run: &SagaRun,
+        step: &str,
+        command: OrderCommand,
+    ) -> Result<(), SagaError> {
+        execute::<Order>(
+            self.store.as_ref(),
+            &run.order_id.to_string(),
+            command,
+            &(),
+            &self.metadata(run),
+            &Self::options(run, step),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|error| command_error("order", error))
+    }
+
+    async fn payment_command(
+        &self,
+        run: &SagaRun,
+        step: &str,
+        command: PaymentCommand,
+    ) -> Result<(), SagaError> {
+        execute::<Payment>(
+            self.store.as_ref(),
+            &run.order_id.to_string(),
+            command,
+            &(),
+            &self.metadata(run),
+            &Self::options(run, step),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|error| command_error("payment", error))
+    }
+
+    /// Records a charge the gateway made after the saga stopped waiting. The saga of the order
+    /// then refunds it (its `PaymentSucceeded` wakes the cancelled saga).
+    pub async fn record_late_charge(&self, late: &LateCharge) -> Result<(), SagaError> {
+        let metadata = EventMetadata {
+            correlation_id: late.order_id.to_string(),
+            causation_id: late.charge_id.clone(),
+            saga_id: None,
+            actor: "payment-gateway".to_owned(),
+            source: SOURCE.to_owned(),
+        };
+        let cause = Uuid::new_v5(
+            &late.order_id,
+            format!("late-charge/{}", late.charge_id).as_bytes(),
+        );
+        execute::<Payment>(
+            self.store.as_ref(),
+            &late.order_id.to_string(),
+            PaymentCommand::RecordSuccess {
+                charge_id: late.charge_id.clone(),
+            },
+            &(),
+            &metadata,
+            &CommandOptions::caused_by(cause),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|error| command_error("late payment", error))
+    }
+}
+
+/// A payment stream folded, with what the aggregate does not keep.
+#[derive(Debug, Default)]
+struct PaymentView {
+    state: Payment,
+    requested_at: Option<DateTime<Utc>>,
+    failure: Option<String>,
+}
+
+/// A refused command is a fact that retrying does not change; a store failure may pass.
+fn command_error<E: std::error::Error>(what: &str, error: CommandError<E>) -> SagaError {
+    match error {
+        CommandError::Domain(refusal) => SagaError::Refused(format!("{what}: {refusal}")),
+        other => SagaError::Transient(format!("{what}: {other}")),
+    }
+}

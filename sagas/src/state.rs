@@ -1,0 +1,372 @@
+//! The saga's durable state: one row per checkout (its state, its timer, its retries), the
+//! intake that creates the rows from the log, and the lease that lets one worker run at a time.
+//!
+//! The rows live in the read-model database. They are not a read model: only the saga writes
+//! them. Each row's `next_run_at` is the saga's durable timer: a worker that starts (after a
+//! crash, or taking over a lease) runs every row that is due, and nothing waits in memory only.
+
+use async_trait::async_trait;
+use domain::{OrderEvent, PaymentEvent};
+use eventstore::RecordedEvent;
+use projections::readdb::ReadDb;
+use projections::{Projection, ProjectionError, decode};
+use sqlx::Row;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::SagaError;
+
+/// Statements that create the saga's tables; idempotent.
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS checkout_sagas (
+        order_id TEXT PRIMARY KEY,
+        order_event_id TEXT NOT NULL,
+        correlation_id TEXT NOT NULL,
+        payment_token TEXT NOT NULL,
+        state TEXT NOT NULL,
+        outcome TEXT,
+        next_run_at BIGINT NOT NULL,
+        attempts BIGINT NOT NULL,
+        last_error TEXT,
+        started_at BIGINT NOT NULL,
+        finished_at BIGINT,
+        updated_at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS checkout_sagas_due ON checkout_sagas (state, next_run_at)",
+    "CREATE TABLE IF NOT EXISTS saga_leases (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_at BIGINT NOT NULL)",
+];
+
+/// Where a saga is: `running` (has work or a timer), `done`, or `failed` (parked after its
+/// retries; its order stays `PENDING`).
+pub const RUNNING: &str = "running";
+pub const DONE: &str = "done";
+pub const FAILED: &str = "failed";
+
+/// Creates the saga's tables in `db`.
+pub async fn ensure_schema(db: &ReadDb) -> Result<(), SagaError> {
+    Ok(db.ensure_schema(SCHEMA).await?)
+}
+
+/// Milliseconds since the epoch, the unit of every saga time column.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// One checkout saga as a worker runs it.
+#[derive(Clone, Debug)]
+pub struct SagaRun {
+    pub order_id: Uuid,
+    /// The `OrderCreated` event: the cause every command of the saga derives its id from.
+    pub order_event_id: Uuid,
+    pub correlation_id: String,
+    pub payment_token: String,
+    /// Failed attempts of the current step.
+    pub attempts: u32,
+    /// When the order was created (ms): the saga's duration counts from it.
+    pub started_at: i64,
+    /// Set when the saga already ended once (a late payment woke it up again).
+    pub outcome: Option<String>,
+}
+
+impl SagaRun {
+    /// The saga's id in event metadata: derived from the order's creation, the same on every run.
+    pub fn saga_id(&self) -> Uuid {
+        Uuid::new_v5(&self.order_event_id, b"checkout-saga")
+    }
+}
+
+/// A saga as stored, for status answers and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SagaStatus {
+    pub order_id: Uuid,
+    pub state: String,
+    pub outcome: Option<String>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+/// The saga of `order_id`, if it started.
+pub async fn saga_status(db: &ReadDb, order_id: Uuid) -> Result<Option<SagaStatus>, SagaError> {
+    let row = sqlx::query(
+        "SELECT state, outcome, attempts, last_error FROM checkout_sagas WHERE order_id = $1",
+    )
+    .bind(order_id.to_string())
+    .fetch_optional(db.pool())
+    .await?;
+    row.map(|row| {
+        Ok(SagaStatus {
+            order_id,
+            state: row.try_get(0)?,
+            outcome: row.try_get(1)?,
+            attempts: row.try_get(2)?,
+            last_error: row.try_get(3)?,
+        })
+    })
+    .transpose()
+}
+
+/// Counts of sagas by state, for tests and metrics.
+pub async fn count_by_state(db: &ReadDb) -> Result<Vec<(String, i64)>, SagaError> {
+    let rows = sqlx::query("SELECT state, COUNT(*) FROM checkout_sagas GROUP BY state")
+        .fetch_all(db.pool())
+        .await?;
+    rows.into_iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
+/// Up to `limit` running sagas whose timer is due at `now`, oldest timer first.
+pub(crate) async fn due(db: &ReadDb, now: i64, limit: usize) -> Result<Vec<SagaRun>, SagaError> {
+    let rows = sqlx::query(
+        "SELECT order_id, order_event_id, correlation_id, payment_token, attempts, started_at,
+                outcome
+         FROM checkout_sagas WHERE state = 'running' AND next_run_at <= $1
+         ORDER BY next_run_at LIMIT $2",
+    )
+    .bind(now)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(db.pool())
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let order_id: String = row.try_get(0)?;
+            let order_event_id: String = row.try_get(1)?;
+            let attempts: i64 = row.try_get(4)?;
+            Ok(SagaRun {
+                order_id: parse_uuid(&order_id)?,
+                order_event_id: parse_uuid(&order_event_id)?,
+                correlation_id: row.try_get(2)?,
+                payment_token: row.try_get(3)?,
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                started_at: row.try_get(5)?,
+                outcome: row.try_get(6)?,
+            })
+        })
+        .collect()
+}
+
+/// When the earliest running saga's timer is due (ms), if any saga runs.
+pub(crate) async fn next_due(db: &ReadDb) -> Result<Option<i64>, SagaError> {
+    let row = sqlx::query("SELECT MIN(next_run_at) FROM checkout_sagas WHERE state = 'running'")
+        .fetch_one(db.pool())
+        .await?;
+    Ok(row.try_get::<Option<i64>, _>(0)?)
+}
+
+fn parse_uuid(text: &str) -> Result<Uuid, SagaError> {
+    Uuid::parse_str(text)
+        .map_err(|error| SagaError::Storage(format!("stored id {text:?} is not a UUID: {error}")))
+}
+
+/// The saga ended (`outcome` is `CONFIRMED` or `CANCELLED`).
+pub(crate) async fn finish(db: &ReadDb, order_id: Uuid, outcome: &str) -> Result<(), SagaError> {
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE checkout_sagas SET state = 'done', outcome = $1, finished_at = $2, attempts = 0,
+             last_error = NULL, updated_at = $3
+         WHERE order_id = $4",
+    )
+    .bind(outcome)
+    .bind(now)
+    .bind(chrono::Utc::now().to_rfc3339())
+    .bind(order_id.to_string())
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// The saga waits for its timer: it runs again at `at` (ms).
+pub(crate) async fn wait_until(db: &ReadDb, order_id: Uuid, at: i64) -> Result<(), SagaError> {
+    sqlx::query(
+        "UPDATE checkout_sagas SET next_run_at = $1, attempts = 0, last_error = NULL,
+             updated_at = $2
+         WHERE order_id = $3",
+    )
+    .bind(at)
+    .bind(chrono::Utc::now().to_rfc3339())
+    .bind(order_id.to_string())
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// A step failed: retry at `retry_at` (ms), or park the saga when `retry_at` is `None`.
+pub(crate) async fn record_failure(
+    db: &ReadDb,
+    order_id: Uuid,
+    attempts: u32,
+    error: &str,
+    retry_at: Option<i64>,
+) -> Result<(), SagaError> {
+    sqlx::query(
+        "UPDATE checkout_sagas SET state = $1, attempts = $2, last_error = $3, next_run_at = $4,
+             updated_at = $5
+         WHERE order_id = $6",
+    )
+    .bind(if retry_at.is_some() { RUNNING } else { FAILED })
+    .bind(i64::from(attempts))
+    .bind(error)
+    .bind(retry_at.unwrap_or(i64::MAX))
+    .bind(chrono::Utc::now().to_rfc3339())
+    .bind(order_id.to_string())
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Runs parked sagas again (all, or one order's): their orders are still `PENDING`.
+pub async fn retry_failed(db: &ReadDb, order_id: Option<Uuid>) -> Result<u64, SagaError> {
+    let now = now_ms();
+    let result = match order_id {
+        Some(order_id) => {
+            sqlx::query(
+                "UPDATE checkout_sagas SET state = 'running', attempts = 0, next_run_at = $1
+                 WHERE state = 'failed' AND order_id = $2",
+            )
+            .bind(now)
+            .bind(order_id.to_string())
+            .execute(db.pool())
+            .await?
+        }
+        None => {
+            sqlx::query(
+                "UPDATE checkout_sagas SET state = 'running', attempts = 0, next_run_at = $1
+                 WHERE state = 'failed'",
+            )
+            .bind(now)
+            .execute(db.pool())
+            .await?
+        }
+    };
+    Ok(result.rows_affected())
+}
+
+/// Takes or renews the lease `name` for `owner` until `expires_at` (ms). True when `owner`
+/// holds it: it was free, expired, or already `owner`'s.
+pub(crate) async fn acquire_lease(
+    db: &ReadDb,
+    name: &str,
+    owner: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<bool, SagaError> {
+    let result = sqlx::query(
+        "INSERT INTO saga_leases (name, owner, expires_at) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+         WHERE saga_leases.owner = excluded.owner OR saga_leases.expires_at < $4",
+    )
+    .bind(name)
+    .bind(owner)
+    .bind(expires_at)
+    .bind(now)
+    .execute(db.pool())
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Gives the lease up (if `owner` holds it), so that a standby takes over at once.
+pub(crate) async fn release_lease(db: &ReadDb, name: &str, owner: &str) -> Result<(), SagaError> {
+    sqlx::query("DELETE FROM saga_leases WHERE name = $1 AND owner = $2")
+        .bind(name)
+        .bind(owner)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+/// The projection that starts sagas: each `OrderCreated` becomes a running saga row (in the
+/// same transaction as the checkpoint, so a saga is started exactly once), and a
+/// `PaymentSucceeded` wakes an already cancelled saga (a late charge to refund).
+#[derive(Debug)]
+pub struct SagaIntake {
+    db: ReadDb,
+    wake: Arc<Notify>,
+}
+
+impl SagaIntake {
+    pub const NAME: &'static str = "checkout_saga";
+
+    pub fn new(db: ReadDb, wake: Arc<Notify>) -> Self {
+        Self { db, wake }
+    }
+}
+
+#[async_trait]
+impl Projection for SagaIntake {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    async fn checkpoint(&self) -> Result<u64, ProjectionError> {
+        self.db.checkpoint(Self::NAME).await
+    }
+
+    async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        let relevant = events.iter().any(|event| {
+            matches!(
+                (event.stream_type.as_str(), event.event_type.as_str()),
+                ("order", "OrderCreated") | ("payment", "PaymentSucceeded")
+            )
+        });
+        let mut write = self.db.begin_write().await?;
+        let mut started = 0_u64;
+        let now = now_ms();
+        let updated_at = chrono::Utc::now().to_rfc3339();
+        for event in events {
+            match (event.stream_type.as_str(), event.event_type.as_str()) {
+                ("order", "OrderCreated") => {
+                    let OrderEvent::OrderCreated(created) = decode(event)? else {
+                        continue;
+                    };
+                    let inserted = sqlx::query(
+                        "INSERT INTO checkout_sagas (order_id, order_event_id, correlation_id,
+                             payment_token, state, outcome, next_run_at, attempts, last_error,
+                             started_at, finished_at, updated_at)
+                         VALUES ($1, $2, $3, $4, 'running', NULL, $5, 0, NULL, $6, NULL, $7)
+                         ON CONFLICT (order_id) DO NOTHING",
+                    )
+                    .bind(created.order_id.to_string())
+                    .bind(event.event_id.to_string())
+                    .bind(&event.metadata.correlation_id)
+                    .bind(&created.payment_token)
+                    .bind(now)
+                    .bind(event.occurred_at.timestamp_millis())
+                    .bind(&updated_at)
+                    .execute(&mut *write.transaction)
+                    .await?;
+                    started += inserted.rows_affected();
+                }
+                ("payment", "PaymentSucceeded") => {
+                    let PaymentEvent::PaymentSucceeded(succeeded) = decode(event)? else {
+                        continue;
+                    };
+                    sqlx::query(
+                        "UPDATE checkout_sagas SET state = 'running', next_run_at = $1,
+                             updated_at = $2
+                         WHERE order_id = $3 AND state = 'done' AND outcome = 'CANCELLED'",
+                    )
+                    .bind(now)
+                    .bind(&updated_at)
+                    .bind(succeeded.order_id.to_string())
+                    .execute(&mut *write.transaction)
+                    .await?;
+                }
+                _ => {}
+            }
+        }
+        write.commit_at(Self::NAME, last.position).await?;
+        if started > 0 {
+            metrics::counter!("mercato_saga_started_total").increment(started);
+        }
+        if relevant {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+}
