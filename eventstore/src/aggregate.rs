@@ -34,6 +34,11 @@ pub struct CommandOptions {
     pub snapshot_interval: u64,
     /// How many times to load, decide and append before a conflict is returned (at least 1).
     pub max_attempts: u32,
+    /// With `cause_id`: look the command's events up before deciding (one query), so that a
+    /// retried command answers the stored events. A caller whose aggregates are idempotent (a
+    /// repeated command decides nothing new) can skip the lookup; a repeated append is still
+    /// recognised by its derived event ids.
+    pub look_up_cause_first: bool,
 }
 
 impl Default for CommandOptions {
@@ -42,6 +47,7 @@ impl Default for CommandOptions {
             cause_id: None,
             snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            look_up_cause_first: true,
         }
     }
 }
@@ -267,6 +273,7 @@ where
     loop {
         attempt += 1;
         if let Some(cause_id) = options.cause_id
+            && options.look_up_cause_first
             && let Some(executed) = already_executed::<A>(store, stream_id, cause_id).await?
         {
             return Ok(executed);

@@ -246,7 +246,10 @@ fn components() -> Value {
     let order = json!({ "type": "object", "properties": {
         "order_id": { "type": "string", "format": "uuid" }, "customer_id": id,
         "status": { "enum": ["PENDING", "CONFIRMED", "CANCELLED"] }, "lines": { "type": "array", "items": line },
-        "total": money, "payment_status": { "type": "string" }, "cancel_reason": { "type": "string" } } });
+        "total": money,
+        "payment_status": { "enum": ["NOT_REQUESTED", "REQUESTED", "SUCCEEDED", "FAILED", "TIMED_OUT", "REFUNDED"] },
+        "cancel_reason": { "enum": ["out_of_stock", "payment_declined", "payment_timeout"] },
+        "pending_reason": { "type": "string", "description": "why a PENDING order's checkout is retrying or parked" } } });
     let event = json!({ "type": "object", "properties": {
         "event_id": { "type": "string", "format": "uuid" }, "event_type": { "type": "string" },
         "schema_version": { "type": "integer" }, "stream_type": { "type": "string" },

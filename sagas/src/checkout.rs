@@ -420,7 +420,12 @@ impl Checkout {
     /// The options of the saga's command `step`: its events' ids derive from the order's
     /// creation and the step, so the same step never stores new events twice.
     fn options(run: &SagaRun, step: &str) -> CommandOptions {
-        CommandOptions::caused_by(Uuid::new_v5(&run.order_event_id, step.as_bytes()))
+        CommandOptions {
+            // Every saga command is idempotent in its aggregate: a repeated one decides nothing
+            // new, so the lookup of its earlier events would be a query for nothing.
+            look_up_cause_first: false,
+            ..CommandOptions::caused_by(Uuid::new_v5(&run.order_event_id, step.as_bytes()))
+        }
     }
 
     async fn product_command(
