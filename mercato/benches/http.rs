@@ -149,6 +149,15 @@ async fn direct_writes(n_writers: usize) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    // Before the server starts: a failing run must not leave it running.
+    if std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("error: cannot run wrk; install it: apt-get install wrk");
+        std::process::exit(1);
+    }
     let data = ServerData::new(Setup::Embedded, "bench")
         .await
         .expect("embedded data");
