@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::Failure;
 use crate::config::{Config, Role};
 
+/// How much the in-process cache holds at most: a bound on memory, not on entries.
+const MEMORY_CACHE_BYTES: usize = 16 << 20;
 /// How many events a projection takes per batch.
 const PROJECTION_BATCH: usize = 500;
 /// How long shutdown waits for projections to reach a checkpoint.
@@ -103,7 +105,7 @@ pub async fn open_platform(config: &Config, run_projector: bool) -> Result<Platf
     let cache: Option<Arc<dyn Cache>> = match &redis {
         Some(connection) => Some(Arc::new(RedisCache::new(connection.clone(), &prefix))),
         // In process, the cache is only right if this process's projections invalidate it.
-        None if run_projector => Some(Arc::new(MemoryCache::new(50_000))),
+        None if run_projector => Some(Arc::new(MemoryCache::new(MEMORY_CACHE_BYTES))),
         None => None,
     };
     let search_directory = config.data_dir.join("search");

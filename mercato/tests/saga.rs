@@ -631,3 +631,84 @@ async fn two_saga_workers_never_process_an_order_twice_and_a_standby_takes_over(
     assert_checkouts_add_up(&probe, &HashMap::from([(product_id, 1_000)])).await;
     drop(projector);
 }
+
+#[tokio::test]
+async fn a_parked_saga_shows_on_its_order_and_runs_again_after_saga_retry() {
+    let _turn = turn(Setup::PostgresRedis).await;
+    let Some(data) = ServerData::new(Setup::PostgresRedis, "saga_parked").await else {
+        return;
+    };
+    // No saga process yet: the order stays PENDING.
+    let commands = Server::start_with(&data, "command-api", FAST_PAYMENTS).await;
+    let queries = Server::start_with(&data, "query-api", FAST_PAYMENTS).await;
+    let projector = Server::start_with(&data, "projector", FAST_PAYMENTS).await;
+    let (product_id, _) = commands
+        .create_product("Parked", "Waits", 3.0, 5, "ops")
+        .await;
+    let order_id = place_order(&commands, "ops", &[(&product_id, 1)], "tok_visa").await;
+    let pending = eventually(Duration::from_secs(10), || async {
+        let response = queries.get(&format!("/orders/{order_id}")).await;
+        (response.status() == StatusCode::OK).then_some(())?;
+        response.json::<Value>().await.ok()
+    })
+    .await
+    .expect("the order is readable")
+    .0;
+    assert_eq!(pending["status"], "PENDING");
+    assert!(pending.get("pending_reason").is_none(), "{pending}");
+
+    // The saga parked after its retries (as a worker records it).
+    let probe = Probe::open(&data).await;
+    let created = probe
+        .store
+        .read_stream("order", &order_id, 0, 1)
+        .await
+        .expect("read the order");
+    sqlx::query(
+        "INSERT INTO checkout_sagas (order_id, order_event_id, correlation_id, payment_token,
+             state, outcome, next_run_at, attempts, last_error, started_at, finished_at, updated_at)
+         VALUES ($1, $2, 'ops', 'tok_visa', 'failed', NULL, 9223372036854775807, 8,
+             'payment gateway: connection refused', 0, NULL, 'now')",
+    )
+    .bind(&order_id)
+    .bind(created[0].event_id.to_string())
+    .execute(probe.db.pool())
+    .await
+    .expect("park the saga");
+    let parked: Value = queries
+        .get(&format!("/orders/{order_id}"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(parked["status"], "PENDING");
+    let reason = parked["pending_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("connection refused") && reason.contains("mercato saga retry"),
+        "{parked}"
+    );
+
+    // A saga worker alone does not touch a parked saga ...
+    let worker = Server::start_with(&data, "saga", FAST_PAYMENTS).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = sagas::state::saga_status(&probe.db, order_id.parse().expect("uuid"))
+        .await
+        .expect("status")
+        .expect("saga");
+    assert_eq!(status.state, "failed");
+    // ... until an operator runs it again.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mercato"))
+        .args(["saga", "retry", &order_id])
+        .env("DATABASE_URL", data.store_url())
+        .output()
+        .expect("run mercato saga retry");
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("1 parked saga"),
+        "{output:?}"
+    );
+    let order = ended_order(&queries, &order_id, None).await;
+    assert_eq!(order["status"], "CONFIRMED", "{order}");
+    assert!(order.get("pending_reason").is_none(), "{order}");
+    drop((commands, projector, worker));
+}

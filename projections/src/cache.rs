@@ -45,7 +45,7 @@ pub trait Cache: Send + Sync + fmt::Debug {
 #[derive(Debug)]
 pub struct MemoryCache {
     state: Mutex<MemoryState>,
-    capacity: usize,
+    max_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -53,16 +53,28 @@ struct MemoryState {
     generations: HashMap<String, u64>,
     /// `(scope, key)` to `(generation, value)`.
     entries: HashMap<(String, String), (u64, String)>,
+    /// The text held by `entries` (scopes, keys and values), in bytes.
+    bytes: usize,
 }
 
+/// What one entry costs besides its text: the map's bucket and the three strings' headers.
+const ENTRY_OVERHEAD: usize = 96;
+
 impl MemoryCache {
-    /// A cache of at most `capacity` entries (all are dropped when it is full: entries are
-    /// cheap to rebuild, and this bounds memory without bookkeeping per read).
-    pub fn new(capacity: usize) -> Self {
+    /// A cache holding at most about `max_bytes` of entries (all are dropped when it is full:
+    /// entries are cheap to rebuild, and this bounds memory without bookkeeping per read).
+    /// Bounded by bytes, not entries: search answers are kilobytes, product answers hundreds of
+    /// bytes.
+    pub fn new(max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(MemoryState::default()),
-            capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
         }
+    }
+
+    /// The bytes the entries hold now.
+    pub fn used_bytes(&self) -> usize {
+        self.state().bytes
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, MemoryState> {
@@ -91,13 +103,19 @@ impl Cache for MemoryCache {
         if state.generations.get(scope).copied().unwrap_or(0) != generation {
             return; // the read model moved on while this value was read
         }
-        if state.entries.len() >= self.capacity {
+        let size = scope.len() + key.len() + value.len() + ENTRY_OVERHEAD;
+        if state.bytes + size > self.max_bytes {
             state.entries.clear();
+            state.entries.shrink_to(0);
+            state.bytes = 0;
         }
-        state.entries.insert(
+        if let Some((_, replaced)) = state.entries.insert(
             (scope.to_owned(), key.to_owned()),
             (generation, value.to_owned()),
-        );
+        ) {
+            state.bytes -= scope.len() + key.len() + replaced.len() + ENTRY_OVERHEAD;
+        }
+        state.bytes += size;
     }
 
     async fn invalidate(&self, scopes: &[String]) {
@@ -254,7 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_value_read_before_an_invalidation_is_never_served_after_it() {
-        let cache = MemoryCache::new(100);
+        let cache = MemoryCache::new(1 << 20);
         let before = cache.lookup("product:1", "p").await;
         assert_eq!(before.value, None);
         // The projection commits a change and invalidates while a reader still holds old data.
@@ -272,5 +290,30 @@ mod tests {
         );
         cache.invalidate(&["product:1".to_owned()]).await;
         assert_eq!(cache.lookup("product:1", "p").await.value, None);
+    }
+
+    #[tokio::test]
+    async fn the_memory_cache_holds_at_most_its_bytes() {
+        let cache = MemoryCache::new(10_000);
+        let value = "x".repeat(1_000);
+        for key in 0..100 {
+            let generation = cache.lookup("search", &key.to_string()).await.generation;
+            cache
+                .store("search", generation, &key.to_string(), &value)
+                .await;
+            assert!(
+                cache.used_bytes() <= 10_000,
+                "{} bytes held",
+                cache.used_bytes()
+            );
+        }
+        // The last value stored is served; storing a key again does not count it twice.
+        assert_eq!(
+            cache.lookup("search", "99").await.value.as_deref(),
+            Some(value.as_str())
+        );
+        let before = cache.used_bytes();
+        cache.store("search", 0, "99", &value).await;
+        assert_eq!(cache.used_bytes(), before);
     }
 }
