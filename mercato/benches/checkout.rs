@@ -9,6 +9,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,23 +17,12 @@ use std::time::{Duration, Instant};
 
 use common::{Server, ServerData, Setup};
 use serde_json::{Value, json};
+use support::{percentile, phase_seconds};
 
 const CLIENTS: usize = 32;
 /// Orders spread over a catalogue, as in a shop (one hot product is the overselling test's case).
 const PRODUCTS: usize = 200;
 const LATENCY_SAMPLES: usize = 300;
-
-fn phase_seconds() -> u64 {
-    std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .map_or(5, |seconds| seconds.max(1.0) as u64)
-}
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
 
 fn millis(duration: Duration) -> String {
     format!("{:.1} ms", duration.as_secs_f64() * 1000.0)

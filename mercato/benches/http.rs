@@ -9,6 +9,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,19 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::{Server, ServerData, Setup};
 use serde_json::{Value, json};
+use support::{percentile, phase_seconds};
 use tokio::process::Command;
-
-fn phase_seconds() -> u64 {
-    std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .map_or(5, |seconds| seconds.max(1.0) as u64)
-}
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
 
 fn millis(duration: Duration) -> String {
     format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
@@ -88,41 +78,32 @@ async fn wrk(url: &str, connections: u32, script: Option<&str>) -> WrkResult {
     }
 }
 
-/// The current resident memory split into heap and other anonymous memory (`RssAnon`) and
-/// mapped files such as the search index (`RssFile`), in MB.
-fn rss_split_mb(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| {
-                rest.trim()
+/// A `kB` field of the server's `/proc/PID/status`, in MB (0 when unreadable).
+fn status_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix(field)?
+                    .trim()
                     .trim_end_matches("kB")
                     .trim()
                     .parse::<f64>()
                     .ok()
             })
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("RssAnon:"), field("RssFile:"))
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| {
-                line.strip_prefix("VmHWM:").and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                })
-            })
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The current resident memory split into heap and other anonymous memory (`RssAnon`) and
+/// mapped files such as the search index (`RssFile`), in MB.
+fn rss_split_mb(pid: u32) -> (f64, f64) {
+    (status_mb(pid, "RssAnon:"), status_mb(pid, "RssFile:"))
+}
+
+/// The peak resident memory so far (`VmHWM`), in MB.
+fn peak_rss_mb(pid: u32) -> f64 {
+    status_mb(pid, "VmHWM:")
 }
 
 /// Product commands straight on an embedded store, `n_writers` at once: the write baseline.

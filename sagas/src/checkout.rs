@@ -437,9 +437,25 @@ impl Checkout {
     ) -> Result<(), CommandError<ProductError>> {
         let lock = self.locks.lock_of(product_id);
         let _turn = lock.lock().await;
-        execute::<Product>(
+        self.command::<Product>(run, step, &product_id.to_string(), command)
+            .await
+    }
+
+    /// Runs the saga's command `step` on the aggregate `A` in `stream_id`.
+    async fn command<A>(
+        &self,
+        run: &SagaRun,
+        step: &str,
+        stream_id: &str,
+        command: A::Command,
+    ) -> Result<(), CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()>,
+        A::Command: Clone,
+    {
+        execute::<A>(
             self.store.as_ref(),
-            &product_id.to_string(),
+            stream_id,
             command,
             &(),
             &self.metadata(run),
@@ -455,17 +471,9 @@ impl Checkout {
         step: &str,
         command: OrderCommand,
     ) -> Result<(), SagaError> {
-        execute::<Order>(
-            self.store.as_ref(),
-            &run.order_id.to_string(),
-            command,
-            &(),
-            &self.metadata(run),
-            &Self::options(run, step),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|error| command_error("order", error))
+        self.command::<Order>(run, step, &run.order_id.to_string(), command)
+            .await
+            .map_err(|error| command_error("order", error))
     }
 
     async fn payment_command(
@@ -474,17 +482,9 @@ impl Checkout {
         step: &str,
         command: PaymentCommand,
     ) -> Result<(), SagaError> {
-        execute::<Payment>(
-            self.store.as_ref(),
-            &run.order_id.to_string(),
-            command,
-            &(),
-            &self.metadata(run),
-            &Self::options(run, step),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|error| command_error("payment", error))
+        self.command::<Payment>(run, step, &run.order_id.to_string(), command)
+            .await
+            .map_err(|error| command_error("payment", error))
     }
 
     /// Records a charge the gateway made after the saga stopped waiting. The saga of the order
