@@ -13,11 +13,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{CommonArgs, Config, Role, Secret};
 
-/// mimalloc instead of the system allocator: the server allocates many short-lived buffers
-/// (rows, JSON, events) from many threads, where glibc's allocator spent a fifth of the CPU time
-/// of a checkout load (BENCHMARKS.md).
+/// jemalloc instead of the system allocator: the server allocates many short-lived buffers (rows,
+/// JSON, events, search segments) from many threads, where glibc's allocator spent a fifth of the
+/// CPU time of a checkout load and held the peak memory high. `.cargo/config.toml` builds it to
+/// hand freed memory back at once (`dirty_decay_ms:0,muzzy_decay_ms:0`; BENCHMARKS.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// An event-sourced commerce backend: commands in, events kept, read models out.
 #[derive(Debug, Parser)]
