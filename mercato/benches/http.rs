@@ -78,6 +78,18 @@ async fn wrk(url: &str, connections: u32, script: Option<&str>) -> WrkResult {
     }
 }
 
+/// The JSON answer of a GET.
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json")
+}
+
 /// A `kB` field of the server's `/proc/PID/status`, in MB (0 when unreadable).
 fn status_mb(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -187,14 +199,7 @@ async fn main() {
         let product_id = created["product_id"].clone();
         let answered = Instant::now();
         loop {
-            let body: Value = client
-                .get(format!("{base}/search?q={word}"))
-                .send()
-                .await
-                .expect("search")
-                .json()
-                .await
-                .expect("json");
+            let body = get_json(&client, &format!("{base}/search?q={word}")).await;
             let found = body["hits"]
                 .as_array()
                 .is_some_and(|hits| hits.iter().any(|hit| hit["product_id"] == product_id));
@@ -251,14 +256,7 @@ async fn main() {
         .await
         .expect("search");
     assert_eq!(caught_up.status(), 200);
-    let searched: Value = client
-        .get(format!("{base}/search?limit=1"))
-        .send()
-        .await
-        .expect("search")
-        .json()
-        .await
-        .expect("json");
+    let searched = get_json(&client, &format!("{base}/search?limit=1")).await;
     let n_products = searched["total"].as_u64().unwrap_or(0);
 
     eprintln!(

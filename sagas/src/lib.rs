@@ -240,9 +240,13 @@ async fn run_due(
         let free = options.concurrency.saturating_sub(running.len());
         if free > 0 {
             // Running sagas are still due in the table: ask for enough rows to see past them.
-            match state::due(&db, state::now_ms(), free + running.len()).await {
+            let limit = free + running.len();
+            match state::due(&db, state::now_ms(), limit).await {
                 Ok(runs) => {
                     failures = 0;
+                    // A full page means more is due now: a finished step wakes this loop, and
+                    // the next timer only matters once the due rows are all taken.
+                    let all_due_taken = runs.len() < limit;
                     for run in runs {
                         if running.len() >= options.concurrency {
                             break;
@@ -256,7 +260,7 @@ async fn run_due(
                             ));
                         }
                     }
-                    if let Ok(Some(next)) = state::next_due(&db).await {
+                    if all_due_taken && let Ok(Some(next)) = state::next_due(&db).await {
                         let until = next - state::now_ms();
                         if until > 0 {
                             wait = wait.min(Duration::from_millis(until as u64));

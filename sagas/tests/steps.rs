@@ -320,12 +320,16 @@ async fn a_payment_deadline_survives_a_stopped_worker() {
         order.cancel_reason,
         Some(domain::CancelReason::PaymentTimeout)
     );
-    let stock = load::<Product>(shop.store().as_ref(), &shop.product_id.to_string())
-        .await
-        .expect("load")
-        .state
-        .stock_qty;
-    assert_eq!(stock, 5, "the reservation was released");
+    // The cancellation is stored first, the release right after it.
+    let stock = || async {
+        load::<Product>(shop.store().as_ref(), &shop.product_id.to_string())
+            .await
+            .expect("load")
+            .state
+            .stock_qty
+    };
+    wait_for("the release", || async { stock().await == 5 }).await;
+    assert_eq!(stock().await, 5, "the reservation was released");
     shutdown.cancel();
     worker.await.expect("worker").expect("worker result");
 }
