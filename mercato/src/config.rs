@@ -65,6 +65,17 @@ pub enum Role {
     Relay,
 }
 
+/// Where the projector and saga roles take their events from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// The event store's global log (read directly).
+    #[default]
+    Log,
+    /// The Kafka topics the relay publishes to, in a consumer group per role.
+    Kafka,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
@@ -106,6 +117,25 @@ pub struct CommonArgs {
     /// Kafka brokers (host:port,...) for the relay and Kafka-fed consumers [default: none]
     #[arg(long, global = true, env = "KAFKA_BOOTSTRAP", value_name = "HOSTS")]
     pub kafka_bootstrap: Option<String>,
+    /// Where the projector and saga roles read events: the store's log, or Kafka (needs
+    /// KAFKA_BOOTSTRAP and a running relay) [default: log]
+    #[arg(long, global = true, env = "MERCATO_SOURCE", value_enum)]
+    pub source: Option<Source>,
+    /// Partitions of each event topic the relay creates [default: 3]
+    #[arg(long, global = true, env = "MERCATO_KAFKA_PARTITIONS", value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub kafka_partitions: Option<i32>,
+    /// Replication factor of the topics the relay creates [default: 1]
+    #[arg(long, global = true, env = "MERCATO_KAFKA_REPLICATION", value_name = "N", value_parser = clap::value_parser!(i32).range(1..=16))]
+    pub kafka_replication: Option<i32>,
+    /// Prepended to every Kafka topic and consumer group name, so that several deployments can
+    /// share a cluster [default: none]
+    #[arg(
+        long,
+        global = true,
+        env = "MERCATO_KAFKA_PREFIX",
+        value_name = "PREFIX"
+    )]
+    pub kafka_prefix: Option<String>,
     /// OpenSearch or Elasticsearch for product search [default: embedded index]
     #[arg(
         long,
@@ -158,6 +188,10 @@ pub struct FileConfig {
     pub database_url: Option<Secret>,
     pub redis_url: Option<Secret>,
     pub kafka_bootstrap: Option<String>,
+    pub source: Option<Source>,
+    pub kafka_partitions: Option<i32>,
+    pub kafka_replication: Option<i32>,
+    pub kafka_prefix: Option<String>,
     pub opensearch_url: Option<Secret>,
     pub otel_endpoint: Option<String>,
     pub log_format: Option<LogFormat>,
@@ -175,6 +209,14 @@ pub struct Config {
     pub database_url: Secret,
     pub redis_url: Option<Secret>,
     pub kafka_bootstrap: Option<String>,
+    /// Where the projector and saga roles read events.
+    pub source: Source,
+    /// Partitions of each topic the relay creates.
+    pub kafka_partitions: i32,
+    /// Replication factor of each topic the relay creates.
+    pub kafka_replication: i32,
+    /// Prepended to every topic and consumer group name.
+    pub kafka_prefix: String,
     pub opensearch_url: Option<Secret>,
     pub otel_endpoint: Option<String>,
     pub log_format: LogFormat,
@@ -216,6 +258,18 @@ impl FileConfig {
 }
 
 impl Config {
+    /// Where the Kafka topics are, when `KAFKA_BOOTSTRAP` is set.
+    pub fn kafka(&self) -> Option<crate::kafka::KafkaSettings> {
+        self.kafka_bootstrap
+            .as_ref()
+            .map(|bootstrap| crate::kafka::KafkaSettings {
+                bootstrap: bootstrap.clone(),
+                prefix: self.kafka_prefix.clone(),
+                partitions: self.kafka_partitions,
+                replication: self.kafka_replication,
+            })
+    }
+
     /// The configuration as `key = value` lines, secrets masked.
     pub fn describe(&self) -> String {
         let optional = |value: Option<String>| value.unwrap_or_else(|| "(not set)".to_owned());
@@ -231,6 +285,10 @@ impl Config {
                 optional(self.redis_url.as_ref().map(Secret::redacted)),
             ),
             ("kafka_bootstrap", optional(self.kafka_bootstrap.clone())),
+            ("source", format!("{:?}", self.source).to_lowercase()),
+            ("kafka_partitions", self.kafka_partitions.to_string()),
+            ("kafka_replication", self.kafka_replication.to_string()),
+            ("kafka_prefix", self.kafka_prefix.clone()),
             (
                 "opensearch_url",
                 optional(self.opensearch_url.as_ref().map(Secret::redacted)),
@@ -303,6 +361,22 @@ impl Config {
                 .unwrap_or_else(default_database_url),
             redis_url: common.redis_url.clone().or(file.redis_url),
             kafka_bootstrap: common.kafka_bootstrap.clone().or(file.kafka_bootstrap),
+            source: common.source.or(file.source).unwrap_or_default(),
+            kafka_partitions: common
+                .kafka_partitions
+                .or(file.kafka_partitions)
+                .filter(|n| (1..=1000).contains(n))
+                .unwrap_or(3),
+            kafka_replication: common
+                .kafka_replication
+                .or(file.kafka_replication)
+                .filter(|n| (1..=16).contains(n))
+                .unwrap_or(1),
+            kafka_prefix: common
+                .kafka_prefix
+                .clone()
+                .or(file.kafka_prefix)
+                .unwrap_or_default(),
             opensearch_url: common
                 .opensearch_url
                 .clone()

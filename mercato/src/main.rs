@@ -1,6 +1,7 @@
 //! `mercato`: one binary for every role of the platform and for operators and auditors.
 
 mod config;
+mod kafka;
 mod openapi;
 mod seed;
 mod serve;
@@ -52,6 +53,9 @@ enum Command {
     /// See and restart checkout sagas
     #[command(subcommand)]
     Saga(SagaCommand),
+    /// See and replay the messages Kafka consumers could not process (needs KAFKA_BOOTSTRAP)
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Apply database migrations (serve also does this on start)
     Migrate,
     /// Print the configuration this process would run with (flags, environment, file, defaults)
@@ -120,6 +124,26 @@ enum SagaCommand {
     Retry {
         #[arg(value_name = "ORDER_ID")]
         order_id: Option<uuid::Uuid>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Print every dead letter: where it came from, why and how often it failed
+    List {
+        /// One topic's dead letters (`orders.events` or `orders.events.dlq`) [default: all]
+        #[arg(long, value_name = "TOPIC")]
+        topic: Option<String>,
+        /// One JSON object per line instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the dead letters not replayed yet back to their topics, once their cause is fixed:
+    /// the consumers that failed them apply them again
+    Replay {
+        /// One topic's dead letters [default: all]
+        #[arg(long, value_name = "TOPIC")]
+        topic: Option<String>,
     },
 }
 
@@ -288,6 +312,37 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Saga(command) => {
             let config = Config::resolve(&cli.common, None, None, None)?;
             block_on(saga_command(&config, command))
+        }
+        Command::Dlq(command) => {
+            let config = Config::resolve(&cli.common, None, None, None)?;
+            let settings = config.kafka().ok_or_else(|| {
+                Failure::Usage(
+                    "KAFKA_BOOTSTRAP is not set: dead letters are on Kafka; set it (or --kafka-bootstrap) to the brokers".to_owned(),
+                )
+            })?;
+            block_on(async move {
+                let result = match command {
+                    DlqCommand::List { topic, json } => {
+                        kafka::dlq::list(&settings, topic.as_deref(), json)
+                            .await
+                            .map(|n| {
+                                eprintln!("{n} dead letter(s)");
+                            })
+                    }
+                    DlqCommand::Replay { topic } => kafka::dlq::replay(&settings, topic.as_deref())
+                        .await
+                        .map(|n| {
+                            println!("{n} dead letter(s) replayed");
+                        }),
+                };
+                result.map_err(|error| {
+                    if error.starts_with("unknown topic") {
+                        Failure::Usage(error)
+                    } else {
+                        Failure::Runtime(anyhow::anyhow!(error))
+                    }
+                })
+            })
         }
         Command::Replay(_) => Err(not_built("replay")),
         Command::Events(_) => Err(not_built("events")),

@@ -14,6 +14,7 @@ use command_api::problem::{BODY_LIMIT, Problem};
 use eventstore::EventStore;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use projections::cache::{Cache, MemoryCache, RedisCache};
+use projections::opensearch::{self, OpenSearchIndex, OpenSearchProjection};
 use projections::readdb::{ReadDb, read_db_url};
 use projections::redis_models::{RedisCartsProjection, RedisModels, RedisPopularityProjection};
 use projections::search::{SearchIndex, TantivySearch};
@@ -26,12 +27,17 @@ use std::sync::OnceLock;
 use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
-use crate::config::{Config, Role};
+use crate::config::{Config, Role, Source};
+use crate::kafka::consumer::{ConsumerOptions, run_consumer};
 
 /// How much the in-process cache holds at most: a bound on memory, not on entries.
 const MEMORY_CACHE_BYTES: usize = 16 << 20;
 /// How many events a projection takes per batch.
 const PROJECTION_BATCH: usize = 500;
+/// The consumer group of Kafka-fed projector processes.
+const PROJECTOR_GROUP: &str = "mercato-projector";
+/// The consumer group of Kafka-fed saga processes.
+const SAGA_GROUP: &str = "mercato-saga";
 /// How long shutdown waits for projections to reach a checkpoint.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
@@ -41,7 +47,7 @@ pub struct Platform {
     pub redis_models: Option<RedisModels>,
     pub db: ReadDb,
     pub cache: Option<Arc<dyn Cache>>,
-    pub search: Arc<TantivySearch>,
+    pub search: Arc<dyn SearchIndex>,
     pub projections: Vec<Arc<dyn Projection>>,
 }
 
@@ -51,13 +57,6 @@ fn runtime_failure(what: String) -> impl FnOnce(anyhow::Error) -> Failure {
 
 /// Opens the store, the read models, the cache and the search index the configuration names.
 pub async fn open_platform(config: &Config, run_projector: bool) -> Result<Platform, Failure> {
-    if config.opensearch_url.is_some() {
-        return Err(Failure::Usage(
-            "OPENSEARCH_URL is set, but the OpenSearch adapter is not available in this version; \
-             unset it to use the embedded search index"
-                .to_owned(),
-        ));
-    }
     std::fs::create_dir_all(&config.data_dir).map_err(|error| {
         Failure::Runtime(anyhow::Error::new(error).context(format!(
             "cannot create the data directory {}",
@@ -108,18 +107,48 @@ pub async fn open_platform(config: &Config, run_projector: bool) -> Result<Platf
         None if run_projector => Some(Arc::new(MemoryCache::new(MEMORY_CACHE_BYTES))),
         None => None,
     };
-    let search_directory = config.data_dir.join("search");
-    let search = if run_projector {
-        TantivySearch::open(&search_directory, cache.clone())
-    } else {
-        // The projector process (same data directory) writes the index; this one reads it.
-        TantivySearch::open_read_only(&search_directory)
+    let (search, search_projection): (Arc<dyn SearchIndex>, Arc<dyn Projection>) = match &config
+        .opensearch_url
+    {
+        Some(url) => {
+            let index =
+                OpenSearchIndex::new(url.expose(), opensearch::DEFAULT_ALIAS).map_err(|error| {
+                    Failure::Usage(format!(
+                        "OPENSEARCH_URL {} is not usable: {error}",
+                        url.redacted()
+                    ))
+                })?;
+            if run_projector {
+                index
+                        .ensure_index()
+                        .await
+                        .map_err(anyhow::Error::new)
+                        .map_err(runtime_failure(format!(
+                            "cannot create the search index on {} (check OPENSEARCH_URL and that the cluster is up)",
+                            url.redacted()
+                        )))?;
+            }
+            (
+                Arc::new(index.clone()),
+                Arc::new(OpenSearchProjection::new(index, db.clone(), cache.clone())),
+            )
+        }
+        None => {
+            let search_directory = config.data_dir.join("search");
+            let search = if run_projector {
+                TantivySearch::open(&search_directory, cache.clone())
+            } else {
+                // The projector process (same data directory) writes the index; this one reads it.
+                TantivySearch::open_read_only(&search_directory)
+            };
+            let search = Arc::new(
+                search
+                    .map_err(anyhow::Error::new)
+                    .map_err(runtime_failure("cannot open the search index".to_owned()))?,
+            );
+            (Arc::new(search.clone()), Arc::new(search))
+        }
     };
-    let search = Arc::new(
-        search
-            .map_err(anyhow::Error::new)
-            .map_err(runtime_failure("cannot open the search index".to_owned()))?,
-    );
     let redis_models = redis.map(|connection| RedisModels::new(connection, &prefix));
     let (carts, popularity): (Arc<dyn Projection>, Arc<dyn Projection>) = match &redis_models {
         Some(models) => (
@@ -136,7 +165,7 @@ pub async fn open_platform(config: &Config, run_projector: bool) -> Result<Platf
         Arc::new(OrdersProjection::new(db.clone())),
         carts,
         popularity,
-        Arc::new(search.clone()),
+        search_projection,
     ];
     Ok(Platform {
         store,
@@ -160,12 +189,43 @@ fn cache_prefix(database_url: &str) -> String {
     format!("mercato:{hash:016x}:")
 }
 
+/// The health of the parts of a process that run in the background (the Kafka clients): what
+/// `/ready` reports besides the stores it checks itself.
+#[derive(Clone, Debug, Default)]
+pub struct Components {
+    states: Arc<std::sync::RwLock<std::collections::BTreeMap<&'static str, Result<(), String>>>>,
+}
+
+impl Components {
+    /// Records the state of component `name`: `Ok` when it works, else why not.
+    pub fn set(&self, name: &'static str, state: Result<(), String>) {
+        let mut states = match self.states.write() {
+            Ok(states) => states,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        states.insert(name, state);
+    }
+
+    /// Every component's state, by name.
+    pub fn snapshot(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let states = match self.states.read() {
+            Ok(states) => states,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        states
+            .iter()
+            .map(|(name, state)| (*name, state.clone()))
+            .collect()
+    }
+}
+
 #[derive(Clone)]
 struct OpsState {
     store: Arc<dyn EventStore>,
     db: ReadDb,
     cache: Option<Arc<dyn Cache>>,
     progress: Progress,
+    components: Components,
     metrics: Option<PrometheusHandle>,
 }
 
@@ -293,6 +353,9 @@ async fn ready(State(state): State<OpsState>) -> Response {
     if let Some(cache) = &state.cache {
         check(&format!("cache_{}", cache.kind()), cache.ping().await);
     }
+    for (name, component) in state.components.snapshot() {
+        check(name, component);
+    }
     let projections: serde_json::Map<String, serde_json::Value> = state
         .progress
         .snapshot()
@@ -333,6 +396,7 @@ pub fn app(
     platform: &Platform,
     role: Role,
     progress: Progress,
+    components: Components,
     views: Option<query_api::views::ViewRecorder>,
 ) -> Router {
     let ops = OpsState {
@@ -340,6 +404,7 @@ pub fn app(
         db: platform.db.clone(),
         cache: platform.cache.clone(),
         progress: progress.clone(),
+        components,
         metrics: prometheus(),
     };
     let mut router = Router::new()
@@ -354,7 +419,7 @@ pub fn app(
         }));
     }
     if matches!(role, Role::All | Role::QueryApi) {
-        let search: Arc<dyn SearchIndex> = Arc::new(platform.search.clone());
+        let search = platform.search.clone();
         router = router.merge(query_api::router(query_api::QueryState {
             store: platform.store.clone(),
             db: platform.db.clone(),
@@ -398,7 +463,7 @@ async fn poll_checkpoints(
             _ = interval.tick() => {}
         }
         for projection in &projections {
-            if let Ok(position) = projection.checkpoint().await {
+            if let Ok(position) = projection.checkpoint(&projections::Feed::Log).await {
                 progress
                     .sender(projection.name())
                     .send_if_modified(|state| {
@@ -434,30 +499,64 @@ async fn shutdown_signal() {
 
 /// Runs the roles of `config` until a shutdown signal.
 pub async fn serve(config: Config) -> Result<(), Failure> {
-    if config.role == Role::Relay {
+    let kafka = config.kafka();
+    if config.role == Role::Relay && kafka.is_none() {
         return Err(Failure::Usage(
-            "the relay role is not available in this version yet; see CHANGELOG.md".to_owned(),
+            "the relay role publishes to Kafka: set KAFKA_BOOTSTRAP (or --kafka-bootstrap) to the brokers"
+                .to_owned(),
         ));
     }
-    if config.kafka_bootstrap.is_some() {
-        tracing::warn!(
-            "KAFKA_BOOTSTRAP is set, but the Kafka relay is not available in this version yet"
-        );
+    let from_kafka = config.source == Source::Kafka;
+    if from_kafka && kafka.is_none() {
+        return Err(Failure::Usage(
+            "--source kafka reads events from Kafka: set KAFKA_BOOTSTRAP (or --kafka-bootstrap) to the brokers"
+                .to_owned(),
+        ));
     }
     let run_projector = matches!(config.role, Role::All | Role::Projector);
+    let run_saga = matches!(config.role, Role::All | Role::Saga);
+    let run_relay = config.role == Role::Relay || (config.role == Role::All && kafka.is_some());
     let platform = open_platform(&config, run_projector).await?;
     let progress = Progress::default();
+    let components = Components::default();
     let shutdown = CancellationToken::new();
     let mut workers = Vec::new();
+    if run_relay && let Some(settings) = &kafka {
+        workers.push(tokio::spawn(crate::kafka::relay::run_relay(
+            platform.store.clone(),
+            platform.db.clone(),
+            settings.clone(),
+            progress.clone(),
+            components.clone(),
+            shutdown.clone(),
+        )));
+    }
     if run_projector {
-        for projection in &platform.projections {
-            workers.push(tokio::spawn(run_projection(
-                platform.store.clone(),
-                projection.clone(),
-                progress.clone(),
-                shutdown.clone(),
-                PROJECTION_BATCH,
-            )));
+        match (&kafka, from_kafka) {
+            (Some(settings), true) => {
+                let options = ConsumerOptions::new(
+                    settings.clone(),
+                    PROJECTOR_GROUP,
+                    schemas::topics::TOPICS.to_vec(),
+                );
+                workers.push(tokio::spawn(run_consumer(
+                    platform.projections.clone(),
+                    options,
+                    components.clone(),
+                    shutdown.clone(),
+                )));
+            }
+            _ => {
+                for projection in &platform.projections {
+                    workers.push(tokio::spawn(run_projection(
+                        platform.store.clone(),
+                        projection.clone(),
+                        progress.clone(),
+                        shutdown.clone(),
+                        PROJECTION_BATCH,
+                    )));
+                }
+            }
         }
     } else if config.role == Role::QueryApi {
         workers.push(tokio::spawn(poll_checkpoints(
@@ -466,7 +565,7 @@ pub async fn serve(config: Config) -> Result<(), Failure> {
             shutdown.clone(),
         )));
     }
-    if matches!(config.role, Role::All | Role::Saga) {
+    if run_saga {
         let gateway = sagas::TestGateway::open(
             platform.db.clone(),
             sagas::TestGatewayOptions {
@@ -479,10 +578,33 @@ pub async fn serve(config: Config) -> Result<(), Failure> {
         .map_err(runtime_failure(
             "cannot open the test payment gateway's ledger".to_owned(),
         ))?;
-        let options = sagas::SagaOptions {
+        let mut options = sagas::SagaOptions {
             payment_timeout: config.payment_timeout,
             ..sagas::SagaOptions::default()
         };
+        if let (Some(settings), true) = (&kafka, from_kafka) {
+            // Every saga process takes its share of the partitions; the lease holder runs the steps.
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let intake: Arc<dyn Projection> = Arc::new(sagas::state::SagaIntake::new(
+                platform.db.clone(),
+                wake.clone(),
+            ));
+            options.external_intake = Some(wake);
+            let consumer = ConsumerOptions::new(
+                settings.clone(),
+                SAGA_GROUP,
+                vec![
+                    schemas::topics::ORDERS_EVENTS,
+                    schemas::topics::PAYMENTS_EVENTS,
+                ],
+            );
+            workers.push(tokio::spawn(run_consumer(
+                vec![intake],
+                consumer,
+                components.clone(),
+                shutdown.clone(),
+            )));
+        }
         let (store, db, progress, shutdown) = (
             platform.store.clone(),
             platform.db.clone(),
@@ -508,7 +630,7 @@ pub async fn serve(config: Config) -> Result<(), Failure> {
     } else {
         (None, None)
     };
-    let router = app(&platform, config.role, progress, views);
+    let router = app(&platform, config.role, progress, components, views);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(anyhow::Error::new)

@@ -143,3 +143,75 @@ fn an_unsupported_database_url_is_bad_usage() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr_of(&output).contains("postgres://"));
 }
+
+#[test]
+fn kafka_roles_and_commands_without_brokers_are_bad_usage_naming_kafka_bootstrap() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["serve", "--role", "relay", "--listen", "127.0.0.1:0"][..],
+        &[
+            "serve",
+            "--role",
+            "projector",
+            "--source",
+            "kafka",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &["dlq", "list"],
+        &["dlq", "replay"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_mercato"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("KAFKA_BOOTSTRAP")
+            .env_remove("DATABASE_URL")
+            .output()
+            .expect("the mercato binary runs");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = stderr_of(&output);
+        assert!(stderr.contains("KAFKA_BOOTSTRAP"), "{args:?}: {stderr}");
+    }
+    let output = mercato(
+        &[
+            "dlq",
+            "list",
+            "--topic",
+            "refunds.events",
+            "--kafka-bootstrap",
+            "127.0.0.1:1",
+        ],
+        dir.path(),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr_of(&output).contains("orders.events"),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
+#[test]
+fn an_unreachable_search_cluster_stops_serve_naming_opensearch_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_mercato"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env("OPENSEARCH_URL", "http://admin:hunter2@127.0.0.1:1")
+        .output()
+        .expect("the mercato binary runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("OPENSEARCH_URL"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_mercato"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env("OPENSEARCH_URL", "not a url")
+        .output()
+        .expect("the mercato binary runs");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+}

@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use common::{Server, ServerData, Setup, eventually};
+use common::{Server, ServerData, Setup, eventually, place_order};
 use cqrs_es::Aggregate;
 use eventstore::aggregate::load;
 use rand::Rng;
@@ -27,27 +27,6 @@ async fn turn(setup: Setup) -> Option<tokio::sync::MutexGuard<'static, ()>> {
 
 /// A short payment timeout, so that timed-out orders end within the test.
 const FAST_PAYMENTS: &[&str] = &["--payment-timeout", "1", "--test-gateway-late-after", "1.5"];
-
-async fn place_order(
-    server: &Server,
-    customer: &str,
-    lines: &[(&str, u32)],
-    token: &str,
-) -> String {
-    let lines: Vec<Value> = lines
-        .iter()
-        .map(|(product_id, quantity)| json!({ "product_id": product_id, "quantity": quantity }))
-        .collect();
-    let response = server
-        .post(
-            "/orders",
-            json!({ "customer_id": customer, "lines": lines, "payment_token": token }),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let body: Value = response.json().await.expect("json");
-    body["order_id"].as_str().expect("order_id").to_owned()
-}
 
 /// The order once it is no longer `PENDING` (and, when asked, once its payment reached
 /// `payment_status`).

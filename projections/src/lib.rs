@@ -8,9 +8,11 @@
 //!   its checkpoint.
 //! - [`redis_models`]: carts and popularity on Redis, when it is configured.
 //! - [`search`]: the search port and the Tantivy index (a projection too).
+//! - [`opensearch`]: the search port's adapter on OpenSearch/Elasticsearch, when configured.
 //! - [`cache`]: the query cache, in process or on Redis, invalidated by the projections.
 
 pub mod cache;
+pub mod opensearch;
 pub mod readdb;
 pub mod redis_models;
 pub mod runner;
@@ -20,7 +22,7 @@ pub mod sql_models;
 use cqrs_es::DomainEvent;
 use eventstore::RecordedEvent;
 
-pub use runner::{Progress, ProgressState, Projection, run_projection};
+pub use runner::{Feed, Progress, ProgressState, Projection, apply_new, run_projection};
 
 /// Popularity points per unit ordered (`OrderCreated`).
 pub const ORDER_UNIT_POINTS: i64 = 10;

@@ -51,6 +51,13 @@ const SCHEMA: &[&str] = &[
         product_id TEXT PRIMARY KEY,
         score BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS rm_popularity_by_score ON rm_popularity (score)",
+    "CREATE TABLE IF NOT EXISTS rm_order_payments (
+        order_id TEXT PRIMARY KEY,
+        payment_status TEXT NOT NULL,
+        version BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS rm_products_early_popularity (
+        product_id TEXT PRIMARY KEY,
+        points BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS rm_customer_products (
         customer_id TEXT NOT NULL,
         product_id TEXT NOT NULL,

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use eventstore::RecordedEvent;
 use redis::aio::ConnectionManager;
 
-use crate::runner::Projection;
+use crate::runner::{Feed, Projection};
 use crate::sql_models::CartRow;
 use crate::{PopularityBatch, ProjectionError, popularity_of_batch};
 
@@ -94,13 +94,18 @@ impl RedisModels {
 
     /// The stored checkpoint of projection `name` and the events of `events` after it (another
     /// projector process may have applied part of the batch already).
+    /// Replayed dead letters are all applied (they are behind their partition's checkpoint).
     async fn unapplied<'a>(
         &self,
         name: &str,
+        feed: &Feed,
         events: &'a [RecordedEvent],
     ) -> Result<Unapplied<'a>, ProjectionError> {
         let checkpoint = self.checkpoint_text(name).await?;
-        let applied_up_to: u64 = checkpoint.parse().unwrap_or(0);
+        let applied_up_to: u64 = match feed {
+            Feed::Replay => 0,
+            _ => checkpoint.parse().unwrap_or(0),
+        };
         Ok(Unapplied {
             new_checkpoint: events
                 .last()
@@ -220,12 +225,15 @@ impl Projection for RedisCartsProjection {
         Self::NAME
     }
 
-    async fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        self.models.checkpoint(Self::NAME).await
+    async fn checkpoint(&self, feed: &Feed) -> Result<u64, ProjectionError> {
+        self.models
+            .checkpoint(&feed.checkpoint_name(Self::NAME))
+            .await
     }
 
-    async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
-        let batch = self.models.unapplied(Self::NAME, events).await?;
+    async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let name = feed.checkpoint_name(Self::NAME);
+        let batch = self.models.unapplied(&name, feed, events).await?;
         let mut carts: HashMap<String, CartRow> = HashMap::new();
         for event in batch
             .events
@@ -253,7 +261,7 @@ impl Projection for RedisCartsProjection {
                 String::new(),
             ]);
         }
-        self.models.apply_ops(Self::NAME, &batch, ops).await
+        self.models.apply_ops(&name, &batch, ops).await
     }
 }
 
@@ -277,12 +285,15 @@ impl Projection for RedisPopularityProjection {
         Self::NAME
     }
 
-    async fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        self.models.checkpoint(Self::NAME).await
+    async fn checkpoint(&self, feed: &Feed) -> Result<u64, ProjectionError> {
+        self.models
+            .checkpoint(&feed.checkpoint_name(Self::NAME))
+            .await
     }
 
-    async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
-        let batch = self.models.unapplied(Self::NAME, events).await?;
+    async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let name = feed.checkpoint_name(Self::NAME);
+        let batch = self.models.unapplied(&name, feed, events).await?;
         let PopularityBatch { scores, ordered } =
             popularity_of_batch(batch.events.iter().copied())?;
         let mut ops = Vec::with_capacity(scores.len() + ordered.len());
@@ -302,6 +313,6 @@ impl Projection for RedisPopularityProjection {
                 String::new(),
             ]);
         }
-        self.models.apply_ops(Self::NAME, &batch, ops).await
+        self.models.apply_ops(&name, &batch, ops).await
     }
 }

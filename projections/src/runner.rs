@@ -12,22 +12,85 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ProjectionError;
 
+/// An ordered feed of events that a projection keeps a checkpoint for.
+///
+/// Events reach a projection either from the store's global log, in position order with none
+/// skipped, or from Kafka, where each partition carries a subset of the log in position order
+/// (the relay publishes in log order and Kafka keeps each partition's order). A projection keeps
+/// one checkpoint per feed, so an event redelivered on a partition is recognised by its position
+/// and applied once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Feed {
+    /// The store's global log.
+    Log,
+    /// One partition of a Kafka topic.
+    Partition { topic: String, partition: i32 },
+    /// Dead letters replayed after their cause was fixed: applied even behind a partition's
+    /// checkpoint (the read models' own version checks keep newer state).
+    Replay,
+}
+
+impl Feed {
+    /// The name projection `projection` keeps this feed's checkpoint under: the projection's own
+    /// name for the log, `name@topic/partition` for a partition, `name@dlq` for replays.
+    pub fn checkpoint_name(&self, projection: &str) -> std::borrow::Cow<'static, str> {
+        match self {
+            Feed::Log => std::borrow::Cow::Owned(projection.to_owned()),
+            Feed::Partition { topic, partition } => {
+                std::borrow::Cow::Owned(format!("{projection}@{topic}/{partition}"))
+            }
+            Feed::Replay => std::borrow::Cow::Owned(format!("{projection}@dlq")),
+        }
+    }
+}
+
 /// A read model fed from the event log.
 ///
-/// `apply` must store the batch's effects and the new checkpoint (the last event's position)
-/// atomically, or make applying an event twice give the same result: after a crash the runner
-/// starts again from [`Projection::checkpoint`].
+/// `apply` must store the batch's effects and the feed's new checkpoint (the last event's
+/// position) atomically, or make applying an event twice give the same result: after a crash the
+/// runner starts again from [`Projection::checkpoint`].
 #[async_trait]
 pub trait Projection: Send + Sync + 'static {
-    /// The projection's name, unique: it keys the checkpoint and the metrics.
+    /// The projection's name, unique: it keys the checkpoints and the metrics.
     fn name(&self) -> &'static str;
 
-    /// The position of the last event applied (0 before the first).
-    async fn checkpoint(&self) -> Result<u64, ProjectionError>;
+    /// The position of the last event applied from `feed` (0 before the first).
+    async fn checkpoint(&self, feed: &Feed) -> Result<u64, ProjectionError>;
 
-    /// Applies a batch of events (in position order, all after the checkpoint) and moves the
-    /// checkpoint to the last one.
-    async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError>;
+    /// Applies a batch of events of `feed` (in position order, all after the feed's checkpoint)
+    /// and moves that checkpoint to the last one.
+    async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError>;
+}
+
+/// Applies the events of `events` that `projection` has not applied from `feed` yet (those after
+/// its checkpoint and after every earlier event of the batch; all of them for [`Feed::Replay`]).
+/// Returns how many it applied.
+pub async fn apply_new(
+    projection: &dyn Projection,
+    feed: &Feed,
+    events: &[RecordedEvent],
+) -> Result<usize, ProjectionError> {
+    let fresh: Vec<RecordedEvent> = if *feed == Feed::Replay {
+        events.to_vec()
+    } else {
+        // A feed's positions rise; a repeat (a relay's retry) sits at or below the highest seen,
+        // whether that was applied before or earlier in this batch.
+        let mut highest = projection.checkpoint(feed).await?;
+        events
+            .iter()
+            .filter(|event| {
+                let fresh = event.position > highest;
+                highest = highest.max(event.position);
+                fresh
+            })
+            .cloned()
+            .collect()
+    };
+    if fresh.is_empty() {
+        return Ok(0);
+    }
+    projection.apply(feed, &fresh).await?;
+    Ok(fresh.len())
 }
 
 /// How far one projection got, as this process knows it.
@@ -109,7 +172,7 @@ pub async fn run_projection(
     let sender = progress.sender(name);
     let mut backoff = Duration::from_millis(50);
     'resubscribe: while !shutdown.is_cancelled() {
-        let checkpoint = match projection.checkpoint().await {
+        let checkpoint = match projection.checkpoint(&Feed::Log).await {
             Ok(checkpoint) => checkpoint,
             Err(error) => {
                 tracing::warn!(projection = name, %error, "cannot read the checkpoint; retrying");
@@ -153,7 +216,7 @@ pub async fn run_projection(
             let Some(last) = batch.last() else { continue };
             let (last_position, last_at) = (last.position, last.occurred_at.timestamp());
             let started = Instant::now();
-            if let Err(error) = projection.apply(&batch).await {
+            if let Err(error) = projection.apply(&Feed::Log, &batch).await {
                 metrics::counter!("mercato_projection_failures_total", "projection" => name)
                     .increment(1);
                 tracing::error!(
@@ -192,11 +255,115 @@ pub async fn run_projection(
 }
 
 /// Sleeps for the backoff (doubling it, up to [`MAX_BACKOFF`]); true when shut down meanwhile.
-async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
+pub async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
     let wait = *backoff;
     *backoff = (*backoff * 2).min(MAX_BACKOFF);
     tokio::select! {
         _ = shutdown.cancelled() => true,
         _ = tokio::time::sleep(wait) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what it applies, per feed, with a checkpoint per feed.
+    #[derive(Default)]
+    struct Recorder {
+        applied: std::sync::Mutex<Vec<(Feed, u64)>>,
+        checkpoints: std::sync::Mutex<HashMap<Feed, u64>>,
+    }
+
+    #[async_trait]
+    impl Projection for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+
+        async fn checkpoint(&self, feed: &Feed) -> Result<u64, ProjectionError> {
+            Ok(self
+                .checkpoints
+                .lock()
+                .unwrap()
+                .get(feed)
+                .copied()
+                .unwrap_or(0))
+        }
+
+        async fn apply(
+            &self,
+            feed: &Feed,
+            events: &[RecordedEvent],
+        ) -> Result<(), ProjectionError> {
+            let mut applied = self.applied.lock().unwrap();
+            for event in events {
+                applied.push((feed.clone(), event.position));
+            }
+            if let Some(last) = events.last() {
+                self.checkpoints
+                    .lock()
+                    .unwrap()
+                    .insert(feed.clone(), last.position);
+            }
+            Ok(())
+        }
+    }
+
+    fn event(position: u64) -> RecordedEvent {
+        serde_json::from_value(serde_json::json!({
+            "event_id": uuid::Uuid::new_v4(),
+            "event_type": "ProductUpdated",
+            "schema_version": 1,
+            "stream_type": "product",
+            "stream_id": "p",
+            "stream_version": position,
+            "position": position,
+            "occurred_at": "2026-11-22T10:00:00Z",
+            "metadata": {"correlation_id": "c", "causation_id": "c", "actor": "a", "source": "s"},
+            "payload": {}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_partition_applies_each_position_once_even_when_repeated_in_one_batch() {
+        let recorder = Recorder::default();
+        let partition = Feed::Partition {
+            topic: "orders.events".to_owned(),
+            partition: 1,
+        };
+        // A relay retry: 3 and 4 delivered, then 3, 4 and 5 again.
+        let batch: Vec<_> = [3, 4, 3, 4, 5].into_iter().map(event).collect();
+        assert_eq!(apply_new(&recorder, &partition, &batch).await.unwrap(), 3);
+        // Delivered again later (a rebalance): nothing new.
+        assert_eq!(apply_new(&recorder, &partition, &batch).await.unwrap(), 0);
+        // Another feed keeps its own checkpoint.
+        let other = Feed::Partition {
+            topic: "orders.events".to_owned(),
+            partition: 2,
+        };
+        assert_eq!(apply_new(&recorder, &other, &[event(4)]).await.unwrap(), 1);
+        // Replayed dead letters are applied behind the checkpoint.
+        assert_eq!(
+            apply_new(&recorder, &Feed::Replay, &[event(2)])
+                .await
+                .unwrap(),
+            1
+        );
+        let applied: Vec<u64> = recorder
+            .applied
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, p)| *p)
+            .collect();
+        assert_eq!(applied, [3, 4, 5, 4, 2]);
+        assert_eq!(Feed::Log.checkpoint_name("products"), "products");
+        assert_eq!(
+            partition.checkpoint_name("products"),
+            "products@orders.events/1"
+        );
+        assert_eq!(Feed::Replay.checkpoint_name("products"), "products@dlq");
     }
 }

@@ -5,7 +5,7 @@
 //! and stores its checkpoint in the commit's payload, so a batch and its checkpoint become
 //! visible together (exactly once, across crashes).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Bound;
 use std::path::Path;
@@ -28,7 +28,7 @@ use tantivy::{
 };
 
 use crate::cache::{Cache, SEARCH_SCOPE};
-use crate::runner::Projection;
+use crate::runner::{Feed, Projection};
 use crate::{ProjectionError, decode, popularity_signals};
 
 /// A product as search answers show it (and as the product read model does).
@@ -193,14 +193,32 @@ impl TantivySearch {
         })
     }
 
-    /// The checkpoint stored with the last commit.
-    fn committed_checkpoint(&self) -> Result<u64, ProjectionError> {
+    /// The checkpoints stored with the last commit, by checkpoint name (see [`Feed`]). The
+    /// payload is the log's position alone while only the log feeds the index, else a JSON map.
+    fn committed_checkpoints(&self) -> Result<BTreeMap<String, u64>, ProjectionError> {
         let metas = self.index.load_metas()?;
-        Ok(metas
-            .payload
-            .as_deref()
-            .and_then(|payload| payload.parse().ok())
+        let Some(payload) = metas.payload.as_deref() else {
+            return Ok(BTreeMap::new());
+        };
+        if let Ok(position) = payload.parse::<u64>() {
+            return Ok(BTreeMap::from([(Self::NAME.to_owned(), position)]));
+        }
+        Ok(serde_json::from_str(payload)?)
+    }
+
+    /// The checkpoint of `feed` stored with the last commit.
+    fn committed_checkpoint_of(&self, feed: &Feed) -> Result<u64, ProjectionError> {
+        let name = feed.checkpoint_name(Self::NAME);
+        Ok(self
+            .committed_checkpoints()?
+            .get(name.as_ref())
+            .copied()
             .unwrap_or(0))
+    }
+
+    /// The log's checkpoint stored with the last commit.
+    fn committed_checkpoint(&self) -> Result<u64, ProjectionError> {
+        self.committed_checkpoint_of(&Feed::Log)
     }
 
     /// In read-only mode, reloads the reader when the projector committed since the last reload,
@@ -255,7 +273,7 @@ impl TantivySearch {
         Ok(document)
     }
 
-    fn apply_blocking(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    fn apply_blocking(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let Some(last) = events.last() else {
             return Ok(());
         };
@@ -319,7 +337,13 @@ impl TantivySearch {
         let added = std::time::Instant::now();
         let mut prepared = writer.prepare_commit()?;
         let prepared_at = std::time::Instant::now();
-        prepared.set_payload(&last.position.to_string());
+        let mut checkpoints = self.committed_checkpoints()?;
+        checkpoints.insert(feed.checkpoint_name(Self::NAME).into_owned(), last.position);
+        let payload = match checkpoints.len() {
+            1 if *feed == Feed::Log => last.position.to_string(),
+            _ => serde_json::to_string(&checkpoints)?,
+        };
+        prepared.set_payload(&payload);
         prepared.commit()?;
         let committed = std::time::Instant::now();
         drop(writer);
@@ -457,14 +481,15 @@ impl Projection for Arc<TantivySearch> {
         TantivySearch::NAME
     }
 
-    async fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        self.committed_checkpoint()
+    async fn checkpoint(&self, feed: &Feed) -> Result<u64, ProjectionError> {
+        self.committed_checkpoint_of(feed)
     }
 
-    async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let search = self.clone();
         let events = events.to_vec();
-        tokio::task::spawn_blocking(move || search.apply_blocking(&events))
+        let feed = feed.clone();
+        tokio::task::spawn_blocking(move || search.apply_blocking(&feed, &events))
             .await
             .map_err(|error| {
                 ProjectionError::Storage(format!("indexing task failed: {error}"))

@@ -12,7 +12,7 @@ use sqlx::{AnyConnection, Row};
 
 use crate::cache::Cache;
 use crate::readdb::ReadDb;
-use crate::runner::Projection;
+use crate::runner::{Feed, Projection};
 use crate::{PopularityBatch, ProjectionError, decode, popularity_of_batch, popularity_signals};
 
 /// Scope names of the query cache that the read models invalidate.
@@ -51,11 +51,11 @@ impl Projection for ProductsProjection {
         Self::NAME
     }
 
-    async fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        self.db.checkpoint(Self::NAME).await
+    async fn checkpoint(&self, feed: &Feed) -> Result<u64, ProjectionError> {
+        self.db.checkpoint(&feed.checkpoint_name(Self::NAME)).await
     }
 
-    async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let Some(last) = events.last() else {
             return Ok(());
         };
@@ -73,7 +73,9 @@ impl Projection for ProductsProjection {
                     sqlx::query(
                         "INSERT INTO rm_products (product_id, name, description, price_minor,
                              stock_qty, category, popularity, updated_at, version)
-                         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8)
+                         VALUES ($1, $2, $3, $4, $5, $6,
+                             COALESCE((SELECT points FROM rm_products_early_popularity
+                                       WHERE product_id = $1), 0), $7, $8)
                          ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
                              description = excluded.description,
                              price_minor = excluded.price_minor,
@@ -95,7 +97,7 @@ impl Projection for ProductsProjection {
                 }
                 "OrderCreated" | "ProductViewed" => {
                     for signal in popularity_signals(event)? {
-                        sqlx::query(
+                        let updated = sqlx::query(
                             "UPDATE rm_products SET popularity = popularity + $1 \
                              WHERE product_id = $2",
                         )
@@ -103,13 +105,29 @@ impl Projection for ProductsProjection {
                         .bind(&signal.product_id)
                         .execute(&mut **transaction)
                         .await?;
+                        if updated.rows_affected() == 0 {
+                            // Fed from Kafka, an order can arrive before its product's first
+                            // event (another topic): keep the points for the product's row.
+                            sqlx::query(
+                                "INSERT INTO rm_products_early_popularity (product_id, points)
+                                 VALUES ($1, $2) ON CONFLICT (product_id)
+                                 DO UPDATE SET points = rm_products_early_popularity.points
+                                     + excluded.points",
+                            )
+                            .bind(&signal.product_id)
+                            .bind(signal.points)
+                            .execute(&mut **transaction)
+                            .await?;
+                        }
                         changed.insert(signal.product_id);
                     }
                 }
                 _ => {}
             }
         }
-        write.commit_at(Self::NAME, last.position).await?;
+        write
+            .commit_at(&feed.checkpoint_name(Self::NAME), last.position)
+            .await?;
         if let Some(cache) = &self.cache
             && !changed.is_empty()
         {
@@ -148,11 +166,11 @@ impl Projection for OrdersProjection {
         Self::NAME
     }
 
-    async fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        self.db.checkpoint(Self::NAME).await
+    async fn checkpoint(&self, feed: &Feed) -> Result<u64, ProjectionError> {
+        self.db.checkpoint(&feed.checkpoint_name(Self::NAME)).await
     }
 
-    async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let Some(last) = events.last() else {
             return Ok(());
         };
@@ -175,7 +193,10 @@ impl Projection for OrdersProjection {
                             "INSERT INTO rm_orders (order_id, customer_id, status, lines,
                                  total_minor, payment_status, cancel_reason, created_at,
                                  created_position, updated_at)
-                             VALUES ($1, $2, 'PENDING', $3, $4, 'NOT_REQUESTED', NULL, $5, $6, $5)
+                             VALUES ($1, $2, 'PENDING', $3, $4,
+                                 COALESCE((SELECT payment_status FROM rm_order_payments
+                                           WHERE order_id = $1), 'NOT_REQUESTED'),
+                                 NULL, $5, $6, $5)
                              ON CONFLICT (order_id) DO NOTHING",
                         )
                         .bind(created.order_id.to_string())
@@ -217,11 +238,24 @@ impl Projection for OrdersProjection {
                         PaymentEvent::PaymentTimedOut(_) => "TIMED_OUT",
                         PaymentEvent::PaymentRefunded(_) => "REFUNDED",
                     };
+                    // Fed from Kafka, a payment can arrive before its order (another topic): the
+                    // status is kept by payment version and read when the order row is made.
                     sqlx::query(
-                        "UPDATE rm_orders SET payment_status = $1, updated_at = $2 \
-                         WHERE order_id = $3",
+                        "INSERT INTO rm_order_payments (order_id, payment_status, version)
+                         VALUES ($1, $2, $3) ON CONFLICT (order_id) DO UPDATE
+                         SET payment_status = excluded.payment_status, version = excluded.version
+                         WHERE rm_order_payments.version < excluded.version",
                     )
+                    .bind(&event.stream_id)
                     .bind(status)
+                    .bind(to_i64(event.stream_version))
+                    .execute(&mut **transaction)
+                    .await?;
+                    sqlx::query(
+                        "UPDATE rm_orders SET payment_status = (SELECT payment_status
+                             FROM rm_order_payments WHERE order_id = $2), updated_at = $1 \
+                         WHERE order_id = $2",
+                    )
                     .bind(rfc3339(event))
                     .bind(&event.stream_id)
                     .execute(&mut **transaction)
@@ -230,7 +264,9 @@ impl Projection for OrdersProjection {
                 _ => {}
             }
         }
-        write.commit_at(Self::NAME, last.position).await?;
+        write
+            .commit_at(&feed.checkpoint_name(Self::NAME), last.position)
+            .await?;
         Ok(())
     }
 }
@@ -316,11 +352,11 @@ impl Projection for SqlCartsProjection {
         Self::NAME
     }
 
-    async fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        self.db.checkpoint(Self::NAME).await
+    async fn checkpoint(&self, feed: &Feed) -> Result<u64, ProjectionError> {
+        self.db.checkpoint(&feed.checkpoint_name(Self::NAME)).await
     }
 
-    async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let Some(last) = events.last() else {
             return Ok(());
         };
@@ -356,7 +392,9 @@ impl Projection for SqlCartsProjection {
             .execute(&mut **transaction)
             .await?;
         }
-        write.commit_at(Self::NAME, last.position).await?;
+        write
+            .commit_at(&feed.checkpoint_name(Self::NAME), last.position)
+            .await?;
         Ok(())
     }
 }
@@ -382,11 +420,11 @@ impl Projection for SqlPopularityProjection {
         Self::NAME
     }
 
-    async fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        self.db.checkpoint(Self::NAME).await
+    async fn checkpoint(&self, feed: &Feed) -> Result<u64, ProjectionError> {
+        self.db.checkpoint(&feed.checkpoint_name(Self::NAME)).await
     }
 
-    async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let Some(last) = events.last() else {
             return Ok(());
         };
@@ -413,7 +451,9 @@ impl Projection for SqlPopularityProjection {
             .execute(&mut **transaction)
             .await?;
         }
-        write.commit_at(Self::NAME, last.position).await?;
+        write
+            .commit_at(&feed.checkpoint_name(Self::NAME), last.position)
+            .await?;
         Ok(())
     }
 }

@@ -78,6 +78,9 @@ pub struct SagaOptions {
     pub lease_ttl: Duration,
     /// Names this worker in the lease table.
     pub worker_id: String,
+    /// Set when the caller feeds the [`SagaIntake`] itself (from Kafka) and wakes this worker
+    /// through it; `None` runs the intake from the store's log under the lease.
+    pub external_intake: Option<Arc<Notify>>,
 }
 
 impl Default for SagaOptions {
@@ -90,6 +93,7 @@ impl Default for SagaOptions {
             max_backoff: Duration::from_secs(10),
             lease_ttl: Duration::from_secs(6),
             worker_id: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
+            external_intake: None,
         }
     }
 }
@@ -163,24 +167,38 @@ pub async fn run_saga(
         tracing::info!(worker = %options.worker_id, "saga worker holds the lease");
         metrics::gauge!("mercato_saga_lease_held").set(1.0);
         let held = shutdown.child_token();
-        let wake = Arc::new(Notify::new());
-        let intake = Arc::new(SagaIntake::new(db.clone(), wake.clone()));
         let renewal = tokio::spawn(renew_lease(
             db.clone(),
             options.worker_id.clone(),
             options.lease_ttl,
             held.clone(),
         ));
-        tokio::join!(
-            run_projection(
-                store.clone(),
-                intake,
-                progress.clone(),
-                held.clone(),
-                INTAKE_BATCH
-            ),
-            run_due(checkout.clone(), db.clone(), &options, wake, held.clone()),
-        );
+        match &options.external_intake {
+            Some(wake) => {
+                run_due(
+                    checkout.clone(),
+                    db.clone(),
+                    &options,
+                    wake.clone(),
+                    held.clone(),
+                )
+                .await;
+            }
+            None => {
+                let wake = Arc::new(Notify::new());
+                let intake = Arc::new(SagaIntake::new(db.clone(), wake.clone()));
+                tokio::join!(
+                    run_projection(
+                        store.clone(),
+                        intake,
+                        progress.clone(),
+                        held.clone(),
+                        INTAKE_BATCH
+                    ),
+                    run_due(checkout.clone(), db.clone(), &options, wake, held.clone()),
+                );
+            }
+        }
         held.cancel();
         let _ = renewal.await;
         metrics::gauge!("mercato_saga_lease_held").set(0.0);

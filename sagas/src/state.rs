@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use domain::{OrderEvent, PaymentEvent};
 use eventstore::RecordedEvent;
 use projections::readdb::ReadDb;
-use projections::{Projection, ProjectionError, decode};
+use projections::{Feed, Projection, ProjectionError, decode};
 use sqlx::Row;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -300,11 +300,11 @@ impl Projection for SagaIntake {
         Self::NAME
     }
 
-    async fn checkpoint(&self) -> Result<u64, ProjectionError> {
-        self.db.checkpoint(Self::NAME).await
+    async fn checkpoint(&self, feed: &Feed) -> Result<u64, ProjectionError> {
+        self.db.checkpoint(&feed.checkpoint_name(Self::NAME)).await
     }
 
-    async fn apply(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let Some(last) = events.last() else {
             return Ok(());
         };
@@ -360,7 +360,9 @@ impl Projection for SagaIntake {
                 _ => {}
             }
         }
-        write.commit_at(Self::NAME, last.position).await?;
+        write
+            .commit_at(&feed.checkpoint_name(Self::NAME), last.position)
+            .await?;
         if started > 0 {
             metrics::counter!("mercato_saga_started_total").increment(started);
         }

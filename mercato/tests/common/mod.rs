@@ -3,12 +3,14 @@
 
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use eventstore::testing::{TestDatabase, redis_url};
 use reqwest::{Client, Response, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -286,4 +288,26 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     None
+}
+
+/// Places an order through `POST /orders`; answers its id.
+pub async fn place_order(
+    server: &Server,
+    customer: &str,
+    lines: &[(&str, u32)],
+    token: &str,
+) -> String {
+    let lines: Vec<Value> = lines
+        .iter()
+        .map(|(product_id, quantity)| json!({ "product_id": product_id, "quantity": quantity }))
+        .collect();
+    let response = server
+        .post(
+            "/orders",
+            json!({ "customer_id": customer, "lines": lines, "payment_token": token }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: Value = response.json().await.expect("json");
+    body["order_id"].as_str().expect("order_id").to_owned()
 }

@@ -1,0 +1,215 @@
+//! Kafka: the relay that publishes the event log (the store's event table is the outbox), the
+//! consumers that feed projections and the saga from it, and the dead-letter topics.
+//!
+//! Every event of the store goes to the topic of its stream type (CONTRACT.md), keyed by stream
+//! id, as the JSON envelope, with the contract's headers. Within a partition, messages are in the
+//! order of the log, so a consumer keeps, per projection and partition, the position of the last
+//! event it applied (see [`projections::Feed`]): a message redelivered by an at-least-once relay
+//! or after a rebalance is recognised and skipped.
+
+pub mod consumer;
+pub mod dlq;
+pub mod relay;
+
+use std::time::Duration;
+
+use eventstore::RecordedEvent;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::types::RDKafkaErrorCode;
+use schemas::topics::{self, headers};
+
+/// Where mercato's topics are and how they are named and created.
+#[derive(Clone, Debug)]
+pub struct KafkaSettings {
+    /// `host:port,...`
+    pub bootstrap: String,
+    /// Prepended to every topic and consumer group name (`MERCATO_KAFKA_PREFIX`): lets several
+    /// deployments, or test runs, share one cluster. Empty by default.
+    pub prefix: String,
+    /// Partitions of each topic created.
+    pub partitions: i32,
+    /// Replication factor of each topic created.
+    pub replication: i32,
+}
+
+impl KafkaSettings {
+    /// The name of `topic` (a contract name) in this deployment.
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.prefix)
+    }
+
+    /// The contract topic name of a deployment topic (the prefix removed).
+    pub fn contract_topic<'a>(&self, topic: &'a str) -> &'a str {
+        topic.strip_prefix(&self.prefix).unwrap_or(topic)
+    }
+
+    /// The name of consumer group `group` in this deployment.
+    pub fn group(&self, group: &str) -> String {
+        format!("{}{group}", self.prefix)
+    }
+
+    /// Every event topic and every dead-letter topic, as named in this deployment.
+    pub fn all_topics(&self) -> Vec<String> {
+        topics::TOPICS
+            .iter()
+            .flat_map(|topic| [self.topic(topic), self.topic(&topics::dlq_topic(topic))])
+            .collect()
+    }
+
+    /// A client configuration for these brokers.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("client.id", "mercato")
+            // Kafka-protocol brokers that do not speak IPv6 (and `localhost` resolving to ::1).
+            .set("broker.address.family", "v4")
+            .set("socket.keepalive.enable", "true");
+        config
+    }
+
+    /// Creates every event and dead-letter topic that does not exist yet.
+    pub async fn ensure_topics(&self) -> Result<(), String> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config()
+            .create()
+            .map_err(|error| format!("cannot create a Kafka admin client: {error}"))?;
+        let names = self.all_topics();
+        let new_topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|name| {
+                NewTopic::new(
+                    name,
+                    self.partitions,
+                    TopicReplication::Fixed(self.replication),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .create_topics(&new_topics, &options)
+            .await
+            .map_err(|error| format!("cannot create the Kafka topics: {error}"))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(format!("cannot create Kafka topic {topic}: {code}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The headers of an event's message: CONTRACT.md's, plus `eventId`, `schemaVersion`,
+/// `streamType` and `position`.
+pub fn event_headers(event: &RecordedEvent) -> OwnedHeaders {
+    // The envelope's own `occurred_at` text (RFC 3339, UTC as `Z`).
+    let timestamp = event
+        .occurred_at
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    let event_id = event.event_id.to_string();
+    let schema_version = event.schema_version.to_string();
+    let position = event.position.to_string();
+    let mut pairs: Vec<(&str, &str)> = vec![
+        (headers::CORRELATION_ID, &event.metadata.correlation_id),
+        (headers::CAUSATION_ID, &event.metadata.causation_id),
+    ];
+    if let Some(saga_id) = &event.metadata.saga_id {
+        pairs.push((headers::SAGA_ID, saga_id));
+    }
+    pairs.extend([
+        (headers::EVENT_TYPE, event.event_type.as_str()),
+        (headers::TIMESTAMP, timestamp.as_str()),
+        (headers::SOURCE, event.metadata.source.as_str()),
+        (headers::SCHEMA_VERSION, schema_version.as_str()),
+        (EVENT_ID, event_id.as_str()),
+        (STREAM_TYPE, event.stream_type.as_str()),
+        (POSITION, position.as_str()),
+    ]);
+    pairs
+        .into_iter()
+        .fold(OwnedHeaders::new(), |all, (key, value)| {
+            all.insert(Header {
+                key,
+                value: Some(value),
+            })
+        })
+}
+
+/// The message header carrying the event's id.
+pub const EVENT_ID: &str = "eventId";
+/// The message header carrying the event's stream type.
+pub const STREAM_TYPE: &str = "streamType";
+/// The message header carrying the event's position in the store's log.
+pub const POSITION: &str = "position";
+
+/// The value of header `key` as text, if present and UTF-8.
+pub fn header<'a, H: Headers>(headers: Option<&'a H>, key: &str) -> Option<&'a str> {
+    let headers = headers?;
+    headers
+        .iter()
+        .find(|header| header.key == key)
+        .and_then(|header| header.value)
+        .and_then(|value| std::str::from_utf8(value).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Headers;
+
+    #[test]
+    fn names_carry_the_deployment_prefix() {
+        let settings = KafkaSettings {
+            bootstrap: "127.0.0.1:9092".to_owned(),
+            prefix: "t1.".to_owned(),
+            partitions: 3,
+            replication: 1,
+        };
+        assert_eq!(settings.topic("orders.events"), "t1.orders.events");
+        assert_eq!(settings.contract_topic("t1.orders.events"), "orders.events");
+        assert_eq!(settings.group("mercato-projector"), "t1.mercato-projector");
+        let all = settings.all_topics();
+        assert_eq!(all.len(), 8);
+        assert!(all.contains(&"t1.payments.events.dlq".to_owned()));
+    }
+
+    #[test]
+    fn headers_carry_the_contract_fields() {
+        let event: RecordedEvent = serde_json::from_value(serde_json::json!({
+            "event_id": "7f0c5a9e-2f7b-4c2e-9a39-0d0c1c7e5b11",
+            "event_type": "OrderConfirmed",
+            "schema_version": 1,
+            "stream_type": "order",
+            "stream_id": "o-1",
+            "stream_version": 2,
+            "position": 42,
+            "occurred_at": "2026-11-22T10:00:00Z",
+            "metadata": {
+                "correlation_id": "c-1", "causation_id": "e-0", "saga_id": "s-1",
+                "actor": "saga", "source": "saga"
+            },
+            "payload": {"order_id": "o-1"}
+        }))
+        .unwrap();
+        let headers = event_headers(&event);
+        let value = |key: &str| header(Some(&headers), key).map(str::to_owned);
+        assert_eq!(value("correlationId").as_deref(), Some("c-1"));
+        assert_eq!(value("causationId").as_deref(), Some("e-0"));
+        assert_eq!(value("sagaId").as_deref(), Some("s-1"));
+        assert_eq!(value("eventType").as_deref(), Some("OrderConfirmed"));
+        assert_eq!(value("source").as_deref(), Some("saga"));
+        assert_eq!(value("timestamp").as_deref(), Some("2026-11-22T10:00:00Z"));
+        assert_eq!(value("position").as_deref(), Some("42"));
+        assert_eq!(
+            value("eventId").as_deref(),
+            Some("7f0c5a9e-2f7b-4c2e-9a39-0d0c1c7e5b11")
+        );
+        assert_eq!(headers.count(), 10);
+    }
+}

@@ -1,0 +1,242 @@
+//! The relay: follows the store's global log from its own checkpoint and publishes every event
+//! to Kafka. The checkpoint moves only after the broker acknowledged every message of a batch
+//! (idempotent producer, `acks=all`), so an event is published at least once and, within its
+//! partition, in log order; consumers skip the duplicates a retry can make.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventstore::{EventStore, RecordedEvent};
+use projections::Progress;
+use projections::readdb::ReadDb;
+use projections::runner::pause;
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+use super::{KafkaSettings, event_headers};
+use crate::serve::Components;
+
+/// The relay's name: its checkpoint in the read-model database, its progress and metrics.
+pub const NAME: &str = "kafka_relay";
+
+/// How many events the relay reads and publishes per batch.
+const BATCH: usize = 1_000;
+/// How long librdkafka keeps trying one message before reporting it failed.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reports the relay unready as soon as librdkafka finds every broker unreachable, even while
+/// the relay has nothing to publish.
+#[derive(Clone, Debug)]
+struct RelayContext(Components);
+
+impl ClientContext for RelayContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "relay: Kafka client error");
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            fail(
+                &self.0,
+                &format!("every Kafka broker is unreachable: {reason}"),
+            );
+        }
+    }
+}
+
+/// The producer the relay publishes with: idempotent, `acks=all`, and failing loudly rather than
+/// leaving a gap in a partition (`enable.gapless.guarantee`).
+fn producer(
+    settings: &KafkaSettings,
+    components: &Components,
+) -> Result<FutureProducer<RelayContext>, KafkaError> {
+    settings
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("enable.gapless.guarantee", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set(
+            "message.timeout.ms",
+            MESSAGE_TIMEOUT.as_millis().to_string(),
+        )
+        .set("queue.buffering.max.messages", "100000")
+        .create_with_context(RelayContext(components.clone()))
+}
+
+/// Runs the relay until `shutdown`: publishes every event after its checkpoint, in log order.
+/// While the broker is unreachable it reports `kafka` unready in `components`, keeps its
+/// checkpoint, and retries with backoff; it resumes where it stopped.
+pub async fn run_relay(
+    store: Arc<dyn EventStore>,
+    db: ReadDb,
+    settings: KafkaSettings,
+    progress: Progress,
+    components: Components,
+    shutdown: CancellationToken,
+) {
+    let sender = progress.sender(NAME);
+    let mut backoff = Duration::from_millis(100);
+    let mut topics_ready = false;
+    'restart: while !shutdown.is_cancelled() {
+        if !topics_ready {
+            match settings.ensure_topics().await {
+                Ok(()) => topics_ready = true,
+                Err(error) => {
+                    fail(&components, &error);
+                    if pause(&shutdown, &mut backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        // A fresh producer after any failure: a gapless-guarantee error leaves the old one unusable.
+        let producer = match producer(&settings, &components) {
+            Ok(producer) => producer,
+            Err(error) => {
+                fail(&components, &format!("cannot create the producer: {error}"));
+                if pause(&shutdown, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let checkpoint = match db.checkpoint(NAME).await {
+            Ok(checkpoint) => checkpoint,
+            Err(error) => {
+                tracing::warn!(%error, "relay: cannot read its checkpoint; retrying");
+                if pause(&shutdown, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        sender.send_modify(|state| state.position = state.position.max(checkpoint));
+        let mut subscription = match store.subscribe(checkpoint).await {
+            Ok(subscription) => subscription.with_batch_size(BATCH),
+            Err(error) => {
+                tracing::warn!(%error, "relay: cannot read the log; retrying");
+                if pause(&shutdown, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        tracing::info!(checkpoint, "relay publishing the log to Kafka");
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => break 'restart,
+                batch = subscription.next_batch() => batch,
+            };
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(%error, "relay: reading the log failed; retrying");
+                    if pause(&shutdown, &mut backoff).await {
+                        return;
+                    }
+                    continue 'restart;
+                }
+            };
+            let Some(last) = batch.last() else { continue };
+            let (last_position, last_at) = (last.position, last.occurred_at.timestamp());
+            let started = Instant::now();
+            let published = tokio::select! {
+                _ = shutdown.cancelled() => break 'restart,
+                published = publish(&producer, &settings, &batch) => published,
+            };
+            if let Err(error) = published {
+                fail(&components, &error);
+                if pause(&shutdown, &mut backoff).await {
+                    return;
+                }
+                // Again from the stored checkpoint: what was delivered is delivered twice.
+                continue 'restart;
+            }
+            let stored =
+                async { db.begin_write().await?.commit_at(NAME, last_position).await }.await;
+            if let Err(error) = stored {
+                tracing::warn!(%error, "relay: cannot store its checkpoint; retrying");
+                if pause(&shutdown, &mut backoff).await {
+                    return;
+                }
+                continue 'restart;
+            }
+            backoff = Duration::from_millis(100);
+            components.set("kafka", Ok(()));
+            metrics::gauge!("mercato_relay_up").set(1.0);
+            metrics::counter!("mercato_relay_events_total").increment(batch.len() as u64);
+            metrics::histogram!("mercato_relay_batch_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::gauge!("mercato_relay_position").set(last_position as f64);
+            sender.send_modify(|state| {
+                state.position = last_position;
+                state.last_event_at = Some(last_at);
+                state.caught_up = batch.len() < BATCH;
+            });
+        }
+    }
+    tracing::info!("relay stopped");
+}
+
+/// Publishes `batch` in order and waits until the broker acknowledged every message.
+async fn publish(
+    producer: &FutureProducer<RelayContext>,
+    settings: &KafkaSettings,
+    batch: &[RecordedEvent],
+) -> Result<(), String> {
+    let mut deliveries = Vec::with_capacity(batch.len());
+    for event in batch {
+        let Some(topic) = schemas::topics::topic_for_stream_type(&event.stream_type) else {
+            tracing::error!(
+                stream_type = event.stream_type,
+                position = event.position,
+                "relay: no topic for this stream type; the event is not published"
+            );
+            metrics::counter!("mercato_relay_unroutable_total").increment(1);
+            continue;
+        };
+        let topic = settings.topic(topic);
+        let payload = serde_json::to_vec(event)
+            .map_err(|error| format!("cannot encode event {}: {error}", event.event_id))?;
+        loop {
+            let record = FutureRecord::to(&topic)
+                .key(event.stream_id.as_str())
+                .payload(payload.as_slice())
+                .headers(event_headers(event));
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // The local queue is full: let librdkafka send some, then enqueue again.
+                    producer.poll(Duration::from_millis(10));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => return Err(format!("cannot enqueue a message: {error}")),
+            }
+        }
+    }
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) => {
+                return Err(format!("the broker did not take a message: {error}"));
+            }
+            Err(_) => return Err("the producer dropped a message".to_owned()),
+        }
+    }
+    Ok(())
+}
+
+/// Reports the relay unready with `error`.
+fn fail(components: &Components, error: &str) {
+    tracing::warn!(
+        error,
+        "relay: Kafka is not reachable; retrying with backoff"
+    );
+    metrics::gauge!("mercato_relay_up").set(0.0);
+    metrics::counter!("mercato_relay_failures_total").increment(1);
+    components.set("kafka", Err(error.to_owned()));
+}

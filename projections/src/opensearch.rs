@@ -1,0 +1,986 @@
+//! Product search on OpenSearch (or Elasticsearch): the networked adapter of the search port.
+//!
+//! Documents live in a concrete index `{alias}-000001`, `{alias}-000002`, ... that one alias
+//! (`mercato-products` by default) points at: searches and writes go through the alias, and a
+//! rebuild fills the next index and then moves the alias in one atomic request.
+//!
+//! Each `ProductUpdated` (the whole product, see [`domain::product::ProductUpdated`]) becomes
+//! one `index` action of a `_bulk` request, versioned with the product stream's version and
+//! `version_type=external_gte`: a replayed or redelivered older event is refused by OpenSearch
+//! (409, counted as done), so retrying a whole batch, or replaying the log, never puts an older
+//! product back over a newer one. The product stream has no delete event, so nothing is ever
+//! deleted from the index.
+//!
+//! Searches ask what [`crate::search::TantivySearch`] answers: every word of the text in the name
+//! (boosted twice) or the description, stemmed; an exact category (case-insensitive); a price
+//! range in minor units, bounds included; ordered by relevance, then popularity; one page.
+//!
+//! Popularity (`OrderCreated`, `ProductViewed`) is not folded here: an `index` action replaces
+//! the whole document, and the increments are not idempotent under retries. Documents carry
+//! `popularity: 0`; the sort keeps popularity as its second key for when it is fed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::ProductEvent;
+use eventstore::RecordedEvent;
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{Method, StatusCode, Url};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::cache::{Cache, SEARCH_SCOPE};
+use crate::readdb::ReadDb;
+use crate::runner::{Feed, Projection};
+use crate::search::{ProductDoc, SearchIndex, SearchQuery, SearchResult};
+use crate::{ProjectionError, decode};
+
+/// The alias searches and writes go through, unless configured otherwise.
+pub const DEFAULT_ALIAS: &str = "mercato-products";
+
+/// How many digits the number of a concrete index has: `{alias}-000001`.
+const INDEX_NUMBER_DIGITS: usize = 6;
+/// How long to wait for a TCP connection to the cluster.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request may take in all (a bulk waiting for a refresh included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many next numbers a rebuild tries when indices of those numbers exist already.
+const NEXT_INDEX_ATTEMPTS: u64 = 5;
+/// How many failed documents an error names (the rest are counted).
+const FAILURES_NAMED: usize = 10;
+
+/// The `refresh` parameter of each bulk request: when indexed documents become searchable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Refresh {
+    /// `refresh=wait_for`: a batch returns once its documents are searchable, so a reader that
+    /// waits for the projection's checkpoint sees them (read-your-writes), as with Tantivy.
+    #[default]
+    WaitFor,
+    /// `refresh=true`: forces a refresh per batch (costly; for tests and tiny volumes).
+    Immediate,
+    /// No parameter: documents become searchable at the index's next refresh (1 s by default).
+    Background,
+}
+
+impl Refresh {
+    fn parameter(self) -> Option<&'static str> {
+        match self {
+            Refresh::WaitFor => Some("wait_for"),
+            Refresh::Immediate => Some("true"),
+            Refresh::Background => None,
+        }
+    }
+}
+
+/// The `knn_vector` field `embedding` of the mapping, for semantic search (OpenSearch k-NN
+/// plugin only; off unless configured). Nothing writes embeddings yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmbeddingMapping {
+    pub dimension: u32,
+    /// `nmslib` in the seed; newer OpenSearch releases prefer `faiss` or `lucene`.
+    pub engine: String,
+    pub space_type: String,
+}
+
+impl EmbeddingMapping {
+    /// The seed's field: 384 dimensions, `nmslib`, cosine similarity.
+    pub fn seed() -> Self {
+        EmbeddingMapping {
+            dimension: 384,
+            engine: "nmslib".to_owned(),
+            space_type: "cosinesimil".to_owned(),
+        }
+    }
+}
+
+/// The product search index on an OpenSearch or Elasticsearch cluster.
+#[derive(Clone)]
+pub struct OpenSearchIndex {
+    client: reqwest::Client,
+    /// The cluster's URL without credentials; its path ends with `/`.
+    base: Url,
+    /// User and password taken out of the URL, sent as HTTP basic authentication.
+    credentials: Option<(String, Option<String>)>,
+    alias: String,
+    embeddings: Option<EmbeddingMapping>,
+    refresh: Refresh,
+}
+
+impl fmt::Debug for OpenSearchIndex {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("OpenSearchIndex")
+            .field("base_url", &self.base.as_str())
+            .field(
+                "user",
+                &self.credentials.as_ref().map(|(user, _)| user.as_str()),
+            )
+            .field(
+                "password",
+                &self
+                    .credentials
+                    .as_ref()
+                    .and_then(|(_, password)| password.as_ref().map(|_| "<redacted>")),
+            )
+            .field("alias", &self.alias)
+            .field("embeddings", &self.embeddings)
+            .field("refresh", &self.refresh)
+            .finish()
+    }
+}
+
+/// The body of a request.
+enum Body {
+    Empty,
+    Json(Value),
+    Ndjson(String),
+}
+
+impl OpenSearchIndex {
+    /// The projection that feeds the index (its checkpoints and `replay --projection` name):
+    /// the same as the embedded index's, since one of the two is configured.
+    pub const NAME: &'static str = "search";
+
+    /// An index reached at `base_url` (`http://host:9200`, with or without a trailing slash or a
+    /// path prefix, `http://user:password@host:9200` for basic authentication; the user and
+    /// password may be percent-encoded) under `alias` (usually [`DEFAULT_ALIAS`]). Nothing is
+    /// sent until a method is called.
+    pub fn new(base_url: &str, alias: &str) -> Result<Self, ProjectionError> {
+        let mut base = Url::parse(base_url.trim()).map_err(|error| {
+            storage(format!(
+                "the OpenSearch URL is not a URL ({error}): expected http://[user:password@]host:9200"
+            ))
+        })?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(storage(format!(
+                "the OpenSearch URL must start with http:// or https://, not {}:",
+                base.scheme()
+            )));
+        }
+        if base.host_str().is_none_or(str::is_empty) {
+            return Err(storage(
+                "the OpenSearch URL has no host: expected http://[user:password@]host:9200",
+            ));
+        }
+        let user = percent_decode(base.username());
+        let password = base.password().map(percent_decode);
+        let credentials = (!user.is_empty() || password.is_some()).then_some((user, password));
+        // Both only fail for URLs that cannot have credentials, excluded above.
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        base.set_query(None);
+        base.set_fragment(None);
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        validate_index_name(alias, "alias")?;
+        if alias.len() > 255 - INDEX_NUMBER_DIGITS - 1 {
+            return Err(storage(format!(
+                "the search alias {alias:?} is too long: at most {} bytes",
+                255 - INDEX_NUMBER_DIGITS - 1
+            )));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|error| storage(format!("cannot build the OpenSearch client: {error}")))?;
+        Ok(OpenSearchIndex {
+            client,
+            base,
+            credentials,
+            alias: alias.to_owned(),
+            embeddings: None,
+            refresh: Refresh::default(),
+        })
+    }
+
+    /// Adds the `knn_vector` field `embedding` to the mapping of the indices created from now on.
+    pub fn with_embeddings(mut self, embeddings: EmbeddingMapping) -> Self {
+        self.embeddings = Some(embeddings);
+        self
+    }
+
+    /// When indexed documents become searchable (default: [`Refresh::WaitFor`]).
+    pub fn with_refresh(mut self, refresh: Refresh) -> Self {
+        self.refresh = refresh;
+        self
+    }
+
+    /// The alias searches and writes go through.
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+
+    /// The cluster's URL, without credentials.
+    pub fn base_url(&self) -> &str {
+        self.base.as_str()
+    }
+
+    /// The name of concrete index number `number`: `{alias}-{number:06}`.
+    pub fn index_name(&self, number: u64) -> String {
+        format!(
+            "{}-{number:0width$}",
+            self.alias,
+            width = INDEX_NUMBER_DIGITS
+        )
+    }
+
+    /// The body that creates a concrete index: the seed's settings and mapping, with the fields
+    /// the search answers need (`price_minor`, `category`, `version`) and a stemming analyzer
+    /// like Tantivy's `en_stem` on `name` and `description`.
+    pub fn index_definition(&self) -> Value {
+        let mut settings = json!({
+            "number_of_shards": 1,
+            "number_of_replicas": 0,
+            "analysis": {
+                "analyzer": {
+                    "product_text": {
+                        "type": "custom",
+                        "tokenizer": "standard",
+                        "filter": ["lowercase", "product_stemmer"]
+                    }
+                },
+                "filter": {
+                    "product_stemmer": { "type": "snowball", "language": "English" }
+                },
+                "normalizer": {
+                    "product_keyword": { "type": "custom", "filter": ["lowercase"] }
+                }
+            }
+        });
+        let mut properties = json!({
+            "product_id": { "type": "keyword" },
+            "name": { "type": "text", "analyzer": "product_text" },
+            "description": { "type": "text", "analyzer": "product_text" },
+            "price": { "type": "double" },
+            "price_minor": { "type": "long" },
+            "stock_qty": { "type": "integer" },
+            "category": { "type": "keyword", "normalizer": "product_keyword" },
+            "popularity": { "type": "double" },
+            "updated_at": { "type": "date" },
+            "version": { "type": "long" }
+        });
+        if let Some(embeddings) = &self.embeddings {
+            settings["index.knn"] = json!(true);
+            properties["embedding"] = json!({
+                "type": "knn_vector",
+                "dimension": embeddings.dimension,
+                "method": {
+                    "name": "hnsw",
+                    "engine": embeddings.engine,
+                    "space_type": embeddings.space_type
+                }
+            });
+        }
+        json!({
+            "settings": settings,
+            "mappings": { "dynamic": false, "properties": properties }
+        })
+    }
+
+    /// Checks that the cluster answers (`GET /`), for readiness.
+    pub async fn ping(&self) -> Result<(), ProjectionError> {
+        let (status, body) = self
+            .call(Method::GET, self.base.clone(), Body::Empty)
+            .await?;
+        if !status.is_success() {
+            return Err(http_error("GET /", status, &body));
+        }
+        Ok(())
+    }
+
+    /// The concrete indices the alias points at (none when it does not exist), by name.
+    pub async fn current_indices(&self) -> Result<Vec<String>, ProjectionError> {
+        let url = self.url(&["_alias", &self.alias], &[]);
+        let (status, body) = self.call(Method::GET, url, Body::Empty).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        if !status.is_success() {
+            return Err(http_error(
+                &format!("GET /_alias/{}", self.alias),
+                status,
+                &body,
+            ));
+        }
+        let indices: BTreeMap<String, Value> = serde_json::from_slice(&body).map_err(|error| {
+            storage(format!(
+                "OpenSearch GET /_alias/{} answered an unexpected body: {error}",
+                self.alias
+            ))
+        })?;
+        Ok(indices.into_keys().collect())
+    }
+
+    /// Makes sure the alias exists: when it does not, creates `{alias}-000001` with
+    /// [`Self::index_definition`] (or keeps it if it exists already, from an earlier attempt or a
+    /// concurrent process) and points the alias at it. Returns the index the alias points at.
+    pub async fn ensure_index(&self) -> Result<String, ProjectionError> {
+        if let Some(current) = self.current_indices().await?.into_iter().next() {
+            return Ok(current);
+        }
+        let index = self.index_name(1);
+        if !self.create_index(&index).await? {
+            tracing::info!(%index, "search index exists already: keeping it");
+        }
+        self.update_aliases(json!({
+            "actions": [{ "add": { "index": index, "alias": self.alias } }]
+        }))
+        .await?;
+        tracing::info!(alias = %self.alias, %index, "search index created");
+        Ok(index)
+    }
+
+    /// Creates the next concrete index (`{alias}-{n+1}`, after the highest existing one) with
+    /// [`Self::index_definition`], for a rebuild: fill it with [`Self::apply_events_into`] from
+    /// the start of the log, then [`Self::swap_alias`] to it. Returns its name.
+    pub async fn rebuild_into_new_index(&self) -> Result<String, ProjectionError> {
+        let pattern = format!("{}-*", self.alias);
+        let url = self.url(&[&pattern, "_alias"], &[]);
+        let (status, body) = self.call(Method::GET, url, Body::Empty).await?;
+        let existing: BTreeMap<String, Value> = match status {
+            StatusCode::NOT_FOUND => BTreeMap::new(),
+            status if status.is_success() => serde_json::from_slice(&body).map_err(|error| {
+                storage(format!(
+                    "OpenSearch GET /{pattern}/_alias answered an unexpected body: {error}"
+                ))
+            })?,
+            status => {
+                return Err(http_error(&format!("GET /{pattern}/_alias"), status, &body));
+            }
+        };
+        let highest = existing
+            .keys()
+            .filter_map(|name| self.index_number(name))
+            .max()
+            .unwrap_or(0);
+        // An index the listing missed (created meanwhile) is skipped, a few times over.
+        for number in highest + 1..=highest + NEXT_INDEX_ATTEMPTS {
+            let index = self.index_name(number);
+            if self.create_index(&index).await? {
+                tracing::info!(alias = %self.alias, %index, "search index created for a rebuild");
+                return Ok(index);
+            }
+        }
+        Err(storage(format!(
+            "cannot create a new index for the alias {}: {}-{:0width$} to {} exist already",
+            self.alias,
+            self.alias,
+            highest + 1,
+            self.index_name(highest + NEXT_INDEX_ATTEMPTS),
+            width = INDEX_NUMBER_DIGITS
+        )))
+    }
+
+    /// Moves the alias to `new_index` in one atomic `POST /_aliases` (remove from the old index,
+    /// which must still hold it, and add to the new one). Returns the index it left, `None` when
+    /// the alias did not exist or already pointed at `new_index` alone.
+    pub async fn swap_alias(&self, new_index: &str) -> Result<Option<String>, ProjectionError> {
+        validate_index_name(new_index, "index")?;
+        if new_index == self.alias {
+            return Err(storage(format!(
+                "cannot point the alias {} at itself",
+                self.alias
+            )));
+        }
+        let current = self.current_indices().await?;
+        if current == [new_index] {
+            return Ok(None);
+        }
+        let old: Vec<&String> = current
+            .iter()
+            .filter(|index| index.as_str() != new_index)
+            .collect();
+        let mut actions: Vec<Value> = old
+            .iter()
+            .map(|index| {
+                json!({ "remove": { "index": index, "alias": self.alias, "must_exist": true } })
+            })
+            .collect();
+        actions.push(json!({ "add": { "index": new_index, "alias": self.alias } }));
+        self.update_aliases(json!({ "actions": actions })).await?;
+        if old.len() > 1 {
+            tracing::warn!(alias = %self.alias, ?old, "the alias pointed at several indices");
+        }
+        tracing::info!(alias = %self.alias, new_index, ?old, "search alias moved");
+        Ok(old.first().map(|index| (*index).clone()))
+    }
+
+    /// Deletes concrete index `index` of this alias (`{alias}-{digits}`), refusing the one the
+    /// alias points at. An index that does not exist is not an error.
+    pub async fn delete_index(&self, index: &str) -> Result<(), ProjectionError> {
+        if self.index_number(index).is_none() {
+            return Err(storage(format!(
+                "refusing to delete {index:?}: not an index of the alias {} ({}-NNNNNN)",
+                self.alias, self.alias
+            )));
+        }
+        if self
+            .current_indices()
+            .await?
+            .iter()
+            .any(|live| live == index)
+        {
+            return Err(storage(format!(
+                "refusing to delete {index}: the alias {} points at it",
+                self.alias
+            )));
+        }
+        let (status, body) = self
+            .call(Method::DELETE, self.url(&[index], &[]), Body::Empty)
+            .await?;
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Err(http_error(&format!("DELETE /{index}"), status, &body))
+    }
+
+    /// Indexes the product events of `events` through the alias: one `POST /_bulk` with a
+    /// versioned `index` action per `ProductUpdated`. Other events are ignored. Documents refused
+    /// for being older than the stored one (409) count as done; any other refused document fails
+    /// the batch (retrying it all is safe).
+    pub async fn apply_events(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        self.bulk(&self.alias, true, events).await
+    }
+
+    /// As [`Self::apply_events`], into concrete index `index` (a rebuild's new index).
+    pub async fn apply_events_into(
+        &self,
+        index: &str,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        validate_index_name(index, "index")?;
+        self.bulk(index, index == self.alias, events).await
+    }
+
+    async fn bulk(
+        &self,
+        target: &str,
+        through_alias: bool,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut body = String::new();
+        let mut ids = Vec::new();
+        for event in events {
+            if event.event_type != "ProductUpdated" {
+                continue;
+            }
+            let ProductEvent::ProductUpdated(updated) = decode::<ProductEvent>(event)? else {
+                continue;
+            };
+            let product = ProductDoc {
+                product_id: updated.product_id.to_string(),
+                name: updated.name,
+                description: updated.description,
+                price_minor: updated.price.minor(),
+                stock_qty: i64::from(updated.stock_qty),
+                category: updated.category,
+                popularity: 0,
+                updated_at: event
+                    .occurred_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                version: updated.version,
+            };
+            let action = BulkAction {
+                index: BulkIndexMeta {
+                    index: target,
+                    id: &product.product_id,
+                    version: event.stream_version,
+                    version_type: "external_gte",
+                },
+            };
+            let source = SourceDocument {
+                // Exact decimal text of the price in major units (no floating point).
+                price: RawValue::from_string(updated.price.to_string())?,
+                product: &product,
+            };
+            body.push_str(&serde_json::to_string(&action)?);
+            body.push('\n');
+            body.push_str(&serde_json::to_string(&source)?);
+            body.push('\n');
+            ids.push(product.product_id);
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut query = Vec::new();
+        if let Some(refresh) = self.refresh.parameter() {
+            query.push(("refresh", refresh));
+        }
+        if through_alias {
+            // Never let a write auto-create an index named like the alias.
+            query.push(("require_alias", "true"));
+        }
+        let url = self.url(&["_bulk"], &query);
+        let (status, response) = self.call(Method::POST, url, Body::Ndjson(body)).await?;
+        if !status.is_success() {
+            return Err(http_error("POST /_bulk", status, &response));
+        }
+        let response: BulkResponse = serde_json::from_slice(&response).map_err(|error| {
+            storage(format!(
+                "OpenSearch POST /_bulk answered an unexpected body: {error}"
+            ))
+        })?;
+        if response.items.len() != ids.len() {
+            return Err(storage(format!(
+                "OpenSearch POST /_bulk answered {} items for {} documents",
+                response.items.len(),
+                ids.len()
+            )));
+        }
+        let mut failures = Vec::new();
+        let mut stale = 0usize;
+        for (item, sent_id) in response.items.iter().zip(&ids) {
+            let Some(result) = item.values().next() else {
+                failures.push(format!("document {sent_id}: an empty item"));
+                continue;
+            };
+            let id = result.id.as_deref().unwrap_or(sent_id);
+            let error_type = result
+                .error
+                .as_ref()
+                .and_then(|error| error.get("type"))
+                .and_then(Value::as_str);
+            if result.status == 409 && error_type == Some("version_conflict_engine_exception") {
+                stale += 1; // the index holds this product at a newer (or the same) version
+                continue;
+            }
+            if (200..300).contains(&result.status) && result.error.is_none() {
+                continue;
+            }
+            failures.push(format!(
+                "document {id}: status {}: {}",
+                result.status,
+                result
+                    .error
+                    .as_ref()
+                    .map_or_else(|| "no error detail".to_owned(), describe_error)
+            ));
+        }
+        if !failures.is_empty() {
+            let count = failures.len();
+            let mut named: Vec<String> = failures.into_iter().take(FAILURES_NAMED).collect();
+            if count > FAILURES_NAMED {
+                named.push(format!("and {} more", count - FAILURES_NAMED));
+            }
+            return Err(storage(format!(
+                "OpenSearch bulk indexing into {target}: {count} of {} documents failed: {}",
+                ids.len(),
+                named.join("; ")
+            )));
+        }
+        tracing::debug!(
+            target_index = target,
+            documents = ids.len(),
+            stale,
+            took_ms = response.took,
+            "search documents indexed"
+        );
+        Ok(())
+    }
+
+    /// The query DSL of a search: what [`crate::search::TantivySearch`] matches and how it
+    /// orders (relevance, then popularity; then the product id, for stable pages).
+    fn search_body(query: &SearchQuery) -> Value {
+        let mut must = Vec::new();
+        let mut filter = Vec::new();
+        let text = query.text.trim();
+        if !text.is_empty() {
+            must.push(json!({
+                "multi_match": {
+                    "query": text,
+                    "fields": ["name^2", "description"],
+                    // every word in one of the fields, as Tantivy's per-word clauses
+                    "type": "cross_fields",
+                    "operator": "and",
+                    // words the analyzer drops entirely (punctuation) constrain nothing
+                    "zero_terms_query": "all"
+                }
+            }));
+        }
+        if let Some(category) = &query.category {
+            filter.push(json!({ "term": { "category": category.to_lowercase() } }));
+        }
+        if query.min_price_minor.is_some() || query.max_price_minor.is_some() {
+            let mut bounds = serde_json::Map::new();
+            if let Some(min) = query.min_price_minor {
+                bounds.insert("gte".to_owned(), json!(min));
+            }
+            if let Some(max) = query.max_price_minor {
+                bounds.insert("lte".to_owned(), json!(max));
+            }
+            filter.push(json!({ "range": { "price_minor": bounds } }));
+        }
+        let query_dsl = if must.is_empty() && filter.is_empty() {
+            json!({ "match_all": {} })
+        } else {
+            json!({ "bool": { "must": must, "filter": filter } })
+        };
+        json!({
+            "from": query.offset,
+            "size": query.limit.max(1),
+            "track_total_hits": true,
+            "query": query_dsl,
+            "sort": [
+                { "_score": { "order": "desc" } },
+                { "popularity": { "order": "desc" } },
+                { "product_id": { "order": "asc" } }
+            ]
+        })
+    }
+
+    /// Creates concrete index `index` with [`Self::index_definition`]. Answers `false` when an
+    /// index of that name exists already (left as it is).
+    async fn create_index(&self, index: &str) -> Result<bool, ProjectionError> {
+        let url = self.url(&[index], &[]);
+        let (status, body) = self
+            .call(Method::PUT, url, Body::Json(self.index_definition()))
+            .await?;
+        if status.is_success() {
+            return Ok(true);
+        }
+        if status == StatusCode::BAD_REQUEST
+            && error_type(&body).as_deref() == Some("resource_already_exists_exception")
+        {
+            return Ok(false);
+        }
+        Err(http_error(&format!("PUT /{index}"), status, &body))
+    }
+
+    async fn update_aliases(&self, actions: Value) -> Result<(), ProjectionError> {
+        let url = self.url(&["_aliases"], &[]);
+        let (status, body) = self.call(Method::POST, url, Body::Json(actions)).await?;
+        if !status.is_success() {
+            return Err(http_error("POST /_aliases", status, &body));
+        }
+        Ok(())
+    }
+
+    /// The number of concrete index `name` of this alias, if it is one (`{alias}-{digits}`).
+    fn index_number(&self, name: &str) -> Option<u64> {
+        let digits = name.strip_prefix(&self.alias)?.strip_prefix('-')?;
+        if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
+    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = self.base.clone();
+        if !segments.is_empty()
+            && let Ok(mut path) = url.path_segments_mut()
+        {
+            path.pop_if_empty().extend(segments);
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    /// Sends one request; answers its status and body. Fails only when no answer came.
+    async fn call(
+        &self,
+        method: Method,
+        url: Url,
+        body: Body,
+    ) -> Result<(StatusCode, Vec<u8>), ProjectionError> {
+        let what = format!("{method} {}", url.path());
+        let mut request = self.client.request(method, url);
+        if let Some((user, password)) = &self.credentials {
+            request = request.basic_auth(user, password.as_deref());
+        }
+        request = match body {
+            Body::Empty => request,
+            Body::Json(value) => request
+                .header(CONTENT_TYPE, "application/json")
+                .body(serde_json::to_vec(&value)?),
+            Body::Ndjson(text) => request
+                .header(CONTENT_TYPE, "application/x-ndjson")
+                .body(text),
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|error| storage(format!("OpenSearch {what}: {error}")))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|error| {
+            storage(format!(
+                "OpenSearch {what}: reading the answer failed: {error}"
+            ))
+        })?;
+        Ok((status, body.to_vec()))
+    }
+}
+
+#[async_trait]
+impl SearchIndex for OpenSearchIndex {
+    async fn search(&self, query: &SearchQuery) -> Result<SearchResult, ProjectionError> {
+        let url = self.url(&[&self.alias, "_search"], &[]);
+        let (status, body) = self
+            .call(Method::POST, url, Body::Json(Self::search_body(query)))
+            .await?;
+        if status == StatusCode::NOT_FOUND
+            && error_type(&body).as_deref() == Some("index_not_found_exception")
+        {
+            return Err(storage(format!(
+                "the search index {} does not exist yet: the projector creates it on start \
+                 (OpenSearchIndex::ensure_index)",
+                self.alias
+            )));
+        }
+        if !status.is_success() {
+            return Err(http_error(
+                &format!("POST /{}/_search", self.alias),
+                status,
+                &body,
+            ));
+        }
+        let response: SearchResponse = serde_json::from_slice(&body).map_err(|error| {
+            storage(format!(
+                "OpenSearch POST /{}/_search answered an unexpected body: {error}",
+                self.alias
+            ))
+        })?;
+        let mut hits = Vec::with_capacity(response.hits.hits.len());
+        for hit in response.hits.hits {
+            let source = hit.source.unwrap_or(Value::Null);
+            let product: ProductDoc = serde_json::from_value(source).map_err(|error| {
+                storage(format!(
+                    "search hit {} is not a product document: {error}",
+                    hit.id
+                ))
+            })?;
+            hits.push(product);
+        }
+        let total = match response.hits.total {
+            Some(Total::Counted { value }) | Some(Total::Number(value)) => value,
+            None => hits.len() as u64,
+        };
+        Ok(SearchResult { total, hits })
+    }
+
+    fn projection_name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn kind(&self) -> &'static str {
+        "opensearch"
+    }
+}
+
+/// The action line of a bulk `index`.
+#[derive(Serialize)]
+struct BulkAction<'a> {
+    index: BulkIndexMeta<'a>,
+}
+
+#[derive(Serialize)]
+struct BulkIndexMeta<'a> {
+    #[serde(rename = "_index")]
+    index: &'a str,
+    #[serde(rename = "_id")]
+    id: &'a str,
+    version: u64,
+    version_type: &'static str,
+}
+
+/// The stored document: the product as searches answer it, and its price in major units.
+#[derive(Serialize)]
+struct SourceDocument<'a> {
+    #[serde(flatten)]
+    product: &'a ProductDoc,
+    price: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+struct BulkResponse {
+    #[serde(default)]
+    took: u64,
+    items: Vec<BTreeMap<String, BulkItem>>,
+}
+
+#[derive(Deserialize)]
+struct BulkItem {
+    #[serde(rename = "_id")]
+    id: Option<String>,
+    status: u16,
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct SearchResponse {
+    hits: SearchHits,
+}
+
+#[derive(Deserialize)]
+struct SearchHits {
+    total: Option<Total>,
+    hits: Vec<SearchHit>,
+}
+
+/// `hits.total`: `{"value": n, "relation": "eq"}`, or a bare number (Elasticsearch 6).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Total {
+    Counted { value: u64 },
+    Number(u64),
+}
+
+#[derive(Deserialize)]
+struct SearchHit {
+    #[serde(rename = "_id", default)]
+    id: String,
+    #[serde(rename = "_source")]
+    source: Option<Value>,
+}
+
+fn storage(message: impl Into<String>) -> ProjectionError {
+    ProjectionError::Storage(message.into())
+}
+
+/// An error for a request the cluster answered with `status`, with the cause it gave.
+fn http_error(what: &str, status: StatusCode, body: &[u8]) -> ProjectionError {
+    let detail = match serde_json::from_slice::<Value>(body) {
+        Ok(value) => match value.get("error") {
+            Some(error) => describe_error(error),
+            None => truncate(&value.to_string()),
+        },
+        Err(_) => truncate(&String::from_utf8_lossy(body)),
+    };
+    if detail.is_empty() {
+        storage(format!("OpenSearch {what} answered HTTP {status}"))
+    } else {
+        storage(format!(
+            "OpenSearch {what} answered HTTP {status}: {detail}"
+        ))
+    }
+}
+
+/// `type: reason` of an OpenSearch error object (or the error text itself).
+fn describe_error(error: &Value) -> String {
+    match error {
+        Value::String(text) => text.clone(),
+        Value::Object(fields) => {
+            let kind = fields
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("error");
+            let reason = fields.get("reason").and_then(Value::as_str).unwrap_or("");
+            let cause = fields
+                .get("caused_by")
+                .map(|cause| format!(" (caused by {})", describe_error(cause)))
+                .unwrap_or_default();
+            format!("{kind}: {reason}{cause}")
+        }
+        other => truncate(&other.to_string()),
+    }
+}
+
+/// The `error.type` of an error answer.
+fn error_type(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    value.get("error")?.get("type")?.as_str().map(str::to_owned)
+}
+
+fn truncate(text: &str) -> String {
+    const LIMIT: usize = 300;
+    let text = text.trim();
+    match text.char_indices().nth(LIMIT) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// Index and alias names: lowercase letters, digits, `-`, `_` and `.`, not starting with `-`,
+/// `_` or `.` (OpenSearch's restrictions, a little stricter).
+fn validate_index_name(name: &str, what: &str) -> Result<(), ProjectionError> {
+    let valid = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with(['-', '_', '.'])
+        && name.bytes().all(|byte| {
+            byte.is_ascii_lowercase() || byte.is_ascii_digit() || matches!(byte, b'-' | b'_' | b'.')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(storage(format!(
+            "{name:?} is not a valid search {what} name: use lowercase letters, digits, '-', '_' \
+             and '.', not first"
+        )))
+    }
+}
+
+/// Decodes `%XX` escapes (a URL's user and password); invalid escapes stay as they are.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'%'
+            && let Some(hex) = bytes.get(at + 1..at + 3)
+            && hex.iter().all(u8::is_ascii_hexdigit)
+            && let Some(byte) = std::str::from_utf8(hex)
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            decoded.push(byte);
+            at += 3;
+            continue;
+        }
+        decoded.push(bytes[at]);
+        at += 1;
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// The OpenSearch index as a projection: each batch is one bulk request (versioned, so applying
+/// it twice gives the same documents), then the feed's checkpoint is stored in the read-model
+/// database.
+#[derive(Clone, Debug)]
+pub struct OpenSearchProjection {
+    index: OpenSearchIndex,
+    db: ReadDb,
+    cache: Option<Arc<dyn Cache>>,
+}
+
+impl OpenSearchProjection {
+    pub fn new(index: OpenSearchIndex, db: ReadDb, cache: Option<Arc<dyn Cache>>) -> Self {
+        Self { index, db, cache }
+    }
+}
+
+#[async_trait]
+impl Projection for OpenSearchProjection {
+    fn name(&self) -> &'static str {
+        OpenSearchIndex::NAME
+    }
+
+    async fn checkpoint(&self, feed: &Feed) -> Result<u64, ProjectionError> {
+        self.db
+            .checkpoint(&feed.checkpoint_name(OpenSearchIndex::NAME))
+            .await
+    }
+
+    async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        self.index.apply_events(events).await?;
+        self.db
+            .begin_write()
+            .await?
+            .commit_at(&feed.checkpoint_name(OpenSearchIndex::NAME), last.position)
+            .await?;
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&[SEARCH_SCOPE.to_owned()]).await;
+        }
+        Ok(())
+    }
+}
