@@ -24,3 +24,15 @@ lint:
 # Start local PostgreSQL and Redis if they are not running.
 services:
     scripts/services
+
+# Build the image, start the production stack (compose.yaml) and wait until it is healthy; ports in deploy/README.md.
+up:
+    docker compose up -d --build --wait
+
+# Stop the stack; its volumes (data) are kept: `docker compose down -v` deletes them too.
+down:
+    docker compose down
+
+# Validate compose.yaml, the Dockerfile and deploy/ without a container engine.
+check-deploy:
+    scripts/check-deploy
