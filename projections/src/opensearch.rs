@@ -15,9 +15,11 @@
 //! (boosted twice) or the description, stemmed; an exact category (case-insensitive); a price
 //! range in minor units, bounds included; ordered by relevance, then popularity; one page.
 //!
-//! Popularity (`OrderCreated`, `ProductViewed`) is not folded here: an `index` action replaces
-//! the whole document, and the increments are not idempotent under retries. Documents carry
-//! `popularity: 0`; the sort keeps popularity as its second key for when it is fed.
+//! Popularity (`OrderCreated`, `ProductViewed`) is kept by [`OpenSearchProjection`] in the
+//! read-model database (`rm_search_popularity`), committed with its checkpoint, and sent to the
+//! index as absolute values: in the document of a product the batch indexes, else as a partial
+//! `update` of the document's `popularity`. Sending the same values again changes nothing, so a
+//! batch retried after a failure between the bulk request and the commit counts each event once.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,7 +39,7 @@ use crate::cache::{Cache, SEARCH_SCOPE};
 use crate::readdb::ReadDb;
 use crate::runner::{Feed, Projection};
 use crate::search::{ProductDoc, SearchIndex, SearchQuery, SearchResult};
-use crate::{ProjectionError, decode};
+use crate::{ProjectionError, decode, popularity_signals};
 
 /// The alias searches and writes go through, unless configured otherwise.
 pub const DEFAULT_ALIAS: &str = "mercato-products";
@@ -446,7 +448,19 @@ impl OpenSearchIndex {
     /// for being older than the stored one (409) count as done; any other refused document fails
     /// the batch (retrying it all is safe).
     pub async fn apply_events(&self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
-        self.bulk(&self.alias, true, events).await
+        self.bulk(&self.alias, true, events, &BTreeMap::new()).await
+    }
+
+    /// As [`Self::apply_events`], with the popularity of products by id (absolute values): the
+    /// documents indexed carry theirs, and every other product of `popularity` gets a partial
+    /// `update` of its `popularity` (a product not indexed yet is skipped: its document will
+    /// carry it).
+    pub async fn apply_events_with_popularity(
+        &self,
+        events: &[RecordedEvent],
+        popularity: &BTreeMap<String, i64>,
+    ) -> Result<(), ProjectionError> {
+        self.bulk(&self.alias, true, events, popularity).await
     }
 
     /// As [`Self::apply_events`], into concrete index `index` (a rebuild's new index).
@@ -456,7 +470,8 @@ impl OpenSearchIndex {
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
         validate_index_name(index, "index")?;
-        self.bulk(index, index == self.alias, events).await
+        self.bulk(index, index == self.alias, events, &BTreeMap::new())
+            .await
     }
 
     async fn bulk(
@@ -464,9 +479,11 @@ impl OpenSearchIndex {
         target: &str,
         through_alias: bool,
         events: &[RecordedEvent],
+        popularity: &BTreeMap<String, i64>,
     ) -> Result<(), ProjectionError> {
         let mut body = String::new();
         let mut ids = Vec::new();
+        let mut indexed = std::collections::BTreeSet::new();
         for event in events {
             if event.event_type != "ProductUpdated" {
                 continue;
@@ -481,7 +498,10 @@ impl OpenSearchIndex {
                 price_minor: updated.price.minor(),
                 stock_qty: i64::from(updated.stock_qty),
                 category: updated.category,
-                popularity: 0,
+                popularity: popularity
+                    .get(&updated.product_id.to_string())
+                    .copied()
+                    .unwrap_or(0),
                 updated_at: event
                     .occurred_at
                     .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
@@ -504,7 +524,28 @@ impl OpenSearchIndex {
             body.push('\n');
             body.push_str(&serde_json::to_string(&source)?);
             body.push('\n');
+            indexed.insert(product.product_id.clone());
             ids.push(product.product_id);
+        }
+        let n_indexed = ids.len();
+        for (product_id, points) in popularity {
+            if indexed.contains(product_id) {
+                continue;
+            }
+            let action = BulkUpdate {
+                update: BulkUpdateMeta {
+                    index: target,
+                    id: product_id,
+                    retry_on_conflict: 3,
+                },
+            };
+            body.push_str(&serde_json::to_string(&action)?);
+            body.push('\n');
+            body.push_str(&serde_json::to_string(
+                &json!({ "doc": { "popularity": points } }),
+            )?);
+            body.push('\n');
+            ids.push(product_id.clone());
         }
         if ids.is_empty() {
             return Ok(());
@@ -536,7 +577,7 @@ impl OpenSearchIndex {
         }
         let mut failures = Vec::new();
         let mut stale = 0usize;
-        for (item, sent_id) in response.items.iter().zip(&ids) {
+        for (position, (item, sent_id)) in response.items.iter().zip(&ids).enumerate() {
             let Some(result) = item.values().next() else {
                 failures.push(format!("document {sent_id}: an empty item"));
                 continue;
@@ -553,6 +594,12 @@ impl OpenSearchIndex {
             }
             if (200..300).contains(&result.status) && result.error.is_none() {
                 continue;
+            }
+            if position >= n_indexed
+                && result.status == 404
+                && error_type == Some("document_missing_exception")
+            {
+                continue; // popularity of a product not indexed yet: its document will carry it
             }
             failures.push(format!(
                 "document {id}: status {}: {}",
@@ -782,6 +829,20 @@ struct BulkAction<'a> {
 }
 
 #[derive(Serialize)]
+struct BulkUpdate<'a> {
+    update: BulkUpdateMeta<'a>,
+}
+
+#[derive(Serialize)]
+struct BulkUpdateMeta<'a> {
+    #[serde(rename = "_index")]
+    index: &'a str,
+    #[serde(rename = "_id")]
+    id: &'a str,
+    retry_on_conflict: u32,
+}
+
+#[derive(Serialize)]
 struct BulkIndexMeta<'a> {
     #[serde(rename = "_index")]
     index: &'a str,
@@ -954,6 +1015,31 @@ impl OpenSearchProjection {
     pub fn new(index: OpenSearchIndex, db: ReadDb, cache: Option<Arc<dyn Cache>>) -> Self {
         Self { index, db, cache }
     }
+
+    /// The stored popularity of `products` (absent ones have none yet).
+    async fn stored_popularity(
+        &self,
+        products: &std::collections::BTreeSet<String>,
+    ) -> Result<BTreeMap<String, i64>, ProjectionError> {
+        let mut stored = BTreeMap::new();
+        let ids: Vec<&String> = products.iter().collect();
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "SELECT product_id, points FROM rm_search_popularity WHERE product_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.as_str());
+            }
+            for row in query.fetch_all(self.db.pool()).await? {
+                use sqlx::Row;
+                stored.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
+            }
+        }
+        Ok(stored)
+    }
 }
 
 #[async_trait]
@@ -972,10 +1058,44 @@ impl Projection for OpenSearchProjection {
         let Some(last) = events.last() else {
             return Ok(());
         };
-        self.index.apply_events(events).await?;
-        self.db
-            .begin_write()
-            .await?
+        // The products this batch indexes or scores, and what the batch adds to their scores.
+        let mut added: BTreeMap<String, i64> = BTreeMap::new();
+        let mut products = std::collections::BTreeSet::new();
+        for event in events {
+            if event.event_type == "ProductUpdated"
+                && let ProductEvent::ProductUpdated(updated) = decode::<ProductEvent>(event)?
+            {
+                products.insert(updated.product_id.to_string());
+            }
+            for signal in popularity_signals(event)? {
+                *added.entry(signal.product_id.clone()).or_default() += signal.points;
+                products.insert(signal.product_id);
+            }
+        }
+        let stored = self.stored_popularity(&products).await?;
+        let popularity: BTreeMap<String, i64> = products
+            .into_iter()
+            .map(|id| {
+                let total =
+                    stored.get(&id).copied().unwrap_or(0) + added.get(&id).copied().unwrap_or(0);
+                (id, total)
+            })
+            .collect();
+        self.index
+            .apply_events_with_popularity(events, &popularity)
+            .await?;
+        let mut write = self.db.begin_write().await?;
+        for product_id in added.keys() {
+            sqlx::query(
+                "INSERT INTO rm_search_popularity (product_id, points) VALUES ($1, $2)
+                 ON CONFLICT (product_id) DO UPDATE SET points = excluded.points",
+            )
+            .bind(product_id)
+            .bind(popularity.get(product_id).copied().unwrap_or(0))
+            .execute(&mut *write.transaction)
+            .await?;
+        }
+        write
             .commit_at(&feed.checkpoint_name(OpenSearchIndex::NAME), last.position)
             .await?;
         if let Some(cache) = &self.cache {

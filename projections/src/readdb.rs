@@ -55,6 +55,9 @@ const SCHEMA: &[&str] = &[
         order_id TEXT PRIMARY KEY,
         payment_status TEXT NOT NULL,
         version BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS rm_search_popularity (
+        product_id TEXT PRIMARY KEY,
+        points BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS rm_products_early_popularity (
         product_id TEXT PRIMARY KEY,
         points BIGINT NOT NULL)",

@@ -16,8 +16,12 @@ use domain::product::{ProductUpdated, StockAdjusted};
 use domain::views::ProductViewed;
 use domain::{Money, ProductEvent, ProductViewEvent};
 use eventstore::{EventMetadata, RecordedEvent};
-use projections::opensearch::{DEFAULT_ALIAS, EmbeddingMapping, OpenSearchIndex, Refresh};
+use projections::opensearch::{
+    DEFAULT_ALIAS, EmbeddingMapping, OpenSearchIndex, OpenSearchProjection, Refresh,
+};
+use projections::readdb::ReadDb;
 use projections::search::{ProductDoc, SearchIndex, SearchQuery, SearchResult};
+use projections::{Feed, Projection};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -1439,4 +1443,118 @@ async fn live_scenario(index: OpenSearchIndex) {
         index.delete_index(&second).await.is_err(),
         "the live index stays"
     );
+}
+
+/// A view of `product_id` at `position` (one popularity point).
+fn view(product_id: Uuid, position: u64) -> RecordedEvent {
+    let view = ProductViewEvent::ProductViewed(ProductViewed {
+        product_id,
+        customer_id: None,
+    });
+    recorded(
+        schemas::encode(&view).unwrap(),
+        "product_views",
+        format!("views-{position}"),
+        1,
+        position,
+    )
+}
+
+/// The source of `shoe_source` with another popularity.
+fn with_popularity(source: String, popularity: i64) -> String {
+    source.replace("\"popularity\":0", &format!("\"popularity\":{popularity}"))
+}
+
+#[tokio::test]
+async fn the_projection_keeps_popularity_and_sends_it_as_absolute_values() {
+    let directory = tempfile::tempdir().unwrap();
+    let db = ReadDb::open(&format!(
+        "sqlite://{}",
+        directory.path().join("read.db").display()
+    ))
+    .await
+    .unwrap();
+    let update = |id: &str, popularity: i64| {
+        vec![
+            format!(
+                r#"{{"update":{{"_index":"mercato-products","_id":"{id}","retry_on_conflict":3}}}}"#
+            ),
+            format!(r#"{{"doc":{{"popularity":{popularity}}}}}"#),
+        ]
+    };
+    let lamp_missing = json!({ "took": 3, "errors": true, "items": [{ "update": {
+        "_index": "mercato-products-000001", "_id": lamp_id(), "status": 404,
+        "error": { "type": "document_missing_exception",
+                   "reason": format!("[{}]: document missing", lamp_id()),
+                   "index": "mercato-products-000001" } } }] })
+    .to_string();
+    let (url, script) = serve(
+        vec![
+            // 1. The shoe indexed with the two views of its batch.
+            Exchange::new(
+                Method::POST,
+                BULK,
+                200,
+                bulk_all_indexed(&[(&shoe_id(), 201, "created")]),
+            )
+            .ndjson(vec![
+                action("mercato-products", &shoe_id(), 1),
+                with_popularity(shoe_source(1, 8999, "89.99", 1), 2),
+            ]),
+            // 2. A view of a lamp not indexed yet; the cluster fails the request.
+            Exchange::new(
+                Method::POST,
+                BULK,
+                503,
+                error_answer(
+                    "cluster_block_exception",
+                    "blocked by: [SERVICE_UNAVAILABLE]",
+                    503,
+                ),
+            )
+            .ndjson(update(&lamp_id(), 1)),
+            // 3. The batch again: the same absolute value (not 2); "missing" is fine, as the
+            //    lamp's document will carry it.
+            Exchange::new(Method::POST, BULK, 200, lamp_missing).ndjson(update(&lamp_id(), 1)),
+            // 4. The shoe changes: its document keeps its popularity.
+            Exchange::new(
+                Method::POST,
+                BULK,
+                200,
+                bulk_all_indexed(&[(&shoe_id(), 200, "updated")]),
+            )
+            .ndjson(vec![
+                action("mercato-products", &shoe_id(), 2),
+                with_popularity(shoe_source(2, 7990, "79.9", 6), 2),
+            ]),
+        ],
+        None,
+    )
+    .await;
+    let index = OpenSearchIndex::new(&url, DEFAULT_ALIAS).unwrap();
+    let projection = OpenSearchProjection::new(index, db.clone(), None);
+    projection
+        .apply(
+            &Feed::Log,
+            &[shoe(1, 8999, 1), view(SHOE, 2), view(SHOE, 3)],
+        )
+        .await
+        .unwrap();
+    assert!(
+        projection
+            .apply(&Feed::Log, &[view(LAMP, 4)])
+            .await
+            .is_err()
+    );
+    assert_eq!(projection.checkpoint(&Feed::Log).await.unwrap(), 3);
+    projection
+        .apply(&Feed::Log, &[view(LAMP, 4)])
+        .await
+        .unwrap();
+    projection
+        .apply(&Feed::Log, &[shoe(2, 7990, 6)])
+        .await
+        .unwrap();
+    script.finish();
+    assert_eq!(projection.checkpoint(&Feed::Log).await.unwrap(), 6);
 }
