@@ -86,6 +86,8 @@ struct GroupContext {
     generation: AtomicU64,
 }
 
+/// The longest a fetch waits for new messages, in milliseconds.
+const FETCH_WAIT_MS: &str = "10";
 /// How many messages one batch takes at most.
 const MAX_BATCH: usize = 500;
 /// How long a batch waits for more messages once it has one.
@@ -118,6 +120,9 @@ pub async fn run_consumer(
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("partition.assignment.strategy", "range")
+            // How long a fetch may wait for data: brokers that hold a fetch to its end (tansu
+            // does) would otherwise add librdkafka's default 500 ms to every event's lag.
+            .set("fetch.wait.max.ms", FETCH_WAIT_MS)
             .create_with_context::<_, StreamConsumer<ArcContext>>(ArcContext(
                 context.clone(),
                 components.clone(),
