@@ -516,11 +516,20 @@ pub async fn serve(config: Config) -> Result<(), Failure> {
     let run_projector = matches!(config.role, Role::All | Role::Projector);
     let run_saga = matches!(config.role, Role::All | Role::Saga);
     let run_relay = config.role == Role::Relay || (config.role == Role::All && kafka.is_some());
+    let follows_kafka =
+        from_kafka && matches!(config.role, Role::All | Role::Projector | Role::QueryApi);
     let platform = open_platform(&config, run_projector).await?;
     let progress = Progress::default();
     let components = Components::default();
     let shutdown = CancellationToken::new();
     let mut workers = Vec::new();
+    if follows_kafka && let Some(settings) = &kafka {
+        // Read-your-writes waits for the partition that carries the event.
+        let locator =
+            crate::kafka::locator::KafkaLocator::new(platform.store.clone(), settings.clone())
+                .map_err(|error| Failure::Runtime(anyhow::anyhow!(error)))?;
+        progress.follow_partitions(Arc::new(locator), &platform.projections);
+    }
     if run_relay && let Some(settings) = &kafka {
         workers.push(tokio::spawn(crate::kafka::relay::run_relay(
             platform.store.clone(),

@@ -115,6 +115,29 @@ async fn the_relay_publishes_every_event_with_its_headers_and_kafka_fed_roles_se
             .await;
         products.push(id);
     }
+    // Read-your-writes through Kafka: each read waits for its write's position, in the
+    // partition that carries it, and sees the write at once.
+    for index in 0..5 {
+        let (id, position) = server
+            .create_product(
+                &format!("Fresh lamp {index}"),
+                "read at once",
+                3.0,
+                4,
+                "lighting",
+            )
+            .await;
+        let started = std::time::Instant::now();
+        let response = server.get_at(&format!("/products/{id}"), position).await;
+        assert_eq!(response.status(), StatusCode::OK, "product {index}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "the read waited {:?}",
+            started.elapsed()
+        );
+        let product: Value = response.json().await.expect("json");
+        assert_eq!(product["name"], format!("Fresh lamp {index}"));
+    }
     let added = server
         .post(
             "/carts/kafka-cart/items",
@@ -160,7 +183,7 @@ async fn the_relay_publishes_every_event_with_its_headers_and_kafka_fed_roles_se
         "the Kafka-fed products read model did not show the stock of 4 confirmed orders"
     );
     let searched = eventually(Duration::from_secs(30), || async {
-        let result: Value = server.get("/search?q=lamp").await.json().await.ok()?;
+        let result: Value = server.get("/search?q=kafka").await.json().await.ok()?;
         (result["total"] == 6).then_some(())
     })
     .await;

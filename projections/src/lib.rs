@@ -22,7 +22,9 @@ pub mod sql_models;
 use cqrs_es::DomainEvent;
 use eventstore::RecordedEvent;
 
-pub use runner::{Feed, Progress, ProgressState, Projection, apply_new, run_projection};
+pub use runner::{
+    Feed, FeedLocator, Progress, ProgressState, Projection, apply_new, run_projection,
+};
 
 /// Popularity points per unit ordered (`OrderCreated`).
 pub const ORDER_UNIT_POINTS: i64 = 10;

@@ -109,7 +109,33 @@ pub struct ProgressState {
 #[derive(Clone, Debug, Default)]
 pub struct Progress {
     watches: Arc<std::sync::RwLock<HashMap<&'static str, watch::Sender<ProgressState>>>>,
+    /// Set when the read models are fed from Kafka partitions (see [`Progress::follow_partitions`]).
+    partitions: Arc<std::sync::OnceLock<PartitionProgress>>,
 }
+
+/// Which feed carries the event at a position: the Kafka partition of its stream.
+#[async_trait]
+pub trait FeedLocator: Send + Sync + std::fmt::Debug {
+    /// The feed of the event at `position`, or `None` when no event is there (yet).
+    async fn feed_of(&self, position: u64) -> Option<Feed>;
+}
+
+/// How read-your-writes waits when the read models are fed from Kafka: a position is applied by
+/// a projection once its checkpoint of the partition that carries the event reached it.
+#[derive(Clone, Debug)]
+struct PartitionProgress {
+    locator: Arc<dyn FeedLocator>,
+    projections: HashMap<&'static str, Arc<dyn Projection>>,
+}
+
+impl std::fmt::Debug for dyn Projection {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+/// How often a wait on a Kafka-fed projection reads its checkpoint.
+const PARTITION_POLL: Duration = Duration::from_millis(10);
 
 impl Progress {
     /// The watch of projection `name` (created on first use).
@@ -146,8 +172,57 @@ impl Progress {
         states
     }
 
+    /// Makes waits follow Kafka partitions: `projections` are fed from Kafka, and `locator`
+    /// says which partition carries an event. (Once per process; later calls change nothing.)
+    pub fn follow_partitions(
+        &self,
+        locator: Arc<dyn FeedLocator>,
+        projections: &[Arc<dyn Projection>],
+    ) {
+        let projections = projections
+            .iter()
+            .map(|projection| (projection.name(), projection.clone()))
+            .collect();
+        let _ = self.partitions.set(PartitionProgress {
+            locator,
+            projections,
+        });
+    }
+
     /// Waits until projection `name` has applied `position`, at most `timeout`. True when it has.
     pub async fn wait_for(&self, name: &'static str, position: u64, timeout: Duration) -> bool {
+        if let Some(partitions) = self.partitions.get()
+            && let Some(projection) = partitions.projections.get(name)
+        {
+            let started = Instant::now();
+            let reached = async {
+                let feed = loop {
+                    if let Some(feed) = partitions.locator.feed_of(position).await {
+                        break feed;
+                    }
+                    tokio::time::sleep(PARTITION_POLL).await;
+                };
+                loop {
+                    if projection
+                        .checkpoint(&feed)
+                        .await
+                        .is_ok_and(|checkpoint| checkpoint >= position)
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(PARTITION_POLL).await;
+                }
+            };
+            let done = tokio::time::timeout(timeout, reached).await.is_ok();
+            tracing::debug!(
+                name,
+                position,
+                done,
+                waited_ms = started.elapsed().as_millis() as u64,
+                "partition wait"
+            );
+            return done;
+        }
         let mut receiver = self.sender(name).subscribe();
         let reached = receiver.wait_for(|state| state.position >= position);
         matches!(tokio::time::timeout(timeout, reached).await, Ok(Ok(_)))

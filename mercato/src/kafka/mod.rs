@@ -9,6 +9,7 @@
 
 pub mod consumer;
 pub mod dlq;
+pub mod locator;
 pub mod relay;
 
 use std::time::Duration;
@@ -102,6 +103,40 @@ impl KafkaSettings {
             }
         }
         Ok(())
+    }
+}
+
+/// The partition of a stream's messages in a topic of `partitions` partitions: FNV-1a of the
+/// stream id, so that the relay, which picks it, and a reader waiting for an event (see
+/// [`locator::KafkaLocator`]) agree without asking each other.
+pub fn partition_for(stream_id: &str, partitions: i32) -> i32 {
+    let hash = stream_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let partitions = u64::try_from(partitions.max(1)).unwrap_or(1);
+    i32::try_from(hash % partitions).unwrap_or(0)
+}
+
+/// How many partitions `topic` has, from the brokers' metadata (a blocking call: run it off the
+/// async threads).
+pub fn partition_count(
+    client: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+) -> Result<i32, String> {
+    use rdkafka::consumer::Consumer;
+    let metadata = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|error| format!("cannot read the metadata of {topic}: {error}"))?;
+    let count = metadata
+        .topics()
+        .iter()
+        .find(|found| found.name() == topic)
+        .map_or(0, |found| found.partitions().len());
+    match i32::try_from(count) {
+        Ok(count) if count > 0 => Ok(count),
+        _ => Err(format!("topic {topic} has no partitions (does it exist?)")),
     }
 }
 
@@ -211,5 +246,22 @@ mod tests {
             Some("7f0c5a9e-2f7b-4c2e-9a39-0d0c1c7e5b11")
         );
         assert_eq!(headers.count(), 10);
+    }
+
+    #[test]
+    fn a_stream_always_maps_to_the_same_partition_within_range() {
+        for partitions in [1, 3, 4, 12] {
+            for stream in ["a", "order-1", "7f0c5a9e-2f7b-4c2e-9a39-0d0c1c7e5b11"] {
+                let partition = partition_for(stream, partitions);
+                assert!((0..partitions).contains(&partition));
+                assert_eq!(partition, partition_for(stream, partitions));
+            }
+        }
+        // Spread: 100 streams over 4 partitions use every partition.
+        let used: std::collections::BTreeSet<i32> = (0..100)
+            .map(|n| partition_for(&format!("s{n}"), 4))
+            .collect();
+        assert_eq!(used.len(), 4);
+        assert_eq!(partition_for("anything", 0), 0);
     }
 }

@@ -3,6 +3,7 @@
 //! (idempotent producer, `acks=all`), so an event is published at least once and, within its
 //! partition, in log order; consumers skip the duplicates a retry can make.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-use super::{KafkaSettings, event_headers};
+use super::{KafkaSettings, event_headers, partition_count, partition_for};
 use crate::serve::Components;
 
 /// The relay's name: its checkpoint in the read-model database, its progress and metrics.
@@ -90,6 +91,17 @@ pub async fn run_relay(
                 }
             }
         }
+        // Each topic's partition count: the relay picks a stream's partition itself.
+        let counts = match partition_counts(&settings).await {
+            Ok(counts) => counts,
+            Err(error) => {
+                fail(&components, &error);
+                if pause(&shutdown, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
         // A fresh producer after any failure: a gapless-guarantee error leaves the old one unusable.
         let producer = match producer(&settings, &components) {
             Ok(producer) => producer,
@@ -143,7 +155,7 @@ pub async fn run_relay(
             let started = Instant::now();
             let published = tokio::select! {
                 _ = shutdown.cancelled() => break 'restart,
-                published = publish(&producer, &settings, &batch) => published,
+                published = publish(&producer, &settings, &counts, &batch) => published,
             };
             if let Err(error) = published {
                 fail(&components, &error);
@@ -179,10 +191,31 @@ pub async fn run_relay(
     tracing::info!("relay stopped");
 }
 
+/// The partition count of every event topic.
+async fn partition_counts(settings: &KafkaSettings) -> Result<HashMap<String, i32>, String> {
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || {
+        let client: rdkafka::consumer::BaseConsumer = settings
+            .client_config()
+            .create()
+            .map_err(|error| format!("cannot create a Kafka client: {error}"))?;
+        schemas::topics::TOPICS
+            .iter()
+            .map(|topic| {
+                let topic = settings.topic(topic);
+                partition_count(&client, &topic).map(|count| (topic, count))
+            })
+            .collect()
+    })
+    .await
+    .map_err(|error| format!("reading the topics' metadata failed: {error}"))?
+}
+
 /// Publishes `batch` in order and waits until the broker acknowledged every message.
 async fn publish(
     producer: &FutureProducer<RelayContext>,
     settings: &KafkaSettings,
+    counts: &HashMap<String, i32>,
     batch: &[RecordedEvent],
 ) -> Result<(), String> {
     let mut deliveries = Vec::with_capacity(batch.len());
@@ -197,10 +230,12 @@ async fn publish(
             continue;
         };
         let topic = settings.topic(topic);
+        let partition = partition_for(&event.stream_id, counts.get(&topic).copied().unwrap_or(1));
         let payload = serde_json::to_vec(event)
             .map_err(|error| format!("cannot encode event {}: {error}", event.event_id))?;
         loop {
             let record = FutureRecord::to(&topic)
+                .partition(partition)
                 .key(event.stream_id.as_str())
                 .payload(payload.as_slice())
                 .headers(event_headers(event));
