@@ -196,6 +196,14 @@ enum AuditCommand {
     Head,
 }
 
+/// FNV-1a of `text`: the same in every process and build, unlike the standard library's hasher
+/// (Redis key prefixes, Kafka partitions).
+fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// How a run failed: at run time (exit 1), or bad usage or a part that is not available (exit 2).
 #[derive(Debug)]
 enum Failure {

@@ -180,12 +180,7 @@ pub async fn open_platform(config: &Config, run_projector: bool) -> Result<Platf
 /// The prefix of this deployment's Redis keys: derived from the event store's URL, so every
 /// process of one deployment shares it and two deployments (or test runs) on one Redis do not.
 fn cache_prefix(database_url: &str) -> String {
-    // FNV-1a: stable across processes and builds, unlike the standard library's hasher.
-    let hash = database_url
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = crate::stable_hash(database_url);
     format!("mercato:{hash:016x}:")
 }
 

@@ -110,11 +110,7 @@ impl KafkaSettings {
 /// stream id, so that the relay, which picks it, and a reader waiting for an event (see
 /// [`locator::KafkaLocator`]) agree without asking each other.
 pub fn partition_for(stream_id: &str, partitions: i32) -> i32 {
-    let hash = stream_id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = crate::stable_hash(stream_id);
     let partitions = u64::try_from(partitions.max(1)).unwrap_or(1);
     i32::try_from(hash % partitions).unwrap_or(0)
 }
