@@ -5,9 +5,10 @@
 
 FROM rust:1-bookworm AS builder
 # cmake and a C/C++ toolchain build rdkafka's bundled librdkafka; zlib1g-dev is its compression
-# library (the runtime image has libz.so.1 already).
+# library (the runtime image has libz.so.1 already); libssl-dev its TLS (DEVELOPERS.md says why
+# the `ssl` feature is on; the runtime's libssl3 comes with ca-certificates).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends cmake build-essential pkg-config zlib1g-dev \
+    && apt-get install -y --no-install-recommends cmake build-essential pkg-config zlib1g-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The whole workspace (see .dockerignore): every member's manifest, and .cargo/config.toml, whose
