@@ -194,7 +194,6 @@ impl Progress {
         if let Some(partitions) = self.partitions.get()
             && let Some(projection) = partitions.projections.get(name)
         {
-            let started = Instant::now();
             let reached = async {
                 let feed = loop {
                     if let Some(feed) = partitions.locator.feed_of(position).await {
@@ -213,15 +212,7 @@ impl Progress {
                     tokio::time::sleep(PARTITION_POLL).await;
                 }
             };
-            let done = tokio::time::timeout(timeout, reached).await.is_ok();
-            tracing::debug!(
-                name,
-                position,
-                done,
-                waited_ms = started.elapsed().as_millis() as u64,
-                "partition wait"
-            );
-            return done;
+            return tokio::time::timeout(timeout, reached).await.is_ok();
         }
         let mut receiver = self.sender(name).subscribe();
         let reached = receiver.wait_for(|state| state.position >= position);

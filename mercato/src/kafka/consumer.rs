@@ -24,12 +24,12 @@ use projections::{Feed, Projection, ProjectionError, apply_new};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::{KafkaSettings, header};
+use super::{KafkaSettings, copy_headers, header};
 use crate::serve::Components;
 
 /// Dead-letter headers: why, where and how often a message failed, and who failed it.
@@ -80,12 +80,6 @@ impl ConsumerOptions {
     }
 }
 
-/// Counts rebalances, so that a batch read across one is recognised.
-#[derive(Debug, Default)]
-struct GroupContext {
-    generation: AtomicU64,
-}
-
 /// The longest a fetch waits for new messages, in milliseconds.
 const FETCH_WAIT_MS: &str = "10";
 /// How many messages one batch takes at most.
@@ -109,30 +103,21 @@ pub async fn run_consumer(
         .collect();
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        let context = Arc::new(GroupContext::default());
+        let context = GroupContext {
+            generation: Arc::new(AtomicU64::new(0)),
+            components: components.clone(),
+        };
         let created = options
             .settings
-            .client_config()
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .consumer_config(&group)
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("partition.assignment.strategy", "range")
             // How long a fetch may wait for data: brokers that hold a fetch to its end (tansu
             // does) would otherwise add librdkafka's default 500 ms to every event's lag.
             .set("fetch.wait.max.ms", FETCH_WAIT_MS)
-            .create_with_context::<_, StreamConsumer<ArcContext>>(ArcContext(
-                context.clone(),
-                components.clone(),
-            ));
-        let producer: Result<FutureProducer, _> = options
-            .settings
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create();
+            .create_with_context::<_, StreamConsumer<GroupContext>>(context.clone());
+        let producer: Result<FutureProducer, _> = options.settings.producer_config().create();
         let (consumer, producer) = match (created, producer) {
             (Ok(consumer), Ok(producer)) => (consumer, producer),
             (Err(error), _) | (_, Err(error)) => {
@@ -231,22 +216,25 @@ pub async fn run_consumer(
     }
 }
 
-/// Shares a [`GroupContext`] between the consumer and the loop that reads the generation, and
-/// reports the consumer ready once the group gave it its partitions.
+/// The consumer's context: counts rebalances (shared with the loop, which recognises a batch
+/// read across one), and reports the consumer ready once the group gave it its partitions.
 #[derive(Clone, Debug)]
-struct ArcContext(Arc<GroupContext>, Components);
+struct GroupContext {
+    generation: Arc<AtomicU64>,
+    components: Components,
+}
 
-impl ClientContext for ArcContext {}
+impl ClientContext for GroupContext {}
 
-impl ConsumerContext for ArcContext {
+impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(_) = rebalance {
-            self.1.set("kafka", Ok(()));
+            self.components.set("kafka", Ok(()));
         }
     }
 
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.0.generation.fetch_add(1, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(
@@ -320,8 +308,8 @@ impl Worker<'_> {
         }
         metrics::counter!("mercato_kafka_consumed_total", "group" => self.group.to_owned())
             .increment(messages.len() as u64);
+        let batch: Vec<RecordedEvent> = events.iter().map(|(_, event)| event.clone()).collect();
         for projection in self.projections {
-            let batch: Vec<RecordedEvent> = events.iter().map(|(_, event)| event.clone()).collect();
             match self
                 .apply_retrying(projection.as_ref(), &feed, &batch)
                 .await
@@ -470,7 +458,10 @@ impl Worker<'_> {
         let offset = message.offset().to_string();
         let attempts = failure.attempts.to_string();
         let failed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut headers = copy_headers_without_dlq(message);
+        // Earlier dead-letter headers go (a replay's origin stays): this failure's replace them.
+        let mut headers = copy_headers(message.headers(), |key| {
+            !key.starts_with(dlq_headers::PREFIX) || key == dlq_headers::REPLAYED_FROM
+        });
         for (key, value) in [
             (dlq_headers::REASON, reason.as_str()),
             (dlq_headers::PROJECTIONS, names.as_str()),
@@ -517,25 +508,6 @@ impl Worker<'_> {
             }
         }
     }
-}
-
-/// The message's headers without any earlier dead-letter headers.
-fn copy_headers_without_dlq(message: &OwnedMessage) -> OwnedHeaders {
-    use rdkafka::message::Headers;
-    let mut copy = OwnedHeaders::new();
-    if let Some(headers) = message.headers() {
-        for entry in headers.iter() {
-            if !entry.key.starts_with(dlq_headers::PREFIX)
-                || entry.key == dlq_headers::REPLAYED_FROM
-            {
-                copy = copy.insert(Header {
-                    key: entry.key,
-                    value: entry.value,
-                });
-            }
-        }
-    }
-    copy
 }
 
 /// For a replayed dead letter: `Some(Some(projections))` when it is this group's to apply,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, OwnedMessage};
+use rdkafka::message::{Header, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
@@ -67,11 +67,7 @@ async fn read_to_end(
         )),
     };
     let consumer: StreamConsumer = settings
-        .client_config()
-        .set("group.id", &group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        .consumer_config(&group_id)
         .create()
         .map_err(|error| format!("cannot create a Kafka consumer: {error}"))?;
     let mut assignment = TopicPartitionList::new();
@@ -231,9 +227,7 @@ pub async fn replay(settings: &KafkaSettings, topic: Option<&str>) -> Result<usi
     let (messages, end_offsets, consumer) =
         read_to_end(settings, &topics, Some(REPLAY_GROUP)).await?;
     let producer: FutureProducer = settings
-        .client_config()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
+        .producer_config()
         .create()
         .map_err(|error| format!("cannot create a Kafka producer: {error}"))?;
     for message in &messages {
@@ -254,18 +248,9 @@ pub async fn replay(settings: &KafkaSettings, topic: Option<&str>) -> Result<usi
             message.partition(),
             message.offset()
         );
-        let mut headers = rdkafka::message::OwnedHeaders::new();
-        if let Some(original_headers) = message.headers() {
-            for entry in original_headers.iter() {
-                if entry.key != dlq_headers::REPLAYED_FROM {
-                    headers = headers.insert(Header {
-                        key: entry.key,
-                        value: entry.value,
-                    });
-                }
-            }
-        }
-        headers = headers.insert(Header {
+        let headers =
+            super::copy_headers(message.headers(), |key| key != dlq_headers::REPLAYED_FROM);
+        let headers = headers.insert(Header {
             key: dlq_headers::REPLAYED_FROM,
             value: Some(replayed_from.as_str()),
         });

@@ -72,6 +72,25 @@ impl KafkaSettings {
         config
     }
 
+    /// A producer configuration: idempotent, each message acknowledged by every in-sync replica.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        config.set("enable.idempotence", "true").set("acks", "all");
+        config
+    }
+
+    /// A consumer configuration in group `group_id` (as named on the brokers): offsets stored and
+    /// committed only by hand, reading from the beginning when the group has none.
+    pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        config
+    }
+
     /// Creates every event and dead-letter topic that does not exist yet.
     pub async fn ensure_topics(&self) -> Result<(), String> {
         let admin: AdminClient<DefaultClientContext> = self
@@ -172,6 +191,20 @@ pub fn event_headers(event: &RecordedEvent) -> OwnedHeaders {
         })
 }
 
+/// The headers of `headers` whose names `keep` accepts, in order.
+pub fn copy_headers<H: Headers>(headers: Option<&H>, keep: impl Fn(&str) -> bool) -> OwnedHeaders {
+    let mut copy = OwnedHeaders::new();
+    for entry in headers.into_iter().flat_map(Headers::iter) {
+        if keep(entry.key) {
+            copy = copy.insert(Header {
+                key: entry.key,
+                value: entry.value,
+            });
+        }
+    }
+    copy
+}
+
 /// The message header carrying the event's id.
 pub const EVENT_ID: &str = "eventId";
 /// The message header carrying the event's stream type.
@@ -242,6 +275,10 @@ mod tests {
             Some("7f0c5a9e-2f7b-4c2e-9a39-0d0c1c7e5b11")
         );
         assert_eq!(headers.count(), 10);
+        let without_ids = copy_headers(Some(&headers), |key| key != "eventId");
+        assert_eq!(without_ids.count(), 9);
+        assert!(header(Some(&without_ids), "eventId").is_none());
+        assert_eq!(header(Some(&without_ids), "sagaId"), Some("s-1"));
     }
 
     #[test]

@@ -51,10 +51,8 @@ fn producer(
     components: &Components,
 ) -> Result<FutureProducer<RelayContext>, KafkaError> {
     settings
-        .client_config()
-        .set("enable.idempotence", "true")
+        .producer_config()
         .set("enable.gapless.guarantee", "true")
-        .set("acks", "all")
         .set("linger.ms", "5")
         .set(
             "message.timeout.ms",
