@@ -1,6 +1,7 @@
 //! `mercato serve`: opens the configured systems, starts the roles asked for, and serves HTTP
 //! until SIGTERM or Ctrl-C, then drains requests and stops the projections at a checkpoint.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,32 +186,44 @@ fn cache_prefix(database_url: &str) -> String {
 }
 
 /// The health of the parts of a process that run in the background (the Kafka clients): what
-/// `/ready` reports besides the stores it checks itself.
+/// `/ready` reports besides the stores it checks itself. Several workers may report on one part
+/// (the relay and two consumers on `kafka`): the part is ready when every one of them is.
 #[derive(Clone, Debug, Default)]
 pub struct Components {
-    states: Arc<std::sync::RwLock<std::collections::BTreeMap<&'static str, Result<(), String>>>>,
+    states: Arc<std::sync::RwLock<ReportedStates>>,
 }
 
+/// What each reporter found of each component: by (component, reporter).
+type ReportedStates = BTreeMap<(&'static str, String), Result<(), String>>;
+
 impl Components {
-    /// Records the state of component `name`: `Ok` when it works, else why not.
-    pub fn set(&self, name: &'static str, state: Result<(), String>) {
+    /// Records what `reporter` finds of component `name`: `Ok` when it works, else why not.
+    pub fn set(&self, name: &'static str, reporter: &str, state: Result<(), String>) {
         let mut states = match self.states.write() {
             Ok(states) => states,
             Err(poisoned) => poisoned.into_inner(),
         };
-        states.insert(name, state);
+        states.insert((name, reporter.to_owned()), state);
     }
 
-    /// Every component's state, by name.
+    /// Every component's state, by name: the failures of its reporters, if any.
     pub fn snapshot(&self) -> Vec<(&'static str, Result<(), String>)> {
         let states = match self.states.read() {
             Ok(states) => states,
             Err(poisoned) => poisoned.into_inner(),
         };
-        states
-            .iter()
-            .map(|(name, state)| (*name, state.clone()))
-            .collect()
+        let mut merged: BTreeMap<&'static str, Result<(), String>> = BTreeMap::new();
+        for ((name, reporter), state) in states.iter() {
+            let entry = merged.entry(name).or_insert(Ok(()));
+            if let Err(error) = state {
+                let failure = format!("{reporter}: {error}");
+                *entry = match entry {
+                    Err(earlier) => Err(format!("{earlier}; {failure}")),
+                    Ok(()) => Err(failure),
+                };
+            }
+        }
+        merged.into_iter().collect()
     }
 }
 
@@ -677,5 +690,23 @@ pub async fn serve(config: Config) -> Result<(), Failure> {
 async fn futures_join(workers: Vec<tokio::task::JoinHandle<()>>) {
     for worker in workers {
         let _ = worker.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Components;
+
+    #[test]
+    fn a_component_is_ready_only_when_every_reporter_finds_it_working() {
+        let components = Components::default();
+        components.set("kafka", "kafka_relay", Err("broker unreachable".to_owned()));
+        components.set("kafka", "mercato-projector", Ok(()));
+        assert_eq!(
+            components.snapshot(),
+            [("kafka", Err("kafka_relay: broker unreachable".to_owned()))]
+        );
+        components.set("kafka", "kafka_relay", Ok(()));
+        assert_eq!(components.snapshot(), [("kafka", Ok(()))]);
     }
 }

@@ -106,6 +106,7 @@ pub async fn run_consumer(
         let context = GroupContext {
             generation: Arc::new(AtomicU64::new(0)),
             components: components.clone(),
+            group: group.clone(),
         };
         let created = options
             .settings
@@ -123,6 +124,7 @@ pub async fn run_consumer(
             (Err(error), _) | (_, Err(error)) => {
                 components.set(
                     "kafka",
+                    &group,
                     Err(format!("cannot create a Kafka client: {error}")),
                 );
                 if pause(&shutdown, &mut backoff).await {
@@ -133,7 +135,7 @@ pub async fn run_consumer(
         };
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         if let Err(error) = consumer.subscribe(&names) {
-            components.set("kafka", Err(format!("cannot subscribe: {error}")));
+            components.set("kafka", &group, Err(format!("cannot subscribe: {error}")));
             if pause(&shutdown, &mut backoff).await {
                 return;
             }
@@ -155,7 +157,7 @@ pub async fn run_consumer(
             let first = match first {
                 Ok(message) => message.detach(),
                 Err(error) => {
-                    components.set("kafka", Err(format!("cannot consume: {error}")));
+                    components.set("kafka", &group, Err(format!("cannot consume: {error}")));
                     tracing::warn!(%error, group, "kafka: consuming failed; retrying");
                     if pause(&shutdown, &mut backoff).await {
                         return;
@@ -164,7 +166,7 @@ pub async fn run_consumer(
                 }
             };
             backoff = Duration::from_millis(100);
-            components.set("kafka", Ok(()));
+            components.set("kafka", &group, Ok(()));
             let mut generation = context.generation.load(Ordering::SeqCst);
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -222,6 +224,8 @@ pub async fn run_consumer(
 struct GroupContext {
     generation: Arc<AtomicU64>,
     components: Components,
+    /// The group's name, which reports the consumer's state.
+    group: String,
 }
 
 impl ClientContext for GroupContext {}
@@ -229,7 +233,7 @@ impl ClientContext for GroupContext {}
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(_) = rebalance {
-            self.components.set("kafka", Ok(()));
+            self.components.set("kafka", &self.group, Ok(()));
         }
     }
 

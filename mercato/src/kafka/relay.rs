@@ -173,7 +173,7 @@ pub async fn run_relay(
                 continue 'restart;
             }
             backoff = Duration::from_millis(100);
-            components.set("kafka", Ok(()));
+            components.set("kafka", NAME, Ok(()));
             metrics::gauge!("mercato_relay_up").set(1.0);
             metrics::counter!("mercato_relay_events_total").increment(batch.len() as u64);
             metrics::histogram!("mercato_relay_batch_seconds")
@@ -271,5 +271,5 @@ fn fail(components: &Components, error: &str) {
     );
     metrics::gauge!("mercato_relay_up").set(0.0);
     metrics::counter!("mercato_relay_failures_total").increment(1);
-    components.set("kafka", Err(error.to_owned()));
+    components.set("kafka", NAME, Err(error.to_owned()));
 }
