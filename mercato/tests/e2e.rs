@@ -116,7 +116,9 @@ async fn scenario_b(setup: Setup, test_name: &str) {
     let Some(data) = ServerData::new(setup, test_name).await else {
         return;
     };
-    let server = Server::start(&data).await;
+    // The saga's charge takes 10 s here, so the order is still PENDING when it is read back (a
+    // fast saga confirmed it first once, on a loaded machine).
+    let server = Server::start_with(&data, "all", &["--test-gateway-latency", "10"]).await;
     let word = unique_word();
     let (popular_id, _) = server
         .create_product(
