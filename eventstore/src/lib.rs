@@ -24,6 +24,7 @@ macro_rules! event_columns {
 }
 
 pub mod aggregate;
+pub mod audit;
 pub mod cqrs;
 mod error;
 pub mod postgres;

@@ -272,6 +272,56 @@ pub trait EventStore: Send + Sync + fmt::Debug {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// Up to `limit` events whose `metadata.correlation_id` is `correlation_id`, with a position
+    /// above `after_position`, in position order (only events `read_all` could return).
+    async fn read_correlated(
+        &self,
+        correlation_id: &str,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Up to `limit` events of the global log after `after_position` as the audit hash chain
+    /// sees them (raw stored columns and hash), in position order; only events
+    /// [`EventStore::read_all`] could return.
+    async fn read_chain(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::ChainRow>, StoreError>;
+
+    /// Up to `limit` events of one stream after `after_version` as the audit hash chain sees
+    /// them, in version order.
+    async fn read_stream_chain(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::ChainRow>, StoreError>;
+
+    /// Every audit checkpoint, in position order.
+    async fn audit_checkpoints(&self) -> Result<Vec<crate::audit::Checkpoint>, StoreError>;
+
+    /// The audit checkpoint with the highest position.
+    async fn last_audit_checkpoint(&self) -> Result<Option<crate::audit::Checkpoint>, StoreError>;
+
+    /// The last sealed version of every stream (or of one).
+    async fn sealed_heads(
+        &self,
+        stream: Option<(&str, &str)>,
+    ) -> Result<Vec<crate::audit::SealedHead>, StoreError>;
+
+    /// Stores checkpoints and the stream heads they seal, in one transaction, if the last
+    /// stored checkpoint is still at `expected_last` (`None`: no checkpoint yet). `false` when
+    /// it is not (another sealer went first): nothing is written.
+    async fn write_audit_seal(
+        &self,
+        expected_last: Option<u64>,
+        checkpoints: Vec<crate::audit::Checkpoint>,
+        heads: Vec<crate::audit::SealedHead>,
+    ) -> Result<bool, StoreError>;
+
     /// The stored events among `event_ids`, in position order (missing ids are left out).
     async fn find_events(&self, event_ids: &[Uuid]) -> Result<Vec<RecordedEvent>, StoreError>;
 

@@ -52,6 +52,7 @@ store_suite!(
     the_aggregate_command_path_saves_snapshots_and_loads_from_them,
     a_cqrs_framework_runs_unchanged_on_the_store,
     a_cqrs_framework_with_snapshots_runs_unchanged_on_the_store,
+    events_of_one_correlation_id_are_read_in_position_order_after_a_position,
 );
 
 mod cases {
@@ -1520,5 +1521,83 @@ mod cases {
         let cqrs_store = PersistedEventStore::<_, Product>::new_snapshot_store(repository, 3);
         let cqrs = CqrsFramework::new(cqrs_store, vec![], ());
         run_product_commands_through(&cqrs, &*test_store.store).await;
+    }
+
+    pub async fn events_of_one_correlation_id_are_read_in_position_order_after_a_position(
+        test_store: &TestStore,
+    ) {
+        let store = &*test_store.store;
+        let correlated = |label: &str, correlation_id: &str| {
+            let mut event = new_event("Numbered", &format!(r#"{{"label":"{label}"}}"#));
+            event.metadata.correlation_id = correlation_id.to_owned();
+            event
+        };
+        assert!(
+            store
+                .read_correlated("c-1", 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let first = store
+            .append(request(
+                "cart",
+                "a",
+                ExpectedVersion::NoStream,
+                vec![correlated("a1", "c-1"), correlated("a2", "c-2")],
+            ))
+            .await
+            .unwrap();
+        let atomic = store
+            .append_atomic(vec![
+                request(
+                    "order",
+                    "o",
+                    ExpectedVersion::NoStream,
+                    vec![correlated("o1", "c-1")],
+                ),
+                request(
+                    "cart",
+                    "a",
+                    ExpectedVersion::Exact(2),
+                    vec![correlated("a3", "c-1"), correlated("a4", "c-10")],
+                ),
+            ])
+            .await
+            .unwrap();
+        let expected = vec![
+            first.positions[0],
+            atomic[0].positions[0],
+            atomic[1].positions[0],
+        ];
+        wait_until_readable(store, *expected.last().unwrap()).await;
+        let all = store.read_correlated("c-1", 0, 10).await.unwrap();
+        assert_eq!(
+            all.iter().map(|event| event.position).collect::<Vec<_>>(),
+            expected
+        );
+        assert!(
+            all.iter()
+                .all(|event| event.metadata.correlation_id == "c-1")
+        );
+        assert_eq!(all[1].stream_type, "order");
+        let after_first = store.read_correlated("c-1", expected[0], 1).await.unwrap();
+        assert_eq!(
+            after_first
+                .iter()
+                .map(|event| event.position)
+                .collect::<Vec<_>>(),
+            vec![expected[1]]
+        );
+        assert!(
+            store
+                .read_correlated("c-1", expected[2], 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(store.read_correlated("c-1", 0, 0).await.unwrap().is_empty());
+        assert_eq!(store.read_correlated("c-10", 0, 10).await.unwrap().len(), 1);
+        assert!(store.read_correlated("c", 0, 10).await.unwrap().is_empty());
     }
 }

@@ -1,8 +1,12 @@
 //! `mercato`: one binary for every role of the platform and for operators and auditors.
 
+mod audit;
 mod config;
+mod generate;
+mod history;
 mod kafka;
 mod openapi;
+mod replay;
 mod seed;
 mod serve;
 
@@ -44,6 +48,10 @@ enum Command {
     Seed(SeedArgs),
     /// Rebuild read models from the event store
     Replay(ReplayArgs),
+    /// List every projection with its checkpoint, lag and state
+    Projections,
+    /// Fill the store with a realistic synthetic shop history (for benchmarks and trials)
+    Generate(generate::GenerateArgs),
     /// Read the event history: one stream, the global log, or everything one request caused
     #[command(subcommand)]
     Events(EventsCommand),
@@ -98,21 +106,34 @@ struct ReplayTarget {
     /// Rebuild every read model
     #[arg(long, group = "target")]
     all: bool,
+    /// Drop every unfinished rebuild (what an interrupted replay built) and stop
+    #[arg(long, group = "target")]
+    discard: bool,
 }
 
 #[derive(Debug, Args)]
 struct ReplayArgs {
     #[command(flatten)]
     target: ReplayTarget,
-    /// Start from this global position instead of the beginning
+    /// Rebuild from the events after this global position only (the rebuilt read model starts
+    /// empty there) [default: 0, the whole log]
     #[arg(long, value_name = "POSITION")]
     from: Option<u64>,
+    /// Start over instead of resuming an interrupted rebuild of the same read models
+    #[arg(long)]
+    restart: bool,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+/// How `mercato events` prints events: one line per event in every format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum OutputFormat {
+    /// Aligned columns with a header: position, time, TYPE/ID@version, event type, correlation id
     Table,
+    /// The envelope as `GET /events` returns it, one JSON object per line
     Json,
+    /// CloudEvents 1.0 in structured JSON mode, one event per line; mercato's metadata are
+    /// extension attributes (position, streamtype, streamid, streamversion, schemaversion,
+    /// correlationid, causationid, sagaid, actor), all strings
     Cloudevents,
 }
 
@@ -149,29 +170,43 @@ enum DlqCommand {
 
 #[derive(Debug, Subcommand)]
 enum EventsCommand {
-    /// One stream's history, e.g. `product/0b9f...`
+    /// One stream's history in version order, e.g. `order/0b9f...`. A stream without events is an
+    /// error (exit 1): the type or id is wrong, or nothing was written to it yet
     Stream {
+        /// The stream: its type (product, cart, order, payment, product_views), a slash, its id
         #[arg(value_name = "TYPE/ID")]
         stream: String,
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
+        /// Stop after this many events [default: all]
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
     },
-    /// The global log in position order
+    /// The global log in position order; an empty log prints nothing and exits 0
     Tail {
+        /// Start at this global position (included) [default: the beginning]
         #[arg(long, value_name = "POSITION")]
         from: Option<u64>,
-        /// Keep following new events
+        /// Keep following new events until interrupted (Ctrl-C ends it with exit 0)
         #[arg(long)]
         follow: bool,
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
+        /// Stop after this many events [default: all, or forever with --follow]
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
     },
-    /// Everything one request or one saga caused, across streams
+    /// Everything one request or one saga caused, across streams, in position order. An id with
+    /// no events is an error (exit 1)
     Correlated {
+        /// The correlation id (the `X-Correlation-Id` of the request)
         #[arg(value_name = "CORRELATION_ID")]
         correlation_id: String,
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
+        /// Stop after this many events [default: all]
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
     },
 }
 
@@ -251,12 +286,6 @@ impl From<config::ConfigError> for Failure {
     fn from(error: config::ConfigError) -> Self {
         Failure::Usage(error.to_string())
     }
-}
-
-fn not_built(command: &str) -> Failure {
-    Failure::Usage(format!(
-        "`mercato {command}` is not available in this version yet; see CHANGELOG.md for what is"
-    ))
 }
 
 async fn saga_command(config: &Config, command: SagaCommand) -> Result<(), Failure> {
@@ -352,9 +381,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 })
             })
         }
-        Command::Replay(_) => Err(not_built("replay")),
-        Command::Events(_) => Err(not_built("events")),
-        Command::Audit(_) => Err(not_built("audit")),
+        Command::Replay(args) => {
+            let config = Config::resolve(&cli.common, None, None, None)?;
+            block_on(replay::replay(&config, args))
+        }
+        Command::Projections => {
+            let config = Config::resolve(&cli.common, None, None, None)?;
+            block_on(replay::list(&config))
+        }
+        Command::Events(command) => {
+            let config = Config::resolve(&cli.common, None, None, None)?;
+            block_on(history::events(&config, command))
+        }
+        Command::Audit(AuditCommand::State { stream, at }) => {
+            let config = Config::resolve(&cli.common, None, None, None)?;
+            block_on(history::state(&config, &stream, &at))
+        }
+        Command::Audit(command) => {
+            let config = Config::resolve(&cli.common, None, None, None)?;
+            block_on(audit::audit(&config, command))
+        }
+        Command::Generate(args) => {
+            let config = Config::resolve(&cli.common, None, None, None)?;
+            block_on(generate::generate(&config, args))
+        }
         Command::Migrate => {
             let config = Config::resolve(&cli.common, None, None, None)?;
             let target = config.database_url.redacted();

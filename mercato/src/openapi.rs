@@ -161,27 +161,40 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "get",
         path: "/streams/{stream_type}/{stream_id}/events",
-        summary: "One stream's history with each event's metadata",
+        summary: "One stream's history in version order, with each event's metadata; stream_type is product, cart, order, payment or product_views (another is 404). Any other query parameter is a 400 naming the accepted ones",
         body: None,
         success: (200, "StreamEvents"),
         query: &[
-            ("after_version", "start after this stream version"),
+            (
+                "after_version",
+                "start after this stream version (continue from next_after_version)",
+            ),
             ("limit", "1 to 10000, default 1000"),
+            (
+                "correlation_id",
+                "only the events one request or saga caused (its X-Correlation-Id); a page may then hold fewer than limit events: continue from next_after_version until it stops moving",
+            ),
         ],
-        min_position: false,
+        min_position: true,
     },
     RouteDoc {
         method: "get",
         path: "/events",
-        summary: "The global feed in position order",
+        summary: "The global feed in position order. Any other query parameter is a 400 naming the accepted ones",
         body: None,
         success: (200, "EventFeed"),
         query: &[
-            ("after", "start after this position"),
+            (
+                "after",
+                "start after this position (continue from next_after)",
+            ),
             ("limit", "1 to 10000, default 100"),
-            ("correlation_id", "only the events of one request or saga"),
+            (
+                "correlation_id",
+                "only the events one request or saga caused (its X-Correlation-Id), across streams; paging with after works the same",
+            ),
         ],
-        min_position: false,
+        min_position: true,
     },
     RouteDoc {
         method: "get",
@@ -287,8 +300,11 @@ fn components() -> Value {
         "Recommendations": { "type": "object", "properties": { "customer_id": id, "items": { "type": "array", "items": { "type": "object", "properties": {
             "product_id": { "type": "string", "format": "uuid" }, "name": { "type": "string" }, "score": { "type": "integer" } } } } } },
         "Event": event,
-        "StreamEvents": { "type": "object", "properties": { "events": { "type": "array", "items": schema_ref("Event") } } },
-        "EventFeed": { "type": "object", "properties": { "events": { "type": "array", "items": schema_ref("Event") }, "next_after": { "type": "integer" } } },
+        "StreamEvents": { "type": "object", "properties": { "stream_type": { "type": "string" }, "stream_id": { "type": "string" },
+            "events": { "type": "array", "items": schema_ref("Event") },
+            "next_after_version": { "type": "integer", "description": "the last stream version this answer read: pass it as after_version for the next page" } } },
+        "EventFeed": { "type": "object", "properties": { "events": { "type": "array", "items": schema_ref("Event") },
+            "next_after": { "type": "integer", "description": "the position of the last event returned (or after): pass it as after for the next page" } } },
         "Object": { "type": "object" },
         "Text": { "type": "string" }
     } })

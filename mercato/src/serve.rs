@@ -636,6 +636,14 @@ pub async fn serve(config: Config) -> Result<(), Failure> {
             }
         }));
     }
+    if matches!(config.role, Role::All | Role::CommandApi) {
+        workers.push(tokio::spawn(eventstore::audit::run_sealer(
+            platform.store.clone(),
+            crate::audit::SEAL_EVERY,
+            Duration::from_secs(5),
+            shutdown.clone().cancelled_owned(),
+        )));
+    }
     workers.push(tokio::spawn(record_lag(
         platform.store.clone(),
         progress.clone(),

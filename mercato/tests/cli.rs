@@ -51,11 +51,16 @@ fn bad_usage_exits_2_with_one_error_line_that_says_what_to_do() {
 }
 
 #[test]
-fn a_subcommand_that_is_not_available_yet_says_so_and_exits_2() {
+fn replay_needs_a_target_and_names_the_read_models_it_knows() {
     let dir = tempfile::tempdir().unwrap();
-    let output = mercato(&["replay", "--all"], dir.path());
+    let output = mercato(&["replay", "--projection", "nope"], dir.path());
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr_of(&output).starts_with("error: `mercato replay` is not available"));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.starts_with("error: there is no read model named \"nope\"")
+            && stderr.contains("products, orders, carts, popularity, search"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod opensearch;
 pub mod readdb;
 pub mod redis_models;
+pub mod replay;
 pub mod runner;
 pub mod search;
 pub mod sql_models;
@@ -50,6 +51,16 @@ pub enum ProjectionError {
     Codec(#[from] schemas::CodecError),
     #[error("{0}")]
     Storage(String),
+    /// The stored checkpoint moved past the batch while it was being applied (a replay swapped
+    /// in a rebuilt read model): nothing of the batch was kept; read again from the checkpoint.
+    #[error(
+        "the checkpoint of {name} is at {stored}, past the batch starting at {first}: another writer (a replay) moved it; reading again from there"
+    )]
+    CheckpointMoved {
+        name: String,
+        stored: u64,
+        first: u64,
+    },
 }
 
 /// What one event adds to a product's popularity.

@@ -1055,9 +1055,9 @@ impl Projection for OpenSearchProjection {
     }
 
     async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
-        let Some(last) = events.last() else {
+        if events.is_empty() {
             return Ok(());
-        };
+        }
         // The products this batch indexes or scores, and what the batch adds to their scores.
         let mut added: BTreeMap<String, i64> = BTreeMap::new();
         let mut products = std::collections::BTreeSet::new();
@@ -1096,7 +1096,7 @@ impl Projection for OpenSearchProjection {
             .await?;
         }
         write
-            .commit_at(&feed.checkpoint_name(OpenSearchIndex::NAME), last.position)
+            .commit_batch(feed, OpenSearchIndex::NAME, events)
             .await?;
         if let Some(cache) = &self.cache {
             cache.invalidate(&[SEARCH_SCOPE.to_owned()]).await;

@@ -9,7 +9,10 @@ use std::sync::{Arc, Once};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor, Row};
 
+use eventstore::RecordedEvent;
+
 use crate::ProjectionError;
+use crate::runner::Feed;
 
 /// The statements that create the read models, in order; each is idempotent. The SQL is the
 /// subset PostgreSQL and SQLite share (`$n` parameters, `ON CONFLICT ... DO UPDATE`).
@@ -67,6 +70,19 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (customer_id, product_id))",
 ];
 
+/// The tables each SQL projection owns (by projection name): what a replay rebuilds and swaps
+/// in for it (the SQL projections of [`crate::sql_models`]), in the order the projection's own
+/// batches write them (a swap locks them in this order).
+pub fn tables_of(projection: &str) -> &'static [&'static str] {
+    match projection {
+        "products" => &["rm_products", "rm_products_early_popularity"],
+        "orders" => &["rm_order_payments", "rm_orders"],
+        "carts" => &["rm_carts"],
+        "popularity" => &["rm_popularity", "rm_customer_products"],
+        _ => &[],
+    }
+}
+
 /// Which SQL database the read models are on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadBackend {
@@ -97,6 +113,55 @@ impl WriteTransaction {
     /// checkpoint become visible together.
     pub async fn commit_at(mut self, name: &str, position: u64) -> Result<(), ProjectionError> {
         save_checkpoint(&mut self.transaction, name, position).await?;
+        self.transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Commits projection `projection`'s batch `events` of `feed`: moves the feed's checkpoint
+    /// to the last event, but only if it is still below the first one. If another writer moved
+    /// it meanwhile (a replay swapped in a rebuilt read model), the transaction rolls back and
+    /// the answer is [`ProjectionError::CheckpointMoved`]: the runner reads again from the
+    /// stored checkpoint, so no event is applied twice. Dead-letter replays ([`Feed::Replay`])
+    /// apply behind the checkpoint by design and are not guarded.
+    pub async fn commit_batch(
+        mut self,
+        feed: &Feed,
+        projection: &str,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            self.transaction.commit().await?;
+            return Ok(());
+        };
+        let name = feed.checkpoint_name(projection);
+        if *feed == Feed::Replay {
+            return self.commit_at(&name, last.position).await;
+        }
+        let moved = sqlx::query(
+            "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position,
+                 updated_at = excluded.updated_at
+             WHERE projection_checkpoints.position < $4",
+        )
+        .bind(name.as_ref())
+        .bind(i64::try_from(last.position).unwrap_or(i64::MAX))
+        .bind(chrono::Utc::now().to_rfc3339())
+        .bind(i64::try_from(first.position).unwrap_or(i64::MAX))
+        .execute(&mut *self.transaction)
+        .await?;
+        if moved.rows_affected() == 0 {
+            let stored = sqlx::query("SELECT position FROM projection_checkpoints WHERE name = $1")
+                .bind(name.as_ref())
+                .fetch_one(&mut *self.transaction)
+                .await?
+                .try_get::<i64, _>(0)?;
+            self.transaction.rollback().await?;
+            return Err(ProjectionError::CheckpointMoved {
+                name: name.into_owned(),
+                stored: u64::try_from(stored).unwrap_or(0),
+                first: first.position,
+            });
+        }
         self.transaction.commit().await?;
         Ok(())
     }

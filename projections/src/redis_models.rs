@@ -8,7 +8,7 @@
 //! the new checkpoint). Keys are not declared to the script: this needs a standalone Redis (or one
 //! hash slot), not a cluster.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use async_trait::async_trait;
@@ -35,6 +35,9 @@ end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
 "#;
+
+/// How many keys one `MGET` asks for.
+const MGET_KEYS: usize = 1_000;
 
 /// The Redis side of the read models: connection and key names.
 #[derive(Clone)]
@@ -159,6 +162,26 @@ impl RedisModels {
         })
     }
 
+    /// The stored carts among `cart_ids`, by id (`MGET` in chunks: a few round trips for a
+    /// whole batch).
+    async fn carts(&self, cart_ids: &[&str]) -> Result<HashMap<String, CartRow>, ProjectionError> {
+        let mut connection = self.connection.clone();
+        let mut carts = HashMap::new();
+        for chunk in cart_ids.chunks(MGET_KEYS) {
+            let mut mget = redis::cmd("MGET");
+            for cart_id in chunk {
+                mget.arg(self.cart_key(cart_id));
+            }
+            let values: Vec<Option<String>> = mget.query_async(&mut connection).await?;
+            for (cart_id, value) in chunk.iter().zip(values) {
+                if let Some(json) = value {
+                    carts.insert((*cart_id).to_owned(), serde_json::from_str(&json)?);
+                }
+            }
+        }
+        Ok(carts)
+    }
+
     /// The most popular products (id and score) that `customer_id` has not ordered, at most
     /// `limit`, looking at no more than `window` of the top products.
     pub async fn popular_not_ordered(
@@ -234,23 +257,29 @@ impl Projection for RedisCartsProjection {
     async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let name = feed.checkpoint_name(Self::NAME);
         let batch = self.models.unapplied(&name, feed, events).await?;
-        let mut carts: HashMap<String, CartRow> = HashMap::new();
+        // The batch's events per cart, in order; a cart is folded on from its stored value (a
+        // batch may start in the middle of a cart), all of them read in a few round trips.
+        let mut cart_events: BTreeMap<&str, Vec<&RecordedEvent>> = BTreeMap::new();
         for event in batch
             .events
             .iter()
+            .copied()
             .filter(|event| event.stream_type == "cart")
         {
-            if !carts.contains_key(&event.stream_id) {
-                let cart = self
-                    .models
-                    .cart(&event.stream_id)
-                    .await?
-                    .unwrap_or_default();
-                carts.insert(event.stream_id.clone(), cart);
-            }
-            if let Some(cart) = carts.get_mut(&event.stream_id) {
+            cart_events
+                .entry(event.stream_id.as_str())
+                .or_default()
+                .push(event);
+        }
+        let cart_ids: Vec<&str> = cart_events.keys().copied().collect();
+        let mut stored = self.models.carts(&cart_ids).await?;
+        let mut carts: Vec<(&str, CartRow)> = Vec::with_capacity(cart_events.len());
+        for (cart_id, events) in cart_events {
+            let mut cart = stored.remove(cart_id).unwrap_or_default();
+            for event in events {
                 cart.apply(event)?;
             }
+            carts.push((cart_id, cart));
         }
         let mut ops = Vec::with_capacity(carts.len());
         for (cart_id, cart) in &carts {

@@ -283,6 +283,16 @@ pub async fn run_projection(
             let (last_position, last_at) = (last.position, last.occurred_at.timestamp());
             let started = Instant::now();
             if let Err(error) = projection.apply(&Feed::Log, &batch).await {
+                if let ProjectionError::CheckpointMoved { stored, .. } = &error {
+                    // A replay swapped in a rebuilt read model: follow on from its checkpoint.
+                    tracing::info!(
+                        projection = name,
+                        checkpoint = *stored,
+                        "read model replaced by a replay; following the log from its checkpoint"
+                    );
+                    sender.send_modify(|state| state.position = state.position.max(*stored));
+                    continue 'resubscribe;
+                }
                 metrics::counter!("mercato_projection_failures_total", "projection" => name)
                     .increment(1);
                 tracing::error!(

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -125,13 +125,36 @@ fn schema() -> (Schema, Fields) {
 }
 
 /// The embedded search index on Tantivy, under `{data-dir}/search`.
+///
+/// The directory holds generations of the index: the one in service is named by the file
+/// `CURRENT` (the directory itself when there is none, as before generations existed). A replay
+/// builds a new generation beside it and then replaces `CURRENT` atomically; every process that
+/// has the index open notices at its next search or batch and switches to it, and the writer
+/// that left a generation deletes it.
 pub struct TantivySearch {
+    root: PathBuf,
+    writable: bool,
+    /// Pinned to one generation (a replay building it): `CURRENT` is not followed.
+    pinned: bool,
+    fields: Fields,
+    cache: Option<Arc<dyn Cache>>,
+    generation: std::sync::RwLock<Arc<Generation>>,
+    /// When `CURRENT` was last looked at (milliseconds since `opened`).
+    checked_at: std::sync::atomic::AtomicU64,
+    /// The generation the last batch was applied to: a batch read before another generation
+    /// went into service must not be applied to it.
+    applied_to: Mutex<String>,
+    opened: std::time::Instant,
+}
+
+/// One generation of the index, open.
+struct Generation {
+    /// `.` (the root directory itself) or the subdirectory's name.
+    name: String,
     index: Index,
     reader: IndexReader,
     /// `None` when opened to read only (a query-api process beside the projector's).
     writer: Option<Arc<Mutex<IndexWriter>>>,
-    fields: Fields,
-    cache: Option<Arc<dyn Cache>>,
     /// The checkpoint of the commit the reader was last reloaded at (read-only mode).
     reloaded_at: std::sync::atomic::AtomicU64,
 }
@@ -140,28 +163,146 @@ impl fmt::Debug for TantivySearch {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter
             .debug_struct("TantivySearch")
+            .field("root", &self.root)
             .finish_non_exhaustive()
     }
 }
 
+/// The file naming the generation in service.
+const CURRENT_FILE: &str = "CURRENT";
+/// The root directory itself as a generation.
+const ROOT_GENERATION: &str = ".";
+/// How often a search or a batch looks whether another generation went into service.
+const GENERATION_CHECK_MS: u64 = 200;
+
 impl TantivySearch {
     pub const NAME: &'static str = "search";
 
-    /// Opens the index in `directory` to write (the projection), creating it if needed.
+    /// Opens the index in service under `directory` to write (the projection), creating it if
+    /// needed.
     pub fn open(directory: &Path, cache: Option<Arc<dyn Cache>>) -> Result<Self, ProjectionError> {
-        Self::open_with(directory, cache, true)
+        Self::open_with(directory, cache, true, None)
     }
 
-    /// Opens the index in `directory` to read only, for a query-api process that shares the
-    /// directory with a projector process: searches see each commit of the projector.
+    /// Opens the index in service under `directory` to read only, for a query-api process that
+    /// shares the directory with a projector process: searches see each commit of the projector.
     pub fn open_read_only(directory: &Path) -> Result<Self, ProjectionError> {
-        Self::open_with(directory, None, false)
+        Self::open_with(directory, None, false, None)
+    }
+
+    /// Opens generation `generation` under `directory` to write, creating it if needed, without
+    /// following `CURRENT`: what a replay builds before [`TantivySearch::publish`] puts it in
+    /// service.
+    pub fn open_generation(directory: &Path, generation: &str) -> Result<Self, ProjectionError> {
+        Self::open_with(directory, None, true, Some(generation))
+    }
+
+    /// The name of the generation in service under `directory`.
+    pub fn current_generation(directory: &Path) -> String {
+        std::fs::read_to_string(directory.join(CURRENT_FILE))
+            .ok()
+            .map(|name| name.trim().to_owned())
+            .filter(|name| is_generation_name(name))
+            .unwrap_or_else(|| ROOT_GENERATION.to_owned())
+    }
+
+    /// Sets the log's checkpoint of an empty generation (a replay that starts after
+    /// `position`): an empty commit carrying it.
+    pub fn start_at(&self, position: u64) -> Result<(), ProjectionError> {
+        let generation = self.generation();
+        let Some(writer) = &generation.writer else {
+            return Err(ProjectionError::Storage(
+                "the search index was opened to read only".to_owned(),
+            ));
+        };
+        let mut writer = match writer.lock() {
+            Ok(writer) => writer,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut prepared = writer.prepare_commit()?;
+        prepared.set_payload(&position.to_string());
+        prepared.commit()?;
+        drop(writer);
+        generation.reader.reload()?;
+        Ok(())
+    }
+
+    /// The name of this index's generation.
+    pub fn generation_name(&self) -> String {
+        self.generation().name.clone()
+    }
+
+    /// Puts generation `generation` under `directory` in service (an atomic replace of
+    /// `CURRENT`), after its writer was closed. Returns the generation it replaced; that one is
+    /// deleted by the writer that leaves it, or here when no process holds it (see
+    /// [`TantivySearch::remove_generation_if_unused`]).
+    pub fn publish(directory: &Path, generation: &str) -> Result<String, ProjectionError> {
+        if !is_generation_name(generation) || generation == ROOT_GENERATION {
+            return Err(ProjectionError::Storage(format!(
+                "{generation:?} is not a search index generation"
+            )));
+        }
+        let previous = Self::current_generation(directory);
+        let temporary = directory.join(format!("{CURRENT_FILE}.tmp"));
+        let io = |error: std::io::Error| {
+            ProjectionError::Storage(format!(
+                "cannot put search index generation {generation} in service under {}: {error}",
+                directory.display()
+            ))
+        };
+        std::fs::write(&temporary, generation).map_err(io)?;
+        std::fs::File::open(&temporary)
+            .and_then(|file| file.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&temporary, directory.join(CURRENT_FILE)).map_err(io)?;
+        if let Ok(parent) = std::fs::File::open(directory) {
+            let _ = parent.sync_all();
+        }
+        Ok(previous)
+    }
+
+    /// Deletes generation `generation` under `directory` unless it is in service or a process
+    /// still writes it. True when it is gone.
+    pub fn remove_generation_if_unused(directory: &Path, generation: &str) -> bool {
+        if generation == Self::current_generation(directory) || !is_generation_name(generation) {
+            return false;
+        }
+        let Ok(index) = open_index(&generation_path(directory, generation)) else {
+            return false;
+        };
+        // Taking the writer's lock proves no process writes it any more.
+        let Ok(writer) = index.writer_with_num_threads::<TantivyDocument>(1, 15_000_000) else {
+            return false;
+        };
+        drop(writer);
+        drop(index);
+        remove_generation_files(directory, generation);
+        true
+    }
+
+    /// Names of the generations under `directory` that are not in service (left by a replay
+    /// that was interrupted, or by a switch no writer finished).
+    pub fn stale_generations(directory: &Path) -> Vec<String> {
+        let current = Self::current_generation(directory);
+        let mut names: Vec<String> = std::fs::read_dir(directory)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| is_generation_name(name) && *name != current)
+            .collect();
+        if current != ROOT_GENERATION && directory.join("meta.json").exists() {
+            names.push(ROOT_GENERATION.to_owned());
+        }
+        names.sort();
+        names
     }
 
     fn open_with(
         directory: &Path,
         cache: Option<Arc<dyn Cache>>,
         writable: bool,
+        pinned: Option<&str>,
     ) -> Result<Self, ProjectionError> {
         std::fs::create_dir_all(directory).map_err(|error| {
             ProjectionError::Storage(format!(
@@ -169,75 +310,82 @@ impl TantivySearch {
                 directory.display()
             ))
         })?;
-        let (schema, fields) = schema();
-        let mmap = tantivy::directory::MmapDirectory::open(directory)?;
-        let index = Index::open_or_create(mmap, schema)?;
-        let writer = if writable {
-            Some(Arc::new(Mutex::new(
-                index.writer_with_num_threads(1, 15_000_000)?,
-            )))
-        } else {
-            None
+        let name = match pinned {
+            Some(name) => name.to_owned(),
+            None => Self::current_generation(directory),
         };
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
+        let generation = open_generation(directory, &name, writable)?;
         Ok(Self {
-            index,
-            reader,
-            writer,
-            fields,
+            root: directory.to_owned(),
+            writable,
+            pinned: pinned.is_some(),
+            fields: schema().1,
             cache,
-            reloaded_at: std::sync::atomic::AtomicU64::new(0),
+            applied_to: Mutex::new(generation.name.clone()),
+            generation: std::sync::RwLock::new(Arc::new(generation)),
+            checked_at: std::sync::atomic::AtomicU64::new(0),
+            opened: std::time::Instant::now(),
         })
     }
 
-    /// The checkpoints stored with the last commit, by checkpoint name (see [`Feed`]). The
-    /// payload is the log's position alone while only the log feeds the index, else a JSON map.
-    fn committed_checkpoints(&self) -> Result<BTreeMap<String, u64>, ProjectionError> {
-        let metas = self.index.load_metas()?;
-        let Some(payload) = metas.payload.as_deref() else {
-            return Ok(BTreeMap::new());
-        };
-        if let Ok(position) = payload.parse::<u64>() {
-            return Ok(BTreeMap::from([(Self::NAME.to_owned(), position)]));
+    /// The generation this index reads and writes now.
+    fn generation(&self) -> Arc<Generation> {
+        match self.generation.read() {
+            Ok(generation) => generation.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
-        Ok(serde_json::from_str(payload)?)
     }
 
-    /// The checkpoint of `feed` stored with the last commit.
-    fn committed_checkpoint_of(&self, feed: &Feed) -> Result<u64, ProjectionError> {
-        let name = feed.checkpoint_name(Self::NAME);
-        Ok(self
-            .committed_checkpoints()?
-            .get(name.as_ref())
-            .copied()
-            .unwrap_or(0))
-    }
-
-    /// The log's checkpoint stored with the last commit.
-    fn committed_checkpoint(&self) -> Result<u64, ProjectionError> {
-        self.committed_checkpoint_of(&Feed::Log)
-    }
-
-    /// In read-only mode, reloads the reader when the projector committed since the last reload,
-    /// so that a search never answers from before a checkpoint it reported.
-    fn catch_up_reader(&self) -> Result<(), ProjectionError> {
+    /// Switches to the generation in service if another one went into service since the last
+    /// look (at most every [`GENERATION_CHECK_MS`]). True when it switched.
+    fn follow_current(&self) -> Result<bool, ProjectionError> {
         use std::sync::atomic::Ordering;
-        if self.writer.is_some() {
-            return Ok(()); // the writer reloads after each of its commits
+        if self.pinned {
+            return Ok(false);
         }
-        let committed = self.committed_checkpoint()?;
-        if committed > self.reloaded_at.load(Ordering::Acquire) {
-            self.reader.reload()?;
-            self.reloaded_at.fetch_max(committed, Ordering::AcqRel);
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let checked_at = self.checked_at.load(Ordering::Acquire);
+        if now.saturating_sub(checked_at) < GENERATION_CHECK_MS && checked_at != 0 {
+            return Ok(false);
         }
-        Ok(())
+        self.checked_at.store(now.max(1), Ordering::Release);
+        let current = Self::current_generation(&self.root);
+        let old = self.generation();
+        if current == old.name {
+            return Ok(false);
+        }
+        // The writer of the old generation lets go of its lock before the new one is opened.
+        let mut slot = match self.generation.write() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if slot.name == current {
+            return Ok(false);
+        }
+        let left = slot.name.clone();
+        let new = open_generation(&self.root, &current, self.writable)?;
+        *slot = Arc::new(new);
+        drop(slot);
+        drop(old);
+        tracing::info!(from = %left, to = %current, "search index switched to a rebuilt generation");
+        if self.writable {
+            remove_generation_files(&self.root, &left);
+        }
+        Ok(true)
     }
 
-    fn stored_document(&self, product_id: &str) -> Result<Option<ProductDoc>, ProjectionError> {
-        let searcher = self.reader.searcher();
+    /// The checkpoint of `feed` stored with the last commit of the generation in service.
+    fn committed_checkpoint_of(&self, feed: &Feed) -> Result<u64, ProjectionError> {
+        self.follow_current()?;
+        self.generation().committed_checkpoint_of(feed)
+    }
+
+    fn stored_document(
+        &self,
+        generation: &Generation,
+        product_id: &str,
+    ) -> Result<Option<ProductDoc>, ProjectionError> {
+        let searcher = generation.reader.searcher();
         let query = TermQuery::new(
             Term::from_field_text(self.fields.product_id, product_id),
             IndexRecordOption::Basic,
@@ -274,9 +422,33 @@ impl TantivySearch {
     }
 
     fn apply_blocking(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
-        let Some(last) = events.last() else {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Ok(());
         };
+        self.follow_current()?;
+        let generation = self.generation();
+        let switched = {
+            let mut applied_to = match self.applied_to.lock() {
+                Ok(applied_to) => applied_to,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let switched = *applied_to != generation.name;
+            applied_to.clone_from(&generation.name);
+            switched
+        };
+        if *feed != Feed::Replay {
+            // A batch read before a rebuilt generation went into service is not applied to it:
+            // the runner reads again from that generation's checkpoint.
+            let stored = generation.committed_checkpoint_of(feed)?;
+            if switched || stored >= first.position {
+                return Err(ProjectionError::CheckpointMoved {
+                    name: feed.checkpoint_name(Self::NAME).into_owned(),
+                    stored,
+                    first: first.position,
+                });
+            }
+        }
+        let generation = &*generation;
         let mut changed: HashMap<String, Option<ProductDoc>> = HashMap::new();
         for event in events {
             match event.event_type.as_str() {
@@ -286,7 +458,7 @@ impl TantivySearch {
                         continue;
                     };
                     let product_id = updated.product_id.to_string();
-                    let current = self.current(&mut changed, &product_id)?;
+                    let current = self.current(generation, &mut changed, &product_id)?;
                     if current
                         .as_ref()
                         .is_some_and(|current| current.version >= updated.version)
@@ -313,14 +485,19 @@ impl TantivySearch {
                 }
                 "OrderCreated" | "ProductViewed" => {
                     for signal in popularity_signals(event)? {
-                        self.add_popularity(&mut changed, &signal.product_id, signal.points)?;
+                        self.add_popularity(
+                            generation,
+                            &mut changed,
+                            &signal.product_id,
+                            signal.points,
+                        )?;
                     }
                 }
                 _ => {}
             }
         }
         let folded = std::time::Instant::now();
-        let Some(writer) = &self.writer else {
+        let Some(writer) = &generation.writer else {
             return Err(ProjectionError::Storage(
                 "the search index was opened to read only".to_owned(),
             ));
@@ -337,7 +514,7 @@ impl TantivySearch {
         let added = std::time::Instant::now();
         let mut prepared = writer.prepare_commit()?;
         let prepared_at = std::time::Instant::now();
-        let mut checkpoints = self.committed_checkpoints()?;
+        let mut checkpoints = generation.committed_checkpoints()?;
         checkpoints.insert(feed.checkpoint_name(Self::NAME).into_owned(), last.position);
         let payload = match checkpoints.len() {
             1 if *feed == Feed::Log => last.position.to_string(),
@@ -347,7 +524,7 @@ impl TantivySearch {
         prepared.commit()?;
         let committed = std::time::Instant::now();
         drop(writer);
-        self.reader.reload()?;
+        generation.reader.reload()?;
         tracing::debug!(
             add_us = (added - folded).as_micros() as u64,
             prepare_us = (prepared_at - added).as_micros() as u64,
@@ -361,24 +538,26 @@ impl TantivySearch {
     /// The product's document as this batch leaves it so far.
     fn current(
         &self,
+        generation: &Generation,
         changed: &mut HashMap<String, Option<ProductDoc>>,
         product_id: &str,
     ) -> Result<Option<ProductDoc>, ProjectionError> {
         if let Some(product) = changed.get(product_id) {
             return Ok(product.clone());
         }
-        let stored = self.stored_document(product_id)?;
+        let stored = self.stored_document(generation, product_id)?;
         changed.insert(product_id.to_owned(), stored.clone());
         Ok(stored)
     }
 
     fn add_popularity(
         &self,
+        generation: &Generation,
         changed: &mut HashMap<String, Option<ProductDoc>>,
         product_id: &str,
         points: i64,
     ) -> Result<(), ProjectionError> {
-        if let Some(mut product) = self.current(changed, product_id)? {
+        if let Some(mut product) = self.current(generation, changed, product_id)? {
             product.popularity = product.popularity.saturating_add(points);
             changed.insert(product_id.to_owned(), Some(product));
         }
@@ -386,10 +565,12 @@ impl TantivySearch {
     }
 
     fn search_blocking(&self, query: &SearchQuery) -> Result<SearchResult, ProjectionError> {
-        self.catch_up_reader()?;
-        let searcher = self.reader.searcher();
+        self.follow_current()?;
+        let generation = self.generation();
+        generation.catch_up_reader()?;
+        let searcher = generation.reader.searcher();
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        let mut analyzer = self.index.tokenizer_for_field(self.fields.name)?;
+        let mut analyzer = generation.index.tokenizer_for_field(self.fields.name)?;
         let mut tokens = Vec::new();
         let mut stream = analyzer.token_stream(&query.text);
         while stream.advance() {
@@ -472,6 +653,122 @@ impl TantivySearch {
             total: total as u64,
             hits,
         })
+    }
+}
+
+impl Generation {
+    /// The checkpoints stored with the last commit, by checkpoint name (see [`Feed`]). The
+    /// payload is the log's position alone while only the log feeds the index, else a JSON map.
+    fn committed_checkpoints(&self) -> Result<BTreeMap<String, u64>, ProjectionError> {
+        let metas = self.index.load_metas()?;
+        let Some(payload) = metas.payload.as_deref() else {
+            return Ok(BTreeMap::new());
+        };
+        if let Ok(position) = payload.parse::<u64>() {
+            return Ok(BTreeMap::from([(TantivySearch::NAME.to_owned(), position)]));
+        }
+        Ok(serde_json::from_str(payload)?)
+    }
+
+    /// The checkpoint of `feed` stored with the last commit.
+    fn committed_checkpoint_of(&self, feed: &Feed) -> Result<u64, ProjectionError> {
+        let name = feed.checkpoint_name(TantivySearch::NAME);
+        Ok(self
+            .committed_checkpoints()?
+            .get(name.as_ref())
+            .copied()
+            .unwrap_or(0))
+    }
+
+    /// In read-only mode, reloads the reader when the projector committed since the last reload,
+    /// so that a search never answers from before a checkpoint it reported.
+    fn catch_up_reader(&self) -> Result<(), ProjectionError> {
+        use std::sync::atomic::Ordering;
+        if self.writer.is_some() {
+            return Ok(()); // the writer reloads after each of its commits
+        }
+        let committed = self.committed_checkpoint_of(&Feed::Log)?;
+        if committed > self.reloaded_at.load(Ordering::Acquire) {
+            self.reader.reload()?;
+            self.reloaded_at.fetch_max(committed, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` can name a generation: `.` or `gen-` and letters, digits, `-` and `_`.
+fn is_generation_name(name: &str) -> bool {
+    name == ROOT_GENERATION
+        || (name.starts_with("gen-")
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_'))
+}
+
+fn generation_path(root: &Path, name: &str) -> PathBuf {
+    if name == ROOT_GENERATION {
+        root.to_owned()
+    } else {
+        root.join(name)
+    }
+}
+
+fn open_index(path: &Path) -> Result<Index, ProjectionError> {
+    std::fs::create_dir_all(path).map_err(|error| {
+        ProjectionError::Storage(format!(
+            "cannot create the search index directory {}: {error}",
+            path.display()
+        ))
+    })?;
+    let mmap = tantivy::directory::MmapDirectory::open(path)?;
+    Ok(Index::open_or_create(mmap, schema().0)?)
+}
+
+fn open_generation(root: &Path, name: &str, writable: bool) -> Result<Generation, ProjectionError> {
+    let index = open_index(&generation_path(root, name))?;
+    let writer = if writable {
+        Some(Arc::new(Mutex::new(
+            index.writer_with_num_threads(1, 15_000_000)?,
+        )))
+    } else {
+        None
+    };
+    let reader = index
+        .reader_builder()
+        .reload_policy(ReloadPolicy::Manual)
+        .try_into()?;
+    Ok(Generation {
+        name: name.to_owned(),
+        index,
+        reader,
+        writer,
+        reloaded_at: std::sync::atomic::AtomicU64::new(0),
+    })
+}
+
+/// Deletes a generation's files: its directory, or for the root generation the index files in
+/// the root (not `CURRENT` nor other generations).
+fn remove_generation_files(root: &Path, name: &str) {
+    let result = if name == ROOT_GENERATION {
+        std::fs::read_dir(root).and_then(|entries| {
+            for entry in entries.flatten() {
+                let file_name = entry.file_name();
+                let file_name = file_name.to_string_lossy();
+                if file_name.starts_with(CURRENT_FILE) || is_generation_name(&file_name) {
+                    continue;
+                }
+                if entry.file_type()?.is_file() {
+                    std::fs::remove_file(entry.path())?;
+                }
+            }
+            Ok(())
+        })
+    } else {
+        std::fs::remove_dir_all(root.join(name))
+    };
+    if let Err(error) = result {
+        tracing::warn!(generation = name, %error, "cannot delete a search index generation that left service");
     }
 }
 

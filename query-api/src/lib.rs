@@ -633,27 +633,160 @@ fn position_param(params: &HashMap<String, String>, name: &str) -> Result<u64, P
     }
 }
 
+/// 400 for a query parameter the route does not take, naming the ones it does.
+fn known_params(params: &HashMap<String, String>, known: &[&str]) -> Result<(), Problem> {
+    let mut unknown: Vec<&str> = params
+        .keys()
+        .map(String::as_str)
+        .filter(|name| !known.contains(name))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort_unstable();
+    Err(Problem::bad_request(format!(
+        "unknown query parameter {}: this route takes {}",
+        unknown
+            .iter()
+            .map(|name| format!("`{}`", truncate(name, 40)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        known
+            .iter()
+            .map(|name| format!("`{name}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+/// The longest correlation id accepted (the request context's limit).
+const CORRELATION_ID_MAX_CHARS: usize = 128;
+
+/// `?correlation_id=`: 1 to 128 printable ASCII characters, like `X-Correlation-Id`.
+fn correlation_param(params: &HashMap<String, String>) -> Result<Option<&str>, Problem> {
+    let Some(text) = params.get("correlation_id") else {
+        return Ok(None);
+    };
+    if text.is_empty()
+        || text.len() > CORRELATION_ID_MAX_CHARS
+        || !text
+            .bytes()
+            .all(|byte| byte.is_ascii_graphic() || byte == b' ')
+    {
+        return Err(Problem::invalid(
+            "correlation_id",
+            "must be 1 to 128 printable ASCII characters (an X-Correlation-Id)",
+        ));
+    }
+    Ok(Some(text))
+}
+
+/// `X-Min-Position` / `?min_position=` on the event feeds: waits until the log can return that
+/// position (on PostgreSQL a committed event becomes readable once older transactions end).
+async fn wait_for_log(
+    state: &QueryState,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<(), Problem> {
+    let Some(position) = min_position(headers, params)? else {
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + MIN_POSITION_WAIT;
+    loop {
+        let head = state
+            .store
+            .head_position()
+            .await
+            .map_err(|error| store_problem(&error))?;
+        if head >= position {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Problem::unavailable(format!(
+                "the event log cannot return position {position} yet (it is at {head}) after {} s; retry later",
+                MIN_POSITION_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The stream types events are written to (a path naming another one is a 404).
+fn stream_types() -> Vec<&'static str> {
+    let mut types: Vec<&'static str> = Vec::new();
+    for (stream_type, _, _) in domain::EVENT_TYPES {
+        if !types.contains(stream_type) {
+            types.push(stream_type);
+        }
+    }
+    types
+}
+
+/// How many stream events one filtered request reads at most before it answers with what it
+/// found (the caller goes on from `next_after_version`).
+const STREAM_SCAN_MAX: usize = 10_000;
+
 #[tracing::instrument(skip_all, fields(stream_type = %stream_type, stream_id = %stream_id))]
 async fn stream_events(
     State(state): State<QueryState>,
     Path((stream_type, stream_id)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    if stream_type.len() > 64 || stream_id.len() > 200 {
+    let known = stream_types();
+    if !known.contains(&stream_type.as_str()) {
+        return Err(Problem::not_found(format!(
+            "no stream type {:?}: the stream types are {}",
+            truncate(&stream_type, 40),
+            known.join(", ")
+        )));
+    }
+    if stream_id.is_empty() || stream_id.len() > 200 {
         return Err(Problem::not_found("no such stream"));
     }
+    known_params(
+        &params,
+        &["after_version", "limit", "correlation_id", "min_position"],
+    )?;
     let after_version = position_param(&params, "after_version")?;
     let limit = count_param(&params, "limit", 1_000, 1..=10_000)?;
-    let events = state
-        .store
-        .read_stream(&stream_type, &stream_id, after_version, limit)
-        .await
-        .map_err(|error| store_problem(&error))?;
-    let events: Vec<Value> = events.iter().map(event_json).collect();
+    let correlation_id = correlation_param(&params)?;
+    wait_for_log(&state, &headers, &params).await?;
+    let mut events = Vec::new();
+    let mut next_after_version = after_version;
+    let mut scanned = 0;
+    // Filtered, read in larger pages: most of a stream may belong to other correlations.
+    let page_size = if correlation_id.is_some() {
+        limit.max(500)
+    } else {
+        limit
+    };
+    loop {
+        let page = state
+            .store
+            .read_stream(&stream_type, &stream_id, next_after_version, page_size)
+            .await
+            .map_err(|error| store_problem(&error))?;
+        let full = page.len() == page_size;
+        scanned += page.len();
+        for event in &page {
+            if events.len() == limit {
+                break;
+            }
+            next_after_version = event.stream_version;
+            if correlation_id.is_none_or(|id| event.metadata.correlation_id == id) {
+                events.push(event_json(event));
+            }
+        }
+        if !full || events.len() == limit || scanned >= STREAM_SCAN_MAX {
+            break;
+        }
+    }
     Ok(Json(json!({
         "stream_type": stream_type,
         "stream_id": stream_id,
         "events": events,
+        "next_after_version": next_after_version,
     }))
     .into_response())
 }
@@ -662,19 +795,67 @@ async fn stream_events(
 async fn global_events(
     State(state): State<QueryState>,
     Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    known_params(
+        &params,
+        &["after", "limit", "correlation_id", "min_position"],
+    )?;
     let after = position_param(&params, "after")?;
     let limit = count_param(&params, "limit", 100, 1..=10_000)?;
-    let correlation_id = params.get("correlation_id").cloned();
-    let mut events = state
-        .store
-        .read_all(after, limit)
-        .await
-        .map_err(|error| store_problem(&error))?;
-    let next_after = events.last().map_or(after, |event| event.position);
-    if let Some(correlation_id) = &correlation_id {
-        events.retain(|event| &event.metadata.correlation_id == correlation_id);
+    let correlation_id = correlation_param(&params)?;
+    wait_for_log(&state, &headers, &params).await?;
+    let events = match correlation_id {
+        Some(correlation_id) => {
+            state
+                .store
+                .read_correlated(correlation_id, after, limit)
+                .await
+        }
+        None => state.store.read_all(after, limit).await,
     }
+    .map_err(|error| store_problem(&error))?;
+    let next_after = events.last().map_or(after, |event| event.position);
     let events: Vec<Value> = events.iter().map(event_json).collect();
     Ok(Json(json!({ "events": events, "next_after": next_after })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn an_unknown_feed_parameter_is_a_400_naming_the_accepted_ones() {
+        let known = ["after", "limit", "correlation_id", "min_position"];
+        assert!(known_params(&params(&[("after", "1"), ("correlation_id", "c")]), &known).is_ok());
+        let problem = known_params(&params(&[("correlation", "c"), ("after", "1")]), &known)
+            .expect_err("unknown");
+        assert_eq!(problem.status, 400);
+        assert!(
+            problem.detail.contains("`correlation`") && problem.detail.contains("`correlation_id`"),
+            "{}",
+            problem.detail
+        );
+    }
+
+    #[test]
+    fn a_correlation_id_is_1_to_128_printable_characters() {
+        assert_eq!(correlation_param(&params(&[])).ok(), Some(None));
+        assert_eq!(
+            correlation_param(&params(&[("correlation_id", "order-flow-42")])).ok(),
+            Some(Some("order-flow-42"))
+        );
+        for bad in [String::new(), "x".repeat(129), "tab\there".to_owned()] {
+            let problem =
+                correlation_param(&params(&[("correlation_id", &bad)])).expect_err("invalid");
+            assert_eq!(problem.status, 422, "{bad:?}");
+        }
+    }
 }

@@ -305,9 +305,9 @@ impl Projection for SagaIntake {
     }
 
     async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
-        let Some(last) = events.last() else {
+        if events.is_empty() {
             return Ok(());
-        };
+        }
         let relevant = events.iter().any(|event| {
             matches!(
                 (event.stream_type.as_str(), event.event_type.as_str()),
@@ -360,9 +360,7 @@ impl Projection for SagaIntake {
                 _ => {}
             }
         }
-        write
-            .commit_at(&feed.checkpoint_name(Self::NAME), last.position)
-            .await?;
+        write.commit_batch(feed, Self::NAME, events).await?;
         if started > 0 {
             metrics::counter!("mercato_saga_started_total").increment(started);
         }

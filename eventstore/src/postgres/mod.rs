@@ -6,6 +6,7 @@
 //! `xmin << 20`, where xmin is the oldest transaction still running; below that bound nothing
 //! can appear any more.
 
+mod chain;
 mod committer;
 mod reader;
 mod rows;
@@ -791,6 +792,73 @@ impl EventStore for PgEventStore {
             return Ok(Vec::new());
         }
         Ok(self.read_page(after_position, limit).await?.0)
+    }
+
+    async fn read_correlated(
+        &self,
+        correlation_id: &str,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(sql::READ_CORRELATED)
+            .bind(correlation_id)
+            .bind(to_i64(after_position))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.inner.pool)
+            .await?;
+        rows.iter().map(rows::recorded_event).collect()
+    }
+
+    async fn read_chain(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::ChainRow>, StoreError> {
+        chain::read_chain(&self.inner.pool, after_position, limit).await
+    }
+
+    async fn read_stream_chain(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::ChainRow>, StoreError> {
+        chain::read_stream_chain(
+            &self.inner.pool,
+            stream_type,
+            stream_id,
+            after_version,
+            limit,
+        )
+        .await
+    }
+
+    async fn audit_checkpoints(&self) -> Result<Vec<crate::audit::Checkpoint>, StoreError> {
+        chain::audit_checkpoints(&self.inner.pool).await
+    }
+
+    async fn last_audit_checkpoint(&self) -> Result<Option<crate::audit::Checkpoint>, StoreError> {
+        chain::last_audit_checkpoint(&self.inner.pool).await
+    }
+
+    async fn sealed_heads(
+        &self,
+        stream: Option<(&str, &str)>,
+    ) -> Result<Vec<crate::audit::SealedHead>, StoreError> {
+        chain::sealed_heads(&self.inner.pool, stream).await
+    }
+
+    async fn write_audit_seal(
+        &self,
+        expected_last: Option<u64>,
+        checkpoints: Vec<crate::audit::Checkpoint>,
+        heads: Vec<crate::audit::SealedHead>,
+    ) -> Result<bool, StoreError> {
+        chain::write_audit_seal(&self.inner.pool, expected_last, checkpoints, heads).await
     }
 
     async fn find_events(&self, event_ids: &[Uuid]) -> Result<Vec<RecordedEvent>, StoreError> {

@@ -40,6 +40,16 @@ pub(crate) const FIND_EVENTS: &str = concat!(
     " FROM events WHERE event_id = ANY($1::uuid[]) ORDER BY position"
 );
 
+/// One correlation id's events after a position, below the horizon (as [`READ_PAGE`] reads the
+/// log: nothing can appear below it later), through the `(correlation_id, position)` index.
+pub(crate) const READ_CORRELATED: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE correlation_id = $1 AND position > $2 \
+     AND position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20) \
+     ORDER BY position LIMIT $3"
+);
+
 /// Appends one request's events in one statement, or appends nothing and says why.
 ///
 /// Parameters: $1 stream_type, $2 stream_id, $3 required version (-1 for any), then one array
@@ -230,6 +240,8 @@ FROM UNNEST($4::int4[], $5::bigint[], $6::uuid[], $7::text[], $8::int4[], $9::ti
         payload, event_index)
 JOIN request ON request.request_number = input.request_number
 WHERE request.required_version < 0 OR request.current_version = request.required_version
+-- In stream order: the hash trigger of a version reads the hash of the one before.
+ORDER BY input.event_index
 RETURNING position, stream_version
 "#;
 

@@ -7,6 +7,7 @@
 //! caller. Positions are SQLite rowids: dense, and committed in order, because each group
 //! commit holds the write lock from its first insert to its commit.
 
+mod chain;
 mod rows;
 mod subscription;
 mod writer;
@@ -106,6 +107,7 @@ impl SqliteEventStore {
             .synchronous(SqliteSynchronous::Full);
         let mut writer_connection = SqliteConnection::connect_with(&writer_options).await?;
         migrator().run(&mut writer_connection).await?;
+        chain::backfill_hashes(&mut writer_connection).await?;
         let head_position: i64 =
             sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM events")
                 .fetch_one(&mut writer_connection)
@@ -137,6 +139,7 @@ impl SqliteEventStore {
         )
         .await?;
         migrator().run(&mut connection).await?;
+        chain::backfill_hashes(&mut connection).await?;
         connection.close().await?;
         Ok(())
     }
@@ -254,6 +257,78 @@ impl EventStore for SqliteEventStore {
             .fetch_all(&self.inner.readers)
             .await?;
         rows.iter().map(recorded_event).collect()
+    }
+
+    async fn read_correlated(
+        &self,
+        correlation_id: &str,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        const READ_CORRELATED: &str = concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE correlation_id = ? AND position > ? ORDER BY position LIMIT ?"
+        );
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(READ_CORRELATED)
+            .bind(correlation_id)
+            .bind(to_i64(after_position))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.inner.readers)
+            .await?;
+        rows.iter().map(recorded_event).collect()
+    }
+
+    async fn read_chain(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::ChainRow>, StoreError> {
+        chain::read_chain(&self.inner.readers, after_position, limit).await
+    }
+
+    async fn read_stream_chain(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::ChainRow>, StoreError> {
+        chain::read_stream_chain(
+            &self.inner.readers,
+            stream_type,
+            stream_id,
+            after_version,
+            limit,
+        )
+        .await
+    }
+
+    async fn audit_checkpoints(&self) -> Result<Vec<crate::audit::Checkpoint>, StoreError> {
+        chain::audit_checkpoints(&self.inner.readers).await
+    }
+
+    async fn last_audit_checkpoint(&self) -> Result<Option<crate::audit::Checkpoint>, StoreError> {
+        chain::last_audit_checkpoint(&self.inner.readers).await
+    }
+
+    async fn sealed_heads(
+        &self,
+        stream: Option<(&str, &str)>,
+    ) -> Result<Vec<crate::audit::SealedHead>, StoreError> {
+        chain::sealed_heads(&self.inner.readers, stream).await
+    }
+
+    async fn write_audit_seal(
+        &self,
+        expected_last: Option<u64>,
+        checkpoints: Vec<crate::audit::Checkpoint>,
+        heads: Vec<crate::audit::SealedHead>,
+    ) -> Result<bool, StoreError> {
+        chain::write_audit_seal(&self.inner.readers, expected_last, checkpoints, heads).await
     }
 
     async fn find_events(&self, event_ids: &[Uuid]) -> Result<Vec<RecordedEvent>, StoreError> {

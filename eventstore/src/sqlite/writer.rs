@@ -6,13 +6,14 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::rows::{IDS_PER_QUERY, format_timestamp, parse_uuid, to_i64, to_u64};
+use crate::audit::{self, CanonicalEvent, Hash, ZERO_HASH};
 use crate::error::StoreError;
 use crate::store::{AppendRequest, AppendResult, Snapshot};
 use crate::verdict::{self, StoredId, Verdict};
 
 /// The most appends one commit carries.
 const MAX_JOBS_PER_COMMIT: usize = 1024;
-/// The most rows one INSERT statement carries (13 parameters each, well below SQLite's limit).
+/// The most rows one INSERT statement carries (15 parameters each, well below SQLite's limit).
 const ROWS_PER_INSERT: usize = 500;
 
 /// One caller's appends (all or nothing) and maybe a snapshot, with where to send the answer.
@@ -193,7 +194,8 @@ async fn append_one(
         return append_in_chunks(connection, request).await;
     }
     // The common case: one statement checks the version and inserts.
-    match insert_guarded(connection, request).await {
+    let head = chain_head(connection, request).await?;
+    match insert_guarded(connection, request, &head).await {
         Ok(Some(result)) => Ok(Ok(result)),
         Ok(None) => {
             let current_version = current_version(connection, request).await?;
@@ -224,6 +226,95 @@ async fn current_version(
     Ok(u64::try_from(current_version.unwrap_or(0)).unwrap_or(0))
 }
 
+/// What the next events of a stream chain to, read inside the writer's transaction (so it sees
+/// the earlier jobs of the same group commit): the stream's version and last hash, and the last
+/// position of the log (the writer gives positions explicitly, since they are hashed).
+#[derive(Debug)]
+struct ChainHead {
+    version: u64,
+    hash: Hash,
+    last_position: i64,
+}
+
+async fn chain_head(
+    connection: &mut SqliteConnection,
+    request: &AppendRequest,
+) -> Result<ChainHead, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT last.stream_version, last.hash, (SELECT COALESCE(max(position), 0) FROM events) \
+         FROM (SELECT 1) LEFT JOIN (SELECT stream_version, hash FROM events \
+         WHERE stream_type = ?1 AND stream_id = ?2 ORDER BY stream_version DESC LIMIT 1) AS last",
+    )
+    .bind(&request.stream_type)
+    .bind(&request.stream_id)
+    .fetch_one(&mut *connection)
+    .await?;
+    let version: Option<i64> = row.try_get(0)?;
+    let hash: Option<Vec<u8>> = row.try_get(1)?;
+    Ok(ChainHead {
+        version: u64::try_from(version.unwrap_or(0)).unwrap_or(0),
+        hash: hash
+            .and_then(|hash| Hash::try_from(hash.as_slice()).ok())
+            .unwrap_or(ZERO_HASH),
+        last_position: row.try_get(2)?,
+    })
+}
+
+/// The stored text of an event's id and time, its position and its chain hash.
+#[derive(Debug)]
+struct Chained {
+    event_id: String,
+    occurred_at: String,
+    position: i64,
+    hash: Vec<u8>,
+}
+
+/// Chains `events` as versions `head.version + 1 ..` at positions `head.last_position + 1 ..`,
+/// and moves `head` past them.
+fn chain_events(
+    request: &AppendRequest,
+    events: &[schemas::NewEvent],
+    head: &mut ChainHead,
+) -> Vec<Chained> {
+    let mut buffer = Vec::with_capacity(1024);
+    events
+        .iter()
+        .map(|event| {
+            head.version += 1;
+            head.last_position += 1;
+            let event_id = event.event_id.to_string();
+            let occurred_at = format_timestamp(&event.occurred_at);
+            let hash = audit::event_hash_with(
+                &head.hash,
+                &CanonicalEvent {
+                    position: u64::try_from(head.last_position).unwrap_or(0),
+                    event_id: &event_id,
+                    stream_type: &request.stream_type,
+                    stream_id: &request.stream_id,
+                    stream_version: head.version,
+                    event_type: &event.event_type,
+                    schema_version: i64::from(event.schema_version),
+                    occurred_at: &occurred_at,
+                    correlation_id: &event.metadata.correlation_id,
+                    causation_id: &event.metadata.causation_id,
+                    saga_id: event.metadata.saga_id.as_deref(),
+                    actor: &event.metadata.actor,
+                    source: &event.metadata.source,
+                    payload: event.payload.get(),
+                },
+                &mut buffer,
+            );
+            head.hash = hash;
+            Chained {
+                event_id,
+                occurred_at,
+                position: head.last_position,
+                hash: hash.to_vec(),
+            }
+        })
+        .collect()
+}
+
 /// The insert statement for `n_rows` events (at most [`ROWS_PER_INSERT`]), built once per row
 /// count: it inserts them all if the stream is at the required version (?3, -1 for any), else
 /// nothing. ?1 stream_type, ?2 stream_id, then 10 parameters per event.
@@ -242,8 +333,8 @@ fn guarded_insert_sql(n_rows: usize) -> std::borrow::Cow<'static, str> {
 fn build_guarded_insert_sql(n_rows: usize) -> String {
     let rows: Vec<String> = (0..n_rows)
         .map(|row_index| {
-            let first = 4 + row_index * 10;
-            let parameters: Vec<String> = (first..first + 10)
+            let first = 4 + row_index * 12;
+            let parameters: Vec<String> = (first..first + 12)
                 .map(|parameter| format!("?{parameter}"))
                 .collect();
             format!("({}, {})", row_index + 1, parameters.join(", "))
@@ -252,10 +343,10 @@ fn build_guarded_insert_sql(n_rows: usize) -> String {
     format!(
         "INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, \
          schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, \
-         payload) \
+         payload, position, hash) \
          SELECT input.column2, ?1, ?2, seen.current_version + input.column1, input.column3, \
          input.column4, input.column5, input.column6, input.column7, input.column8, \
-         input.column9, input.column10, input.column11 \
+         input.column9, input.column10, input.column11, input.column12, input.column13 \
          FROM (SELECT COALESCE((SELECT stream_version FROM events \
          WHERE stream_type = ?1 AND stream_id = ?2 ORDER BY stream_version DESC LIMIT 1), 0) \
          AS current_version) AS seen, (VALUES {}) AS input \
@@ -266,28 +357,39 @@ fn build_guarded_insert_sql(n_rows: usize) -> String {
 }
 
 /// Inserts every event of `request` if its stream is at the expected version; `None` if not.
+/// `head` is what the stream and the log were at (read in the same transaction): the hashes
+/// assume the insert goes through, and are dropped with the rows if it does not.
 async fn insert_guarded(
     connection: &mut SqliteConnection,
     request: &AppendRequest,
+    head: &ChainHead,
 ) -> Result<Option<AppendResult>, sqlx::Error> {
     let statement = guarded_insert_sql(request.events.len());
     let required_version = request.expected.required_version().map_or(-1, to_i64);
+    let mut chain_head = ChainHead {
+        version: head.version,
+        hash: head.hash,
+        last_position: head.last_position,
+    };
+    let chained = chain_events(request, &request.events, &mut chain_head);
     let mut query = sqlx::query(&statement)
         .bind(request.stream_type.as_str())
         .bind(request.stream_id.as_str())
         .bind(required_version);
-    for event in &request.events {
+    for (event, chained) in request.events.iter().zip(&chained) {
         query = query
-            .bind(event.event_id.to_string())
+            .bind(chained.event_id.as_str())
             .bind(event.event_type.as_str())
             .bind(i64::from(event.schema_version))
-            .bind(format_timestamp(&event.occurred_at))
+            .bind(chained.occurred_at.as_str())
             .bind(event.metadata.correlation_id.as_str())
             .bind(event.metadata.causation_id.as_str())
             .bind(event.metadata.saga_id.as_deref())
             .bind(event.metadata.actor.as_str())
             .bind(event.metadata.source.as_str())
-            .bind(event.payload.get());
+            .bind(event.payload.get())
+            .bind(chained.position)
+            .bind(chained.hash.as_slice());
     }
     let rows = query.fetch_all(&mut *connection).await?;
     if rows.len() != request.events.len() {
@@ -305,7 +407,8 @@ async fn append_in_chunks(
     connection: &mut SqliteConnection,
     request: &AppendRequest,
 ) -> Result<Result<AppendResult, StoreError>, sqlx::Error> {
-    let current_version = current_version(connection, request).await?;
+    let mut head = chain_head(connection, request).await?;
+    let current_version = head.version;
     // Look for stored ids first, so that a unique violation half-way cannot be mistaken for a
     // duplicate of this request's own first rows.
     let stored = stored_ids(connection, request).await?;
@@ -315,7 +418,8 @@ async fn append_in_chunks(
     let mut positions = Vec::with_capacity(request.events.len());
     for (chunk_index, chunk) in request.events.chunks(ROWS_PER_INSERT).enumerate() {
         let first_version = current_version + 1 + (chunk_index * ROWS_PER_INSERT) as u64;
-        match insert_chunk(connection, request, chunk, first_version).await {
+        let chained = chain_events(request, chunk, &mut head);
+        match insert_chunk(connection, request, chunk, &chained, first_version).await {
             Ok(chunk_positions) => positions.extend(chunk_positions),
             Err(error) if is_unique_violation(&error) => {
                 return Ok(Err(request.conflict(current_version)));
@@ -346,27 +450,31 @@ async fn insert_chunk(
     connection: &mut SqliteConnection,
     request: &AppendRequest,
     chunk: &[schemas::NewEvent],
+    chained: &[Chained],
     first_version: u64,
 ) -> Result<Vec<u64>, sqlx::Error> {
     let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
         "INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, \
          schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, \
-         payload) ",
+         payload, position, hash) ",
     );
-    builder.push_values(chunk.iter().enumerate(), |mut row, (event_index, event)| {
-        row.push_bind(event.event_id.to_string())
+    let rows = chunk.iter().zip(chained).enumerate();
+    builder.push_values(rows, |mut row, (event_index, (event, chained))| {
+        row.push_bind(chained.event_id.as_str())
             .push_bind(request.stream_type.as_str())
             .push_bind(request.stream_id.as_str())
             .push_bind(to_i64(first_version + event_index as u64))
             .push_bind(event.event_type.as_str())
             .push_bind(i64::from(event.schema_version))
-            .push_bind(format_timestamp(&event.occurred_at))
+            .push_bind(chained.occurred_at.as_str())
             .push_bind(event.metadata.correlation_id.as_str())
             .push_bind(event.metadata.causation_id.as_str())
             .push_bind(event.metadata.saga_id.as_deref())
             .push_bind(event.metadata.actor.as_str())
             .push_bind(event.metadata.source.as_str())
-            .push_bind(event.payload.get());
+            .push_bind(event.payload.get())
+            .push_bind(chained.position)
+            .push_bind(chained.hash.as_slice());
     });
     builder.push(" RETURNING position, stream_version");
     let rows = builder.build().fetch_all(&mut *connection).await?;

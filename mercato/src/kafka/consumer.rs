@@ -558,6 +558,8 @@ fn is_transient(error: &ProjectionError) -> bool {
         | ProjectionError::Directory(_)
         | ProjectionError::Store(_)
         | ProjectionError::Storage(_) => true,
+        // A replay swapped in a rebuilt read model: applying again skips what it holds.
+        ProjectionError::CheckpointMoved { .. } => true,
     }
 }
 

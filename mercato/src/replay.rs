@@ -1,0 +1,578 @@
+//! `mercato replay` and `mercato projections`: rebuild read models from the store beside the
+//! ones in service and swap them in, and list every projection with its checkpoint and lag.
+//!
+//! How a rebuild stays invisible until it is complete is in [`projections::replay`]; the
+//! Tantivy index is rebuilt as a new generation of the index ([`TantivySearch::publish`]).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use projections::readdb::{ReadDb, read_db_url, tables_of};
+use projections::replay::{self as rebuild, ReplayRun, Swap};
+use projections::search::TantivySearch;
+use projections::sql_models::{
+    OrdersProjection, ProductsProjection, SqlCartsProjection, SqlPopularityProjection,
+};
+use projections::{Feed, Projection};
+
+use crate::config::Config;
+use crate::serve::open_platform;
+use crate::{Failure, ReplayArgs};
+
+/// How many events one read of the log brings (and each rebuilt read model applies at once).
+const PAGE: usize = 10_000;
+/// How often plain progress lines are printed when stderr is not a terminal.
+const LINE_EVERY: Duration = Duration::from_secs(2);
+/// How often a swap finds the live read model ahead and catches up again before giving up.
+const SWAP_ATTEMPTS: usize = 20;
+
+/// The read models a replay can rebuild, in the order `--all` rebuilds them.
+const REPLAYABLE: &[&str] = &["products", "orders", "carts", "popularity", "search"];
+
+fn runtime(what: String) -> impl FnOnce(projections::ProjectionError) -> Failure {
+    move |error| Failure::Runtime(anyhow::Error::new(error).context(what))
+}
+
+/// One read model being rebuilt: its fresh instance writing into the shadow, and how it is
+/// swapped in.
+struct Target {
+    name: &'static str,
+    projection: Arc<dyn Projection>,
+    kind: Kind,
+}
+
+enum Kind {
+    /// SQL tables of the read-model database.
+    Tables(&'static [&'static str]),
+    /// A generation of the Tantivy index under this directory.
+    Generation { root: PathBuf, name: String },
+}
+
+pub(crate) async fn replay(config: &Config, args: ReplayArgs) -> Result<(), Failure> {
+    let started = Instant::now();
+    let platform = open_platform(config, false).await?;
+    let live_url = read_db_url(config.database_url.expose());
+    let search_root = config.data_dir.join("search");
+    if args.target.discard {
+        return discard(&platform.db, &live_url, &search_root).await;
+    }
+    let names: Vec<&'static str> = if args.target.all {
+        REPLAYABLE.to_vec()
+    } else {
+        let wanted = args.target.projection.as_deref().unwrap_or_default();
+        let name = REPLAYABLE
+            .iter()
+            .find(|name| **name == wanted)
+            .ok_or_else(|| {
+                Failure::Usage(format!(
+                    "there is no read model named {wanted:?}; --projection takes one of {} (or use --all)",
+                    REPLAYABLE.join(", ")
+                ))
+            })?;
+        vec![*name]
+    };
+    check_supported(config, &names)?;
+    let shadow = rebuild::open_shadow(&platform.db, &live_url)
+        .await
+        .map_err(runtime(
+            "cannot create the database the read models are rebuilt in".to_owned(),
+        ))?;
+    let mut targets = Vec::with_capacity(names.len());
+    let mut resumed = Vec::new();
+    for name in &names {
+        let (target, resumed_at) = prepare(name, &args, &shadow, &search_root).await?;
+        if let Some(position) = resumed_at {
+            resumed.push(format!("{name} at position {position}"));
+        }
+        targets.push(target);
+    }
+    if !resumed.is_empty() {
+        eprintln!(
+            "resuming an interrupted rebuild: {} (--restart starts over)",
+            resumed.join(", ")
+        );
+    }
+    let head =
+        platform.store.head_position().await.map_err(|error| {
+            Failure::from(error).context("cannot read the log's head".to_owned())
+        })?;
+    let mut from = u64::MAX;
+    for target in &targets {
+        from = from.min(
+            target
+                .projection
+                .checkpoint(&Feed::Log)
+                .await
+                .map_err(runtime(format!("cannot read {}'s checkpoint", target.name)))?,
+        );
+    }
+    let mut meter = Meter::new(from, head);
+    let projections: Vec<Arc<dyn Projection>> = targets
+        .iter()
+        .map(|target| target.projection.clone())
+        .collect();
+    let done = rebuild::catch_up(platform.store.clone(), &projections, PAGE, |done| {
+        meter.update(done.read, done.position)
+    })
+    .await
+    .map_err(runtime(
+        "the rebuild failed; run the same command again to resume".to_owned(),
+    ))?;
+    meter.finish();
+    drop(projections);
+    let mut read = done.read;
+    let mut summary = Vec::with_capacity(targets.len());
+    for target in targets {
+        let (position, caught_up) = swap_in(target, &platform, &shadow, &live_url).await?;
+        read += caught_up;
+        summary.push(position);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut stdout = std::io::stdout().lock();
+    for (name, position) in &summary {
+        let _ = writeln!(
+            stdout,
+            "{name}\trebuilt and in service at position {position}"
+        );
+    }
+    let _ = writeln!(
+        stdout,
+        "replayed {read} events into {} read model(s) in {elapsed:.1} s ({:.0} events/s)",
+        summary.len(),
+        read as f64 / elapsed.max(1e-9)
+    );
+    Ok(())
+}
+
+/// Refuses read models that live where a replay cannot build beside them yet.
+fn check_supported(config: &Config, names: &[&str]) -> Result<(), Failure> {
+    let mut refused = Vec::new();
+    if config.redis_url.is_some() {
+        refused.extend(
+            names
+                .iter()
+                .filter(|name| matches!(**name, "carts" | "popularity"))
+                .map(|name| format!("{name} (kept in Redis)")),
+        );
+    }
+    if config.opensearch_url.is_some() && names.contains(&"search") {
+        refused.push("search (on OpenSearch)".to_owned());
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::Usage(format!(
+        "this version rebuilds the SQL read models and the embedded search index only, not {}; name the others with --projection",
+        refused.join(", ")
+    )))
+}
+
+/// The fresh instance of read model `name` writing into the shadow, resuming its unfinished
+/// rebuild unless told otherwise. Also says where it resumed.
+async fn prepare(
+    name: &'static str,
+    args: &ReplayArgs,
+    shadow: &ReadDb,
+    search_root: &Path,
+) -> Result<(Target, Option<u64>), Failure> {
+    let failed = |what: &str| runtime(format!("cannot {what} the rebuild of {name}"));
+    let from = args.from.unwrap_or(0);
+    let existing = rebuild::run_of(shadow, name)
+        .await
+        .map_err(failed("read"))?;
+    let resume = existing
+        .as_ref()
+        .filter(|run| !args.restart && args.from.is_none_or(|from| from == run.from_position));
+    let tables = if name == "search" {
+        &[][..]
+    } else {
+        tables_of(name)
+    };
+    let generation = match (name, resume) {
+        ("search", Some(run)) => run.generation.clone(),
+        ("search", None) => Some(format!(
+            "gen-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ")
+        )),
+        _ => None,
+    };
+    if resume.is_none() {
+        if let Some(run) = &existing
+            && let Some(old) = &run.generation
+        {
+            TantivySearch::remove_generation_if_unused(search_root, old);
+        }
+        let run = ReplayRun {
+            projection: name.to_owned(),
+            from_position: from,
+            generation: generation.clone(),
+            started_at: chrono::Utc::now().to_rfc3339(),
+        };
+        rebuild::start_run(shadow, &run, tables)
+            .await
+            .map_err(failed("start"))?;
+    }
+    let (projection, kind): (Arc<dyn Projection>, Kind) = match name {
+        "search" => {
+            let generation = generation.unwrap_or_default();
+            if resume.is_none() {
+                // A directory of that name left by an interrupted run is not trusted.
+                let _ = std::fs::remove_dir_all(search_root.join(&generation));
+            }
+            let search = TantivySearch::open_generation(search_root, &generation)
+                .map_err(failed("open the search index generation of"))?;
+            if resume.is_none() && from > 0 {
+                search.start_at(from).map_err(failed("start"))?;
+            }
+            (
+                Arc::new(Arc::new(search)),
+                Kind::Generation {
+                    root: search_root.to_owned(),
+                    name: generation,
+                },
+            )
+        }
+        "products" => (
+            Arc::new(ProductsProjection::new(shadow.clone(), None)),
+            Kind::Tables(tables),
+        ),
+        "orders" => (
+            Arc::new(OrdersProjection::new(shadow.clone())),
+            Kind::Tables(tables),
+        ),
+        "carts" => (
+            Arc::new(SqlCartsProjection::new(shadow.clone())),
+            Kind::Tables(tables),
+        ),
+        _ => (
+            Arc::new(SqlPopularityProjection::new(shadow.clone())),
+            Kind::Tables(tables),
+        ),
+    };
+    let resumed_at = match resume {
+        Some(_) => Some(
+            projection
+                .checkpoint(&Feed::Log)
+                .await
+                .map_err(failed("read"))?,
+        ),
+        None => None,
+    };
+    Ok((
+        Target {
+            name,
+            projection,
+            kind,
+        },
+        resumed_at,
+    ))
+}
+
+/// Puts a caught-up rebuilt read model in service, catching up again while the live one is
+/// ahead. Returns its name and checkpoint, and how many more events it read.
+async fn swap_in(
+    target: Target,
+    platform: &crate::serve::Platform,
+    shadow: &ReadDb,
+    live_url: &str,
+) -> Result<((&'static str, u64), u64), Failure> {
+    let name = target.name;
+    let failed = |what: &str| runtime(format!("cannot {what} the rebuilt read model {name}"));
+    let mut read = 0;
+    match target.kind {
+        Kind::Tables(tables) => {
+            for _ in 0..SWAP_ATTEMPTS {
+                let checkpoint = target
+                    .projection
+                    .checkpoint(&Feed::Log)
+                    .await
+                    .map_err(failed("read the checkpoint of"))?;
+                match rebuild::swap_tables(&platform.db, live_url, shadow, name, tables, checkpoint)
+                    .await
+                    .map_err(failed("swap in"))?
+                {
+                    Swap::Swapped => return Ok(((name, checkpoint), read)),
+                    Swap::Contended => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Swap::Behind(_) => {
+                        let more = rebuild::catch_up(
+                            platform.store.clone(),
+                            std::slice::from_ref(&target.projection),
+                            PAGE,
+                            |_| {},
+                        )
+                        .await
+                        .map_err(failed("catch up"))?;
+                        read += more.read;
+                    }
+                }
+            }
+            Err(Failure::Runtime(anyhow::anyhow!(
+                "the live read model {name} kept moving ahead of its rebuild; the rebuild is kept: run the same command again to resume"
+            )))
+        }
+        Kind::Generation {
+            root,
+            name: generation,
+        } => {
+            // The log may have moved on since the catch-up; what the generation misses, the
+            // serving process applies when it switches (it reads on from this checkpoint).
+            let more = rebuild::catch_up(
+                platform.store.clone(),
+                std::slice::from_ref(&target.projection),
+                PAGE,
+                |_| {},
+            )
+            .await
+            .map_err(failed("catch up"))?;
+            read += more.read;
+            let checkpoint = target
+                .projection
+                .checkpoint(&Feed::Log)
+                .await
+                .map_err(failed("read the checkpoint of"))?;
+            // Its writer lets go of the index before another process may open it.
+            drop(target.projection);
+            let previous = TantivySearch::publish(&root, &generation).map_err(failed("publish"))?;
+            rebuild::clear(shadow, name, &[])
+                .await
+                .map_err(failed("finish"))?;
+            // A serving process deletes the generation it leaves; with none running, do it here.
+            TantivySearch::remove_generation_if_unused(&root, &previous);
+            Ok(((name, checkpoint), read))
+        }
+    }
+}
+
+/// `replay --discard`: drops the shadow and any search index generation not in service.
+async fn discard(live: &ReadDb, live_url: &str, search_root: &Path) -> Result<(), Failure> {
+    let had = if rebuild::shadow_exists(live, live_url)
+        .await
+        .map_err(runtime("cannot look for unfinished rebuilds".to_owned()))?
+    {
+        let shadow = rebuild::open_shadow(live, live_url)
+            .await
+            .map_err(runtime("cannot open the unfinished rebuilds".to_owned()))?;
+        let runs = rebuild::runs(&shadow)
+            .await
+            .map_err(runtime("cannot read the unfinished rebuilds".to_owned()))?;
+        shadow.pool().close().await;
+        !runs.is_empty()
+    } else {
+        false
+    };
+    rebuild::discard(live, live_url)
+        .await
+        .map_err(runtime("cannot drop the unfinished rebuilds".to_owned()))?;
+    let mut removed = 0;
+    for generation in TantivySearch::stale_generations(search_root) {
+        if TantivySearch::remove_generation_if_unused(search_root, &generation) {
+            removed += 1;
+        }
+    }
+    if had || removed > 0 {
+        println!("unfinished rebuilds dropped; the read models in service are unchanged");
+    } else {
+        println!("no unfinished rebuild to drop");
+    }
+    Ok(())
+}
+
+/// Progress of a rebuild on stderr: a bar redrawn in place on a terminal, a plain line every few
+/// seconds otherwise.
+struct Meter {
+    from: u64,
+    head: u64,
+    started: Instant,
+    last_line: Instant,
+    terminal: bool,
+    read: u64,
+    position: u64,
+}
+
+impl Meter {
+    fn new(from: u64, head: u64) -> Self {
+        let now = Instant::now();
+        Self {
+            from,
+            head,
+            started: now,
+            last_line: now,
+            terminal: std::io::stderr().is_terminal(),
+            read: 0,
+            position: from,
+        }
+    }
+
+    /// The share of the log done, from positions (PostgreSQL's are not dense, so this is an
+    /// estimate there; SQLite's count events exactly).
+    fn fraction(&self) -> f64 {
+        if self.head <= self.from {
+            return 1.0;
+        }
+        (self.position.saturating_sub(self.from) as f64 / (self.head - self.from) as f64).min(1.0)
+    }
+
+    fn update(&mut self, read: u64, position: u64) {
+        self.read = read;
+        self.position = position;
+        if self.terminal {
+            self.draw();
+        } else if self.last_line.elapsed() >= LINE_EVERY {
+            self.last_line = Instant::now();
+            eprintln!("{}", self.line());
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.read as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+
+    fn line(&self) -> String {
+        let fraction = self.fraction();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let left = if fraction > 0.0 {
+            elapsed / fraction - elapsed
+        } else {
+            0.0
+        };
+        format!(
+            "replay: {} events, position {} of {} ({:.0}%), {:.0} events/s, {:.0} s left",
+            self.read,
+            self.position,
+            self.head,
+            fraction * 100.0,
+            self.rate(),
+            left.max(0.0)
+        )
+    }
+
+    fn draw(&self) {
+        const WIDTH: usize = 30;
+        let fraction = self.fraction();
+        let filled = ((fraction * WIDTH as f64) as usize).min(WIDTH);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let left = if fraction > 0.0 {
+            (elapsed / fraction - elapsed).max(0.0)
+        } else {
+            0.0
+        };
+        let mut stderr = std::io::stderr().lock();
+        let _ = write!(
+            stderr,
+            "\r[{}{}] {:>3.0}%  {} events  {:.0} events/s  {:.0} s left ",
+            "#".repeat(filled),
+            "-".repeat(WIDTH - filled),
+            fraction * 100.0,
+            self.read,
+            self.rate(),
+            left
+        );
+        let _ = stderr.flush();
+    }
+
+    fn finish(&mut self) {
+        self.position = self.position.max(self.head);
+        if self.terminal {
+            self.draw();
+            eprintln!();
+        } else {
+            eprintln!("{}", self.line());
+        }
+    }
+}
+
+/// `mercato projections`: every projection with its checkpoint, lag and state.
+pub(crate) async fn list(config: &Config) -> Result<(), Failure> {
+    let platform = open_platform(config, false).await?;
+    let live_url = read_db_url(config.database_url.expose());
+    let head =
+        platform.store.head_position().await.map_err(|error| {
+            Failure::from(error).context("cannot read the log's head".to_owned())
+        })?;
+    let runs = if rebuild::shadow_exists(&platform.db, &live_url)
+        .await
+        .map_err(runtime("cannot look for rebuilds".to_owned()))?
+    {
+        let shadow = rebuild::open_shadow(&platform.db, &live_url)
+            .await
+            .map_err(runtime("cannot open the rebuilds".to_owned()))?;
+        let mut runs = Vec::new();
+        for run in rebuild::runs(&shadow)
+            .await
+            .map_err(runtime("cannot read the rebuilds".to_owned()))?
+        {
+            // A search index generation keeps its checkpoint in the index, not in the shadow.
+            let at = match run.generation {
+                Some(_) => None,
+                None => Some(shadow.checkpoint(&run.projection).await.unwrap_or(0)),
+            };
+            runs.push((run, at));
+        }
+        runs
+    } else {
+        Vec::new()
+    };
+    let mut rows = Vec::new();
+    for projection in &platform.projections {
+        let name = projection.name();
+        let checkpoint = projection
+            .checkpoint(&Feed::Log)
+            .await
+            .map_err(runtime(format!("cannot read {name}'s checkpoint")))?;
+        let lag = lag(platform.store.as_ref(), checkpoint).await?;
+        let mut state = match (checkpoint, lag) {
+            (0, 0) => "caught up (empty log)".to_owned(),
+            (0, _) => "not started".to_owned(),
+            (_, 0) => "caught up".to_owned(),
+            _ => "behind".to_owned(),
+        };
+        if let Some((run, at)) = runs.iter().find(|(run, _)| run.projection == name) {
+            let at = at.map_or(String::new(), |at| format!(" at position {at}"));
+            state.push_str(&format!(
+                "; rebuild unfinished{at} (since {})",
+                run.started_at
+            ));
+        }
+        rows.push((name, checkpoint, lag, state));
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(
+        stdout,
+        "{:<12} {:>20} {:>10}  STATE",
+        "PROJECTION", "CHECKPOINT", "LAG"
+    );
+    for (name, checkpoint, lag, state) in rows {
+        let lag = if lag >= LAG_COUNT_LIMIT {
+            format!(">{}", LAG_COUNT_LIMIT - 1)
+        } else {
+            lag.to_string()
+        };
+        let _ = writeln!(stdout, "{name:<12} {checkpoint:>20} {lag:>10}  {state}");
+    }
+    let _ = writeln!(stdout, "head position: {head}");
+    Ok(())
+}
+
+/// Lag is counted up to this many events.
+const LAG_COUNT_LIMIT: u64 = 1_000_001;
+
+/// How many events of the log come after `checkpoint` (counted up to [`LAG_COUNT_LIMIT`]).
+async fn lag(store: &dyn eventstore::EventStore, checkpoint: u64) -> Result<u64, Failure> {
+    let mut after = checkpoint;
+    let mut count = 0;
+    while count < LAG_COUNT_LIMIT {
+        let events = store
+            .read_all(after, PAGE)
+            .await
+            .map_err(|error| Failure::from(error).context("cannot read the log".to_owned()))?;
+        let Some(last) = events.last() else { break };
+        after = last.position;
+        count += events.len() as u64;
+        if events.len() < PAGE {
+            break;
+        }
+    }
+    Ok(count)
+}
