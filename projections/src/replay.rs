@@ -221,21 +221,6 @@ pub async fn shadow_exists(live: &ReadDb, live_url: &str) -> Result<bool, Projec
     }
 }
 
-/// The highest of the live checkpoints of `projection` over every feed it is fed from (the log,
-/// Kafka partitions; not dead-letter replays).
-pub async fn live_checkpoint(live: &ReadDb, projection: &str) -> Result<u64, ProjectionError> {
-    let row = sqlx::query(
-        "SELECT COALESCE(MAX(position), 0) FROM projection_checkpoints
-         WHERE (name = $1 OR name LIKE $2) AND name <> $3",
-    )
-    .bind(projection)
-    .bind(format!("{projection}@%"))
-    .bind(Feed::Replay.checkpoint_name(projection).as_ref())
-    .fetch_one(live.pool())
-    .await?;
-    Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0))
-}
-
 /// What [`swap_tables`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Swap {
@@ -391,6 +376,8 @@ async fn swap_sqlite(
     swapped
 }
 
+/// The highest of the live checkpoints of `projection` over every feed it is fed from (the log,
+/// Kafka partitions; not dead-letter replays).
 async fn checkpoint_in(
     connection: &mut sqlx::AnyConnection,
     projection: &str,
