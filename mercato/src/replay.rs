@@ -514,14 +514,25 @@ pub(crate) async fn list(config: &Config) -> Result<(), Failure> {
     } else {
         Vec::new()
     };
-    let mut rows = Vec::new();
+    let mut checkpoints = Vec::with_capacity(platform.projections.len());
     for projection in &platform.projections {
         let name = projection.name();
         let checkpoint = projection
             .checkpoint(&Feed::Log)
             .await
             .map_err(runtime(format!("cannot read {name}'s checkpoint")))?;
-        let lag = lag(platform.store.as_ref(), checkpoint).await?;
+        checkpoints.push((name, checkpoint));
+    }
+    let lags = lags(
+        platform.store.as_ref(),
+        &checkpoints
+            .iter()
+            .map(|(_, checkpoint)| *checkpoint)
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    let mut rows = Vec::new();
+    for ((name, checkpoint), lag) in checkpoints.into_iter().zip(lags) {
         let mut state = match (checkpoint, lag) {
             (0, 0) => "caught up (empty log)".to_owned(),
             (0, _) => "not started".to_owned(),
@@ -558,21 +569,33 @@ pub(crate) async fn list(config: &Config) -> Result<(), Failure> {
 /// Lag is counted up to this many events.
 const LAG_COUNT_LIMIT: u64 = 1_000_001;
 
-/// How many events of the log come after `checkpoint` (counted up to [`LAG_COUNT_LIMIT`]).
-async fn lag(store: &dyn eventstore::EventStore, checkpoint: u64) -> Result<u64, Failure> {
-    let mut after = checkpoint;
-    let mut count = 0;
-    while count < LAG_COUNT_LIMIT {
+/// How many events of the log come after each of `checkpoints` (each counted up to
+/// [`LAG_COUNT_LIMIT`]), from one read of the log after the lowest of them.
+async fn lags(
+    store: &dyn eventstore::EventStore,
+    checkpoints: &[u64],
+) -> Result<Vec<u64>, Failure> {
+    let mut counts = vec![0_u64; checkpoints.len()];
+    let Some(mut after) = checkpoints.iter().min().copied() else {
+        return Ok(counts);
+    };
+    while counts.iter().any(|count| *count < LAG_COUNT_LIMIT) {
         let events = store
             .read_all(after, PAGE)
             .await
             .map_err(|error| Failure::from(error).context("cannot read the log".to_owned()))?;
         let Some(last) = events.last() else { break };
         after = last.position;
-        count += events.len() as u64;
+        for (count, checkpoint) in counts.iter_mut().zip(checkpoints) {
+            let newer = events
+                .iter()
+                .filter(|event| event.position > *checkpoint)
+                .count();
+            *count = (*count + newer as u64).min(LAG_COUNT_LIMIT);
+        }
         if events.len() < PAGE {
             break;
         }
     }
-    Ok(count)
+    Ok(counts)
 }

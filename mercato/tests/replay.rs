@@ -63,7 +63,7 @@ async fn dump(data: &ServerData) -> Vec<String> {
             .expect("read model")
         {
             let columns: Vec<String> = (0..6)
-                .map(|index| row.try_get::<String, _>(index).unwrap_or_default())
+                .map(|index| row.try_get::<String, _>(index).expect("a text column"))
                 .collect();
             rows.push(columns.join("|"));
         }
