@@ -42,6 +42,10 @@ pub enum StoreError {
     /// The database refused or failed a statement, or could not be reached.
     #[error("event store database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The embedded store's log reader (see `sqlite::bulk`) could not open the file or read a
+    /// page of the log.
+    #[error("reading the event log failed: {0}")]
+    ReadFailed(String),
     /// Applying the store's migrations failed.
     #[error("event store migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),

@@ -556,3 +556,67 @@ mod cases {
         );
     }
 }
+
+/// Two processes' stores on one SQLite file take turns appending to the same streams. Each
+/// store's writer remembers the heads it appended; the other's commits must make it read them
+/// again, or it would chain a hash to a version that is no longer the stream's head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sqlite_stores_on_one_file_keep_the_chains_intact() {
+    use eventstore::audit::{self, Scope};
+    use eventstore::{AppendRequest, EventStore, ExpectedVersion, SqliteEventStore};
+
+    let test_store = eventstore::testing::sqlite_store().await;
+    let first = test_store.store.clone();
+    let second = SqliteEventStore::open(&test_store.url).await.unwrap();
+    for round in 0..6_u64 {
+        let (this, other): (&dyn EventStore, &dyn EventStore) = if round % 2 == 0 {
+            (&*first, &second)
+        } else {
+            (&second, &*first)
+        };
+        // An `Any` append after the other store's: it must land on the version after it.
+        let appended = this
+            .append(AppendRequest::new(
+                "cart",
+                "shared",
+                ExpectedVersion::Any,
+                vec![common::new_event(
+                    "Numbered",
+                    &format!(r#"{{"round":{round}}}"#),
+                )],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(appended.stream_version, round + 1);
+        // An exact append with a version only the other store's commit makes true.
+        let appended = other
+            .append(AppendRequest::new(
+                "order",
+                "shared",
+                ExpectedVersion::Exact(round),
+                vec![common::new_event(
+                    "Numbered",
+                    &format!(r#"{{"order":{round}}}"#),
+                )],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(appended.stream_version, round + 1);
+        // And a stale exact version is still refused.
+        let refused = this
+            .append(AppendRequest::new(
+                "order",
+                "shared",
+                ExpectedVersion::Exact(round),
+                vec![common::new_event("Numbered", r#"{"stale":true}"#)],
+            ))
+            .await;
+        assert!(
+            refused.as_ref().is_err_and(|error| error.is_conflict()),
+            "{refused:?}"
+        );
+    }
+    let report = audit::verify(&*first, Scope::All, None).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.events, 12);
+}

@@ -9,6 +9,37 @@ pub(crate) const POSITION_SHIFT: u32 = 20;
 /// How many events one transaction can hold: the index within a transaction has 20 bits.
 pub const MAX_EVENTS_PER_TRANSACTION: usize = 1 << POSITION_SHIFT;
 
+/// The chain hash of a row `r` of an append statement that is its stream's first in the
+/// statement (`r.first_in_stream`), chained to `r.previous_hash`, the hash of the stream's head
+/// the statement read (the zero hash for a new stream). The other rows get NULL, and the trigger
+/// hashes them as they are inserted, after the row before them (see the migration
+/// `20250101000400_hash_in_statement.sql`). A stored head without a hash makes this NULL too, and
+/// the trigger then refuses the row.
+macro_rules! chain_hash {
+    () => {
+        "CASE WHEN r.first_in_stream THEN sha256(r.previous_hash || mercato_canonical(r.position, \
+         r.event_id, r.stream_type, r.stream_id, r.stream_version, r.event_type, \
+         r.schema_version, r.occurred_at, r.correlation_id, r.causation_id, r.saga_id, r.actor, \
+         r.source, r.payload)) END"
+    };
+}
+
+/// The hash the first event of a new stream chains to.
+macro_rules! zero_hash {
+    () => {
+        "'\\x0000000000000000000000000000000000000000000000000000000000000000'::bytea"
+    };
+}
+
+/// The columns an append statement inserts, read from its row subquery `r`.
+macro_rules! row_columns {
+    () => {
+        "r.position, r.event_id, r.stream_type, r.stream_id, r.stream_version, r.event_type, \
+         r.schema_version, r.occurred_at, r.correlation_id, r.causation_id, r.saga_id, r.actor, \
+         r.source, r.payload"
+    };
+}
+
 /// One stream's events after a version. A stream is always read as a prefix (version N+1 can
 /// only be inserted once version N is committed), so no horizon is needed.
 pub(crate) const READ_STREAM: &str = concat!(
@@ -66,9 +97,10 @@ pub(crate) const READ_CORRELATED: &str = concat!(
 /// - the transaction still has room for the events in its 2^20 positions.
 ///
 /// It always returns one row: what it saw, and how many rows it inserted.
-pub(crate) const APPEND: &str = r#"
+pub(crate) const APPEND: &str = concat!(
+    r#"
 WITH head AS (
-    SELECT stream_version, position
+    SELECT stream_version, position, hash
     FROM events
     WHERE stream_type = $1 AND stream_id = $2
     ORDER BY stream_version DESC
@@ -77,6 +109,9 @@ WITH head AS (
     SELECT
         COALESCE((SELECT stream_version FROM head), 0) AS current_version,
         COALESCE((SELECT position FROM head), -1) AS last_position,
+        CASE WHEN EXISTS (SELECT FROM head) THEN (SELECT hash FROM head)
+             ELSE '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea
+        END AS previous_hash,
         (SELECT count(*) FROM events WHERE event_id = ANY($4::uuid[])) AS n_known,
         pg_current_xact_id()::text::bigint << 20 AS xact_base
 ), start AS (
@@ -97,17 +132,27 @@ WITH head AS (
       AND first_position + cardinality($4::uuid[]) <= xact_base + 1048576
 ), inserted AS (
     INSERT INTO events (position, event_id, stream_type, stream_id, stream_version, event_type,
-        schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload)
-    SELECT
-        accepted.first_position + input.event_index - 1, input.event_id, $1, $2,
-        accepted.current_version + input.event_index, input.event_type, input.schema_version,
-        input.occurred_at, input.correlation_id, input.causation_id, input.saga_id,
-        input.actor, input.source, input.payload
-    FROM accepted,
-        UNNEST($4::uuid[], $5::text[], $6::int4[], $7::timestamptz[], $8::text[], $9::text[],
-               $10::text[], $11::text[], $12::text[], $13::text[])
-        WITH ORDINALITY AS input(event_id, event_type, schema_version, occurred_at,
-            correlation_id, causation_id, saga_id, actor, source, payload, event_index)
+        schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload,
+        hash)
+    SELECT "#,
+    row_columns!(),
+    ", ",
+    chain_hash!(),
+    r#"
+    FROM (
+        SELECT
+            accepted.first_position + input.event_index - 1 AS position, input.event_id,
+            $1::text AS stream_type, $2::text AS stream_id,
+            accepted.current_version + input.event_index AS stream_version, input.event_type,
+            input.schema_version, input.occurred_at, input.correlation_id, input.causation_id,
+            input.saga_id, input.actor, input.source, input.payload,
+            input.event_index = 1 AS first_in_stream, accepted.previous_hash
+        FROM accepted,
+            UNNEST($4::uuid[], $5::text[], $6::int4[], $7::timestamptz[], $8::text[], $9::text[],
+                   $10::text[], $11::text[], $12::text[], $13::text[])
+            WITH ORDINALITY AS input(event_id, event_type, schema_version, occurred_at,
+                correlation_id, causation_id, saga_id, actor, source, payload, event_index)
+    ) AS r
     RETURNING 1
 )
 SELECT
@@ -118,24 +163,37 @@ SELECT
     start.xact_base,
     (SELECT count(*) FROM inserted) AS n_inserted
 FROM start
-"#;
+"#
+);
 
 /// Appends up to this many events with one `VALUES` row each; more go through `UNNEST`.
 pub(crate) const VALUES_MAX_ROWS: usize = 32;
 
 const INSERT_COLUMNS: &str = "INSERT INTO events (position, event_id, stream_type, stream_id, \
     stream_version, event_type, schema_version, occurred_at, correlation_id, causation_id, \
-    saga_id, actor, source, payload)";
+    saga_id, actor, source, payload, hash)";
 
-const ALONE_SELECT: &str = "SELECT (pg_current_xact_id()::text::bigint << 20) + input.event_index - 1, \
-    input.event_id, $1::text, $2::text, seen.current_version + input.event_index, \
-    input.event_type, input.schema_version, input.occurred_at, input.correlation_id, \
-    input.causation_id, input.saga_id, input.actor, input.source, input.payload \
-    FROM (SELECT COALESCE((SELECT stream_version FROM events \
-    WHERE stream_type = $1::text AND stream_id = $2::text \
-    ORDER BY stream_version DESC LIMIT 1), 0) AS current_version) AS seen, ";
+const ALONE_SELECT: &str = concat!(
+    "SELECT ",
+    row_columns!(),
+    ", ",
+    chain_hash!(),
+    " FROM (SELECT (pg_current_xact_id()::text::bigint << 20) + input.event_index - 1 AS position, \
+     input.event_id, $1::text AS stream_type, $2::text AS stream_id, \
+     seen.current_version + input.event_index AS stream_version, input.event_type, \
+     input.schema_version, input.occurred_at, input.correlation_id, input.causation_id, \
+     input.saga_id, input.actor, input.source, input.payload, \
+     input.event_index = 1 AS first_in_stream, seen.previous_hash \
+     FROM (SELECT COALESCE(head.stream_version, 0) AS current_version, \
+     CASE WHEN head.stream_version IS NULL THEN ",
+    zero_hash!(),
+    " ELSE head.hash END AS previous_hash \
+     FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT stream_version, hash FROM events \
+     WHERE stream_type = $1::text AND stream_id = $2::text \
+     ORDER BY stream_version DESC LIMIT 1) AS head ON true) AS seen, "
+);
 
-const ALONE_WHERE: &str = " WHERE $3::bigint < 0 OR seen.current_version = $3::bigint \
+const ALONE_WHERE: &str = " WHERE $3::bigint < 0 OR seen.current_version = $3::bigint) AS r \
     RETURNING position, stream_version";
 
 /// The append statement for a request that is its transaction's only statement (the common
@@ -212,7 +270,8 @@ pub(crate) fn append_alone(n_events: usize) -> &'static str {
 /// the low 20 bits of a returned position say which event it is. It is correct for the reason
 /// the lone statement is: one statement alone in its transaction takes its transaction id after
 /// its snapshot, so every event it saw in any of these streams has a lower position.
-pub(crate) const APPEND_BATCH: &str = r#"
+pub(crate) const APPEND_BATCH: &str = concat!(
+    r#"
 WITH request AS MATERIALIZED (
     SELECT
         request.request_number,
@@ -225,25 +284,49 @@ WITH request AS MATERIALIZED (
                   ORDER BY events.stream_version DESC LIMIT 1), 0) AS current_version
     FROM UNNEST($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY
         AS request(stream_type, stream_id, required_version, request_number)
+), chained AS MATERIALIZED (
+    SELECT
+        request.*,
+        CASE WHEN request.current_version = 0 THEN "#,
+    zero_hash!(),
+    r#"
+             ELSE (SELECT events.hash FROM events
+                   WHERE events.stream_type = request.stream_type
+                     AND events.stream_id = request.stream_id
+                     AND events.stream_version = request.current_version)
+        END AS previous_hash
+    FROM request
 )
 INSERT INTO events (position, event_id, stream_type, stream_id, stream_version, event_type,
-    schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload)
-SELECT
-    (pg_current_xact_id()::text::bigint << 20) + input.event_index - 1, input.event_id,
-    request.stream_type, request.stream_id, request.current_version + input.index_in_request,
-    input.event_type, input.schema_version, input.occurred_at, input.correlation_id,
-    input.causation_id, input.saga_id, input.actor, input.source, input.payload
-FROM UNNEST($4::int4[], $5::bigint[], $6::uuid[], $7::text[], $8::int4[], $9::timestamptz[],
-            $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
-    WITH ORDINALITY AS input(request_number, index_in_request, event_id, event_type,
-        schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source,
-        payload, event_index)
-JOIN request ON request.request_number = input.request_number
-WHERE request.required_version < 0 OR request.current_version = request.required_version
--- In stream order: the hash trigger of a version reads the hash of the one before.
-ORDER BY input.event_index
+    schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload,
+    hash)
+SELECT "#,
+    row_columns!(),
+    ", ",
+    chain_hash!(),
+    r#"
+FROM (
+    SELECT
+        (pg_current_xact_id()::text::bigint << 20) + input.event_index - 1 AS position,
+        input.event_id, request.stream_type, request.stream_id,
+        request.current_version + input.index_in_request AS stream_version, input.event_type,
+        input.schema_version, input.occurred_at, input.correlation_id, input.causation_id,
+        input.saga_id, input.actor, input.source, input.payload,
+        input.index_in_request = 1 AS first_in_stream, request.previous_hash, input.event_index
+    FROM UNNEST($4::int4[], $5::bigint[], $6::uuid[], $7::text[], $8::int4[],
+                $9::timestamptz[], $10::text[], $11::text[], $12::text[], $13::text[],
+                $14::text[], $15::text[])
+        WITH ORDINALITY AS input(request_number, index_in_request, event_id, event_type,
+            schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source,
+            payload, event_index)
+    JOIN chained AS request ON request.request_number = input.request_number
+    WHERE request.required_version < 0 OR request.current_version = request.required_version
+) AS r
+-- In stream order: the hash trigger of a later version reads the hash of the one before.
+ORDER BY r.event_index
 RETURNING position, stream_version
-"#;
+"#
+);
 
 /// The stored events among a list of ids: what a rejected append is classified with.
 pub(crate) const STORED_IDS: &str = "SELECT event_id, stream_type, stream_id, stream_version, \

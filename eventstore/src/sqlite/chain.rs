@@ -33,24 +33,6 @@ fn chain_row(row: &SqliteRow) -> Result<ChainRow, StoreError> {
     })
 }
 
-pub(crate) async fn read_chain(
-    pool: &SqlitePool,
-    after_position: u64,
-    limit: usize,
-) -> Result<Vec<ChainRow>, StoreError> {
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
-    let statement =
-        format!("SELECT {CHAIN_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?");
-    let rows = sqlx::query(&statement)
-        .bind(to_i64(after_position))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(pool)
-        .await?;
-    rows.iter().map(chain_row).collect()
-}
-
 pub(crate) async fn read_stream_chain(
     pool: &SqlitePool,
     stream_type: &str,

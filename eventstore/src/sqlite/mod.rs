@@ -7,6 +7,7 @@
 //! caller. Positions are SQLite rowids: dense, and committed in order, because each group
 //! commit holds the write lock from its first insert to its commit.
 
+mod bulk;
 mod chain;
 mod rows;
 mod subscription;
@@ -61,6 +62,8 @@ pub struct SqliteEventStore {
 struct SqliteInner {
     jobs: mpsc::Sender<WriteJob>,
     readers: SqlitePool,
+    /// The readers of the log in position order (`read_all`, `read_chain`).
+    bulk: Arc<bulk::BulkReader>,
     /// The last committed position, published by the writer after each group commit.
     head: watch::Receiver<u64>,
 }
@@ -112,6 +115,10 @@ impl SqliteEventStore {
             sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM events")
                 .fetch_one(&mut writer_connection)
                 .await?;
+        let bulk = Arc::new(bulk::BulkReader::new(
+            options.get_filename().to_path_buf(),
+            BUSY_TIMEOUT,
+        ));
         let readers = SqlitePoolOptions::new()
             .max_connections(MAX_READERS)
             .connect_with(options)
@@ -123,6 +130,7 @@ impl SqliteEventStore {
             inner: Arc::new(SqliteInner {
                 jobs,
                 readers,
+                bulk,
                 head,
             }),
         })
@@ -246,17 +254,7 @@ impl EventStore for SqliteEventStore {
         after_position: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        const READ_ALL: &str = concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM events WHERE position > ? ORDER BY position LIMIT ?"
-        );
-        let rows = sqlx::query(READ_ALL)
-            .bind(to_i64(after_position))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.inner.readers)
-            .await?;
-        rows.iter().map(recorded_event).collect()
+        self.inner.bulk.read_all(after_position, limit).await
     }
 
     async fn read_correlated(
@@ -287,7 +285,7 @@ impl EventStore for SqliteEventStore {
         after_position: u64,
         limit: usize,
     ) -> Result<Vec<crate::audit::ChainRow>, StoreError> {
-        chain::read_chain(&self.inner.readers, after_position, limit).await
+        self.inner.bulk.read_chain(after_position, limit).await
     }
 
     async fn read_stream_chain(

@@ -1,5 +1,7 @@
 //! The writer task: group commit of every append queued while the last commit was flushing.
 
+use std::collections::HashMap;
+
 use chrono::Utc;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
@@ -36,11 +38,82 @@ pub(crate) async fn run(
     head: watch::Sender<u64>,
 ) {
     let mut batch = Vec::with_capacity(64);
+    let mut known = Known::default();
     while jobs.recv_many(&mut batch, MAX_JOBS_PER_COMMIT).await > 0 {
-        commit_batch(&mut connection, std::mem::take(&mut batch), &head).await;
+        commit_batch(
+            &mut connection,
+            std::mem::take(&mut batch),
+            &head,
+            &mut known,
+        )
+        .await;
     }
     if let Err(error) = connection.close().await {
         tracing::warn!(%error, "closing the sqlite event store's write connection failed");
+    }
+}
+
+/// How many stream heads the writer remembers between commits before it starts over.
+const MAX_KNOWN_HEADS: usize = 100_000;
+
+/// What the writer knows of the log from its own commits, so that an append needs no statement
+/// besides its insert: the last position, and the version and hash of recently appended streams.
+/// It is trusted only while SQLite's `data_version` says no other connection has written since
+/// the writer's last commit (another process appending to the same file, or this store's
+/// sealer); otherwise it is dropped and read again. It only saves reads: the insert still checks
+/// the stream's version itself, and a refused insert drops what was known of the stream.
+#[derive(Debug, Default)]
+pub(crate) struct Known {
+    data_version: Option<i64>,
+    last_position: Option<i64>,
+    heads: HashMap<StreamKey, (u64, Hash)>,
+}
+
+type StreamKey = (String, String);
+
+impl Known {
+    fn forget(&mut self) {
+        self.data_version = None;
+        self.last_position = None;
+        self.heads.clear();
+    }
+}
+
+/// The state of one group commit: what its jobs appended so far (merged into [`Known`] once
+/// committed), and the job being run (merged into the batch once its savepoint is released).
+struct BatchState<'a> {
+    known: &'a mut Known,
+    last_position: i64,
+    batch_heads: HashMap<StreamKey, (u64, Hash)>,
+    job_heads: HashMap<StreamKey, (u64, Hash)>,
+}
+
+impl BatchState<'_> {
+    fn head_of(&self, request: &AppendRequest) -> Option<(u64, Hash)> {
+        let key = (request.stream_type.clone(), request.stream_id.clone());
+        self.job_heads
+            .get(&key)
+            .or_else(|| self.batch_heads.get(&key))
+            .or_else(|| self.known.heads.get(&key))
+            .copied()
+    }
+
+    fn appended(&mut self, request: &AppendRequest, head: &ChainHead) {
+        self.last_position = head.last_position;
+        self.job_heads.insert(
+            (request.stream_type.clone(), request.stream_id.clone()),
+            (head.version, head.hash),
+        );
+    }
+
+    /// A refused insert: what was known of the stream may be wrong, read it next time. Says
+    /// whether anything was known.
+    fn forget_stream(&mut self, request: &AppendRequest) -> bool {
+        let key = (request.stream_type.clone(), request.stream_id.clone());
+        let in_job = self.job_heads.remove(&key).is_some();
+        let in_batch = self.batch_heads.remove(&key).is_some();
+        let known = self.known.heads.remove(&key).is_some();
+        in_job || in_batch || known
     }
 }
 
@@ -48,8 +121,9 @@ async fn commit_batch(
     connection: &mut SqliteConnection,
     batch: Vec<WriteJob>,
     head: &watch::Sender<u64>,
+    known: &mut Known,
 ) {
-    match run_batch(connection, &batch).await {
+    match run_batch(connection, &batch, known).await {
         Ok(outcomes) => {
             let last_position = outcomes
                 .iter()
@@ -72,6 +146,7 @@ async fn commit_batch(
             }
         }
         Err(error) => {
+            known.forget();
             if let Err(rollback_error) = sqlx::query("ROLLBACK").execute(&mut *connection).await {
                 tracing::debug!(%rollback_error, "rollback after a failed group commit");
             }
@@ -89,15 +164,57 @@ async fn commit_batch(
 async fn run_batch(
     connection: &mut SqliteConnection,
     batch: &[WriteJob],
+    known: &mut Known,
 ) -> Result<Vec<JobOutcome>, sqlx::Error> {
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut *connection)
         .await?;
+    let data_version: i64 = sqlx::query_scalar("PRAGMA data_version")
+        .fetch_one(&mut *connection)
+        .await?;
+    if known.data_version != Some(data_version) {
+        known.forget();
+    }
+    let last_position = match known.last_position {
+        Some(position) => position,
+        None => {
+            sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM events")
+                .fetch_one(&mut *connection)
+                .await?
+        }
+    };
+    let mut state = BatchState {
+        known,
+        last_position,
+        batch_heads: HashMap::new(),
+        job_heads: HashMap::new(),
+    };
     let mut outcomes = Vec::with_capacity(batch.len());
     for job in batch {
-        outcomes.push(run_job(connection, job).await?);
+        let job_start = state.last_position;
+        let outcome = run_job(connection, job, &mut state).await?;
+        let job_heads = std::mem::take(&mut state.job_heads);
+        if outcome.is_ok() {
+            state.batch_heads.extend(job_heads);
+        } else {
+            // Its savepoint was rolled back (or it wrote nothing).
+            state.last_position = job_start;
+        }
+        outcomes.push(outcome);
     }
     sqlx::query("COMMIT").execute(&mut *connection).await?;
+    let BatchState {
+        known,
+        last_position,
+        batch_heads,
+        ..
+    } = state;
+    if known.heads.len() + batch_heads.len() > MAX_KNOWN_HEADS {
+        known.heads.clear();
+    }
+    known.heads.extend(batch_heads);
+    known.last_position = Some(last_position);
+    known.data_version = Some(data_version);
     Ok(outcomes)
 }
 
@@ -105,6 +222,7 @@ async fn run_batch(
 async fn run_job(
     connection: &mut SqliteConnection,
     job: &WriteJob,
+    state: &mut BatchState<'_>,
 ) -> Result<JobOutcome, sqlx::Error> {
     let needs_savepoint = job.requests.len() > 1
         || job.snapshot.is_some()
@@ -117,7 +235,7 @@ async fn run_job(
             .execute(&mut *connection)
             .await?;
     }
-    let outcome = run_job_steps(connection, job).await?;
+    let outcome = run_job_steps(connection, job, state).await?;
     if needs_savepoint {
         if outcome.is_err() {
             sqlx::query("ROLLBACK TO append_job")
@@ -134,10 +252,11 @@ async fn run_job(
 async fn run_job_steps(
     connection: &mut SqliteConnection,
     job: &WriteJob,
+    state: &mut BatchState<'_>,
 ) -> Result<JobOutcome, sqlx::Error> {
     let mut results = Vec::with_capacity(job.requests.len());
     for request in &job.requests {
-        match append_one(connection, request).await? {
+        match append_one(connection, request, state).await? {
             Ok(result) => results.push(result),
             Err(error) => return Ok(Err(error)),
         }
@@ -178,6 +297,7 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 async fn append_one(
     connection: &mut SqliteConnection,
     request: &AppendRequest,
+    state: &mut BatchState<'_>,
 ) -> Result<Result<AppendResult, StoreError>, sqlx::Error> {
     if request.events.is_empty() {
         let current_version = current_version(connection, request).await?;
@@ -191,24 +311,33 @@ async fn append_one(
         }));
     }
     if request.events.len() > ROWS_PER_INSERT {
-        return append_in_chunks(connection, request).await;
+        return append_in_chunks(connection, request, state).await;
     }
     // The common case: one statement checks the version and inserts.
-    let head = chain_head(connection, request).await?;
-    match insert_guarded(connection, request, &head).await {
-        Ok(Some(result)) => Ok(Ok(result)),
-        Ok(None) => {
-            let current_version = current_version(connection, request).await?;
-            let stored = stored_ids(connection, request).await?;
-            Ok(judged(request, &stored, current_version))
+    loop {
+        let mut head = chain_head(connection, request, state).await?;
+        if request.expected.is_satisfied_by(head.version) {
+            match insert_guarded(connection, request, &mut head).await {
+                Ok(Some(result)) => {
+                    state.appended(request, &head);
+                    return Ok(Ok(result));
+                }
+                // The stream is not at the version the head says, or a unique index refused
+                // a row (an id is stored already).
+                Ok(None) => {}
+                Err(error) if is_unique_violation(&error) => {}
+                Err(error) => return Err(error),
+            }
         }
-        Err(error) if is_unique_violation(&error) => {
-            let current_version = current_version(connection, request).await?;
-            let stored = stored_ids(connection, request).await?;
-            Ok(judged(request, &stored, current_version))
+        // A head the writer remembered is read again from the table once; a head read from the
+        // table means the append is refused or a duplicate, judged below.
+        if !state.forget_stream(request) {
+            break;
         }
-        Err(error) => Err(error),
     }
+    let current_version = current_version(connection, request).await?;
+    let stored = stored_ids(connection, request).await?;
+    Ok(judged(request, &stored, current_version))
 }
 
 async fn current_version(
@@ -239,24 +368,37 @@ struct ChainHead {
 async fn chain_head(
     connection: &mut SqliteConnection,
     request: &AppendRequest,
+    state: &BatchState<'_>,
 ) -> Result<ChainHead, sqlx::Error> {
+    if let Some((version, hash)) = state.head_of(request) {
+        return Ok(ChainHead {
+            version,
+            hash,
+            last_position: state.last_position,
+        });
+    }
     let row = sqlx::query(
-        "SELECT last.stream_version, last.hash, (SELECT COALESCE(max(position), 0) FROM events) \
-         FROM (SELECT 1) LEFT JOIN (SELECT stream_version, hash FROM events \
-         WHERE stream_type = ?1 AND stream_id = ?2 ORDER BY stream_version DESC LIMIT 1) AS last",
+        "SELECT stream_version, hash FROM events WHERE stream_type = ?1 AND stream_id = ?2 \
+         ORDER BY stream_version DESC LIMIT 1",
     )
     .bind(&request.stream_type)
     .bind(&request.stream_id)
-    .fetch_one(&mut *connection)
+    .fetch_optional(&mut *connection)
     .await?;
-    let version: Option<i64> = row.try_get(0)?;
-    let hash: Option<Vec<u8>> = row.try_get(1)?;
+    let (version, hash) = match row {
+        Some(row) => {
+            let version: i64 = row.try_get(0)?;
+            let hash: Option<Vec<u8>> = row.try_get(1)?;
+            (version, hash)
+        }
+        None => (0, None),
+    };
     Ok(ChainHead {
-        version: u64::try_from(version.unwrap_or(0)).unwrap_or(0),
+        version: u64::try_from(version).unwrap_or(0),
         hash: hash
             .and_then(|hash| Hash::try_from(hash.as_slice()).ok())
             .unwrap_or(ZERO_HASH),
-        last_position: row.try_get(2)?,
+        last_position: state.last_position,
     })
 }
 
@@ -316,8 +458,8 @@ fn chain_events(
 }
 
 /// The insert statement for `n_rows` events (at most [`ROWS_PER_INSERT`]), built once per row
-/// count: it inserts them all if the stream is at the required version (?3, -1 for any), else
-/// nothing. ?1 stream_type, ?2 stream_id, then 10 parameters per event.
+/// count: it inserts them all if the stream is at version ?3 (the version their hashes chain
+/// to), else nothing. ?1 stream_type, ?2 stream_id, then 12 parameters per event.
 fn guarded_insert_sql(n_rows: usize) -> std::borrow::Cow<'static, str> {
     static BY_ROW_COUNT: [std::sync::OnceLock<String>; ROWS_PER_INSERT + 1] =
         [const { std::sync::OnceLock::new() }; ROWS_PER_INSERT + 1];
@@ -350,32 +492,27 @@ fn build_guarded_insert_sql(n_rows: usize) -> String {
          FROM (SELECT COALESCE((SELECT stream_version FROM events \
          WHERE stream_type = ?1 AND stream_id = ?2 ORDER BY stream_version DESC LIMIT 1), 0) \
          AS current_version) AS seen, (VALUES {}) AS input \
-         WHERE ?3 < 0 OR seen.current_version = ?3 \
+         WHERE seen.current_version = ?3 \
          RETURNING position, stream_version",
         rows.join(", ")
     )
 }
 
-/// Inserts every event of `request` if its stream is at the expected version; `None` if not.
-/// `head` is what the stream and the log were at (read in the same transaction): the hashes
-/// assume the insert goes through, and are dropped with the rows if it does not.
+/// Inserts every event of `request` as the versions after `head` if the stream is at `head`'s
+/// version; `None` if not. The hashes chain to `head`, and `head` moves past the events (the
+/// caller keeps it only if they were inserted).
 async fn insert_guarded(
     connection: &mut SqliteConnection,
     request: &AppendRequest,
-    head: &ChainHead,
+    head: &mut ChainHead,
 ) -> Result<Option<AppendResult>, sqlx::Error> {
     let statement = guarded_insert_sql(request.events.len());
-    let required_version = request.expected.required_version().map_or(-1, to_i64);
-    let mut chain_head = ChainHead {
-        version: head.version,
-        hash: head.hash,
-        last_position: head.last_position,
-    };
-    let chained = chain_events(request, &request.events, &mut chain_head);
+    let head_version = to_i64(head.version);
+    let chained = chain_events(request, &request.events, head);
     let mut query = sqlx::query(&statement)
         .bind(request.stream_type.as_str())
         .bind(request.stream_id.as_str())
-        .bind(required_version);
+        .bind(head_version);
     for (event, chained) in request.events.iter().zip(&chained) {
         query = query
             .bind(chained.event_id.as_str())
@@ -406,8 +543,11 @@ async fn insert_guarded(
 async fn append_in_chunks(
     connection: &mut SqliteConnection,
     request: &AppendRequest,
+    state: &mut BatchState<'_>,
 ) -> Result<Result<AppendResult, StoreError>, sqlx::Error> {
-    let mut head = chain_head(connection, request).await?;
+    // Read from the table: a large append is rare, and its version check is done here.
+    state.forget_stream(request);
+    let mut head = chain_head(connection, request, state).await?;
     let current_version = head.version;
     // Look for stored ids first, so that a unique violation half-way cannot be mistaken for a
     // duplicate of this request's own first rows.
@@ -427,6 +567,7 @@ async fn append_in_chunks(
             Err(error) => return Err(error),
         }
     }
+    state.appended(request, &head);
     Ok(Ok(AppendResult {
         positions,
         stream_version: current_version + request.events.len() as u64,

@@ -1,0 +1,45 @@
+-- The append statements read the stream's head anyway, so they hash the first event they insert
+-- into a stream themselves: a row that arrives with its hash skips the trigger, which costs a
+-- PL/pgSQL call and a lookup of the previous row. The trigger still hashes every row that comes
+-- without one (the later events of a multi-event append, and any other INSERT), so a row can
+-- never be stored without a hash; `mercato audit verify` recomputes every hash either way.
+
+-- The canonical bytes of an event from its columns (the layout of `mercato_event_canonical`,
+-- which now calls this, so there is one definition).
+CREATE FUNCTION mercato_canonical(
+    p_position BIGINT, p_event_id UUID, p_stream_type TEXT, p_stream_id TEXT,
+    p_stream_version BIGINT, p_event_type TEXT, p_schema_version INTEGER,
+    p_occurred_at TIMESTAMPTZ, p_correlation_id TEXT, p_causation_id TEXT, p_saga_id TEXT,
+    p_actor TEXT, p_source TEXT, p_payload TEXT
+) RETURNS BYTEA
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+SELECT mercato_audit_field(int8send(p_position))
+    || mercato_audit_field(convert_to(p_event_id::text, 'UTF8'))
+    || mercato_audit_field(convert_to(p_stream_type, 'UTF8'))
+    || mercato_audit_field(convert_to(p_stream_id, 'UTF8'))
+    || mercato_audit_field(int8send(p_stream_version))
+    || mercato_audit_field(convert_to(p_event_type, 'UTF8'))
+    || mercato_audit_field(int8send(p_schema_version::bigint))
+    || mercato_audit_field(convert_to(
+           to_char(p_occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), 'UTF8'))
+    || mercato_audit_field(convert_to(p_correlation_id, 'UTF8'))
+    || mercato_audit_field(convert_to(p_causation_id, 'UTF8'))
+    || COALESCE(mercato_audit_field(convert_to(p_saga_id, 'UTF8')), '\xffffffff'::bytea)
+    || mercato_audit_field(convert_to(p_actor, 'UTF8'))
+    || mercato_audit_field(convert_to(p_source, 'UTF8'))
+    || mercato_audit_field(convert_to(p_payload, 'UTF8'))
+$$;
+
+CREATE OR REPLACE FUNCTION mercato_event_canonical(e events) RETURNS BYTEA
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+SELECT mercato_canonical(e.position, e.event_id, e.stream_type, e.stream_id, e.stream_version,
+    e.event_type, e.schema_version, e.occurred_at, e.correlation_id, e.causation_id, e.saga_id,
+    e.actor, e.source, e.payload)
+$$;
+
+DROP TRIGGER events_hash ON events;
+
+CREATE TRIGGER events_hash BEFORE INSERT ON events
+FOR EACH ROW WHEN (NEW.hash IS NULL) EXECUTE FUNCTION mercato_events_hash();

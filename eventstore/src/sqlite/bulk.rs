@@ -1,0 +1,278 @@
+//! Reads of the log in position order, the store's bulk path: subscriptions catching up,
+//! projections and rebuilds reading pages of `read_all`, and `audit verify` reading the chain.
+//!
+//! They go through rusqlite on a blocking thread rather than through the sqlx pool: sqlx's
+//! SQLite driver hands every row from its worker thread to the async caller as owned values, which
+//! held a page read of the log to about 80,000 events per second; stepping the statement on the
+//! thread that decodes the rows reads several times that (see BENCHMARKS.md). The connections
+//! are plain readers of the same file (WAL: they never block the writer nor wait for it), kept
+//! for reuse and marked `query_only`.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
+use schemas::{EventMetadata, RecordedEvent};
+use serde_json::value::RawValue;
+
+use super::rows::{parse_uuid, to_i64};
+use crate::audit::ChainRow;
+use crate::error::StoreError;
+
+/// How many idle connections are kept for the next read.
+const MAX_IDLE: usize = 4;
+
+const READ_ALL: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+);
+
+const READ_CHAIN: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    ", hash FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+);
+
+/// The bulk readers of one database file.
+#[derive(Debug)]
+pub(crate) struct BulkReader {
+    path: PathBuf,
+    busy_timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+}
+
+fn database_error(error: rusqlite::Error) -> StoreError {
+    StoreError::ReadFailed(error.to_string())
+}
+
+impl BulkReader {
+    pub(crate) fn new(path: PathBuf, busy_timeout: Duration) -> Self {
+        Self {
+            path,
+            busy_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn connect(&self) -> rusqlite::Result<Connection> {
+        // Read-write without create: a WAL reader may need to create the shared-memory file;
+        // `query_only` refuses any write through this connection.
+        let connection = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection.busy_timeout(self.busy_timeout)?;
+        connection.pragma_update(None, "query_only", true)?;
+        Ok(connection)
+    }
+
+    /// Runs `read` on an idle connection (or a new one) on a blocking thread.
+    async fn with_connection<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        read: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let idle = this.idle.lock().ok().and_then(|mut idle| idle.pop());
+            let connection = match idle {
+                Some(connection) => connection,
+                None => this.connect().map_err(database_error)?,
+            };
+            let result = read(&connection);
+            if let Ok(mut idle) = this.idle.lock()
+                && idle.len() < MAX_IDLE
+            {
+                idle.push(connection);
+            }
+            result
+        })
+        .await
+        .map_err(|error| StoreError::CommitFailed(format!("a log reader panicked: {error}")))?
+    }
+
+    /// The first `limit` events after `after_position`, in position order.
+    pub(crate) async fn read_all(
+        self: &std::sync::Arc<Self>,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.with_connection(move |connection| {
+            let mut statement = connection
+                .prepare_cached(READ_ALL)
+                .map_err(database_error)?;
+            let mut rows = statement
+                .query((to_i64(after_position), to_i64(limit as u64)))
+                .map_err(database_error)?;
+            let mut events = Vec::with_capacity(limit.min(10_000));
+            while let Some(row) = rows.next().map_err(database_error)? {
+                events.push(recorded_event(row)?);
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    /// The first `limit` chain rows after `after_position`, in position order.
+    pub(crate) async fn read_chain(
+        self: &std::sync::Arc<Self>,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.with_connection(move |connection| {
+            let mut statement = connection
+                .prepare_cached(READ_CHAIN)
+                .map_err(database_error)?;
+            let mut rows = statement
+                .query((to_i64(after_position), to_i64(limit as u64)))
+                .map_err(database_error)?;
+            let mut chain = Vec::with_capacity(limit.min(10_000));
+            while let Some(row) = rows.next().map_err(database_error)? {
+                chain.push(chain_row(row)?);
+            }
+            Ok(chain)
+        })
+        .await
+    }
+}
+
+fn column<'row>(row: &'row rusqlite::Row<'_>, index: usize) -> Result<ValueRef<'row>, StoreError> {
+    row.get_ref(index).map_err(database_error)
+}
+
+/// A text column as stored; an event row whose text is not UTF-8 is unreadable.
+fn text(row: &rusqlite::Row<'_>, index: usize, name: &str) -> Result<String, StoreError> {
+    match column(row, index)? {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => String::from_utf8(bytes.to_vec())
+            .map_err(|_| StoreError::CorruptRow(format!("{name} is not UTF-8 text"))),
+        ValueRef::Integer(value) => Ok(value.to_string()),
+        ValueRef::Real(value) => Ok(value.to_string()),
+        ValueRef::Null => Err(StoreError::CorruptRow(format!("{name} is NULL"))),
+    }
+}
+
+fn optional_text(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+    name: &str,
+) -> Result<Option<String>, StoreError> {
+    match column(row, index)? {
+        ValueRef::Null => Ok(None),
+        _ => text(row, index, name).map(Some),
+    }
+}
+
+fn integer(row: &rusqlite::Row<'_>, index: usize, name: &str) -> Result<i64, StoreError> {
+    match column(row, index)? {
+        ValueRef::Integer(value) => Ok(value),
+        other => Err(StoreError::CorruptRow(format!(
+            "{name} is not an integer ({:?})",
+            other.data_type()
+        ))),
+    }
+}
+
+fn unsigned(row: &rusqlite::Row<'_>, index: usize, name: &str) -> Result<u64, StoreError> {
+    let value = integer(row, index, name)?;
+    u64::try_from(value).map_err(|_| StoreError::CorruptRow(format!("{name} is negative: {value}")))
+}
+
+/// An event from a row of `event_columns!()`, with the checks of the sqlx row decoder.
+fn recorded_event(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
+    let position = integer(row, 0, "position")?;
+    let event_id = text(row, 1, "event_id")?;
+    let occurred_at = text(row, 7, "occurred_at")?;
+    let occurred_at = DateTime::parse_from_rfc3339(&occurred_at)
+        .map_err(|error| {
+            StoreError::CorruptRow(format!(
+                "occurred_at at position {position} is not RFC 3339: {error}"
+            ))
+        })?
+        .with_timezone(&Utc);
+    let payload = RawValue::from_string(text(row, 13, "payload")?).map_err(|error| {
+        StoreError::CorruptRow(format!(
+            "payload at position {position} is not JSON: {error}"
+        ))
+    })?;
+    let schema_version = integer(row, 6, "schema_version")?;
+    Ok(RecordedEvent {
+        event_id: parse_uuid(&event_id, position)?,
+        event_type: text(row, 5, "event_type")?,
+        schema_version: u32::try_from(schema_version).map_err(|_| {
+            StoreError::CorruptRow(format!(
+                "schema_version at position {position} is out of range: {schema_version}"
+            ))
+        })?,
+        stream_type: text(row, 2, "stream_type")?,
+        stream_id: text(row, 3, "stream_id")?,
+        stream_version: unsigned(row, 4, "stream_version")?,
+        position: unsigned(row, 0, "position")?,
+        occurred_at,
+        metadata: EventMetadata {
+            correlation_id: text(row, 8, "correlation_id")?,
+            causation_id: text(row, 9, "causation_id")?,
+            saga_id: optional_text(row, 10, "saga_id")?,
+            actor: text(row, 11, "actor")?,
+            source: text(row, 12, "source")?,
+        },
+        payload,
+    })
+}
+
+/// A chain row: the stored columns as they are, for the verifier to hash. Only the position
+/// must be readable (the walk is ordered by it); any other damage shows as a hash mismatch.
+fn chain_row(row: &rusqlite::Row<'_>) -> Result<ChainRow, StoreError> {
+    let lenient = |index: usize| -> Result<String, StoreError> {
+        Ok(match column(row, index)? {
+            ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+                String::from_utf8_lossy(bytes).into_owned()
+            }
+            ValueRef::Integer(value) => value.to_string(),
+            ValueRef::Real(value) => value.to_string(),
+            ValueRef::Null => String::new(),
+        })
+    };
+    let number = |index: usize| -> Result<i64, StoreError> {
+        Ok(match column(row, index)? {
+            ValueRef::Integer(value) => value,
+            ValueRef::Real(value) => value as i64,
+            ValueRef::Text(bytes) | ValueRef::Blob(bytes) => std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+                .unwrap_or(0),
+            ValueRef::Null => 0,
+        })
+    };
+    Ok(ChainRow {
+        position: unsigned(row, 0, "position")?,
+        event_id: lenient(1)?,
+        stream_type: lenient(2)?,
+        stream_id: lenient(3)?,
+        stream_version: u64::try_from(number(4)?).unwrap_or(0),
+        event_type: lenient(5)?,
+        schema_version: number(6)?,
+        occurred_at: lenient(7)?,
+        correlation_id: lenient(8)?,
+        causation_id: lenient(9)?,
+        saga_id: match column(row, 10)? {
+            ValueRef::Null => None,
+            _ => Some(lenient(10)?),
+        },
+        actor: lenient(11)?,
+        source: lenient(12)?,
+        payload: lenient(13)?,
+        hash: match column(row, 14)? {
+            ValueRef::Blob(bytes) | ValueRef::Text(bytes) => Some(bytes.to_vec()),
+            _ => None,
+        },
+    })
+}
