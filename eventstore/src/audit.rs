@@ -746,12 +746,14 @@ impl Walker {
         for problem in problems {
             self.report(problem);
         }
-        self.last_row = Some((
-            row.event_id.clone(),
-            row.stream_type.clone(),
-            row.stream_id.clone(),
-            row.stream_version,
-        ));
+        // Kept in place: the strings' allocations are reused row after row.
+        let last = self
+            .last_row
+            .get_or_insert_with(|| (String::new(), String::new(), String::new(), 0));
+        last.0.clone_from(&row.event_id);
+        last.1.clone_from(&row.stream_type);
+        last.2.clone_from(&row.stream_id);
+        last.3 = row.stream_version;
     }
 
     /// After the last row: the remaining checkpoints, and sealed versions never seen.
@@ -821,13 +823,16 @@ pub async fn verify(
     };
     // The reader fetches the next pages while this task hashes the last one.
     let (pages, mut incoming) = tokio::sync::mpsc::channel::<Result<Vec<ChainRow>, StoreError>>(4);
+    // Pages the hasher is done with go back to the reader, which reads the next ones into them.
+    let (recycle, mut recycled) = tokio::sync::mpsc::channel::<Vec<ChainRow>>(4);
     let reader = {
         let scope = scope.clone();
         async move {
             let mut after = 0;
             loop {
+                let spare = recycled.try_recv().unwrap_or_default();
                 let page = match &scope {
-                    Scope::All => store.read_chain(after, CHAIN_PAGE).await,
+                    Scope::All => store.read_chain_reusing(after, CHAIN_PAGE, spare).await,
                     Scope::Stream {
                         stream_type,
                         stream_id,
@@ -863,15 +868,16 @@ pub async fn verify(
                 .take()
                 .unwrap_or_else(|| Walker::new(Vec::new(), Vec::new()));
             // Hash on a blocking thread so the reader keeps the runtime's workers.
-            walker = tokio::task::spawn_blocking(move || {
+            let (walked, done) = tokio::task::spawn_blocking(move || {
                 for row in &rows {
                     walker.walk(row);
                 }
-                walker
+                (walker, rows)
             })
             .await
             .map_err(|error| StoreError::CommitFailed(format!("the verifier panicked: {error}")))?;
-            walker_slot = Some(walker);
+            walker_slot = Some(walked);
+            let _ = recycle.try_send(done);
         }
         Ok::<Walker, StoreError>(walker_slot.unwrap_or_else(|| Walker::new(Vec::new(), Vec::new())))
     };

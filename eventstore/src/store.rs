@@ -290,6 +290,19 @@ pub trait EventStore: Send + Sync + fmt::Debug {
         limit: usize,
     ) -> Result<Vec<crate::audit::ChainRow>, StoreError>;
 
+    /// [`EventStore::read_chain`], reusing the rows of `spare` (a page the caller is done with)
+    /// where the adapter can: a verifier reading millions of rows then allocates almost nothing
+    /// per row. Adapters that cannot reuse rows read a fresh page.
+    async fn read_chain_reusing(
+        &self,
+        after_position: u64,
+        limit: usize,
+        spare: Vec<crate::audit::ChainRow>,
+    ) -> Result<Vec<crate::audit::ChainRow>, StoreError> {
+        drop(spare);
+        self.read_chain(after_position, limit).await
+    }
+
     /// Up to `limit` events of one stream after `after_version` as the audit hash chain sees
     /// them, in version order.
     async fn read_stream_chain(

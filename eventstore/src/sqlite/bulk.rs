@@ -119,11 +119,13 @@ impl BulkReader {
         .await
     }
 
-    /// The first `limit` chain rows after `after_position`, in position order.
+    /// The first `limit` chain rows after `after_position`, in position order, written over the
+    /// rows of `spare` (and their strings' allocations) before new ones are made.
     pub(crate) async fn read_chain(
         self: &std::sync::Arc<Self>,
         after_position: u64,
         limit: usize,
+        spare: Vec<ChainRow>,
     ) -> Result<Vec<ChainRow>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -135,10 +137,16 @@ impl BulkReader {
             let mut rows = statement
                 .query((to_i64(after_position), to_i64(limit as u64)))
                 .map_err(database_error)?;
-            let mut chain = Vec::with_capacity(limit.min(10_000));
+            let mut chain = spare;
+            let mut n_rows = 0;
             while let Some(row) = rows.next().map_err(database_error)? {
-                chain.push(chain_row(row)?);
+                if n_rows == chain.len() {
+                    chain.push(empty_chain_row());
+                }
+                fill_chain_row(row, &mut chain[n_rows])?;
+                n_rows += 1;
             }
+            chain.truncate(n_rows);
             Ok(chain)
         })
         .await
@@ -228,51 +236,86 @@ fn recorded_event(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> 
     })
 }
 
-/// A chain row: the stored columns as they are, for the verifier to hash. Only the position
-/// must be readable (the walk is ordered by it); any other damage shows as a hash mismatch.
-fn chain_row(row: &rusqlite::Row<'_>) -> Result<ChainRow, StoreError> {
-    let lenient = |index: usize| -> Result<String, StoreError> {
-        Ok(match column(row, index)? {
-            ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
-                String::from_utf8_lossy(bytes).into_owned()
-            }
-            ValueRef::Integer(value) => value.to_string(),
-            ValueRef::Real(value) => value.to_string(),
-            ValueRef::Null => String::new(),
-        })
-    };
-    let number = |index: usize| -> Result<i64, StoreError> {
-        Ok(match column(row, index)? {
-            ValueRef::Integer(value) => value,
-            ValueRef::Real(value) => value as i64,
-            ValueRef::Text(bytes) | ValueRef::Blob(bytes) => std::str::from_utf8(bytes)
-                .ok()
-                .and_then(|text| text.trim().parse().ok())
-                .unwrap_or(0),
-            ValueRef::Null => 0,
-        })
-    };
-    Ok(ChainRow {
-        position: unsigned(row, 0, "position")?,
-        event_id: lenient(1)?,
-        stream_type: lenient(2)?,
-        stream_id: lenient(3)?,
-        stream_version: u64::try_from(number(4)?).unwrap_or(0),
-        event_type: lenient(5)?,
-        schema_version: number(6)?,
-        occurred_at: lenient(7)?,
-        correlation_id: lenient(8)?,
-        causation_id: lenient(9)?,
-        saga_id: match column(row, 10)? {
-            ValueRef::Null => None,
-            _ => Some(lenient(10)?),
+fn empty_chain_row() -> ChainRow {
+    ChainRow {
+        position: 0,
+        event_id: String::new(),
+        stream_type: String::new(),
+        stream_id: String::new(),
+        stream_version: 0,
+        event_type: String::new(),
+        schema_version: 0,
+        occurred_at: String::new(),
+        correlation_id: String::new(),
+        causation_id: String::new(),
+        saga_id: None,
+        actor: String::new(),
+        source: String::new(),
+        payload: String::new(),
+        hash: None,
+    }
+}
+
+/// A stored value as text, into `target` (kept allocation): what the verifier hashes. Bytes
+/// that are not UTF-8 are replaced, which the hash comparison then reports.
+fn put_text(target: &mut String, value: ValueRef<'_>) {
+    use std::fmt::Write;
+    target.clear();
+    match value {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => target.push_str(text),
+            Err(_) => target.push_str(&String::from_utf8_lossy(bytes)),
         },
-        actor: lenient(11)?,
-        source: lenient(12)?,
-        payload: lenient(13)?,
-        hash: match column(row, 14)? {
-            ValueRef::Blob(bytes) | ValueRef::Text(bytes) => Some(bytes.to_vec()),
-            _ => None,
-        },
-    })
+        ValueRef::Integer(value) => {
+            let _ = write!(target, "{value}");
+        }
+        ValueRef::Real(value) => {
+            let _ = write!(target, "{value}");
+        }
+        ValueRef::Null => {}
+    }
+}
+
+fn lenient_number(value: ValueRef<'_>) -> i64 {
+    match value {
+        ValueRef::Integer(value) => value,
+        ValueRef::Real(value) => value as i64,
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0),
+        ValueRef::Null => 0,
+    }
+}
+
+/// A chain row: the stored columns as they are, for the verifier to hash, written over
+/// `target`. Only the position must be readable (the walk is ordered by it); any other damage
+/// shows as a hash mismatch.
+fn fill_chain_row(row: &rusqlite::Row<'_>, target: &mut ChainRow) -> Result<(), StoreError> {
+    target.position = unsigned(row, 0, "position")?;
+    put_text(&mut target.event_id, column(row, 1)?);
+    put_text(&mut target.stream_type, column(row, 2)?);
+    put_text(&mut target.stream_id, column(row, 3)?);
+    target.stream_version = u64::try_from(lenient_number(column(row, 4)?)).unwrap_or(0);
+    put_text(&mut target.event_type, column(row, 5)?);
+    target.schema_version = lenient_number(column(row, 6)?);
+    put_text(&mut target.occurred_at, column(row, 7)?);
+    put_text(&mut target.correlation_id, column(row, 8)?);
+    put_text(&mut target.causation_id, column(row, 9)?);
+    match column(row, 10)? {
+        ValueRef::Null => target.saga_id = None,
+        value => put_text(target.saga_id.get_or_insert_with(String::new), value),
+    }
+    put_text(&mut target.actor, column(row, 11)?);
+    put_text(&mut target.source, column(row, 12)?);
+    put_text(&mut target.payload, column(row, 13)?);
+    match column(row, 14)? {
+        ValueRef::Blob(bytes) | ValueRef::Text(bytes) => {
+            let hash = target.hash.get_or_insert_with(Vec::new);
+            hash.clear();
+            hash.extend_from_slice(bytes);
+        }
+        _ => target.hash = None,
+    }
+    Ok(())
 }

@@ -285,7 +285,22 @@ impl EventStore for SqliteEventStore {
         after_position: u64,
         limit: usize,
     ) -> Result<Vec<crate::audit::ChainRow>, StoreError> {
-        self.inner.bulk.read_chain(after_position, limit).await
+        self.inner
+            .bulk
+            .read_chain(after_position, limit, Vec::new())
+            .await
+    }
+
+    async fn read_chain_reusing(
+        &self,
+        after_position: u64,
+        limit: usize,
+        spare: Vec<crate::audit::ChainRow>,
+    ) -> Result<Vec<crate::audit::ChainRow>, StoreError> {
+        self.inner
+            .bulk
+            .read_chain(after_position, limit, spare)
+            .await
     }
 
     async fn read_stream_chain(
