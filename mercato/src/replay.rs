@@ -2,14 +2,19 @@
 //! ones in service and swap them in, and list every projection with its checkpoint and lag.
 //!
 //! How a rebuild stays invisible until it is complete is in [`projections::replay`]; the
-//! Tantivy index is rebuilt as a new generation of the index ([`TantivySearch::publish`]).
+//! Tantivy index is rebuilt as a new generation of the index ([`TantivySearch::publish`]), carts
+//! and popularity kept in Redis under a shadow key prefix ([`projections::redis_models`]), and an
+//! OpenSearch index as a new numbered index behind the alias ([`projections::opensearch`]).
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use projections::cache::SEARCH_SCOPE;
+use projections::opensearch::{self, OpenSearchIndex, OpenSearchProjection};
 use projections::readdb::{ReadDb, read_db_url, tables_of};
+use projections::redis_models::{RedisCartsProjection, RedisModels, RedisPopularityProjection};
 use projections::replay::{self as rebuild, ReplayRun, Swap};
 use projections::search::TantivySearch;
 use projections::sql_models::{
@@ -21,8 +26,11 @@ use crate::config::Config;
 use crate::serve::open_platform;
 use crate::{Failure, ReplayArgs};
 
-/// How many events one read of the log brings (and each rebuilt read model applies at once).
-const PAGE: usize = 10_000;
+/// How many events one read of the log brings (and each rebuilt read model applies at once):
+/// larger pages mean fewer commits (the search index commits a segment per page), at about 40 MB
+/// of memory per page in flight (BENCHMARKS.md: 10,000 replayed about 96,000 events/s, 25,000
+/// about 135,000 in 210 MB, 50,000 about 150,000 in 360 MB).
+const PAGE: usize = 25_000;
 /// How often plain progress lines are printed when stderr is not a terminal.
 const LINE_EVERY: Duration = Duration::from_secs(2);
 /// How often a swap finds the live read model ahead and catches up again before giving up.
@@ -48,6 +56,42 @@ enum Kind {
     Tables(&'static [&'static str]),
     /// A generation of the Tantivy index under this directory.
     Generation { root: PathBuf, name: String },
+    /// Carts or popularity kept in Redis: built under the shadow prefix of these (live) models.
+    Redis(RedisModels),
+    /// The OpenSearch index: built into concrete index `name`, then put behind the alias.
+    OpenSearch {
+        index: OpenSearchIndex,
+        name: String,
+    },
+}
+
+/// Where the read models live that are neither SQL tables nor the embedded index, when the
+/// configuration puts them elsewhere.
+struct Elsewhere {
+    /// Carts and popularity, with `REDIS_URL`.
+    redis: Option<RedisModels>,
+    /// The search index, with `OPENSEARCH_URL`.
+    opensearch: Option<OpenSearchIndex>,
+}
+
+impl Elsewhere {
+    fn of(config: &Config, platform: &crate::serve::Platform) -> Result<Self, Failure> {
+        let opensearch = match &config.opensearch_url {
+            Some(url) => Some(
+                OpenSearchIndex::new(url.expose(), opensearch::DEFAULT_ALIAS).map_err(|error| {
+                    Failure::Usage(format!(
+                        "OPENSEARCH_URL {} is not usable: {error}",
+                        url.redacted()
+                    ))
+                })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            redis: platform.redis_models.clone(),
+            opensearch,
+        })
+    }
 }
 
 pub(crate) async fn replay(config: &Config, args: ReplayArgs) -> Result<(), Failure> {
@@ -55,8 +99,9 @@ pub(crate) async fn replay(config: &Config, args: ReplayArgs) -> Result<(), Fail
     let platform = open_platform(config, false).await?;
     let live_url = read_db_url(config.database_url.expose());
     let search_root = config.data_dir.join("search");
+    let elsewhere = Elsewhere::of(config, &platform)?;
     if args.target.discard {
-        return discard(&platform.db, &live_url, &search_root).await;
+        return discard(&platform.db, &live_url, &search_root, &elsewhere).await;
     }
     let names: Vec<&'static str> = if args.target.all {
         REPLAYABLE.to_vec()
@@ -73,7 +118,6 @@ pub(crate) async fn replay(config: &Config, args: ReplayArgs) -> Result<(), Fail
             })?;
         vec![*name]
     };
-    check_supported(config, &names)?;
     let shadow = rebuild::open_shadow(&platform.db, &live_url)
         .await
         .map_err(runtime(
@@ -82,7 +126,7 @@ pub(crate) async fn replay(config: &Config, args: ReplayArgs) -> Result<(), Fail
     let mut targets = Vec::with_capacity(names.len());
     let mut resumed = Vec::new();
     for name in &names {
-        let (target, resumed_at) = prepare(name, &args, &shadow, &search_root).await?;
+        let (target, resumed_at) = prepare(name, &args, &shadow, &search_root, &elsewhere).await?;
         if let Some(position) = resumed_at {
             resumed.push(format!("{name} at position {position}"));
         }
@@ -146,29 +190,6 @@ pub(crate) async fn replay(config: &Config, args: ReplayArgs) -> Result<(), Fail
     Ok(())
 }
 
-/// Refuses read models that live where a replay cannot build beside them yet.
-fn check_supported(config: &Config, names: &[&str]) -> Result<(), Failure> {
-    let mut refused = Vec::new();
-    if config.redis_url.is_some() {
-        refused.extend(
-            names
-                .iter()
-                .filter(|name| matches!(**name, "carts" | "popularity"))
-                .map(|name| format!("{name} (kept in Redis)")),
-        );
-    }
-    if config.opensearch_url.is_some() && names.contains(&"search") {
-        refused.push("search (on OpenSearch)".to_owned());
-    }
-    if refused.is_empty() {
-        return Ok(());
-    }
-    Err(Failure::Usage(format!(
-        "this version rebuilds the SQL read models and the embedded search index only, not {}; name the others with --projection",
-        refused.join(", ")
-    )))
-}
-
 /// The fresh instance of read model `name` writing into the shadow, resuming its unfinished
 /// rebuild unless told otherwise. Also says where it resumed.
 async fn prepare(
@@ -176,7 +197,15 @@ async fn prepare(
     args: &ReplayArgs,
     shadow: &ReadDb,
     search_root: &Path,
+    elsewhere: &Elsewhere,
 ) -> Result<(Target, Option<u64>), Failure> {
+    match (name, &elsewhere.redis, &elsewhere.opensearch) {
+        ("carts" | "popularity", Some(models), _) => {
+            return prepare_redis(name, args, models).await;
+        }
+        ("search", _, Some(index)) => return prepare_opensearch(args, shadow, index).await,
+        _ => {}
+    }
     let failed = |what: &str| runtime(format!("cannot {what} the rebuild of {name}"));
     let from = args.from.unwrap_or(0);
     let existing = rebuild::run_of(shadow, name)
@@ -270,6 +299,165 @@ async fn prepare(
     ))
 }
 
+/// Whether a recorded replay run of `name` may be resumed with `args`.
+fn resumable(run: &ReplayRun, args: &ReplayArgs) -> bool {
+    !args.restart && args.from.is_none_or(|from| from == run.from_position)
+}
+
+/// A new record of a replay run of `name` starting now.
+fn new_run(name: &str, args: &ReplayArgs, generation: Option<String>) -> ReplayRun {
+    ReplayRun {
+        projection: name.to_owned(),
+        from_position: args.from.unwrap_or(0),
+        generation,
+        started_at: chrono::Utc::now().to_rfc3339(),
+    }
+}
+
+/// As [`prepare`], for carts or popularity kept in Redis (`live` being the models in service):
+/// rebuilt under the shadow prefix, where the run is recorded too.
+async fn prepare_redis(
+    name: &'static str,
+    args: &ReplayArgs,
+    live: &RedisModels,
+) -> Result<(Target, Option<u64>), Failure> {
+    let failed = |what: &str| {
+        runtime(format!(
+            "cannot {what} the rebuild of {name} in Redis (check REDIS_URL and that Redis is up)"
+        ))
+    };
+    let existing = live.replay_run(name).await.map_err(failed("read"))?;
+    let resume = existing.as_ref().is_some_and(|run| resumable(run, args));
+    if !resume {
+        live.start_replay(&new_run(name, args, None))
+            .await
+            .map_err(failed("start"))?;
+    }
+    let shadow = live.shadow();
+    let projection: Arc<dyn Projection> = if name == RedisCartsProjection::NAME {
+        Arc::new(RedisCartsProjection::new(shadow))
+    } else {
+        Arc::new(RedisPopularityProjection::new(shadow))
+    };
+    let resumed_at = if resume {
+        Some(
+            projection
+                .checkpoint(&Feed::Log)
+                .await
+                .map_err(failed("read"))?,
+        )
+    } else {
+        None
+    };
+    Ok((
+        Target {
+            name,
+            projection,
+            kind: Kind::Redis(live.clone()),
+        },
+        resumed_at,
+    ))
+}
+
+/// As [`prepare`], for the search index on OpenSearch: rebuilt into a new numbered index, its
+/// popularity and checkpoint in the shadow database, where the run names the index.
+async fn prepare_opensearch(
+    args: &ReplayArgs,
+    shadow: &ReadDb,
+    index: &OpenSearchIndex,
+) -> Result<(Target, Option<u64>), Failure> {
+    let name = OpenSearchIndex::NAME;
+    let failed = |what: &str| {
+        runtime(format!(
+            "cannot {what} the rebuild of {name} on OpenSearch (check OPENSEARCH_URL and that the cluster is up)"
+        ))
+    };
+    let existing = rebuild::run_of(shadow, name)
+        .await
+        .map_err(failed("read"))?;
+    let indices = index
+        .indices()
+        .await
+        .map_err(failed("list the indices for"))?;
+    // The index a run fills must still exist and not be in service: a swap that committed
+    // before its run was cleared left it in service, and an index deleted meanwhile is gone.
+    let unused = |run: &ReplayRun| {
+        run.generation
+            .as_ref()
+            .is_some_and(|generation| indices.get(generation) == Some(&false))
+    };
+    let resume = existing
+        .as_ref()
+        .filter(|run| resumable(run, args) && unused(run));
+    if let Some(run) = &existing
+        && resume.is_none()
+        && resumable(run, args)
+    {
+        eprintln!(
+            "the index {} of the interrupted rebuild of {name} is gone or in service: starting over",
+            run.generation.as_deref().unwrap_or("(none)")
+        );
+    }
+    let rebuilt = match resume {
+        Some(run) => run.generation.clone().unwrap_or_default(),
+        None => {
+            if let Some(run) = &existing
+                && unused(run)
+                && let Some(old) = &run.generation
+            {
+                index
+                    .delete_index(old)
+                    .await
+                    .map_err(failed("drop the index of an earlier"))?;
+            }
+            opensearch::ensure_schema(shadow)
+                .await
+                .map_err(failed("prepare"))?;
+            let created = index
+                .rebuild_into_new_index()
+                .await
+                .map_err(failed("create the index of"))?;
+            rebuild::start_run(
+                shadow,
+                &new_run(name, args, Some(created.clone())),
+                opensearch::REBUILT_TABLES,
+            )
+            .await
+            .map_err(failed("start"))?;
+            created
+        }
+    };
+    // What the swap puts in the read-model database: the rebuilt index is the one in service.
+    opensearch::record_in_service(shadow, index.alias(), &rebuilt)
+        .await
+        .map_err(failed("start"))?;
+    let projection: Arc<dyn Projection> = Arc::new(OpenSearchProjection::rebuilding(
+        index.clone(),
+        &rebuilt,
+        shadow.clone(),
+    ));
+    let resumed_at = match resume {
+        Some(_) => Some(
+            projection
+                .checkpoint(&Feed::Log)
+                .await
+                .map_err(failed("read"))?,
+        ),
+        None => None,
+    };
+    Ok((
+        Target {
+            name,
+            projection,
+            kind: Kind::OpenSearch {
+                index: index.clone(),
+                name: rebuilt,
+            },
+        },
+        resumed_at,
+    ))
+}
+
 /// Puts a caught-up rebuilt read model in service, catching up again while the live one is
 /// ahead. Returns its name and checkpoint, and how many more events it read.
 async fn swap_in(
@@ -282,36 +470,6 @@ async fn swap_in(
     let failed = |what: &str| runtime(format!("cannot {what} the rebuilt read model {name}"));
     let mut read = 0;
     match target.kind {
-        Kind::Tables(tables) => {
-            for _ in 0..SWAP_ATTEMPTS {
-                let checkpoint = target
-                    .projection
-                    .checkpoint(&Feed::Log)
-                    .await
-                    .map_err(failed("read the checkpoint of"))?;
-                match rebuild::swap_tables(&platform.db, live_url, shadow, name, tables, checkpoint)
-                    .await
-                    .map_err(failed("swap in"))?
-                {
-                    Swap::Swapped => return Ok(((name, checkpoint), read)),
-                    Swap::Contended => tokio::time::sleep(Duration::from_millis(50)).await,
-                    Swap::Behind(_) => {
-                        let more = rebuild::catch_up(
-                            platform.store.clone(),
-                            std::slice::from_ref(&target.projection),
-                            PAGE,
-                            |_| {},
-                        )
-                        .await
-                        .map_err(failed("catch up"))?;
-                        read += more.read;
-                    }
-                }
-            }
-            Err(Failure::Runtime(anyhow::anyhow!(
-                "the live read model {name} kept moving ahead of its rebuild; the rebuild is kept: run the same command again to resume"
-            )))
-        }
         Kind::Generation {
             root,
             name: generation,
@@ -342,12 +500,102 @@ async fn swap_in(
             TantivySearch::remove_generation_if_unused(&root, &previous);
             Ok(((name, checkpoint), read))
         }
+        kind => {
+            for _ in 0..SWAP_ATTEMPTS {
+                let checkpoint = target
+                    .projection
+                    .checkpoint(&Feed::Log)
+                    .await
+                    .map_err(failed("read the checkpoint of"))?;
+                let swap = match &kind {
+                    Kind::Tables(tables) => rebuild::swap_tables(
+                        &platform.db,
+                        live_url,
+                        shadow,
+                        name,
+                        tables,
+                        checkpoint,
+                    )
+                    .await
+                    .map_err(failed("swap in"))?,
+                    Kind::Redis(live) => live
+                        .swap_replay(name, checkpoint)
+                        .await
+                        .map_err(failed("swap in"))?,
+                    Kind::OpenSearch {
+                        index,
+                        name: rebuilt,
+                    } => {
+                        let (swap, left) = opensearch::swap_in_rebuilt(
+                            index,
+                            &platform.db,
+                            live_url,
+                            shadow,
+                            rebuilt,
+                            checkpoint,
+                        )
+                        .await
+                        .map_err(failed("swap in"))?;
+                        if swap == Swap::Swapped {
+                            retire_index(index, left.as_deref(), rebuilt, platform).await;
+                        }
+                        swap
+                    }
+                    Kind::Generation { .. } => unreachable!("handled above"),
+                };
+                match swap {
+                    Swap::Swapped => return Ok(((name, checkpoint), read)),
+                    Swap::Contended => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Swap::Behind(_) => {
+                        let more = rebuild::catch_up(
+                            platform.store.clone(),
+                            std::slice::from_ref(&target.projection),
+                            PAGE,
+                            |_| {},
+                        )
+                        .await
+                        .map_err(failed("catch up"))?;
+                        read += more.read;
+                    }
+                }
+            }
+            Err(Failure::Runtime(anyhow::anyhow!(
+                "the live read model {name} kept moving ahead of its rebuild; the rebuild is kept: run the same command again to resume"
+            )))
+        }
     }
 }
 
-/// `replay --discard`: drops the shadow and any search index generation not in service.
-async fn discard(live: &ReadDb, live_url: &str, search_root: &Path) -> Result<(), Failure> {
-    let had = if rebuild::shadow_exists(live, live_url)
+/// After a rebuilt OpenSearch index went in service: deletes the index the alias `left` (a
+/// serving projection whose batch still went there deletes it again, see
+/// [`projections::opensearch`]) and drops the cached search answers.
+async fn retire_index(
+    index: &OpenSearchIndex,
+    left: Option<&str>,
+    rebuilt: &str,
+    platform: &crate::serve::Platform,
+) {
+    if let Some(left) = left.filter(|left| *left != rebuilt)
+        && let Err(error) = index.delete_index(left).await
+    {
+        eprintln!(
+            "warning: the search index {left} is out of service but could not be deleted ({error}); `replay --discard` deletes it"
+        );
+    }
+    if let Some(cache) = &platform.cache {
+        cache.invalidate(&[SEARCH_SCOPE.to_owned()]).await;
+    }
+}
+
+/// `replay --discard`: drops the shadow, any search index generation not in service, the shadow
+/// keys in Redis and the OpenSearch indices of the alias not in service.
+async fn discard(
+    live: &ReadDb,
+    live_url: &str,
+    search_root: &Path,
+    elsewhere: &Elsewhere,
+) -> Result<(), Failure> {
+    let mut had = if rebuild::shadow_exists(live, live_url)
         .await
         .map_err(runtime("cannot look for unfinished rebuilds".to_owned()))?
     {
@@ -371,12 +619,59 @@ async fn discard(live: &ReadDb, live_url: &str, search_root: &Path) -> Result<()
             removed += 1;
         }
     }
+    if let Some(models) = &elsewhere.redis {
+        had |= models.discard_replays().await.map_err(runtime(
+            "cannot drop the unfinished rebuilds kept in Redis".to_owned(),
+        ))?;
+    }
+    if let Some(index) = &elsewhere.opensearch {
+        removed += discard_indices(index, live).await?;
+    }
     if had || removed > 0 {
         println!("unfinished rebuilds dropped; the read models in service are unchanged");
     } else {
         println!("no unfinished rebuild to drop");
     }
     Ok(())
+}
+
+/// Deletes the indices of the OpenSearch alias that are neither behind the alias nor recorded as
+/// in service (an unfinished rebuild's, one a swap left, one a late batch re-created). Nothing is
+/// deleted while no index is in service: the indices may then be the only copy the alias is about
+/// to get back. Answers how many it deleted.
+async fn discard_indices(index: &OpenSearchIndex, live: &ReadDb) -> Result<usize, Failure> {
+    let failed = |what: &str| {
+        runtime(format!(
+            "cannot {what} (check OPENSEARCH_URL and that the cluster is up)"
+        ))
+    };
+    let indices = index
+        .indices()
+        .await
+        .map_err(failed("list the search indices"))?;
+    let recorded = opensearch::index_in_service(live, index.alias())
+        .await
+        .map_err(failed("read which search index is in service"))?;
+    if !indices.values().any(|in_service| *in_service) {
+        if !indices.is_empty() {
+            eprintln!(
+                "the search alias {} points at no index: its indices are kept",
+                index.alias()
+            );
+        }
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for (name, in_service) in indices {
+        if !in_service && recorded.as_deref() != Some(name.as_str()) {
+            index
+                .delete_index(&name)
+                .await
+                .map_err(failed(&format!("delete the search index {name}")))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Progress of a rebuild on stderr: a bar redrawn in place on a terminal, a plain line every few
@@ -503,10 +798,11 @@ pub(crate) async fn list(config: &Config) -> Result<(), Failure> {
             .await
             .map_err(runtime("cannot read the rebuilds".to_owned()))?
         {
-            // A search index generation keeps its checkpoint in the index, not in the shadow.
-            let at = match run.generation {
-                Some(_) => None,
-                None => Some(shadow.checkpoint(&run.projection).await.unwrap_or(0)),
+            // A Tantivy index generation keeps its checkpoint in the index, not in the shadow
+            // (an OpenSearch rebuild keeps its checkpoint there).
+            let at = match &run.generation {
+                Some(generation) if generation.starts_with("gen-") => None,
+                _ => Some(shadow.checkpoint(&run.projection).await.unwrap_or(0)),
             };
             runs.push((run, at));
         }
@@ -514,6 +810,23 @@ pub(crate) async fn list(config: &Config) -> Result<(), Failure> {
     } else {
         Vec::new()
     };
+    let mut runs = runs;
+    if let Some(models) = &platform.redis_models {
+        // Carts and popularity are the ones in Redis: a rebuild of their SQL tables is not theirs.
+        runs.retain(|(run, _)| {
+            !matches!(
+                run.projection.as_str(),
+                RedisCartsProjection::NAME | RedisPopularityProjection::NAME
+            )
+        });
+        for (run, at) in models
+            .replay_runs()
+            .await
+            .map_err(runtime("cannot read the rebuilds kept in Redis".to_owned()))?
+        {
+            runs.push((run, Some(at)));
+        }
+    }
     let mut checkpoints = Vec::with_capacity(platform.projections.len());
     for projection in &platform.projections {
         let name = projection.name();

@@ -1,8 +1,9 @@
 //! Product search on OpenSearch (or Elasticsearch): the networked adapter of the search port.
 //!
 //! Documents live in a concrete index `{alias}-000001`, `{alias}-000002`, ... that one alias
-//! (`mercato-products` by default) points at: searches and writes go through the alias, and a
-//! rebuild fills the next index and then moves the alias in one atomic request.
+//! (`mercato-products` by default) points at: searches go through the alias, the projection writes
+//! the index the read-model database records as in service (see below), and a rebuild fills the
+//! next index and then moves the alias in one atomic request.
 //!
 //! Each `ProductUpdated` (the whole product, see [`domain::product::ProductUpdated`]) becomes
 //! one `index` action of a `_bulk` request, versioned with the product stream's version and
@@ -20,6 +21,43 @@
 //! index as absolute values: in the document of a product the batch indexes, else as a partial
 //! `update` of the document's `popularity`. Sending the same values again changes nothing, so a
 //! batch retried after a failure between the bulk request and the commit counts each event once.
+//!
+//! # Which index the projection writes, and rebuilding it beside the one in service
+//!
+//! The projection does not write through the alias: it writes into the concrete index that the
+//! read-model database records as in service (`rm_search_index`, one row per alias, taken from the
+//! alias the first time). A rebuild (`mercato replay --projection search`) fills a new numbered
+//! index from the log, with its popularity and checkpoint in the replay's shadow database; once
+//! caught up, one transaction of the read-model database replaces `rm_search_index` and
+//! `rm_search_popularity` with the shadow's rows and moves the checkpoints (refusing while the
+//! live checkpoint is beyond the rebuilt one), and moves the alias with one `POST /_aliases`
+//! (remove and add, atomic in the cluster) before it commits ([`swap_in_rebuilt`]). The alias,
+//! the checkpoint, the popularity and the record thus change together: the alias moves inside the
+//! transaction, and if the commit fails the alias is moved back.
+//!
+//! Why a serving projection cannot spoil the rebuilt index with a batch it read before the swap:
+//!
+//! - It reads the record and its checkpoint in one statement before it sends anything. A batch
+//!   that reads them after the swap committed sees the new index and the rebuilt checkpoint; a
+//!   batch at or below that checkpoint is refused there ([`ProjectionError::CheckpointMoved`])
+//!   without a request, and the runner reads on from the new checkpoint.
+//! - A batch that read them before the swap sends its documents to the *old* index, even if the
+//!   alias has moved meanwhile (writing through the alias, a batch could straddle the alias move
+//!   and put popularity computed from the replaced `rm_search_popularity` into the rebuilt index).
+//!   Its commit then checks the record again, in the transaction that stores its popularity and
+//!   checkpoint: on PostgreSQL under `LOCK TABLE rm_search_index IN SHARE MODE` (the swap takes
+//!   `SHARE ROW EXCLUSIVE` first, so one waits for the other); on SQLite the transaction reads
+//!   the record before it writes, and its first write fails if a swap committed after that read
+//!   (a snapshot that saw the old record cannot write). Either way, finding another index in
+//!   service, it rolls back, answers `CheckpointMoved`, and deletes the old index if the alias
+//!   left it (its late bulk may have created it again after the rebuild deleted it). So nothing a
+//!   batch computed before the swap reaches the index in service, and the batch is applied again
+//!   from the rebuilt checkpoint.
+//! - The lock is not held while the bulk request runs: a projection's transaction only starts
+//!   after it, so no lock and no transaction id wait on the cluster.
+//!
+//! A process checks the alias against the record once, and again whenever the record changes, so
+//! indices changed outside mercato are reported instead of written into unseen.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,7 +74,8 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::cache::{Cache, SEARCH_SCOPE};
-use crate::readdb::ReadDb;
+use crate::readdb::{ReadBackend, ReadDb};
+use crate::replay::{self as rebuild, Swap};
 use crate::runner::{Feed, Projection};
 use crate::search::{ProductDoc, SearchIndex, SearchQuery, SearchResult};
 use crate::{ProjectionError, decode, popularity_signals};
@@ -54,6 +93,121 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const NEXT_INDEX_ATTEMPTS: u64 = 5;
 /// How many failed documents an error names (the rest are counted).
 const FAILURES_NAMED: usize = 10;
+
+/// The record of the concrete index each alias's projection writes (see the module
+/// documentation), created beside the read models.
+const IN_SERVICE_SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS rm_search_index (
+        alias TEXT PRIMARY KEY,
+        index_name TEXT NOT NULL,
+        updated_at TEXT NOT NULL)"];
+
+/// The tables of the read-model database that a rebuilt index brings with it and that are swapped
+/// in with it, in the order the projection's batches lock them.
+pub const REBUILT_TABLES: &[&str] = &["rm_search_index", "rm_search_popularity"];
+
+/// Creates the table that records the index in service, in `db` (the read-model database or a
+/// replay's shadow); idempotent.
+pub async fn ensure_schema(db: &ReadDb) -> Result<(), ProjectionError> {
+    db.ensure_schema(IN_SERVICE_SCHEMA).await
+}
+
+/// The concrete index `db` records as the one of `alias` in service, if any.
+pub async fn index_in_service(db: &ReadDb, alias: &str) -> Result<Option<String>, ProjectionError> {
+    ensure_schema(db).await?;
+    let row = sqlx::query("SELECT index_name FROM rm_search_index WHERE alias = $1")
+        .bind(alias)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(match row {
+        Some(row) => Some(sqlx::Row::try_get(&row, 0)?),
+        None => None,
+    })
+}
+
+/// Records `index` as the concrete index of `alias` in `db`: in a replay's shadow, the rebuilt
+/// index, which the swap then puts in the read-model database together with the alias.
+pub async fn record_in_service(
+    db: &ReadDb,
+    alias: &str,
+    index: &str,
+) -> Result<(), ProjectionError> {
+    ensure_schema(db).await?;
+    sqlx::query(
+        "INSERT INTO rm_search_index (alias, index_name, updated_at) VALUES ($1, $2, $3)
+         ON CONFLICT (alias) DO UPDATE SET index_name = excluded.index_name,
+             updated_at = excluded.updated_at",
+    )
+    .bind(alias)
+    .bind(index)
+    .bind(chrono::Utc::now().to_rfc3339())
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Puts the rebuilt index `rebuilt` in service: in one transaction of the live read-model database
+/// `live` (at `live_url`), unless a live checkpoint of the search projection is beyond
+/// `checkpoint` ([`Swap::Behind`]), replaces [`REBUILT_TABLES`] with the shadow's rows (the record
+/// names `rebuilt`, the popularity is the rebuild's), sets every live checkpoint to `checkpoint`,
+/// and moves `index`'s alias to `rebuilt` before committing. If the commit fails after the alias
+/// moved, the alias is moved back. Answers the outcome and, once swapped, the index the alias left
+/// (for the caller to delete).
+pub async fn swap_in_rebuilt(
+    index: &OpenSearchIndex,
+    live: &ReadDb,
+    live_url: &str,
+    shadow: &ReadDb,
+    rebuilt: &str,
+    checkpoint: u64,
+) -> Result<(Swap, Option<String>), ProjectionError> {
+    ensure_schema(live).await?;
+    ensure_schema(shadow).await?;
+    let left = std::sync::Mutex::new(None);
+    let moved = std::sync::atomic::AtomicBool::new(false);
+    let swapped = rebuild::swap_tables_with(
+        live,
+        live_url,
+        shadow,
+        OpenSearchIndex::NAME,
+        REBUILT_TABLES,
+        checkpoint,
+        || async {
+            let old = index.swap_alias(rebuilt).await?;
+            moved.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Ok(mut left) = left.lock() {
+                *left = old;
+            }
+            Ok(())
+        },
+    )
+    .await;
+    let left = left.into_inner().unwrap_or_default();
+    match swapped {
+        Ok(swap) => Ok((swap, left)),
+        Err(error) => {
+            if moved.load(std::sync::atomic::Ordering::SeqCst)
+                && let Some(old) = &left
+                && index_in_service(live, index.alias())
+                    .await
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    != Some(rebuilt)
+            {
+                // The alias moved, the transaction did not commit: serve the old index again.
+                if let Err(undo) = index.swap_alias(old).await {
+                    return Err(storage(format!(
+                        "{error}; the alias {} was moved to {rebuilt} but the read-model database \
+                         was not, and moving it back to {old} failed too ({undo}): move it back \
+                         with POST /_aliases, then run the replay again",
+                        index.alias()
+                    )));
+                }
+            }
+            Err(error)
+        }
+    }
+}
 
 /// The `refresh` parameter of each bulk request: when indexed documents become searchable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -343,21 +497,9 @@ impl OpenSearchIndex {
     /// [`Self::index_definition`], for a rebuild: fill it with [`Self::apply_events_into`] from
     /// the start of the log, then [`Self::swap_alias`] to it. Returns its name.
     pub async fn rebuild_into_new_index(&self) -> Result<String, ProjectionError> {
-        let pattern = format!("{}-*", self.alias);
-        let url = self.url(&[&pattern, "_alias"], &[]);
-        let (status, body) = self.call(Method::GET, url, Body::Empty).await?;
-        let existing: BTreeMap<String, Value> = match status {
-            StatusCode::NOT_FOUND => BTreeMap::new(),
-            status if status.is_success() => serde_json::from_slice(&body).map_err(|error| {
-                storage(format!(
-                    "OpenSearch GET /{pattern}/_alias answered an unexpected body: {error}"
-                ))
-            })?,
-            status => {
-                return Err(http_error(&format!("GET /{pattern}/_alias"), status, &body));
-            }
-        };
-        let highest = existing
+        let highest = self
+            .indices()
+            .await?
             .keys()
             .filter_map(|name| self.index_number(name))
             .max()
@@ -378,6 +520,36 @@ impl OpenSearchIndex {
             self.index_name(highest + NEXT_INDEX_ATTEMPTS),
             width = INDEX_NUMBER_DIGITS
         )))
+    }
+
+    /// The concrete indices of this alias (`{alias}-NNNNNN`), by name, each with whether the
+    /// alias points at it (one `GET /{alias}-*/_alias`).
+    pub async fn indices(&self) -> Result<BTreeMap<String, bool>, ProjectionError> {
+        let pattern = format!("{}-*", self.alias);
+        let url = self.url(&[&pattern, "_alias"], &[]);
+        let (status, body) = self.call(Method::GET, url, Body::Empty).await?;
+        let existing: BTreeMap<String, Value> = match status {
+            StatusCode::NOT_FOUND => BTreeMap::new(),
+            status if status.is_success() => serde_json::from_slice(&body).map_err(|error| {
+                storage(format!(
+                    "OpenSearch GET /{pattern}/_alias answered an unexpected body: {error}"
+                ))
+            })?,
+            status => {
+                return Err(http_error(&format!("GET /{pattern}/_alias"), status, &body));
+            }
+        };
+        Ok(existing
+            .into_iter()
+            .filter(|(name, _)| self.index_number(name).is_some())
+            .map(|(name, aliases)| {
+                let in_service = aliases
+                    .get("aliases")
+                    .and_then(|aliases| aliases.get(&self.alias))
+                    .is_some();
+                (name, in_service)
+            })
+            .collect())
     }
 
     /// Moves the alias to `new_index` in one atomic `POST /_aliases` (remove from the old index,
@@ -461,6 +633,19 @@ impl OpenSearchIndex {
         popularity: &BTreeMap<String, i64>,
     ) -> Result<(), ProjectionError> {
         self.bulk(&self.alias, true, events, popularity).await
+    }
+
+    /// As [`Self::apply_events_with_popularity`], into concrete index `index` (not through the
+    /// alias).
+    pub async fn apply_events_with_popularity_into(
+        &self,
+        index: &str,
+        events: &[RecordedEvent],
+        popularity: &BTreeMap<String, i64>,
+    ) -> Result<(), ProjectionError> {
+        validate_index_name(index, "index")?;
+        self.bulk(index, index == self.alias, events, popularity)
+            .await
     }
 
     /// As [`Self::apply_events`], into concrete index `index` (a rebuild's new index).
@@ -1002,18 +1187,56 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// The OpenSearch index as a projection: each batch is one bulk request (versioned, so applying
-/// it twice gives the same documents), then the feed's checkpoint is stored in the read-model
-/// database.
+/// it twice gives the same documents) into the index in service, then the feed's checkpoint is
+/// stored in the read-model database, if that index is still the one in service (see the module
+/// documentation).
 #[derive(Clone, Debug)]
 pub struct OpenSearchProjection {
     index: OpenSearchIndex,
     db: ReadDb,
     cache: Option<Arc<dyn Cache>>,
+    writes: Writes,
+    /// The index in service that this process last found the alias pointing at.
+    verified: Arc<std::sync::Mutex<Option<String>>>,
+    /// Whether `rm_search_index` was created (by this value) already.
+    schema_ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Which concrete index a projection writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Writes {
+    /// The one the read-model database records as in service.
+    InService,
+    /// A rebuild's new index.
+    Into(String),
 }
 
 impl OpenSearchProjection {
+    /// The projection that keeps the index in service, with its popularity and checkpoints in the
+    /// read-model database `db`.
     pub fn new(index: OpenSearchIndex, db: ReadDb, cache: Option<Arc<dyn Cache>>) -> Self {
-        Self { index, db, cache }
+        Self {
+            index,
+            db,
+            cache,
+            writes: Writes::InService,
+            verified: Arc::default(),
+            schema_ready: Arc::default(),
+        }
+    }
+
+    /// A rebuild of the index into concrete index `into` (made by
+    /// [`OpenSearchIndex::rebuild_into_new_index`]), with its popularity and checkpoints in
+    /// `shadow` (a replay's shadow database).
+    pub fn rebuilding(index: OpenSearchIndex, into: &str, shadow: ReadDb) -> Self {
+        Self {
+            index,
+            db: shadow,
+            cache: None,
+            writes: Writes::Into(into.to_owned()),
+            verified: Arc::default(),
+            schema_ready: Arc::default(),
+        }
     }
 
     /// The stored popularity of `products` (absent ones have none yet).
@@ -1040,6 +1263,120 @@ impl OpenSearchProjection {
         }
         Ok(stored)
     }
+
+    async fn ensure_schema(&self) -> Result<(), ProjectionError> {
+        if !self.schema_ready.load(std::sync::atomic::Ordering::Relaxed) {
+            ensure_schema(&self.db).await?;
+            self.schema_ready
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The index in service and `feed`'s checkpoint, read in one statement. The first batch of a
+    /// deployment records the index the alias points at; the first batch of a process (and the
+    /// first after the record changed) checks the alias still points at the recorded index.
+    async fn in_service(&self, feed: &Feed) -> Result<(String, u64), ProjectionError> {
+        let alias = self.index.alias();
+        let name = feed.checkpoint_name(OpenSearchIndex::NAME);
+        for _ in 0..3 {
+            let row = sqlx::query(
+                "SELECT (SELECT index_name FROM rm_search_index WHERE alias = $1),
+                        (SELECT position FROM projection_checkpoints WHERE name = $2)",
+            )
+            .bind(alias)
+            .bind(name.as_ref())
+            .fetch_one(self.db.pool())
+            .await?;
+            use sqlx::Row;
+            let recorded: Option<String> = row.try_get(0)?;
+            let checkpoint = row
+                .try_get::<Option<i64>, _>(1)?
+                .map_or(0, |position| u64::try_from(position).unwrap_or(0));
+            if let Some(index) = recorded {
+                self.verify(&index).await?;
+                return Ok((index, checkpoint));
+            }
+            let current = self.index.current_indices().await?;
+            let [index] = current.as_slice() else {
+                return Err(self.alias_problem(&current, None));
+            };
+            sqlx::query(
+                "INSERT INTO rm_search_index (alias, index_name, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (alias) DO NOTHING",
+            )
+            .bind(alias)
+            .bind(index)
+            .bind(chrono::Utc::now().to_rfc3339())
+            .execute(self.db.pool())
+            .await?;
+            if let Ok(mut verified) = self.verified.lock() {
+                *verified = Some(index.clone());
+            }
+        }
+        Err(storage(format!(
+            "the index in service for the search alias {alias} could not be recorded in the \
+             read-model database; retrying"
+        )))
+    }
+
+    /// Checks once per process (and per change of the record) that the alias points at `index`.
+    async fn verify(&self, index: &str) -> Result<(), ProjectionError> {
+        let known = self
+            .verified
+            .lock()
+            .map(|verified| verified.as_deref() == Some(index))
+            .unwrap_or(false);
+        if known {
+            return Ok(());
+        }
+        let current = self.index.current_indices().await?;
+        if current != [index] {
+            return Err(self.alias_problem(&current, Some(index)));
+        }
+        if let Ok(mut verified) = self.verified.lock() {
+            *verified = Some(index.to_owned());
+        }
+        Ok(())
+    }
+
+    fn alias_problem(&self, current: &[String], recorded: Option<&str>) -> ProjectionError {
+        let alias = self.index.alias();
+        match (current, recorded) {
+            ([], None) => storage(format!(
+                "the search index {alias} does not exist yet: the projector creates it on start \
+                 (OpenSearchIndex::ensure_index)"
+            )),
+            (_, None) => storage(format!(
+                "the search alias {alias} points at several indices ({}): point it at one",
+                current.join(", ")
+            )),
+            (_, Some(recorded)) => storage(format!(
+                "the search alias {alias} points at [{}] but the read-model database records \
+                 {recorded} as the index in service: a replay is swapping them (this passes in a \
+                 moment), or the indices were changed outside mercato (run `mercato replay \
+                 --projection search` to rebuild the index)",
+                current.join(", ")
+            )),
+        }
+    }
+
+    /// After a batch went to `index` and found another index in service: deletes `index` unless
+    /// the alias points at it (its bulk may have re-created it after the replay deleted it).
+    async fn leave(&self, index: &str) {
+        match self.index.delete_index(index).await {
+            Ok(()) => tracing::info!(%index, "search index replaced by a replay: deleted"),
+            Err(error) => {
+                tracing::warn!(%index, %error, "search index replaced by a replay: not deleted")
+            }
+        }
+    }
+
+    async fn invalidate(&self) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&[SEARCH_SCOPE.to_owned()]).await;
+        }
+    }
 }
 
 #[async_trait]
@@ -1055,9 +1392,26 @@ impl Projection for OpenSearchProjection {
     }
 
     async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
-        if events.is_empty() {
+        let Some(first) = events.first().map(|event| event.position) else {
             return Ok(());
-        }
+        };
+        self.ensure_schema().await?;
+        let target = match &self.writes {
+            Writes::Into(index) => index.clone(),
+            Writes::InService => {
+                let (index, checkpoint) = self.in_service(feed).await?;
+                if *feed != Feed::Replay && checkpoint >= first {
+                    // A replay swapped in a rebuilt index holding this batch: send nothing.
+                    self.invalidate().await;
+                    return Err(ProjectionError::CheckpointMoved {
+                        name: feed.checkpoint_name(OpenSearchIndex::NAME).into_owned(),
+                        stored: checkpoint,
+                        first,
+                    });
+                }
+                index
+            }
+        };
         // The products this batch indexes or scores, and what the batch adds to their scores.
         let mut added: BTreeMap<String, i64> = BTreeMap::new();
         let mut products = std::collections::BTreeSet::new();
@@ -1082,10 +1436,76 @@ impl Projection for OpenSearchProjection {
             })
             .collect();
         self.index
-            .apply_events_with_popularity(events, &popularity)
+            .apply_events_with_popularity_into(&target, events, &popularity)
             .await?;
+        let committed = self
+            .commit(feed, events, &target, added.keys(), &popularity)
+            .await;
+        if committed.is_err()
+            && self.writes == Writes::InService
+            && let Ok(in_service) = index_in_service(&self.db, self.index.alias()).await
+            && in_service.as_deref() != Some(target.as_str())
+        {
+            // A replay swapped in a rebuilt index after this batch read which index is in
+            // service: what it sent went to the index it replaced.
+            self.leave(&target).await;
+            self.invalidate().await;
+            return Err(ProjectionError::CheckpointMoved {
+                name: feed.checkpoint_name(OpenSearchIndex::NAME).into_owned(),
+                stored: self.checkpoint(feed).await.unwrap_or(0),
+                first,
+            });
+        }
+        self.invalidate().await;
+        committed
+    }
+}
+
+impl OpenSearchProjection {
+    /// Stores the popularity of `added` products and `feed`'s checkpoint after `events`, once the
+    /// batch went to index `target`: if that is still the index in service (see the module
+    /// documentation), else [`ProjectionError::CheckpointMoved`].
+    async fn commit(
+        &self,
+        feed: &Feed,
+        events: &[RecordedEvent],
+        target: &str,
+        added: impl Iterator<Item = &String>,
+        popularity: &BTreeMap<String, i64>,
+    ) -> Result<(), ProjectionError> {
         let mut write = self.db.begin_write().await?;
-        for product_id in added.keys() {
+        if self.writes == Writes::InService {
+            // The index in service cannot change until this transaction ends: on PostgreSQL a
+            // swap waits for this lock, on SQLite a swap committed after this read makes the
+            // first write fail.
+            if self.db.backend() == ReadBackend::Postgres {
+                sqlx::query("LOCK TABLE rm_search_index IN SHARE MODE")
+                    .execute(&mut *write.transaction)
+                    .await?;
+            }
+            let row = sqlx::query(
+                "SELECT (SELECT index_name FROM rm_search_index WHERE alias = $1),
+                        (SELECT position FROM projection_checkpoints WHERE name = $2)",
+            )
+            .bind(self.index.alias())
+            .bind(feed.checkpoint_name(OpenSearchIndex::NAME).as_ref())
+            .fetch_one(&mut *write.transaction)
+            .await?;
+            use sqlx::Row;
+            let in_service: Option<String> = row.try_get(0)?;
+            if in_service.as_deref() != Some(target) {
+                let stored = row
+                    .try_get::<Option<i64>, _>(1)?
+                    .map_or(0, |position| u64::try_from(position).unwrap_or(0));
+                write.transaction.rollback().await?;
+                return Err(ProjectionError::CheckpointMoved {
+                    name: feed.checkpoint_name(OpenSearchIndex::NAME).into_owned(),
+                    stored,
+                    first: events.first().map_or(0, |event| event.position),
+                });
+            }
+        }
+        for product_id in added {
             sqlx::query(
                 "INSERT INTO rm_search_popularity (product_id, points) VALUES ($1, $2)
                  ON CONFLICT (product_id) DO UPDATE SET points = excluded.points",
@@ -1097,10 +1517,6 @@ impl Projection for OpenSearchProjection {
         }
         write
             .commit_batch(feed, OpenSearchIndex::NAME, events)
-            .await?;
-        if let Some(cache) = &self.cache {
-            cache.invalidate(&[SEARCH_SCOPE.to_owned()]).await;
-        }
-        Ok(())
+            .await
     }
 }

@@ -14,6 +14,7 @@
 //! [`discard`] drops what it built. Nothing of a shadow is ever read by the live system.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use eventstore::{EventStore, RecordedEvent};
 use sqlx::{Executor, Row};
@@ -71,7 +72,7 @@ pub async fn open_shadow(live: &ReadDb, live_url: &str) -> Result<ReadDb, Projec
             .execute(format!("CREATE SCHEMA IF NOT EXISTS {SHADOW_SCHEMA}").as_str())
             .await?;
     }
-    let shadow = ReadDb::open(&shadow_url(live_url)).await?;
+    let shadow = ReadDb::open_for_rebuild(&shadow_url(live_url)).await?;
     shadow.ensure_schema(SHADOW_SCHEMA_STATEMENTS).await?;
     Ok(shadow)
 }
@@ -255,17 +256,49 @@ pub async fn swap_tables(
     tables: &[&str],
     checkpoint: u64,
 ) -> Result<Swap, ProjectionError> {
+    swap_tables_with(
+        live,
+        live_url,
+        shadow,
+        projection,
+        tables,
+        checkpoint,
+        || async { Ok(()) },
+    )
+    .await
+}
+
+/// As [`swap_tables`], and runs `before_commit` inside the swap's transaction, once the rows and
+/// checkpoints are replaced and before the commit: for a read model that lives partly outside
+/// the database (the OpenSearch index, whose alias moves there). The projection's writers stay
+/// locked out meanwhile; if `before_commit` fails, nothing changes. (If the commit itself fails
+/// after `before_commit` succeeded, undoing what it did is the caller's part.)
+pub async fn swap_tables_with<F, Fut>(
+    live: &ReadDb,
+    live_url: &str,
+    shadow: &ReadDb,
+    projection: &str,
+    tables: &[&str],
+    checkpoint: u64,
+    before_commit: F,
+) -> Result<Swap, ProjectionError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ProjectionError>>,
+{
     let swap = match live.backend() {
-        ReadBackend::Postgres => match swap_postgres(live, projection, tables, checkpoint).await {
-            Err(error) if is_contention(&error) => Swap::Contended,
-            other => other?,
-        },
+        ReadBackend::Postgres => {
+            match swap_postgres(live, projection, tables, checkpoint, before_commit).await {
+                Err(error) if is_contention(&error) => Swap::Contended,
+                other => other?,
+            }
+        }
         ReadBackend::Sqlite => {
             let shadow_url = shadow_url(live_url);
             let path = sqlite_path(&shadow_url).ok_or_else(|| {
                 ProjectionError::Storage(format!("{shadow_url} is not an SQLite file"))
             })?;
-            swap_sqlite(live, path, projection, tables, checkpoint).await?
+            swap_sqlite(live, path, projection, tables, checkpoint, before_commit).await?
         }
     };
     if swap == Swap::Swapped {
@@ -274,12 +307,17 @@ pub async fn swap_tables(
     Ok(swap)
 }
 
-async fn swap_postgres(
+async fn swap_postgres<F, Fut>(
     live: &ReadDb,
     projection: &str,
     tables: &[&str],
     checkpoint: u64,
-) -> Result<Swap, ProjectionError> {
+    before_commit: F,
+) -> Result<Swap, ProjectionError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ProjectionError>>,
+{
     let mut transaction = live.pool().begin().await?;
     // The same order as a projection's own transactions (its tables, then the checkpoints), so
     // that a batch in flight finishes first instead of deadlocking with the swap. Readers are not
@@ -309,17 +347,23 @@ async fn swap_postgres(
         .await?;
     }
     move_checkpoints(&mut transaction, projection, checkpoint).await?;
+    before_commit().await?;
     transaction.commit().await?;
     Ok(Swap::Swapped)
 }
 
-async fn swap_sqlite(
+async fn swap_sqlite<F, Fut>(
     live: &ReadDb,
     shadow_path: &str,
     projection: &str,
     tables: &[&str],
     checkpoint: u64,
-) -> Result<Swap, ProjectionError> {
+    before_commit: F,
+) -> Result<Swap, ProjectionError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ProjectionError>>,
+{
     let mut connection = live.pool().acquire().await?;
     sqlx::query(&format!("ATTACH DATABASE $1 AS {SHADOW_ATTACHMENT}"))
         .bind(shadow_path)
@@ -355,6 +399,7 @@ async fn swap_sqlite(
                 .await?;
             }
             move_checkpoints(&mut connection, projection, checkpoint).await?;
+            before_commit().await?;
             Ok::<_, ProjectionError>(Swap::Swapped)
         }
         .await;
@@ -459,9 +504,15 @@ pub struct CatchUp {
     pub position: u64,
 }
 
+/// How many pages a projection may fall behind the reader before the reader waits for it.
+const PAGES_AHEAD: usize = 2;
+
 /// Feeds `projections` every event after the lowest of their checkpoints up to the head of the
-/// log, in pages of `page` events (each projection skips what it already has), reading the next
-/// page while the current one is applied. Calls `progress` after each page.
+/// log, in pages of `page` events (each projection skips what it already has). One task reads
+/// the log and one task per projection applies the pages, so that reading and the projections
+/// run on every core and a slow projection does not hold the others back by more than
+/// [`PAGES_AHEAD`] pages. Calls `progress` after each page read with what every projection has
+/// applied.
 pub async fn catch_up(
     store: Arc<dyn EventStore>,
     projections: &[Arc<dyn Projection>],
@@ -476,7 +527,7 @@ pub async fn catch_up(
         return Ok(CatchUp::default());
     }
     let (pages, mut incoming) =
-        tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>, ProjectionError>>(2);
+        tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>, ProjectionError>>(1);
     let reader = tokio::spawn({
         let store = store.clone();
         async move {
@@ -498,27 +549,76 @@ pub async fn catch_up(
             }
         }
     });
-    let mut done = CatchUp {
-        read: 0,
-        position: from,
+    // What each projection has applied: events, and the position of the last one.
+    let applied: Arc<Vec<(AtomicU64, AtomicU64)>> = Arc::new(
+        projections
+            .iter()
+            .map(|_| (AtomicU64::new(0), AtomicU64::new(from)))
+            .collect(),
+    );
+    let mut feeds = Vec::with_capacity(projections.len());
+    let mut workers = Vec::with_capacity(projections.len());
+    for (index, projection) in projections.iter().enumerate() {
+        let (feed, mut pages) = tokio::sync::mpsc::channel::<Arc<Vec<RecordedEvent>>>(PAGES_AHEAD);
+        let projection = projection.clone();
+        let applied = applied.clone();
+        workers.push(tokio::spawn(async move {
+            while let Some(events) = pages.recv().await {
+                apply_new(projection.as_ref(), &Feed::Log, &events).await?;
+                let (count, position) = &applied[index];
+                count.fetch_add(events.len() as u64, Ordering::Relaxed);
+                if let Some(last) = events.last() {
+                    position.store(last.position, Ordering::Relaxed);
+                }
+            }
+            Ok::<(), ProjectionError>(())
+        }));
+        feeds.push(feed);
+    }
+    let so_far = |applied: &[(AtomicU64, AtomicU64)]| CatchUp {
+        read: applied
+            .iter()
+            .map(|(count, _)| count.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0),
+        position: applied
+            .iter()
+            .map(|(_, position)| position.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(from),
     };
-    while let Some(events) = incoming.recv().await {
-        let events = events?;
-        let applied = futures::future::join_all(
-            projections
-                .iter()
-                .map(|projection| apply_new(projection.as_ref(), &Feed::Log, &events)),
-        )
-        .await;
-        for result in applied {
-            result?;
+    let mut failure = None;
+    'pages: while let Some(events) = incoming.recv().await {
+        let events = match events {
+            Ok(events) => Arc::new(events),
+            Err(error) => {
+                failure = Some(error);
+                break;
+            }
+        };
+        for feed in &feeds {
+            // A worker that stopped has failed: its error is collected below.
+            if feed.send(events.clone()).await.is_err() {
+                break 'pages;
+            }
         }
-        done.read += events.len() as u64;
-        if let Some(last) = events.last() {
-            done.position = last.position;
+        progress(so_far(&applied));
+    }
+    drop(incoming);
+    drop(feeds);
+    for worker in workers {
+        let result = worker.await.map_err(|error| {
+            ProjectionError::Storage(format!("a projection's rebuild task failed: {error}"))
+        })?;
+        if let Err(error) = result {
+            failure.get_or_insert(error);
         }
-        progress(done);
     }
     let _ = reader.await;
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    let done = so_far(&applied);
+    progress(done);
     Ok(done)
 }

@@ -1,6 +1,7 @@
 //! The projection runner: follows the event store from a projection's checkpoint and hands it
 //! batches, and tells readers how far each projection got.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,21 +71,36 @@ pub async fn apply_new(
     feed: &Feed,
     events: &[RecordedEvent],
 ) -> Result<usize, ProjectionError> {
-    let fresh: Vec<RecordedEvent> = if *feed == Feed::Replay {
-        events.to_vec()
+    let fresh: Cow<'_, [RecordedEvent]> = if *feed == Feed::Replay {
+        Cow::Borrowed(events)
     } else {
-        // A feed's positions rise; a repeat (a relay's retry) sits at or below the highest seen,
-        // whether that was applied before or earlier in this batch.
-        let mut highest = projection.checkpoint(feed).await?;
-        events
+        let checkpoint = projection.checkpoint(feed).await?;
+        let first_fresh = events
             .iter()
-            .filter(|event| {
-                let fresh = event.position > highest;
-                highest = highest.max(event.position);
-                fresh
-            })
-            .cloned()
-            .collect()
+            .position(|event| event.position > checkpoint)
+            .unwrap_or(events.len());
+        let rest = &events[first_fresh..];
+        if rest
+            .windows(2)
+            .all(|pair| pair[0].position < pair[1].position)
+        {
+            // The usual batch: rising positions, the fresh ones at its end; applied as it is.
+            Cow::Borrowed(rest)
+        } else {
+            // A feed's positions rise; a repeat (a relay's retry) sits at or below the highest
+            // seen, whether that was applied before or earlier in this batch.
+            let mut highest = checkpoint;
+            Cow::Owned(
+                rest.iter()
+                    .filter(|event| {
+                        let fresh = event.position > highest;
+                        highest = highest.max(event.position);
+                        fresh
+                    })
+                    .cloned()
+                    .collect(),
+            )
+        }
     };
     if fresh.is_empty() {
         return Ok(0);

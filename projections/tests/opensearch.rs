@@ -1477,7 +1477,7 @@ async fn the_projection_keeps_popularity_and_sends_it_as_absolute_values() {
     let update = |id: &str, popularity: i64| {
         vec![
             format!(
-                r#"{{"update":{{"_index":"mercato-products","_id":"{id}","retry_on_conflict":3}}}}"#
+                r#"{{"update":{{"_index":"mercato-products-000001","_id":"{id}","retry_on_conflict":3}}}}"#
             ),
             format!(r#"{{"doc":{{"popularity":{popularity}}}}}"#),
         ]
@@ -1488,23 +1488,33 @@ async fn the_projection_keeps_popularity_and_sends_it_as_absolute_values() {
                    "reason": format!("[{}]: document missing", lamp_id()),
                    "index": "mercato-products-000001" } } }] })
     .to_string();
+    // The projection writes the concrete index in service (recorded from the alias by its first
+    // batch), not through the alias.
+    const INTO: &str = "/_bulk?refresh=wait_for";
     let (url, script) = serve(
         vec![
+            // 0. The first batch records the index the alias points at.
+            Exchange::new(
+                Method::GET,
+                "/_alias/mercato-products",
+                200,
+                alias_answer(&[("mercato-products-000001", &["mercato-products"])]),
+            ),
             // 1. The shoe indexed with the two views of its batch.
             Exchange::new(
                 Method::POST,
-                BULK,
+                INTO,
                 200,
                 bulk_all_indexed(&[(&shoe_id(), 201, "created")]),
             )
             .ndjson(vec![
-                action("mercato-products", &shoe_id(), 1),
+                action("mercato-products-000001", &shoe_id(), 1),
                 with_popularity(shoe_source(1, 8999, "89.99", 1), 2),
             ]),
             // 2. A view of a lamp not indexed yet; the cluster fails the request.
             Exchange::new(
                 Method::POST,
-                BULK,
+                INTO,
                 503,
                 error_answer(
                     "cluster_block_exception",
@@ -1515,16 +1525,16 @@ async fn the_projection_keeps_popularity_and_sends_it_as_absolute_values() {
             .ndjson(update(&lamp_id(), 1)),
             // 3. The batch again: the same absolute value (not 2); "missing" is fine, as the
             //    lamp's document will carry it.
-            Exchange::new(Method::POST, BULK, 200, lamp_missing).ndjson(update(&lamp_id(), 1)),
+            Exchange::new(Method::POST, INTO, 200, lamp_missing).ndjson(update(&lamp_id(), 1)),
             // 4. The shoe changes: its document keeps its popularity.
             Exchange::new(
                 Method::POST,
-                BULK,
+                INTO,
                 200,
                 bulk_all_indexed(&[(&shoe_id(), 200, "updated")]),
             )
             .ndjson(vec![
-                action("mercato-products", &shoe_id(), 2),
+                action("mercato-products-000001", &shoe_id(), 2),
                 with_popularity(shoe_source(2, 7990, "79.9", 6), 2),
             ]),
         ],
