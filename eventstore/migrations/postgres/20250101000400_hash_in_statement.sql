@@ -43,3 +43,8 @@ DROP TRIGGER events_hash ON events;
 
 CREATE TRIGGER events_hash BEFORE INSERT ON events
 FOR EACH ROW WHEN (NEW.hash IS NULL) EXECUTE FUNCTION mercato_events_hash();
+
+-- The trigger's lookup of the previous row is planned for each call: a plan cached while the
+-- table was nearly empty (a sequential scan) would otherwise stay in use as the table grows for
+-- as long as nothing analyzes it, making each lookup a scan of the whole table.
+ALTER FUNCTION mercato_events_hash() SET plan_cache_mode = force_custom_plan;

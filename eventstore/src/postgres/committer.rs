@@ -301,7 +301,13 @@ async fn insert_batch(
     batch: &[PendingAppend],
 ) -> Result<Vec<Vec<(i64, i64)>>, sqlx::Error> {
     let columns = BatchColumns::of(batch);
-    let query = sqlx::query::<Postgres>(sql::APPEND_BATCH)
+    // Single-event requests (the usual batch) need no chain within the statement.
+    let statement = if batch.iter().any(|pending| pending.request.events.len() > 1) {
+        sql::APPEND_BATCH_CHAINED
+    } else {
+        sql::APPEND_BATCH
+    };
+    let query = sqlx::query::<Postgres>(statement)
         .bind(&columns.stream_types)
         .bind(&columns.stream_ids)
         .bind(&columns.required_versions)

@@ -40,6 +40,50 @@ macro_rules! row_columns {
     };
 }
 
+/// The canonical bytes of row `r` of an append statement (`mercato_canonical`, inlined by the
+/// planner).
+macro_rules! canonical_of_r {
+    () => {
+        "mercato_canonical(r.position, r.event_id, r.stream_type, r.stream_id, r.stream_version, \
+         r.event_type, r.schema_version, r.occurred_at, r.correlation_id, r.causation_id, \
+         r.saga_id, r.actor, r.source, r.payload)"
+    };
+}
+
+/// The chain hashes of the rows of CTE `r` of a multi-event append, as CTE `chain` of a `WITH
+/// RECURSIVE`: each append's first row (`index_in_stream` 1 of its `chain_key`) chains to the
+/// stream head's hash the statement read (`previous_hash`), each later one to the row before it.
+/// Rows past the 32nd of an append are left to the trigger (the recursion joins the whole of `r`
+/// once per step), which hashes them in order after the ones before them.
+macro_rules! chain_cte {
+    () => {
+        concat!(
+            "chain AS (SELECT r.chain_key, r.index_in_stream, sha256(r.previous_hash || ",
+            canonical_of_r!(),
+            ") AS hash FROM r WHERE r.index_in_stream = 1 \
+             UNION ALL SELECT r.chain_key, r.index_in_stream, sha256(chain.hash || ",
+            canonical_of_r!(),
+            ") FROM chain JOIN r ON r.chain_key = chain.chain_key \
+             AND r.index_in_stream = chain.index_in_stream + 1 WHERE r.index_in_stream <= 32)"
+        )
+    };
+}
+
+/// Inserts the rows of CTE `r` with their hashes from CTE `chain`, in `event_index` order (so
+/// that the trigger, for the rows `chain` leaves out, finds the row before each).
+macro_rules! chained_insert {
+    () => {
+        concat!(
+            "INSERT INTO events (position, event_id, stream_type, stream_id, stream_version, \
+             event_type, schema_version, occurred_at, correlation_id, causation_id, saga_id, \
+             actor, source, payload, hash) SELECT ",
+            row_columns!(),
+            ", chain.hash FROM r LEFT JOIN chain ON chain.chain_key = r.chain_key \
+             AND chain.index_in_stream = r.index_in_stream ORDER BY r.event_index"
+        )
+    };
+}
+
 /// One stream's events after a version. A stream is always read as a prefix (version N+1 can
 /// only be inserted once version N is committed), so no horizon is needed.
 pub(crate) const READ_STREAM: &str = concat!(
@@ -99,7 +143,7 @@ pub(crate) const READ_CORRELATED: &str = concat!(
 /// It always returns one row: what it saw, and how many rows it inserted.
 pub(crate) const APPEND: &str = concat!(
     r#"
-WITH head AS (
+WITH RECURSIVE head AS (
     SELECT stream_version, position, hash
     FROM events
     WHERE stream_type = $1 AND stream_id = $2
@@ -130,30 +174,25 @@ WITH head AS (
       AND n_known = 0
       AND last_position < first_position
       AND first_position + cardinality($4::uuid[]) <= xact_base + 1048576
-), inserted AS (
-    INSERT INTO events (position, event_id, stream_type, stream_id, stream_version, event_type,
-        schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload,
-        hash)
-    SELECT "#,
-    row_columns!(),
-    ", ",
-    chain_hash!(),
-    r#"
-    FROM (
-        SELECT
-            accepted.first_position + input.event_index - 1 AS position, input.event_id,
-            $1::text AS stream_type, $2::text AS stream_id,
-            accepted.current_version + input.event_index AS stream_version, input.event_type,
-            input.schema_version, input.occurred_at, input.correlation_id, input.causation_id,
-            input.saga_id, input.actor, input.source, input.payload,
-            input.event_index = 1 AS first_in_stream, accepted.previous_hash
-        FROM accepted,
-            UNNEST($4::uuid[], $5::text[], $6::int4[], $7::timestamptz[], $8::text[], $9::text[],
-                   $10::text[], $11::text[], $12::text[], $13::text[])
-            WITH ORDINALITY AS input(event_id, event_type, schema_version, occurred_at,
-                correlation_id, causation_id, saga_id, actor, source, payload, event_index)
-    ) AS r
-    RETURNING 1
+), r AS (
+    SELECT
+        accepted.first_position + input.event_index - 1 AS position, input.event_id,
+        $1::text AS stream_type, $2::text AS stream_id,
+        accepted.current_version + input.event_index AS stream_version, input.event_type,
+        input.schema_version, input.occurred_at, input.correlation_id, input.causation_id,
+        input.saga_id, input.actor, input.source, input.payload,
+        1 AS chain_key, input.event_index AS index_in_stream, input.event_index,
+        accepted.previous_hash
+    FROM accepted,
+        UNNEST($4::uuid[], $5::text[], $6::int4[], $7::timestamptz[], $8::text[], $9::text[],
+               $10::text[], $11::text[], $12::text[], $13::text[])
+        WITH ORDINALITY AS input(event_id, event_type, schema_version, occurred_at,
+            correlation_id, causation_id, saga_id, actor, source, payload, event_index)
+), "#,
+    chain_cte!(),
+    ", inserted AS (",
+    chained_insert!(),
+    r#" RETURNING 1
 )
 SELECT
     start.current_version,
@@ -206,16 +245,45 @@ const ALONE_WHERE: &str = " WHERE $3::bigint < 0 OR seen.current_version = $3::b
 /// transaction's base; its transaction id is taken after its snapshot, so every event it sees
 /// in the stream has a lower position; and a refused or conflicting insert is classified
 /// afterwards on the same connection.
+/// The head of the stream the lone statement appends to, as `seen(current_version,
+/// previous_hash)`.
+const ALONE_SEEN: &str = concat!(
+    "SELECT COALESCE(head.stream_version, 0) AS current_version, \
+     CASE WHEN head.stream_version IS NULL THEN ",
+    zero_hash!(),
+    " ELSE head.hash END AS previous_hash \
+     FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT stream_version, hash FROM events \
+     WHERE stream_type = $1::text AND stream_id = $2::text \
+     ORDER BY stream_version DESC LIMIT 1) AS head ON true"
+);
+
+/// The lone statement for more than one event, reading them from `input` (a `VALUES` list or an
+/// `UNNEST` of arrays, with `event_index`): hashed in the statement ([`chain_cte!`]).
+fn chained_alone(input: &str) -> String {
+    format!(
+        "WITH RECURSIVE seen AS ({ALONE_SEEN}), r AS (SELECT \
+         (pg_current_xact_id()::text::bigint << 20) + input.event_index - 1 AS position, \
+         input.event_id, $1::text AS stream_type, $2::text AS stream_id, \
+         seen.current_version + input.event_index AS stream_version, input.event_type, \
+         input.schema_version, input.occurred_at, input.correlation_id, input.causation_id, \
+         input.saga_id, input.actor, input.source, input.payload, 1 AS chain_key, \
+         input.event_index AS index_in_stream, input.event_index, seen.previous_hash \
+         FROM seen, {input} WHERE $3::bigint < 0 OR seen.current_version = $3::bigint), {} {} \
+         RETURNING position, stream_version",
+        chain_cte!(),
+        chained_insert!()
+    )
+}
+
 pub(crate) fn append_alone(n_events: usize) -> &'static str {
     static BY_ROW_COUNT: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let statements = BY_ROW_COUNT.get_or_init(|| {
         let mut statements = Vec::with_capacity(VALUES_MAX_ROWS + 2);
-        statements.push(format!(
-            "{INSERT_COLUMNS} {ALONE_SELECT} UNNEST($4::uuid[], $5::text[], $6::int4[], \
-             $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-             $13::text[]) WITH ORDINALITY AS input(event_id, event_type, schema_version, \
-             occurred_at, correlation_id, causation_id, saga_id, actor, source, payload, \
-             event_index){ALONE_WHERE}"
+        statements.push(chained_alone(
+            "UNNEST($4::uuid[], $5::text[], $6::int4[], $7::timestamptz[], $8::text[], \
+             $9::text[], $10::text[], $11::text[], $12::text[], $13::text[]) WITH ORDINALITY \
+             AS input(event_id, event_type, schema_version, occurred_at, correlation_id, \
+             causation_id, saga_id, actor, source, payload, event_index)",
         ));
         for n_rows in 1..=VALUES_MAX_ROWS {
             let rows: Vec<String> = (0..n_rows)
@@ -238,12 +306,17 @@ pub(crate) fn append_alone(n_events: usize) -> &'static str {
                     )
                 })
                 .collect();
-            statements.push(format!(
-                "{INSERT_COLUMNS} {ALONE_SELECT} (VALUES {}) AS input(event_index, event_id, \
-                 event_type, schema_version, occurred_at, correlation_id, causation_id, saga_id, \
-                 actor, source, payload){ALONE_WHERE}",
+            let input = format!(
+                "(VALUES {}) AS input(event_index, event_id, event_type, schema_version, \
+                 occurred_at, correlation_id, causation_id, saga_id, actor, source, payload)",
                 rows.join(", ")
-            ));
+            );
+            // One event needs no chain within the statement: the leaner form.
+            statements.push(if n_rows == 1 {
+                format!("{INSERT_COLUMNS} {ALONE_SELECT} {input}{ALONE_WHERE}")
+            } else {
+                chained_alone(&input)
+            });
         }
         statements
     });
@@ -254,6 +327,54 @@ pub(crate) fn append_alone(n_events: usize) -> &'static str {
         0
     };
     statements[index].as_str()
+}
+
+/// The requests of a batch append with the version and hash of their streams' heads, as the
+/// CTEs `request` and `chained` ($1 stream types, $2 stream ids, $3 required versions).
+macro_rules! batch_requests {
+    () => {
+        concat!(
+            r#"request AS MATERIALIZED (
+    SELECT
+        request.request_number,
+        request.stream_type,
+        request.stream_id,
+        request.required_version,
+        COALESCE((SELECT events.stream_version FROM events
+                  WHERE events.stream_type = request.stream_type
+                    AND events.stream_id = request.stream_id
+                  ORDER BY events.stream_version DESC LIMIT 1), 0) AS current_version
+    FROM UNNEST($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY
+        AS request(stream_type, stream_id, required_version, request_number)
+), chained AS MATERIALIZED (
+    SELECT
+        request.*,
+        CASE WHEN request.current_version = 0 THEN "#,
+            zero_hash!(),
+            r#"
+             ELSE (SELECT events.hash FROM events
+                   WHERE events.stream_type = request.stream_type
+                     AND events.stream_id = request.stream_id
+                     AND events.stream_version = request.current_version)
+        END AS previous_hash
+    FROM request
+)"#
+        )
+    };
+}
+
+/// The events of a batch append joined to their accepted requests ($4 to $15).
+macro_rules! batch_input {
+    () => {
+        r#"UNNEST($4::int4[], $5::bigint[], $6::uuid[], $7::text[], $8::int4[],
+                $9::timestamptz[], $10::text[], $11::text[], $12::text[], $13::text[],
+                $14::text[], $15::text[])
+        WITH ORDINALITY AS input(request_number, index_in_request, event_id, event_type,
+            schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source,
+            payload, event_index)
+    JOIN chained AS request ON request.request_number = input.request_number
+    WHERE request.required_version < 0 OR request.current_version = request.required_version"#
+    };
 }
 
 /// Appends several requests, each to its own stream, in one statement outside any explicit
@@ -271,32 +392,9 @@ pub(crate) fn append_alone(n_events: usize) -> &'static str {
 /// the lone statement is: one statement alone in its transaction takes its transaction id after
 /// its snapshot, so every event it saw in any of these streams has a lower position.
 pub(crate) const APPEND_BATCH: &str = concat!(
+    "WITH ",
+    batch_requests!(),
     r#"
-WITH request AS MATERIALIZED (
-    SELECT
-        request.request_number,
-        request.stream_type,
-        request.stream_id,
-        request.required_version,
-        COALESCE((SELECT events.stream_version FROM events
-                  WHERE events.stream_type = request.stream_type
-                    AND events.stream_id = request.stream_id
-                  ORDER BY events.stream_version DESC LIMIT 1), 0) AS current_version
-    FROM UNNEST($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY
-        AS request(stream_type, stream_id, required_version, request_number)
-), chained AS MATERIALIZED (
-    SELECT
-        request.*,
-        CASE WHEN request.current_version = 0 THEN "#,
-    zero_hash!(),
-    r#"
-             ELSE (SELECT events.hash FROM events
-                   WHERE events.stream_type = request.stream_type
-                     AND events.stream_id = request.stream_id
-                     AND events.stream_version = request.current_version)
-        END AS previous_hash
-    FROM request
-)
 INSERT INTO events (position, event_id, stream_type, stream_id, stream_version, event_type,
     schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload,
     hash)
@@ -313,19 +411,37 @@ FROM (
         input.schema_version, input.occurred_at, input.correlation_id, input.causation_id,
         input.saga_id, input.actor, input.source, input.payload,
         input.index_in_request = 1 AS first_in_stream, request.previous_hash, input.event_index
-    FROM UNNEST($4::int4[], $5::bigint[], $6::uuid[], $7::text[], $8::int4[],
-                $9::timestamptz[], $10::text[], $11::text[], $12::text[], $13::text[],
-                $14::text[], $15::text[])
-        WITH ORDINALITY AS input(request_number, index_in_request, event_id, event_type,
-            schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source,
-            payload, event_index)
-    JOIN chained AS request ON request.request_number = input.request_number
-    WHERE request.required_version < 0 OR request.current_version = request.required_version
+    FROM "#,
+    batch_input!(),
+    r#"
 ) AS r
 -- In stream order: the hash trigger of a later version reads the hash of the one before.
 ORDER BY r.event_index
 RETURNING position, stream_version
 "#
+);
+
+/// [`APPEND_BATCH`] for a batch where a request has more than one event: every event is hashed
+/// in the statement ([`chain_cte!`]), not only each request's first.
+pub(crate) const APPEND_BATCH_CHAINED: &str = concat!(
+    "WITH RECURSIVE ",
+    batch_requests!(),
+    r#", r AS (
+    SELECT
+        (pg_current_xact_id()::text::bigint << 20) + input.event_index - 1 AS position,
+        input.event_id, request.stream_type, request.stream_id,
+        request.current_version + input.index_in_request AS stream_version, input.event_type,
+        input.schema_version, input.occurred_at, input.correlation_id, input.causation_id,
+        input.saga_id, input.actor, input.source, input.payload,
+        input.request_number AS chain_key, input.index_in_request AS index_in_stream,
+        input.event_index, request.previous_hash
+    FROM "#,
+    batch_input!(),
+    "), ",
+    chain_cte!(),
+    " ",
+    chained_insert!(),
+    " RETURNING position, stream_version"
 );
 
 /// The stored events among a list of ids: what a rejected append is classified with.
