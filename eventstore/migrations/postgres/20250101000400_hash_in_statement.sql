@@ -48,3 +48,18 @@ FOR EACH ROW WHEN (NEW.hash IS NULL) EXECUTE FUNCTION mercato_events_hash();
 -- table was nearly empty (a sequential scan) would otherwise stay in use as the table grows for
 -- as long as nothing analyzes it, making each lookup a scan of the whole table.
 ALTER FUNCTION mercato_events_hash() SET plan_cache_mode = force_custom_plan;
+
+-- How many of `ids` are stored already: the in-transaction append's duplicate check. A plan of
+-- `event_id = ANY(...)` made while the table was nearly empty is a sequential scan, and a
+-- prepared statement keeps it until something analyzes the table (autovacuum off: each append
+-- then scanned the whole table). Planned here once per session with sequential scans disabled,
+-- it is an index lookup whatever the table's statistics say. STABLE: it reads with the calling
+-- statement's snapshot.
+CREATE FUNCTION mercato_stored_event_ids(ids UUID[]) RETURNS BIGINT
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+SET enable_seqscan = off
+AS $$
+BEGIN
+    RETURN (SELECT count(*) FROM events WHERE event_id = ANY(ids));
+END
+$$;

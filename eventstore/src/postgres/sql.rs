@@ -156,7 +156,7 @@ WITH RECURSIVE head AS (
         CASE WHEN EXISTS (SELECT FROM head) THEN (SELECT hash FROM head)
              ELSE '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea
         END AS previous_hash,
-        (SELECT count(*) FROM events WHERE event_id = ANY($4::uuid[])) AS n_known,
+        mercato_stored_event_ids($4::uuid[]) AS n_known,
         pg_current_xact_id()::text::bigint << 20 AS xact_base
 ), start AS (
     SELECT
