@@ -4,46 +4,15 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use common::{Server, ServerData, Setup, eventually, place_order};
+use common::replay::{
+    caught_up_to_head, create_lamps, interrupt_replay, order_lamps, order_load, projection_line,
+    run,
+};
+use common::{Server, ServerData, Setup};
 use eventstore::testing::TestDatabase;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::Row;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-
-/// The binary on `data`'s store, as an operator runs it beside the server.
-fn mercato(data: &ServerData, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mercato"));
-    command
-        .args(args)
-        .arg("--data-dir")
-        .arg(data.data_dir.path())
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env_remove("KAFKA_BOOTSTRAP")
-        .env_remove("OPENSEARCH_URL")
-        .env_remove("ELASTICSEARCH_URL")
-        .env_remove("MERCATO_DATA_DIR")
-        .env_remove("MERCATO_CONFIG")
-        .kill_on_drop(true);
-    if let Some(database) = &data.database {
-        command.env("DATABASE_URL", database.url());
-    }
-    command
-}
-
-async fn run(data: &ServerData, args: &[&str]) -> (i32, String, String) {
-    let output = mercato(data, args).output().await.expect("mercato runs");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 /// Every SQL read model, as sorted text rows: what must come out of a rebuild the same.
 async fn dump(data: &ServerData) -> Vec<String> {
@@ -74,22 +43,7 @@ async fn dump(data: &ServerData) -> Vec<String> {
 
 /// Waits until every read model's checkpoint reached the head of the log.
 async fn caught_up(data: &ServerData) {
-    let store = data.store().await;
-    let db = data.read_db().await;
-    let reached = eventually(Duration::from_secs(30), || {
-        let (store, db) = (store.clone(), db.clone());
-        async move {
-            let head = store.head_position().await.ok()?;
-            for name in ["products", "orders", "carts", "popularity"] {
-                if db.checkpoint(name).await.ok()? < head {
-                    return None;
-                }
-            }
-            Some(())
-        }
-    })
-    .await;
-    assert!(reached.is_some(), "the read models did not catch up");
+    caught_up_to_head(data, &["products", "orders", "carts", "popularity"], &[]).await;
 }
 
 async fn search_total(server: &Server, text: &str) -> u64 {
@@ -101,28 +55,8 @@ async fn search_total(server: &Server, text: &str) -> u64 {
 
 async fn rebuild_while_serving(data: ServerData) {
     let server = Server::start(&data).await;
-    let mut products = Vec::new();
-    for index in 0..4 {
-        let (id, _) = server
-            .create_product(
-                &format!("Lamp{index}"),
-                "a lamp",
-                10.0 + f64::from(index),
-                500,
-                "lighting",
-            )
-            .await;
-        products.push(id);
-    }
-    for index in 0..6 {
-        place_order(
-            &server,
-            &format!("customer-{}", index % 3),
-            &[(&products[index % 4], 2), (&products[(index + 1) % 4], 1)],
-            "tok_ok",
-        )
-        .await;
-    }
+    let products = create_lamps(&server).await;
+    order_lamps(&server, &products, "tok_ok").await;
     caught_up(&data).await;
     let before = dump(&data).await;
     assert!(before.iter().any(|row| row.starts_with("order|")));
@@ -140,27 +74,7 @@ async fn rebuild_while_serving(data: ServerData) {
     assert_ne!(dump(&data).await, before);
 
     // Rebuild while orders keep coming in.
-    let load = {
-        let products = products.clone();
-        let base = server.base.clone();
-        tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            for index in 0..30 {
-                let response = client
-                    .post(format!("{base}/orders"))
-                    .json(&serde_json::json!({
-                        "customer_id": format!("late-{}", index % 5),
-                        "lines": [{"product_id": products[index % 4], "quantity": 1}],
-                        "payment_token": "tok_ok",
-                    }))
-                    .send()
-                    .await
-                    .expect("order");
-                assert_eq!(response.status(), StatusCode::ACCEPTED);
-                tokio::time::sleep(Duration::from_millis(15)).await;
-            }
-        })
-    };
+    let load = order_load(&server, &products, "tok_ok");
     let (code, stdout, stderr) = run(&data, &["replay", "--all"]).await;
     assert_eq!(code, 0, "replay failed: {stderr}");
     for name in ["products", "orders", "carts", "popularity", "search"] {
@@ -217,10 +131,7 @@ async fn rebuild_while_serving(data: ServerData) {
     let (code, stdout, _) = run(&data, &["projections"]).await;
     assert_eq!(code, 0);
     for name in ["products", "orders", "carts", "popularity", "search"] {
-        let line = stdout
-            .lines()
-            .find(|line| line.starts_with(name))
-            .unwrap_or_else(|| panic!("{name} missing from:\n{stdout}"));
+        let line = projection_line(&stdout, name);
         assert!(line.contains("caught up"), "{line}");
     }
     server.terminate().await;
@@ -260,15 +171,7 @@ async fn an_interrupted_replay_changes_nothing_in_service_and_resumes() {
     assert!(stdout.contains("not started"), "{stdout}");
 
     // Stop the rebuild at its first progress line: half-way through.
-    let mut child = mercato(&data, &["replay", "--all"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = lines.next_line().await.unwrap().expect("a progress line");
-    assert!(line.starts_with("replay: "), "{line}");
-    child.kill().await.unwrap();
+    let _child = interrupt_replay(&data).await;
 
     // Nothing half-built is in service: the read models are as they were (never built).
     assert!(dump(&data).await.is_empty());

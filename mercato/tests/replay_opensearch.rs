@@ -20,10 +20,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{Method, StatusCode as HttpStatus, Uri};
 use axum::response::{IntoResponse, Response};
-use common::{Server, ServerData, Setup, eventually, place_order};
+use common::replay::{
+    caught_up_to_head, create_lamps, mercato, order_lamps, order_load, output, projection_line,
+};
+use common::{Server, ServerData, Setup, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::process::Command;
 
 const ALIAS: &str = "mercato-products";
 
@@ -326,39 +328,16 @@ fn config_file(data: &ServerData, url: &str) -> String {
     path.display().to_string()
 }
 
-fn mercato(data: &ServerData, config: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mercato"));
-    command
-        .args(args)
-        .arg("--data-dir")
-        .arg(data.data_dir.path())
-        .arg("--config")
-        .arg(config)
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env_remove("KAFKA_BOOTSTRAP")
-        .env_remove("OPENSEARCH_URL")
-        .env_remove("ELASTICSEARCH_URL")
-        .env_remove("MERCATO_DATA_DIR")
-        .env_remove("MERCATO_CONFIG")
-        .kill_on_drop(true);
-    if let Some(database) = &data.database {
-        command.env("DATABASE_URL", database.url());
-    }
-    command
-}
-
+/// The binary on `data`'s store with the config file `config`, run to its end: its exit code,
+/// stdout and stderr.
 async fn run(data: &ServerData, config: &str, args: &[&str]) -> (i32, String, String) {
-    let output = mercato(data, config, args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("mercato runs");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+    output(
+        mercato(data, args)
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null()),
     )
+    .await
 }
 
 /// The alias's indices, and the documents of the one in service as (id, name, popularity).
@@ -395,22 +374,7 @@ fn index_names(cluster: &Shared) -> Vec<String> {
 
 /// Waits until the SQL read models and the search projection reached the head of the log.
 async fn caught_up(data: &ServerData) {
-    let store = data.store().await;
-    let db = data.read_db().await;
-    let reached = eventually(Duration::from_secs(30), || {
-        let (store, db) = (store.clone(), db.clone());
-        async move {
-            let head = store.head_position().await.ok()?;
-            for name in ["products", "orders", "search"] {
-                if db.checkpoint(name).await.ok()? < head {
-                    return None;
-                }
-            }
-            Some(())
-        }
-    })
-    .await;
-    assert!(reached.is_some(), "the read models did not catch up");
+    caught_up_to_head(data, &["products", "orders", "search"], &[]).await;
 }
 
 async fn search_popularity(data: &ServerData) -> i64 {
@@ -431,28 +395,8 @@ async fn replay_rebuilds_the_opensearch_index_while_the_server_serves_and_writes
     let (url, cluster) = cluster().await;
     let config = config_file(&data, &url);
     let server = Server::start_with(&data, "all", &["--config", &config]).await;
-    let mut products = Vec::new();
-    for index in 0..4 {
-        let (id, _) = server
-            .create_product(
-                &format!("Lamp{index}"),
-                "a lamp",
-                10.0 + f64::from(index),
-                500,
-                "lighting",
-            )
-            .await;
-        products.push(id);
-    }
-    for index in 0..6 {
-        place_order(
-            &server,
-            &format!("customer-{}", index % 3),
-            &[(&products[index % 4], 2), (&products[(index + 1) % 4], 1)],
-            "tok_visa",
-        )
-        .await;
-    }
+    let products = create_lamps(&server).await;
+    order_lamps(&server, &products, "tok_visa").await;
     caught_up(&data).await;
     let (behind, documents) = in_service(&cluster);
     assert_eq!(behind, ["mercato-products-000001"]);
@@ -477,27 +421,7 @@ async fn replay_rebuilds_the_opensearch_index_while_the_server_serves_and_writes
         .unwrap();
 
     // Rebuild while orders keep coming in.
-    let load = {
-        let products = products.clone();
-        let base = server.base.clone();
-        tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            for index in 0..30 {
-                let response = client
-                    .post(format!("{base}/orders"))
-                    .json(&json!({
-                        "customer_id": format!("late-{}", index % 5),
-                        "lines": [{"product_id": products[index % 4], "quantity": 1}],
-                        "payment_token": "tok_visa",
-                    }))
-                    .send()
-                    .await
-                    .expect("order");
-                assert_eq!(response.status(), StatusCode::ACCEPTED);
-                tokio::time::sleep(Duration::from_millis(15)).await;
-            }
-        })
-    };
+    let load = order_load(&server, &products, "tok_visa");
     let (code, stdout, stderr) = run(&data, &config, &["replay", "--projection", "search"]).await;
     assert_eq!(code, 0, "replay failed: {stderr}");
     assert!(
@@ -561,10 +485,7 @@ async fn replay_rebuilds_the_opensearch_index_while_the_server_serves_and_writes
 
     let (code, stdout, _) = run(&data, &config, &["projections"]).await;
     assert_eq!(code, 0);
-    let line = stdout
-        .lines()
-        .find(|line| line.starts_with("search"))
-        .unwrap_or_else(|| panic!("search missing from:\n{stdout}"));
+    let line = projection_line(&stdout, "search");
     assert!(line.contains("caught up"), "{line}");
     assert!(!line.contains("unfinished"), "{line}");
     let (code, stdout, _) = run(&data, &config, &["replay", "--discard"]).await;
@@ -603,10 +524,7 @@ async fn an_interrupted_opensearch_replay_changes_nothing_in_service_resumes_and
         (behind.clone(), in_service_before.clone())
     );
     let (_, stdout, _) = run(&data, &config, &["projections"]).await;
-    let line = stdout
-        .lines()
-        .find(|line| line.starts_with("search"))
-        .unwrap_or_else(|| panic!("search missing from:\n{stdout}"));
+    let line = projection_line(&stdout, "search");
     assert!(line.contains("rebuild unfinished at position"), "{line}");
 
     // Resumed where it stopped, into the same index.

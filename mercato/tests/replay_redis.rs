@@ -6,67 +6,15 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Server, ServerData, Setup, eventually, place_order};
+use common::replay::{
+    caught_up_to_head, create_lamps, interrupt_replay, late_order, order_lamps, prefix,
+    projection_line, redis, redis_checkpoint, run,
+};
+use common::{Server, ServerData, Setup, eventually};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-
-/// The binary on `data`'s store and Redis, as an operator runs it beside the server.
-fn mercato(data: &ServerData, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mercato"));
-    command
-        .args(args)
-        .arg("--data-dir")
-        .arg(data.data_dir.path())
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env_remove("KAFKA_BOOTSTRAP")
-        .env_remove("OPENSEARCH_URL")
-        .env_remove("ELASTICSEARCH_URL")
-        .env_remove("MERCATO_DATA_DIR")
-        .env_remove("MERCATO_CONFIG")
-        .kill_on_drop(true);
-    if let Some(database) = &data.database {
-        command.env("DATABASE_URL", database.url());
-    }
-    if let Some(redis_url) = &data.redis_url {
-        command.env("REDIS_URL", redis_url);
-    }
-    command
-}
-
-async fn run(data: &ServerData, args: &[&str]) -> (i32, String, String) {
-    let output = mercato(data, args).output().await.expect("mercato runs");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// The prefix of the deployment's Redis keys: a hash (FNV-1a) of the store's URL, as
-/// `mercato serve` derives it.
-fn prefix(data: &ServerData) -> String {
-    let hash = data
-        .store_url()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
-    format!("mercato:{hash:016x}:")
-}
-
-async fn redis(data: &ServerData) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(data.redis_url.as_deref().expect("a Redis URL"))
-        .expect("a Redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to Redis")
-}
 
 /// Every key starting with `start`.
 async fn keys(connection: &mut redis::aio::MultiplexedConnection, start: &str) -> Vec<String> {
@@ -133,40 +81,9 @@ async fn dump(data: &ServerData) -> Vec<String> {
     rows
 }
 
-/// The stored checkpoint of a read model in Redis.
-async fn redis_checkpoint(data: &ServerData, name: &str) -> u64 {
-    let mut connection = redis(data).await;
-    let value: Option<String> = redis::cmd("GET")
-        .arg(format!("{}checkpoint:{name}", prefix(data)))
-        .query_async(&mut connection)
-        .await
-        .expect("GET");
-    value.and_then(|value| value.parse().ok()).unwrap_or(0)
-}
-
 /// Waits until every read model's checkpoint (SQL and Redis) reached the head of the log.
 async fn caught_up(data: &ServerData) {
-    let store = data.store().await;
-    let db = data.read_db().await;
-    let reached = eventually(Duration::from_secs(30), || {
-        let (store, db) = (store.clone(), db.clone());
-        async move {
-            let head = store.head_position().await.ok()?;
-            for name in ["products", "orders"] {
-                if db.checkpoint(name).await.ok()? < head {
-                    return None;
-                }
-            }
-            for name in ["carts", "popularity"] {
-                if redis_checkpoint(data, name).await < head {
-                    return None;
-                }
-            }
-            Some(())
-        }
-    })
-    .await;
-    assert!(reached.is_some(), "the read models did not catch up");
+    caught_up_to_head(data, &["products", "orders"], &["carts", "popularity"]).await;
 }
 
 /// The sum of every product's popularity.
@@ -193,19 +110,7 @@ async fn replay_rebuilds_the_redis_read_models_while_the_server_serves_and_write
         return;
     };
     let server = Server::start(&data).await;
-    let mut products = Vec::new();
-    for index in 0..4 {
-        let (id, _) = server
-            .create_product(
-                &format!("Lamp{index}"),
-                "a lamp",
-                10.0 + f64::from(index),
-                500,
-                "lighting",
-            )
-            .await;
-        products.push(id);
-    }
+    let products = create_lamps(&server).await;
     for index in 0..6 {
         let cart = format!("cart-{index}");
         add_to_cart(&server.base, &cart, &products[index % 4], 1).await;
@@ -220,15 +125,7 @@ async fn replay_rebuilds_the_redis_read_models_while_the_server_serves_and_write
             .await;
         assert_eq!(response.status(), StatusCode::ACCEPTED);
     }
-    for index in 0..6 {
-        place_order(
-            &server,
-            &format!("customer-{}", index % 3),
-            &[(&products[index % 4], 2), (&products[(index + 1) % 4], 1)],
-            "tok_visa",
-        )
-        .await;
-    }
+    order_lamps(&server, &products, "tok_visa").await;
     for product in &products {
         let response = server
             .get(&format!("/products/{product}?customer_id=viewer"))
@@ -297,17 +194,7 @@ async fn replay_rebuilds_the_redis_read_models_while_the_server_serves_and_write
         tokio::spawn(async move {
             let client = reqwest::Client::new();
             for index in 0..30 {
-                let response = client
-                    .post(format!("{base}/orders"))
-                    .json(&json!({
-                        "customer_id": format!("late-{}", index % 5),
-                        "lines": [{"product_id": products[index % 4], "quantity": 1}],
-                        "payment_token": "tok_visa",
-                    }))
-                    .send()
-                    .await
-                    .expect("order");
-                assert_eq!(response.status(), StatusCode::ACCEPTED);
+                late_order(&client, &base, &products, index, "tok_visa").await;
                 if index % 3 == 0 {
                     add_to_cart(
                         &base,
@@ -413,10 +300,7 @@ async fn replay_rebuilds_the_redis_read_models_while_the_server_serves_and_write
     let (code, stdout, _) = run(&data, &["projections"]).await;
     assert_eq!(code, 0);
     for name in ["carts", "popularity"] {
-        let line = stdout
-            .lines()
-            .find(|line| line.starts_with(name))
-            .unwrap_or_else(|| panic!("{name} missing from:\n{stdout}"));
+        let line = projection_line(&stdout, name);
         assert!(line.contains("caught up"), "{line}");
         assert!(!line.contains("unfinished"), "{line}");
     }
@@ -448,15 +332,7 @@ async fn an_interrupted_redis_replay_changes_nothing_in_service_resumes_and_can_
 
     // Stops a rebuild at its first progress line: half-way through.
     async fn interrupt(data: &ServerData) {
-        let mut child = mercato(data, &["replay", "--all"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let line = lines.next_line().await.unwrap().expect("a progress line");
-        assert!(line.starts_with("replay: "), "{line}");
-        child.kill().await.unwrap();
+        let mut child = interrupt_replay(data).await;
         let _ = child.wait().await;
     }
 
@@ -467,10 +343,7 @@ async fn an_interrupted_redis_replay_changes_nothing_in_service_resumes_and_can_
     assert_eq!(redis_checkpoint(&data, "popularity").await, 0);
     let (_, stdout, _) = run(&data, &["projections"]).await;
     for name in ["carts", "popularity"] {
-        let line = stdout
-            .lines()
-            .find(|line| line.starts_with(name))
-            .unwrap_or_else(|| panic!("{name} missing from:\n{stdout}"));
+        let line = projection_line(&stdout, name);
         assert!(line.contains("rebuild unfinished at position"), "{line}");
     }
 

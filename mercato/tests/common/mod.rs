@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod replay;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
