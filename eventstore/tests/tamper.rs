@@ -101,6 +101,31 @@ mod cases {
         }
     }
 
+    /// How many event rows the database holds, counted in SQL (not through the log's horizon).
+    async fn stored_rows(test_store: &TestStore) -> usize {
+        let count: i64 = match test_store.store.backend() {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&test_store.url).await.unwrap();
+                let count = sqlx::query_scalar("SELECT count(*) FROM events")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                count
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&test_store.url).await.unwrap();
+                let count = sqlx::query_scalar("SELECT count(*) FROM events")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                count
+            }
+        };
+        usize::try_from(count).unwrap()
+    }
+
     fn bytes_literal(backend: Backend, bytes: &[u8]) -> String {
         match backend {
             Backend::Sqlite => format!("X'{}'", audit::to_hex(bytes)),
@@ -230,19 +255,30 @@ mod cases {
             .unwrap();
             transaction.commit().await.unwrap();
         }
-        let mut chain = Vec::new();
-        let mut after = 0;
-        loop {
-            let rows = store.read_chain(after, 77).await.unwrap();
-            let Some(last) = rows.last() else { break };
-            after = last.position;
-            chain.extend(rows);
-        }
         // The log returns only what no transaction in flight anywhere in the cluster can still
-        // precede (PostgreSQL's horizon is cluster-wide): wait until it can return every row.
-        wait_until_readable(store, after).await;
-        let events = read_everything(store, 100).await;
-        assert_eq!(events.len(), chain.len());
+        // precede (PostgreSQL's horizon is cluster-wide): read both until they hold every stored
+        // row, which they do once other tests' transactions have moved on.
+        let stored = stored_rows(test_store).await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let (chain, events) = loop {
+            let mut chain = Vec::new();
+            let mut after = 0;
+            loop {
+                let rows = store.read_chain(after, 77).await.unwrap();
+                let Some(last) = rows.last() else { break };
+                after = last.position;
+                chain.extend(rows);
+            }
+            wait_until_readable(store, after).await;
+            let events = read_everything(store, 100).await;
+            let complete = events.len() == stored && chain.len() == stored;
+            if complete || tokio::time::Instant::now() > deadline {
+                break (chain, events);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_eq!(events.len(), stored);
+        assert_eq!(chain.len(), stored);
         let mut previous: HashMap<(String, String), [u8; 32]> = HashMap::new();
         for (event, row) in events.iter().zip(&chain) {
             assert_eq!(event.position, row.position);
@@ -619,4 +655,127 @@ async fn two_sqlite_stores_on_one_file_keep_the_chains_intact() {
     let report = audit::verify(&*first, Scope::All, None).await.unwrap();
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(report.events, 12);
+}
+
+/// On PostgreSQL the append statements hash their rows themselves (up to 32 events of an append
+/// per stream); the trigger only fills rows that arrive without a hash. With the trigger
+/// disabled, every row of lone, multi-event, grouped and in-transaction appends must still carry
+/// its correct hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_append_statements_hash_their_rows_without_the_trigger() {
+    use eventstore::audit::{self, Scope};
+    use eventstore::{AppendRequest, ExpectedVersion};
+
+    let Some(test_store) = eventstore::testing::postgres_store(
+        "tamper::postgres_append_statements_hash_their_rows_without_the_trigger",
+    )
+    .await
+    else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&test_store.url).await.unwrap();
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_hash")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let store = test_store.store.clone();
+    let event = |label: String| common::new_event("Numbered", &format!(r#"{{"label":"{label}"}}"#));
+    // Lone statements: one event, then several (VALUES), then 32 (the most the chain covers).
+    store
+        .append(AppendRequest::new(
+            "cart",
+            "a",
+            ExpectedVersion::NoStream,
+            vec![event("a1".into())],
+        ))
+        .await
+        .unwrap();
+    store
+        .append(AppendRequest::new(
+            "cart",
+            "a",
+            ExpectedVersion::Exact(1),
+            (2..=6).map(|n| event(format!("a{n}"))).collect(),
+        ))
+        .await
+        .unwrap();
+    store
+        .append(AppendRequest::new(
+            "cart",
+            "b",
+            ExpectedVersion::NoStream,
+            (1..=32).map(|n| event(format!("b{n}"))).collect(),
+        ))
+        .await
+        .unwrap();
+    // Several requests in one transaction (the in-transaction statement).
+    store
+        .append_atomic(vec![
+            AppendRequest::new(
+                "order",
+                "o",
+                ExpectedVersion::NoStream,
+                (1..=3).map(|n| event(format!("o{n}"))).collect(),
+            ),
+            AppendRequest::new(
+                "cart",
+                "a",
+                ExpectedVersion::Exact(6),
+                (7..=9).map(|n| event(format!("a{n}"))).collect(),
+            ),
+        ])
+        .await
+        .unwrap();
+    // Concurrent appends: group commits of single- and multi-event requests.
+    let mut tasks = Vec::new();
+    for writer in 0..8_usize {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..4_usize {
+                let n_events = 1 + (writer + round) % 3;
+                let events = (0..n_events)
+                    .map(|n| {
+                        common::new_event(
+                            "Numbered",
+                            &format!(r#"{{"w":{writer},"r":{round},"n":{n}}}"#),
+                        )
+                    })
+                    .collect();
+                store
+                    .append(AppendRequest::new(
+                        "cart",
+                        format!("w{writer}"),
+                        ExpectedVersion::Any,
+                        events,
+                    ))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let missing: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE hash IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        missing, 0,
+        "rows stored without a hash while the trigger was disabled"
+    );
+    // The log is read below PostgreSQL's horizon, which other tests' transactions hold back.
+    let last: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    common::wait_until_readable(&*store, u64::try_from(last).unwrap()).await;
+    let report = audit::verify(&*store, Scope::All, None).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(report.events, u64::try_from(stored).unwrap());
+    pool.close().await;
 }

@@ -9,21 +9,6 @@ pub(crate) const POSITION_SHIFT: u32 = 20;
 /// How many events one transaction can hold: the index within a transaction has 20 bits.
 pub const MAX_EVENTS_PER_TRANSACTION: usize = 1 << POSITION_SHIFT;
 
-/// The chain hash of a row `r` of an append statement that is its stream's first in the
-/// statement (`r.first_in_stream`), chained to `r.previous_hash`, the hash of the stream's head
-/// the statement read (the zero hash for a new stream). The other rows get NULL, and the trigger
-/// hashes them as they are inserted, after the row before them (see the migration
-/// `20250101000400_hash_in_statement.sql`). A stored head without a hash makes this NULL too, and
-/// the trigger then refuses the row.
-macro_rules! chain_hash {
-    () => {
-        "CASE WHEN r.first_in_stream THEN sha256(r.previous_hash || mercato_canonical(r.position, \
-         r.event_id, r.stream_type, r.stream_id, r.stream_version, r.event_type, \
-         r.schema_version, r.occurred_at, r.correlation_id, r.causation_id, r.saga_id, r.actor, \
-         r.source, r.payload)) END"
-    };
-}
-
 /// The hash the first event of a new stream chains to.
 macro_rules! zero_hash {
     () => {
@@ -47,6 +32,22 @@ macro_rules! canonical_of_r {
         "mercato_canonical(r.position, r.event_id, r.stream_type, r.stream_id, r.stream_version, \
          r.event_type, r.schema_version, r.occurred_at, r.correlation_id, r.causation_id, \
          r.saga_id, r.actor, r.source, r.payload)"
+    };
+}
+
+/// The chain hash of row `r` of an append statement when it is its append's first event
+/// (`index_in_stream` 1), chained to `r.previous_hash`, the hash of the stream's head the
+/// statement read (the zero hash for a new stream); NULL for the other rows, which the trigger
+/// hashes as they are inserted, after the row before them (see the migration
+/// `20250101000400_hash_in_statement.sql`). For statements whose appends hold one event each. A
+/// stored head without a hash makes this NULL too, and the trigger then refuses the row.
+macro_rules! chain_hash {
+    () => {
+        concat!(
+            "CASE WHEN r.index_in_stream = 1 THEN sha256(r.previous_hash || ",
+            canonical_of_r!(),
+            ") END"
+        )
     };
 }
 
@@ -212,78 +213,65 @@ const INSERT_COLUMNS: &str = "INSERT INTO events (position, event_id, stream_typ
     stream_version, event_type, schema_version, occurred_at, correlation_id, causation_id, \
     saga_id, actor, source, payload, hash)";
 
-const ALONE_SELECT: &str = concat!(
-    "SELECT ",
-    row_columns!(),
-    ", ",
-    chain_hash!(),
-    " FROM (SELECT (pg_current_xact_id()::text::bigint << 20) + input.event_index - 1 AS position, \
-     input.event_id, $1::text AS stream_type, $2::text AS stream_id, \
-     seen.current_version + input.event_index AS stream_version, input.event_type, \
-     input.schema_version, input.occurred_at, input.correlation_id, input.causation_id, \
-     input.saga_id, input.actor, input.source, input.payload, \
-     input.event_index = 1 AS first_in_stream, seen.previous_hash \
-     FROM (SELECT COALESCE(head.stream_version, 0) AS current_version, \
-     CASE WHEN head.stream_version IS NULL THEN ",
-    zero_hash!(),
-    " ELSE head.hash END AS previous_hash \
-     FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT stream_version, hash FROM events \
-     WHERE stream_type = $1::text AND stream_id = $2::text \
-     ORDER BY stream_version DESC LIMIT 1) AS head ON true) AS seen, "
-);
-
-const ALONE_WHERE: &str = " WHERE $3::bigint < 0 OR seen.current_version = $3::bigint) AS r \
-    RETURNING position, stream_version";
-
-/// The append statement for a request that is its transaction's only statement (the common
-/// case, run outside any explicit transaction): it inserts every event or none, and returns the
-/// inserted rows. Parameters: $1 stream_type, $2 stream_id, $3 required version (-1 for any),
-/// then 10 per event as in [`APPEND`] (bound row by row for up to [`VALUES_MAX_ROWS`] events,
-/// as arrays beyond).
-///
-/// It can be this lean because it runs alone in its transaction: its positions start at the
-/// transaction's base; its transaction id is taken after its snapshot, so every event it sees
-/// in the stream has a lower position; and a refused or conflicting insert is classified
-/// afterwards on the same connection.
-/// The head of the stream the lone statement appends to, as `seen(current_version,
-/// previous_hash)`.
-const ALONE_SEEN: &str = concat!(
-    "SELECT COALESCE(head.stream_version, 0) AS current_version, \
-     CASE WHEN head.stream_version IS NULL THEN ",
-    zero_hash!(),
-    " ELSE head.hash END AS previous_hash \
-     FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT stream_version, hash FROM events \
-     WHERE stream_type = $1::text AND stream_id = $2::text \
-     ORDER BY stream_version DESC LIMIT 1) AS head ON true"
-);
-
-/// The lone statement for more than one event, reading them from `input` (a `VALUES` list or an
-/// `UNNEST` of arrays, with `event_index`): hashed in the statement ([`chain_cte!`]).
-fn chained_alone(input: &str) -> String {
+/// The rows `r` of the lone statement, read from `input` (a `VALUES` list or an `UNNEST` of
+/// arrays, with `event_index`), after the stream's head: nothing when the stream is not at the
+/// required version ($3, -1 for any).
+fn alone_rows(input: &str) -> String {
     format!(
-        "WITH RECURSIVE seen AS ({ALONE_SEEN}), r AS (SELECT \
-         (pg_current_xact_id()::text::bigint << 20) + input.event_index - 1 AS position, \
+        "SELECT (pg_current_xact_id()::text::bigint << 20) + input.event_index - 1 AS position, \
          input.event_id, $1::text AS stream_type, $2::text AS stream_id, \
          seen.current_version + input.event_index AS stream_version, input.event_type, \
          input.schema_version, input.occurred_at, input.correlation_id, input.causation_id, \
          input.saga_id, input.actor, input.source, input.payload, 1 AS chain_key, \
          input.event_index AS index_in_stream, input.event_index, seen.previous_hash \
-         FROM seen, {input} WHERE $3::bigint < 0 OR seen.current_version = $3::bigint), {} {} \
-         RETURNING position, stream_version",
-        chain_cte!(),
-        chained_insert!()
+         FROM (SELECT COALESCE(head.stream_version, 0) AS current_version, \
+         CASE WHEN head.stream_version IS NULL THEN {} ELSE head.hash END AS previous_hash \
+         FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT stream_version, hash FROM events \
+         WHERE stream_type = $1::text AND stream_id = $2::text \
+         ORDER BY stream_version DESC LIMIT 1) AS head ON true) AS seen, {input} \
+         WHERE $3::bigint < 0 OR seen.current_version = $3::bigint",
+        zero_hash!()
     )
+}
+
+/// The append statement for a request that is its transaction's only statement (the common
+/// case, run outside any explicit transaction): it inserts every event or none, and returns the
+/// inserted rows. Parameters: $1 stream_type, $2 stream_id, $3 required version (-1 for any),
+/// then 10 per event as in [`APPEND`] (bound row by row for up to [`VALUES_MAX_ROWS`] events,
+/// as arrays beyond). One event is hashed directly ([`chain_hash!`]), more are chained in the
+/// statement ([`chain_cte!`]).
+///
+/// It can be this lean because it runs alone in its transaction: its positions start at the
+/// transaction's base; its transaction id is taken after its snapshot, so every event it sees
+/// in the stream has a lower position; and a refused or conflicting insert is classified
+/// afterwards on the same connection.
+fn alone_statement(input: &str, n_events: usize) -> String {
+    let rows = alone_rows(input);
+    if n_events == 1 {
+        format!(
+            "{INSERT_COLUMNS} SELECT {}, {} FROM ({rows}) AS r RETURNING position, stream_version",
+            row_columns!(),
+            chain_hash!()
+        )
+    } else {
+        format!(
+            "WITH RECURSIVE r AS ({rows}), {} {} RETURNING position, stream_version",
+            chain_cte!(),
+            chained_insert!()
+        )
+    }
 }
 
 pub(crate) fn append_alone(n_events: usize) -> &'static str {
     static BY_ROW_COUNT: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let statements = BY_ROW_COUNT.get_or_init(|| {
         let mut statements = Vec::with_capacity(VALUES_MAX_ROWS + 2);
-        statements.push(chained_alone(
+        statements.push(alone_statement(
             "UNNEST($4::uuid[], $5::text[], $6::int4[], $7::timestamptz[], $8::text[], \
              $9::text[], $10::text[], $11::text[], $12::text[], $13::text[]) WITH ORDINALITY \
              AS input(event_id, event_type, schema_version, occurred_at, correlation_id, \
              causation_id, saga_id, actor, source, payload, event_index)",
+            VALUES_MAX_ROWS + 1,
         ));
         for n_rows in 1..=VALUES_MAX_ROWS {
             let rows: Vec<String> = (0..n_rows)
@@ -311,12 +299,7 @@ pub(crate) fn append_alone(n_events: usize) -> &'static str {
                  occurred_at, correlation_id, causation_id, saga_id, actor, source, payload)",
                 rows.join(", ")
             );
-            // One event needs no chain within the statement: the leaner form.
-            statements.push(if n_rows == 1 {
-                format!("{INSERT_COLUMNS} {ALONE_SELECT} {input}{ALONE_WHERE}")
-            } else {
-                chained_alone(&input)
-            });
+            statements.push(alone_statement(&input, n_rows));
         }
         statements
     });
@@ -363,10 +346,19 @@ macro_rules! batch_requests {
     };
 }
 
-/// The events of a batch append joined to their accepted requests ($4 to $15).
-macro_rules! batch_input {
+/// The rows `r` of a batch append: its events ($4 to $15) joined to their requests, for the
+/// requests whose stream is at the required version.
+macro_rules! batch_rows {
     () => {
-        r#"UNNEST($4::int4[], $5::bigint[], $6::uuid[], $7::text[], $8::int4[],
+        r#"SELECT
+        (pg_current_xact_id()::text::bigint << 20) + input.event_index - 1 AS position,
+        input.event_id, request.stream_type, request.stream_id,
+        request.current_version + input.index_in_request AS stream_version, input.event_type,
+        input.schema_version, input.occurred_at, input.correlation_id, input.causation_id,
+        input.saga_id, input.actor, input.source, input.payload,
+        input.request_number AS chain_key, input.index_in_request AS index_in_stream,
+        input.event_index, request.previous_hash
+    FROM UNNEST($4::int4[], $5::bigint[], $6::uuid[], $7::text[], $8::int4[],
                 $9::timestamptz[], $10::text[], $11::text[], $12::text[], $13::text[],
                 $14::text[], $15::text[])
         WITH ORDINALITY AS input(request_number, index_in_request, event_id, event_type,
@@ -402,19 +394,9 @@ SELECT "#,
     row_columns!(),
     ", ",
     chain_hash!(),
-    r#"
-FROM (
-    SELECT
-        (pg_current_xact_id()::text::bigint << 20) + input.event_index - 1 AS position,
-        input.event_id, request.stream_type, request.stream_id,
-        request.current_version + input.index_in_request AS stream_version, input.event_type,
-        input.schema_version, input.occurred_at, input.correlation_id, input.causation_id,
-        input.saga_id, input.actor, input.source, input.payload,
-        input.index_in_request = 1 AS first_in_stream, request.previous_hash, input.event_index
-    FROM "#,
-    batch_input!(),
-    r#"
-) AS r
+    " FROM (",
+    batch_rows!(),
+    r#") AS r
 -- In stream order: the hash trigger of a later version reads the hash of the one before.
 ORDER BY r.event_index
 RETURNING position, stream_version
@@ -426,17 +408,8 @@ RETURNING position, stream_version
 pub(crate) const APPEND_BATCH_CHAINED: &str = concat!(
     "WITH RECURSIVE ",
     batch_requests!(),
-    r#", r AS (
-    SELECT
-        (pg_current_xact_id()::text::bigint << 20) + input.event_index - 1 AS position,
-        input.event_id, request.stream_type, request.stream_id,
-        request.current_version + input.index_in_request AS stream_version, input.event_type,
-        input.schema_version, input.occurred_at, input.correlation_id, input.causation_id,
-        input.saga_id, input.actor, input.source, input.payload,
-        input.request_number AS chain_key, input.index_in_request AS index_in_stream,
-        input.event_index, request.previous_hash
-    FROM "#,
-    batch_input!(),
+    ", r AS (",
+    batch_rows!(),
     "), ",
     chain_cte!(),
     " ",

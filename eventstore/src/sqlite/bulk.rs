@@ -12,13 +12,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
-use schemas::{EventMetadata, RecordedEvent};
-use serde_json::value::RawValue;
+use schemas::RecordedEvent;
 
-use super::rows::{parse_uuid, to_i64};
+use super::rows::{StoredEvent, to_i64};
 use crate::audit::ChainRow;
 use crate::error::StoreError;
 
@@ -194,46 +192,25 @@ fn unsigned(row: &rusqlite::Row<'_>, index: usize, name: &str) -> Result<u64, St
     u64::try_from(value).map_err(|_| StoreError::CorruptRow(format!("{name} is negative: {value}")))
 }
 
-/// An event from a row of `event_columns!()`, with the checks of the sqlx row decoder.
+/// An event from a row of `event_columns!()`, checked as the sqlx row decoder checks it.
 fn recorded_event(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
-    let position = integer(row, 0, "position")?;
-    let event_id = text(row, 1, "event_id")?;
-    let occurred_at = text(row, 7, "occurred_at")?;
-    let occurred_at = DateTime::parse_from_rfc3339(&occurred_at)
-        .map_err(|error| {
-            StoreError::CorruptRow(format!(
-                "occurred_at at position {position} is not RFC 3339: {error}"
-            ))
-        })?
-        .with_timezone(&Utc);
-    let payload = RawValue::from_string(text(row, 13, "payload")?).map_err(|error| {
-        StoreError::CorruptRow(format!(
-            "payload at position {position} is not JSON: {error}"
-        ))
-    })?;
-    let schema_version = integer(row, 6, "schema_version")?;
-    Ok(RecordedEvent {
-        event_id: parse_uuid(&event_id, position)?,
-        event_type: text(row, 5, "event_type")?,
-        schema_version: u32::try_from(schema_version).map_err(|_| {
-            StoreError::CorruptRow(format!(
-                "schema_version at position {position} is out of range: {schema_version}"
-            ))
-        })?,
+    StoredEvent {
+        position: integer(row, 0, "position")?,
+        event_id: text(row, 1, "event_id")?,
         stream_type: text(row, 2, "stream_type")?,
         stream_id: text(row, 3, "stream_id")?,
-        stream_version: unsigned(row, 4, "stream_version")?,
-        position: unsigned(row, 0, "position")?,
-        occurred_at,
-        metadata: EventMetadata {
-            correlation_id: text(row, 8, "correlation_id")?,
-            causation_id: text(row, 9, "causation_id")?,
-            saga_id: optional_text(row, 10, "saga_id")?,
-            actor: text(row, 11, "actor")?,
-            source: text(row, 12, "source")?,
-        },
-        payload,
-    })
+        stream_version: integer(row, 4, "stream_version")?,
+        event_type: text(row, 5, "event_type")?,
+        schema_version: integer(row, 6, "schema_version")?,
+        occurred_at: text(row, 7, "occurred_at")?,
+        correlation_id: text(row, 8, "correlation_id")?,
+        causation_id: text(row, 9, "causation_id")?,
+        saga_id: optional_text(row, 10, "saga_id")?,
+        actor: text(row, 11, "actor")?,
+        source: text(row, 12, "source")?,
+        payload: text(row, 13, "payload")?,
+    }
+    .into_event()
 }
 
 fn empty_chain_row() -> ChainRow {
