@@ -729,7 +729,7 @@ impl Generator {
             }
         }
         let mut payment = Stream::<Payment>::new(saga.order_id.to_string());
-        self.payment(
+        self.saga_step(
             saga,
             &mut payment,
             "request-payment",
@@ -744,14 +744,14 @@ impl Generator {
             "tok_visa" => {
                 self.wait(400.0);
                 let charge_id = format!("ch_{}", saga.order_id.simple());
-                self.payment(
+                self.saga_step(
                     saga,
                     &mut payment,
                     "payment-result",
                     PaymentCommand::RecordSuccess { charge_id },
                 )
                 .await?;
-                self.order_command(saga, order, "confirm", OrderCommand::ConfirmOrder)
+                self.saga_step(saga, order, "confirm", OrderCommand::ConfirmOrder)
                     .await?;
                 for (line_index, &index) in indexes.iter().enumerate() {
                     self.wait(3.0);
@@ -768,7 +768,7 @@ impl Generator {
             "tok_chargeDeclined" => {
                 self.wait(400.0);
                 let reason = "card_declined".to_owned();
-                self.payment(
+                self.saga_step(
                     saga,
                     &mut payment,
                     "payment-result",
@@ -784,7 +784,7 @@ impl Generator {
             _ => {
                 // The gateway never answers: the saga waits until the deadline.
                 self.out.tick(self.payment_timeout.as_millis() as u64);
-                self.payment(
+                self.saga_step(
                     saga,
                     &mut payment,
                     "payment-timeout",
@@ -810,48 +810,30 @@ impl Generator {
         self.out.maybe_flush().await
     }
 
-    async fn payment(
+    /// Runs one step of the saga on `stream` (a payment or the order), with the saga's metadata
+    /// and the step's derived event ids.
+    async fn saga_step<A>(
         &mut self,
         saga: &SagaContext,
-        payment: &mut Stream<Payment>,
+        stream: &mut Stream<A>,
         step: &str,
-        command: PaymentCommand,
-    ) -> Result<(), Failure> {
+        command: A::Command,
+    ) -> Result<(), Failure>
+    where
+        A: Aggregate<Services = ()>,
+    {
         exec(
             &mut self.out,
             &mut self.rng,
-            &mut payment.state,
-            &mut payment.version,
-            &payment.id,
+            &mut stream.state,
+            &mut stream.version,
+            &stream.id,
             command,
             &saga.metadata,
             saga.ids(step),
         )
         .await?
-        .map_err(|error| unexpected("payment", error))?;
-        self.wait(3.0);
-        Ok(())
-    }
-
-    async fn order_command(
-        &mut self,
-        saga: &SagaContext,
-        order: &mut Stream<Order>,
-        step: &str,
-        command: OrderCommand,
-    ) -> Result<(), Failure> {
-        exec(
-            &mut self.out,
-            &mut self.rng,
-            &mut order.state,
-            &mut order.version,
-            &order.id,
-            command,
-            &saga.metadata,
-            saga.ids(step),
-        )
-        .await?
-        .map_err(|error| unexpected("order end", error))?;
+        .map_err(|error| unexpected(&format!("{} {step}", A::TYPE), error))?;
         self.wait(3.0);
         Ok(())
     }
@@ -865,7 +847,7 @@ impl Generator {
         reason: CancelReason,
         detail: String,
     ) -> Result<(), Failure> {
-        self.order_command(
+        self.saga_step(
             saga,
             order,
             "cancel",
