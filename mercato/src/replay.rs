@@ -16,7 +16,7 @@ use projections::opensearch::{self, OpenSearchIndex, OpenSearchProjection};
 use projections::readdb::{ReadDb, read_db_url, tables_of};
 use projections::redis_models::{RedisCartsProjection, RedisModels, RedisPopularityProjection};
 use projections::replay::{self as rebuild, ReplayRun, Swap};
-use projections::search::TantivySearch;
+use projections::search::{GenerationSwap, TantivySearch};
 use projections::sql_models::{
     OrdersProjection, ProductsProjection, SqlCartsProjection, SqlPopularityProjection,
 };
@@ -55,7 +55,10 @@ enum Kind {
     /// SQL tables of the read-model database.
     Tables(&'static [&'static str]),
     /// A generation of the Tantivy index under this directory.
-    Generation { root: PathBuf, name: String },
+    Generation {
+        root: PathBuf,
+        search: Arc<TantivySearch>,
+    },
     /// Carts or popularity kept in Redis: built under the shadow prefix of these (live) models.
     Redis(RedisModels),
     /// The OpenSearch index: built into concrete index `name`, then put behind the alias.
@@ -255,11 +258,12 @@ async fn prepare(
             if resume.is_none() && from > 0 {
                 search.start_at(from).map_err(failed("start"))?;
             }
+            let search = Arc::new(search);
             (
-                Arc::new(Arc::new(search)),
+                Arc::new(search.clone()),
                 Kind::Generation {
                     root: search_root.to_owned(),
-                    name: generation,
+                    search,
                 },
             )
         }
@@ -469,101 +473,85 @@ async fn swap_in(
     let name = target.name;
     let failed = |what: &str| runtime(format!("cannot {what} the rebuilt read model {name}"));
     let mut read = 0;
-    match target.kind {
-        Kind::Generation {
-            root,
-            name: generation,
-        } => {
-            // The log may have moved on since the catch-up; what the generation misses, the
-            // serving process applies when it switches (it reads on from this checkpoint).
-            let more = rebuild::catch_up(
-                platform.store.clone(),
-                std::slice::from_ref(&target.projection),
-                PAGE,
-                |_| {},
-            )
+    let kind = target.kind;
+    for _ in 0..SWAP_ATTEMPTS {
+        let checkpoint = target
+            .projection
+            .checkpoint(&Feed::Log)
             .await
-            .map_err(failed("catch up"))?;
-            read += more.read;
-            let checkpoint = target
-                .projection
-                .checkpoint(&Feed::Log)
-                .await
-                .map_err(failed("read the checkpoint of"))?;
-            // Its writer lets go of the index before another process may open it.
-            drop(target.projection);
-            let previous = TantivySearch::publish(&root, &generation).map_err(failed("publish"))?;
-            rebuild::clear(shadow, name, &[])
-                .await
-                .map_err(failed("finish"))?;
-            // A serving process deletes the generation it leaves; with none running, do it here.
-            TantivySearch::remove_generation_if_unused(&root, &previous);
-            Ok(((name, checkpoint), read))
-        }
-        kind => {
-            for _ in 0..SWAP_ATTEMPTS {
-                let checkpoint = target
-                    .projection
-                    .checkpoint(&Feed::Log)
+            .map_err(failed("read the checkpoint of"))?;
+        let swap = match &kind {
+            Kind::Tables(tables) => {
+                rebuild::swap_tables(&platform.db, live_url, shadow, name, tables, checkpoint)
                     .await
-                    .map_err(failed("read the checkpoint of"))?;
-                let swap = match &kind {
-                    Kind::Tables(tables) => rebuild::swap_tables(
-                        &platform.db,
-                        live_url,
-                        shadow,
-                        name,
-                        tables,
-                        checkpoint,
-                    )
+                    .map_err(failed("swap in"))?
+            }
+            Kind::Redis(live) => live
+                .swap_replay(name, checkpoint)
+                .await
+                .map_err(failed("swap in"))?,
+            Kind::OpenSearch {
+                index,
+                name: rebuilt,
+            } => {
+                let (swap, left) = opensearch::swap_in_rebuilt(
+                    index,
+                    &platform.db,
+                    live_url,
+                    shadow,
+                    rebuilt,
+                    checkpoint,
+                )
+                .await
+                .map_err(failed("swap in"))?;
+                if swap == Swap::Swapped {
+                    retire_index(index, left.as_deref(), rebuilt, platform).await;
+                }
+                swap
+            }
+            Kind::Generation { root, search } => {
+                let rebuilt = search.clone();
+                let swap = tokio::task::spawn_blocking(move || rebuilt.swap_in())
                     .await
-                    .map_err(failed("swap in"))?,
-                    Kind::Redis(live) => live
-                        .swap_replay(name, checkpoint)
-                        .await
-                        .map_err(failed("swap in"))?,
-                    Kind::OpenSearch {
-                        index,
-                        name: rebuilt,
-                    } => {
-                        let (swap, left) = opensearch::swap_in_rebuilt(
-                            index,
-                            &platform.db,
-                            live_url,
-                            shadow,
-                            rebuilt,
-                            checkpoint,
-                        )
-                        .await
-                        .map_err(failed("swap in"))?;
-                        if swap == Swap::Swapped {
-                            retire_index(index, left.as_deref(), rebuilt, platform).await;
-                        }
-                        swap
-                    }
-                    Kind::Generation { .. } => unreachable!("handled above"),
-                };
+                    .map_err(|error| {
+                        Failure::Runtime(anyhow::anyhow!(
+                            "cannot swap in the rebuilt read model {name}: {error}"
+                        ))
+                    })?
+                    .map_err(failed("swap in"))?;
                 match swap {
-                    Swap::Swapped => return Ok(((name, checkpoint), read)),
-                    Swap::Contended => tokio::time::sleep(Duration::from_millis(50)).await,
-                    Swap::Behind(_) => {
-                        let more = rebuild::catch_up(
-                            platform.store.clone(),
-                            std::slice::from_ref(&target.projection),
-                            PAGE,
-                            |_| {},
-                        )
-                        .await
-                        .map_err(failed("catch up"))?;
-                        read += more.read;
+                    GenerationSwap::Swapped { previous, .. } => {
+                        rebuild::clear(shadow, name, &[])
+                            .await
+                            .map_err(failed("finish"))?;
+                        // A serving process deletes the generation it leaves; with none
+                        // running, it is deleted here.
+                        TantivySearch::remove_generation_if_unused(root, &previous);
+                        Swap::Swapped
                     }
+                    GenerationSwap::Behind(at) => Swap::Behind(at),
                 }
             }
-            Err(Failure::Runtime(anyhow::anyhow!(
-                "the live read model {name} kept moving ahead of its rebuild; the rebuild is kept: run the same command again to resume"
-            )))
+        };
+        match swap {
+            Swap::Swapped => return Ok(((name, checkpoint), read)),
+            Swap::Contended => tokio::time::sleep(Duration::from_millis(50)).await,
+            Swap::Behind(_) => {
+                let more = rebuild::catch_up(
+                    platform.store.clone(),
+                    std::slice::from_ref(&target.projection),
+                    PAGE,
+                    |_| {},
+                )
+                .await
+                .map_err(failed("catch up"))?;
+                read += more.read;
+            }
         }
     }
+    Err(Failure::Runtime(anyhow::anyhow!(
+        "the live read model {name} kept moving ahead of its rebuild; the rebuild is kept: run the same command again to resume"
+    )))
 }
 
 /// After a rebuilt OpenSearch index went in service: deletes the index the alias `left` (a

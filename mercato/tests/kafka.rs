@@ -191,6 +191,60 @@ async fn the_relay_publishes_every_event_with_its_headers_and_kafka_fed_roles_se
         searched.is_some(),
         "the Kafka-fed search index did not find the 6 lamps"
     );
+    // Popularity in the search index: 10 points a unit ordered.
+    let popularity = |result: &Value, id: &str| {
+        result["hits"]
+            .as_array()
+            .and_then(|hits| hits.iter().find(|hit| hit["product_id"] == id))
+            .and_then(|hit| hit["popularity"].as_i64())
+    };
+    let expected: Vec<(String, i64)> = vec![(products[0].clone(), 20), (products[5].clone(), 50)];
+    let counted = |expected: Vec<(String, i64)>, total: u64| {
+        let server = &server;
+        async move {
+            let result: Value = server.get("/search?q=kafka").await.json().await.ok()?;
+            (result["total"] == total
+                && expected
+                    .iter()
+                    .all(|(id, points)| popularity(&result, id) == Some(*points)))
+            .then_some(())
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || counted(expected.clone(), 6))
+            .await
+            .is_some(),
+        "the Kafka-fed search index did not count the orders"
+    );
+
+    // A rebuilt search index swapped in under the Kafka-fed projector: it goes on from the
+    // partitions' checkpoints, counting nothing twice.
+    let (code, stdout, stderr) =
+        common::replay::run(&data, &["replay", "--projection", "search"]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("search\trebuilt and in service"),
+        "{stdout}"
+    );
+    place_order(&server, "customer-after", &[(&products[5], 2)], "tok_visa").await;
+    server
+        .create_product(
+            "Kafka lamp 6",
+            "indexed after the rebuild",
+            8.0,
+            1,
+            "lighting",
+        )
+        .await;
+    let expected = vec![(products[0].clone(), 20), (products[5].clone(), 70)];
+    let after = eventually(Duration::from_secs(30), || counted(expected.clone(), 7)).await;
+    let result: Value = server
+        .get("/search?q=kafka")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(after.is_some(), "after the rebuild: {result}");
 
     relay_caught_up(&server, &data).await;
     let stored = data

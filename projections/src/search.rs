@@ -128,9 +128,15 @@ fn schema() -> (Schema, Fields) {
 ///
 /// The directory holds generations of the index: the one in service is named by the file
 /// `CURRENT` (the directory itself when there is none, as before generations existed). A replay
-/// builds a new generation beside it and then replaces `CURRENT` atomically; every process that
-/// has the index open notices at its next search or batch and switches to it, and the writer
-/// that left a generation deletes it.
+/// builds a new generation beside it and then replaces `CURRENT` atomically
+/// ([`TantivySearch::swap_in`]); every process that has the index open notices at its next
+/// search or batch and switches to it, and the writer that left a generation deletes it.
+///
+/// A batch is applied under a shared lock of `CURRENT.lock`, and a swap takes it exclusively: a
+/// swap waits for the batch in flight, and a batch after it sees the new `CURRENT`. So the
+/// checkpoints a swap reads from the generation in service are its last ones, which is what lets
+/// it carry the Kafka partitions' checkpoints over (a Kafka offset, once committed, is not
+/// delivered again).
 pub struct TantivySearch {
     root: PathBuf,
     writable: bool,
@@ -170,6 +176,8 @@ impl fmt::Debug for TantivySearch {
 
 /// The file naming the generation in service.
 const CURRENT_FILE: &str = "CURRENT";
+/// The file whose lock orders batches and swaps (see [`Fence`]).
+const FENCE_FILE: &str = "CURRENT.lock";
 /// The root directory itself as a generation.
 const ROOT_GENERATION: &str = ".";
 /// How often a search or a batch looks whether another generation went into service.
@@ -232,11 +240,97 @@ impl TantivySearch {
         self.generation().name.clone()
     }
 
+    /// Puts this rebuilt generation (opened with [`TantivySearch::open_generation`]) in service
+    /// at the log position it was built to, unless a Kafka partition's checkpoint of the
+    /// generation in service is beyond that position ([`GenerationSwap::Behind`]: catch up and
+    /// try again). Blocking.
+    ///
+    /// Under the exclusive [`Fence`], it reads the checkpoints of the generation in service,
+    /// commits to this one each Kafka partition's checkpoint that one has (not the dead-letter
+    /// replays') set to its own log position, closes its writer and replaces `CURRENT`. An event
+    /// beyond that position on a partition was not applied to the generation in service either,
+    /// so its offset is not committed and the consumer applies it to this one. The log's
+    /// checkpoint of the generation in service may be ahead: a projection fed from the log reads
+    /// on from this one's. The generation it replaced is deleted by the writer that leaves it, or
+    /// by [`TantivySearch::remove_generation_if_unused`] when no process holds it.
+    pub fn swap_in(&self) -> Result<GenerationSwap, ProjectionError> {
+        let generation = self.generation();
+        if !self.pinned || generation.writer.is_none() {
+            return Err(ProjectionError::Storage(format!(
+                "the search index generation {} is not a rebuild open to write",
+                generation.name
+            )));
+        }
+        let _fence = Fence::take(&self.root, true)?;
+        let live = Self::current_generation(&self.root);
+        let live_checkpoints = {
+            let path = generation_path(&self.root, &live);
+            if path.join("meta.json").exists() {
+                let directory = tantivy::directory::MmapDirectory::open(&path)?;
+                parse_checkpoints(Index::open(directory)?.load_metas()?.payload.as_deref())?
+            } else {
+                BTreeMap::new() // no index was ever committed there
+            }
+        };
+        let mut checkpoints = generation.committed_checkpoints()?;
+        let position = checkpoints.get(Self::NAME).copied().unwrap_or(0);
+        // The Kafka partitions' checkpoints. (The log's may be ahead: a serving projection fed
+        // from the log reads on from this generation's position.)
+        let carried: Vec<(&String, &u64)> = live_checkpoints
+            .iter()
+            .filter(|(name, _)| {
+                **name != Self::NAME && **name != Feed::Replay.checkpoint_name(Self::NAME)
+            })
+            .collect();
+        if let Some(ahead) = carried
+            .iter()
+            .map(|(_, at)| **at)
+            .filter(|at| *at > position)
+            .max()
+        {
+            return Ok(GenerationSwap::Behind(ahead));
+        }
+        let before = checkpoints.clone();
+        for (name, _) in carried {
+            checkpoints.insert(name.clone(), position);
+        }
+        let closed = open_generation(&self.root, &generation.name, false)?;
+        let writer = {
+            let mut slot = match self.generation.write() {
+                Ok(slot) => slot,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let open = std::mem::replace(&mut *slot, Arc::new(closed));
+            drop(generation);
+            Arc::try_unwrap(open)
+                .ok()
+                .and_then(|open| open.writer)
+                .and_then(|writer| Arc::try_unwrap(writer).ok())
+                .ok_or_else(|| {
+                    ProjectionError::Storage(
+                        "the rebuilt search index generation is still in use".to_owned(),
+                    )
+                })?
+        };
+        let mut writer = match writer.into_inner() {
+            Ok(writer) => writer,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if checkpoints != before {
+            let mut prepared = writer.prepare_commit()?;
+            prepared.set_payload(&encode_checkpoints(&checkpoints)?);
+            prepared.commit()?;
+        }
+        // Merges finish and the writer's lock is let go before a serving process opens it.
+        writer.wait_merging_threads()?;
+        let previous = Self::publish(&self.root, &self.generation_name())?;
+        Ok(GenerationSwap::Swapped { previous, position })
+    }
+
     /// Puts generation `generation` under `directory` in service (an atomic replace of
-    /// `CURRENT`), after its writer was closed. Returns the generation it replaced; that one is
-    /// deleted by the writer that leaves it, or here when no process holds it (see
-    /// [`TantivySearch::remove_generation_if_unused`]).
-    pub fn publish(directory: &Path, generation: &str) -> Result<String, ProjectionError> {
+    /// `CURRENT`), after its writer was closed, under the exclusive [`Fence`]. Returns the
+    /// generation it replaced.
+    fn publish(directory: &Path, generation: &str) -> Result<String, ProjectionError> {
         if !is_generation_name(generation) || generation == ROOT_GENERATION {
             return Err(ProjectionError::Storage(format!(
                 "{generation:?} is not a search index generation"
@@ -337,18 +431,18 @@ impl TantivySearch {
     }
 
     /// Switches to the generation in service if another one went into service since the last
-    /// look (at most every [`GENERATION_CHECK_MS`]). True when it switched.
-    fn follow_current(&self) -> Result<bool, ProjectionError> {
+    /// look (at most every [`GENERATION_CHECK_MS`], unless `now`). True when it switched.
+    fn follow_current(&self, now: bool) -> Result<bool, ProjectionError> {
         use std::sync::atomic::Ordering;
         if self.pinned {
             return Ok(false);
         }
-        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let elapsed = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         let checked_at = self.checked_at.load(Ordering::Acquire);
-        if now.saturating_sub(checked_at) < GENERATION_CHECK_MS && checked_at != 0 {
+        if !now && elapsed.saturating_sub(checked_at) < GENERATION_CHECK_MS && checked_at != 0 {
             return Ok(false);
         }
-        self.checked_at.store(now.max(1), Ordering::Release);
+        self.checked_at.store(elapsed.max(1), Ordering::Release);
         let current = Self::current_generation(&self.root);
         let old = self.generation();
         if current == old.name {
@@ -375,8 +469,10 @@ impl TantivySearch {
     }
 
     /// The checkpoint of `feed` stored with the last commit of the generation in service.
+    /// (A writer looks at `CURRENT` every time: its checkpoints are those of the generation its
+    /// next batch goes to.)
     fn committed_checkpoint_of(&self, feed: &Feed) -> Result<u64, ProjectionError> {
-        self.follow_current()?;
+        self.follow_current(self.writable)?;
         self.generation().committed_checkpoint_of(feed)
     }
 
@@ -425,7 +521,13 @@ impl TantivySearch {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Ok(());
         };
-        self.follow_current()?;
+        // Held until the batch is committed: a swap waits for it, and it sees a swap made before.
+        let _fence = if self.writable && !self.pinned {
+            Some(Fence::take(&self.root, false)?)
+        } else {
+            None
+        };
+        self.follow_current(true)?;
         let generation = self.generation();
         let switched = {
             let mut applied_to = match self.applied_to.lock() {
@@ -516,11 +618,7 @@ impl TantivySearch {
         let prepared_at = std::time::Instant::now();
         let mut checkpoints = generation.committed_checkpoints()?;
         checkpoints.insert(feed.checkpoint_name(Self::NAME).into_owned(), last.position);
-        let payload = match checkpoints.len() {
-            1 if *feed == Feed::Log => last.position.to_string(),
-            _ => serde_json::to_string(&checkpoints)?,
-        };
-        prepared.set_payload(&payload);
+        prepared.set_payload(&encode_checkpoints(&checkpoints)?);
         prepared.commit()?;
         let committed = std::time::Instant::now();
         drop(writer);
@@ -565,7 +663,7 @@ impl TantivySearch {
     }
 
     fn search_blocking(&self, query: &SearchQuery) -> Result<SearchResult, ProjectionError> {
-        self.follow_current()?;
+        self.follow_current(false)?;
         let generation = self.generation();
         generation.catch_up_reader()?;
         let searcher = generation.reader.searcher();
@@ -660,14 +758,7 @@ impl Generation {
     /// The checkpoints stored with the last commit, by checkpoint name (see [`Feed`]). The
     /// payload is the log's position alone while only the log feeds the index, else a JSON map.
     fn committed_checkpoints(&self) -> Result<BTreeMap<String, u64>, ProjectionError> {
-        let metas = self.index.load_metas()?;
-        let Some(payload) = metas.payload.as_deref() else {
-            return Ok(BTreeMap::new());
-        };
-        if let Ok(position) = payload.parse::<u64>() {
-            return Ok(BTreeMap::from([(TantivySearch::NAME.to_owned(), position)]));
-        }
-        Ok(serde_json::from_str(payload)?)
+        parse_checkpoints(self.index.load_metas()?.payload.as_deref())
     }
 
     /// The checkpoint of `feed` stored with the last commit.
@@ -693,6 +784,67 @@ impl Generation {
             self.reloaded_at.fetch_max(committed, Ordering::AcqRel);
         }
         Ok(())
+    }
+}
+
+/// The checkpoints a commit's payload holds, by checkpoint name (see [`Feed`]): the log's
+/// position alone while only the log feeds the index, else a JSON map.
+fn parse_checkpoints(payload: Option<&str>) -> Result<BTreeMap<String, u64>, ProjectionError> {
+    let Some(payload) = payload else {
+        return Ok(BTreeMap::new());
+    };
+    if let Ok(position) = payload.parse::<u64>() {
+        return Ok(BTreeMap::from([(TantivySearch::NAME.to_owned(), position)]));
+    }
+    Ok(serde_json::from_str(payload)?)
+}
+
+/// The payload [`parse_checkpoints`] reads back.
+fn encode_checkpoints(checkpoints: &BTreeMap<String, u64>) -> Result<String, ProjectionError> {
+    match checkpoints.iter().next() {
+        Some((name, position)) if checkpoints.len() == 1 && name == TantivySearch::NAME => {
+            Ok(position.to_string())
+        }
+        _ => Ok(serde_json::to_string(checkpoints)?),
+    }
+}
+
+/// What [`TantivySearch::swap_in`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GenerationSwap {
+    /// The rebuilt generation is in service at this log position; `previous` left service.
+    Swapped { previous: String, position: u64 },
+    /// A checkpoint of the generation in service is at this position, beyond the rebuilt one's.
+    Behind(u64),
+}
+
+/// A lock of `{root}/CURRENT.lock` (an OS file lock, let go when dropped or when the process
+/// dies): shared while a batch is applied to the generation in service, exclusive while
+/// [`TantivySearch::swap_in`] replaces it.
+struct Fence {
+    _locked: std::fs::File,
+}
+
+impl Fence {
+    fn take(root: &Path, exclusive: bool) -> Result<Self, ProjectionError> {
+        let path = root.join(FENCE_FILE);
+        let io = |error: std::io::Error| {
+            ProjectionError::Storage(format!("cannot lock {}: {error}", path.display()))
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        // Called through the trait: the standard library's own file locks are newer than the
+        // Rust version this workspace supports.
+        if exclusive {
+            fs4::FileExt::lock_exclusive(&file).map_err(io)?;
+        } else {
+            fs4::FileExt::lock_shared(&file).map_err(io)?;
+        }
+        Ok(Fence { _locked: file })
     }
 }
 
