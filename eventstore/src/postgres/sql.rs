@@ -96,9 +96,13 @@ pub(crate) const READ_STREAM: &str = concat!(
 
 /// Several streams' events in one statement (see `reader.rs`): $1 stream types, $2 stream ids,
 /// $3 versions to read after, $4 row limits, one element per read. Each row is a stream's event
-/// followed by the 1-based number of the read it answers, ordered by read, then version.
+/// followed by the 1-based number of the read it answers, ordered by read, then version. The
+/// first array goes through `mercato_unsized`, so that PostgreSQL keeps its generic plan rather
+/// than planning every batch anew (see the migration `20250101000600_generic_batch_plans.sql`);
+/// the batch appends do the same.
 pub(crate) const READ_STREAMS: &str = concat!(
-    "SELECT e.*, r.request_number FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
+    "SELECT e.*, r.request_number \
+     FROM unnest(mercato_unsized($1::text[]), $2::text[], $3::bigint[], $4::bigint[]) \
      WITH ORDINALITY AS r(stream_type, stream_id, after_version, max_rows, request_number) \
      CROSS JOIN LATERAL (SELECT ",
     event_columns!(),
@@ -312,8 +316,9 @@ pub(crate) fn append_alone(n_events: usize) -> &'static str {
     statements[index].as_str()
 }
 
-/// The requests of a batch append with the version and hash of their streams' heads, as the
-/// CTEs `request` and `chained` ($1 stream types, $2 stream ids, $3 required versions).
+/// The requests of a batch append with the version and hash of their streams' heads (one probe
+/// of the stream's index each), as the CTE `request` ($1 stream types, $2 stream ids, $3
+/// required versions).
 macro_rules! batch_requests {
     () => {
         concat!(
@@ -323,24 +328,17 @@ macro_rules! batch_requests {
         request.stream_type,
         request.stream_id,
         request.required_version,
-        COALESCE((SELECT events.stream_version FROM events
-                  WHERE events.stream_type = request.stream_type
-                    AND events.stream_id = request.stream_id
-                  ORDER BY events.stream_version DESC LIMIT 1), 0) AS current_version
-    FROM UNNEST($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY
-        AS request(stream_type, stream_id, required_version, request_number)
-), chained AS MATERIALIZED (
-    SELECT
-        request.*,
-        CASE WHEN request.current_version = 0 THEN "#,
+        COALESCE(head.stream_version, 0) AS current_version,
+        CASE WHEN head.stream_version IS NULL THEN "#,
             zero_hash!(),
-            r#"
-             ELSE (SELECT events.hash FROM events
-                   WHERE events.stream_type = request.stream_type
-                     AND events.stream_id = request.stream_id
-                     AND events.stream_version = request.current_version)
-        END AS previous_hash
-    FROM request
+            r#" ELSE head.hash END AS previous_hash
+    FROM UNNEST(mercato_unsized($1::text[]), $2::text[], $3::bigint[]) WITH ORDINALITY
+        AS request(stream_type, stream_id, required_version, request_number)
+    LEFT JOIN LATERAL (
+        SELECT events.stream_version, events.hash FROM events
+        WHERE events.stream_type = request.stream_type AND events.stream_id = request.stream_id
+        ORDER BY events.stream_version DESC LIMIT 1
+    ) AS head ON true
 )"#
         )
     };
@@ -358,13 +356,13 @@ macro_rules! batch_rows {
         input.saga_id, input.actor, input.source, input.payload,
         input.request_number AS chain_key, input.index_in_request AS index_in_stream,
         input.event_index, request.previous_hash
-    FROM UNNEST($4::int4[], $5::bigint[], $6::uuid[], $7::text[], $8::int4[],
+    FROM UNNEST(mercato_unsized($4::int4[]), $5::bigint[], $6::uuid[], $7::text[], $8::int4[],
                 $9::timestamptz[], $10::text[], $11::text[], $12::text[], $13::text[],
                 $14::text[], $15::text[])
         WITH ORDINALITY AS input(request_number, index_in_request, event_id, event_type,
             schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source,
             payload, event_index)
-    JOIN chained AS request ON request.request_number = input.request_number
+    JOIN request ON request.request_number = input.request_number
     WHERE request.required_version < 0 OR request.current_version = request.required_version"#
     };
 }
