@@ -652,9 +652,35 @@ async fn two_sqlite_stores_on_one_file_keep_the_chains_intact() {
             "{refused:?}"
         );
     }
+    // A new stream the other store made: a retry of its append is a duplicate, another
+    // append that expects no stream a conflict (the writer takes a new stream at its word and
+    // lets the insert's guard check it).
+    let created = AppendRequest::new(
+        "cart",
+        "created-by-the-second",
+        ExpectedVersion::NoStream,
+        vec![common::new_event("Numbered", r#"{"new":true}"#)],
+    );
+    let appended = second.append(created.clone()).await.unwrap();
+    assert!(!appended.duplicate);
+    let retried = first.append(created).await.unwrap();
+    assert!(retried.duplicate, "{retried:?}");
+    assert_eq!(retried.positions, appended.positions);
+    let refused = first
+        .append(AppendRequest::new(
+            "cart",
+            "created-by-the-second",
+            ExpectedVersion::NoStream,
+            vec![common::new_event("Numbered", r#"{"new":false}"#)],
+        ))
+        .await;
+    assert!(
+        refused.as_ref().is_err_and(|error| error.is_conflict()),
+        "{refused:?}"
+    );
     let report = audit::verify(&*first, Scope::All, None).await.unwrap();
     assert!(report.is_clean(), "{report:?}");
-    assert_eq!(report.events, 12);
+    assert_eq!(report.events, 13);
 }
 
 /// On PostgreSQL the append statements hash their rows themselves (up to 32 events of an append

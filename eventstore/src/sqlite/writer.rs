@@ -315,7 +315,17 @@ async fn append_one(
     }
     // The common case: one statement checks the version and inserts.
     loop {
-        let mut head = chain_head(connection, request, state).await?;
+        let mut head = match state.head_of(request) {
+            // A stream the request says is new, and the writer knows nothing of: it is taken at
+            // its word, without a read. The insert's guard checks it; if the stream exists
+            // after all, nothing is inserted, and the request is judged from the table below.
+            None if request.expected.required_version() == Some(0) => ChainHead {
+                version: 0,
+                hash: ZERO_HASH,
+                last_position: state.last_position,
+            },
+            _ => chain_head(connection, request, state).await?,
+        };
         if request.expected.is_satisfied_by(head.version) {
             match insert_guarded(connection, request, &mut head).await {
                 Ok(Some(result)) => {
