@@ -178,7 +178,7 @@ pub fn global_step(global: &Hash, event_hash: &Hash) -> Hash {
 }
 
 /// A stored event as the chain sees it: its raw columns and its stored hash.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChainRow {
     pub position: u64,
     pub event_id: String,
@@ -747,9 +747,7 @@ impl Walker {
             self.report(problem);
         }
         // Kept in place: the strings' allocations are reused row after row.
-        let last = self
-            .last_row
-            .get_or_insert_with(|| (String::new(), String::new(), String::new(), 0));
+        let last = self.last_row.get_or_insert_with(Default::default);
         last.0.clone_from(&row.event_id);
         last.1.clone_from(&row.stream_type);
         last.2.clone_from(&row.stream_id);

@@ -53,7 +53,7 @@ mod cases {
 
     use crate::common::{new_event, read_everything, wait_until_readable};
 
-    fn event(label: &str) -> NewEvent {
+    pub(super) fn event(label: &str) -> NewEvent {
         new_event("Numbered", &format!(r#"{{"label":"{label}"}}"#))
     }
 
@@ -705,14 +705,13 @@ async fn postgres_append_statements_hash_their_rows_without_the_trigger() {
         .await
         .unwrap();
     let store = test_store.store.clone();
-    let event = |label: String| common::new_event("Numbered", &format!(r#"{{"label":"{label}"}}"#));
     // Lone statements: one event, then several (VALUES), then 32 (the most the chain covers).
     store
         .append(AppendRequest::new(
             "cart",
             "a",
             ExpectedVersion::NoStream,
-            vec![event("a1".into())],
+            vec![cases::event("a1")],
         ))
         .await
         .unwrap();
@@ -721,7 +720,7 @@ async fn postgres_append_statements_hash_their_rows_without_the_trigger() {
             "cart",
             "a",
             ExpectedVersion::Exact(1),
-            (2..=6).map(|n| event(format!("a{n}"))).collect(),
+            (2..=6).map(|n| cases::event(&format!("a{n}"))).collect(),
         ))
         .await
         .unwrap();
@@ -730,7 +729,7 @@ async fn postgres_append_statements_hash_their_rows_without_the_trigger() {
             "cart",
             "b",
             ExpectedVersion::NoStream,
-            (1..=32).map(|n| event(format!("b{n}"))).collect(),
+            (1..=32).map(|n| cases::event(&format!("b{n}"))).collect(),
         ))
         .await
         .unwrap();
@@ -741,13 +740,13 @@ async fn postgres_append_statements_hash_their_rows_without_the_trigger() {
                 "order",
                 "o",
                 ExpectedVersion::NoStream,
-                (1..=3).map(|n| event(format!("o{n}"))).collect(),
+                (1..=3).map(|n| cases::event(&format!("o{n}"))).collect(),
             ),
             AppendRequest::new(
                 "cart",
                 "a",
                 ExpectedVersion::Exact(6),
-                (7..=9).map(|n| event(format!("a{n}"))).collect(),
+                (7..=9).map(|n| cases::event(&format!("a{n}"))).collect(),
             ),
         ])
         .await

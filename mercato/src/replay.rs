@@ -36,6 +36,10 @@ const LINE_EVERY: Duration = Duration::from_secs(2);
 /// How often a swap finds the live read model ahead and catches up again before giving up.
 const SWAP_ATTEMPTS: usize = 20;
 
+/// How the names of Tantivy index generations begin (an OpenSearch rebuild records an index name
+/// in the same place).
+const GENERATION_PREFIX: &str = "gen-";
+
 /// The read models a replay can rebuild, in the order `--all` rebuilds them.
 const REPLAYABLE: &[&str] = &["products", "orders", "carts", "popularity", "search"];
 
@@ -214,9 +218,7 @@ async fn prepare(
     let existing = rebuild::run_of(shadow, name)
         .await
         .map_err(failed("read"))?;
-    let resume = existing
-        .as_ref()
-        .filter(|run| !args.restart && args.from.is_none_or(|from| from == run.from_position));
+    let resume = existing.as_ref().filter(|run| resumable(run, args));
     let tables = if name == "search" {
         &[][..]
     } else {
@@ -225,7 +227,7 @@ async fn prepare(
     let generation = match (name, resume) {
         ("search", Some(run)) => run.generation.clone(),
         ("search", None) => Some(format!(
-            "gen-{}",
+            "{GENERATION_PREFIX}{}",
             chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ")
         )),
         _ => None,
@@ -236,13 +238,7 @@ async fn prepare(
         {
             TantivySearch::remove_generation_if_unused(search_root, old);
         }
-        let run = ReplayRun {
-            projection: name.to_owned(),
-            from_position: from,
-            generation: generation.clone(),
-            started_at: chrono::Utc::now().to_rfc3339(),
-        };
-        rebuild::start_run(shadow, &run, tables)
+        rebuild::start_run(shadow, &new_run(name, args, generation.clone()), tables)
             .await
             .map_err(failed("start"))?;
     }
@@ -284,15 +280,9 @@ async fn prepare(
             Kind::Tables(tables),
         ),
     };
-    let resumed_at = match resume {
-        Some(_) => Some(
-            projection
-                .checkpoint(&Feed::Log)
-                .await
-                .map_err(failed("read"))?,
-        ),
-        None => None,
-    };
+    let resumed_at = resumed_at(&projection, resume.is_some())
+        .await
+        .map_err(failed("read"))?;
     Ok((
         Target {
             name,
@@ -301,6 +291,18 @@ async fn prepare(
         },
         resumed_at,
     ))
+}
+
+/// Where a resumed rebuild goes on from (its checkpoint of the log); `None` for a new one.
+async fn resumed_at(
+    projection: &Arc<dyn Projection>,
+    resume: bool,
+) -> Result<Option<u64>, projections::ProjectionError> {
+    Ok(if resume {
+        Some(projection.checkpoint(&Feed::Log).await?)
+    } else {
+        None
+    })
 }
 
 /// Whether a recorded replay run of `name` may be resumed with `args`.
@@ -343,16 +345,9 @@ async fn prepare_redis(
     } else {
         Arc::new(RedisPopularityProjection::new(shadow))
     };
-    let resumed_at = if resume {
-        Some(
-            projection
-                .checkpoint(&Feed::Log)
-                .await
-                .map_err(failed("read"))?,
-        )
-    } else {
-        None
-    };
+    let resumed_at = resumed_at(&projection, resume)
+        .await
+        .map_err(failed("read"))?;
     Ok((
         Target {
             name,
@@ -414,9 +409,6 @@ async fn prepare_opensearch(
                     .await
                     .map_err(failed("drop the index of an earlier"))?;
             }
-            opensearch::ensure_schema(shadow)
-                .await
-                .map_err(failed("prepare"))?;
             let created = index
                 .rebuild_into_new_index()
                 .await
@@ -440,15 +432,9 @@ async fn prepare_opensearch(
         &rebuilt,
         shadow.clone(),
     ));
-    let resumed_at = match resume {
-        Some(_) => Some(
-            projection
-                .checkpoint(&Feed::Log)
-                .await
-                .map_err(failed("read"))?,
-        ),
-        None => None,
-    };
+    let resumed_at = resumed_at(&projection, resume.is_some())
+        .await
+        .map_err(failed("read"))?;
     Ok((
         Target {
             name,
@@ -774,7 +760,7 @@ pub(crate) async fn list(config: &Config) -> Result<(), Failure> {
         platform.store.head_position().await.map_err(|error| {
             Failure::from(error).context("cannot read the log's head".to_owned())
         })?;
-    let runs = if rebuild::shadow_exists(&platform.db, &live_url)
+    let mut runs = if rebuild::shadow_exists(&platform.db, &live_url)
         .await
         .map_err(runtime("cannot look for rebuilds".to_owned()))?
     {
@@ -789,7 +775,7 @@ pub(crate) async fn list(config: &Config) -> Result<(), Failure> {
             // A Tantivy index generation keeps its checkpoint in the index, not in the shadow
             // (an OpenSearch rebuild keeps its checkpoint there).
             let at = match &run.generation {
-                Some(generation) if generation.starts_with("gen-") => None,
+                Some(generation) if generation.starts_with(GENERATION_PREFIX) => None,
                 _ => Some(shadow.checkpoint(&run.projection).await.unwrap_or(0)),
             };
             runs.push((run, at));
@@ -798,7 +784,6 @@ pub(crate) async fn list(config: &Config) -> Result<(), Failure> {
     } else {
         Vec::new()
     };
-    let mut runs = runs;
     if let Some(models) = &platform.redis_models {
         // Carts and popularity are the ones in Redis: a rebuild of their SQL tables is not theirs.
         runs.retain(|(run, _)| {

@@ -94,26 +94,12 @@ const NEXT_INDEX_ATTEMPTS: u64 = 5;
 /// How many failed documents an error names (the rest are counted).
 const FAILURES_NAMED: usize = 10;
 
-/// The record of the concrete index each alias's projection writes (see the module
-/// documentation), created beside the read models.
-const IN_SERVICE_SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS rm_search_index (
-        alias TEXT PRIMARY KEY,
-        index_name TEXT NOT NULL,
-        updated_at TEXT NOT NULL)"];
-
 /// The tables of the read-model database that a rebuilt index brings with it and that are swapped
 /// in with it, in the order the projection's batches lock them.
 pub const REBUILT_TABLES: &[&str] = &["rm_search_index", "rm_search_popularity"];
 
-/// Creates the table that records the index in service, in `db` (the read-model database or a
-/// replay's shadow); idempotent.
-pub async fn ensure_schema(db: &ReadDb) -> Result<(), ProjectionError> {
-    db.ensure_schema(IN_SERVICE_SCHEMA).await
-}
-
 /// The concrete index `db` records as the one of `alias` in service, if any.
 pub async fn index_in_service(db: &ReadDb, alias: &str) -> Result<Option<String>, ProjectionError> {
-    ensure_schema(db).await?;
     let row = sqlx::query("SELECT index_name FROM rm_search_index WHERE alias = $1")
         .bind(alias)
         .fetch_optional(db.pool())
@@ -131,7 +117,6 @@ pub async fn record_in_service(
     alias: &str,
     index: &str,
 ) -> Result<(), ProjectionError> {
-    ensure_schema(db).await?;
     sqlx::query(
         "INSERT INTO rm_search_index (alias, index_name, updated_at) VALUES ($1, $2, $3)
          ON CONFLICT (alias) DO UPDATE SET index_name = excluded.index_name,
@@ -149,9 +134,10 @@ pub async fn record_in_service(
 /// `live` (at `live_url`), unless a live checkpoint of the search projection is beyond
 /// `checkpoint` ([`Swap::Behind`]), replaces [`REBUILT_TABLES`] with the shadow's rows (the record
 /// names `rebuilt`, the popularity is the rebuild's), sets every live checkpoint to `checkpoint`,
-/// and moves `index`'s alias to `rebuilt` before committing. If the commit fails after the alias
-/// moved, the alias is moved back. Answers the outcome and, once swapped, the index the alias left
-/// (for the caller to delete).
+/// and moves `index`'s alias to `rebuilt` before committing. If the swap does not end in a commit
+/// after the alias moved, the alias is moved back, unless the database records `rebuilt` after
+/// all; when that record cannot be read, the error says so and nothing is undone. Answers the
+/// outcome and, once swapped, the index the alias left (for the caller to delete).
 pub async fn swap_in_rebuilt(
     index: &OpenSearchIndex,
     live: &ReadDb,
@@ -160,10 +146,7 @@ pub async fn swap_in_rebuilt(
     rebuilt: &str,
     checkpoint: u64,
 ) -> Result<(Swap, Option<String>), ProjectionError> {
-    ensure_schema(live).await?;
-    ensure_schema(shadow).await?;
-    let left = std::sync::Mutex::new(None);
-    let moved = std::sync::atomic::AtomicBool::new(false);
+    let mut left = None;
     let swapped = rebuild::swap_tables_with(
         live,
         live_url,
@@ -172,40 +155,42 @@ pub async fn swap_in_rebuilt(
         REBUILT_TABLES,
         checkpoint,
         || async {
-            let old = index.swap_alias(rebuilt).await?;
-            moved.store(true, std::sync::atomic::Ordering::SeqCst);
-            if let Ok(mut left) = left.lock() {
-                *left = old;
-            }
+            left = index.swap_alias(rebuilt).await?;
             Ok(())
         },
     )
     .await;
-    let left = left.into_inner().unwrap_or_default();
-    match swapped {
-        Ok(swap) => Ok((swap, left)),
-        Err(error) => {
-            if moved.load(std::sync::atomic::Ordering::SeqCst)
-                && let Some(old) = &left
-                && index_in_service(live, index.alias())
-                    .await
-                    .ok()
-                    .flatten()
-                    .as_deref()
-                    != Some(rebuilt)
-            {
-                // The alias moved, the transaction did not commit: serve the old index again.
-                if let Err(undo) = index.swap_alias(old).await {
-                    return Err(storage(format!(
-                        "{error}; the alias {} was moved to {rebuilt} but the read-model database \
-                         was not, and moving it back to {old} failed too ({undo}): move it back \
-                         with POST /_aliases, then run the replay again",
-                        index.alias()
-                    )));
-                }
-            }
-            Err(error)
+    let (Some(old), false) = (&left, matches!(swapped, Ok(Swap::Swapped))) else {
+        return swapped.map(|swap| (swap, left));
+    };
+    // The alias moved and the swap did not end in its commit (or the commit failed): what the
+    // read-model database records says whether the transaction landed.
+    let alias = index.alias();
+    let failure = |what: String| match &swapped {
+        Err(error) => storage(format!("{error}; {what}")),
+        Ok(_) => storage(what),
+    };
+    match index_in_service(live, alias).await {
+        // It committed after all: the alias stays on the rebuilt index.
+        Ok(recorded) if recorded.as_deref() == Some(rebuilt) => {
+            swapped.map(|swap| (swap, left.clone()))
         }
+        Ok(_) => {
+            // Not committed: serve the old index again.
+            if let Err(undo) = index.swap_alias(old).await {
+                return Err(failure(format!(
+                    "the alias {alias} was moved to {rebuilt} but the read-model database was \
+                     not, and moving it back to {old} failed too ({undo}): move it back with \
+                     POST /_aliases, then run the replay again"
+                )));
+            }
+            swapped.map(|swap| (swap, None))
+        }
+        Err(lookup) => Err(failure(format!(
+            "the alias {alias} was moved to {rebuilt}, and whether the read-model database \
+             records that could not be read ({lookup}): point the alias at the index \
+             `rm_search_index` names"
+        ))),
     }
 }
 
@@ -1198,8 +1183,6 @@ pub struct OpenSearchProjection {
     writes: Writes,
     /// The index in service that this process last found the alias pointing at.
     verified: Arc<std::sync::Mutex<Option<String>>>,
-    /// Whether `rm_search_index` was created (by this value) already.
-    schema_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Which concrete index a projection writes.
@@ -1221,7 +1204,6 @@ impl OpenSearchProjection {
             cache,
             writes: Writes::InService,
             verified: Arc::default(),
-            schema_ready: Arc::default(),
         }
     }
 
@@ -1235,7 +1217,6 @@ impl OpenSearchProjection {
             cache: None,
             writes: Writes::Into(into.to_owned()),
             verified: Arc::default(),
-            schema_ready: Arc::default(),
         }
     }
 
@@ -1262,15 +1243,6 @@ impl OpenSearchProjection {
             }
         }
         Ok(stored)
-    }
-
-    async fn ensure_schema(&self) -> Result<(), ProjectionError> {
-        if !self.schema_ready.load(std::sync::atomic::Ordering::Relaxed) {
-            ensure_schema(&self.db).await?;
-            self.schema_ready
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(())
     }
 
     /// The index in service and `feed`'s checkpoint, read in one statement. The first batch of a
@@ -1395,7 +1367,6 @@ impl Projection for OpenSearchProjection {
         let Some(first) = events.first().map(|event| event.position) else {
             return Ok(());
         };
-        self.ensure_schema().await?;
         let target = match &self.writes {
             Writes::Into(index) => index.clone(),
             Writes::InService => {

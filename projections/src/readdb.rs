@@ -58,6 +58,11 @@ const SCHEMA: &[&str] = &[
         order_id TEXT PRIMARY KEY,
         payment_status TEXT NOT NULL,
         version BIGINT NOT NULL)",
+    // The concrete OpenSearch index each alias's projection writes (`crate::opensearch`).
+    "CREATE TABLE IF NOT EXISTS rm_search_index (
+        alias TEXT PRIMARY KEY,
+        index_name TEXT NOT NULL,
+        updated_at TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS rm_search_popularity (
         product_id TEXT PRIMARY KEY,
         points BIGINT NOT NULL)",

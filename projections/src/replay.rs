@@ -606,10 +606,13 @@ pub async fn catch_up(
     }
     drop(incoming);
     drop(feeds);
+    // Every task is awaited, a failed one too, so none still writes when this returns.
     for worker in workers {
-        let result = worker.await.map_err(|error| {
-            ProjectionError::Storage(format!("a projection's rebuild task failed: {error}"))
-        })?;
+        let result = worker.await.unwrap_or_else(|error| {
+            Err(ProjectionError::Storage(format!(
+                "a projection's rebuild task failed: {error}"
+            )))
+        });
         if let Err(error) = result {
             failure.get_or_insert(error);
         }

@@ -199,7 +199,7 @@ impl TantivySearch {
     }
 
     /// Opens generation `generation` under `directory` to write, creating it if needed, without
-    /// following `CURRENT`: what a replay builds before [`TantivySearch::publish`] puts it in
+    /// following `CURRENT`: what a replay builds before [`TantivySearch::swap_in`] puts it in
     /// service.
     pub fn open_generation(directory: &Path, generation: &str) -> Result<Self, ProjectionError> {
         Self::open_with(directory, None, true, Some(generation))
@@ -290,7 +290,7 @@ impl TantivySearch {
         {
             return Ok(GenerationSwap::Behind(ahead));
         }
-        let before = checkpoints.clone();
+        let carries = !carried.is_empty();
         for (name, _) in carried {
             checkpoints.insert(name.clone(), position);
         }
@@ -316,7 +316,7 @@ impl TantivySearch {
             Ok(writer) => writer,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if checkpoints != before {
+        if carries {
             let mut prepared = writer.prepare_commit()?;
             prepared.set_payload(&encode_checkpoints(&checkpoints)?);
             prepared.commit()?;

@@ -110,7 +110,6 @@ async fn postgres(test_name: &str) -> Option<ReadModels> {
 /// shadow, the shadow's record naming the new index; and the projection that fills it.
 async fn start_rebuild(index: &OpenSearchIndex, shadow: &ReadDb) -> OpenSearchProjection {
     let created = index.rebuild_into_new_index().await.unwrap();
-    opensearch::ensure_schema(shadow).await.unwrap();
     let run = ReplayRun {
         projection: OpenSearchIndex::NAME.to_owned(),
         from_position: 0,

@@ -35,19 +35,13 @@ macro_rules! canonical_of_r {
     };
 }
 
-/// The chain hash of row `r` of an append statement when it is its append's first event
-/// (`index_in_stream` 1), chained to `r.previous_hash`, the hash of the stream's head the
-/// statement read (the zero hash for a new stream); NULL for the other rows, which the trigger
-/// hashes as they are inserted, after the row before them (see the migration
-/// `20250101000400_hash_in_statement.sql`). For statements whose appends hold one event each. A
-/// stored head without a hash makes this NULL too, and the trigger then refuses the row.
+/// The chain hash of row `r` of an append statement whose appends hold one event each: chained
+/// to `r.previous_hash`, the hash of the stream's head the statement read (the zero hash for a
+/// new stream). A stored head without a hash makes this NULL, and the trigger then refuses the
+/// row (see the migration `20250101000400_hash_in_statement.sql`).
 macro_rules! chain_hash {
     () => {
-        concat!(
-            "CASE WHEN r.index_in_stream = 1 THEN sha256(r.previous_hash || ",
-            canonical_of_r!(),
-            ") END"
-        )
+        concat!("sha256(r.previous_hash || ", canonical_of_r!(), ")")
     };
 }
 
@@ -381,6 +375,9 @@ macro_rules! batch_rows {
 /// the low 20 bits of a returned position say which event it is. It is correct for the reason
 /// the lone statement is: one statement alone in its transaction takes its transaction id after
 /// its snapshot, so every event it saw in any of these streams has a lower position.
+///
+/// For requests of one event each; a batch with a longer request goes through
+/// [`APPEND_BATCH_CHAINED`].
 pub(crate) const APPEND_BATCH: &str = concat!(
     "WITH ",
     batch_requests!(),
@@ -395,7 +392,7 @@ SELECT "#,
     " FROM (",
     batch_rows!(),
     r#") AS r
--- In stream order: the hash trigger of a later version reads the hash of the one before.
+-- In the batch's order (sorted by stream), so that concurrent batches insert in the same order.
 ORDER BY r.event_index
 RETURNING position, stream_version
 "#

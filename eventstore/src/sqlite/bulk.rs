@@ -136,10 +136,11 @@ impl BulkReader {
                 .query((to_i64(after_position), to_i64(limit as u64)))
                 .map_err(database_error)?;
             let mut chain = spare;
+            chain.reserve(limit.min(10_000).saturating_sub(chain.len()));
             let mut n_rows = 0;
             while let Some(row) = rows.next().map_err(database_error)? {
                 if n_rows == chain.len() {
-                    chain.push(empty_chain_row());
+                    chain.push(ChainRow::default());
                 }
                 fill_chain_row(row, &mut chain[n_rows])?;
                 n_rows += 1;
@@ -213,36 +214,16 @@ fn recorded_event(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> 
     .into_event()
 }
 
-fn empty_chain_row() -> ChainRow {
-    ChainRow {
-        position: 0,
-        event_id: String::new(),
-        stream_type: String::new(),
-        stream_id: String::new(),
-        stream_version: 0,
-        event_type: String::new(),
-        schema_version: 0,
-        occurred_at: String::new(),
-        correlation_id: String::new(),
-        causation_id: String::new(),
-        saga_id: None,
-        actor: String::new(),
-        source: String::new(),
-        payload: String::new(),
-        hash: None,
-    }
-}
-
 /// A stored value as text, into `target` (kept allocation): what the verifier hashes. Bytes
 /// that are not UTF-8 are replaced, which the hash comparison then reports.
 fn put_text(target: &mut String, value: ValueRef<'_>) {
     use std::fmt::Write;
     target.clear();
     match value {
-        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) => target.push_str(text),
-            Err(_) => target.push_str(&String::from_utf8_lossy(bytes)),
-        },
+        // Borrowed, without a copy, when the bytes are UTF-8.
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+            target.push_str(&String::from_utf8_lossy(bytes));
+        }
         ValueRef::Integer(value) => {
             let _ = write!(target, "{value}");
         }

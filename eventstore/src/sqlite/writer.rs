@@ -316,6 +316,11 @@ async fn append_one(
     // The common case: one statement checks the version and inserts.
     loop {
         let mut head = match state.head_of(request) {
+            Some((version, hash)) => ChainHead {
+                version,
+                hash,
+                last_position: state.last_position,
+            },
             // A stream the request says is new, and the writer knows nothing of: it is taken at
             // its word, without a read. The insert's guard checks it; if the stream exists
             // after all, nothing is inserted, and the request is judged from the table below.
@@ -324,7 +329,7 @@ async fn append_one(
                 hash: ZERO_HASH,
                 last_position: state.last_position,
             },
-            _ => chain_head(connection, request, state).await?,
+            None => read_head(connection, request, state).await?,
         };
         if request.expected.is_satisfied_by(head.version) {
             match insert_guarded(connection, request, &mut head).await {
@@ -375,18 +380,12 @@ struct ChainHead {
     last_position: i64,
 }
 
-async fn chain_head(
+/// The stream's head read from the table (inside the writer's transaction).
+async fn read_head(
     connection: &mut SqliteConnection,
     request: &AppendRequest,
     state: &BatchState<'_>,
 ) -> Result<ChainHead, sqlx::Error> {
-    if let Some((version, hash)) = state.head_of(request) {
-        return Ok(ChainHead {
-            version,
-            hash,
-            last_position: state.last_position,
-        });
-    }
     let row = sqlx::query(
         "SELECT stream_version, hash FROM events WHERE stream_type = ?1 AND stream_id = ?2 \
          ORDER BY stream_version DESC LIMIT 1",
@@ -557,7 +556,7 @@ async fn append_in_chunks(
 ) -> Result<Result<AppendResult, StoreError>, sqlx::Error> {
     // Read from the table: a large append is rare, and its version check is done here.
     state.forget_stream(request);
-    let mut head = chain_head(connection, request, state).await?;
+    let mut head = read_head(connection, request, state).await?;
     let current_version = head.version;
     // Look for stored ids first, so that a unique violation half-way cannot be mistaken for a
     // duplicate of this request's own first rows.
