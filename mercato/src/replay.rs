@@ -82,22 +82,11 @@ struct Elsewhere {
 }
 
 impl Elsewhere {
-    fn of(config: &Config, platform: &crate::serve::Platform) -> Result<Self, Failure> {
-        let opensearch = match &config.opensearch_url {
-            Some(url) => Some(
-                OpenSearchIndex::new(url.expose(), opensearch::DEFAULT_ALIAS).map_err(|error| {
-                    Failure::Usage(format!(
-                        "OPENSEARCH_URL {} is not usable: {error}",
-                        url.redacted()
-                    ))
-                })?,
-            ),
-            None => None,
-        };
-        Ok(Self {
+    fn of(platform: &crate::serve::Platform) -> Self {
+        Self {
             redis: platform.redis_models.clone(),
-            opensearch,
-        })
+            opensearch: platform.opensearch.clone(),
+        }
     }
 }
 
@@ -106,7 +95,7 @@ pub(crate) async fn replay(config: &Config, args: ReplayArgs) -> Result<(), Fail
     let platform = open_platform(config, false).await?;
     let live_url = read_db_url(config.database_url.expose());
     let search_root = config.data_dir.join("search");
-    let elsewhere = Elsewhere::of(config, &platform)?;
+    let elsewhere = Elsewhere::of(&platform);
     if args.target.discard {
         return discard(&platform.db, &live_url, &search_root, &elsewhere).await;
     }

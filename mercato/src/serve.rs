@@ -49,6 +49,8 @@ pub struct Platform {
     pub db: ReadDb,
     pub cache: Option<Arc<dyn Cache>>,
     pub search: Arc<dyn SearchIndex>,
+    /// The OpenSearch index behind `search`, with `OPENSEARCH_URL`.
+    pub opensearch: Option<OpenSearchIndex>,
     pub projections: Vec<Arc<dyn Projection>>,
 }
 
@@ -108,6 +110,7 @@ pub async fn open_platform(config: &Config, run_projector: bool) -> Result<Platf
         None if run_projector => Some(Arc::new(MemoryCache::new(MEMORY_CACHE_BYTES))),
         None => None,
     };
+    let mut opensearch_index = None;
     let (search, search_projection): (Arc<dyn SearchIndex>, Arc<dyn Projection>) = match &config
         .opensearch_url
     {
@@ -129,6 +132,7 @@ pub async fn open_platform(config: &Config, run_projector: bool) -> Result<Platf
                             url.redacted()
                         )))?;
             }
+            opensearch_index = Some(index.clone());
             (
                 Arc::new(index.clone()),
                 Arc::new(OpenSearchProjection::new(index, db.clone(), cache.clone())),
@@ -174,6 +178,7 @@ pub async fn open_platform(config: &Config, run_projector: bool) -> Result<Platf
         db,
         cache,
         search,
+        opensearch: opensearch_index,
         projections,
     })
 }

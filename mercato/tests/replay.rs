@@ -171,7 +171,7 @@ async fn an_interrupted_replay_changes_nothing_in_service_and_resumes() {
     assert!(stdout.contains("not started"), "{stdout}");
 
     // Stop the rebuild at its first progress line: half-way through.
-    let _child = interrupt_replay(&data).await;
+    interrupt_replay(&data).await;
 
     // Nothing half-built is in service: the read models are as they were (never built).
     assert!(dump(&data).await.is_empty());

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::task::JoinHandle;
 
 use super::{Server, ServerData, eventually, place_order};
@@ -54,8 +54,8 @@ pub async fn run(data: &ServerData, args: &[&str]) -> (i32, String, String) {
 }
 
 /// Starts `mercato replay --all` on `data` and kills it at its first progress line: half-way
-/// through. Answers the killed process.
-pub async fn interrupt_replay(data: &ServerData) -> Child {
+/// through. Returns once the process is gone.
+pub async fn interrupt_replay(data: &ServerData) {
     let mut child = mercato(data, &["replay", "--all"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -64,8 +64,8 @@ pub async fn interrupt_replay(data: &ServerData) -> Child {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let line = lines.next_line().await.unwrap().expect("a progress line");
     assert!(line.starts_with("replay: "), "{line}");
+    // Kills it and waits for it to end.
     child.kill().await.unwrap();
-    child
 }
 
 /// The line of `mercato projections`' output (`stdout`) about the read model `name`.
