@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::problem::Problem;
+use http_common::Problem;
 
 /// A price: a JSON number with at most two decimals, greater than zero is checked by the domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,28 +128,10 @@ pub struct PlaceOrder {
     pub payment_token: String,
 }
 
-/// A product id from a path: a UUID, else 404 (no product can have it).
-pub fn product_id_of(text: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(text).map_err(|_| {
-        Problem::not_found(format!(
-            "no product has id {:?}: product ids are UUIDs made by the server",
-            truncate(text, 80)
-        ))
-    })
-}
-
-/// At most `max_chars` characters of `text`, for echoing input in messages.
-pub fn truncate(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((index, _)) => format!("{}...", &text[..index]),
-        None => text.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::problem::parse_json;
+    use http_common::problem::parse_json;
 
     #[test]
     fn prices_are_exact_decimal_numbers_with_at_most_two_decimals() {

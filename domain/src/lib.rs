@@ -44,6 +44,17 @@ pub const EVENT_TYPES: &[(&str, &str, u32)] = &[
     (VIEWS_STREAM_TYPE, "ProductViewed", 1),
 ];
 
+/// Every stream type events are written to, in the order of [`EVENT_TYPES`].
+pub fn stream_types() -> Vec<&'static str> {
+    let mut types: Vec<&'static str> = Vec::new();
+    for (stream_type, _, _) in EVENT_TYPES {
+        if !types.contains(stream_type) {
+            types.push(stream_type);
+        }
+    }
+    types
+}
+
 /// The schema version the current Rust type of `event_type` is written as (0 if unknown).
 pub fn current_schema_version(event_type: &str) -> u32 {
     EVENT_TYPES

@@ -183,6 +183,37 @@ pub async fn load<A: Aggregate>(
     }
 }
 
+/// The aggregate in `stream_id` as it stood at a moment: folded from its events (without
+/// snapshots) up to the first one `includes` refuses. A stream's events are in position order,
+/// so a later event with an earlier clock reading stays out too. Answers the state and the last
+/// event folded in (`None`: the stream had no event then).
+pub async fn state_at<A: Aggregate>(
+    store: &dyn EventStore,
+    stream_id: &str,
+    includes: impl Fn(&RecordedEvent) -> bool,
+) -> Result<(A, Option<RecordedEvent>), LoadError> {
+    let mut state = A::default();
+    let mut last: Option<RecordedEvent> = None;
+    let mut after_version = 0;
+    loop {
+        let page = store
+            .read_stream(A::TYPE, stream_id, after_version, LOAD_PAGE)
+            .await?;
+        let full = page.len() == LOAD_PAGE;
+        for recorded in page {
+            if !includes(&recorded) {
+                return Ok((state, last));
+            }
+            state.apply(decode_event::<A>(&recorded)?);
+            after_version = recorded.stream_version;
+            last = Some(recorded);
+        }
+        if !full {
+            return Ok((state, last));
+        }
+    }
+}
+
 fn decode_event<A: Aggregate>(recorded: &RecordedEvent) -> Result<A::Event, LoadError> {
     schemas::decode(
         &recorded.event_type,

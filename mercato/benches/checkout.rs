@@ -7,7 +7,7 @@
 //! Run with `just bench` or `cargo bench -p mercato --bench checkout`. BENCH_SECONDS (default
 //! 5) sets the length of each throughput phase; DATABASE_URL names the PostgreSQL server.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 mod support;
 

@@ -9,16 +9,16 @@
 //! Run with `just bench` or `cargo bench -p mercato --bench kafka` (needs tansu; see
 //! DEVELOPERS.md). BENCH_EVENTS sets the backlog size (default 20,000).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::broker::Broker;
 use common::{Server, ServerData, Setup};
 use serde_json::{Value, json};
+use server::testing::broker::Broker;
 use support::percentile;
 
 const LAG_SAMPLES: usize = 300;

@@ -20,9 +20,9 @@ use projections::sql_models::{
     OrdersProjection, ProductsProjection, SqlCartsProjection, SqlPopularityProjection,
 };
 
-#[path = "../tests/support/history.rs"]
+#[path = "../tests/it/support/history.rs"]
 mod history;
-#[path = "../tests/support/reference_sql_models.rs"]
+#[path = "../tests/it/support/reference_sql_models.rs"]
 mod reference;
 
 fn env_number(name: &str, default: usize) -> usize {

@@ -1,21 +1,26 @@
 //! mercato's read side: checkpointed projections that fold the event log into read models,
 //! the search port with its embedded Tantivy adapter, and the query cache.
 //!
+//! - [`catalogue`]: every read model by name, where it lives, and how to open it live or as a
+//!   rebuild's shadow.
 //! - [`runner`]: follows the store from each projection's checkpoint and publishes progress
 //!   (what read-your-writes waits on).
+//! - [`rebuild`]: rebuilding read models beside the ones in service and swapping them in.
 //! - [`readdb`]: the SQL database of the read models (PostgreSQL or SQLite).
 //! - [`sql_models`]: products, orders, carts and popularity in SQL, each batch committed with
 //!   its checkpoint.
 //! - [`redis_models`]: carts and popularity on Redis, when it is configured.
-//! - [`search`]: the search port and the Tantivy index (a projection too).
-//! - [`opensearch`]: the search port's adapter on OpenSearch/Elasticsearch, when configured.
+//! - [`search`]: the search port, with its adapters in folders of their own: the embedded
+//!   Tantivy index (a projection too) and OpenSearch/Elasticsearch, when configured.
 //! - [`cache`]: the query cache, in process or on Redis, invalidated by the projections.
+//! - [`queries`]: what the query API reads from these read models.
 
 pub mod cache;
-pub mod opensearch;
+pub mod catalogue;
+pub mod queries;
 pub mod readdb;
+pub mod rebuild;
 pub mod redis_models;
-pub mod replay;
 pub mod runner;
 pub mod search;
 pub mod sql_models;
@@ -23,6 +28,7 @@ pub mod sql_models;
 use cqrs_es::DomainEvent;
 use eventstore::RecordedEvent;
 
+pub use catalogue::{ReadModel, ReadModelStores};
 pub use runner::{
     Feed, FeedLocator, Progress, ProgressState, Projection, apply_new, run_projection,
 };

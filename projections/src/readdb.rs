@@ -58,7 +58,7 @@ const SCHEMA: &[&str] = &[
         order_id TEXT PRIMARY KEY,
         payment_status TEXT NOT NULL,
         version BIGINT NOT NULL)",
-    // The concrete OpenSearch index each alias's projection writes (`crate::opensearch`).
+    // The concrete OpenSearch index each alias's projection writes (`crate::search::opensearch`).
     "CREATE TABLE IF NOT EXISTS rm_search_index (
         alias TEXT PRIMARY KEY,
         index_name TEXT NOT NULL,
@@ -74,19 +74,6 @@ const SCHEMA: &[&str] = &[
         product_id TEXT NOT NULL,
         PRIMARY KEY (customer_id, product_id))",
 ];
-
-/// The tables each SQL projection owns (by projection name): what a replay rebuilds and swaps
-/// in for it (the SQL projections of [`crate::sql_models`]), in the order the projection's own
-/// batches write them (a swap locks them in this order).
-pub fn tables_of(projection: &str) -> &'static [&'static str] {
-    match projection {
-        "products" => &["rm_products", "rm_products_early_popularity"],
-        "orders" => &["rm_order_payments", "rm_orders"],
-        "carts" => &["rm_carts"],
-        "popularity" => &["rm_popularity", "rm_customer_products"],
-        _ => &[],
-    }
-}
 
 /// Which SQL database the read models are on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,25 +12,26 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
-use command_api::input::{product_id_of, truncate};
-use command_api::problem::Problem;
-use command_api::store_problem;
 use domain::{CustomerId, Money};
-use eventstore::{EventStore, RecordedEvent};
+use eventstore::EventStore;
+use http_common::Problem;
+use http_common::openapi::{
+    ApiDoc, DocumentedRouter, RouteDoc, client_id_schema, money_schema, schema_ref, schemas,
+};
+use http_common::params::{product_id_of, truncate};
+use http_common::problem::store_problem;
 use projections::Progress;
 use projections::cache::{Cache, SEARCH_SCOPE};
-use projections::readdb::ReadDb;
-use projections::redis_models::RedisModels;
+use projections::queries::{OrderRow, Queries};
 use projections::search::{ProductDoc, SearchIndex, SearchQuery};
 use projections::sql_models::{
     OrdersProjection, ProductsProjection, SqlCartsProjection, SqlPopularityProjection,
-    load_cart_row, product_scope,
+    product_scope,
 };
+use schemas::envelope::feed_json;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use sqlx::Row;
 
 use crate::views::ViewRecorder;
 
@@ -41,30 +42,187 @@ pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct QueryState {
     pub store: Arc<dyn EventStore>,
-    pub db: ReadDb,
+    /// The read models' reads (SQL, and Redis for carts and popularity when configured).
+    pub queries: Queries,
     pub search: Arc<dyn SearchIndex>,
     pub cache: Option<Arc<dyn Cache>>,
     pub progress: Progress,
     pub views: Option<ViewRecorder>,
-    /// Carts and popularity on Redis, when it is configured (else they are in SQL).
-    pub redis_models: Option<RedisModels>,
+}
+
+/// A read route answering `schema`, with query parameters `query`, that waits for
+/// `X-Min-Position`.
+const fn read(
+    path: &'static str,
+    summary: &'static str,
+    schema: &'static str,
+    query: &'static [(&'static str, &'static str)],
+) -> RouteDoc {
+    RouteDoc {
+        query,
+        min_position: true,
+        ..RouteDoc::get(path, summary, schema)
+    }
+}
+
+/// The query routes, each with its documentation.
+fn routes() -> DocumentedRouter<QueryState> {
+    DocumentedRouter::new()
+        .route(
+            read(
+                "/products/{product_id}",
+                "A product (x-cache: hit or miss); with customer_id, records a view",
+                "Product",
+                &[(
+                    "customer_id",
+                    "the viewing customer: records a ProductViewed",
+                )],
+            ),
+            get_product,
+        )
+        .route(
+            read(
+                "/search",
+                "Full-text product search with filters, by relevance then popularity (x-cache: hit or miss)",
+                "SearchResult",
+                &[
+                    (
+                        "q",
+                        "words to find in name and description (stemmed, case-insensitive), at most 200 characters",
+                    ),
+                    ("category", "exact category, case-insensitive"),
+                    ("min_price", "lowest price, major units"),
+                    ("max_price", "highest price, major units"),
+                    ("limit", "1 to 100, default 20"),
+                    ("offset", "0 to 10000, default 0"),
+                ],
+            ),
+            search,
+        )
+        .route(
+            read(
+                "/carts/{cart_id}",
+                "A cart with its lines and total",
+                "Cart",
+                &[],
+            ),
+            get_cart,
+        )
+        .route(
+            read(
+                "/orders/{order_id}",
+                "An order with its status, payment status and cancel reason",
+                "Order",
+                &[],
+            ),
+            get_order,
+        )
+        .route(
+            read(
+                "/customers/{customer_id}/orders",
+                "A customer's orders, newest first",
+                "CustomerOrders",
+                &[("limit", "1 to 500, default 50")],
+            ),
+            customer_orders,
+        )
+        .route(
+            read(
+                "/recommendations",
+                "Popular products the customer has not ordered yet",
+                "Recommendations",
+                &[
+                    ("customer_id", "required"),
+                    ("limit", "1 to 100, default 10"),
+                ],
+            ),
+            recommendations,
+        )
+        .route(
+            read(
+                "/streams/{stream_type}/{stream_id}/events",
+                "One stream's history in version order, with each event's metadata; stream_type is product, cart, order, payment or product_views (another is 404). Any other query parameter is a 400 naming the accepted ones",
+                "StreamEvents",
+                &[
+                    (
+                        "after_version",
+                        "start after this stream version (continue from next_after_version)",
+                    ),
+                    ("limit", "1 to 10000, default 1000"),
+                    (
+                        "correlation_id",
+                        "only the events one request or saga caused (its X-Correlation-Id); a page may then hold fewer than limit events: continue from next_after_version until it stops moving",
+                    ),
+                ],
+            ),
+            stream_events,
+        )
+        .route(
+            read(
+                "/events",
+                "The global feed in position order. Any other query parameter is a 400 naming the accepted ones",
+                "EventFeed",
+                &[
+                    (
+                        "after",
+                        "start after this position (continue from next_after)",
+                    ),
+                    ("limit", "1 to 10000, default 100"),
+                    (
+                        "correlation_id",
+                        "only the events one request or saga caused (its X-Correlation-Id), across streams; paging with after works the same",
+                    ),
+                ],
+            ),
+            global_events,
+        )
 }
 
 /// The query routes of CONTRACT.md.
 pub fn router(state: QueryState) -> Router {
-    Router::new()
-        .route("/products/{product_id}", get(get_product))
-        .route("/search", get(search))
-        .route("/carts/{cart_id}", get(get_cart))
-        .route("/orders/{order_id}", get(get_order))
-        .route("/customers/{customer_id}/orders", get(customer_orders))
-        .route("/recommendations", get(recommendations))
-        .route(
-            "/streams/{stream_type}/{stream_id}/events",
-            get(stream_events),
-        )
-        .route("/events", get(global_events))
-        .with_state(state)
+    routes().into_router().with_state(state)
+}
+
+/// The query routes' part of the OpenAPI document.
+pub fn api_doc() -> ApiDoc {
+    let money = money_schema();
+    let id = client_id_schema();
+    let product = json!({ "type": "object", "properties": {
+        "product_id": { "type": "string", "format": "uuid" }, "name": { "type": "string" },
+        "description": { "type": "string" }, "price": money, "stock_qty": { "type": "integer" },
+        "category": { "type": ["string", "null"] }, "popularity": { "type": "integer" },
+        "updated_at": { "type": "string", "format": "date-time" }, "version": { "type": "integer" } } });
+    let line = json!({ "type": "object", "properties": {
+        "product_id": { "type": "string", "format": "uuid" }, "quantity": { "type": "integer" },
+        "unit_price": money } });
+    let order = json!({ "type": "object", "properties": {
+        "order_id": { "type": "string", "format": "uuid" }, "customer_id": id,
+        "status": { "enum": ["PENDING", "CONFIRMED", "CANCELLED"] }, "lines": { "type": "array", "items": line },
+        "total": money,
+        "payment_status": { "enum": ["NOT_REQUESTED", "REQUESTED", "SUCCEEDED", "FAILED", "TIMED_OUT", "REFUNDED"] },
+        "cancel_reason": { "enum": ["out_of_stock", "payment_declined", "payment_timeout"] },
+        "pending_reason": { "type": "string", "description": "why a PENDING order's checkout is retrying or parked" } } });
+    let event = json!({ "type": "object", "properties": {
+        "event_id": { "type": "string", "format": "uuid" }, "event_type": { "type": "string" },
+        "schema_version": { "type": "integer" }, "stream_type": { "type": "string" },
+        "stream_id": { "type": "string" }, "stream_version": { "type": "integer" },
+        "position": { "type": "integer" }, "occurred_at": { "type": "string", "format": "date-time" },
+        "metadata": { "type": "object" }, "payload": { "type": "object" } } });
+    routes().into_doc(schemas(json!({
+        "Product": product,
+        "SearchResult": { "type": "object", "properties": { "total": { "type": "integer" }, "hits": { "type": "array", "items": schema_ref("Product") } } },
+        "Cart": { "type": "object", "properties": { "cart_id": id, "lines": { "type": "array", "items": line }, "total": money } },
+        "Order": order,
+        "CustomerOrders": { "type": "object", "properties": { "customer_id": id, "orders": { "type": "array", "items": schema_ref("Order") } } },
+        "Recommendations": { "type": "object", "properties": { "customer_id": id, "items": { "type": "array", "items": { "type": "object", "properties": {
+            "product_id": { "type": "string", "format": "uuid" }, "name": { "type": "string" }, "score": { "type": "integer" } } } } } },
+        "Event": event,
+        "StreamEvents": { "type": "object", "properties": { "stream_type": { "type": "string" }, "stream_id": { "type": "string" },
+            "events": { "type": "array", "items": schema_ref("Event") },
+            "next_after_version": { "type": "integer", "description": "the last stream version this answer read: pass it as after_version for the next page" } } },
+        "EventFeed": { "type": "object", "properties": { "events": { "type": "array", "items": schema_ref("Event") },
+            "next_after": { "type": "integer", "description": "the position of the last event returned (or after): pass it as after for the next page" } } }
+    })))
 }
 
 /// A money amount as a JSON number in major units, written from its exact decimal text.
@@ -165,34 +323,6 @@ fn cached_answer(body: String, hit: bool, kind: &'static str) -> Response {
     response
 }
 
-async fn read_product(db: &ReadDb, product_id: &str) -> Result<Option<ProductDoc>, Problem> {
-    let row = sqlx::query(
-        "SELECT product_id, name, description, price_minor, stock_qty, category, popularity,
-                updated_at, version
-         FROM rm_products WHERE product_id = $1",
-    )
-    .bind(product_id)
-    .fetch_optional(db.pool())
-    .await
-    .map_err(|error| db_problem(&error))?;
-    let Some(row) = row else { return Ok(None) };
-    let product = (|| -> Result<ProductDoc, sqlx::Error> {
-        Ok(ProductDoc {
-            product_id: row.try_get(0)?,
-            name: row.try_get(1)?,
-            description: row.try_get(2)?,
-            price_minor: row.try_get(3)?,
-            stock_qty: row.try_get(4)?,
-            category: row.try_get(5)?,
-            popularity: row.try_get(6)?,
-            updated_at: row.try_get(7)?,
-            version: u64::try_from(row.try_get::<i64, _>(8)?).unwrap_or(0),
-        })
-    })()
-    .map_err(|error| db_problem(&error))?;
-    Ok(Some(product))
-}
-
 #[tracing::instrument(skip_all, fields(product_id = %product_id))]
 async fn get_product(
     State(state): State<QueryState>,
@@ -218,7 +348,12 @@ async fn get_product(
     let answer = if let Some(body) = lookup.as_ref().and_then(|lookup| lookup.value.clone()) {
         cached_answer(body, true, "product")
     } else {
-        let Some(product) = read_product(&state.db, &product_id).await? else {
+        let Some(product) = state
+            .queries
+            .product(&product_id)
+            .await
+            .map_err(|error| db_problem(&error))?
+        else {
             return Err(Problem::not_found(format!(
                 "no product has id {product_id}"
             )));
@@ -350,23 +485,11 @@ async fn get_cart(
     let cart_id = domain::CartId::parse(&cart_id)
         .map_err(|error| Problem::invalid(error.field, &error.message))?;
     wait_for(&state, SqlCartsProjection::NAME, &headers, &params).await?;
-    let cart = match &state.redis_models {
-        Some(models) => models
-            .cart(cart_id.as_str())
-            .await
-            .map_err(|error| db_problem(&error))?,
-        None => {
-            let mut connection = state
-                .db
-                .pool()
-                .acquire()
-                .await
-                .map_err(|error| db_problem(&error))?;
-            load_cart_row(&mut connection, cart_id.as_str())
-                .await
-                .map_err(|error| db_problem(&error))?
-        }
-    };
+    let cart = state
+        .queries
+        .cart(cart_id.as_str())
+        .await
+        .map_err(|error| db_problem(&error))?;
     let Some(cart) = cart else {
         return Err(Problem::not_found(format!("no cart has id {cart_id}")));
     };
@@ -396,11 +519,10 @@ async fn get_cart(
     .into_response())
 }
 
-fn order_json(row: &sqlx::any::AnyRow) -> Result<Value, sqlx::Error> {
-    let lines: String = row.try_get("lines")?;
-    let lines: Vec<projections::sql_models::OrderLineRow> =
-        serde_json::from_str(&lines).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
-    let lines: Vec<Value> = lines
+/// An order as the API shows it.
+fn order_json(order: &OrderRow) -> Value {
+    let lines: Vec<Value> = order
+        .lines
         .iter()
         .map(|line| {
             json!({
@@ -410,25 +532,21 @@ fn order_json(row: &sqlx::any::AnyRow) -> Result<Value, sqlx::Error> {
             })
         })
         .collect();
-    let cancel_reason: Option<String> = row.try_get("cancel_reason")?;
-    let mut order = json!({
-        "order_id": row.try_get::<String, _>("order_id")?,
-        "customer_id": row.try_get::<String, _>("customer_id")?,
-        "status": row.try_get::<String, _>("status")?,
+    let mut answer = json!({
+        "order_id": order.order_id,
+        "customer_id": order.customer_id,
+        "status": order.status,
         "lines": lines,
-        "total": money_raw(row.try_get::<i64, _>("total_minor")?),
-        "payment_status": row.try_get::<String, _>("payment_status")?,
-        "created_at": row.try_get::<String, _>("created_at")?,
-        "updated_at": row.try_get::<String, _>("updated_at")?,
+        "total": money_raw(order.total_minor),
+        "payment_status": order.payment_status,
+        "created_at": order.created_at,
+        "updated_at": order.updated_at,
     });
-    if let (Some(reason), Some(object)) = (cancel_reason, order.as_object_mut()) {
-        object.insert("cancel_reason".to_owned(), Value::String(reason));
+    if let (Some(reason), Some(object)) = (&order.cancel_reason, answer.as_object_mut()) {
+        object.insert("cancel_reason".to_owned(), Value::String(reason.clone()));
     }
-    Ok(order)
+    answer
 }
-
-const ORDER_COLUMNS: &str = "order_id, customer_id, status, lines, total_minor, payment_status, \
-    cancel_reason, created_at, updated_at";
 
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn get_order(
@@ -444,17 +562,15 @@ async fn get_order(
         ))
     })?;
     wait_for(&state, OrdersProjection::NAME, &headers, &params).await?;
-    let row = sqlx::query(&format!(
-        "SELECT {ORDER_COLUMNS} FROM rm_orders WHERE order_id = $1"
-    ))
-    .bind(order_id.to_string())
-    .fetch_optional(state.db.pool())
-    .await
-    .map_err(|error| db_problem(&error))?;
-    let Some(row) = row else {
+    let Some(row) = state
+        .queries
+        .order(&order_id.to_string())
+        .await
+        .map_err(|error| db_problem(&error))?
+    else {
         return Err(Problem::not_found(format!("no order has id {order_id}")));
     };
-    let mut order = order_json(&row).map_err(|error| db_problem(&error))?;
+    let mut order = order_json(&row);
     if order["status"] == "PENDING"
         && let Some(reason) = pending_reason(&state, order_id).await
         && let Some(object) = order.as_object_mut()
@@ -466,7 +582,7 @@ async fn get_order(
 
 /// Why a pending order's checkout is not moving, when its saga is retrying or parked.
 async fn pending_reason(state: &QueryState, order_id: uuid::Uuid) -> Option<String> {
-    let saga = match sagas::state::saga_status(&state.db, order_id).await {
+    let saga = match sagas::state::saga_status(state.queries.db(), order_id).await {
         Ok(saga) => saga?,
         Err(error) => {
             tracing::warn!(%error, "cannot read the order's saga");
@@ -499,20 +615,14 @@ async fn customer_orders(
         .map_err(|error| Problem::invalid(error.field, &error.message))?;
     let limit = count_param(&params, "limit", 50, 1..=500)?;
     wait_for(&state, OrdersProjection::NAME, &headers, &params).await?;
-    let rows = sqlx::query(&format!(
-        "SELECT {ORDER_COLUMNS} FROM rm_orders WHERE customer_id = $1 \
-         ORDER BY created_position DESC LIMIT $2"
-    ))
-    .bind(customer_id.as_str())
-    .bind(limit as i64)
-    .fetch_all(state.db.pool())
-    .await
-    .map_err(|error| db_problem(&error))?;
-    let orders = rows
+    let orders: Vec<Value> = state
+        .queries
+        .customer_orders(customer_id.as_str(), limit)
+        .await
+        .map_err(|error| db_problem(&error))?
         .iter()
         .map(order_json)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| db_problem(&error))?;
+        .collect();
     Ok(Json(json!({ "customer_id": customer_id.as_str(), "orders": orders })).into_response())
 }
 
@@ -529,98 +639,17 @@ async fn recommendations(
         .map_err(|error| Problem::invalid(error.field, &error.message))?;
     let limit = count_param(&params, "limit", 10, 1..=100)?;
     wait_for(&state, SqlPopularityProjection::NAME, &headers, &params).await?;
-    if let Some(models) = &state.redis_models {
-        let items = redis_recommendations(&state.db, models, customer_id.as_str(), limit).await?;
-        return Ok(
-            Json(json!({ "customer_id": customer_id.as_str(), "items": items })).into_response(),
-        );
-    }
-    // Popular products the customer has not ordered yet; only products the catalogue knows.
-    let rows = sqlx::query(
-        "SELECT p.product_id, p.name, pop.score
-         FROM rm_popularity pop JOIN rm_products p ON p.product_id = pop.product_id
-         WHERE pop.product_id NOT IN
-             (SELECT product_id FROM rm_customer_products WHERE customer_id = $1)
-         ORDER BY pop.score DESC, p.product_id
-         LIMIT $2",
-    )
-    .bind(customer_id.as_str())
-    .bind(limit as i64)
-    .fetch_all(state.db.pool())
-    .await
-    .map_err(|error| db_problem(&error))?;
-    let items = rows
-        .iter()
-        .map(|row| -> Result<Value, sqlx::Error> {
-            Ok(json!({
-                "product_id": row.try_get::<String, _>(0)?,
-                "name": row.try_get::<String, _>(1)?,
-                "score": row.try_get::<i64, _>(2)?,
-            }))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| db_problem(&error))?;
-    Ok(Json(json!({ "customer_id": customer_id.as_str(), "items": items })).into_response())
-}
-
-/// Recommendations from the Redis sorted set: the top products the customer has not ordered,
-/// keeping only products the catalogue knows.
-async fn redis_recommendations(
-    db: &ReadDb,
-    models: &RedisModels,
-    customer_id: &str,
-    limit: usize,
-) -> Result<Vec<Value>, Problem> {
-    let candidates = models
-        .popular_not_ordered(customer_id, limit + 50)
+    let items: Vec<Value> = state
+        .queries
+        .recommendations(customer_id.as_str(), limit)
         .await
-        .map_err(|error| db_problem(&error))?;
-    if candidates.is_empty() {
-        return Ok(Vec::new());
-    }
-    let placeholders: Vec<String> = (1..=candidates.len()).map(|n| format!("${n}")).collect();
-    let statement = format!(
-        "SELECT product_id, name FROM rm_products WHERE product_id IN ({})",
-        placeholders.join(", ")
-    );
-    let mut query = sqlx::query(&statement);
-    for (product_id, _) in &candidates {
-        query = query.bind(product_id);
-    }
-    let rows = query
-        .fetch_all(db.pool())
-        .await
-        .map_err(|error| db_problem(&error))?;
-    let mut names = HashMap::new();
-    for row in &rows {
-        let product_id: String = row.try_get(0).map_err(|error| db_problem(&error))?;
-        let name: String = row.try_get(1).map_err(|error| db_problem(&error))?;
-        names.insert(product_id, name);
-    }
-    Ok(candidates
+        .map_err(|error| db_problem(&error))?
         .into_iter()
-        .filter_map(|(product_id, score)| {
-            let name = names.get(&product_id)?.clone();
-            Some(json!({ "product_id": product_id, "name": name, "score": score }))
-        })
-        .take(limit)
-        .collect())
-}
-
-/// An event as the feeds show it: the envelope of CONTRACT.md.
-pub fn event_json(event: &RecordedEvent) -> Value {
-    json!({
-        "event_id": event.event_id,
-        "event_type": event.event_type,
-        "schema_version": event.schema_version,
-        "stream_type": event.stream_type,
-        "stream_id": event.stream_id,
-        "stream_version": event.stream_version,
-        "position": event.position,
-        "occurred_at": event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "metadata": event.metadata,
-        "payload": event.payload,
-    })
+        .map(
+            |item| json!({ "product_id": item.product_id, "name": item.name, "score": item.score }),
+        )
+        .collect();
+    Ok(Json(json!({ "customer_id": customer_id.as_str(), "items": items })).into_response())
 }
 
 fn position_param(params: &HashMap<String, String>, name: &str) -> Result<u64, Problem> {
@@ -711,17 +740,6 @@ async fn wait_for_log(
     }
 }
 
-/// The stream types events are written to (a path naming another one is a 404).
-fn stream_types() -> Vec<&'static str> {
-    let mut types: Vec<&'static str> = Vec::new();
-    for (stream_type, _, _) in domain::EVENT_TYPES {
-        if !types.contains(stream_type) {
-            types.push(stream_type);
-        }
-    }
-    types
-}
-
 /// How many stream events one filtered request reads at most before it answers with what it
 /// found (the caller goes on from `next_after_version`).
 const STREAM_SCAN_MAX: usize = 10_000;
@@ -733,7 +751,7 @@ async fn stream_events(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let known = stream_types();
+    let known = domain::stream_types();
     if !known.contains(&stream_type.as_str()) {
         return Err(Problem::not_found(format!(
             "no stream type {:?}: the stream types are {}",
@@ -775,7 +793,7 @@ async fn stream_events(
             }
             next_after_version = event.stream_version;
             if correlation_id.is_none_or(|id| event.metadata.correlation_id == id) {
-                events.push(event_json(event));
+                events.push(feed_json(event));
             }
         }
         if !full || events.len() == limit || scanned >= STREAM_SCAN_MAX {
@@ -816,7 +834,7 @@ async fn global_events(
     }
     .map_err(|error| store_problem(&error))?;
     let next_after = events.last().map_or(after, |event| event.position);
-    let events: Vec<Value> = events.iter().map(event_json).collect();
+    let events: Vec<Value> = events.iter().map(feed_json).collect();
     Ok(Json(json!({ "events": events, "next_after": next_after })).into_response())
 }
 

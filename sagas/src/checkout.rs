@@ -25,6 +25,7 @@ use uuid::Uuid;
 use crate::SagaError;
 use crate::gateway::{ChargeOutcome, ChargeRequest, LateCharge, PaymentGateway};
 use crate::state::SagaRun;
+use crate::steps::{self, SagaStep};
 
 /// How a saga ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,8 +89,7 @@ pub struct Checkout {
 /// How long the gateway is asked for a charge's outcome once the deadline has passed.
 const RECONCILE_WAIT: Duration = Duration::from_millis(500);
 
-/// The source of every event the saga causes.
-pub const SOURCE: &str = "saga";
+pub use crate::steps::SOURCE;
 
 impl Checkout {
     pub fn new(
@@ -144,7 +144,7 @@ impl Checkout {
                 }
                 self.payment_command(
                     run,
-                    "request-payment",
+                    SagaStep::RequestPayment,
                     PaymentCommand::RequestPayment {
                         order_id: run.order_id,
                         amount: order.total,
@@ -211,7 +211,7 @@ impl Checkout {
             Some(Ok(ChargeOutcome::Approved { charge_id })) => {
                 self.payment_command(
                     run,
-                    "payment-result",
+                    SagaStep::PaymentResult,
                     PaymentCommand::RecordSuccess { charge_id },
                 )
                 .await?;
@@ -220,7 +220,7 @@ impl Checkout {
             Some(Ok(ChargeOutcome::Declined { reason })) => {
                 self.payment_command(
                     run,
-                    "payment-result",
+                    SagaStep::PaymentResult,
                     PaymentCommand::RecordFailure {
                         reason: reason.clone(),
                     },
@@ -254,7 +254,7 @@ impl Checkout {
                 }
                 // A success recorded between the read and this command refuses it; the next
                 // run reads that success.
-                self.payment_command(run, "payment-timeout", PaymentCommand::RecordTimeout)
+                self.payment_command(run, SagaStep::PaymentTimeout, PaymentCommand::RecordTimeout)
                     .await
                     .map_err(|error| SagaError::Transient(error.to_string()))?;
                 self.cancel(
@@ -284,7 +284,7 @@ impl Checkout {
                 quantity: line.quantity,
             };
             match self
-                .product_command(run, &format!("reserve/{index}"), line.product_id, command)
+                .product_command(run, SagaStep::Reserve(index), line.product_id, command)
                 .await
             {
                 Ok(()) => {}
@@ -321,7 +321,7 @@ impl Checkout {
 
     /// The payment succeeded: confirm the order, then turn its reservations into sales.
     async fn confirm(&self, run: &SagaRun, lines: &[OrderLine]) -> Result<Step, SagaError> {
-        self.order_command(run, "confirm", OrderCommand::ConfirmOrder)
+        self.order_command(run, SagaStep::Confirm, OrderCommand::ConfirmOrder)
             .await?;
         self.commit_lines(run, lines).await?;
         Ok(Step::Finished(Ending::Confirmed))
@@ -332,7 +332,7 @@ impl Checkout {
             let command = ProductCommand::CommitStock {
                 order_id: run.order_id,
             };
-            self.product_command(run, &format!("commit/{index}"), line.product_id, command)
+            self.product_command(run, SagaStep::Commit(index), line.product_id, command)
                 .await
                 .map_err(|error| command_error("commit stock", error))?;
         }
@@ -347,8 +347,12 @@ impl Checkout {
         reason: CancelReason,
         detail: String,
     ) -> Result<Step, SagaError> {
-        self.order_command(run, "cancel", OrderCommand::CancelOrder { reason, detail })
-            .await?;
+        self.order_command(
+            run,
+            SagaStep::Cancel,
+            OrderCommand::CancelOrder { reason, detail },
+        )
+        .await?;
         let payment = self.payment(run).await?;
         self.compensate(run, lines, &payment.state).await?;
         Ok(Step::Finished(Ending::Cancelled(reason)))
@@ -366,7 +370,7 @@ impl Checkout {
                 order_id: run.order_id,
             };
             match self
-                .product_command(run, &format!("release/{index}"), line.product_id, command)
+                .product_command(run, SagaStep::Release(index), line.product_id, command)
                 .await
             {
                 Ok(()) | Err(CommandError::Domain(ProductError::NotFound)) => {}
@@ -376,8 +380,12 @@ impl Checkout {
         if payment.status == PaymentStatus::Succeeded {
             let charge_id = payment.charge_id.clone().unwrap_or_default();
             let refund_id = self.gateway.refund(run.order_id, &charge_id).await?;
-            self.payment_command(run, "refund", PaymentCommand::RecordRefund { refund_id })
-                .await?;
+            self.payment_command(
+                run,
+                SagaStep::Refund,
+                PaymentCommand::RecordRefund { refund_id },
+            )
+            .await?;
             metrics::counter!("mercato_saga_refunds_total").increment(1);
             tracing::info!(order_id = %run.order_id, %charge_id, "late charge of a cancelled order refunded");
         }
@@ -408,30 +416,24 @@ impl Checkout {
     }
 
     fn metadata(&self, run: &SagaRun) -> EventMetadata {
-        EventMetadata {
-            correlation_id: run.correlation_id.clone(),
-            causation_id: run.order_event_id.to_string(),
-            saga_id: Some(run.saga_id().to_string()),
-            actor: SOURCE.to_owned(),
-            source: SOURCE.to_owned(),
-        }
+        steps::metadata(run.order_event_id, &run.correlation_id)
     }
 
     /// The options of the saga's command `step`: its events' ids derive from the order's
     /// creation and the step, so the same step never stores new events twice.
-    fn options(run: &SagaRun, step: &str) -> CommandOptions {
+    fn options(run: &SagaRun, step: SagaStep) -> CommandOptions {
         CommandOptions {
             // Every saga command is idempotent in its aggregate: a repeated one decides nothing
             // new, so the lookup of its earlier events would be a query for nothing.
             look_up_cause_first: false,
-            ..CommandOptions::caused_by(Uuid::new_v5(&run.order_event_id, step.as_bytes()))
+            ..CommandOptions::caused_by(step.cause(run.order_event_id))
         }
     }
 
     async fn product_command(
         &self,
         run: &SagaRun,
-        step: &str,
+        step: SagaStep,
         product_id: Uuid,
         command: ProductCommand,
     ) -> Result<(), CommandError<ProductError>> {
@@ -445,7 +447,7 @@ impl Checkout {
     async fn command<A>(
         &self,
         run: &SagaRun,
-        step: &str,
+        step: SagaStep,
         stream_id: &str,
         command: A::Command,
     ) -> Result<(), CommandError<A::Error>>
@@ -468,7 +470,7 @@ impl Checkout {
     async fn order_command(
         &self,
         run: &SagaRun,
-        step: &str,
+        step: SagaStep,
         command: OrderCommand,
     ) -> Result<(), SagaError> {
         self.command::<Order>(run, step, &run.order_id.to_string(), command)
@@ -479,7 +481,7 @@ impl Checkout {
     async fn payment_command(
         &self,
         run: &SagaRun,
-        step: &str,
+        step: SagaStep,
         command: PaymentCommand,
     ) -> Result<(), SagaError> {
         self.command::<Payment>(run, step, &run.order_id.to_string(), command)

@@ -5,6 +5,7 @@
 //! - [`state`]: the durable saga rows (state, timer, retries), the intake projection that starts
 //!   them from the log, and the lease that lets one worker run at a time.
 //! - [`checkout`]: one step of a saga, derived from the aggregates' current state.
+//! - [`steps`]: the names of the steps and the event ids and metadata they derive.
 //! - [`gateway`]: the payment gateway port and the built-in test gateway with its ledger.
 //! - [`run_saga`]: the worker: holds the lease, follows the log, runs due sagas concurrently,
 //!   retries failing steps with exponential backoff and jitter, parks what keeps failing.
@@ -12,6 +13,7 @@
 pub mod checkout;
 pub mod gateway;
 pub mod state;
+pub mod steps;
 
 use std::collections::HashSet;
 use std::sync::Arc;

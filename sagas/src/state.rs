@@ -74,7 +74,7 @@ pub struct SagaRun {
 impl SagaRun {
     /// The saga's id in event metadata: derived from the order's creation, the same on every run.
     pub fn saga_id(&self) -> Uuid {
-        Uuid::new_v5(&self.order_event_id, b"checkout-saga")
+        crate::steps::saga_id(self.order_event_id)
     }
 }
 

@@ -63,3 +63,20 @@ pub struct RecordedEvent {
     /// The event's body as JSON text, at `schema_version`.
     pub payload: Box<RawValue>,
 }
+
+/// An event as the feeds show it (`GET /events`, `GET /streams/...`, `mercato events --format
+/// json`): the envelope of CONTRACT.md, `occurred_at` in RFC 3339 with microseconds, UTC as `Z`.
+pub fn feed_json(event: &RecordedEvent) -> serde_json::Value {
+    serde_json::json!({
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "schema_version": event.schema_version,
+        "stream_type": event.stream_type,
+        "stream_id": event.stream_id,
+        "stream_version": event.stream_version,
+        "position": event.position,
+        "occurred_at": event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "metadata": event.metadata,
+        "payload": event.payload,
+    })
+}

@@ -57,6 +57,37 @@ pub mod headers {
     pub const SOURCE: &str = "source";
     /// The envelope's `schema_version` (mercato's addition to the headers of CONTRACT.md).
     pub const SCHEMA_VERSION: &str = "schemaVersion";
+    /// The envelope's `event_id` (mercato's addition).
+    pub const EVENT_ID: &str = "eventId";
+    /// The envelope's `stream_type` (mercato's addition).
+    pub const STREAM_TYPE: &str = "streamType";
+    /// The envelope's `position` in the store's log (mercato's addition).
+    pub const POSITION: &str = "position";
+
+    /// Dead-letter headers: why, where and how often a message failed, and who failed it.
+    pub mod dead_letter {
+        /// What failed, per projection: `name: error; name: error`.
+        pub const REASON: &str = "dlq.reason";
+        /// The projections that failed the message, comma-separated: a replay applies it to
+        /// these.
+        pub const PROJECTIONS: &str = "dlq.projections";
+        /// The consumer group that failed it: only that group applies a replay.
+        pub const GROUP: &str = "dlq.group";
+        /// The topic the message was read from (its contract name).
+        pub const TOPIC: &str = "dlq.topic";
+        /// The partition the message was read from.
+        pub const PARTITION: &str = "dlq.partition";
+        /// The offset the message was read at.
+        pub const OFFSET: &str = "dlq.offset";
+        /// How many times it was tried.
+        pub const ATTEMPTS: &str = "dlq.attempts";
+        /// When it was given up (RFC 3339).
+        pub const FAILED_AT: &str = "dlq.failed_at";
+        /// On a replayed message: the dead letter it came from (`topic/partition/offset`).
+        pub const REPLAYED_FROM: &str = "dlq.replayed_from";
+        /// The prefix of every dead-letter header.
+        pub const PREFIX: &str = "dlq.";
+    }
 
     /// The headers CONTRACT.md names, in its order.
     pub const CONTRACT: &[&str] = &[
@@ -67,6 +98,46 @@ pub mod headers {
         TIMESTAMP,
         SOURCE,
     ];
+}
+
+/// The partition of a stream's messages in a topic of `partitions` partitions: FNV-1a of the
+/// stream id ([`crate::stable_hash`]), so that the relay, which picks it, and a reader waiting for
+/// an event agree without asking each other.
+pub fn partition_for(stream_id: &str, partitions: i32) -> i32 {
+    let hash = crate::stable_hash(stream_id);
+    let partitions = u64::try_from(partitions.max(1)).unwrap_or(1);
+    i32::try_from(hash % partitions).unwrap_or(0)
+}
+
+/// The headers of an event's message, in order: CONTRACT.md's (`sagaId` only when a saga
+/// caused the event), then `schemaVersion`, `eventId`, `streamType` and `position`. Values are
+/// the envelope's fields as text; `timestamp` is `occurred_at` in RFC 3339, UTC as `Z`.
+pub fn event_headers(event: &crate::RecordedEvent) -> Vec<(&'static str, String)> {
+    let mut pairs = vec![
+        (
+            headers::CORRELATION_ID,
+            event.metadata.correlation_id.clone(),
+        ),
+        (headers::CAUSATION_ID, event.metadata.causation_id.clone()),
+    ];
+    if let Some(saga_id) = &event.metadata.saga_id {
+        pairs.push((headers::SAGA_ID, saga_id.clone()));
+    }
+    pairs.extend([
+        (headers::EVENT_TYPE, event.event_type.clone()),
+        (
+            headers::TIMESTAMP,
+            event
+                .occurred_at
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        ),
+        (headers::SOURCE, event.metadata.source.clone()),
+        (headers::SCHEMA_VERSION, event.schema_version.to_string()),
+        (headers::EVENT_ID, event.event_id.to_string()),
+        (headers::STREAM_TYPE, event.stream_type.clone()),
+        (headers::POSITION, event.position.to_string()),
+    ]);
+    pairs
 }
 
 #[cfg(test)]
@@ -132,5 +203,72 @@ mod tests {
             ]
         );
         assert!(!headers::CONTRACT.contains(&headers::SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn a_stream_always_maps_to_the_same_partition_within_range() {
+        for partitions in [1, 3, 4, 12] {
+            for stream in ["a", "order-1", "7f0c5a9e-2f7b-4c2e-9a39-0d0c1c7e5b11"] {
+                let partition = partition_for(stream, partitions);
+                assert!((0..partitions).contains(&partition));
+                assert_eq!(partition, partition_for(stream, partitions));
+            }
+        }
+        // Spread: 100 streams over 4 partitions use every partition.
+        let used: std::collections::BTreeSet<i32> = (0..100)
+            .map(|n| partition_for(&format!("s{n}"), 4))
+            .collect();
+        assert_eq!(used.len(), 4);
+        assert_eq!(partition_for("anything", 0), 0);
+        // FNV-1a's published test value: the partitions are the same in every build.
+        assert_eq!(crate::stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn an_event_carries_the_contract_headers_then_mercatos() {
+        let event: crate::RecordedEvent = serde_json::from_value(serde_json::json!({
+            "event_id": "7f0c5a9e-2f7b-4c2e-9a39-0d0c1c7e5b11",
+            "event_type": "OrderConfirmed",
+            "schema_version": 1,
+            "stream_type": "order",
+            "stream_id": "o-1",
+            "stream_version": 2,
+            "position": 42,
+            "occurred_at": "2026-11-22T10:00:00Z",
+            "metadata": {
+                "correlation_id": "c-1", "causation_id": "e-0", "saga_id": "s-1",
+                "actor": "saga", "source": "saga"
+            },
+            "payload": {"order_id": "o-1"}
+        }))
+        .unwrap();
+        let pairs = event_headers(&event);
+        let names: Vec<&str> = pairs.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names,
+            [
+                "correlationId",
+                "causationId",
+                "sagaId",
+                "eventType",
+                "timestamp",
+                "source",
+                "schemaVersion",
+                "eventId",
+                "streamType",
+                "position"
+            ]
+        );
+        let value = |name: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.as_str())
+        };
+        assert_eq!(value("timestamp"), Some("2026-11-22T10:00:00Z"));
+        assert_eq!(value("position"), Some("42"));
+        let mut without_saga = event.clone();
+        without_saga.metadata.saga_id = None;
+        assert_eq!(event_headers(&without_saga).len(), 9);
     }
 }

@@ -1,0 +1,109 @@
+//! Placing an order from a cart: the cart's checkout and the order it creates are decided from
+//! the same loaded state and appended together, atomically, so a cart is never checked out
+//! without its order nor ordered twice.
+
+use domain::order::OrderLine;
+use domain::{Cart, CartCommand, CartError, CartId, CustomerId, Order, OrderCommand, OrderError};
+use eventstore::aggregate::{CommandError, CommandOptions, decide};
+use eventstore::{EventMetadata, EventStore, StoreError};
+use uuid::Uuid;
+
+/// How many times a checkout decides again after losing a race on its cart or order.
+const CHECKOUT_ATTEMPTS: u32 = 5;
+
+/// A checkout: which cart, for whom, paid with which gateway token.
+#[derive(Clone, Debug)]
+pub struct CheckOut {
+    pub cart_id: CartId,
+    pub customer_id: CustomerId,
+    pub payment_token: String,
+}
+
+/// The order a checkout placed, and the position of its last event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub order_id: Uuid,
+    pub position: Option<u64>,
+}
+
+/// Why a checkout placed no order.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    /// The cart refused the checkout (empty, unknown) or could not be loaded.
+    #[error(transparent)]
+    Cart(CommandError<CartError>),
+    /// The order refused its creation (a line or total out of range).
+    #[error(transparent)]
+    Order(CommandError<OrderError>),
+    /// The cart was checked out already (by this checkout's retry or another one).
+    #[error("the cart was checked out already")]
+    AlreadyCheckedOut,
+    /// The append failed, or kept losing races after its retries.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// Checks cart `request.cart_id` out into a new order, retrying when another request changed
+/// the cart or the order between the decision and the append.
+pub async fn check_out(
+    store: &dyn EventStore,
+    request: &CheckOut,
+    metadata: &EventMetadata,
+) -> Result<Placed, CheckoutError> {
+    let order_id = Uuid::new_v4();
+    let options = CommandOptions::default();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let cart = decide::<Cart>(
+            store,
+            request.cart_id.as_str(),
+            CartCommand::CheckOut {
+                order_id,
+                customer_id: request.customer_id.clone(),
+            },
+            &(),
+            metadata,
+            &options,
+        )
+        .await
+        .map_err(CheckoutError::Cart)?;
+        if cart.events.is_empty() {
+            return Err(CheckoutError::AlreadyCheckedOut);
+        }
+        let lines: Vec<OrderLine> = cart
+            .state
+            .lines
+            .iter()
+            .map(|(product_id, line)| OrderLine {
+                product_id: *product_id,
+                quantity: line.quantity,
+                unit_price: line.unit_price,
+            })
+            .collect();
+        let order = decide::<Order>(
+            store,
+            &order_id.to_string(),
+            OrderCommand::CreateOrder {
+                order_id,
+                customer_id: request.customer_id.clone(),
+                lines,
+                payment_token: request.payment_token.clone(),
+                cart_id: Some(request.cart_id.clone()),
+            },
+            &(),
+            metadata,
+            &options,
+        )
+        .await
+        .map_err(CheckoutError::Order)?;
+        match store.append_atomic(vec![cart.request, order.request]).await {
+            Ok(results) => {
+                let position = results.last().and_then(|result| result.last_position());
+                return Ok(Placed { order_id, position });
+            }
+            Err(error) if error.is_conflict() && attempt < CHECKOUT_ATTEMPTS => continue,
+            Err(error) => return Err(CheckoutError::Store(error)),
+        }
+    }
+}

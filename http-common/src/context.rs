@@ -1,0 +1,75 @@
+//! The request context every route gets (correlation id, actor) and the time limit of a
+//! request.
+
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
+
+use crate::problem::Problem;
+
+pub const CORRELATION_HEADER: HeaderName = HeaderName::from_static("x-correlation-id");
+pub const ACTOR_HEADER: HeaderName = HeaderName::from_static("x-actor");
+
+/// The longest a request may take before it is answered 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who asked and which request this is: goes into every event's metadata and every log line.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// From `X-Correlation-Id` when it is 1 to 128 printable ASCII characters, else made here.
+    pub correlation_id: String,
+    /// Made here, one per request: the causation id of the events it appends.
+    pub request_id: String,
+    /// From `X-Actor` (same rule), else `anonymous`.
+    pub actor: String,
+}
+
+fn header_text(request: &Request, name: &HeaderName) -> Option<String> {
+    let value = request.headers().get(name)?.to_str().ok()?;
+    let valid = (1..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic());
+    valid.then(|| value.to_owned())
+}
+
+/// Sets the request context, runs the request inside a span carrying the correlation id, answers
+/// 503 when it takes longer than [`REQUEST_TIMEOUT`], and echoes `X-Correlation-Id`.
+pub async fn request_context(mut request: Request, next: Next) -> Response {
+    let context = RequestContext {
+        correlation_id: header_text(&request, &CORRELATION_HEADER)
+            .unwrap_or_else(|| Uuid::new_v4().to_string()),
+        request_id: Uuid::new_v4().to_string(),
+        actor: header_text(&request, &ACTOR_HEADER).unwrap_or_else(|| "anonymous".to_owned()),
+    };
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        correlation_id = %context.correlation_id,
+    );
+    let correlation_id = context.correlation_id.clone();
+    request.extensions_mut().insert(context);
+    let started = std::time::Instant::now();
+    let run = tracing::Instrument::instrument(next.run(request), span.clone());
+    let mut response = match tokio::time::timeout(REQUEST_TIMEOUT, run).await {
+        Ok(response) => response,
+        Err(_elapsed) => Problem::unavailable(format!(
+            "the request took longer than {} s; retry later",
+            REQUEST_TIMEOUT.as_secs()
+        ))
+        .into_response(),
+    };
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request finished"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&correlation_id) {
+        response.headers_mut().insert(CORRELATION_HEADER, value);
+    }
+    response
+}

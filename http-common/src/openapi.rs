@@ -1,0 +1,291 @@
+//! Route documentation: each API registers a route together with its [`RouteDoc`] through a
+//! [`DocumentedRouter`], so the router and the OpenAPI document come from one list and cannot
+//! drift apart. [`document`] joins the parts of every API into the document `GET /openapi.json`
+//! serves.
+
+use axum::Router;
+use axum::handler::Handler;
+use axum::routing::{MethodFilter, on};
+use serde_json::{Map, Value, json};
+
+/// The HTTP methods mercato's routes answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+impl Method {
+    /// The method's name as the OpenAPI document writes it (lower case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "get",
+            Method::Post => "post",
+            Method::Put => "put",
+            Method::Delete => "delete",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Method::Get => MethodFilter::GET,
+            Method::Post => MethodFilter::POST,
+            Method::Put => MethodFilter::PUT,
+            Method::Delete => MethodFilter::DELETE,
+        }
+    }
+}
+
+/// One documented route.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteDoc {
+    pub method: Method,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// The request body's schema (a component name), if it takes one.
+    pub body: Option<&'static str>,
+    /// The success status and the answer's schema (a component name).
+    pub success: (u16, &'static str),
+    /// Query parameters: name and description.
+    pub query: &'static [(&'static str, &'static str)],
+    /// Whether `X-Min-Position` applies (read-your-writes).
+    pub min_position: bool,
+}
+
+impl RouteDoc {
+    /// A route without body, query parameters or `X-Min-Position`, answering 200 with `schema`.
+    pub const fn get(path: &'static str, summary: &'static str, schema: &'static str) -> Self {
+        RouteDoc {
+            method: Method::Get,
+            path,
+            summary,
+            body: None,
+            success: (200, schema),
+            query: &[],
+            min_position: false,
+        }
+    }
+}
+
+/// One API's part of the OpenAPI document: its routes, and the schemas they name beyond the
+/// shared ones (`Problem`, `Object`, `Text`).
+#[derive(Clone, Debug, Default)]
+pub struct ApiDoc {
+    pub routes: Vec<RouteDoc>,
+    pub schemas: Map<String, Value>,
+}
+
+/// A router that keeps the documentation of every route it was given.
+#[derive(Debug)]
+pub struct DocumentedRouter<S = ()> {
+    router: Router<S>,
+    routes: Vec<RouteDoc>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Default for DocumentedRouter<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> DocumentedRouter<S> {
+    pub fn new() -> Self {
+        Self {
+            router: Router::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// Serves `handler` at the method and path `doc` documents.
+    pub fn route<H, T>(mut self, doc: RouteDoc, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        self.router = self
+            .router
+            .route(doc.path, on(doc.method.filter(), handler));
+        self.routes.push(doc);
+        self
+    }
+
+    /// The routes, to be given their state.
+    pub fn into_router(self) -> Router<S> {
+        self.router
+    }
+
+    /// The documentation of the routes, with `schemas` for the components they name.
+    pub fn into_doc(self, schemas: Map<String, Value>) -> ApiDoc {
+        ApiDoc {
+            routes: self.routes,
+            schemas,
+        }
+    }
+}
+
+const MIN_POSITION: (&str, &str) = (
+    "min_position",
+    "wait (at most 5 s, else 503) until the read model has processed this position",
+);
+
+/// A reference to component schema `name`.
+pub fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn problem_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/problem+json": { "schema": schema_ref("Problem") } }
+    })
+}
+
+/// The schemas every part may name.
+fn shared_schemas() -> Map<String, Value> {
+    let schemas = json!({
+        "Problem": { "type": "object", "required": ["type", "title", "status", "detail"], "properties": {
+            "type": { "type": "string" }, "title": { "type": "string" }, "status": { "type": "integer" },
+            "detail": { "type": "string", "description": "what to fix" },
+            "field": { "type": "string", "description": "the input field at fault" } } },
+        "Object": { "type": "object" },
+        "Text": { "type": "string" }
+    });
+    match schemas {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+fn operation(route: &RouteDoc) -> Value {
+    let mut parameters: Vec<Value> = route
+        .path
+        .split('/')
+        .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+        .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+        .collect();
+    for (name, description) in route.query {
+        parameters.push(json!({ "name": name, "in": "query", "description": description, "schema": { "type": "string" } }));
+    }
+    if route.min_position {
+        parameters.push(json!({ "name": MIN_POSITION.0, "in": "query", "description": MIN_POSITION.1, "schema": { "type": "integer" } }));
+        parameters.push(json!({ "name": "X-Min-Position", "in": "header", "description": MIN_POSITION.1, "schema": { "type": "integer" } }));
+    }
+    let (status, schema) = route.success;
+    let content_type = if schema == "Text" {
+        "text/plain"
+    } else {
+        "application/json"
+    };
+    let mut responses = Map::new();
+    responses.insert(
+        status.to_string(),
+        json!({ "description": "success", "content": { content_type: { "schema": schema_ref(schema) } } }),
+    );
+    responses.insert("4XX".to_owned(), problem_response("what to fix in the request (400 malformed, 404 unknown, 409 conflict or broken rule, 413 too large, 422 invalid field)"));
+    responses.insert(
+        "503".to_owned(),
+        problem_response(
+            "a dependency is unavailable or a read model did not reach min_position in time",
+        ),
+    );
+    let mut operation =
+        json!({ "summary": route.summary, "parameters": parameters, "responses": responses });
+    if let (Some(body), Some(object)) = (route.body, operation.as_object_mut()) {
+        object.insert(
+            "requestBody".to_owned(),
+            json!({ "required": true, "content": { "application/json": { "schema": schema_ref(body) } } }),
+        );
+    }
+    operation
+}
+
+/// The OpenAPI 3.1 document of `parts`, in their order.
+pub fn document(title: &str, version: &str, description: &str, parts: &[ApiDoc]) -> Value {
+    let mut paths = Map::new();
+    let mut schemas = shared_schemas();
+    for part in parts {
+        for route in &part.routes {
+            let entry = paths
+                .entry(route.path.to_owned())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Some(methods) = entry.as_object_mut() {
+                methods.insert(route.method.as_str().to_owned(), operation(route));
+            }
+        }
+        for (name, schema) in &part.schemas {
+            schemas.insert(name.clone(), schema.clone());
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": title, "version": version, "description": description },
+        "paths": paths,
+        "components": { "schemas": schemas },
+    })
+}
+
+/// The schema of a money amount: a JSON number in major units.
+pub fn money_schema() -> Value {
+    json!({ "type": "number", "description": "major units, at most two decimals" })
+}
+
+/// The schema of a client-chosen id (`cart_id`, `customer_id`).
+pub fn client_id_schema() -> Value {
+    json!({ "type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$" })
+}
+
+/// The object of a `json!({...})` literal, for [`ApiDoc::schemas`].
+pub fn schemas(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    async fn ok() -> &'static str {
+        "ok"
+    }
+
+    #[tokio::test]
+    async fn a_documented_route_is_served_at_its_method_and_listed_in_the_document() {
+        let routes = DocumentedRouter::<()>::new()
+            .route(RouteDoc::get("/a/{id}", "read an a", "Object"), ok)
+            .route(
+                RouteDoc {
+                    method: Method::Delete,
+                    ..RouteDoc::get("/a/{id}", "delete an a", "Object")
+                },
+                ok,
+            );
+        let doc = DocumentedRouter::<()>::new()
+            .route(RouteDoc::get("/a/{id}", "read an a", "Object"), ok)
+            .into_doc(Map::new());
+        let router = routes.into_router();
+        let get = router
+            .clone()
+            .oneshot(Request::get("/a/1").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(get.status(), StatusCode::OK);
+        let post = router
+            .oneshot(Request::post("/a/1").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let document = document("t", "1", "d", &[doc]);
+        assert_eq!(
+            document["paths"]["/a/{id}"]["get"]["parameters"][0]["name"],
+            "id"
+        );
+        assert!(document["components"]["schemas"]["Problem"].is_object());
+    }
+}

@@ -1,0 +1,149 @@
+//! What the command line's tests share: the binary with the machine's configuration removed, the
+//! binary serving as its own process (where the process is the subject: signals, SIGKILL, its
+//! log output), and everything `server::testing` has for in-process servers.
+
+#![allow(dead_code)]
+
+pub mod replay;
+
+use std::ops::Deref;
+use std::process::Stdio;
+use std::time::Duration;
+
+#[allow(unused_imports)]
+pub use server::testing::{
+    Api, Setup, TestApp, TestData, cache_header, event_position, eventually,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+
+/// The data a server runs on (the name the process tests use).
+pub type ServerData = TestData;
+
+/// The binary, with every variable it reads its configuration from removed, so that the
+/// machine's configuration (`DATABASE_URL` set for the tests, say) cannot leak into a test.
+pub fn mercato() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mercato"));
+    for variable in server::testing::configuration_variables() {
+        command.env_remove(variable);
+    }
+    command
+}
+
+/// [`mercato`] as an asynchronous command, killed when dropped.
+pub fn mercato_async() -> tokio::process::Command {
+    let mut command = tokio::process::Command::from(mercato());
+    command.kill_on_drop(true);
+    command
+}
+
+/// The binary on `data`'s store (and its Redis, when it has one), as an operator runs it beside
+/// the server: `args`, then `--data-dir`.
+pub fn mercato_on(data: &ServerData, args: &[&str]) -> tokio::process::Command {
+    let mut command = mercato_async();
+    command
+        .args(args)
+        .arg("--data-dir")
+        .arg(data.data_dir.path());
+    if let Some(database) = &data.database {
+        command.env("DATABASE_URL", database.url());
+    }
+    if let Some(redis_url) = &data.redis_url {
+        command.env("REDIS_URL", redis_url);
+    }
+    command
+}
+
+/// Places an order through `POST /orders`; answers its id.
+pub async fn place_order(
+    server: &Api,
+    customer: &str,
+    lines: &[(&str, u32)],
+    token: &str,
+) -> String {
+    server.place_order(customer, lines, token).await
+}
+
+/// A running `mercato serve` process.
+#[derive(Debug)]
+pub struct Server {
+    api: Api,
+    child: Child,
+}
+
+impl Deref for Server {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Server {
+    /// Starts the binary on `data` and waits until it listens.
+    pub async fn start(data: &ServerData) -> Server {
+        Server::start_role(data, "all").await
+    }
+
+    /// Starts one role of the binary on `data` and waits until it listens.
+    pub async fn start_role(data: &ServerData, role: &str) -> Server {
+        Server::start_with(data, role, &[]).await
+    }
+
+    /// Starts the binary with extra arguments (after `serve`), its stderr written to a file.
+    pub async fn start_with(data: &ServerData, role: &str, extra: &[&str]) -> Server {
+        let mut command = mercato_on(data, &["serve", "--listen", "127.0.0.1:0", "--role", role]);
+        command
+            .args(extra)
+            .env("RUST_LOG", if extra.is_empty() { "warn" } else { "info" })
+            .stdout(Stdio::piped());
+        if extra.is_empty() {
+            command.stderr(Stdio::inherit());
+        } else {
+            let log =
+                std::fs::File::create(data.data_dir.path().join("server.log")).expect("log file");
+            command.stderr(Stdio::from(log));
+        }
+        let mut child = command.spawn().expect("start mercato serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("mercato serve did not start listening within 60 s")
+            .expect("read stdout")
+            .expect("mercato serve exited before listening");
+        let base = line
+            .strip_prefix("mercato listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_owned();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server {
+            api: Api::new(base),
+            child,
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for it.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("mercato did not stop within 30 s of SIGTERM")
+            .expect("wait")
+    }
+}

@@ -1,0 +1,44 @@
+//! The query cache: product reads and search results, in process or in Redis.
+//!
+//! Entries are kept per *scope* (one product, or all searches) under the scope's current
+//! *generation*. A projection that changed a scope's data bumps its generation after its commit,
+//! so entries stored under the old generation are never read again. A reader takes the
+//! generation **before** it reads the read model and stores what it read under that generation:
+//! if the read model moved on meanwhile, the generation moved too and the entry is unreachable.
+//! So an answer is never served stale after the read model passed the change. Failures of the
+//! cache are logged and count as misses: the cache can slow answers down, never break them.
+
+mod memory;
+mod redis;
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+pub use memory::MemoryCache;
+pub use redis::RedisCache;
+
+/// The scope of every search answer: any product change can change any search.
+pub const SEARCH_SCOPE: &str = "search";
+
+/// A scope's generation and, if cached, the value under it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lookup {
+    pub generation: u64,
+    pub value: Option<String>,
+}
+
+/// The cache port.
+#[async_trait]
+pub trait Cache: Send + Sync + fmt::Debug {
+    /// The scope's generation and the value of `key` under it.
+    async fn lookup(&self, scope: &str, key: &str) -> Lookup;
+    /// Stores `value` for `key` under `generation` of `scope`.
+    async fn store(&self, scope: &str, generation: u64, key: &str, value: &str);
+    /// Bumps the generation of each scope: what was cached for them is gone.
+    async fn invalidate(&self, scopes: &[String]);
+    /// Which adapter this is (`memory` or `redis`).
+    fn kind(&self) -> &'static str;
+    /// Checks the cache answers (for readiness).
+    async fn ping(&self) -> Result<(), String>;
+}

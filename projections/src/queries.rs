@@ -1,0 +1,213 @@
+//! What the query API reads from the read models this crate keeps: one product, one order, a
+//! customer's orders, one cart, recommendations. The SQL lives here, beside the projections that
+//! write those tables, and so does the choice between SQL and Redis for carts and popularity:
+//! a reader asks [`Queries`] and never sees which one answers.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::ProjectionError;
+use crate::readdb::ReadDb;
+use crate::redis_models::RedisModels;
+use crate::search::ProductDoc;
+use crate::sql_models::{CartRow, OrderLineRow, load_cart_row};
+
+/// An order as the orders read model keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderRow {
+    pub order_id: String,
+    pub customer_id: String,
+    pub status: String,
+    pub lines: Vec<OrderLineRow>,
+    pub total_minor: i64,
+    pub payment_status: String,
+    pub cancel_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A recommended product: one the customer has not ordered, by popularity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recommendation {
+    pub product_id: String,
+    pub name: String,
+    pub score: i64,
+}
+
+/// The reads of the query API, over the read-model database and, when configured, Redis (where
+/// carts and popularity then live).
+#[derive(Clone, Debug)]
+pub struct Queries {
+    db: ReadDb,
+    redis: Option<RedisModels>,
+}
+
+const ORDER_COLUMNS: &str = "order_id, customer_id, status, lines, total_minor, payment_status, \
+    cancel_reason, created_at, updated_at";
+
+/// How many more candidates than asked for a Redis recommendation reads, since products the
+/// catalogue does not know (yet) are left out.
+const RECOMMENDATION_SLACK: usize = 50;
+
+impl Queries {
+    pub fn new(db: ReadDb, redis: Option<RedisModels>) -> Self {
+        Self { db, redis }
+    }
+
+    /// The read-model database these reads use.
+    pub fn db(&self) -> &ReadDb {
+        &self.db
+    }
+
+    /// One product of the products read model.
+    pub async fn product(&self, product_id: &str) -> Result<Option<ProductDoc>, ProjectionError> {
+        let row = sqlx::query(
+            "SELECT product_id, name, description, price_minor, stock_qty, category, popularity,
+                    updated_at, version
+             FROM rm_products WHERE product_id = $1",
+        )
+        .bind(product_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(ProductDoc {
+            product_id: row.try_get(0)?,
+            name: row.try_get(1)?,
+            description: row.try_get(2)?,
+            price_minor: row.try_get(3)?,
+            stock_qty: row.try_get(4)?,
+            category: row.try_get(5)?,
+            popularity: row.try_get(6)?,
+            updated_at: row.try_get(7)?,
+            version: u64::try_from(row.try_get::<i64, _>(8)?).unwrap_or(0),
+        }))
+    }
+
+    /// One order of the orders read model.
+    pub async fn order(&self, order_id: &str) -> Result<Option<OrderRow>, ProjectionError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} FROM rm_orders WHERE order_id = $1"
+        ))
+        .bind(order_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(order_row).transpose()
+    }
+
+    /// A customer's orders, newest first, at most `limit`.
+    pub async fn customer_orders(
+        &self,
+        customer_id: &str,
+        limit: usize,
+    ) -> Result<Vec<OrderRow>, ProjectionError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ORDER_COLUMNS} FROM rm_orders WHERE customer_id = $1 \
+             ORDER BY created_position DESC LIMIT $2"
+        ))
+        .bind(customer_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(order_row).collect()
+    }
+
+    /// One cart of the carts read model (on Redis when it is configured).
+    pub async fn cart(&self, cart_id: &str) -> Result<Option<CartRow>, ProjectionError> {
+        if let Some(models) = &self.redis {
+            return models.cart(cart_id).await;
+        }
+        let mut connection = self.db.pool().acquire().await?;
+        load_cart_row(&mut connection, cart_id).await
+    }
+
+    /// The most popular catalogue products customer `customer_id` has not ordered, at most
+    /// `limit` (for a new customer, overall popularity).
+    pub async fn recommendations(
+        &self,
+        customer_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Recommendation>, ProjectionError> {
+        if let Some(models) = &self.redis {
+            return self.redis_recommendations(models, customer_id, limit).await;
+        }
+        let rows = sqlx::query(
+            "SELECT p.product_id, p.name, pop.score
+             FROM rm_popularity pop JOIN rm_products p ON p.product_id = pop.product_id
+             WHERE pop.product_id NOT IN
+                 (SELECT product_id FROM rm_customer_products WHERE customer_id = $1)
+             ORDER BY pop.score DESC, p.product_id
+             LIMIT $2",
+        )
+        .bind(customer_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Recommendation {
+                    product_id: row.try_get(0)?,
+                    name: row.try_get(1)?,
+                    score: row.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Recommendations from the Redis sorted set: the top products the customer has not
+    /// ordered, keeping only products the catalogue knows.
+    async fn redis_recommendations(
+        &self,
+        models: &RedisModels,
+        customer_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Recommendation>, ProjectionError> {
+        let candidates = models
+            .popular_not_ordered(customer_id, limit + RECOMMENDATION_SLACK)
+            .await?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=candidates.len()).map(|n| format!("${n}")).collect();
+        let statement = format!(
+            "SELECT product_id, name FROM rm_products WHERE product_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&statement);
+        for (product_id, _) in &candidates {
+            query = query.bind(product_id);
+        }
+        let mut names = HashMap::new();
+        for row in &query.fetch_all(self.db.pool()).await? {
+            names.insert(row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?);
+        }
+        Ok(candidates
+            .into_iter()
+            .filter_map(|(product_id, score)| {
+                let name = names.get(&product_id)?.clone();
+                Some(Recommendation {
+                    product_id,
+                    name,
+                    score,
+                })
+            })
+            .take(limit)
+            .collect())
+    }
+}
+
+fn order_row(row: &AnyRow) -> Result<OrderRow, ProjectionError> {
+    let lines: String = row.try_get("lines")?;
+    Ok(OrderRow {
+        order_id: row.try_get("order_id")?,
+        customer_id: row.try_get("customer_id")?,
+        status: row.try_get("status")?,
+        lines: serde_json::from_str(&lines)?,
+        total_minor: row.try_get("total_minor")?,
+        payment_status: row.try_get("payment_status")?,
+        cancel_reason: row.try_get("cancel_reason")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}

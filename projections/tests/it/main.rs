@@ -1,0 +1,11 @@
+//! The read side's tests: the behaviour suites every adapter of a port passes (search, cache,
+//! carts and popularity), batches against reference models, rebuilds, and the OpenSearch
+//! adapter's requests against a scripted server.
+
+mod batches;
+mod new_projection;
+mod opensearch;
+mod opensearch_replay;
+mod redis_replay;
+mod search_generations;
+mod support;

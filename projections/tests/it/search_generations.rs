@@ -1,0 +1,173 @@
+//! Swapping a rebuilt generation of the embedded search index into service while a projection
+//! fed from Kafka partitions keeps applying: the rebuilt generation takes over the partitions'
+//! checkpoints, so a redelivered message is applied once, and a swap waits for a batch in flight.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::ProductViewEvent;
+use domain::views::ProductViewed;
+use eventstore::RecordedEvent;
+use projections::search::{GenerationSwap, SearchIndex, SearchQuery, TantivySearch};
+use projections::{Feed, Projection, ProjectionError, apply_new};
+
+use crate::support::opensearch_script as script;
+
+use script::{lamp, lamp_id, recorded};
+
+fn viewed(position: u64) -> RecordedEvent {
+    let event = ProductViewEvent::ProductViewed(ProductViewed {
+        product_id: lamp_id().parse().unwrap(),
+        customer_id: None,
+    });
+    recorded(
+        schemas::encode(&event).unwrap(),
+        domain::VIEWS_STREAM_TYPE,
+        format!("view-{position}"),
+        1,
+        position,
+    )
+}
+
+/// The lamp at position 1, then one view of it at each position 2 to 8.
+fn history() -> Vec<RecordedEvent> {
+    std::iter::once(lamp(1, 1))
+        .chain((2..=8).map(viewed))
+        .collect()
+}
+
+fn partition(topic: &str, partition: i32) -> Feed {
+    Feed::Partition {
+        topic: topic.to_owned(),
+        partition,
+    }
+}
+
+async fn lamp_popularity(search: &Arc<TantivySearch>) -> i64 {
+    let found = search
+        .search(&SearchQuery {
+            text: "lamp".to_owned(),
+            limit: 10,
+            ..SearchQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.total, 1, "{found:?}");
+    found.hits[0].popularity
+}
+
+#[tokio::test]
+async fn a_rebuilt_generation_takes_over_the_kafka_partitions_checkpoints() {
+    let directory = tempfile::tempdir().unwrap();
+    let root = directory.path().join("search");
+    let events = history();
+    let products = partition("products.events", 0);
+    let views = partition("product_views.events", 1);
+
+    // In service, fed from Kafka: the lamp on one partition, its views on another.
+    let live = Arc::new(TantivySearch::open(&root, None).unwrap());
+    assert_eq!(apply_new(&live, &products, &events[..1]).await.unwrap(), 1);
+    assert_eq!(apply_new(&live, &views, &events[1..5]).await.unwrap(), 4);
+
+    // Rebuilt from the log up to position 5.
+    let rebuilt = Arc::new(TantivySearch::open_generation(&root, "gen-rebuilt").unwrap());
+    assert_eq!(
+        apply_new(&rebuilt, &Feed::Log, &events[..5]).await.unwrap(),
+        5
+    );
+
+    // The views' partition moved on to 6 in service: the rebuild must catch up first.
+    assert_eq!(apply_new(&live, &views, &events[5..6]).await.unwrap(), 1);
+    assert_eq!(rebuilt.swap_in().unwrap(), GenerationSwap::Behind(6));
+    assert_eq!(
+        TantivySearch::current_generation(&root),
+        ".",
+        "a refused swap changes nothing"
+    );
+    assert_eq!(
+        apply_new(&rebuilt, &Feed::Log, &events[..6]).await.unwrap(),
+        1
+    );
+    let GenerationSwap::Swapped { previous, position } = rebuilt.swap_in().unwrap() else {
+        panic!("not swapped");
+    };
+    assert_eq!((previous.as_str(), position), (".", 6));
+    assert_eq!(TantivySearch::current_generation(&root), "gen-rebuilt");
+
+    // After a rebalance the views' partition is delivered again from 4: the batch read before
+    // the swap is refused, then only position 7 is new.
+    let redelivered = &events[3..7];
+    let refused = apply_new(&live, &views, redelivered).await;
+    assert!(
+        matches!(refused, Err(ProjectionError::CheckpointMoved { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(apply_new(&live, &views, redelivered).await.unwrap(), 1);
+    assert_eq!(apply_new(&live, &products, &events[..1]).await.unwrap(), 0);
+    assert_eq!(live.checkpoint(&products).await.unwrap(), 6);
+    assert_eq!(live.checkpoint(&views).await.unwrap(), 7);
+    assert_eq!(live.checkpoint(&Feed::Log).await.unwrap(), 6);
+    // Six views, each counted once.
+    assert_eq!(lamp_popularity(&live).await, 6);
+    assert_eq!(apply_new(&live, &views, &events[7..]).await.unwrap(), 1);
+    assert_eq!(lamp_popularity(&live).await, 7);
+    assert!(
+        !root.join("meta.json").exists(),
+        "the generation that left service is deleted by the writer that left it"
+    );
+}
+
+#[tokio::test]
+async fn a_log_fed_generation_in_service_ahead_of_the_rebuild_does_not_hold_the_swap_back() {
+    let directory = tempfile::tempdir().unwrap();
+    let root = directory.path().join("search");
+    let events = history();
+    let live = Arc::new(TantivySearch::open(&root, None).unwrap());
+    assert_eq!(apply_new(&live, &Feed::Log, &events).await.unwrap(), 8);
+    let rebuilt = Arc::new(TantivySearch::open_generation(&root, "gen-rebuilt").unwrap());
+    assert_eq!(
+        apply_new(&rebuilt, &Feed::Log, &events[..4]).await.unwrap(),
+        4
+    );
+    assert!(matches!(
+        rebuilt.swap_in().unwrap(),
+        GenerationSwap::Swapped { position: 4, .. }
+    ));
+    // The projection in service reads on from the rebuilt generation's position.
+    let refused = apply_new(&live, &Feed::Log, &events[4..]).await;
+    assert!(
+        matches!(refused, Err(ProjectionError::CheckpointMoved { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(live.checkpoint(&Feed::Log).await.unwrap(), 4);
+    assert_eq!(apply_new(&live, &Feed::Log, &events[4..]).await.unwrap(), 4);
+    assert_eq!(lamp_popularity(&live).await, 7);
+}
+
+#[test]
+fn a_swap_waits_for_the_batch_in_flight() {
+    let directory = tempfile::tempdir().unwrap();
+    let root = directory.path().join("search");
+    let rebuilt = TantivySearch::open_generation(&root, "gen-rebuilt").unwrap();
+    rebuilt.start_at(3).unwrap();
+
+    // A batch being applied holds the fence shared, as `TantivySearch` does while it applies.
+    let fence = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join("CURRENT.lock"))
+        .unwrap();
+    fs4::FileExt::lock_shared(&fence).unwrap();
+    let swap = std::thread::spawn(move || rebuilt.swap_in().unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!swap.is_finished(), "the swap did not wait for the batch");
+    assert_eq!(TantivySearch::current_generation(&root), ".");
+
+    drop(fence);
+    assert!(matches!(
+        swap.join().unwrap(),
+        GenerationSwap::Swapped { position: 3, .. }
+    ));
+    assert_eq!(TantivySearch::current_generation(&root), "gen-rebuilt");
+}

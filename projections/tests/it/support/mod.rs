@@ -1,0 +1,5 @@
+//! What the read side's tests share.
+
+pub mod history;
+pub mod opensearch_script;
+pub mod reference_sql_models;

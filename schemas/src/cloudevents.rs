@@ -1,0 +1,113 @@
+//! An event as a CloudEvents 1.0 structured-mode JSON object (`mercato events --format
+//! cloudevents`).
+//!
+//! `source` is `/mercato/{part}` (the part of mercato that wrote it), `type` is
+//! `mercato.{stream_type}.{EventType}`, `subject` is `TYPE/ID`; mercato's envelope fields are
+//! string-valued extension attributes: `position`, `streamtype`, `streamid`, `streamversion`,
+//! `schemaversion`, `correlationid`, `causationid`, `actor` and, when a saga caused the event,
+//! `sagaid`.
+
+use chrono::SecondsFormat;
+use serde_json::{Map, Value, json};
+
+use crate::RecordedEvent;
+
+/// The event as a CloudEvents 1.0 structured-mode JSON object.
+pub fn cloud_event(event: &RecordedEvent) -> Value {
+    let mut object = Map::new();
+    object.insert("specversion".into(), json!("1.0"));
+    object.insert("id".into(), json!(event.event_id.to_string()));
+    object.insert(
+        "source".into(),
+        json!(format!("/mercato/{}", uri_segment(&event.metadata.source))),
+    );
+    object.insert(
+        "type".into(),
+        json!(format!(
+            "mercato.{}.{}",
+            event.stream_type, event.event_type
+        )),
+    );
+    object.insert(
+        "subject".into(),
+        json!(format!("{}/{}", event.stream_type, event.stream_id)),
+    );
+    object.insert(
+        "time".into(),
+        json!(
+            event
+                .occurred_at
+                .to_rfc3339_opts(SecondsFormat::Micros, true)
+        ),
+    );
+    object.insert("datacontenttype".into(), json!("application/json"));
+    object.insert(
+        "data".into(),
+        serde_json::from_str(event.payload.get()).unwrap_or(Value::Null),
+    );
+    let metadata = &event.metadata;
+    let mut extensions = vec![
+        ("position", event.position.to_string()),
+        ("streamtype", event.stream_type.clone()),
+        ("streamid", event.stream_id.clone()),
+        ("streamversion", event.stream_version.to_string()),
+        ("schemaversion", event.schema_version.to_string()),
+        ("correlationid", metadata.correlation_id.clone()),
+        ("causationid", metadata.causation_id.clone()),
+        ("actor", metadata.actor.clone()),
+    ];
+    if let Some(saga_id) = &metadata.saga_id {
+        extensions.push(("sagaid", saga_id.clone()));
+    }
+    for (name, value) in extensions {
+        object.insert(name.into(), Value::String(value));
+    }
+    Value::Object(object)
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn uri_segment(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_a_cloud_event_with_mercatos_fields_as_string_extensions() {
+        let event: RecordedEvent = serde_json::from_value(json!({
+            "event_id": "7f0c5a9e-2f7b-4c2e-9a39-0d0c1c7e5b11",
+            "event_type": "OrderConfirmed",
+            "schema_version": 1,
+            "stream_type": "order",
+            "stream_id": "o-1",
+            "stream_version": 2,
+            "position": 42,
+            "occurred_at": "2026-11-22T10:00:00Z",
+            "metadata": {
+                "correlation_id": "c-1", "causation_id": "e-0", "saga_id": null,
+                "actor": "anonymous", "source": "command api"
+            },
+            "payload": {"order_id": "o-1"}
+        }))
+        .unwrap();
+        let cloud = cloud_event(&event);
+        assert_eq!(cloud["specversion"], "1.0");
+        assert_eq!(cloud["source"], "/mercato/command%20api");
+        assert_eq!(cloud["type"], "mercato.order.OrderConfirmed");
+        assert_eq!(cloud["subject"], "order/o-1");
+        assert_eq!(cloud["time"], "2026-11-22T10:00:00.000000Z");
+        assert_eq!(cloud["data"]["order_id"], "o-1");
+        assert_eq!(cloud["position"], "42");
+        assert!(cloud.get("sagaid").is_none());
+    }
+}

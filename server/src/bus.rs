@@ -1,0 +1,204 @@
+//! Kafka in a server process: the relay, the consumer groups of the projector and saga roles,
+//! and read-your-writes on Kafka-fed read models. Kafka is behind the cargo feature `kafka`
+//! (librdkafka builds with cmake); a build without it refuses a configuration that needs Kafka,
+//! naming the feature.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::roles::{Plan, Relay};
+
+/// What to say when the configuration asks for Kafka and this build has none.
+#[cfg(not(feature = "kafka"))]
+const NO_KAFKA: &str = "this build of mercato has no Kafka support: build it with `cargo build --release --features kafka` (librdkafka needs cmake; see DEVELOPERS.md)";
+
+/// Checks that `plan` can run with `config`'s Kafka settings: the relay role and `--source
+/// kafka` need `KAFKA_BOOTSTRAP`, and Kafka needs a build with the `kafka` feature.
+pub(crate) fn check(config: &Config, plan: &Plan) -> Result<()> {
+    let bootstrap = config.kafka_bootstrap.is_some();
+    if plan.parts.relay == Relay::Always && !bootstrap {
+        return Err(Error::Usage(
+            "the relay role publishes to Kafka: set KAFKA_BOOTSTRAP (or --kafka-bootstrap) to the brokers"
+                .to_owned(),
+        ));
+    }
+    if plan.from_kafka && !bootstrap {
+        return Err(Error::Usage(
+            "--source kafka reads events from Kafka: set KAFKA_BOOTSTRAP (or --kafka-bootstrap) to the brokers"
+                .to_owned(),
+        ));
+    }
+    #[cfg(not(feature = "kafka"))]
+    if bootstrap {
+        return Err(Error::Usage(format!(
+            "KAFKA_BOOTSTRAP is set, but {NO_KAFKA}; or unset KAFKA_BOOTSTRAP"
+        )));
+    }
+    Ok(())
+}
+
+/// The Kafka settings of `config`: where the topics are and how they are named and created.
+#[cfg(feature = "kafka")]
+pub fn settings(config: &Config) -> Option<kafka::KafkaSettings> {
+    config
+        .kafka_bootstrap
+        .as_ref()
+        .map(|bootstrap| kafka::KafkaSettings {
+            bootstrap: bootstrap.clone(),
+            prefix: config.kafka_prefix.clone(),
+            partitions: config.kafka_partitions.get(),
+            replication: config.kafka_replication.get(),
+        })
+}
+
+/// The Kafka settings of `config`, for a command that works on Kafka (`what`).
+#[cfg(feature = "kafka")]
+pub fn require(config: &Config, what: &str) -> Result<kafka::KafkaSettings> {
+    settings(config).ok_or_else(|| {
+        Error::Usage(format!(
+            "KAFKA_BOOTSTRAP is not set: {what}; set it (or --kafka-bootstrap) to the brokers"
+        ))
+    })
+}
+
+/// A Kafka error: an unknown topic is bad usage, anything else a runtime failure.
+#[cfg(feature = "kafka")]
+fn kafka_failure(error: kafka::KafkaError) -> Error {
+    if error.is_usage() {
+        Error::Usage(error.to_string())
+    } else {
+        Error::runtime("Kafka failed", error)
+    }
+}
+
+/// Every dead letter of `topic` (or all), as JSON objects (`mercato dlq list`).
+pub async fn dead_letters(config: &Config, topic: Option<&str>) -> Result<Vec<serde_json::Value>> {
+    #[cfg(feature = "kafka")]
+    {
+        let settings = require(config, "dead letters are on Kafka")?;
+        kafka::dlq::list(&settings, topic)
+            .await
+            .map_err(kafka_failure)
+    }
+    #[cfg(not(feature = "kafka"))]
+    {
+        let _ = (config, topic);
+        Err(Error::Usage(format!(
+            "dead letters are on Kafka, and {NO_KAFKA}"
+        )))
+    }
+}
+
+/// Sends the dead letters of `topic` (or all) not replayed yet back to their topics; answers
+/// how many (`mercato dlq replay`).
+pub async fn replay_dead_letters(config: &Config, topic: Option<&str>) -> Result<usize> {
+    #[cfg(feature = "kafka")]
+    {
+        let settings = require(config, "dead letters are on Kafka")?;
+        kafka::dlq::replay(&settings, topic)
+            .await
+            .map_err(kafka_failure)
+    }
+    #[cfg(not(feature = "kafka"))]
+    {
+        let _ = (config, topic);
+        Err(Error::Usage(format!(
+            "dead letters are on Kafka, and {NO_KAFKA}"
+        )))
+    }
+}
+
+#[cfg(feature = "kafka")]
+pub(crate) use running::*;
+
+#[cfg(feature = "kafka")]
+mod running {
+    use std::sync::Arc;
+
+    use kafka::{ConsumerOptions, KafkaLocator, KafkaSettings, run_consumer, run_relay};
+    use projections::{Progress, Projection};
+    use tokio::task::JoinHandle;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::error::{Error, Result};
+    use crate::health::Components;
+    use crate::platform::Platform;
+
+    /// The consumer group of Kafka-fed projector processes.
+    const PROJECTOR_GROUP: &str = "mercato-projector";
+    /// The consumer group of Kafka-fed saga processes.
+    const SAGA_GROUP: &str = "mercato-saga";
+
+    /// Makes reads with `X-Min-Position` wait for the Kafka partition that carries the event.
+    pub(crate) fn follow_partitions(
+        platform: &Platform,
+        settings: &KafkaSettings,
+        progress: &Progress,
+        projections: &[Arc<dyn Projection>],
+    ) -> Result<()> {
+        let locator = KafkaLocator::new(platform.store.clone(), settings.clone())
+            .map_err(|error| Error::runtime("cannot locate events on Kafka", error))?;
+        progress.follow_partitions(Arc::new(locator), projections);
+        Ok(())
+    }
+
+    /// The relay, publishing the log to Kafka.
+    pub(crate) fn relay(
+        platform: &Platform,
+        settings: &KafkaSettings,
+        progress: &Progress,
+        components: &Components,
+        shutdown: &CancellationToken,
+    ) -> JoinHandle<()> {
+        tokio::spawn(run_relay(
+            platform.store.clone(),
+            platform.read_models.db.clone(),
+            settings.clone(),
+            progress.clone(),
+            Arc::new(components.clone()),
+            shutdown.clone(),
+        ))
+    }
+
+    /// The projector's consumer group, applying every topic to `projections`.
+    pub(crate) fn projector(
+        settings: &KafkaSettings,
+        projections: Vec<Arc<dyn Projection>>,
+        components: &Components,
+        shutdown: &CancellationToken,
+    ) -> JoinHandle<()> {
+        let options = ConsumerOptions::new(
+            settings.clone(),
+            PROJECTOR_GROUP,
+            schemas::topics::TOPICS.to_vec(),
+        );
+        tokio::spawn(run_consumer(
+            projections,
+            options,
+            Arc::new(components.clone()),
+            shutdown.clone(),
+        ))
+    }
+
+    /// The saga's consumer group, feeding the saga's intake from the order and payment topics.
+    pub(crate) fn saga_intake(
+        settings: &KafkaSettings,
+        intake: Arc<dyn Projection>,
+        components: &Components,
+        shutdown: &CancellationToken,
+    ) -> JoinHandle<()> {
+        let options = ConsumerOptions::new(
+            settings.clone(),
+            SAGA_GROUP,
+            vec![
+                schemas::topics::ORDERS_EVENTS,
+                schemas::topics::PAYMENTS_EVENTS,
+            ],
+        );
+        tokio::spawn(run_consumer(
+            vec![intake],
+            options,
+            Arc::new(components.clone()),
+            shutdown.clone(),
+        ))
+    }
+}

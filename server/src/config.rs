@@ -1,0 +1,613 @@
+//! One typed configuration with one merge path: flag, then environment, then config file, then
+//! default.
+//!
+//! Every setting is declared once, in the [`settings!`] table below: its type, its default, its
+//! flag and variable. The table makes [`Settings`] (one layer, every value optional: the flags
+//! and environment as clap reads them, or the file as TOML holds it), [`Config`] (what a process
+//! runs with, defaults applied) and [`Config::describe`], so a setting cannot be known to one of
+//! them and missing from another. A value is checked by its type, in the flag, the variable and
+//! the file alike: an out-of-range number in the file is refused with the same message as on
+//! the command line.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use serde::Deserialize;
+
+/// A value that must never be printed: connection strings carry passwords.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The value with any password masked: `postgres://user:***@host/db`. Safe to print.
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return "***".to_owned();
+        };
+        match rest.rsplit_once('@') {
+            Some((credentials, host)) => match credentials.split_once(':') {
+                Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+                None => self.0.clone(),
+            },
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(value.to_owned()))
+    }
+}
+
+/// Which part of mercato a process runs (what each one starts: [`crate::roles`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    #[default]
+    All,
+    CommandApi,
+    QueryApi,
+    Projector,
+    Saga,
+    Relay,
+}
+
+/// Where the projector and saga roles take their events from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// The event store's global log (read directly).
+    #[default]
+    Log,
+    /// The Kafka topics the relay publishes to, in a consumer group per role.
+    Kafka,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A duration given in seconds: a finite, non-negative number of at most a day.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(try_from = "Number")]
+pub struct Seconds(Duration);
+
+impl Seconds {
+    pub const fn from_secs(seconds: u64) -> Seconds {
+        Seconds(Duration::from_secs(seconds))
+    }
+
+    pub fn duration(self) -> Duration {
+        self.0
+    }
+
+    fn from_number(seconds: f64, text: &str) -> Result<Seconds, String> {
+        if seconds.is_finite() && (0.0..=86_400.0).contains(&seconds) {
+            Ok(Seconds(Duration::from_secs_f64(seconds)))
+        } else {
+            Err(format!(
+                "{text:?} is not a number of seconds between 0 and 86400 (such as 30 or 0.5)"
+            ))
+        }
+    }
+}
+
+impl FromStr for Seconds {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let seconds = text.trim().parse::<f64>().unwrap_or(f64::NAN);
+        Seconds::from_number(seconds, text)
+    }
+}
+
+/// A number in a TOML file: an integer or a float.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(untagged)]
+enum Number {
+    Integer(i64),
+    Float(f64),
+}
+
+impl Number {
+    fn text(self) -> String {
+        match self {
+            Number::Integer(value) => value.to_string(),
+            Number::Float(value) => value.to_string(),
+        }
+    }
+}
+
+impl TryFrom<Number> for Seconds {
+    type Error = String;
+
+    fn try_from(number: Number) -> Result<Self, Self::Error> {
+        let seconds = match number {
+            Number::Integer(value) => value as f64,
+            Number::Float(value) => value,
+        };
+        Seconds::from_number(seconds, &number.text())
+    }
+}
+
+/// A whole number from `MIN` to `MAX` (partition counts, replication factors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Number")]
+pub struct Count<const MIN: i32, const MAX: i32>(i32);
+
+impl<const MIN: i32, const MAX: i32> Count<MIN, MAX> {
+    /// `value`, which must lie in the range (a default of the table).
+    pub const fn new(value: i32) -> Self {
+        assert!(MIN <= value && value <= MAX);
+        Count(value)
+    }
+
+    pub fn get(self) -> i32 {
+        self.0
+    }
+
+    fn checked(value: Option<i64>, text: &str) -> Result<Self, String> {
+        value
+            .and_then(|value| i32::try_from(value).ok())
+            .filter(|value| (MIN..=MAX).contains(value))
+            .map(Count)
+            .ok_or_else(|| format!("{text:?} is not a whole number from {MIN} to {MAX}"))
+    }
+}
+
+impl<const MIN: i32, const MAX: i32> FromStr for Count<MIN, MAX> {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Count::checked(text.trim().parse().ok(), text)
+    }
+}
+
+impl<const MIN: i32, const MAX: i32> TryFrom<Number> for Count<MIN, MAX> {
+    type Error = String;
+
+    fn try_from(number: Number) -> Result<Self, Self::Error> {
+        let value = match number {
+            Number::Integer(value) => Some(value),
+            Number::Float(_) => None,
+        };
+        Count::checked(value, &number.text())
+    }
+}
+
+/// How a setting's value is printed by `mercato config`.
+pub trait Describe {
+    fn describe(&self) -> String;
+}
+
+impl Describe for SocketAddr {
+    fn describe(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Describe for PathBuf {
+    fn describe(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+impl Describe for String {
+    fn describe(&self) -> String {
+        self.clone()
+    }
+}
+
+impl Describe for Secret {
+    fn describe(&self) -> String {
+        self.redacted()
+    }
+}
+
+impl Describe for Seconds {
+    fn describe(&self) -> String {
+        format!("{}", self.0.as_secs_f64())
+    }
+}
+
+impl<const MIN: i32, const MAX: i32> Describe for Count<MIN, MAX> {
+    fn describe(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+impl<T: Describe> Describe for Option<T> {
+    fn describe(&self) -> String {
+        self.as_ref()
+            .map_or_else(|| "(not set)".to_owned(), Describe::describe)
+    }
+}
+
+macro_rules! describe_as_value_name {
+    ($($kind:ty),*) => {$(
+        impl Describe for $kind {
+            fn describe(&self) -> String {
+                self.to_possible_value()
+                    .map_or_else(|| format!("{self:?}"), |value| value.get_name().to_owned())
+            }
+        }
+    )*};
+}
+describe_as_value_name!(Role, Source, LogFormat);
+
+/// The config type of a setting: its own type when it has a default, else optional.
+macro_rules! config_type {
+    ($ty:ty) => { Option<$ty> };
+    ($ty:ty, $default:expr) => { $ty };
+}
+
+/// A setting's value once resolved: the merged value, else the default (when it has one).
+macro_rules! resolved {
+    ($value:expr) => {
+        $value
+    };
+    ($value:expr, $default:expr) => {
+        $value.unwrap_or_else(|| $default)
+    };
+}
+
+/// The table of settings. Each entry: its documentation (the flag's help), the clap attributes
+/// of its flag and variable, its name (also the file's key), its type and its default. A
+/// default may use the settings above it. Settings without a default are optional.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        #[arg($($arg:tt)*)]
+        $name:ident : $ty:ty $(= $default:expr)?;
+    )*) => {
+        /// One layer of settings, every value optional: the flags and environment (as clap
+        /// reads them), or a config file (TOML, the same names).
+        #[derive(Clone, Debug, Default, clap::Args, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            $(
+                $(#[doc = $doc])*
+                #[arg($($arg)*)]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        impl Settings {
+            /// This layer over `below`: each value of this one, else the one below.
+            pub fn over(self, below: Settings) -> Settings {
+                Settings { $($name: self.$name.or(below.$name),)* }
+            }
+        }
+
+        /// The configuration a process runs with.
+        #[derive(Clone, Debug)]
+        pub struct Config {
+            $(
+                $(#[doc = $doc])*
+                pub $name: config_type!($ty $(, $default)?),
+            )*
+        }
+
+        impl Config {
+            /// The settings of `merged` with the defaults applied.
+            fn with_defaults(merged: Settings) -> Config {
+                $(let $name = resolved!(merged.$name $(, $default)?);)*
+                Config { $($name,)* }
+            }
+
+            /// The configuration as `key = value` lines, secrets masked.
+            pub fn describe(&self) -> String {
+                let mut lines = String::new();
+                $(
+                    lines.push_str(stringify!($name));
+                    lines.push_str(" = ");
+                    lines.push_str(&Describe::describe(&self.$name));
+                    lines.push('\n');
+                )*
+                lines
+            }
+        }
+    };
+}
+
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+pub const DEFAULT_DATA_DIR: &str = "./data";
+pub const DEFAULT_PAYMENT_TIMEOUT: Seconds = Seconds::from_secs(30);
+
+/// Partitions of each topic the relay creates.
+pub type Partitions = Count<1, 1000>;
+/// Replication factor of each topic the relay creates.
+pub type Replication = Count<1, 16>;
+
+settings! {
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(skip)]
+    listen: SocketAddr = DEFAULT_LISTEN;
+    /// Directory for embedded data (SQLite store, search index) [default: ./data]
+    #[arg(long, global = true, env = "MERCATO_DATA_DIR", value_name = "DIR")]
+    data_dir: PathBuf = PathBuf::from(DEFAULT_DATA_DIR);
+    /// Which part to run, for scale-out [default: all]
+    #[arg(skip)]
+    role: Role = Role::All;
+    /// Event store and SQL read models: postgres://... or sqlite://PATH [default: sqlite://{data-dir}/mercato.db]
+    #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    database_url: Secret = Secret(format!("sqlite://{}", data_dir.join("mercato.db").display()));
+    /// Redis for the query cache, carts and popularity [default: in-process]
+    #[arg(long, global = true, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
+    redis_url: Secret;
+    /// Kafka brokers (host:port,...) for the relay and Kafka-fed consumers [default: none]
+    #[arg(long, global = true, env = "KAFKA_BOOTSTRAP", value_name = "HOSTS")]
+    kafka_bootstrap: String;
+    /// Where the projector and saga roles read events: the store's log, or Kafka (needs
+    /// KAFKA_BOOTSTRAP and a running relay) [default: log]
+    #[arg(long, global = true, env = "MERCATO_SOURCE", value_enum)]
+    source: Source = Source::Log;
+    /// Partitions of each event topic the relay creates [default: 3]
+    #[arg(long, global = true, env = "MERCATO_KAFKA_PARTITIONS", value_name = "N")]
+    kafka_partitions: Partitions = Partitions::new(3);
+    /// Replication factor of the topics the relay creates [default: 1]
+    #[arg(long, global = true, env = "MERCATO_KAFKA_REPLICATION", value_name = "N")]
+    kafka_replication: Replication = Replication::new(1);
+    /// Prepended to every Kafka topic and consumer group name, so that several deployments can
+    /// share a cluster [default: none]
+    #[arg(long, global = true, env = "MERCATO_KAFKA_PREFIX", value_name = "PREFIX")]
+    kafka_prefix: String = String::new();
+    /// OpenSearch or Elasticsearch for product search (ELASTICSEARCH_URL is an alias) [default: embedded index]
+    #[arg(long, global = true, env = "OPENSEARCH_URL", value_name = "URL", hide_env_values = true)]
+    opensearch_url: Secret;
+    /// OTLP endpoint for traces [default: no export]
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otel_endpoint: String;
+    /// Log format
+    #[arg(long, global = true, env = "MERCATO_LOG_FORMAT", value_enum)]
+    log_format: LogFormat = LogFormat::Text;
+    /// Seconds the payment gateway has to answer before the order is cancelled [default: 30]
+    #[arg(long, global = true, env = "MERCATO_PAYMENT_TIMEOUT", value_name = "SECONDS")]
+    payment_timeout: Seconds = DEFAULT_PAYMENT_TIMEOUT;
+    /// Seconds the built-in test gateway takes per charge or refund [default: 0]
+    #[arg(long, global = true, env = "MERCATO_TEST_GATEWAY_LATENCY", value_name = "SECONDS")]
+    test_gateway_latency: Seconds = Seconds::from_secs(0);
+    /// Seconds after the charge call the test gateway makes a `tok_lateSuccess` charge
+    /// [default: the payment timeout plus 5]
+    #[arg(long, global = true, env = "MERCATO_TEST_GATEWAY_LATE_AFTER", value_name = "SECONDS")]
+    test_gateway_late_after: Seconds = Seconds(payment_timeout.duration() + Duration::from_secs(5));
+}
+
+/// Why a configuration cannot be used (bad usage: exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}; check the --config path")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Settings {
+    /// The settings of config file `path`.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|error| {
+            // The message alone does not say where; the line it is about names the key.
+            let at = error.span().and_then(|span| {
+                let line_start = text[..span.start].rfind('\n').map_or(0, |index| index + 1);
+                let line_end = text[span.start..]
+                    .find('\n')
+                    .map_or(text.len(), |index| span.start + index);
+                let number = text[..span.start].matches('\n').count() + 1;
+                let line = text[line_start..line_end].trim();
+                (!line.is_empty()).then(|| format!(" (line {number}: `{line}`)"))
+            });
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("{}{}", error.message().trim(), at.unwrap_or_default()),
+            }
+        })
+    }
+}
+
+impl Config {
+    /// The configuration of `flags` (flags and environment, already merged by clap) over config
+    /// file `file` (when given) over the defaults.
+    pub fn resolve(flags: Settings, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = match file {
+            Some(path) => Settings::load(path)?,
+            None => Settings::default(),
+        };
+        Ok(Config::with_defaults(flags.over(file)))
+    }
+
+    /// The payment gateway's time to answer a charge.
+    pub fn payment_timeout(&self) -> Duration {
+        self.payment_timeout.duration()
+    }
+}
+
+impl Default for Config {
+    /// Everything embedded under `./data`: what `mercato serve` runs with no configuration.
+    fn default() -> Self {
+        Config::with_defaults(Settings::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_everything_embedded_under_the_data_dir() {
+        let config = Config::resolve(Settings::default(), None).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.role, Role::All);
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.database_url.expose(), "sqlite://./data/mercato.db");
+        assert!(
+            config.redis_url.is_none()
+                && config.kafka_bootstrap.is_none()
+                && config.opensearch_url.is_none()
+        );
+        assert_eq!(config.payment_timeout(), Duration::from_secs(30));
+        assert_eq!(
+            config.test_gateway_late_after.duration(),
+            Duration::from_secs(35)
+        );
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mercato.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\nrole = \"query-api\"\ndata_dir = \"/srv/mercato\"\nredis_url = \"redis://file\"\npayment_timeout = 12\n",
+        )
+        .unwrap();
+        let flags = Settings {
+            redis_url: Some(Secret::new("redis://flag")),
+            role: Some(Role::Saga),
+            ..Settings::default()
+        };
+        let config = Config::resolve(flags, Some(&path)).unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.role, Role::Saga);
+        assert_eq!(
+            config.redis_url.as_ref().map(Secret::expose),
+            Some("redis://flag")
+        );
+        assert_eq!(
+            config.database_url.expose(),
+            "sqlite:///srv/mercato/mercato.db"
+        );
+        assert_eq!(config.payment_timeout(), Duration::from_secs(12));
+        assert_eq!(
+            config.test_gateway_late_after.duration(),
+            Duration::from_secs(17)
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_config_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let error = Config::resolve(Settings::default(), Some(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("lisen"), "{error}");
+    }
+
+    #[test]
+    fn a_file_value_out_of_range_is_refused_as_the_flag_is() {
+        let dir = tempfile::tempdir().unwrap();
+        for (line, flag_error) in [
+            (
+                "kafka_partitions = 0",
+                Partitions::from_str("0").unwrap_err(),
+            ),
+            (
+                "kafka_replication = 17",
+                Replication::from_str("17").unwrap_err(),
+            ),
+            ("payment_timeout = -1", Seconds::from_str("-1").unwrap_err()),
+            (
+                "test_gateway_latency = 100000.5",
+                Seconds::from_str("100000.5").unwrap_err(),
+            ),
+        ] {
+            let path = dir.path().join("range.toml");
+            std::fs::write(&path, format!("{line}\n")).unwrap();
+            let error = Config::resolve(Settings::default(), Some(&path))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(&flag_error), "{line}: {error}");
+            assert!(error.contains(line), "the key is named: {error}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new("postgres://user:hunter2@db/mercato");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        assert_eq!(secret.redacted(), "postgres://user:***@db/mercato");
+        let flags = Settings {
+            database_url: Some(secret),
+            ..Settings::default()
+        };
+        let described = Config::resolve(flags, None).unwrap().describe();
+        assert!(
+            described.contains("database_url = postgres://user:***@db/mercato"),
+            "{described}"
+        );
+        assert!(!described.contains("hunter2"));
+        assert_eq!(
+            Secret::new("postgres://postgres@db/x").redacted(),
+            "postgres://postgres@db/x"
+        );
+        assert_eq!(Secret::new("opaque-token").redacted(), "***");
+    }
+
+    #[test]
+    fn every_setting_is_described_in_the_table_order() {
+        let described = Config::default().describe();
+        let keys: Vec<&str> = described
+            .lines()
+            .filter_map(|line| line.split(" = ").next())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "listen",
+                "data_dir",
+                "role",
+                "database_url",
+                "redis_url",
+                "kafka_bootstrap",
+                "source",
+                "kafka_partitions",
+                "kafka_replication",
+                "kafka_prefix",
+                "opensearch_url",
+                "otel_endpoint",
+                "log_format",
+                "payment_timeout",
+                "test_gateway_latency",
+                "test_gateway_late_after"
+            ]
+        );
+        assert!(described.contains("role = all\n"), "{described}");
+        assert!(described.contains("redis_url = (not set)\n"), "{described}");
+    }
+}

@@ -1,0 +1,174 @@
+//! Opening what the configuration names: the event store (the one place it is opened), the
+//! read-model database, Redis, the cache and the search index.
+
+use std::sync::Arc;
+
+use eventstore::EventStore;
+use projections::cache::{Cache, MemoryCache, RedisCache};
+use projections::catalogue::{ReadModelStores, SearchStore};
+use projections::readdb::{ReadDb, read_db_url};
+use projections::redis_models::RedisModels;
+use projections::search::TantivySearch;
+use projections::search::opensearch::{self, OpenSearchIndex};
+
+use crate::config::Config;
+use crate::error::{Error, Result, projection_failure, store_failure};
+
+/// How much the in-process cache holds at most: a bound on memory, not on entries.
+const MEMORY_CACHE_BYTES: usize = 16 << 20;
+
+/// Everything a running platform holds: the event store and where the read models live.
+#[derive(Clone, Debug)]
+pub struct Platform {
+    pub store: Arc<dyn EventStore>,
+    pub read_models: ReadModelStores,
+}
+
+/// Who opens the platform, which decides how the read models are opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// A process that runs the projections: it writes the read models, creates the search
+    /// index when it is missing, and keeps an in-process cache (without Redis) that its
+    /// projections invalidate.
+    Writer,
+    /// A process that only reads them (a query-api alone, or an operator's command).
+    Reader,
+}
+
+impl Platform {
+    /// Opens the store, the read models, the cache and the search index `config` names.
+    pub async fn open(config: &Config, access: Access) -> Result<Platform> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|error| {
+            Error::runtime(
+                format!(
+                    "cannot create the data directory {}",
+                    config.data_dir.display()
+                ),
+                error,
+            )
+        })?;
+        let store = open_store(config).await?;
+        let db = open_read_db(config).await?;
+        // One Redis connection (multiplexed) serves the cache and the Redis read models.
+        let redis = match &config.redis_url {
+            Some(url) => {
+                let connect = async {
+                    let client = redis::Client::open(url.expose())?;
+                    redis::aio::ConnectionManager::new(client).await
+                };
+                Some(connect.await.map_err(|error| {
+                    Error::runtime(
+                        format!(
+                            "cannot connect to Redis at {} (check REDIS_URL)",
+                            url.redacted()
+                        ),
+                        error,
+                    )
+                })?)
+            }
+            None => None,
+        };
+        let prefix = redis_prefix(config.database_url.expose());
+        let cache: Option<Arc<dyn Cache>> = match (&redis, access) {
+            (Some(connection), _) => Some(Arc::new(RedisCache::new(connection.clone(), &prefix))),
+            // In process, the cache is only right if this process's projections invalidate it.
+            (None, Access::Writer) => Some(Arc::new(MemoryCache::new(MEMORY_CACHE_BYTES))),
+            (None, Access::Reader) => None,
+        };
+        let search = open_search(config, access, cache.clone()).await?;
+        Ok(Platform {
+            store,
+            read_models: ReadModelStores {
+                db,
+                db_url: read_db_url(config.database_url.expose()),
+                redis: redis.map(|connection| RedisModels::new(connection, &prefix)),
+                search,
+                cache,
+            },
+        })
+    }
+}
+
+/// The search index: OpenSearch with `OPENSEARCH_URL`, else the Tantivy index under the data
+/// directory.
+async fn open_search(
+    config: &Config,
+    access: Access,
+    cache: Option<Arc<dyn Cache>>,
+) -> Result<SearchStore> {
+    if let Some(url) = &config.opensearch_url {
+        let index =
+            OpenSearchIndex::new(url.expose(), opensearch::DEFAULT_ALIAS).map_err(|error| {
+                Error::Usage(format!(
+                    "OPENSEARCH_URL {} is not usable: {error}",
+                    url.redacted()
+                ))
+            })?;
+        if access == Access::Writer {
+            index.ensure_index().await.map_err(projection_failure(format!(
+                "cannot create the search index on {} (check OPENSEARCH_URL and that the cluster is up)",
+                url.redacted()
+            )))?;
+        }
+        return Ok(SearchStore::OpenSearch(index));
+    }
+    let root = config.data_dir.join("search");
+    let index = match access {
+        Access::Writer => TantivySearch::open(&root, cache),
+        // The projector process (same data directory) writes the index; this one reads it.
+        Access::Reader => TantivySearch::open_read_only(&root),
+    }
+    .map_err(projection_failure("cannot open the search index"))?;
+    Ok(SearchStore::Tantivy {
+        root,
+        index: Arc::new(index),
+    })
+}
+
+/// The prefix of this deployment's Redis keys: derived from the event store's URL, so every
+/// process of one deployment shares it and two deployments (or test runs) on one Redis do not.
+fn redis_prefix(database_url: &str) -> String {
+    let hash = schemas::stable_hash(database_url);
+    format!("mercato:{hash:016x}:")
+}
+
+/// Opens the event store `config` names: the one place a process opens it.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn EventStore>> {
+    eventstore::open(config.database_url.expose())
+        .await
+        .map_err(store_failure(format!(
+            "cannot open the event store at {} (check DATABASE_URL and that the database is running)",
+            config.database_url.redacted()
+        )))
+}
+
+/// Opens the read-model database beside the event store `config` names, with every read
+/// model's and the saga's tables.
+pub async fn open_read_db(config: &Config) -> Result<ReadDb> {
+    let db = ReadDb::open(&read_db_url(config.database_url.expose()))
+        .await
+        .map_err(projection_failure(format!(
+            "cannot open the read-model database of {} (check DATABASE_URL and that the database is running)",
+            config.database_url.redacted()
+        )))?;
+    // The query API shows a parked saga's reason, so its tables exist whichever roles run.
+    sagas::state::ensure_schema(&db)
+        .await
+        .map_err(|error| Error::runtime("cannot create the saga tables", error))?;
+    Ok(db)
+}
+
+/// Applies the event store's migrations and creates the read-model tables; answers where (the
+/// URL, passwords masked).
+pub async fn migrate(config: &Config) -> Result<String> {
+    let target = config.database_url.redacted();
+    eventstore::migrate(config.database_url.expose())
+        .await
+        .map_err(store_failure(format!(
+            "cannot apply migrations to {target} (check DATABASE_URL and that the database is running)"
+        )))?;
+    open_read_db(config).await.map_err(|error| {
+        error.context(format!("cannot create the read-model tables for {target}"))
+    })?;
+    Ok(target)
+}

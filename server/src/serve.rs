@@ -1,0 +1,348 @@
+//! A running platform: [`Server::build`] opens what the configuration names and starts the
+//! parts its role runs ([`crate::roles`]); [`Server::run_until`] serves HTTP until the shutdown
+//! future completes, then drains requests and stops the projections at a checkpoint.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use http_common::Problem;
+use http_common::context::request_context;
+use http_common::problem::BODY_LIMIT;
+use projections::queries::Queries;
+use projections::{Progress, Projection, run_projection};
+use query_api::views::ViewRecorder;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Role};
+use crate::error::{Error, Result};
+use crate::health::Components;
+use crate::ops::{self, OpsState};
+use crate::platform::{Access, Platform};
+use crate::roles::Plan;
+
+/// How many events a projection takes per batch.
+const PROJECTION_BATCH: usize = 500;
+/// How long shutdown waits for projections to reach a checkpoint.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+/// How many events one audit checkpoint covers (`mercato audit head` seals with the same).
+pub const SEAL_EVERY: u64 = 10_000;
+
+/// A platform built and running its background parts, ready to serve HTTP.
+#[derive(Debug)]
+pub struct Server {
+    platform: Platform,
+    role: Role,
+    router: Router,
+    listener: TcpListener,
+    address: SocketAddr,
+    shutdown: CancellationToken,
+    workers: Vec<JoinHandle<()>>,
+    views_task: Option<JoinHandle<()>>,
+}
+
+/// Binds `address` for [`Server::build`].
+pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(address).await.map_err(|error| {
+        Error::runtime(
+            format!("cannot listen on {address} (is another process using it? set --listen)"),
+            error,
+        )
+    })
+}
+
+impl Server {
+    /// Opens the platform `config` names, starts what its role runs in the background, and
+    /// prepares the HTTP application on `listener`.
+    pub async fn build(config: &Config, listener: TcpListener) -> Result<Server> {
+        let plan = Plan::of(config);
+        crate::bus::check(config, &plan)?;
+        let access = if plan.parts.projector {
+            Access::Writer
+        } else {
+            Access::Reader
+        };
+        let platform = Platform::open(config, access).await?;
+        let projections = platform.read_models.live_projections();
+        let progress = Progress::default();
+        let components = Components::default();
+        let shutdown = CancellationToken::new();
+        let mut workers = Vec::new();
+        #[cfg(feature = "kafka")]
+        let kafka = crate::bus::settings(config);
+        #[cfg(feature = "kafka")]
+        if let Some(settings) = &kafka {
+            if plan.follows_partitions {
+                crate::bus::follow_partitions(&platform, settings, &progress, &projections)?;
+            }
+            if plan.relay {
+                workers.push(crate::bus::relay(
+                    &platform,
+                    settings,
+                    &progress,
+                    &components,
+                    &shutdown,
+                ));
+            }
+        }
+        if plan.parts.projector {
+            #[cfg(feature = "kafka")]
+            let from_kafka = plan.from_kafka.then_some(kafka.as_ref()).flatten();
+            #[cfg(not(feature = "kafka"))]
+            let from_kafka: Option<()> = None;
+            match from_kafka {
+                #[cfg(feature = "kafka")]
+                Some(settings) => workers.push(crate::bus::projector(
+                    settings,
+                    projections.clone(),
+                    &components,
+                    &shutdown,
+                )),
+                #[cfg(not(feature = "kafka"))]
+                Some(()) => {}
+                None => workers.extend(projections.iter().map(|projection| {
+                    spawn_projection(&platform, projection, &progress, &shutdown)
+                })),
+            }
+        } else if plan.polls_checkpoints {
+            workers.push(tokio::spawn(ops::poll_checkpoints(
+                projections.clone(),
+                progress.clone(),
+                shutdown.clone(),
+            )));
+        }
+        if plan.parts.saga {
+            let gateway = sagas::TestGateway::open(
+                platform.read_models.db.clone(),
+                sagas::TestGatewayOptions {
+                    latency: config.test_gateway_latency.duration(),
+                    late_after: config.test_gateway_late_after.duration(),
+                },
+            )
+            .await
+            .map_err(|error| {
+                Error::runtime("cannot open the test payment gateway's ledger", error)
+            })?;
+            #[allow(unused_mut)]
+            let mut options = sagas::SagaOptions {
+                payment_timeout: config.payment_timeout(),
+                ..sagas::SagaOptions::default()
+            };
+            #[cfg(feature = "kafka")]
+            if let (Some(settings), true) = (&kafka, plan.from_kafka) {
+                // Every saga process takes its share of the partitions; the lease holder runs
+                // the steps.
+                let wake = Arc::new(tokio::sync::Notify::new());
+                let intake: Arc<dyn Projection> = Arc::new(sagas::state::SagaIntake::new(
+                    platform.read_models.db.clone(),
+                    wake.clone(),
+                ));
+                options.external_intake = Some(wake);
+                workers.push(crate::bus::saga_intake(
+                    settings,
+                    intake,
+                    &components,
+                    &shutdown,
+                ));
+            }
+            let (store, db, progress, shutdown) = (
+                platform.store.clone(),
+                platform.read_models.db.clone(),
+                progress.clone(),
+                shutdown.clone(),
+            );
+            workers.push(tokio::spawn(async move {
+                if let Err(error) =
+                    sagas::run_saga(store, db, Arc::new(gateway), options, progress, shutdown).await
+                {
+                    tracing::error!(%error, "the checkout saga stopped");
+                }
+            }));
+        }
+        if plan.parts.command_api {
+            workers.push(tokio::spawn(eventstore::audit::run_sealer(
+                platform.store.clone(),
+                SEAL_EVERY,
+                Duration::from_secs(5),
+                shutdown.clone().cancelled_owned(),
+            )));
+        }
+        workers.push(tokio::spawn(ops::record_lag(
+            platform.store.clone(),
+            progress.clone(),
+            shutdown.clone(),
+        )));
+        let (views, views_task) = if plan.parts.query_api {
+            let (recorder, task) = ViewRecorder::start(platform.store.clone());
+            (Some(recorder), Some(task))
+        } else {
+            (None, None)
+        };
+        let router = app(&platform, &plan, progress, components, views);
+        let address = listener
+            .local_addr()
+            .map_err(|error| Error::runtime("cannot read the listening address", error))?;
+        Ok(Server {
+            platform,
+            role: config.role,
+            router,
+            listener,
+            address,
+            shutdown,
+            workers,
+            views_task,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// What the server runs.
+    pub fn platform(&self) -> &Platform {
+        &self.platform
+    }
+
+    /// Serves HTTP until `shutdown` completes; then drains the requests in flight, stops every
+    /// background part at a checkpoint (waiting at most ten seconds) and appends the views it
+    /// holds.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let Server {
+            platform,
+            role,
+            router,
+            listener,
+            address,
+            shutdown: stop,
+            workers,
+            views_task,
+        } = self;
+        tracing::info!(
+            %address,
+            ?role,
+            store = %platform.store.backend(),
+            cache = platform.read_models.cache.as_ref().map_or("none", |cache| cache.kind()),
+            "mercato listening"
+        );
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|error| Error::runtime("the HTTP server failed", error));
+        tracing::info!("shutting down: stopping the projections at a checkpoint");
+        stop.cancel();
+        let stopped = tokio::time::timeout(STOP_WAIT, async {
+            for worker in workers {
+                let _ = worker.await;
+            }
+        })
+        .await;
+        if stopped.is_err() {
+            tracing::warn!("projections did not stop within {STOP_WAIT:?}");
+        }
+        drop(platform);
+        if let Some(task) = views_task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+        served
+    }
+}
+
+/// A projection following the store's log.
+fn spawn_projection(
+    platform: &Platform,
+    projection: &Arc<dyn Projection>,
+    progress: &Progress,
+    shutdown: &CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(run_projection(
+        platform.store.clone(),
+        projection.clone(),
+        progress.clone(),
+        shutdown.clone(),
+        PROJECTION_BATCH,
+    ))
+}
+
+/// The HTTP application of a plan: the operational routes, and the API routes of its role.
+fn app(
+    platform: &Platform,
+    plan: &Plan,
+    progress: Progress,
+    components: Components,
+    views: Option<ViewRecorder>,
+) -> Router {
+    let read_models = &platform.read_models;
+    let mut router = ops::router(OpsState {
+        store: platform.store.clone(),
+        db: read_models.db.clone(),
+        cache: read_models.cache.clone(),
+        progress: progress.clone(),
+        components,
+        metrics: ops::prometheus(),
+    });
+    if plan.parts.command_api {
+        router = router.merge(command_api::router(command_api::CommandState {
+            store: platform.store.clone(),
+        }));
+    }
+    if plan.parts.query_api {
+        router = router.merge(query_api::router(query_api::QueryState {
+            store: platform.store.clone(),
+            queries: Queries::new(read_models.db.clone(), read_models.redis.clone()),
+            search: read_models.search_index(),
+            cache: read_models.cache.clone(),
+            progress,
+            views,
+        }));
+    }
+    router
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(request_context))
+        .layer(axum::middleware::from_fn(ops::record_request))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                tracing::error!("a request handler panicked");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the server failed to handle the request; it was logged, try again later",
+                )
+                .into_response()
+            },
+        ))
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

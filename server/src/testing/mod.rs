@@ -1,0 +1,397 @@
+//! What tests of the server and of the command line share (the cargo feature `testing`):
+//!
+//! - [`TestData`]: the data of a test's platform, embedded in a temporary directory or on a
+//!   PostgreSQL database of the test's own with Redis.
+//! - [`TestApp`]: the server started in this process on `127.0.0.1:0`, with the typed helpers of
+//!   [`Api`]; a test that needs the process itself (signals, SIGKILL, exit codes, log output)
+//!   starts the binary instead and talks to it through the same [`Api`].
+//! - [`broker`]: a Kafka-protocol broker of a test's own, behind a proxy that can cut it off.
+
+pub mod broker;
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use eventstore::testing::{TestDatabase, redis_url};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Role, Secret, Settings};
+use crate::serve::{Server, bind};
+
+/// Where a test's platform keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// No configuration: SQLite, Tantivy and the in-process cache under a temporary directory.
+    Embedded,
+    /// `DATABASE_URL` (a database of the test's own) and `REDIS_URL`.
+    PostgresRedis,
+}
+
+/// The data a test's platform runs on; kept to start it again on the same data.
+#[derive(Debug)]
+pub struct TestData {
+    pub data_dir: TempDir,
+    pub database: Option<TestDatabase>,
+    pub redis_url: Option<String>,
+}
+
+impl TestData {
+    /// Fresh data for `setup`, or `None` when the test must be skipped (a service it needs is
+    /// not reachable; with `MERCATO_REQUIRE_SERVICES=1` that fails the test instead).
+    pub async fn new(setup: Setup, test_name: &str) -> Option<TestData> {
+        let data_dir = TempDir::new().expect("temporary directory");
+        match setup {
+            Setup::Embedded => Some(TestData {
+                data_dir,
+                database: None,
+                redis_url: None,
+            }),
+            Setup::PostgresRedis => {
+                let redis_url = redis_url(test_name).await?;
+                let database = TestDatabase::create(test_name).await?;
+                Some(TestData {
+                    data_dir,
+                    database: Some(database),
+                    redis_url: Some(redis_url),
+                })
+            }
+        }
+    }
+
+    /// The event store's URL, as the server resolves it.
+    pub fn store_url(&self) -> String {
+        match &self.database {
+            Some(database) => database.url().to_owned(),
+            None => format!(
+                "sqlite://{}",
+                self.data_dir.path().join("mercato.db").display()
+            ),
+        }
+    }
+
+    /// The event store the server writes (opened beside it, as an auditor would).
+    pub async fn store(&self) -> std::sync::Arc<dyn eventstore::EventStore> {
+        eventstore::open(&self.store_url())
+            .await
+            .expect("open the store")
+    }
+
+    /// The read-model database the server writes (saga rows, test gateway ledger).
+    pub async fn read_db(&self) -> projections::readdb::ReadDb {
+        projections::readdb::ReadDb::open(&projections::readdb::read_db_url(&self.store_url()))
+            .await
+            .expect("open the read-model database")
+    }
+
+    /// The configuration of role `role` on this data, with `args` as `mercato serve` takes
+    /// them (`["--payment-timeout", "2"]`), listening on a free port. The environment is not
+    /// read: a test's configuration is what it says.
+    pub fn config(&self, role: &str, args: &[&str]) -> Config {
+        let command = TestFlags::command().mut_args(|arg| arg.env(None::<&'static str>));
+        let arguments =
+            std::iter::once(OsString::from("mercato")).chain(args.iter().map(OsString::from));
+        let matches = command
+            .try_get_matches_from(arguments)
+            .unwrap_or_else(|error| panic!("test arguments {args:?}: {error}"));
+        let flags = TestFlags::from_arg_matches(&matches).expect("test arguments");
+        let mut settings = flags.settings;
+        settings.listen = Some("127.0.0.1:0".parse().expect("address"));
+        settings.role = Some(
+            Role::from_str(role, false).unwrap_or_else(|error| panic!("role {role:?}: {error}")),
+        );
+        settings.data_dir = Some(self.data_dir.path().to_owned());
+        if let Some(database) = &self.database {
+            settings.database_url = Some(Secret::new(database.url()));
+        }
+        if let Some(redis_url) = &self.redis_url {
+            settings.redis_url = Some(Secret::new(redis_url.clone()));
+        }
+        Config::resolve(settings, flags.config.as_deref()).expect("test configuration")
+    }
+}
+
+/// The flags a test gives its server: every setting, and a config file.
+#[derive(Debug, Parser)]
+struct TestFlags {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// The environment variables the command line reads its configuration from: every setting's,
+/// the config file's, and those of `serve`'s own flags and of the search alias. A test that
+/// starts the binary removes them all, so that the machine's configuration (`DATABASE_URL` set
+/// for the tests, say) cannot leak into it.
+pub fn configuration_variables() -> Vec<String> {
+    let command = TestFlags::command();
+    let mut names: Vec<String> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    names.extend(
+        [
+            "MERCATO_CONFIG",
+            "MERCATO_LISTEN",
+            "MERCATO_ROLE",
+            "ELASTICSEARCH_URL",
+        ]
+        .map(str::to_owned),
+    );
+    names
+}
+
+/// A client of a running server's HTTP API, with typed helpers.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub base: String,
+    pub client: Client,
+}
+
+impl Api {
+    /// A client of the server at `base` (`http://127.0.0.1:PORT`).
+    pub fn new(base: String) -> Api {
+        Api {
+            base,
+            client: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Response {
+        self.client
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// GET with `X-Min-Position`: the answer reflects at least that position.
+    pub async fn get_at(&self, path: &str, position: u64) -> Response {
+        self.client
+            .get(self.url(path))
+            .header("x-min-position", position.to_string())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates a product and returns its id and the position of its last event.
+    pub async fn create_product(
+        &self,
+        name: &str,
+        description: &str,
+        price: f64,
+        stock: i64,
+        category: &str,
+    ) -> (String, u64) {
+        let response = self
+            .post(
+                "/products",
+                json!({
+                    "name": name, "description": description, "price": price,
+                    "stock_qty": stock, "category": category,
+                }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let position = event_position(&response);
+        let body: Value = response.json().await.expect("json");
+        (
+            body["product_id"].as_str().expect("product_id").to_owned(),
+            position,
+        )
+    }
+
+    /// Places an order through `POST /orders`; answers its id.
+    pub async fn place_order(&self, customer: &str, lines: &[(&str, u32)], token: &str) -> String {
+        let lines: Vec<Value> = lines
+            .iter()
+            .map(|(product_id, quantity)| json!({ "product_id": product_id, "quantity": quantity }))
+            .collect();
+        let response = self
+            .post(
+                "/orders",
+                json!({ "customer_id": customer, "lines": lines, "payment_token": token }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await.expect("json");
+        body["order_id"].as_str().expect("order_id").to_owned()
+    }
+}
+
+/// The server running in this process, on a free port of `127.0.0.1`.
+#[derive(Debug)]
+pub struct TestApp {
+    api: Api,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<crate::Result<()>>>,
+}
+
+impl Deref for TestApp {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl TestApp {
+    /// Starts every role on `data`.
+    pub async fn start(data: &TestData) -> TestApp {
+        TestApp::start_with(data, "all", &[]).await
+    }
+
+    /// Starts role `role` on `data`.
+    pub async fn start_role(data: &TestData, role: &str) -> TestApp {
+        TestApp::start_with(data, role, &[]).await
+    }
+
+    /// Starts role `role` on `data` with `args` as `mercato serve` takes them.
+    pub async fn start_with(data: &TestData, role: &str, args: &[&str]) -> TestApp {
+        TestApp::start_config(&data.config(role, args)).await
+    }
+
+    /// Fresh data for `setup` and every role started on it, or `None` when the test must be
+    /// skipped.
+    pub async fn spawn(setup: Setup, test_name: &str) -> Option<(TestApp, TestData)> {
+        let data = TestData::new(setup, test_name).await?;
+        Some((TestApp::start(&data).await, data))
+    }
+
+    /// Starts the server of `config`; it listens once this returns.
+    pub async fn start_config(config: &Config) -> TestApp {
+        let listener = bind(config.listen).await.expect("bind a free port");
+        let server = Server::build(config, listener)
+            .await
+            .unwrap_or_else(|error| panic!("the server did not start: {error:?}"));
+        let api = Api::new(format!("http://{}", server.local_addr()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until(async move {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            api,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server as SIGTERM would: drains the requests in flight and stops the
+    /// projections at a checkpoint; waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("the server did not stop within 30 s");
+            result
+                .expect("the server task")
+                .expect("the server stopped with an error");
+        }
+    }
+}
+
+/// The `X-Event-Position` of a write's answer.
+pub fn event_position(response: &Response) -> u64 {
+    response
+        .headers()
+        .get("x-event-position")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .expect("X-Event-Position")
+}
+
+/// The `x-cache` header of a read's answer.
+pub fn cache_header(response: &Response) -> String {
+    response
+        .headers()
+        .get("x-cache")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Polls `check` until it returns `Some`, at most `timeout`; returns the value and the time taken.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<(T, Duration)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if let Some(value) = check().await {
+            return Some((value, started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_test_configuration_is_its_arguments_and_never_the_environment() {
+        let data = TestData::new(Setup::Embedded, "a_test_configuration")
+            .await
+            .expect("embedded");
+        let config = data.config(
+            "saga",
+            &["--payment-timeout", "2", "--kafka-partitions", "5"],
+        );
+        assert_eq!(config.role, Role::Saga);
+        assert_eq!(config.payment_timeout(), Duration::from_secs(2));
+        assert_eq!(config.kafka_partitions.get(), 5);
+        assert_eq!(config.listen.port(), 0);
+        assert!(config.database_url.expose().starts_with("sqlite://"));
+        let variables = configuration_variables();
+        for name in [
+            "DATABASE_URL",
+            "REDIS_URL",
+            "KAFKA_BOOTSTRAP",
+            "OPENSEARCH_URL",
+            "MERCATO_DATA_DIR",
+            "MERCATO_LISTEN",
+        ] {
+            assert!(variables.iter().any(|variable| variable == name), "{name}");
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The server library's tests: the HTTP behaviour of every role, with the server started in
+//! this process (`server::testing::TestApp`).
+
+mod e2e;
