@@ -4,6 +4,9 @@
 # The cache mounts below need BuildKit, the default builder of Docker 23+ and of `docker compose`.
 
 FROM rust:1-bookworm AS builder
+# The cargo features of the binary: `kafka` (the relay and the Kafka-fed roles) by default, which
+# compose.yaml passes too; `--build-arg FEATURES=` builds the embedded-only binary.
+ARG FEATURES=kafka
 # cmake and a C/C++ toolchain build rdkafka's bundled librdkafka; zlib1g-dev is its compression
 # library (the runtime image has libz.so.1 already); libssl-dev its TLS (DEVELOPERS.md says why
 # the `ssl` feature is on; the runtime's libssl3 comes with ca-certificates).
@@ -17,7 +20,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release -p mercato --locked \
+    cargo build --release -p mercato --locked --features "$FEATURES" \
     && install -m 0755 target/release/mercato /usr/local/bin/mercato
 
 FROM debian:bookworm-slim

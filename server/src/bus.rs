@@ -202,3 +202,66 @@ mod running {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Role, Source};
+
+    fn config(role: Role, bootstrap: bool, source: Source) -> Config {
+        Config {
+            role,
+            kafka_bootstrap: bootstrap.then(|| "127.0.0.1:9092".to_owned()),
+            source,
+            ..Config::default()
+        }
+    }
+
+    fn checked(config: &Config) -> Result<()> {
+        check(config, &Plan::of(config))
+    }
+
+    #[test]
+    fn the_relay_and_kafka_fed_roles_without_brokers_are_bad_usage_naming_kafka_bootstrap() {
+        for config in [
+            config(Role::Relay, false, Source::Log),
+            config(Role::Projector, false, Source::Kafka),
+        ] {
+            let error = checked(&config).unwrap_err();
+            assert!(error.is_usage(), "{error}");
+            assert!(error.to_string().contains("KAFKA_BOOTSTRAP"), "{error}");
+        }
+        assert!(checked(&config(Role::All, false, Source::Log)).is_ok());
+    }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn with_the_kafka_feature_brokers_make_kafka_settings() {
+        let config = config(Role::All, true, Source::Kafka);
+        assert!(checked(&config).is_ok());
+        let settings = settings(&config).expect("settings");
+        assert_eq!(settings.bootstrap, "127.0.0.1:9092");
+        assert_eq!(settings.partitions, 3);
+    }
+
+    #[cfg(not(feature = "kafka"))]
+    #[tokio::test]
+    async fn without_the_kafka_feature_anything_that_needs_kafka_names_the_feature() {
+        let error = checked(&config(Role::All, true, Source::Log)).unwrap_err();
+        assert!(error.is_usage(), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("KAFKA_BOOTSTRAP") && message.contains("--features kafka"),
+            "{message}"
+        );
+        for error in [
+            dead_letters(&Config::default(), None).await.unwrap_err(),
+            replay_dead_letters(&Config::default(), None)
+                .await
+                .unwrap_err(),
+        ] {
+            assert!(error.is_usage(), "{error}");
+            assert!(error.to_string().contains("--features kafka"), "{error}");
+        }
+    }
+}

@@ -3,9 +3,12 @@
 //! adapter's requests against a scripted server.
 
 mod batches;
+mod cache_suite;
+mod models_suite;
 mod new_projection;
 mod opensearch;
 mod opensearch_replay;
 mod redis_replay;
 mod search_generations;
+mod search_suite;
 mod support;
