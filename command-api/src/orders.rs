@@ -2,7 +2,6 @@
 //! the same loaded state and appended together, atomically, so a cart is never checked out
 //! without its order nor ordered twice.
 
-use domain::order::OrderLine;
 use domain::{Cart, CartCommand, CartError, CartId, CustomerId, Order, OrderCommand, OrderError};
 use eventstore::aggregate::{CommandError, CommandOptions, decide};
 use eventstore::{EventMetadata, EventStore, StoreError};
@@ -71,16 +70,7 @@ pub async fn check_out(
         if cart.events.is_empty() {
             return Err(CheckoutError::AlreadyCheckedOut);
         }
-        let lines: Vec<OrderLine> = cart
-            .state
-            .lines
-            .iter()
-            .map(|(product_id, line)| OrderLine {
-                product_id: *product_id,
-                quantity: line.quantity,
-                unit_price: line.unit_price,
-            })
-            .collect();
+        let lines = cart.state.order_lines();
         let order = decide::<Order>(
             store,
             &order_id.to_string(),

@@ -94,6 +94,18 @@ pub struct Cart {
 }
 
 impl Cart {
+    /// The cart's lines as the lines of the order it becomes, at the prices they were added at.
+    pub fn order_lines(&self) -> Vec<crate::order::OrderLine> {
+        self.lines
+            .iter()
+            .map(|(product_id, line)| crate::order::OrderLine {
+                product_id: *product_id,
+                quantity: line.quantity,
+                unit_price: line.unit_price,
+            })
+            .collect()
+    }
+
     fn decide(&self, command: CartCommand) -> Result<Option<CartEvent>, CartError> {
         if let (
             Some(order_id),
@@ -297,6 +309,28 @@ mod tests {
     }
 
     // AddItem
+
+    #[test]
+    fn a_cart_s_lines_become_the_order_s_lines_at_their_prices() {
+        let mut cart = Cart::default();
+        for event in [
+            added(product(2), 1, 1),
+            added(product(1), 2, 2),
+            added(product(2), 3, 4),
+            removed(product(3)),
+        ] {
+            cart.apply(event);
+        }
+        let lines: Vec<(Uuid, u32, Money)> = cart
+            .order_lines()
+            .iter()
+            .map(|line| (line.product_id, line.quantity, line.unit_price))
+            .collect();
+        assert_eq!(
+            lines,
+            [(product(1), 2, MUG_PRICE), (product(2), 4, MUG_PRICE)]
+        );
+    }
 
     #[test]
     fn adding_an_item_creates_a_line_with_its_quantity_and_unit_price() {

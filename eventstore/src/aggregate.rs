@@ -407,14 +407,12 @@ fn encode_events<A: Aggregate>(
                 Some(cause_id) => derived_event_id(cause_id, A::TYPE, stream_id, event_index),
                 None => Uuid::new_v4(),
             };
-            Ok(NewEvent {
+            Ok(NewEvent::from_encoded(
+                encoded,
                 event_id,
-                event_type: encoded.event_type,
-                schema_version: encoded.schema_version,
                 occurred_at,
-                payload: encoded.payload,
-                metadata: metadata.clone(),
-            })
+                metadata.clone(),
+            ))
         })
         .collect()
 }

@@ -295,14 +295,12 @@ fn encode_events<E: DomainEvent>(
             let encoded = schemas::encode(event).map_err(|error| {
                 GenerateError::Model(format!("cannot encode an event: {error}"))
             })?;
-            Ok(NewEvent {
-                event_id: ids(index),
-                event_type: encoded.event_type,
-                schema_version: encoded.schema_version,
+            Ok(NewEvent::from_encoded(
+                encoded,
+                ids(index),
                 occurred_at,
-                payload: encoded.payload,
-                metadata: metadata.clone(),
-            })
+                metadata.clone(),
+            ))
         })
         .collect()
 }
@@ -672,16 +670,7 @@ impl Generator {
         )
         .await?
         .map_err(|error| unexpected("checkout", error))?;
-        let lines: Vec<OrderLine> = cart
-            .state
-            .lines
-            .iter()
-            .map(|(product_id, line)| OrderLine {
-                product_id: *product_id,
-                quantity: line.quantity,
-                unit_price: line.unit_price,
-            })
-            .collect();
+        let lines = cart.state.order_lines();
         self.place_order(order_id, customer, lines, Some(cart_id), metadata)
             .await
     }

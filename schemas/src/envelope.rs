@@ -38,6 +38,25 @@ pub struct NewEvent {
     pub metadata: EventMetadata,
 }
 
+impl NewEvent {
+    /// An encoded event (`crate::encode`) with its id, the time it happened and its metadata.
+    pub fn from_encoded(
+        encoded: crate::EncodedEvent,
+        event_id: Uuid,
+        occurred_at: DateTime<Utc>,
+        metadata: EventMetadata,
+    ) -> NewEvent {
+        NewEvent {
+            event_id,
+            event_type: encoded.event_type,
+            schema_version: encoded.schema_version,
+            occurred_at,
+            payload: encoded.payload,
+            metadata,
+        }
+    }
+}
+
 /// An event as the store holds it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RecordedEvent {
@@ -79,4 +98,26 @@ pub fn feed_json(event: &RecordedEvent) -> serde_json::Value {
         "metadata": event.metadata,
         "payload": event.payload,
     })
+}
+
+/// An event as the tests of this crate's modules use it: `OrderConfirmed` of order `o-1`,
+/// caused by a saga.
+#[cfg(test)]
+pub(crate) fn sample_event() -> RecordedEvent {
+    serde_json::from_value(serde_json::json!({
+        "event_id": "7f0c5a9e-2f7b-4c2e-9a39-0d0c1c7e5b11",
+        "event_type": "OrderConfirmed",
+        "schema_version": 1,
+        "stream_type": "order",
+        "stream_id": "o-1",
+        "stream_version": 2,
+        "position": 42,
+        "occurred_at": "2026-11-22T10:00:00Z",
+        "metadata": {
+            "correlation_id": "c-1", "causation_id": "e-0", "saga_id": "s-1",
+            "actor": "saga", "source": "saga"
+        },
+        "payload": {"order_id": "o-1"}
+    }))
+    .expect("a recorded event")
 }

@@ -226,22 +226,7 @@ mod tests {
 
     #[test]
     fn an_event_carries_the_contract_headers_then_mercatos() {
-        let event: crate::RecordedEvent = serde_json::from_value(serde_json::json!({
-            "event_id": "7f0c5a9e-2f7b-4c2e-9a39-0d0c1c7e5b11",
-            "event_type": "OrderConfirmed",
-            "schema_version": 1,
-            "stream_type": "order",
-            "stream_id": "o-1",
-            "stream_version": 2,
-            "position": 42,
-            "occurred_at": "2026-11-22T10:00:00Z",
-            "metadata": {
-                "correlation_id": "c-1", "causation_id": "e-0", "saga_id": "s-1",
-                "actor": "saga", "source": "saga"
-            },
-            "payload": {"order_id": "o-1"}
-        }))
-        .unwrap();
+        let event = crate::envelope::sample_event();
         let pairs = event_headers(&event);
         let names: Vec<&str> = pairs.iter().map(|(name, _)| *name).collect();
         assert_eq!(

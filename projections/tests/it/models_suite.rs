@@ -91,9 +91,7 @@ mod cases {
     use std::sync::Arc;
 
     use domain::cart::{CartCheckedOut, CartItemAdded, CartItemRemoved};
-    use domain::order::{OrderCreated, OrderLine};
-    use domain::views::ProductViewed;
-    use domain::{CartEvent, CustomerId, Money, OrderEvent, ProductViewEvent};
+    use domain::{CartEvent, CustomerId, Money};
     use eventstore::RecordedEvent;
     use projections::catalogue::{Placement, ReadModel};
     use projections::queries::Queries;
@@ -101,7 +99,7 @@ mod cases {
     use uuid::Uuid;
 
     use super::Models;
-    use crate::support::opensearch_script::{product_updated, recorded};
+    use crate::support::events::{order_created, product_updated, recorded, view};
 
     const CART: &str = "cart-1";
 
@@ -129,50 +127,7 @@ mod cases {
     }
 
     fn order(customer_id: &str, lines: &[(Uuid, u32)], position: u64) -> RecordedEvent {
-        let order_id = Uuid::new_v4();
-        let lines: Vec<OrderLine> = lines
-            .iter()
-            .map(|(product_id, quantity)| OrderLine {
-                product_id: *product_id,
-                quantity: *quantity,
-                unit_price: Money::from_minor(100),
-            })
-            .collect();
-        let total = Money::from_minor(
-            lines
-                .iter()
-                .map(|line| 100 * i64::from(line.quantity))
-                .sum(),
-        );
-        let event = OrderEvent::OrderCreated(OrderCreated {
-            order_id,
-            customer_id: customer(customer_id),
-            lines,
-            total,
-            payment_token: "tok_visa".to_owned(),
-            cart_id: None,
-        });
-        recorded(
-            schemas::encode(&event).expect("encode"),
-            "order",
-            order_id.to_string(),
-            1,
-            position,
-        )
-    }
-
-    fn view(product_id: Uuid, position: u64) -> RecordedEvent {
-        let event = ProductViewEvent::ProductViewed(ProductViewed {
-            product_id,
-            customer_id: None,
-        });
-        recorded(
-            schemas::encode(&event).expect("encode"),
-            domain::VIEWS_STREAM_TYPE,
-            "views-1".to_owned(),
-            position,
-            position,
-        )
+        order_created(customer_id, lines, position)
     }
 
     /// Applies `events` (in a batch of their own, as a projection's runner does) to every

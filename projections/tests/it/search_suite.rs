@@ -120,14 +120,12 @@ impl Adapter {
 }
 
 mod cases {
-    use domain::order::{OrderCreated, OrderLine};
-    use domain::{CustomerId, Money, OrderEvent};
     use eventstore::RecordedEvent;
     use projections::search::{SearchQuery, SearchResult};
     use uuid::Uuid;
 
     use super::Adapter;
-    use crate::support::opensearch_script::{product_updated, recorded};
+    use crate::support::events::{order_created, product_updated};
 
     /// A product's creation at `position`: name, description, price (minor units), category.
     fn product(
@@ -143,26 +141,7 @@ mod cases {
 
     /// An order of `quantity` units of `product_id` (10 popularity points a unit).
     fn order(product_id: Uuid, quantity: u32, position: u64) -> RecordedEvent {
-        let order_id = Uuid::new_v4();
-        let event = OrderEvent::OrderCreated(OrderCreated {
-            order_id,
-            customer_id: CustomerId::parse("ada").expect("id"),
-            lines: vec![OrderLine {
-                product_id,
-                quantity,
-                unit_price: Money::from_minor(100),
-            }],
-            total: Money::from_minor(100 * i64::from(quantity)),
-            payment_token: "tok_visa".to_owned(),
-            cart_id: None,
-        });
-        recorded(
-            schemas::encode(&event).expect("encode"),
-            "order",
-            order_id.to_string(),
-            1,
-            position,
-        )
+        order_created("ada", &[(product_id, quantity)], position)
     }
 
     fn query(text: &str) -> SearchQuery {

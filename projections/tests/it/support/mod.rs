@@ -1,5 +1,6 @@
 //! What the read side's tests share.
 
+pub mod events;
 pub mod fake_opensearch;
 pub mod history;
 pub mod opensearch_script;

@@ -1,0 +1,45 @@
+//! Recorded events the read side's tests fold: products, views, orders.
+
+#![allow(dead_code)]
+
+use domain::order::{OrderCreated, OrderLine};
+use domain::{CustomerId, Money, OrderEvent};
+use eventstore::RecordedEvent;
+use uuid::Uuid;
+
+pub use super::opensearch_script::{product_updated, recorded, view};
+
+/// An order by `customer_id` of each product of `lines` (id, units), at 1.00 a unit, at
+/// `position`: 10 popularity points a unit.
+pub fn order_created(customer_id: &str, lines: &[(Uuid, u32)], position: u64) -> RecordedEvent {
+    let order_id = Uuid::new_v4();
+    let lines: Vec<OrderLine> = lines
+        .iter()
+        .map(|(product_id, quantity)| OrderLine {
+            product_id: *product_id,
+            quantity: *quantity,
+            unit_price: Money::from_minor(100),
+        })
+        .collect();
+    let total = Money::from_minor(
+        lines
+            .iter()
+            .map(|line| 100 * i64::from(line.quantity))
+            .sum(),
+    );
+    let event = OrderEvent::OrderCreated(OrderCreated {
+        order_id,
+        customer_id: CustomerId::parse(customer_id).expect("a customer id"),
+        lines,
+        total,
+        payment_token: "tok_visa".to_owned(),
+        cart_id: None,
+    });
+    recorded(
+        schemas::encode(&event).expect("encode"),
+        "order",
+        order_id.to_string(),
+        1,
+        position,
+    )
+}
