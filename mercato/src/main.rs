@@ -10,6 +10,7 @@ mod dlq;
 mod events;
 mod generate;
 mod migrate;
+mod output;
 mod projections;
 mod replay;
 mod saga;
@@ -116,7 +117,7 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Serve(args) => {
             let config = cli.config(Some(&args.flags))?;
-            init_logging(config.log_format);
+            output::init_logging(config.log_format);
             block_on(serve::run(config))
         }
         Command::Config(flags) => config::run(&cli.config(Some(flags))?),
@@ -130,41 +131,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Dlq(command) => block_on(dlq::run(cli.config(None)?, command)),
         Command::Migrate => block_on(migrate::run(cli.config(None)?)),
     }
-}
-
-/// Logs go to stderr: human-readable lines, or one JSON object per line (`--log-format json`).
-/// `RUST_LOG` filters them (default `info`).
-fn init_logging(format: server::config::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tantivy=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        server::config::LogFormat::Text => builder.try_init(),
-        server::config::LogFormat::Json => builder.json().try_init(),
-    };
-}
-
-/// An error and its causes on one line, leaving out a cause its parent already quotes.
-fn describe_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !message.contains(&cause_text) {
-            message = format!("{message}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    message
-}
-
-/// Errors go to stderr as one line that starts with `error:`.
-fn print_error(message: &str) {
-    let one_line = message.replace('\n', " ");
-    eprintln!("error: {}", one_line.trim_start_matches("error: "));
 }
 
 fn main() -> ExitCode {
@@ -186,14 +152,14 @@ fn main() -> ExitCode {
             let rendered = error.render().to_string();
             let what = rendered.split("\n\n").next().unwrap_or("bad usage");
             let what = what.split_whitespace().collect::<Vec<_>>().join(" ");
-            print_error(&format!("{what}; run `mercato --help` for usage"));
+            output::print_error(&format!("{what}; run `mercato --help` for usage"));
             return ExitCode::from(2);
         }
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            print_error(&describe_chain(&error));
+            output::print_error(&output::describe_chain(&error));
             ExitCode::from(if error.is_usage() { 2 } else { 1 })
         }
     }
