@@ -107,8 +107,100 @@ pub async fn replay_dead_letters(config: &Config, topic: Option<&str>) -> Result
     }
 }
 
-#[cfg(feature = "kafka")]
-pub(crate) use running::*;
+/// Kafka in a running process: what its plan asks of Kafka, started by [`crate::Server`]. A
+/// build without the `kafka` feature starts nothing ([`check`] refused what needs Kafka).
+#[derive(Debug)]
+pub(crate) struct Bus {
+    plan: Plan,
+    #[cfg(feature = "kafka")]
+    settings: Option<kafka::KafkaSettings>,
+}
+
+impl Bus {
+    /// The bus of `config`'s plan, once [`check`] accepts it.
+    pub(crate) fn new(config: &Config, plan: &Plan) -> Result<Bus> {
+        check(config, plan)?;
+        Ok(Bus {
+            plan: *plan,
+            #[cfg(feature = "kafka")]
+            settings: settings(config),
+        })
+    }
+
+    /// Starts what the plan runs on Kafka whatever else the process does: read-your-writes on
+    /// the partitions of Kafka-fed read models, and the relay.
+    pub(crate) fn start(
+        &self,
+        platform: &crate::Platform,
+        projections: &[std::sync::Arc<dyn projections::Projection>],
+        progress: &projections::Progress,
+        components: &crate::health::Components,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+        #[cfg_attr(not(feature = "kafka"), allow(unused_mut))]
+        let mut workers = Vec::new();
+        #[cfg(feature = "kafka")]
+        if let Some(settings) = &self.settings {
+            if self.plan.follows_partitions {
+                running::follow_partitions(platform, settings, progress, projections)?;
+            }
+            if self.plan.relay {
+                workers.push(running::relay(
+                    platform, settings, progress, components, shutdown,
+                ));
+            }
+        }
+        #[cfg(not(feature = "kafka"))]
+        let _ = (
+            platform,
+            projections,
+            progress,
+            components,
+            shutdown,
+            self.plan,
+        );
+        Ok(workers)
+    }
+
+    /// The projector's consumer group applying every topic to `projections`, when the plan
+    /// feeds them from Kafka; `None` when they follow the store's log.
+    pub(crate) fn projector(
+        &self,
+        projections: &[std::sync::Arc<dyn projections::Projection>],
+        components: &crate::health::Components,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        #[cfg(feature = "kafka")]
+        if let (Some(settings), true) = (&self.settings, self.plan.from_kafka) {
+            return Some(running::projector(
+                settings,
+                projections.to_vec(),
+                components,
+                shutdown,
+            ));
+        }
+        #[cfg(not(feature = "kafka"))]
+        let _ = (projections, components, shutdown);
+        None
+    }
+
+    /// The saga's consumer group feeding `intake` from the order and payment topics, when the
+    /// plan feeds the saga from Kafka; `None` when the saga's worker follows the log itself.
+    pub(crate) fn saga_intake(
+        &self,
+        intake: std::sync::Arc<dyn projections::Projection>,
+        components: &crate::health::Components,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        #[cfg(feature = "kafka")]
+        if let (Some(settings), true) = (&self.settings, self.plan.from_kafka) {
+            return Some(running::saga_intake(settings, intake, components, shutdown));
+        }
+        #[cfg(not(feature = "kafka"))]
+        let _ = (intake, components, shutdown);
+        None
+    }
+}
 
 #[cfg(feature = "kafka")]
 mod running {
@@ -129,7 +221,7 @@ mod running {
     const SAGA_GROUP: &str = "mercato-saga";
 
     /// Makes reads with `X-Min-Position` wait for the Kafka partition that carries the event.
-    pub(crate) fn follow_partitions(
+    pub(super) fn follow_partitions(
         platform: &Platform,
         settings: &KafkaSettings,
         progress: &Progress,
@@ -142,7 +234,7 @@ mod running {
     }
 
     /// The relay, publishing the log to Kafka.
-    pub(crate) fn relay(
+    pub(super) fn relay(
         platform: &Platform,
         settings: &KafkaSettings,
         progress: &Progress,
@@ -160,7 +252,7 @@ mod running {
     }
 
     /// The projector's consumer group, applying every topic to `projections`.
-    pub(crate) fn projector(
+    pub(super) fn projector(
         settings: &KafkaSettings,
         projections: Vec<Arc<dyn Projection>>,
         components: &Components,
@@ -180,7 +272,7 @@ mod running {
     }
 
     /// The saga's consumer group, feeding the saga's intake from the order and payment topics.
-    pub(crate) fn saga_intake(
+    pub(super) fn saga_intake(
         settings: &KafkaSettings,
         intake: Arc<dyn Projection>,
         components: &Components,

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::Bus;
 use crate::config::{Config, Role};
 use crate::error::{Error, Result};
 use crate::health::Components;
@@ -63,7 +64,7 @@ impl Server {
     /// prepares the HTTP application on `listener`.
     pub async fn build(config: &Config, listener: TcpListener) -> Result<Server> {
         let plan = Plan::of(config);
-        crate::bus::check(config, &plan)?;
+        let bus = Bus::new(config, &plan)?;
         let access = if plan.parts.projector {
             Access::Writer
         } else {
@@ -74,39 +75,10 @@ impl Server {
         let progress = Progress::default();
         let components = Components::default();
         let shutdown = CancellationToken::new();
-        let mut workers = Vec::new();
-        #[cfg(feature = "kafka")]
-        let kafka = crate::bus::settings(config);
-        #[cfg(feature = "kafka")]
-        if let Some(settings) = &kafka {
-            if plan.follows_partitions {
-                crate::bus::follow_partitions(&platform, settings, &progress, &projections)?;
-            }
-            if plan.relay {
-                workers.push(crate::bus::relay(
-                    &platform,
-                    settings,
-                    &progress,
-                    &components,
-                    &shutdown,
-                ));
-            }
-        }
+        let mut workers = bus.start(&platform, &projections, &progress, &components, &shutdown)?;
         if plan.parts.projector {
-            #[cfg(feature = "kafka")]
-            let from_kafka = plan.from_kafka.then_some(kafka.as_ref()).flatten();
-            #[cfg(not(feature = "kafka"))]
-            let from_kafka: Option<()> = None;
-            match from_kafka {
-                #[cfg(feature = "kafka")]
-                Some(settings) => workers.push(crate::bus::projector(
-                    settings,
-                    projections.clone(),
-                    &components,
-                    &shutdown,
-                )),
-                #[cfg(not(feature = "kafka"))]
-                Some(()) => {}
+            match bus.projector(&projections, &components, &shutdown) {
+                Some(consumer) => workers.push(consumer),
                 None => workers.extend(projections.iter().map(|projection| {
                     spawn_projection(&platform, projection, &progress, &shutdown)
                 })),
@@ -130,27 +102,20 @@ impl Server {
             .map_err(|error| {
                 Error::runtime("cannot open the test payment gateway's ledger", error)
             })?;
-            #[allow(unused_mut)]
             let mut options = sagas::SagaOptions {
                 payment_timeout: config.payment_timeout(),
                 ..sagas::SagaOptions::default()
             };
-            #[cfg(feature = "kafka")]
-            if let (Some(settings), true) = (&kafka, plan.from_kafka) {
-                // Every saga process takes its share of the partitions; the lease holder runs
-                // the steps.
-                let wake = Arc::new(tokio::sync::Notify::new());
-                let intake: Arc<dyn Projection> = Arc::new(sagas::state::SagaIntake::new(
-                    platform.read_models.db.clone(),
-                    wake.clone(),
-                ));
+            // With Kafka, every saga process takes its share of the partitions; the lease
+            // holder runs the steps.
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let intake: Arc<dyn Projection> = Arc::new(sagas::state::SagaIntake::new(
+                platform.read_models.db.clone(),
+                wake.clone(),
+            ));
+            if let Some(consumer) = bus.saga_intake(intake, &components, &shutdown) {
                 options.external_intake = Some(wake);
-                workers.push(crate::bus::saga_intake(
-                    settings,
-                    intake,
-                    &components,
-                    &shutdown,
-                ));
+                workers.push(consumer);
             }
             let (store, db, progress, shutdown) = (
                 platform.store.clone(),
