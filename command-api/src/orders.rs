@@ -2,6 +2,7 @@
 //! the same loaded state and appended together, atomically, so a cart is never checked out
 //! without its order nor ordered twice.
 
+use domain::order::OrderLine;
 use domain::{Cart, CartCommand, CartError, CartId, CustomerId, Order, OrderCommand, OrderError};
 use eventstore::aggregate::{CommandError, CommandOptions, decide};
 use eventstore::{EventMetadata, EventStore, StoreError};
@@ -70,7 +71,7 @@ pub async fn check_out(
         if cart.events.is_empty() {
             return Err(CheckoutError::AlreadyCheckedOut);
         }
-        let lines = cart.state.order_lines();
+        let lines = OrderLine::of_cart(&cart.state);
         let order = decide::<Order>(
             store,
             &order_id.to_string(),

@@ -94,18 +94,6 @@ pub struct Cart {
 }
 
 impl Cart {
-    /// The cart's lines as the lines of the order it becomes, at the prices they were added at.
-    pub fn order_lines(&self) -> Vec<crate::order::OrderLine> {
-        self.lines
-            .iter()
-            .map(|(product_id, line)| crate::order::OrderLine {
-                product_id: *product_id,
-                quantity: line.quantity,
-                unit_price: line.unit_price,
-            })
-            .collect()
-    }
-
     fn decide(&self, command: CartCommand) -> Result<Option<CartEvent>, CartError> {
         if let (
             Some(order_id),
@@ -312,6 +300,7 @@ mod tests {
 
     #[test]
     fn a_cart_s_lines_become_the_order_s_lines_at_their_prices() {
+        use crate::order::OrderLine;
         let mut cart = Cart::default();
         for event in [
             added(product(2), 1, 1),
@@ -321,8 +310,7 @@ mod tests {
         ] {
             cart.apply(event);
         }
-        let lines: Vec<(Uuid, u32, Money)> = cart
-            .order_lines()
+        let lines: Vec<(Uuid, u32, Money)> = OrderLine::of_cart(&cart)
             .iter()
             .map(|line| (line.product_id, line.quantity, line.unit_price))
             .collect();

@@ -23,6 +23,20 @@ pub struct OrderLine {
     pub unit_price: Money,
 }
 
+impl OrderLine {
+    /// The lines of the order a cart becomes: one per cart line, at the price it was added at.
+    pub fn of_cart(cart: &crate::Cart) -> Vec<OrderLine> {
+        cart.lines
+            .iter()
+            .map(|(product_id, line)| OrderLine {
+                product_id: *product_id,
+                quantity: line.quantity,
+                unit_price: line.unit_price,
+            })
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderCreated {
     pub order_id: Uuid,

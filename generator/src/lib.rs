@@ -670,7 +670,7 @@ impl Generator {
         )
         .await?
         .map_err(|error| unexpected("checkout", error))?;
-        let lines = cart.state.order_lines();
+        let lines = OrderLine::of_cart(&cart.state);
         self.place_order(order_id, customer, lines, Some(cart_id), metadata)
             .await
     }

@@ -188,8 +188,11 @@ pub async fn run_consumer(
                     );
                 }
             }
-            if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
-                // The messages are applied; delivered again, they are recognised and skipped.
+            // Asynchronously: a synchronous commit blocks the runtime's thread until the broker
+            // answers, which it may never do (a coordinator gone). The request goes out before
+            // the next poll; if it is lost, the messages are delivered again and recognised by
+            // their checkpoints.
+            if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
                 tracing::warn!(%error, group, "kafka: cannot commit offsets");
             }
         }

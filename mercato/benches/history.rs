@@ -15,7 +15,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use eventstore::testing::TestDatabase;
-use tokio::process::Command;
+
+#[path = "../tests/it/common/mod.rs"]
+mod common;
 
 /// How long one command may run before the bench gives up on it.
 const COMMAND_LIMIT: Duration = Duration::from_secs(1_800);
@@ -29,19 +31,13 @@ enum Outcome {
 }
 
 async fn run_mercato(args: &[&str], store_url: &str, data_dir: &Path) -> Outcome {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mercato"));
+    let mut command = common::mercato_async();
     command
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
         .env("DATABASE_URL", store_url)
-        .env_remove("REDIS_URL")
-        .env_remove("KAFKA_BOOTSTRAP")
-        .env_remove("OPENSEARCH_URL")
-        .env_remove("ELASTICSEARCH_URL")
-        .env_remove("MERCATO_CONFIG")
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true);
+        .env("RUST_LOG", "warn");
     let started = Instant::now();
     let output = match tokio::time::timeout(COMMAND_LIMIT, command.output()).await {
         Ok(Ok(output)) => output,

@@ -52,7 +52,7 @@ use async_trait::async_trait;
 use eventstore::RecordedEvent;
 use redis::aio::ConnectionManager;
 
-use crate::rebuild::{ReplayRun, Swap};
+use crate::rebuild::shadow::{ReplayRun, Swap};
 use crate::runner::{Feed, Projection};
 use crate::sql_models::CartRow;
 use crate::{PopularityBatch, ProjectionError, popularity_of_batch};

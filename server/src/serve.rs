@@ -75,6 +75,8 @@ impl Server {
         let progress = Progress::default();
         let components = Components::default();
         let shutdown = CancellationToken::new();
+        // What was started stops again if a later part fails to start.
+        let started = shutdown.clone().drop_guard();
         let mut workers = bus.start(&platform, &projections, &progress, &components, &shutdown)?;
         if plan.parts.projector {
             match bus.projector(&projections, &components, &shutdown) {
@@ -154,6 +156,7 @@ impl Server {
         let address = listener
             .local_addr()
             .map_err(|error| Error::runtime("cannot read the listening address", error))?;
+        started.disarm();
         Ok(Server {
             platform,
             role: config.role,

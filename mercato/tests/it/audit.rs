@@ -3,10 +3,11 @@
 
 use std::process::Output;
 
-use crate::common::{ServerData, Setup};
 use eventstore::{AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent};
 use serde_json::value::RawValue;
 use uuid::Uuid;
+
+use crate::common::{ServerData, Setup};
 
 fn mercato(data: &ServerData, args: &[&str]) -> Output {
     crate::common::mercato()

@@ -6,10 +6,11 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::common::{Api, ServerData, Setup, TestApp, eventually};
 use eventstore::RecordedEvent;
 use reqwest::StatusCode;
 use serde_json::Value;
+
+use crate::common::{Api, ServerData, Setup, TestApp, eventually};
 
 const EVENTS: u64 = 20_000;
 

@@ -6,10 +6,11 @@ use std::collections::BTreeSet;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use crate::common::{Api, ServerData, Setup, TestApp, event_position, eventually, mercato_async};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+use crate::common::{Api, ServerData, Setup, TestApp, event_position, eventually, mercato_async};
 
 /// The binary on the server's data (its data directory, or its `DATABASE_URL`).
 fn mercato(data: &ServerData, args: &[&str]) -> tokio::process::Command {

@@ -1,5 +1,5 @@
 //! The Kafka relay and the Kafka-fed roles, against a real Kafka-protocol broker: a tansu broker
-//! of each test's own (see `common::broker`), reached through a TCP proxy that can cut it off, as
+//! of each test's own (`server::testing::broker`), reached through a TCP proxy that can cut it off, as
 //! an outage would.
 //!
 //! What is published is read back with kafka-python (`pip install kafka-python`), a client
@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{Api, Server, ServerData, TestApp, eventually, mercato_async, place_order};
 use eventstore::testing::TestDatabase;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -17,6 +16,8 @@ use server::testing::broker::Broker;
 use sqlx::Row;
 use tempfile::TempDir;
 use tokio::process::Command;
+
+use crate::common::{Api, Server, ServerData, TestApp, eventually, mercato_async, place_order};
 
 /// Every message of `topics`, read with kafka-python until `expect` messages or 5 s of silence.
 async fn read_topics(bootstrap: &str, topics: &[&str], expect: Option<usize>) -> Vec<Value> {

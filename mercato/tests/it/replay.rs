@@ -2,15 +2,16 @@
 //! broken read models while the server keeps answering and writing, loses and doubles nothing,
 //! and an interrupted rebuild leaves the read models in service untouched and resumes.
 
+use eventstore::testing::TestDatabase;
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::Row;
+
 use crate::common::replay::{
     caught_up_to_head, create_lamps, interrupt_replay, order_lamps, order_load, projection_line,
     run,
 };
 use crate::common::{Api, ServerData, Setup, TestApp};
-use eventstore::testing::TestDatabase;
-use reqwest::StatusCode;
-use serde_json::Value;
-use sqlx::Row;
 
 /// Every SQL read model, as sorted text rows: what must come out of a rebuild the same.
 async fn dump(data: &ServerData) -> Vec<String> {

@@ -13,10 +13,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::replay::{
-    caught_up_to_head, create_lamps, mercato, order_lamps, order_load, output, projection_line,
-};
-use crate::common::{ServerData, Setup, TestApp, eventually};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -24,6 +20,11 @@ use axum::http::{Method, StatusCode as HttpStatus, Uri};
 use axum::response::{IntoResponse, Response};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use crate::common::replay::{
+    caught_up_to_head, create_lamps, mercato, order_lamps, order_load, output, projection_line,
+};
+use crate::common::{ServerData, Setup, TestApp, eventually};
 
 const ALIAS: &str = "mercato-products";
 
@@ -418,9 +419,15 @@ async fn replay_rebuilds_the_opensearch_index_while_the_server_serves_and_writes
         .await
         .unwrap();
 
-    // Rebuild while orders keep coming in.
+    // Rebuild while orders keep coming in, the cluster named by ELASTICSEARCH_URL alone (the
+    // alias of OPENSEARCH_URL every subcommand reads).
     let load = order_load(&server, &products, "tok_visa");
-    let (code, stdout, stderr) = run(&data, &config, &["replay", "--projection", "search"]).await;
+    let (code, stdout, stderr) = output(
+        mercato(&data, &["replay", "--projection", "search"])
+            .env("ELASTICSEARCH_URL", &url)
+            .stdin(Stdio::null()),
+    )
+    .await;
     assert_eq!(code, 0, "replay failed: {stderr}");
     assert!(
         stdout.contains("search\trebuilt and in service"),

@@ -6,13 +6,14 @@
 
 use std::time::Duration;
 
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
 use crate::common::replay::{
     caught_up_to_head, create_lamps, interrupt_replay, late_order, order_lamps, prefix,
     projection_line, redis, redis_checkpoint, run,
 };
 use crate::common::{ServerData, Setup, TestApp, eventually};
-use reqwest::StatusCode;
-use serde_json::{Value, json};
 
 /// Every key starting with `start`.
 async fn keys(connection: &mut redis::aio::MultiplexedConnection, start: &str) -> Vec<String> {

@@ -1,15 +1,16 @@
-//! The checkout saga end to end, on the real binary: every way an order can end, overselling,
-//! crashes with SIGKILL, and two saga workers on one database.
+//! The checkout saga end to end: every way an order can end, overselling and a parked saga with
+//! the server in this process; crashes with SIGKILL and two saga workers (one killed) as processes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use crate::common::{Api, Server, ServerData, Setup, TestApp, eventually, mercato, place_order};
 use cqrs_es::Aggregate;
 use eventstore::aggregate::load;
 use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use crate::common::{Api, Server, ServerData, Setup, TestApp, eventually, mercato, place_order};
 
 /// PostgreSQL allows 100 connections and every server holds pools of its own: the tests of
 /// this file that run servers on PostgreSQL take turns.

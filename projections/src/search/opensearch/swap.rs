@@ -2,9 +2,9 @@
 //! moves it, the popularity, the checkpoints and the alias together.
 
 use super::{OpenSearchIndex, storage};
+use crate::ProjectionError;
 use crate::readdb::ReadDb;
-use crate::rebuild::Swap;
-use crate::{ProjectionError, rebuild};
+use crate::rebuild::shadow::{Swap, swap_tables_with};
 
 /// The tables of the read-model database that a rebuilt index brings with it and that are swapped
 /// in with it, in the order the projection's batches lock them.
@@ -59,7 +59,7 @@ pub async fn swap_in_rebuilt(
     checkpoint: u64,
 ) -> Result<(Swap, Option<String>), ProjectionError> {
     let mut left = None;
-    let swapped = rebuild::swap_tables_with(
+    let swapped = swap_tables_with(
         live,
         live_url,
         shadow,
