@@ -35,7 +35,9 @@ pub fn tansu_binary() -> Option<PathBuf> {
 /// Whether the Kafka client the tests read with (kafka-python) is installed.
 pub fn kafka_python_available() -> bool {
     std::process::Command::new("python3")
-        .args(["-c", "import kafka"])
+        // Isolated (-I), so that a directory named kafka where it runs (the repository's own
+        // crate) does not pass for the package.
+        .args(["-I", "-c", "import kafka.consumer"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
