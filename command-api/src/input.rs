@@ -87,6 +87,13 @@ pub struct AddCartItem {
 /// The longest shipping address accepted, in characters.
 pub const SHIPPING_ADDRESS_MAX_CHARS: usize = 1_000;
 
+/// A shipping address, when given: lines of visible text, in normal form C.
+const SHIPPING_ADDRESS_RULE: domain::text::TextRule = domain::text::TextRule {
+    field: "shipping_address",
+    max: SHIPPING_ADDRESS_MAX_CHARS,
+    multiline: true,
+};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkout {
@@ -101,13 +108,9 @@ impl Checkout {
         domain::payment::validate_payment_token(&self.payment_token)
             .map_err(|error| Problem::invalid(error.field, &error.message))?;
         if let Some(address) = &self.shipping_address {
-            let n_chars = address.chars().count();
-            if address.trim().is_empty() || n_chars > SHIPPING_ADDRESS_MAX_CHARS {
-                return Err(Problem::invalid(
-                    "shipping_address",
-                    format!("must be 1 to {SHIPPING_ADDRESS_MAX_CHARS} characters when given"),
-                ));
-            }
+            SHIPPING_ADDRESS_RULE
+                .check_required(address)
+                .map_err(|error| Problem::invalid(error.field, &error.message))?;
         }
         Ok(())
     }

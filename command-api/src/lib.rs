@@ -134,24 +134,58 @@ pub fn router(state: CommandState) -> Router {
 pub fn api_doc() -> ApiDoc {
     let money = money_schema();
     let id = client_id_schema();
+    // What the domain's text rules accept (`domain::text`): no control characters, and for a
+    // required text at least one character that shows. Lengths count code points here and what
+    // a person sees on the server, so a text the document allows is never too long.
+    let line = |max: usize| {
+        json!({ "type": "string", "minLength": 1, "maxLength": max,
+            "pattern": format!("^{NOT_CONTROL}*{VISIBLE}{NOT_CONTROL}*$"),
+            "description": "one line with at least one visible character; stored in Unicode normal form C" })
+    };
+    let lines = |max: usize, min: usize| {
+        json!({ "type": "string", "minLength": min, "maxLength": max,
+            "pattern": format!("^{NOT_CONTROL_BUT_LINES}*$"),
+            "description": "text; line breaks and tabs allowed, other control characters not" })
+    };
+    let token = json!({ "type": "string", "minLength": 1, "maxLength": domain::payment::PAYMENT_TOKEN_MAX_CHARS,
+        "description": "a gateway token such as tok_visa; never a card number (12 to 19 digits, with or without spaces and dashes, are refused)" });
+    let stock = json!({ "type": "integer", "minimum": 0, "maximum": domain::product::STOCK_MAX });
+    let quantity =
+        json!({ "type": "integer", "minimum": 1, "maximum": domain::cart::LINE_QUANTITY_MAX });
+    let name = line(domain::product::NAME_MAX_CHARS);
+    let category = line(domain::product::CATEGORY_MAX_CHARS);
+    let description = lines(domain::product::DESCRIPTION_MAX_CHARS, 0);
     routes().into_doc(schemas(json!({
-        "Written": { "type": "object", "properties": { "position": { "type": "integer" } },
+        "Written": { "type": "object", "required": ["position"], "properties": {
+                "product_id": { "type": "string", "format": "uuid" }, "cart_id": id.clone(),
+                "order_id": { "type": "string", "format": "uuid" },
+                "position": { "type": ["integer", "null"], "description": "null when the write changed nothing (no event was appended)" } },
             "description": "the id of what was written (product_id, cart_id or order_id) and the position of its last event (also X-Event-Position)" },
         "CreateProduct": { "type": "object", "additionalProperties": false, "required": ["name", "description", "price", "stock_qty"], "properties": {
-            "name": { "type": "string", "maxLength": 200 }, "description": { "type": "string", "maxLength": 5000 },
-            "price": money, "stock_qty": { "type": "integer", "minimum": 0 }, "category": { "type": "string", "maxLength": 100 } } },
-        "UpdateProduct": { "type": "object", "additionalProperties": false, "properties": {
-            "name": { "type": "string" }, "description": { "type": "string" }, "price": money,
-            "category": { "type": ["string", "null"] } } },
-        "AdjustStock": { "type": "object", "additionalProperties": false, "required": ["delta"], "properties": { "delta": { "type": "integer" } } },
+            "name": name.clone(), "description": description.clone(),
+            "price": money.clone(), "stock_qty": stock, "category": category.clone() } },
+        "UpdateProduct": { "type": "object", "additionalProperties": false, "minProperties": 1, "properties": {
+            "name": name, "description": description, "price": money,
+            "category": { "anyOf": [category, { "type": "null" }] } } },
+        "AdjustStock": { "type": "object", "additionalProperties": false, "required": ["delta"], "properties": {
+            "delta": { "type": "integer", "minimum": -i64::from(domain::product::STOCK_MAX), "maximum": domain::product::STOCK_MAX } } },
         "AddCartItem": { "type": "object", "additionalProperties": false, "required": ["product_id", "quantity"], "properties": {
-            "product_id": { "type": "string", "format": "uuid" }, "quantity": { "type": "integer", "minimum": 1, "maximum": 999 } } },
+            "product_id": { "type": "string", "format": "uuid" }, "quantity": quantity.clone() } },
         "Checkout": { "type": "object", "additionalProperties": false, "required": ["customer_id", "payment_token"], "properties": {
-            "customer_id": id, "payment_token": { "type": "string", "description": "a gateway token such as tok_visa; never a card number" },
-            "shipping_address": { "type": "string" } } },
+            "customer_id": id.clone(), "payment_token": token.clone(),
+            "shipping_address": lines(input::SHIPPING_ADDRESS_MAX_CHARS, 1) } },
         "PlaceOrder": { "type": "object", "additionalProperties": false, "required": ["customer_id", "lines", "payment_token"], "properties": {
-            "customer_id": id, "payment_token": { "type": "string" },
-            "lines": { "type": "array", "items": { "type": "object", "required": ["product_id", "quantity"], "properties": {
-                "product_id": { "type": "string", "format": "uuid" }, "quantity": { "type": "integer" } } } } } }
+            "customer_id": id, "payment_token": token,
+            "lines": { "type": "array", "minItems": 1, "maxItems": domain::cart::LINES_MAX, "items": {
+                "type": "object", "additionalProperties": false, "required": ["product_id", "quantity"], "properties": {
+                "product_id": { "type": "string", "format": "uuid" }, "quantity": quantity } } } } }
     })))
 }
+
+/// A character that is not a control character (regular-expression class).
+const NOT_CONTROL: &str = "[^\\u0000-\\u001F\\u007F-\\u009F]";
+/// The same, with line breaks and tabs allowed.
+const NOT_CONTROL_BUT_LINES: &str =
+    "[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]";
+/// A character a person sees: not a control, not white space, not an invisible format character.
+const VISIBLE: &str = "[^\\s\\u0000-\\u001F\\u007F-\\u009F\\u00AD\\u034F\\u061C\\u115F\\u1160\\u17B4\\u17B5\\u180B-\\u180F\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u206F\\u3164\\uFE00-\\uFE0F\\uFEFF\\uFFA0]";

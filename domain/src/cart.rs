@@ -83,6 +83,9 @@ pub enum CartError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartLine {
     pub quantity: u32,
+    /// In minor units, as every money field a person or a script reads (`*_minor`); the old
+    /// name is read from snapshots written before.
+    #[serde(rename = "unit_price_minor", alias = "unit_price")]
     pub unit_price: Money,
 }
 

@@ -10,6 +10,7 @@ pub mod money;
 pub mod order;
 pub mod payment;
 pub mod product;
+pub mod text;
 pub mod views;
 
 pub use cart::{Cart, CartCommand, CartError, CartEvent};

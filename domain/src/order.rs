@@ -142,6 +142,9 @@ pub struct Order {
     pub order_id: Option<Uuid>,
     pub customer_id: Option<CustomerId>,
     pub lines: Vec<OrderLine>,
+    /// In minor units, as every money field a person or a script reads (`*_minor`); the old
+    /// name is read from snapshots written before.
+    #[serde(rename = "total_minor", alias = "total")]
     pub total: Money,
     pub status: OrderStatus,
     pub cancel_reason: Option<CancelReason>,
@@ -589,6 +592,11 @@ mod tests {
         assert_eq!(order.status, OrderStatus::Cancelled);
         let json = serde_json::to_string(&order).expect("an order serializes");
         let restored: Order = serde_json::from_str(&json).expect("a snapshot deserializes");
+        assert_eq!(restored, order);
+        // Money is named in minor units; a snapshot written under the old name still loads.
+        assert!(json.contains(r#""total_minor":2005"#), "{json}");
+        let old = json.replace(r#""total_minor""#, r#""total""#);
+        let restored: Order = serde_json::from_str(&old).expect("an old snapshot deserializes");
         assert_eq!(restored, order);
     }
 }

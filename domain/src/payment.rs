@@ -143,6 +143,9 @@ pub fn validate_payment_token(token: &str) -> Result<(), FieldError> {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {
     pub order_id: Option<Uuid>,
+    /// In minor units, as every money field a person or a script reads (`*_minor`); the old
+    /// name is read from snapshots written before.
+    #[serde(rename = "amount_minor", alias = "amount")]
     pub amount: Money,
     pub payment_token: String,
     pub status: PaymentStatus,

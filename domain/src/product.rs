@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::ids::FieldError;
 use crate::money::Money;
+use crate::text::{TextRule, nfc};
 
 pub const NAME_MAX_CHARS: usize = 200;
 pub const DESCRIPTION_MAX_CHARS: usize = 5_000;
@@ -134,8 +135,13 @@ pub enum ProductError {
     AlreadyExists,
     #[error(transparent)]
     Invalid(#[from] FieldError),
-    #[error("not enough stock: {requested} requested, {available} available")]
-    InsufficientStock { requested: u32, available: u32 },
+    #[error("not enough stock of {name:?}: {requested} requested, {available} available")]
+    InsufficientStock {
+        /// The product's name, for a person reading why.
+        name: String,
+        requested: u32,
+        available: u32,
+    },
     #[error("stock cannot go below zero: {stock_qty} in stock, delta {delta}")]
     NegativeStock { stock_qty: u32, delta: i64 },
     #[error(
@@ -166,6 +172,9 @@ pub struct Product {
     pub product_id: Option<Uuid>,
     pub name: String,
     pub description: String,
+    /// In minor units, as every money field a person or a script reads (`*_minor`); the old
+    /// name is read from snapshots written before.
+    #[serde(rename = "price_minor", alias = "price")]
     pub price: Money,
     pub stock_qty: u32,
     pub category: Option<String>,
@@ -178,29 +187,33 @@ pub struct Product {
     pub version: u64,
 }
 
+/// A product's name: 1 to [`NAME_MAX_CHARS`] visible characters on one line.
+pub const NAME_RULE: TextRule = TextRule {
+    field: "name",
+    max: NAME_MAX_CHARS,
+    multiline: false,
+};
+
+/// A product's description: up to [`DESCRIPTION_MAX_CHARS`] characters, lines allowed.
+pub const DESCRIPTION_RULE: TextRule = TextRule {
+    field: "description",
+    max: DESCRIPTION_MAX_CHARS,
+    multiline: true,
+};
+
+/// A product's category, when it has one: 1 to [`CATEGORY_MAX_CHARS`] visible characters.
+pub const CATEGORY_RULE: TextRule = TextRule {
+    field: "category",
+    max: CATEGORY_MAX_CHARS,
+    multiline: false,
+};
+
 pub fn validate_name(name: &str) -> Result<(), FieldError> {
-    let n_chars = name.chars().count();
-    if name.trim().is_empty() {
-        return Err(FieldError::new("name", "must not be empty"));
-    }
-    if n_chars > NAME_MAX_CHARS {
-        return Err(FieldError::new(
-            "name",
-            format!("must be at most {NAME_MAX_CHARS} characters, got {n_chars}"),
-        ));
-    }
-    Ok(())
+    NAME_RULE.check_required(name)
 }
 
 pub fn validate_description(description: &str) -> Result<(), FieldError> {
-    let n_chars = description.chars().count();
-    if n_chars > DESCRIPTION_MAX_CHARS {
-        return Err(FieldError::new(
-            "description",
-            format!("must be at most {DESCRIPTION_MAX_CHARS} characters, got {n_chars}"),
-        ));
-    }
-    Ok(())
+    DESCRIPTION_RULE.check_optional(description)
 }
 
 pub fn validate_price(price: Money) -> Result<(), FieldError> {
@@ -217,16 +230,7 @@ pub fn validate_price(price: Money) -> Result<(), FieldError> {
 }
 
 pub fn validate_category(category: Option<&str>) -> Result<(), FieldError> {
-    if let Some(category) = category {
-        let n_chars = category.chars().count();
-        if category.trim().is_empty() || n_chars > CATEGORY_MAX_CHARS {
-            return Err(FieldError::new(
-                "category",
-                format!("must be 1 to {CATEGORY_MAX_CHARS} characters when given"),
-            ));
-        }
-    }
-    Ok(())
+    category.map_or(Ok(()), |category| CATEGORY_RULE.check_required(category))
 }
 
 pub fn validate_stock(stock_qty: i64) -> Result<u32, FieldError> {
@@ -290,6 +294,7 @@ impl Product {
         if self.exists() {
             return Err(ProductError::AlreadyExists);
         }
+        let (name, description, category) = (nfc(name), nfc(description), category.map(nfc));
         validate_name(&name)?;
         validate_description(&description)?;
         validate_price(price)?;
@@ -312,6 +317,8 @@ impl Product {
         price: Option<Money>,
         category: Option<Option<String>>,
     ) -> Result<Option<ProductEvent>, ProductError> {
+        let (name, description) = (name.map(nfc), description.map(nfc));
+        let category = category.map(|category| category.map(nfc));
         if let Some(name) = &name {
             validate_name(name)?;
         }
@@ -378,6 +385,7 @@ impl Product {
         }
         if quantity > self.stock_qty {
             return Err(ProductError::InsufficientStock {
+                name: self.name.clone(),
                 requested: quantity,
                 available: self.stock_qty,
             });
@@ -1151,6 +1159,7 @@ mod tests {
                 quantity: 7,
             })
             .then_expect_error(ProductError::InsufficientStock {
+                name: "Kettle".to_owned(),
                 requested: 7,
                 available: 6,
             });

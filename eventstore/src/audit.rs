@@ -319,6 +319,8 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     /// The rolling hash at the head (recomputed for [`Scope::All`]).
     pub head: Head,
+    /// Where the history had the expected head (`expect_head`): its position and event count.
+    pub expected_head_at: Option<(u64, u64)>,
     pub first_problem: Option<Problem>,
     /// How long the verification took.
     pub elapsed: Duration,
@@ -508,7 +510,6 @@ struct Walker {
     global: Hash,
     events: u64,
     last_position: u64,
-    last_row: Option<(String, String, String, u64)>,
     checkpoints: Vec<Checkpoint>,
     next_checkpoint: usize,
     block_start: (u64, u64),
@@ -517,6 +518,10 @@ struct Walker {
     /// A version reported missing, and the key of its stream: if it shows up later the reason
     /// says it was moved.
     missing: Option<(String, u64)>,
+    /// A head recorded earlier (`--expect-head`), and the first position and event count at
+    /// which the rolling hash equalled it.
+    expected_head: Option<Hash>,
+    expected_found: Option<(u64, u64)>,
 }
 
 fn stream_key(key: &mut String, stream_type: &str, stream_id: &str) {
@@ -552,14 +557,23 @@ impl Walker {
             global: ZERO_HASH,
             events: 0,
             last_position: 0,
-            last_row: None,
             checkpoints,
             next_checkpoint: 0,
             block_start: (0, 0),
             last_sealed_position,
             problem: None,
             missing: None,
+            expected_head: None,
+            expected_found: None,
         }
+    }
+
+    /// Looks for `expected` among the rolling hashes of the walk (the empty log's included).
+    fn expect_head(&mut self, expected: Hash) {
+        if expected == ZERO_HASH {
+            self.expected_found = Some((0, 0));
+        }
+        self.expected_head = Some(expected);
     }
 
     fn report(&mut self, problem: Problem) {
@@ -642,6 +656,9 @@ impl Walker {
         self.last_position = row.position;
         let stored = row.stored_hash();
         self.global = global_step(&self.global, &stored);
+        if self.expected_found.is_none() && self.expected_head == Some(self.global) {
+            self.expected_found = Some((row.position, self.events));
+        }
         stream_key(&mut self.key, &row.stream_type, &row.stream_id);
         let mut problems = Vec::new();
         if !self.streams.contains_key(self.key.as_str()) {
@@ -746,12 +763,6 @@ impl Walker {
         for problem in problems {
             self.report(problem);
         }
-        // Kept in place: the strings' allocations are reused row after row.
-        let last = self.last_row.get_or_insert_with(Default::default);
-        last.0.clone_from(&row.event_id);
-        last.1.clone_from(&row.stream_type);
-        last.2.clone_from(&row.stream_id);
-        last.3 = row.stream_version;
     }
 
     /// After the last row: the remaining checkpoints, and sealed versions never seen.
@@ -784,20 +795,38 @@ impl Walker {
     }
 }
 
-/// Recomputes the stream chains (and for [`Scope::All`] the rolling hash and every checkpoint)
-/// and compares the head with `expect_head` (hex). The first problem in position order is the
-/// one reported.
+/// Recomputes the stream chains (and for [`Scope::All`] the rolling hash and every checkpoint).
+/// With `expect_head` (hex, a head recorded earlier), the history must have had that rolling
+/// hash at some position: a recorded head verifies as long as the events up to its position are
+/// unchanged, however many came after. It needs [`Scope::All`]. The first problem in position
+/// order is the one reported.
 pub async fn verify(
     store: &dyn EventStore,
     scope: Scope,
     expect_head: Option<&str>,
 ) -> Result<VerifyReport, StoreError> {
     let started = Instant::now();
+    let expected = match expect_head {
+        None => None,
+        Some(_) if scope != Scope::All => {
+            return Err(StoreError::InvalidRequest(
+                "an expected head is a hash of the whole log: verify it without a stream scope"
+                    .to_owned(),
+            ));
+        }
+        Some(text) => Some(parse_hash(text).ok_or_else(|| {
+            StoreError::InvalidRequest(format!("the expected head {text:?} is not 64 hex digits"))
+        })?),
+    };
     let (mut walker, whole_log) = match &scope {
         Scope::All => {
             let checkpoints = store.audit_checkpoints().await?;
             let heads = store.sealed_heads(None).await?;
-            (Walker::new(checkpoints, heads), true)
+            let mut walker = Walker::new(checkpoints, heads);
+            if let Some(expected) = expected {
+                walker.expect_head(expected);
+            }
+            (walker, true)
         }
         Scope::Stream {
             stream_type,
@@ -891,30 +920,21 @@ pub async fn verify(
     } else {
         head(store).await?
     };
-    if let Some(expected) = expect_head
-        && !expected.trim().eq_ignore_ascii_case(&head.hash_hex)
+    if let Some(expected) = expected
+        && walker.expected_found.is_none()
     {
-        let (event_id, stream_type, stream_id, stream_version) = match &walker.last_row {
-            Some((event_id, stream_type, stream_id, version)) if whole_log => (
-                Some(event_id.clone()),
-                stream_type.clone(),
-                stream_id.clone(),
-                *version,
-            ),
-            _ => (None, String::new(), String::new(), 0),
-        };
         let problem = Problem {
             position: head.position,
-            event_id,
-            stream_type,
-            stream_id,
-            stream_version,
+            event_id: None,
+            stream_type: String::new(),
+            stream_id: String::new(),
+            stream_version: 0,
             reason: format!(
-                "the head hash is {} at position {} ({} events), not the expected {}",
+                "the history never had the expected head {}: the events up to the position where it was recorded were changed, deleted or reordered, or it is the head of another store (the head is {} at position {}, {} events)",
+                to_hex(&expected),
                 head.hash_hex,
                 head.position,
-                head.events,
-                expected.trim().to_ascii_lowercase()
+                head.events
             ),
         };
         if walker.problem.is_none() {
@@ -939,6 +959,7 @@ pub async fn verify(
         },
         checkpoints,
         head,
+        expected_head_at: walker.expected_found,
         first_problem: walker.problem,
         elapsed: started.elapsed(),
     })

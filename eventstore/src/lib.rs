@@ -71,6 +71,23 @@ pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
     }
 }
 
+/// Whether the database a URL names holds an event store (its `events` table), without creating
+/// anything: an SQLite file that is missing is no store; a PostgreSQL database that cannot be
+/// reached is an error. What a command that must not create a store checks first.
+pub async fn exists(url: &str) -> Result<bool, StoreError> {
+    match backend_of(url)? {
+        Backend::Postgres => {
+            let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(url).await?;
+            let found: bool = sqlx::query_scalar("SELECT to_regclass('events') IS NOT NULL")
+                .fetch_one(&mut connection)
+                .await?;
+            let _ = sqlx::Connection::close(connection).await;
+            Ok(found)
+        }
+        Backend::Sqlite => SqliteEventStore::exists(url).await,
+    }
+}
+
 /// Applies the store's migrations to the database a URL names (what `mercato migrate` runs).
 pub async fn migrate(url: &str) -> Result<(), StoreError> {
     match backend_of(url)? {

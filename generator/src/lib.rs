@@ -763,12 +763,15 @@ impl Generator {
             {
                 Ok(_) => self.wait(3.0),
                 Err(ProductError::InsufficientStock {
+                    name,
                     requested,
                     available,
                 }) => {
-                    let detail = format!(
-                        "product {} is out of stock: {requested} ordered, {available} available",
-                        line.product_id
+                    let detail = sagas::steps::out_of_stock_detail(
+                        line.product_id,
+                        &name,
+                        requested,
+                        available,
                     );
                     self.cancel(saga, order, &indexes, CancelReason::OutOfStock, detail)
                         .await?;

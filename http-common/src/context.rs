@@ -37,6 +37,16 @@ fn header_text(request: &Request, name: &HeaderName) -> Option<String> {
 /// Sets the request context, runs the request inside a span carrying the correlation id, answers
 /// 503 when it takes longer than [`REQUEST_TIMEOUT`], and echoes `X-Correlation-Id`.
 pub async fn request_context(mut request: Request, next: Next) -> Response {
+    // HTTP/1.1 requires a Host header (RFC 9112, section 3.2); HTTP/2 carries :authority.
+    if request.version() == axum::http::Version::HTTP_11
+        && request.uri().authority().is_none()
+        && !request.headers().contains_key(axum::http::header::HOST)
+    {
+        return Problem::bad_request(
+            "an HTTP/1.1 request needs a Host header (RFC 9112, section 3.2)",
+        )
+        .into_response();
+    }
     let context = RequestContext {
         correlation_id: header_text(&request, &CORRELATION_HEADER)
             .unwrap_or_else(|| Uuid::new_v4().to_string()),

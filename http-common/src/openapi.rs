@@ -158,19 +158,66 @@ fn shared_schemas() -> Map<String, Value> {
     }
 }
 
+/// A path parameter's schema, by the name every route gives it.
+fn path_schema(name: &str) -> Value {
+    match name {
+        "product_id" | "order_id" => json!({ "type": "string", "format": "uuid" }),
+        "cart_id" | "customer_id" => client_id_schema(),
+        "stream_type" => {
+            json!({ "type": "string", "enum": ["product", "cart", "order", "payment", "product_views"] })
+        }
+        _ => json!({ "type": "string", "minLength": 1 }),
+    }
+}
+
+/// A query parameter's schema: a range its description starts with (`1 to 100, default 20`),
+/// else what the parameter of that name takes on every route; and whether it is required.
+fn query_schema(name: &str, description: &str) -> (Value, bool) {
+    let range = description
+        .split(',')
+        .next()
+        .and_then(|range| range.split_once(" to "))
+        .and_then(|(low, high)| {
+            Some((
+                low.trim().parse::<u64>().ok()?,
+                high.trim().parse::<u64>().ok()?,
+            ))
+        });
+    if let Some((minimum, maximum)) = range {
+        return (
+            json!({ "type": "integer", "minimum": minimum, "maximum": maximum }),
+            false,
+        );
+    }
+    let schema = match name {
+        "customer_id" => client_id_schema(),
+        "after" | "after_version" => json!({ "type": "integer", "minimum": 0 }),
+        "min_price" | "max_price" => {
+            json!({ "type": "string", "pattern": "^[0-9]{1,9}(\\.[0-9]{1,2})?$", "description": "a decimal number, at most two decimals" })
+        }
+        "correlation_id" => json!({ "type": "string", "pattern": "^[!-~]{1,128}$" }),
+        "q" => json!({ "type": "string", "maxLength": 200 }),
+        "category" => json!({ "type": "string", "maxLength": 100 }),
+        _ => json!({ "type": "string" }),
+    };
+    (schema, description == "required")
+}
+
 fn operation(route: &RouteDoc) -> Value {
     let mut parameters: Vec<Value> = route
         .path
         .split('/')
         .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
-        .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+        .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": path_schema(name) }))
         .collect();
     for (name, description) in route.query {
-        parameters.push(json!({ "name": name, "in": "query", "description": description, "schema": { "type": "string" } }));
+        let (schema, required) = query_schema(name, description);
+        parameters.push(json!({ "name": name, "in": "query", "description": description, "required": required, "schema": schema }));
     }
     if route.min_position {
-        parameters.push(json!({ "name": MIN_POSITION.0, "in": "query", "description": MIN_POSITION.1, "schema": { "type": "integer" } }));
-        parameters.push(json!({ "name": "X-Min-Position", "in": "header", "description": MIN_POSITION.1, "schema": { "type": "integer" } }));
+        let position = json!({ "type": "integer", "minimum": 0, "maximum": i64::MAX });
+        parameters.push(json!({ "name": MIN_POSITION.0, "in": "query", "description": MIN_POSITION.1, "schema": position }));
+        parameters.push(json!({ "name": "X-Min-Position", "in": "header", "description": MIN_POSITION.1, "schema": position }));
     }
     let (status, schema) = route.success;
     let content_type = if schema == "Text" {
@@ -228,7 +275,8 @@ pub fn document(title: &str, version: &str, description: &str, parts: &[ApiDoc])
 
 /// The schema of a money amount: a JSON number in major units.
 pub fn money_schema() -> Value {
-    json!({ "type": "number", "description": "major units, at most two decimals" })
+    json!({ "type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000_000,
+        "description": "major units, at most two decimals" })
 }
 
 /// The schema of a client-chosen id (`cart_id`, `customer_id`).

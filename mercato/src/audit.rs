@@ -28,6 +28,8 @@ pub enum Command {
     Verify {
         #[arg(long, value_name = "TYPE/ID")]
         stream: Option<String>,
+        /// A head hash recorded earlier (`audit head`): the history up to its position must be
+        /// unchanged; later events extend it
         #[arg(long, value_name = "HASH")]
         expect_head: Option<String>,
     },
@@ -42,7 +44,7 @@ pub async fn run(config: Config, command: &Command) -> Result<()> {
             expect_head,
         } => verify(&config, stream.as_deref(), expect_head.as_deref()).await,
         Command::Head => {
-            let store = server::open_store(&config).await?;
+            let store = server::open_existing_store(&config).await?;
             let head = audit::seal_head(&*store, SEAL_EVERY)
                 .await
                 .map_err(store_failure("cannot seal a checkpoint at the head"))?;
@@ -61,14 +63,19 @@ async fn verify(config: &Config, stream: Option<&str>, expect_head: Option<&str>
         None => Scope::All,
         Some(stream) => verify_scope(stream)?,
     };
-    if let Some(expected) = expect_head
-        && audit::parse_hash(expected).is_none()
-    {
-        return Err(Error::Usage(format!(
-            "--expect-head {expected:?} is not a hash: give the 64 hex digits `mercato audit head` printed"
-        )));
+    if let Some(expected) = expect_head {
+        if audit::parse_hash(expected).is_none() {
+            return Err(Error::Usage(format!(
+                "--expect-head {expected:?} is not a hash: give the 64 hex digits `mercato audit head` printed"
+            )));
+        }
+        if stream.is_some() {
+            return Err(Error::Usage(
+                "--expect-head checks the whole log's history: leave out --stream".to_owned(),
+            ));
+        }
     }
-    let store = server::open_store(config).await?;
+    let store = server::open_existing_store(config).await?;
     let report = audit::verify(&*store, scope, expect_head)
         .await
         .map_err(store_failure("cannot verify the event store"))?;
@@ -83,6 +90,12 @@ async fn verify(config: &Config, stream: Option<&str>, expect_head: Option<&str>
         report.events_per_second(),
         report.elapsed.as_secs_f64()
     );
+    if let Some((position, events)) = report.expected_head_at {
+        println!(
+            "expected head found at position {position} ({events} events; {} stored since)",
+            report.head.events.saturating_sub(events)
+        );
+    }
     match report.first_problem {
         None => {
             println!("ok: the stored history verifies");
@@ -182,7 +195,7 @@ async fn state(config: &Config, stream: &str, at: &str) -> Result<()> {
         )));
     }
     let moment = Moment::parse(at)?;
-    let store = server::open_store(config).await?;
+    let store = server::open_existing_store(config).await?;
     let (state, reached) = match stream_type {
         "product" => fold::<domain::Product>(store.as_ref(), &stream_id, moment).await?,
         "cart" => fold::<domain::Cart>(store.as_ref(), &stream_id, moment).await?,

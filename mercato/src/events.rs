@@ -232,7 +232,7 @@ pub async fn run(config: Config, command: &Command) -> Result<()> {
     match command {
         Command::Stream { stream, .. } => {
             let (stream_type, stream_id) = parse_stream(stream)?;
-            let store = server::open_store(&config).await?;
+            let store = server::open_existing_store(&config).await?;
             let mut printer = Printer::stdout(format, limit);
             let mut after_version = 0;
             loop {
@@ -256,7 +256,7 @@ pub async fn run(config: Config, command: &Command) -> Result<()> {
         Command::Tail { from, follow, .. } => {
             // `--from P` includes P; the store reads after a position.
             let after = from.unwrap_or(0).saturating_sub(1);
-            let store = server::open_store(&config).await?;
+            let store = server::open_existing_store(&config).await?;
             let mut printer = Printer::stdout(format, limit);
             if printer.done() {
                 return Ok(());
@@ -290,7 +290,7 @@ pub async fn run(config: Config, command: &Command) -> Result<()> {
                         .to_owned(),
                 ));
             }
-            let store = server::open_store(&config).await?;
+            let store = server::open_existing_store(&config).await?;
             let mut printer = Printer::stdout(format, limit);
             let mut after = 0;
             loop {

@@ -8,15 +8,19 @@ use server::{Access, Config, Platform, Result};
 use crate::replay::rebuild_failure;
 
 pub async fn run(config: Config) -> Result<()> {
-    let platform = Platform::open(&config, Access::Reader).await?;
-    let (statuses, head) =
-        projections::rebuild::status(platform.store.as_ref(), &platform.read_models)
-            .await
-            .map_err(rebuild_failure)?;
+    let platform = Platform::open_existing(&config, Access::Reader).await?;
+    let (statuses, head) = projections::rebuild::status(
+        platform.store.as_ref(),
+        &platform.read_models,
+        // The checkout saga's intake, which starts a saga for every order placed.
+        &[sagas::state::SagaIntake::NAME],
+    )
+    .await
+    .map_err(rebuild_failure)?;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(
         stdout,
-        "{:<12} {:>20} {:>10}  STATE",
+        "{:<14} {:>20} {:>10}  STATE",
         "PROJECTION", "CHECKPOINT", "LAG"
     );
     for status in &statuses {
@@ -27,7 +31,7 @@ pub async fn run(config: Config) -> Result<()> {
         };
         let _ = writeln!(
             stdout,
-            "{:<12} {:>20} {lag:>10}  {}",
+            "{:<14} {:>20} {lag:>10}  {}",
             status.name,
             status.checkpoint,
             status.state()

@@ -29,10 +29,15 @@ pub struct Target {
 pub struct Args {
     #[command(flatten)]
     target: Target,
-    /// Rebuild from the events after this global position only (the rebuilt read model starts
-    /// empty there) [default: 0, the whole log]
+    /// Rebuild from the events after this global position only: the rebuilt read model starts
+    /// empty there and leaves out every earlier event, so it needs --drop-earlier-events
+    /// [default: 0, the whole log]
     #[arg(long, value_name = "POSITION")]
     from: Option<u64>,
+    /// Confirms --from: the read models in service are replaced by ones without the events at
+    /// or before that position (their products, carts and orders are gone from them)
+    #[arg(long, requires = "from")]
+    drop_earlier_events: bool,
     /// Start over instead of resuming an interrupted rebuild of the same read models
     #[arg(long)]
     restart: bool,
@@ -54,7 +59,20 @@ pub async fn run(config: Config, args: &Args) -> Result<()> {
         (None, true) => ReadModel::ALL.to_vec(),
         (None, false) => Vec::new(),
     };
-    let platform = Platform::open(&config, Access::Reader).await?;
+    if let Some(from) = args.from.filter(|from| *from > 0) {
+        let names = models.iter().map(|model| model.name()).collect::<Vec<_>>();
+        let what = format!(
+            "--from {from} rebuilds {} from the events after position {from} only: the read models in service would be replaced by ones without the events at positions 1 to {from} (the products, carts and orders they made would be gone from them)",
+            names.join(", ")
+        );
+        if !args.drop_earlier_events {
+            return Err(Error::Usage(format!(
+                "{what}; add --drop-earlier-events if that is what you mean, or leave out --from to rebuild from the whole log"
+            )));
+        }
+        eprintln!("warning: {what}");
+    }
+    let platform = Platform::open_existing(&config, Access::Reader).await?;
     let mut meter = Meter::new();
     if args.target.discard {
         let had = rebuild::discard(&platform.read_models, &mut meter)

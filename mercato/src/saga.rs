@@ -15,6 +15,7 @@ pub enum Command {
 }
 
 pub async fn run(config: Config, command: &Command) -> Result<()> {
+    server::require_store(&config).await?;
     let db = server::open_read_db(&config).await?;
     let failure = |error: sagas::SagaError| {
         Error::runtime(

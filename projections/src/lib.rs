@@ -30,7 +30,8 @@ use eventstore::RecordedEvent;
 
 pub use catalogue::{ReadModel, ReadModelStores};
 pub use runner::{
-    Feed, FeedLocator, Progress, ProgressState, Projection, apply_new, run_projection,
+    Feed, FeedLocator, Progress, ProgressState, Projection, READY_LAG, apply_new, oldest_unapplied,
+    run_projection,
 };
 
 /// Popularity points per unit ordered (`OrderCreated`).

@@ -123,15 +123,80 @@ impl Queries {
     }
 
     /// The most popular catalogue products customer `customer_id` has not ordered, at most
-    /// `limit` (for a new customer, overall popularity).
+    /// `limit` (for a new customer, overall popularity). While too few products have any
+    /// popularity (a new shop), the rest are products in stock, the most recently changed first,
+    /// with a score of 0.
     pub async fn recommendations(
         &self,
         customer_id: &str,
         limit: usize,
     ) -> Result<Vec<Recommendation>, ProjectionError> {
-        if let Some(models) = &self.redis {
-            return self.redis_recommendations(models, customer_id, limit).await;
+        let mut picks = match &self.redis {
+            Some(models) => {
+                self.redis_recommendations(models, customer_id, limit)
+                    .await?
+            }
+            None => self.sql_recommendations(customer_id, limit).await?,
+        };
+        if picks.len() < limit {
+            // With Redis, what a customer ordered is kept there (the SQL table stays empty).
+            let ordered = match &self.redis {
+                Some(models) => models.ordered_by(customer_id).await?,
+                None => Default::default(),
+            };
+            let more = self
+                .in_stock_not_ordered(customer_id, limit + ordered.len())
+                .await?;
+            for pick in more {
+                if picks.len() == limit {
+                    break;
+                }
+                if !ordered.contains(&pick.product_id)
+                    && !picks
+                        .iter()
+                        .any(|known| known.product_id == pick.product_id)
+                {
+                    picks.push(pick);
+                }
+            }
         }
+        Ok(picks)
+    }
+
+    /// Products in stock that customer `customer_id` has not ordered, the most recently changed
+    /// first, scored 0: what a new shop recommends before anything is popular.
+    async fn in_stock_not_ordered(
+        &self,
+        customer_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Recommendation>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT product_id, name FROM rm_products
+             WHERE stock_qty > 0 AND product_id NOT IN
+                 (SELECT product_id FROM rm_customer_products WHERE customer_id = $1)
+             ORDER BY updated_at DESC, product_id
+             LIMIT $2",
+        )
+        .bind(customer_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Recommendation {
+                    product_id: row.try_get(0)?,
+                    name: row.try_get(1)?,
+                    score: 0,
+                })
+            })
+            .collect()
+    }
+
+    async fn sql_recommendations(
+        &self,
+        customer_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Recommendation>, ProjectionError> {
         let rows = sqlx::query(
             "SELECT p.product_id, p.name, pop.score
              FROM rm_popularity pop JOIN rm_products p ON p.product_id = pop.product_id

@@ -21,6 +21,10 @@ const SCHEMA: &[&str] = &[
         name TEXT PRIMARY KEY,
         position BIGINT NOT NULL,
         updated_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS read_model_swaps (
+        name TEXT PRIMARY KEY,
+        swaps BIGINT NOT NULL,
+        swapped_at TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS rm_products (
         product_id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
@@ -287,8 +291,15 @@ impl ReadDb {
             ReadBackend::Sqlite => Some(self.write_lock.clone().lock_owned().await),
             ReadBackend::Postgres => None,
         };
+        // On SQLite the transaction takes the write lock when it starts: a deferred one that
+        // read first and then wrote would fail with "database is locked" (SQLITE_BUSY_SNAPSHOT)
+        // when another connection committed in between, without waiting for the busy timeout.
+        let transaction = match self.backend {
+            ReadBackend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            ReadBackend::Postgres => self.pool.begin().await?,
+        };
         Ok(WriteTransaction {
-            transaction: self.pool.begin().await?,
+            transaction,
             _turn: turn,
         })
     }
@@ -303,6 +314,24 @@ impl ReadDb {
             Some(row) => u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0),
             None => 0,
         })
+    }
+
+    /// How many times a rebuilt read model was swapped in, all read models together: a number
+    /// that moves with every swap (see [`crate::cache`]).
+    pub async fn swaps(&self) -> Result<u64, ProjectionError> {
+        let total: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(swaps), 0) AS BIGINT) FROM read_model_swaps",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(total).unwrap_or(0))
+    }
+
+    /// Counts a swap of read model `name` that happened outside this database (Redis keys, a
+    /// search index generation).
+    pub async fn record_swap(&self, name: &str) -> Result<(), ProjectionError> {
+        let mut connection = self.pool.acquire().await?;
+        crate::rebuild::shadow::record_swap_on(&mut connection, name).await
     }
 
     /// Checks the database answers.

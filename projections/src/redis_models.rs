@@ -364,6 +364,15 @@ impl RedisModels {
 
     /// The most popular products (id and score) that `customer_id` has not ordered, at most
     /// `limit`, looking at no more than `window` of the top products.
+    /// The products customer `customer_id` has ordered.
+    pub async fn ordered_by(&self, customer_id: &str) -> Result<BTreeSet<String>, ProjectionError> {
+        let mut connection = self.connection.clone();
+        Ok(redis::cmd("SMEMBERS")
+            .arg(self.ordered_key(customer_id))
+            .query_async(&mut connection)
+            .await?)
+    }
+
     pub async fn popular_not_ordered(
         &self,
         customer_id: &str,

@@ -119,6 +119,29 @@ pub struct ProgressState {
     /// Whether the projection has caught up with the head of the log (the last batch it got
     /// was not a full page).
     pub caught_up: bool,
+    /// Whether it has been caught up at least once since this process started: until then
+    /// its read model may be far behind (a fresh data directory, say), and its answers are not
+    /// shared through a cache.
+    pub reached_head: bool,
+    /// Since when (seconds since the epoch) applying its next batch fails, if it does.
+    pub failing_since: Option<i64>,
+}
+
+/// How old the oldest event a projection has not applied may be for its process to be ready.
+pub const READY_LAG: Duration = Duration::from_secs(5);
+
+/// How long ago the oldest event after `position` happened (`None` when there is none: caught
+/// up).
+pub async fn oldest_unapplied(
+    store: &dyn EventStore,
+    position: u64,
+) -> Result<Option<Duration>, eventstore::StoreError> {
+    let next = store.read_all(position, 1).await?;
+    Ok(next.first().map(|event| {
+        (chrono::Utc::now() - event.occurred_at)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+    }))
 }
 
 /// The progress of every projection a process runs or reads: read-your-writes waits on it.
@@ -234,7 +257,24 @@ impl Progress {
         let reached = receiver.wait_for(|state| state.position >= position);
         matches!(tokio::time::timeout(timeout, reached).await, Ok(Ok(_)))
     }
+
+    /// Whether projection `name`'s read model may be answered from and its answers shared: it
+    /// has caught up since this process started and is not failing. (A projection fed from
+    /// Kafka partitions is not followed here, and counts as serving.)
+    pub fn serving(&self, name: &'static str) -> bool {
+        if let Some(partitions) = self.partitions.get()
+            && partitions.projections.contains_key(name)
+        {
+            return true;
+        }
+        let state = *self.sender(name).borrow();
+        state.reached_head && state.failing_since.is_none()
+    }
 }
+
+/// How long a projection fails before its failures are logged as errors (until then, warnings:
+/// most failures are mended by the retry).
+const FAILING_IS_AN_ERROR_AFTER: Duration = Duration::from_secs(30);
 
 /// The longest pause between two attempts of a failing batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -265,6 +305,17 @@ pub async fn run_projection(
             }
         };
         sender.send_modify(|state| state.position = state.position.max(checkpoint));
+        // Nothing to apply yet: caught up (the subscription answers only when events come).
+        if store
+            .read_all(checkpoint, 1)
+            .await
+            .is_ok_and(|next| next.is_empty())
+        {
+            sender.send_modify(|state| {
+                state.caught_up = true;
+                state.reached_head = true;
+            });
+        }
         let mut subscription = match store.subscribe(checkpoint).await {
             Ok(subscription) => subscription.with_batch_size(batch_size),
             Err(error) => {
@@ -311,12 +362,30 @@ pub async fn run_projection(
                 }
                 metrics::counter!("mercato_projection_failures_total", "projection" => name)
                     .increment(1);
-                tracing::error!(
-                    projection = name,
-                    %error,
-                    first_position = batch.first().map_or(0, |event| event.position),
-                    "applying a batch failed; retrying from the stored checkpoint"
-                );
+                let now = chrono::Utc::now().timestamp();
+                let mut since = now;
+                sender.send_modify(|state| {
+                    since = *state.failing_since.get_or_insert(now);
+                });
+                let first_position = batch.first().map_or(0, |event| event.position);
+                // A failure that a retry mends (a busy database) is a warning; one that lasts is
+                // an error an operator has to act on.
+                if now - since >= FAILING_IS_AN_ERROR_AFTER.as_secs() as i64 {
+                    tracing::error!(
+                        projection = name,
+                        %error,
+                        first_position,
+                        failing_for_s = now - since,
+                        "applying a batch keeps failing; retrying from the stored checkpoint"
+                    );
+                } else {
+                    tracing::warn!(
+                        projection = name,
+                        %error,
+                        first_position,
+                        "applying a batch failed; retrying from the stored checkpoint"
+                    );
+                }
                 if pause(&shutdown, &mut backoff).await {
                     return;
                 }
@@ -341,6 +410,8 @@ pub async fn run_projection(
                 state.position = last_position;
                 state.last_event_at = Some(last_at);
                 state.caught_up = caught_up;
+                state.reached_head |= caught_up;
+                state.failing_since = None;
             });
         }
     }

@@ -246,32 +246,55 @@ pub fn product_json(product: &ProductDoc) -> Value {
     })
 }
 
-/// The position a read must wait for: `X-Min-Position` or `?min_position=`.
+/// The position a read must wait for: `X-Min-Position` or `?min_position=`. Both are checked
+/// when both are given, and the later one counts.
 fn min_position(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Result<Option<u64>, Problem> {
-    let text = match headers.get("x-min-position") {
-        Some(value) => Some(
+    let header = match headers.get("x-min-position") {
+        Some(value) => Some(parse_position(
+            "X-Min-Position",
             value
                 .to_str()
-                .map_err(|_| Problem::invalid("X-Min-Position", "must be a position number"))?
-                .to_owned(),
-        ),
-        None => params.get("min_position").cloned(),
+                .map_err(|_| Problem::invalid("X-Min-Position", "must be a position number"))?,
+        )?),
+        None => None,
     };
-    match text {
-        None => Ok(None),
-        Some(text) => text.trim().parse::<u64>().map(Some).map_err(|_| {
-            Problem::invalid(
-                "min_position",
-                format!(
-                    "must be a position as answered in X-Event-Position, got {:?}",
-                    truncate(&text, 40)
-                ),
-            )
-        }),
-    }
+    let query = match params.get("min_position") {
+        Some(text) => Some(parse_position("min_position", text)?),
+        None => None,
+    };
+    // Both given: each must be a position, and the read waits for the later one.
+    Ok(header.max(query))
+}
+
+fn parse_position(field: &str, text: &str) -> Result<u64, Problem> {
+    text.trim().parse::<u64>().map_err(|_| {
+        Problem::invalid(
+            field,
+            format!(
+                "must be a position as answered in X-Event-Position, got {:?}",
+                truncate(text, 40)
+            ),
+        )
+    })
+}
+
+/// After a wait that did not reach `position`: a 422 when the log still holds no event that far
+/// (no write answered that position: it is a mistake, not a delay). While a write commits, the
+/// readable head may trail a position already answered for a moment, so this is only asked once
+/// the wait is over.
+async fn beyond_head(state: &QueryState, position: u64) -> Option<Problem> {
+    let head = state.store.head_position().await.ok()?;
+    (position > head).then(|| {
+        Problem::invalid(
+            "min_position",
+            format!(
+                "position {position} is beyond the log's head ({head}): give a position a write answered in X-Event-Position"
+            ),
+        )
+    })
 }
 
 /// Waits until projection `name` has applied `position` (read-your-writes), else 503.
@@ -290,6 +313,8 @@ async fn wait_for(
         .await
     {
         Ok(())
+    } else if let Some(problem) = beyond_head(state, position).await {
+        Err(problem)
     } else {
         Err(Problem::unavailable(format!(
             "the {name} read model has not reached position {position} within {} s; retry later",
@@ -359,7 +384,9 @@ async fn get_product(
             )));
         };
         let body = product_json(&product).to_string();
-        if let (Some(cache), Some(lookup)) = (&state.cache, &lookup) {
+        if let (Some(cache), Some(lookup)) = (&state.cache, &lookup)
+            && state.progress.serving(ProductsProjection::NAME)
+        {
             cache
                 .store(&scope, lookup.generation, "product", &body)
                 .await;
@@ -419,18 +446,21 @@ async fn search(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let text = params.get("q").cloned().unwrap_or_default();
+    // The catalogue's texts are in normal form C; so is what a search compares with them.
+    let text = domain::text::nfc(params.get("q").cloned().unwrap_or_default());
     if text.chars().count() > QUERY_MAX_CHARS {
         return Err(Problem::invalid(
             "q",
             format!("must be at most {QUERY_MAX_CHARS} characters"),
         ));
     }
-    let category = params.get("category").cloned().filter(|c| !c.is_empty());
-    if category
-        .as_ref()
-        .is_some_and(|category| category.chars().count() > domain::product::CATEGORY_MAX_CHARS)
-    {
+    let category = params
+        .get("category")
+        .filter(|c| !c.is_empty())
+        .map(|category| domain::text::nfc(category.clone()));
+    if category.as_ref().is_some_and(|category| {
+        domain::text::visible_length(category) > domain::product::CATEGORY_MAX_CHARS
+    }) {
         return Err(Problem::invalid(
             "category",
             format!(
@@ -467,7 +497,10 @@ async fn search(
     })?;
     let hits: Vec<Value> = result.hits.iter().map(product_json).collect();
     let body = json!({ "total": result.total, "hits": hits }).to_string();
-    if let (Some(cache), Some(lookup)) = (&state.cache, &lookup) {
+    // A read model not caught up (a fresh or wrong data directory) answers for itself only.
+    if let (Some(cache), Some(lookup)) = (&state.cache, &lookup)
+        && state.progress.serving(state.search.projection_name())
+    {
         cache
             .store(SEARCH_SCOPE, lookup.generation, &key, &body)
             .await;
@@ -731,6 +764,9 @@ async fn wait_for_log(
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
+            if let Some(problem) = beyond_head(state, position).await {
+                return Err(problem);
+            }
             return Err(Problem::unavailable(format!(
                 "the event log cannot return position {position} yet (it is at {head}) after {} s; retry later",
                 MIN_POSITION_WAIT.as_secs()

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::SagaError;
 use crate::gateway::{ChargeOutcome, ChargeRequest, LateCharge, PaymentGateway};
 use crate::state::SagaRun;
-use crate::steps::{self, SagaStep};
+use crate::steps::{self, SagaStep, out_of_stock_detail};
 
 /// How a saga ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,15 +289,13 @@ impl Checkout {
             {
                 Ok(()) => {}
                 Err(CommandError::Domain(ProductError::InsufficientStock {
+                    name,
                     requested,
                     available,
                 })) => {
                     return Ok(Some((
                         CancelReason::OutOfStock,
-                        format!(
-                            "product {} is out of stock: {requested} ordered, {available} available",
-                            line.product_id
-                        ),
+                        out_of_stock_detail(line.product_id, &name, requested, available),
                     )));
                 }
                 Err(CommandError::Domain(ProductError::NotFound)) => {

@@ -11,6 +11,14 @@ use uuid::Uuid;
 /// The source (and actor) of every event the saga causes.
 pub const SOURCE: &str = "saga";
 
+/// Why an order was cancelled at a line whose product had too little stock: the product by name
+/// and id, what was ordered and what was available.
+pub fn out_of_stock_detail(product_id: Uuid, name: &str, requested: u32, available: u32) -> String {
+    format!(
+        "{name:?} (product {product_id}) is out of stock: {requested} ordered, {available} available"
+    )
+}
+
 /// One step of a checkout saga.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SagaStep {

@@ -203,60 +203,67 @@ impl<const MIN: i32, const MAX: i32> TryFrom<Number> for Count<MIN, MAX> {
     }
 }
 
-/// How a setting's value is printed by `mercato config`.
+/// A setting's value as `mercato config` prints it: a TOML value (`None` when not set), so that
+/// the output is a config file that reads back.
 pub trait Describe {
-    fn describe(&self) -> String;
+    fn describe(&self) -> Option<toml::Value>;
 }
 
 impl Describe for SocketAddr {
-    fn describe(&self) -> String {
-        self.to_string()
+    fn describe(&self) -> Option<toml::Value> {
+        Some(toml::Value::String(self.to_string()))
     }
 }
 
 impl Describe for PathBuf {
-    fn describe(&self) -> String {
-        self.display().to_string()
+    fn describe(&self) -> Option<toml::Value> {
+        Some(toml::Value::String(self.display().to_string()))
     }
 }
 
 impl Describe for String {
-    fn describe(&self) -> String {
-        self.clone()
+    fn describe(&self) -> Option<toml::Value> {
+        Some(toml::Value::String(self.clone()))
     }
 }
 
 impl Describe for Secret {
-    fn describe(&self) -> String {
-        self.redacted()
+    fn describe(&self) -> Option<toml::Value> {
+        Some(toml::Value::String(self.redacted()))
     }
 }
 
 impl Describe for Seconds {
-    fn describe(&self) -> String {
-        format!("{}", self.0.as_secs_f64())
+    fn describe(&self) -> Option<toml::Value> {
+        let seconds = self.0.as_secs_f64();
+        Some(if seconds.fract() == 0.0 {
+            toml::Value::Integer(self.0.as_secs() as i64)
+        } else {
+            toml::Value::Float(seconds)
+        })
     }
 }
 
 impl<const MIN: i32, const MAX: i32> Describe for Count<MIN, MAX> {
-    fn describe(&self) -> String {
-        self.0.to_string()
+    fn describe(&self) -> Option<toml::Value> {
+        Some(toml::Value::Integer(i64::from(self.0)))
     }
 }
 
 impl<T: Describe> Describe for Option<T> {
-    fn describe(&self) -> String {
-        self.as_ref()
-            .map_or_else(|| "(not set)".to_owned(), Describe::describe)
+    fn describe(&self) -> Option<toml::Value> {
+        self.as_ref().and_then(Describe::describe)
     }
 }
 
 macro_rules! describe_as_value_name {
     ($($kind:ty),*) => {$(
         impl Describe for $kind {
-            fn describe(&self) -> String {
-                self.to_possible_value()
-                    .map_or_else(|| format!("{self:?}"), |value| value.get_name().to_owned())
+            fn describe(&self) -> Option<toml::Value> {
+                let name = self
+                    .to_possible_value()
+                    .map_or_else(|| format!("{self:?}"), |value| value.get_name().to_owned());
+                Some(toml::Value::String(name))
             }
         }
     )*};
@@ -323,13 +330,24 @@ macro_rules! settings {
                 Config { $($name,)* }
             }
 
-            /// The configuration as `key = value` lines, secrets masked.
+            /// The configuration as a TOML config file (`--config` reads it back): `key = value`
+            /// lines, a setting without a value as a comment, passwords masked (and a comment
+            /// saying so).
             pub fn describe(&self) -> String {
-                let mut lines = String::new();
+                let mut lines = String::from(CONFIG_HEADER);
                 $(
-                    lines.push_str(stringify!($name));
-                    lines.push_str(" = ");
-                    lines.push_str(&Describe::describe(&self.$name));
+                    match Describe::describe(&self.$name) {
+                        Some(value) => {
+                            lines.push_str(stringify!($name));
+                            lines.push_str(" = ");
+                            lines.push_str(&value.to_string());
+                        }
+                        None => {
+                            lines.push_str("# ");
+                            lines.push_str(stringify!($name));
+                            lines.push_str(" is not set");
+                        }
+                    }
                     lines.push('\n');
                 )*
                 lines
@@ -337,6 +355,9 @@ macro_rules! settings {
         }
     };
 }
+
+/// The first lines of `mercato config`'s output.
+const CONFIG_HEADER: &str = "# mercato's configuration, as a config file: `mercato --config FILE` reads it back.\n# Passwords in URLs are masked as ***: put them back (or set them in the environment) before using it.\n";
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 pub const DEFAULT_DATA_DIR: &str = "./data";
@@ -568,7 +589,7 @@ mod tests {
         };
         let described = Config::resolve(flags, None).unwrap().describe();
         assert!(
-            described.contains("database_url = postgres://user:***@db/mercato"),
+            described.contains("database_url = \"postgres://user:***@db/mercato\""),
             "{described}"
         );
         assert!(!described.contains("hunter2"));
@@ -584,7 +605,11 @@ mod tests {
         let described = Config::default().describe();
         let keys: Vec<&str> = described
             .lines()
-            .filter_map(|line| line.split(" = ").next())
+            .filter(|line| !line.starts_with("# ") || line.ends_with(" is not set"))
+            .filter_map(|line| {
+                let line = line.strip_prefix("# ").unwrap_or(line);
+                line.split([' ']).next()
+            })
             .collect();
         assert_eq!(
             keys,
@@ -607,7 +632,35 @@ mod tests {
                 "test_gateway_late_after"
             ]
         );
-        assert!(described.contains("role = all\n"), "{described}");
-        assert!(described.contains("redis_url = (not set)\n"), "{described}");
+        assert!(described.contains("role = \"all\"\n"), "{described}");
+        assert!(
+            described.contains("# redis_url is not set\n"),
+            "{described}"
+        );
+    }
+
+    #[test]
+    fn the_described_configuration_reads_back_as_a_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = Settings {
+            listen: Some("0.0.0.0:9000".parse().unwrap()),
+            role: Some(Role::QueryApi),
+            redis_url: Some(Secret::new("redis://cache:6379/0")),
+            payment_timeout: Some(Seconds::from_secs(12)),
+            test_gateway_latency: Some("0.25".parse().unwrap()),
+            kafka_partitions: Some(Partitions::new(7)),
+            ..Settings::default()
+        };
+        let config = Config::resolve(flags, None).unwrap();
+        let path = dir.path().join("described.toml");
+        std::fs::write(&path, config.describe()).unwrap();
+        let again = Config::resolve(Settings::default(), Some(path.as_path()))
+            .unwrap_or_else(|error| panic!("{error}: {}", config.describe()));
+        assert_eq!(again.describe(), config.describe());
+        assert_eq!(again.role, Role::QueryApi);
+        assert_eq!(
+            again.test_gateway_latency.duration(),
+            Duration::from_millis(250)
+        );
     }
 }

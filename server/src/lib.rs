@@ -18,6 +18,7 @@
 //! - [`Server`]: the background parts of a role and its HTTP application, run until shutdown.
 //! - [`bus`]: Kafka, behind the cargo feature `kafka`.
 //! - [`error`]: bad usage (exit 2) told apart from failures at run time (exit 1) by type.
+//! - [`reference`]: the reference documents of the HTTP API and the configuration, generated.
 
 pub mod bus;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod health;
 mod ops;
 pub mod platform;
+pub mod reference;
 pub mod roles;
 mod serve;
 #[cfg(feature = "testing")]
@@ -33,5 +35,7 @@ pub mod testing;
 pub use config::{Config, Role, Secret, Settings, Source};
 pub use error::{Error, Result};
 pub use ops::{documented_routes, openapi_document};
-pub use platform::{Access, Platform, migrate, open_read_db, open_store};
+pub use platform::{
+    Access, Platform, migrate, open_existing_store, open_read_db, open_store, require_store,
+};
 pub use serve::{SEAL_EVERY, Server, bind, shutdown_signal};

@@ -14,7 +14,7 @@ use http_common::openapi::{ApiDoc, DocumentedRouter, RouteDoc};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use projections::cache::Cache;
 use projections::readdb::ReadDb;
-use projections::{Feed, Progress, Projection};
+use projections::{Feed, Progress, Projection, READY_LAG, oldest_unapplied};
 use serde_json::{Map, json};
 use tokio_util::sync::CancellationToken;
 
@@ -97,6 +97,7 @@ pub(crate) fn prometheus() -> Option<PrometheusHandle> {
                 .install_recorder()
                 .map_err(|error| tracing::warn!(%error, "metrics are not recorded"))
                 .ok()
+                .inspect(|_| describe_metrics())
         })
         .clone()
 }
@@ -150,17 +151,48 @@ async fn ready(State(state): State<OpsState>) -> Response {
     for (name, component) in state.components.snapshot() {
         check(name, component);
     }
-    let projections: Map<String, serde_json::Value> = state
-        .progress
-        .snapshot()
-        .into_iter()
-        .map(|(name, progress)| {
-            (
-                name.to_owned(),
-                json!({ "position": progress.position, "caught_up": progress.caught_up }),
-            )
-        })
-        .collect();
+    // Each projection this process runs or answers from: not failing, and the oldest event it
+    // has not applied at most READY_LAG old (a read model on a wrong or fresh data directory
+    // is far behind, and must not take traffic).
+    let mut projections = Map::new();
+    let mut behind_of: std::collections::HashMap<u64, Option<Duration>> = Default::default();
+    for (name, progress) in state.progress.snapshot() {
+        let behind = match behind_of.get(&progress.position) {
+            Some(behind) => Ok(*behind),
+            None => oldest_unapplied(state.store.as_ref(), progress.position)
+                .await
+                .inspect(|behind| {
+                    behind_of.insert(progress.position, *behind);
+                }),
+        };
+        // A failure the next retry mends does not count; one that lasts READY_LAG does.
+        let failing_since = progress
+            .failing_since
+            .filter(|since| chrono::Utc::now().timestamp() - since >= READY_LAG.as_secs() as i64);
+        let verdict = match (&behind, failing_since) {
+            (_, Some(since)) => Err(format!(
+                "applying its events fails since {} (the log says why)",
+                chrono::DateTime::from_timestamp(since, 0)
+                    .map_or_else(|| since.to_string(), |at| at.to_rfc3339())
+            )),
+            (Err(error), None) => Err(format!("cannot read the log: {error}")),
+            (Ok(Some(age)), None) if *age > READY_LAG => Err(format!(
+                "behind: the oldest event it has not applied (after position {}) is {:.0} s old",
+                progress.position,
+                age.as_secs_f64()
+            )),
+            (Ok(_), None) => Ok(()),
+        };
+        all_ok &= verdict.is_ok();
+        projections.insert(
+            name.to_owned(),
+            json!({
+                "position": progress.position,
+                "caught_up": progress.caught_up,
+                "ready": verdict.as_ref().map_or_else(|error| json!(error), |_| json!("ok")),
+            }),
+        );
+    }
     let status = if all_ok {
         StatusCode::OK
     } else {
@@ -194,15 +226,185 @@ pub(crate) async fn record_request(
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    let labels = [("route", route), ("method", method), ("status", status)];
+    let labels = [
+        ("route", route),
+        ("method", method.to_owned()),
+        ("status", status),
+    ];
     metrics::counter!("mercato_http_requests_total", &labels).increment(1);
     metrics::histogram!("mercato_http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// A request's method as a metric label: one of the methods HTTP defines, or `other`, so that
+/// made-up methods cannot grow the number of series.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
+/// What kind of metric a name is.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric mercato records, with its help text: `/metrics` shows a `# HELP` line for each.
+const METRICS: &[(&str, Kind, &str)] = &[
+    (
+        "mercato_http_requests_total",
+        Kind::Counter,
+        "HTTP requests answered, by route template, method and status",
+    ),
+    (
+        "mercato_http_request_duration_seconds",
+        Kind::Histogram,
+        "Time to answer an HTTP request, by route template, method and status",
+    ),
+    (
+        "mercato_cache_requests_total",
+        Kind::Counter,
+        "Query cache lookups, by kind (product, search) and result (hit, miss)",
+    ),
+    (
+        "mercato_projection_lag_events",
+        Kind::Gauge,
+        "Events in the log after a projection's checkpoint (counted up to 1000)",
+    ),
+    (
+        "mercato_projection_lag_seconds",
+        Kind::Gauge,
+        "Age of the oldest event a projection has not applied yet",
+    ),
+    (
+        "mercato_projection_events_total",
+        Kind::Counter,
+        "Events a projection applied",
+    ),
+    (
+        "mercato_projection_batch_seconds",
+        Kind::Histogram,
+        "Time a projection took to apply one batch of events",
+    ),
+    (
+        "mercato_projection_position",
+        Kind::Gauge,
+        "The global position a projection has applied up to",
+    ),
+    (
+        "mercato_projection_failures_total",
+        Kind::Counter,
+        "Batches a projection failed to apply (it retries them)",
+    ),
+    (
+        "mercato_saga_started_total",
+        Kind::Counter,
+        "Checkout sagas started",
+    ),
+    (
+        "mercato_saga_confirmed_total",
+        Kind::Counter,
+        "Checkout sagas that ended with a confirmed order",
+    ),
+    (
+        "mercato_saga_cancelled_total",
+        Kind::Counter,
+        "Checkout sagas that ended with a cancelled order, by reason",
+    ),
+    (
+        "mercato_saga_retries_total",
+        Kind::Counter,
+        "Saga steps retried after a transient failure",
+    ),
+    (
+        "mercato_saga_failed_total",
+        Kind::Counter,
+        "Saga steps that failed for good (the saga is parked)",
+    ),
+    (
+        "mercato_saga_refunds_total",
+        Kind::Counter,
+        "Payments refunded because their order was cancelled",
+    ),
+    (
+        "mercato_saga_duration_seconds",
+        Kind::Histogram,
+        "Time from an order's placement to the end of its saga",
+    ),
+    (
+        "mercato_saga_lease_held",
+        Kind::Gauge,
+        "1 while this process holds the saga workers' lease, else 0",
+    ),
+    (
+        "mercato_relay_up",
+        Kind::Gauge,
+        "1 while the Kafka relay publishes, 0 after a failure",
+    ),
+    (
+        "mercato_relay_events_total",
+        Kind::Counter,
+        "Events the relay published to Kafka",
+    ),
+    (
+        "mercato_relay_batch_seconds",
+        Kind::Histogram,
+        "Time the relay took to publish one batch",
+    ),
+    (
+        "mercato_relay_position",
+        Kind::Gauge,
+        "The global position the relay has published up to",
+    ),
+    (
+        "mercato_relay_unroutable_total",
+        Kind::Counter,
+        "Events the relay found no topic for",
+    ),
+    (
+        "mercato_relay_failures_total",
+        Kind::Counter,
+        "Relay batches that failed (they are retried)",
+    ),
+    (
+        "mercato_kafka_consumed_total",
+        Kind::Counter,
+        "Kafka messages a consumer group applied",
+    ),
+    (
+        "mercato_kafka_dlq_total",
+        Kind::Counter,
+        "Kafka messages sent to a dead-letter topic, by topic",
+    ),
+];
+
+/// Gives every metric in [`METRICS`] its help text.
+fn describe_metrics() {
+    for (name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(*name, *help),
+            Kind::Gauge => metrics::describe_gauge!(*name, *help),
+            Kind::Histogram => metrics::describe_histogram!(*name, *help),
+        }
+    }
 }
 
 /// How many events behind the head a projection is counted up to (a larger lag shows as this).
@@ -251,29 +453,90 @@ fn now_seconds() -> f64 {
         .map_or(0.0, |since| since.as_secs_f64())
 }
 
-/// Copies each projection's stored checkpoint into `progress` every few milliseconds: how a
-/// query-api process without projections of its own knows how far the read models got.
-pub(crate) async fn poll_checkpoints(
-    projections: Vec<Arc<dyn Projection>>,
-    progress: Progress,
+/// How often a serving process looks whether a rebuilt read model was swapped in.
+const SWAP_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// Drops every cached answer when a rebuilt read model was swapped in (by `mercato replay`, in
+/// another process): the swap replaced the data the answers were derived from, behind the
+/// projections that invalidate the cache change by change.
+pub(crate) async fn drop_cache_on_swaps(
+    db: ReadDb,
+    search: Arc<dyn projections::search::SearchIndex>,
+    cache: Arc<dyn Cache>,
     shutdown: CancellationToken,
 ) {
-    let mut interval = tokio::time::interval(Duration::from_millis(20));
+    let mut seen = db.swaps().await.ok();
+    let mut interval = tokio::time::interval(SWAP_CHECK_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
+        match db.swaps().await {
+            Ok(swaps) if seen != Some(swaps) => {
+                // (Also when the first look failed: a swap may have happened since.) The search
+                // index switches first: a cached answer would never make it look.
+                if let Err(error) = search.follow_swaps().await {
+                    tracing::warn!(%error, "cannot open the search index generation in service");
+                }
+                tracing::info!(
+                    swaps,
+                    "a rebuilt read model was swapped in: the cached answers are dropped"
+                );
+                cache.invalidate_all().await;
+                seen = Some(swaps);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "cannot read the read models' swaps"),
+        }
+    }
+}
+
+/// Copies each projection's stored checkpoint into `progress` every few milliseconds: how a
+/// query-api process without projections of its own knows how far the read models got. Every
+/// [`CAUGHT_UP_CHECK_EVERY`] polls it also looks whether each is caught up (the oldest event it
+/// has not applied at most [`READY_LAG`] old): until one has been, its answers are not shared
+/// through the cache.
+pub(crate) async fn poll_checkpoints(
+    store: Arc<dyn EventStore>,
+    projections: Vec<Arc<dyn Projection>>,
+    progress: Progress,
+    shutdown: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(Duration::from_millis(20));
+    let mut polls: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let look = polls.is_multiple_of(CAUGHT_UP_CHECK_EVERY);
+        polls += 1;
         for projection in &projections {
-            if let Ok(position) = projection.checkpoint(&Feed::Log).await {
-                progress
-                    .sender(projection.name())
-                    .send_if_modified(|state| {
-                        let moved = position > state.position;
-                        state.position = state.position.max(position);
-                        moved
-                    });
+            let Ok(position) = projection.checkpoint(&Feed::Log).await else {
+                continue;
+            };
+            let sender = progress.sender(projection.name());
+            sender.send_if_modified(|state| {
+                let moved = position > state.position;
+                state.position = state.position.max(position);
+                moved
+            });
+            if look && let Ok(behind) = oldest_unapplied(store.as_ref(), position).await {
+                let caught_up = behind.is_none_or(|age| age <= READY_LAG);
+                sender.send_if_modified(|state| {
+                    let changed =
+                        state.caught_up != caught_up || (caught_up && !state.reached_head);
+                    state.caught_up = caught_up;
+                    state.reached_head |= caught_up;
+                    changed
+                });
             }
         }
     }
 }
+
+/// How many checkpoint polls apart a query-api process looks whether the read models are
+/// caught up.
+const CAUGHT_UP_CHECK_EVERY: u64 = 10;

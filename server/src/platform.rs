@@ -2,6 +2,7 @@
 //! read-model database, Redis, the cache and the search index.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use eventstore::EventStore;
 use projections::cache::{Cache, MemoryCache, RedisCache};
@@ -11,7 +12,7 @@ use projections::redis_models::RedisModels;
 use projections::search::TantivySearch;
 use projections::search::opensearch::{self, OpenSearchIndex};
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::error::{Error, Result, projection_failure, store_failure};
 
 /// How much the in-process cache holds at most: a bound on memory, not on entries.
@@ -36,7 +37,16 @@ pub enum Access {
 }
 
 impl Platform {
-    /// Opens the store, the read models, the cache and the search index `config` names.
+    /// Opens the platform of a store that must exist already (what every command but `serve`,
+    /// `migrate`, `seed` and `generate` opens): where there is none, an error naming the path
+    /// or URL, and nothing is created.
+    pub async fn open_existing(config: &Config, access: Access) -> Result<Platform> {
+        require_store(config).await?;
+        Platform::open(config, access).await
+    }
+
+    /// Opens the store, the read models, the cache and the search index `config` names,
+    /// creating what is missing.
     pub async fn open(config: &Config, access: Access) -> Result<Platform> {
         std::fs::create_dir_all(&config.data_dir).map_err(|error| {
             Error::runtime(
@@ -51,21 +61,7 @@ impl Platform {
         let db = open_read_db(config).await?;
         // One Redis connection (multiplexed) serves the cache and the Redis read models.
         let redis = match &config.redis_url {
-            Some(url) => {
-                let connect = async {
-                    let client = redis::Client::open(url.expose())?;
-                    redis::aio::ConnectionManager::new(client).await
-                };
-                Some(connect.await.map_err(|error| {
-                    Error::runtime(
-                        format!(
-                            "cannot connect to Redis at {} (check REDIS_URL)",
-                            url.redacted()
-                        ),
-                        error,
-                    )
-                })?)
-            }
+            Some(url) => Some(connect_redis(url).await?),
             None => None,
         };
         let prefix = redis_prefix(config.database_url.expose());
@@ -86,6 +82,42 @@ impl Platform {
                 cache,
             },
         })
+    }
+}
+
+/// How long connecting to Redis may take before the process gives up naming it.
+pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One multiplexed connection to the Redis `url` names, or an error naming it within
+/// [`REDIS_CONNECT_TIMEOUT`] (the client's own retries would otherwise wait for minutes).
+async fn connect_redis(url: &Secret) -> Result<redis::aio::ConnectionManager> {
+    let failed = |error: &dyn std::fmt::Display| {
+        Error::Failed(format!(
+            "cannot connect to Redis at {} (check REDIS_URL and that Redis is running): {error}",
+            url.redacted()
+        ))
+    };
+    let client = redis::Client::open(url.expose()).map_err(|error| {
+        Error::Usage(format!(
+            "REDIS_URL {} is not a Redis URL: {error}",
+            url.redacted()
+        ))
+    })?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(REDIS_CONNECT_TIMEOUT)
+        .set_number_of_retries(1);
+    match tokio::time::timeout(
+        REDIS_CONNECT_TIMEOUT,
+        redis::aio::ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) => Err(failed(&error)),
+        Err(_) => Err(failed(&format_args!(
+            "no answer within {} s",
+            REDIS_CONNECT_TIMEOUT.as_secs()
+        ))),
     }
 }
 
@@ -116,7 +148,7 @@ async fn open_search(
     let index = match access {
         Access::Writer => TantivySearch::open(&root, cache),
         // The projector process (same data directory) writes the index; this one reads it.
-        Access::Reader => TantivySearch::open_read_only(&root),
+        Access::Reader => TantivySearch::open_read_only(&root, cache),
     }
     .map_err(projection_failure("cannot open the search index"))?;
     Ok(SearchStore::Tantivy {
@@ -132,7 +164,39 @@ fn redis_prefix(database_url: &str) -> String {
     format!("mercato:{hash:016x}:")
 }
 
-/// Opens the event store `config` names: the one place a process opens it.
+/// Fails naming the path or URL when `config` names no event store (nothing is created): an
+/// auditor's or operator's command pointed at a wrong directory must not report on an empty
+/// store it just made.
+pub async fn require_store(config: &Config) -> Result<()> {
+    let url = &config.database_url;
+    let found = eventstore::exists(url.expose())
+        .await
+        .map_err(store_failure(format!(
+            "cannot open the event store at {} (check DATABASE_URL and that the database is running)",
+            url.redacted()
+        )))?;
+    if found {
+        return Ok(());
+    }
+    let hint = if url.expose().starts_with("sqlite:") {
+        "check --data-dir (or DATABASE_URL); `mercato serve`, `seed` or `migrate` create one"
+    } else {
+        "check DATABASE_URL; `mercato migrate` creates one"
+    };
+    Err(Error::Failed(format!(
+        "there is no event store at {} ({hint})",
+        url.redacted()
+    )))
+}
+
+/// Opens the event store `config` names, which must exist already (see [`require_store`]).
+pub async fn open_existing_store(config: &Config) -> Result<Arc<dyn EventStore>> {
+    require_store(config).await?;
+    open_store(config).await
+}
+
+/// Opens the event store `config` names, creating it if needed: the one place a process opens
+/// it.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn EventStore>> {
     eventstore::open(config.database_url.expose())
         .await

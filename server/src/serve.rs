@@ -87,6 +87,7 @@ impl Server {
             }
         } else if plan.polls_checkpoints {
             workers.push(tokio::spawn(ops::poll_checkpoints(
+                platform.store.clone(),
                 projections.clone(),
                 progress.clone(),
                 shutdown.clone(),
@@ -146,6 +147,16 @@ impl Server {
             progress.clone(),
             shutdown.clone(),
         )));
+        if plan.parts.query_api
+            && let Some(cache) = &platform.read_models.cache
+        {
+            workers.push(tokio::spawn(ops::drop_cache_on_swaps(
+                platform.read_models.db.clone(),
+                platform.read_models.search_index(),
+                cache.clone(),
+                shutdown.clone(),
+            )));
+        }
         let (views, views_task) = if plan.parts.query_api {
             let (recorder, task) = ViewRecorder::start(platform.store.clone());
             (Some(recorder), Some(task))
@@ -277,6 +288,9 @@ fn app(
     router
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::map_response(
+            http_common::problem::as_problem,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(request_context))
         .layer(axum::middleware::from_fn(ops::record_request))

@@ -136,6 +136,25 @@ impl SqliteEventStore {
         })
     }
 
+    /// Whether the file of a `sqlite://PATH` URL exists and holds the `events` table; creates
+    /// nothing.
+    pub async fn exists(url: &str) -> Result<bool, StoreError> {
+        let options = connect_options(url)?;
+        if !options.get_filename().is_file() {
+            return Ok(false);
+        }
+        let mut connection =
+            SqliteConnection::connect_with(&options.create_if_missing(false).read_only(true))
+                .await?;
+        let found: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events')",
+        )
+        .fetch_one(&mut connection)
+        .await?;
+        connection.close().await?;
+        Ok(found)
+    }
+
     /// Applies the migrations to the database of a `sqlite://PATH` URL without starting a store.
     pub async fn migrate(url: &str) -> Result<(), StoreError> {
         let options = connect_options(url)?;

@@ -33,6 +33,7 @@ macro_rules! tamper_suite {
 tamper_suite!(
     stored_hashes_equal_the_rust_recomputation_for_varied_events,
     an_untouched_store_verifies_clean_and_the_expected_head_is_compared,
+    a_recorded_head_fails_once_an_event_before_it_changed,
     a_changed_payload_byte_is_named,
     a_deleted_middle_event_is_named,
     a_deleted_last_event_of_a_stream_in_a_sealed_block_is_named,
@@ -324,14 +325,65 @@ mod cases {
         assert!(clean.is_clean(), "{clean:?}");
         let sealed = audit::seal_head(store, 6).await.unwrap();
         assert_eq!(sealed, head);
+        // A recorded head keeps verifying while later events extend the chain.
         append(store, "cart", "c", &["c3"]).await;
         let moved = audit::verify(store, Scope::All, Some(&head.hash_hex))
             .await
             .unwrap();
-        let problem = moved.first_problem.expect("the head moved");
-        assert!(problem.reason.contains("not the expected"), "{problem}");
-        assert_eq!(problem.stream_version, 3);
+        assert!(moved.is_clean(), "{moved:?}");
+        assert_eq!(moved.expected_head_at, Some((head.position, 14)));
+        assert_eq!(moved.events, 15);
+        // A hash the history never had fails, naming the head it has.
+        let other = audit::to_hex(&[7; 32]);
+        let unknown = audit::verify(store, Scope::All, Some(&other))
+            .await
+            .unwrap();
+        let problem = unknown.first_problem.expect("a head the history never had");
+        assert!(
+            problem.reason.contains("never had the expected head"),
+            "{problem}"
+        );
+        assert_eq!(unknown.expected_head_at, None);
+        // The empty log's head verifies against any history.
+        let empty_head = audit::to_hex(&ZERO_HASH);
+        let from_empty = audit::verify(store, Scope::All, Some(&empty_head))
+            .await
+            .unwrap();
+        assert_eq!(from_empty.expected_head_at, Some((0, 0)));
+        // It needs the whole log.
+        let scoped = Scope::Stream {
+            stream_type: "cart".to_owned(),
+            stream_id: "c".to_owned(),
+        };
+        assert!(
+            audit::verify(store, scoped, Some(&head.hash_hex))
+                .await
+                .is_err()
+        );
         assert!(verify(store).await.is_clean());
+    }
+
+    pub async fn a_recorded_head_fails_once_an_event_before_it_changed(test_store: &TestStore) {
+        let store = &*test_store.store;
+        fixture(store).await;
+        let head = audit::head(store).await.unwrap();
+        append(store, "cart", "c", &["c3"]).await;
+        let target = position(store, "cart", "a", 2).await;
+        sql(
+            test_store,
+            &format!(
+                "UPDATE events SET payload = replace(payload, 'a2', 'a3') WHERE position = {target}"
+            ),
+        )
+        .await;
+        let report = audit::verify(store, Scope::All, Some(&head.hash_hex))
+            .await
+            .unwrap();
+        // The rolling hash is folded from the stored hashes, which the change left alone; the
+        // recomputation of the changed event is what fails, before the recorded head.
+        let problem = report.first_problem.expect("tampered");
+        assert_eq!(problem.position, target);
+        assert!(problem.position <= head.position);
     }
 
     pub async fn a_changed_payload_byte_is_named(test_store: &TestStore) {

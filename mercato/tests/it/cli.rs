@@ -62,6 +62,24 @@ fn replay_needs_a_target_and_names_the_read_models_it_knows() {
 }
 
 #[test]
+fn replay_from_a_position_is_refused_unless_the_operator_says_it_drops_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = mercato(&["replay", "--all", "--from", "600"], dir.path());
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = stderr_of(&output);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("positions 1 to 600")
+            && stderr.contains("products, orders, carts, popularity, search")
+            && stderr.contains("--drop-earlier-events"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing was opened");
+    let output = mercato(&["replay", "--all", "--drop-earlier-events"], dir.path());
+    assert_eq!(output.status.code(), Some(2), "the flag needs --from");
+}
+
+#[test]
 fn seed_loads_the_shipped_catalogue_once() {
     let dir = tempfile::tempdir().unwrap();
     let output = mercato(&["seed", "--data-dir", "shop"], dir.path());
@@ -213,6 +231,9 @@ fn an_unreachable_search_cluster_stops_serve_naming_opensearch_url() {
 #[test]
 fn elasticsearch_url_alone_puts_replay_and_projections_on_the_cluster_it_names() {
     let dir = tempfile::tempdir().unwrap();
+    // replay and projections open a store that exists.
+    let migrated = mercato(&["migrate", "--data-dir", "shop"], dir.path());
+    assert_eq!(migrated.status.code(), Some(0), "{}", stderr_of(&migrated));
     for args in [
         &["replay", "--projection", "search"][..],
         &["projections"],
@@ -252,9 +273,34 @@ fn elasticsearch_url_alone_puts_replay_and_projections_on_the_cluster_it_names()
         .expect("the mercato binary runs");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
-        stdout.contains("opensearch_url = http://os:9200"),
+        stdout.contains("opensearch_url = \"http://os:9200\""),
         "{stdout}"
     );
+}
+
+#[test]
+fn config_prints_a_config_file_that_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let printed = mercato(
+        &[
+            "config",
+            "--role",
+            "query-api",
+            "--redis-url",
+            "redis://user:hunter2@cache:6379/0",
+            "--payment-timeout",
+            "12.5",
+        ],
+        dir.path(),
+    );
+    assert_eq!(printed.status.code(), Some(0), "{}", stderr_of(&printed));
+    let text = String::from_utf8_lossy(&printed.stdout).into_owned();
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("masked"), "{text}");
+    std::fs::write(dir.path().join("printed.toml"), &text).unwrap();
+    let again = mercato(&["config", "--config", "printed.toml"], dir.path());
+    assert_eq!(again.status.code(), Some(0), "{}", stderr_of(&again));
+    assert_eq!(String::from_utf8_lossy(&again.stdout), text);
 }
 
 #[test]

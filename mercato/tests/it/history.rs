@@ -476,6 +476,9 @@ async fn history(setup: Setup, test_name: &str) {
     };
     let before = state_at(created_at.to_string()).await;
     assert_eq!(before["state"]["stock_qty"], 10, "{before}");
+    // Money in minor units says so in its name, as in the stored events.
+    assert!(before["state"]["price_minor"].is_u64(), "{before}");
+    assert!(before["state"].get("price").is_none(), "{before}");
     assert_eq!(before["position"], created_at, "{before}");
     let after_adjustment = state_at(adjusted_at.to_string()).await;
     assert_eq!(

@@ -10,6 +10,7 @@ mod generate;
 mod history;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod no_store;
 mod process;
 mod replay;
 mod replay_opensearch;

@@ -129,7 +129,15 @@ async fn rebuild_while_serving(data: ServerData) {
 
     let (code, stdout, _) = run(&data, &["projections"]).await;
     assert_eq!(code, 0);
-    for name in ["products", "orders", "carts", "popularity", "search"] {
+    // The read models, and the checkout saga's intake.
+    for name in [
+        "products",
+        "orders",
+        "carts",
+        "popularity",
+        "search",
+        "checkout_saga",
+    ] {
         let line = projection_line(&stdout, name);
         assert!(line.contains("caught up"), "{line}");
     }
@@ -205,4 +213,96 @@ async fn an_interrupted_replay_changes_nothing_in_service_and_resumes() {
     let (code, stdout, _) = run(&data, &["replay", "--discard"]).await;
     assert_eq!(code, 0);
     assert!(stdout.contains("no unfinished rebuild"), "{stdout}");
+}
+
+/// Answers the server cached before a rebuild are not served after it: a rebuild that drops
+/// history (`--from`), then a full one, each seen at once by the product and search answers
+/// that were cached, in process and in Redis.
+async fn cached_answers_do_not_outlive_a_rebuild(data: ServerData) {
+    let server = TestApp::start(&data).await;
+    let word = format!("zq{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut products = Vec::new();
+    let mut positions = Vec::new();
+    for n in 0..3 {
+        let (product_id, position) = server
+            .create_product(&format!("{word} lamp {n}"), "", 10.0, 5, "Lamps")
+            .await;
+        products.push(product_id);
+        positions.push(position);
+    }
+    let last = positions[2];
+    // (Carts and popularity may live in Redis: the SQL ones are what this test reads.)
+    caught_up_to_head(&data, &["products", "orders"], &[]).await;
+    let search = format!("/search?q={word}&limit=1");
+    let first_product = format!("/products/{}", products[0]);
+    for path in [&search, &first_product] {
+        server.get_at(path, last).await;
+        let again = server.get(path).await;
+        assert_eq!(crate::common::cache_header(&again), "hit", "{path}");
+    }
+    let total = |body: Value| body["total"].as_u64().expect("total");
+    assert_eq!(total(server.get(&search).await.json().await.unwrap()), 3);
+
+    // Rebuilt from the events after the first product's: it is gone from the read models in
+    // service.
+    let (code, _, stderr) = run(
+        &data,
+        &[
+            "replay",
+            "--all",
+            "--from",
+            &positions[0].to_string(),
+            "--drop-earlier-events",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("warning: --from"), "{stderr}");
+    let dropped = crate::common::eventually(std::time::Duration::from_secs(2), || async {
+        let searched: Value = server.get(&search).await.json().await.ok()?;
+        let product = server.get(&first_product).await;
+        (total(searched) < 3 && product.status() == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    if dropped.is_none() {
+        let searched: Value = server.get(&search).await.json().await.unwrap();
+        let product = server.get(&first_product).await;
+        let cache = crate::common::cache_header(&product);
+        let (_, listing, _) = run(&data, &["projections"]).await;
+        panic!(
+            "cached answers outlived the rebuild: search {searched}, product {} ({cache}), {stderr}\n{listing}",
+            product.status()
+        );
+    }
+
+    // The whole log again: everything is back, at once.
+    let (code, _, stderr) = run(&data, &["replay", "--all"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let restored = crate::common::eventually(std::time::Duration::from_secs(2), || async {
+        let searched: Value = server.get(&search).await.json().await.ok()?;
+        let product = server.get(&first_product).await;
+        (total(searched) == 3 && product.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(
+        restored.is_some(),
+        "cached answers outlived the second rebuild"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_answers_do_not_outlive_a_rebuild_embedded() {
+    let data = ServerData::new(Setup::Embedded, "replay_cache_embedded")
+        .await
+        .unwrap();
+    cached_answers_do_not_outlive_a_rebuild(data).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_answers_do_not_outlive_a_rebuild_on_postgres_with_redis() {
+    let Some(data) = ServerData::new(Setup::PostgresRedis, "replay_cache_postgres").await else {
+        return;
+    };
+    cached_answers_do_not_outlive_a_rebuild(data).await;
 }

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Cache, Lookup};
+use super::{Cache, Lookup, generation_in};
 
 /// The in-process cache: for one process that runs both the projections and the query API.
 #[derive(Debug)]
@@ -16,11 +16,22 @@ pub struct MemoryCache {
 
 #[derive(Debug, Default)]
 struct MemoryState {
+    /// Moved on by [`Cache::invalidate_all`]; part of every generation.
+    epoch: u64,
     generations: HashMap<String, u64>,
     /// `(scope, key)` to `(generation, value)`.
     entries: HashMap<(String, String), (u64, String)>,
     /// The text held by `entries` (scopes, keys and values), in bytes.
     bytes: usize,
+}
+
+impl MemoryState {
+    fn generation(&self, scope: &str) -> u64 {
+        generation_in(
+            self.epoch,
+            self.generations.get(scope).copied().unwrap_or(0),
+        )
+    }
 }
 
 /// What one entry costs besides its text: the map's bucket and the three strings' headers.
@@ -55,7 +66,7 @@ impl MemoryCache {
 impl Cache for MemoryCache {
     async fn lookup(&self, scope: &str, key: &str) -> Lookup {
         let state = self.state();
-        let generation = state.generations.get(scope).copied().unwrap_or(0);
+        let generation = state.generation(scope);
         let value = state
             .entries
             .get(&(scope.to_owned(), key.to_owned()))
@@ -66,7 +77,7 @@ impl Cache for MemoryCache {
 
     async fn store(&self, scope: &str, generation: u64, key: &str, value: &str) {
         let mut state = self.state();
-        if state.generations.get(scope).copied().unwrap_or(0) != generation {
+        if state.generation(scope) != generation {
             return; // the read model moved on while this value was read
         }
         let size = scope.len() + key.len() + value.len() + ENTRY_OVERHEAD;
@@ -89,6 +100,14 @@ impl Cache for MemoryCache {
         for scope in scopes {
             *state.generations.entry(scope.clone()).or_insert(0) += 1;
         }
+    }
+
+    async fn invalidate_all(&self) {
+        let mut state = self.state();
+        state.epoch += 1;
+        state.entries.clear();
+        state.entries.shrink_to(0);
+        state.bytes = 0;
     }
 
     fn kind(&self) -> &'static str {

@@ -5,7 +5,9 @@
 //! so entries stored under the old generation are never read again. A reader takes the
 //! generation **before** it reads the read model and stores what it read under that generation:
 //! if the read model moved on meanwhile, the generation moved too and the entry is unreachable.
-//! So an answer is never served stale after the read model passed the change. Failures of the
+//! So an answer is never served stale after the read model passed the change. A read model
+//! replaced as a whole (a rebuild swapped in) changes every scope at once: the cache's *epoch*
+//! is part of every generation, and [`Cache::invalidate_all`] moves it on. Failures of the
 //! cache are logged and count as misses: the cache can slow answers down, never break them.
 
 mod memory;
@@ -20,6 +22,12 @@ pub use redis::RedisCache;
 
 /// The scope of every search answer: any product change can change any search.
 pub const SEARCH_SCOPE: &str = "search";
+
+/// A scope's generation within an epoch, as one number: the epoch in the high bits. A scope is
+/// invalidated far fewer than 2^40 times in an epoch.
+fn generation_in(epoch: u64, scope_generation: u64) -> u64 {
+    (epoch << 40) | (scope_generation & ((1 << 40) - 1))
+}
 
 /// A scope's generation and, if cached, the value under it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,6 +45,9 @@ pub trait Cache: Send + Sync + fmt::Debug {
     async fn store(&self, scope: &str, generation: u64, key: &str, value: &str);
     /// Bumps the generation of each scope: what was cached for them is gone.
     async fn invalidate(&self, scopes: &[String]);
+    /// Moves the epoch on: everything cached, in every scope, is gone (a read model was
+    /// replaced as a whole).
+    async fn invalidate_all(&self);
     /// Which adapter this is (`memory` or `redis`).
     fn kind(&self) -> &'static str;
     /// Checks the cache answers (for readiness).

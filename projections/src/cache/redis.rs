@@ -6,16 +6,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
-use super::{Cache, Lookup};
+use super::{Cache, Lookup, generation_in};
 
 /// How long a Redis entry lives at most (entries of old generations expire by themselves).
 const REDIS_TTL: Duration = Duration::from_secs(600);
 
-/// Reads a scope's generation and the entry under it in one round trip.
+/// Reads the epoch, a scope's generation and the entry under both in one round trip.
 const LOOKUP_SCRIPT: &str = r#"
+local epoch = redis.call('GET', KEYS[2]) or '0'
 local generation = redis.call('GET', KEYS[1]) or '0'
-local value = redis.call('GET', ARGV[1] .. generation .. ':' .. ARGV[2])
-return {generation, value}
+local value = redis.call('GET', ARGV[1] .. epoch .. '.' .. generation .. ':' .. ARGV[2])
+return {epoch, generation, value}
 "#;
 
 /// The Redis cache: shared by every process of a scaled-out deployment.
@@ -36,6 +37,23 @@ impl fmt::Debug for RedisCache {
 }
 
 impl RedisCache {
+    /// Runs an invalidation: a lost one would leave stale entries readable, so it is retried
+    /// until it goes through.
+    async fn run_until_done(&self, pipeline: &redis::Pipeline) {
+        let mut connection = self.connection.clone();
+        let mut wait = Duration::from_millis(20);
+        loop {
+            match pipeline.query_async::<()>(&mut connection).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "cache invalidation failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
     /// The cache on a Redis connection; keys start with `prefix` (so that tests and deployments
     /// can share a server).
     pub fn new(connection: ConnectionManager, prefix: &str) -> Self {
@@ -44,6 +62,10 @@ impl RedisCache {
             prefix: prefix.to_owned(),
             lookup: redis::Script::new(LOOKUP_SCRIPT),
         }
+    }
+
+    fn epoch_key(&self) -> String {
+        format!("{}epoch", self.prefix)
     }
 
     fn generation_key(&self, scope: &str) -> String {
@@ -59,16 +81,20 @@ impl RedisCache {
 impl Cache for RedisCache {
     async fn lookup(&self, scope: &str, key: &str) -> Lookup {
         let mut connection = self.connection.clone();
-        let result: Result<(String, Option<String>), _> = self
+        let result: Result<(String, String, Option<String>), _> = self
             .lookup
             .key(self.generation_key(scope))
+            .key(self.epoch_key())
             .arg(self.entry_prefix(scope))
             .arg(key)
             .invoke_async(&mut connection)
             .await;
         match result {
-            Ok((generation, value)) => Lookup {
-                generation: generation.parse().unwrap_or(0),
+            Ok((epoch, generation, value)) => Lookup {
+                generation: generation_in(
+                    epoch.parse().unwrap_or(0),
+                    generation.parse().unwrap_or(0),
+                ),
                 value,
             },
             Err(error) => {
@@ -87,7 +113,11 @@ impl Cache for RedisCache {
             return;
         }
         let mut connection = self.connection.clone();
-        let entry = format!("{}{generation}:{key}", self.entry_prefix(scope));
+        let (epoch, scope_generation) = (generation >> 40, generation & ((1 << 40) - 1));
+        let entry = format!(
+            "{}{epoch}.{scope_generation}:{key}",
+            self.entry_prefix(scope)
+        );
         let result: Result<(), _> = redis::cmd("SET")
             .arg(&entry)
             .arg(value)
@@ -104,7 +134,6 @@ impl Cache for RedisCache {
         if scopes.is_empty() {
             return;
         }
-        let mut connection = self.connection.clone();
         let mut pipeline = redis::pipe();
         for scope in scopes {
             pipeline
@@ -112,18 +141,13 @@ impl Cache for RedisCache {
                 .arg(self.generation_key(scope))
                 .ignore();
         }
-        // A lost invalidation would leave stale entries readable: retry until it goes through.
-        let mut wait = Duration::from_millis(20);
-        loop {
-            match pipeline.query_async::<()>(&mut connection).await {
-                Ok(()) => return,
-                Err(error) => {
-                    tracing::warn!(%error, "cache invalidation failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+        self.run_until_done(&pipeline).await;
+    }
+
+    async fn invalidate_all(&self) {
+        let mut pipeline = redis::pipe();
+        pipeline.cmd("INCR").arg(self.epoch_key()).ignore();
+        self.run_until_done(&pipeline).await;
     }
 
     fn kind(&self) -> &'static str {

@@ -527,7 +527,10 @@ async fn swap_in(
             }
         };
         match swap {
-            Swap::Swapped => return Ok(((name, checkpoint), read)),
+            Swap::Swapped => {
+                cached_answers_replaced(&kind, name, stores).await?;
+                return Ok(((name, checkpoint), read));
+            }
             Swap::Contended => tokio::time::sleep(Duration::from_millis(50)).await,
             Swap::Behind(_) => {
                 let more = catch_up(
@@ -543,6 +546,27 @@ async fn swap_in(
         }
     }
     Err(RebuildError::KeptMovingAhead { name })
+}
+
+/// After a rebuilt read model went in service: its swap is counted (a table swap counted itself,
+/// in its transaction), which makes every serving process drop its cached answers, and a shared
+/// cache drops them at once.
+async fn cached_answers_replaced(
+    kind: &Kind,
+    name: &'static str,
+    stores: &ReadModelStores,
+) -> Result<(), RebuildError> {
+    if matches!(kind, Kind::Redis(_) | Kind::Generation { .. }) {
+        stores
+            .db
+            .record_swap(name)
+            .await
+            .map_err(failed(format!("cannot record the swap of {name}")))?;
+    }
+    if let Some(cache) = &stores.cache {
+        cache.invalidate_all().await;
+    }
+    Ok(())
 }
 
 /// After a rebuilt OpenSearch index went in service: deletes the index the alias `left` (a

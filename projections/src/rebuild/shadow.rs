@@ -468,6 +468,24 @@ async fn move_checkpoints(
     .bind(&now)
     .execute(&mut *connection)
     .await?;
+    record_swap_on(connection, projection).await
+}
+
+/// Counts a swap of read model `projection` (in the swap's transaction where it has one): the
+/// serving processes watch the count and drop every cached answer when it moves.
+pub(crate) async fn record_swap_on(
+    connection: &mut sqlx::AnyConnection,
+    projection: &str,
+) -> Result<(), ProjectionError> {
+    sqlx::query(
+        "INSERT INTO read_model_swaps (name, swaps, swapped_at) VALUES ($1, 1, $2)
+         ON CONFLICT (name) DO UPDATE SET swaps = read_model_swaps.swaps + 1,
+             swapped_at = excluded.swapped_at",
+    )
+    .bind(projection)
+    .bind(chrono::Utc::now().to_rfc3339())
+    .execute(&mut *connection)
+    .await?;
     Ok(())
 }
 

@@ -54,10 +54,13 @@ impl ProjectionStatus {
     }
 }
 
-/// Every read model's projection status, in catalogue order, and the log's head position.
+/// Every read model's projection status, in catalogue order, then those of `others` (projections
+/// that keep their checkpoint in the read-model database but are no read model, such as the
+/// checkout saga's intake), and the log's head position.
 pub async fn status(
     store: &dyn EventStore,
     stores: &ReadModelStores,
+    others: &[&'static str],
 ) -> Result<(Vec<ProjectionStatus>, u64), RebuildError> {
     let head = store
         .head_position()
@@ -117,6 +120,14 @@ pub async fn status(
             .await
             .map_err(failed(format!("cannot read {}'s checkpoint", model.name())))?;
         checkpoints.push((model.name(), checkpoint));
+    }
+    for name in others {
+        let checkpoint = stores
+            .db
+            .checkpoint(&Feed::Log.checkpoint_name(name))
+            .await
+            .map_err(failed(format!("cannot read {name}'s checkpoint")))?;
+        checkpoints.push((*name, checkpoint));
     }
     let lags = lags(
         store,

@@ -77,4 +77,9 @@ pub trait SearchIndex: Send + Sync + fmt::Debug {
     /// The name of the projection that feeds this index (for read-your-writes waits).
     fn projection_name(&self) -> &'static str;
     fn kind(&self) -> &'static str;
+    /// Reads the index in service now: after a rebuild was swapped in by another process (an
+    /// index behind an alias follows by itself).
+    async fn follow_swaps(&self) -> Result<(), ProjectionError> {
+        Ok(())
+    }
 }

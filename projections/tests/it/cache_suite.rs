@@ -36,6 +36,7 @@ cache_suite!(
     a_value_stored_under_the_current_generation_is_served,
     a_value_read_before_an_invalidation_is_never_served_after_it,
     an_invalidation_drops_only_the_scopes_it_names,
+    invalidating_everything_drops_every_scope_and_what_was_read_before_it,
     keys_of_one_scope_are_kept_apart,
     the_cache_answers_its_ping_and_names_its_kind,
 );
@@ -116,6 +117,42 @@ mod cases {
         assert_eq!(
             cache.lookup("product:2", "k").await.value.as_deref(),
             Some("product:2")
+        );
+    }
+
+    pub async fn invalidating_everything_drops_every_scope_and_what_was_read_before_it(
+        cache: Arc<dyn Cache>,
+    ) {
+        let mut before = Vec::new();
+        for scope in ["product:1", "product:2", "search"] {
+            let generation = cache.lookup(scope, "k").await.generation;
+            cache.store(scope, generation, "k", scope).await;
+            before.push((scope, generation));
+        }
+        // A read model swapped in as a whole, while a reader still holds what it read before.
+        let stale = cache.lookup("product:3", "k").await;
+        cache.invalidate_all().await;
+        cache.store("product:3", stale.generation, "k", "old").await;
+        for (scope, generation) in &before {
+            let lookup = cache.lookup(scope, "k").await;
+            assert_eq!(lookup.value, None, "{scope}");
+            assert_ne!(lookup.generation, *generation, "{scope}");
+            // Storing under the generation of before the swap is ignored.
+            cache.store(scope, *generation, "k", "old").await;
+            assert_eq!(cache.lookup(scope, "k").await.value, None, "{scope}");
+        }
+        assert_eq!(cache.lookup("product:3", "k").await.value, None);
+        // After it, the cache works as before: per scope.
+        let after = cache.lookup("search", "k").await;
+        cache.store("search", after.generation, "k", "new").await;
+        assert_eq!(
+            cache.lookup("search", "k").await.value.as_deref(),
+            Some("new")
+        );
+        cache.invalidate(&["product:1".to_owned()]).await;
+        assert_eq!(
+            cache.lookup("search", "k").await.value.as_deref(),
+            Some("new")
         );
     }
 

@@ -171,3 +171,48 @@ fn a_swap_waits_for_the_batch_in_flight() {
     ));
     assert_eq!(TantivySearch::current_generation(&root), "gen-rebuilt");
 }
+
+/// A process that only reads the index (a query-api beside the projector) goes on answering when
+/// a swap put a rebuilt generation in service and the writer deleted the one it read, before
+/// its own periodic look at which generation is in service; what it cached from the old
+/// generation is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_of_a_generation_deleted_by_a_swap_reads_the_one_in_service() {
+    use projections::cache::{Cache, MemoryCache, SEARCH_SCOPE};
+
+    let directory = tempfile::tempdir().unwrap();
+    let root = directory.path().join("search");
+    let events = history();
+    let live = Arc::new(TantivySearch::open(&root, None).unwrap());
+    apply_new(&live, &Feed::Log, &events[..1]).await.unwrap();
+    let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new(1 << 20));
+    let reader = Arc::new(TantivySearch::open_read_only(&root, Some(cache.clone())).unwrap());
+    assert_eq!(lamp_popularity(&reader).await, 0);
+    let before = cache.lookup(SEARCH_SCOPE, "k").await.generation;
+
+    // The projector stops; a replay swaps a rebuilt generation in and deletes the one left.
+    drop(live);
+    let rebuilt = Arc::new(TantivySearch::open_generation(&root, "gen-rebuilt").unwrap());
+    apply_new(&rebuilt, &Feed::Log, &events).await.unwrap();
+    let GenerationSwap::Swapped { previous, .. } = rebuilt.swap_in().unwrap() else {
+        panic!("not swapped");
+    };
+    drop(rebuilt);
+    assert!(TantivySearch::remove_generation_if_unused(&root, &previous));
+    assert!(!root.join("meta.json").exists());
+
+    // At once, before the reader's own look at CURRENT is due.
+    assert_eq!(lamp_popularity(&reader).await, 7);
+    let mut moved = false;
+    for _ in 0..100 {
+        if cache.lookup(SEARCH_SCOPE, "k").await.generation != before {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        moved,
+        "the answers cached from the old generation were not dropped"
+    );
+}

@@ -27,7 +27,7 @@ use tantivy::schema::{
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy};
 
 use crate::ProjectionError;
-use crate::cache::Cache;
+use crate::cache::{Cache, SEARCH_SCOPE};
 use crate::runner::Feed;
 use generations::remove_generation_files;
 
@@ -134,8 +134,11 @@ impl TantivySearch {
 
     /// Opens the index in service under `directory` to read only, for a query-api process that
     /// shares the directory with a projector process: searches see each commit of the projector.
-    pub fn open_read_only(directory: &Path) -> Result<Self, ProjectionError> {
-        Self::open_with(directory, None, false, None)
+    pub fn open_read_only(
+        directory: &Path,
+        cache: Option<Arc<dyn Cache>>,
+    ) -> Result<Self, ProjectionError> {
+        Self::open_with(directory, cache, false, None)
     }
 
     /// Opens generation `generation` under `directory` to write, creating it if needed, without
@@ -226,6 +229,12 @@ impl TantivySearch {
         tracing::info!(from = %left, to = %current, "search index switched to a rebuilt generation");
         if self.writable {
             remove_generation_files(&self.root, &left);
+        }
+        // Answers cached from the generation left behind are gone (searches from now on read the
+        // new one).
+        if let (Some(cache), Ok(runtime)) = (&self.cache, tokio::runtime::Handle::try_current()) {
+            let cache = cache.clone();
+            runtime.spawn(async move { cache.invalidate(&[SEARCH_SCOPE.to_owned()]).await });
         }
         Ok(true)
     }

@@ -22,6 +22,23 @@ impl TantivySearch {
         query: &SearchQuery,
     ) -> Result<SearchResult, ProjectionError> {
         self.follow_current(false)?;
+        match self.search_generation(query) {
+            Ok(result) => Ok(result),
+            // A swap in another process may have put a rebuilt generation in service and deleted
+            // the files of the one this process still read: read the one in service. (A swap is
+            // invisible to readers.)
+            Err(error) => {
+                if self.follow_current(true)? {
+                    self.search_generation(query)
+                } else {
+                    Err(error)
+                }
+            }
+        }
+    }
+
+    /// Searches the generation this process reads now.
+    fn search_generation(&self, query: &SearchQuery) -> Result<SearchResult, ProjectionError> {
         let generation = self.generation();
         generation.catch_up_reader()?;
         let searcher = generation.reader.searcher();
@@ -128,5 +145,12 @@ impl SearchIndex for Arc<TantivySearch> {
 
     fn kind(&self) -> &'static str {
         "tantivy"
+    }
+
+    async fn follow_swaps(&self) -> Result<(), ProjectionError> {
+        let search = self.clone();
+        tokio::task::spawn_blocking(move || search.follow_current(true).map(|_| ()))
+            .await
+            .map_err(|error| ProjectionError::Storage(format!("follow task failed: {error}")))?
     }
 }

@@ -1,0 +1,183 @@
+//! The reference documents of mercato's outside surface, generated from what the server itself
+//! serves and reads: the HTTP API from the OpenAPI document, the configuration from the table
+//! of settings. `docs/reference/` holds them; a test keeps the files equal to what is generated
+//! here (`MERCATO_UPDATE_DOCS=1 cargo test -p server --test it docs` rewrites them).
+
+use std::fmt::Write;
+
+use clap::Args;
+use serde_json::Value;
+
+use crate::config::Settings;
+use crate::ops::openapi_document;
+
+/// `docs/reference/http.md`: every route, its parameters, body and answers.
+pub fn http_markdown() -> String {
+    let document = openapi_document();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HTTP API\n\n<!-- Generated from GET /openapi.json (server/src/reference.rs); do not edit. -->\n\n{}\n",
+        document["info"]["description"].as_str().unwrap_or_default()
+    );
+    out.push_str(
+        "Every error is a problem body (`application/problem+json`, RFC 9457) whose `detail` says \
+         what to fix and whose `field` names the input at fault. Writes answer with \
+         `X-Event-Position`; a read given that position in `X-Min-Position` (or \
+         `?min_position=`) waits until its read model has applied it.\n",
+    );
+    let schemas = &document["components"]["schemas"];
+    if let Some(paths) = document["paths"].as_object() {
+        for (path, methods) in paths {
+            let Some(methods) = methods.as_object() else {
+                continue;
+            };
+            for (method, operation) in methods {
+                let _ = writeln!(
+                    out,
+                    "\n## `{} {path}`\n\n{}\n",
+                    method.to_uppercase(),
+                    operation["summary"].as_str().unwrap_or_default()
+                );
+                parameters(&mut out, &operation["parameters"]);
+                if let Some(body) =
+                    operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                        .as_str()
+                {
+                    let name = component_name(body);
+                    let _ = writeln!(out, "Body: `{name}`, a JSON object.\n");
+                    properties(&mut out, &schemas[name]);
+                }
+                answers(&mut out, &operation["responses"]);
+            }
+        }
+    }
+    out
+}
+
+fn component_name(reference: &str) -> &str {
+    reference.rsplit('/').next().unwrap_or(reference)
+}
+
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+fn parameters(out: &mut String, parameters: &Value) {
+    let Some(parameters) = parameters.as_array().filter(|list| !list.is_empty()) else {
+        return;
+    };
+    out.push_str("| Parameter | In | Description |\n| --- | --- | --- |\n");
+    for parameter in parameters {
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} |",
+            parameter["name"].as_str().unwrap_or_default(),
+            parameter["in"].as_str().unwrap_or_default(),
+            cell(parameter["description"].as_str().unwrap_or_default())
+        );
+    }
+    out.push('\n');
+}
+
+fn properties(out: &mut String, schema: &Value) {
+    let Some(properties) = schema["properties"].as_object() else {
+        return;
+    };
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|list| list.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    out.push_str("| Field | Type | Required | Rules |\n| --- | --- | --- | --- |\n");
+    for (name, property) in properties {
+        let kind = match &property["type"] {
+            Value::String(kind) => kind.clone(),
+            Value::Array(kinds) => kinds
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" or "),
+            _ => "object".to_owned(),
+        };
+        let mut rules = Vec::new();
+        for (key, label) in [
+            ("minimum", "at least"),
+            ("maximum", "at most"),
+            ("minLength", "at least characters:"),
+            ("maxLength", "at most characters:"),
+            ("pattern", "pattern"),
+            ("format", "format"),
+        ] {
+            if let Some(value) = property.get(key) {
+                rules.push(format!("{label} `{}`", value.to_string().trim_matches('"')));
+            }
+        }
+        if let Some(description) = property["description"].as_str() {
+            rules.push(description.to_owned());
+        }
+        let _ = writeln!(
+            out,
+            "| `{name}` | {kind} | {} | {} |",
+            if required.contains(&name.as_str()) {
+                "yes"
+            } else {
+                "no"
+            },
+            cell(&rules.join("; "))
+        );
+    }
+    out.push('\n');
+}
+
+fn answers(out: &mut String, responses: &Value) {
+    let Some(responses) = responses.as_object() else {
+        return;
+    };
+    out.push_str("| Answer | Body | When |\n| --- | --- | --- |\n");
+    for (status, response) in responses {
+        let schema = response["content"]
+            .as_object()
+            .and_then(|content| content.values().next())
+            .and_then(|media| media["schema"]["$ref"].as_str())
+            .map_or("", component_name);
+        let _ = writeln!(
+            out,
+            "| {status} | `{schema}` | {} |",
+            cell(response["description"].as_str().unwrap_or_default())
+        );
+    }
+}
+
+/// `docs/reference/configuration.md`: every setting, its flag, variable and file key.
+pub fn configuration_markdown() -> String {
+    let command = Settings::augment_args(clap::Command::new("mercato"));
+    let mut out = String::from(
+        "# Configuration\n\n<!-- Generated from the table of settings (server/src/config.rs, server/src/reference.rs); do not edit. -->\n\n\
+         A value is taken from the flag, then the environment variable, then the config file \
+         (`--config FILE`, TOML, the key below), then the default. It is checked the same way \
+         wherever it comes from. `mercato config` prints the configuration a process would run \
+         with as a config file (passwords masked). `--listen` and `--role` are flags of \
+         `mercato serve` and `mercato config` only.\n\n\
+         | File key | Flag | Environment | Meaning |\n| --- | --- | --- | --- |\n",
+    );
+    for argument in command.get_arguments() {
+        let key = argument.get_id().as_str();
+        let flag = argument
+            .get_long()
+            .map_or_else(|| "(serve's flag)".to_owned(), |long| format!("`--{long}`"));
+        let environment = argument
+            .get_env()
+            .map_or_else(String::new, |name| format!("`{}`", name.to_string_lossy()));
+        let help = argument
+            .get_long_help()
+            .or_else(|| argument.get_help())
+            .map(|help| help.to_string())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| `{key}` | {flag} | {environment} | {} |",
+            cell(&help)
+        );
+    }
+    out
+}
