@@ -170,26 +170,16 @@ impl Queries {
         customer_id: &str,
         limit: usize,
     ) -> Result<Vec<Recommendation>, ProjectionError> {
-        let rows = sqlx::query(
-            "SELECT product_id, name FROM rm_products
+        self.recommendation_rows(
+            "SELECT product_id, name, CAST(0 AS BIGINT) FROM rm_products
              WHERE stock_qty > 0 AND product_id NOT IN
                  (SELECT product_id FROM rm_customer_products WHERE customer_id = $1)
              ORDER BY updated_at DESC, product_id
              LIMIT $2",
+            customer_id,
+            limit,
         )
-        .bind(customer_id)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Recommendation {
-                    product_id: row.try_get(0)?,
-                    name: row.try_get(1)?,
-                    score: 0,
-                })
-            })
-            .collect()
+        .await
     }
 
     async fn sql_recommendations(
@@ -197,18 +187,32 @@ impl Queries {
         customer_id: &str,
         limit: usize,
     ) -> Result<Vec<Recommendation>, ProjectionError> {
-        let rows = sqlx::query(
+        self.recommendation_rows(
             "SELECT p.product_id, p.name, pop.score
              FROM rm_popularity pop JOIN rm_products p ON p.product_id = pop.product_id
              WHERE pop.product_id NOT IN
                  (SELECT product_id FROM rm_customer_products WHERE customer_id = $1)
              ORDER BY pop.score DESC, p.product_id
              LIMIT $2",
+            customer_id,
+            limit,
         )
-        .bind(customer_id)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(self.db.pool())
-        .await?;
+        .await
+    }
+
+    /// Runs a recommendation `statement` (product id, name and score, for customer `$1`, at
+    /// most `$2` rows).
+    async fn recommendation_rows(
+        &self,
+        statement: &str,
+        customer_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Recommendation>, ProjectionError> {
+        let rows = sqlx::query(statement)
+            .bind(customer_id)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(self.db.pool())
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(Recommendation {
