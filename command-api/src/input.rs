@@ -27,6 +27,23 @@ impl<'de> Deserialize<'de> for Price {
     }
 }
 
+/// A count (a quantity, a stock level, a delta): a JSON number with no fractional part. JSON
+/// Schema counts `3.0` (and `3e0`) as the integer 3, so they are read as 3; `3.5` is refused.
+fn whole_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(whole) = number.as_i64() {
+        return Ok(whole);
+    }
+    // Beyond 2^53 a double no longer holds every whole number; every count is far below.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match number.as_f64() {
+        Some(value) if value.fract() == 0.0 && value.abs() <= EXACT => Ok(value as i64),
+        _ => Err(serde::de::Error::custom(format!(
+            "must be a whole number (an integer), not {number}"
+        ))),
+    }
+}
+
 /// Deserializes a present field as `Some(value)` (so `null` is `Some(None)`), for fields where
 /// absent and `null` mean different things.
 fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
@@ -43,6 +60,7 @@ pub struct CreateProduct {
     pub name: String,
     pub description: String,
     pub price: Price,
+    #[serde(deserialize_with = "whole_number")]
     pub stock_qty: i64,
     #[serde(default)]
     pub category: Option<String>,
@@ -51,11 +69,13 @@ pub struct CreateProduct {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateProduct {
-    #[serde(default)]
+    /// Absent: unchanged; `null` is refused (a product always has a name, a description and a
+    /// price), as for the fields below.
+    #[serde(default, deserialize_with = "present")]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub price: Option<Price>,
     /// Absent: unchanged; `null`: cleared; a string: set.
     #[serde(default, deserialize_with = "present")]
@@ -74,6 +94,7 @@ impl UpdateProduct {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustStock {
+    #[serde(deserialize_with = "whole_number")]
     pub delta: i64,
 }
 
@@ -81,6 +102,7 @@ pub struct AdjustStock {
 #[serde(deny_unknown_fields)]
 pub struct AddCartItem {
     pub product_id: Uuid,
+    #[serde(deserialize_with = "whole_number")]
     pub quantity: i64,
 }
 
@@ -120,6 +142,7 @@ impl Checkout {
 #[serde(deny_unknown_fields)]
 pub struct OrderLineInput {
     pub product_id: Uuid,
+    #[serde(deserialize_with = "whole_number")]
     pub quantity: i64,
 }
 
@@ -153,11 +176,42 @@ mod tests {
     }
 
     #[test]
+    fn counts_are_whole_numbers_however_they_are_written() {
+        for (text, expected) in [
+            ("3", 3),
+            ("3.0", 3),
+            ("3e0", 3),
+            ("-2.0", -2),
+            ("1.5e1", 15),
+        ] {
+            let body: AdjustStock = parse_json(format!(r#"{{"delta":{text}}}"#).as_bytes())
+                .unwrap_or_else(|problem| panic!("{text}: {problem:?}"));
+            assert_eq!(body.delta, expected, "{text}");
+        }
+        for bad in ["3.5", "1e300", r#""3""#, "null", "true"] {
+            let problem =
+                parse_json::<AdjustStock>(format!(r#"{{"delta":{bad}}}"#).as_bytes()).unwrap_err();
+            assert_eq!(
+                problem.field.as_deref(),
+                Some("delta"),
+                "{bad}: {problem:?}"
+            );
+        }
+        let problem = parse_json::<AdjustStock>(br#"{"delta":3.5}"#).unwrap_err();
+        assert!(problem.detail.contains("whole number"), "{problem:?}");
+    }
+
+    #[test]
     fn an_update_tells_a_cleared_category_from_an_absent_one() {
         let cleared: UpdateProduct = parse_json(br#"{"category":null}"#).unwrap();
         assert_eq!(cleared.category, Some(None));
         let absent: UpdateProduct = parse_json(br#"{"name":"x"}"#).unwrap();
         assert_eq!(absent.category, None);
         assert!(parse_json::<UpdateProduct>(b"{}").unwrap().is_empty());
+        for field in ["name", "description", "price"] {
+            let problem = parse_json::<UpdateProduct>(format!(r#"{{"{field}":null}}"#).as_bytes())
+                .unwrap_err();
+            assert_eq!(problem.field.as_deref(), Some(field), "{problem:?}");
+        }
     }
 }

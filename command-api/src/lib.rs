@@ -148,6 +148,7 @@ pub fn api_doc() -> ApiDoc {
             "description": "text; line breaks and tabs allowed, other control characters not" })
     };
     let token = json!({ "type": "string", "minLength": 1, "maxLength": domain::payment::PAYMENT_TOKEN_MAX_CHARS,
+        "pattern": "^[!-~]+$", "not": { "pattern": "^-*(?:[0-9]-*){12,19}$" },
         "description": "a gateway token such as tok_visa; never a card number (12 to 19 digits, with or without spaces and dashes, are refused)" });
     let stock = json!({ "type": "integer", "minimum": 0, "maximum": domain::product::STOCK_MAX });
     let quantity =
@@ -163,7 +164,8 @@ pub fn api_doc() -> ApiDoc {
             "description": "the id of what was written (product_id, cart_id or order_id) and the position of its last event (also X-Event-Position)" },
         "CreateProduct": { "type": "object", "additionalProperties": false, "required": ["name", "description", "price", "stock_qty"], "properties": {
             "name": name.clone(), "description": description.clone(),
-            "price": money.clone(), "stock_qty": stock, "category": category.clone() } },
+            "price": money.clone(), "stock_qty": stock,
+            "category": { "anyOf": [category.clone(), { "type": "null" }], "description": "null or absent: no category" } } },
         "UpdateProduct": { "type": "object", "additionalProperties": false, "minProperties": 1, "properties": {
             "name": name, "description": description, "price": money,
             "category": { "anyOf": [category, { "type": "null" }] } } },

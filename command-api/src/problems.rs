@@ -6,7 +6,8 @@ use eventstore::aggregate::{CommandError, LoadError};
 use http_common::Problem;
 use http_common::problem::{field_problem, store_problem};
 
-/// The answer for a domain error: 404, 409 or 422 naming what to fix.
+/// The answer for a domain error: 404, 409 (a rule of the current state) or 422 (a field),
+/// naming what to fix.
 pub trait ToProblem {
     fn to_problem(&self) -> Problem;
 }
@@ -33,12 +34,10 @@ impl ToProblem for CartError {
             CartError::Invalid(field) => field_problem(field),
             CartError::CheckedOut => Problem::conflict(self.to_string()),
             CartError::NoSuchLine { .. } => Problem::not_found(self.to_string()),
+            // Rules of the cart's state, not of the request's shape: the same request succeeds
+            // against another state of the cart, so they are conflicts.
             CartError::TooManyLines | CartError::LineTooLarge { .. } | CartError::Empty => {
-                Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "business-rule",
-                    self.to_string(),
-                )
+                Problem::new(StatusCode::CONFLICT, "business-rule", self.to_string())
             }
         }
     }

@@ -14,6 +14,12 @@ use crate::problem::Problem;
 pub const CORRELATION_HEADER: HeaderName = HeaderName::from_static("x-correlation-id");
 pub const ACTOR_HEADER: HeaderName = HeaderName::from_static("x-actor");
 
+/// The most headers a request may carry, and their most bytes (names and values together):
+/// beyond either the request is answered 431 with a problem body. (The connection layer parses
+/// twice as many headers before it gives up with an empty 431.)
+pub const MAX_HEADER_COUNT: usize = 100;
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// The longest a request may take before it is answered 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -44,6 +50,23 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     {
         return Problem::bad_request(
             "an HTTP/1.1 request needs a Host header (RFC 9112, section 3.2)",
+        )
+        .into_response();
+    }
+    let headers = request.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADER_COUNT || header_bytes > MAX_HEADER_BYTES {
+        return Problem::new(
+            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            format!(
+                "the request has {} headers of {header_bytes} bytes; at most {MAX_HEADER_COUNT} \
+                 headers of {MAX_HEADER_BYTES} bytes in all are accepted",
+                headers.len()
+            ),
         )
         .into_response();
     }

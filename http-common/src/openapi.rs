@@ -273,10 +273,15 @@ pub fn document(title: &str, version: &str, description: &str, parts: &[ApiDoc])
     })
 }
 
-/// The schema of a money amount: a JSON number in major units.
+/// The schema of a price: a JSON number in major units, more than zero, in cents.
 pub fn money_schema() -> Value {
-    json!({ "type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000_000,
-        "description": "major units, at most two decimals" })
+    json!({ "type": "number", "exclusiveMinimum": 0, "maximum": 1_000_000_000, "multipleOf": 0.01,
+        "description": "major units, at most two decimals (written as decimal text: 0.57, never 0.5700000000000001)" })
+}
+
+/// The schema of a sum of money an answer carries (a total), which may be zero.
+pub fn amount_schema() -> Value {
+    json!({ "type": "number", "minimum": 0, "multipleOf": 0.01, "description": "major units" })
 }
 
 /// The schema of a client-chosen id (`cart_id`, `customer_id`).

@@ -17,7 +17,8 @@ use domain::{CustomerId, Money};
 use eventstore::EventStore;
 use http_common::Problem;
 use http_common::openapi::{
-    ApiDoc, DocumentedRouter, RouteDoc, client_id_schema, money_schema, schema_ref, schemas,
+    ApiDoc, DocumentedRouter, RouteDoc, amount_schema, client_id_schema, money_schema, schema_ref,
+    schemas,
 };
 use http_common::params::{product_id_of, truncate};
 use http_common::problem::store_problem;
@@ -91,7 +92,7 @@ fn routes() -> DocumentedRouter<QueryState> {
                         "words to find in name and description (stemmed, case-insensitive), at most 200 characters",
                     ),
                     ("category", "exact category, case-insensitive"),
-                    ("min_price", "lowest price, major units"),
+                    ("min_price", "lowest price, major units (above max_price: nothing matches)"),
                     ("max_price", "highest price, major units"),
                     ("limit", "1 to 100, default 20"),
                     ("offset", "0 to 10000, default 0"),
@@ -198,7 +199,7 @@ pub fn api_doc() -> ApiDoc {
     let order = json!({ "type": "object", "properties": {
         "order_id": { "type": "string", "format": "uuid" }, "customer_id": id,
         "status": { "enum": ["PENDING", "CONFIRMED", "CANCELLED"] }, "lines": { "type": "array", "items": line },
-        "total": money,
+        "total": amount_schema(),
         "payment_status": { "enum": ["NOT_REQUESTED", "REQUESTED", "SUCCEEDED", "FAILED", "TIMED_OUT", "REFUNDED"] },
         "cancel_reason": { "enum": ["out_of_stock", "payment_declined", "payment_timeout"] },
         "pending_reason": { "type": "string", "description": "why a PENDING order's checkout is retrying or parked" } } });
@@ -211,7 +212,7 @@ pub fn api_doc() -> ApiDoc {
     routes().into_doc(schemas(json!({
         "Product": product,
         "SearchResult": { "type": "object", "properties": { "total": { "type": "integer" }, "hits": { "type": "array", "items": schema_ref("Product") } } },
-        "Cart": { "type": "object", "properties": { "cart_id": id, "lines": { "type": "array", "items": line }, "total": money } },
+        "Cart": { "type": "object", "properties": { "cart_id": id, "lines": { "type": "array", "items": line }, "total": amount_schema() } },
         "Order": order,
         "CustomerOrders": { "type": "object", "properties": { "customer_id": id, "orders": { "type": "array", "items": schema_ref("Order") } } },
         "Recommendations": { "type": "object", "properties": { "customer_id": id, "items": { "type": "array", "items": { "type": "object", "properties": {
@@ -281,19 +282,18 @@ fn parse_position(field: &str, text: &str) -> Result<u64, Problem> {
     })
 }
 
-/// After a wait that did not reach `position`: a 422 when the log still holds no event that far
-/// (no write answered that position: it is a mistake, not a delay). While a write commits, the
+/// After a wait that did not reach `position`: a 409 when the log still holds no event that far
+/// (no write answered that position yet: the request conflicts with the log's state, and the
+/// same request succeeds once the log reaches it). While a write commits, the
 /// readable head may trail a position already answered for a moment, so this is only asked once
 /// the wait is over.
 async fn beyond_head(state: &QueryState, position: u64) -> Option<Problem> {
     let head = state.store.head_position().await.ok()?;
     (position > head).then(|| {
-        Problem::invalid(
-            "min_position",
-            format!(
-                "position {position} is beyond the log's head ({head}): give a position a write answered in X-Event-Position"
-            ),
-        )
+        Problem::conflict(format!(
+            "min_position: position {position} is beyond the log's head ({head}): give a position a write answered in X-Event-Position"
+        ))
+        .with_field("min_position")
     })
 }
 
@@ -477,12 +477,13 @@ async fn search(
         limit: count_param(&params, "limit", 20, 1..=100)?,
         offset: count_param(&params, "offset", 0, 0..=10_000)?,
     };
+    wait_for(&state, state.search.projection_name(), &headers, &params).await?;
+    // A price range whose low end is above its high end holds no price: no product matches.
     if let (Some(min), Some(max)) = (query.min_price_minor, query.max_price_minor)
         && min > max
     {
-        return Err(Problem::invalid("min_price", "must not be above max_price"));
+        return Ok(axum::Json(json!({ "total": 0, "hits": [] })).into_response());
     }
-    wait_for(&state, state.search.projection_name(), &headers, &params).await?;
     let key = query.cache_key();
     let lookup = match &state.cache {
         Some(cache) => Some(cache.lookup(SEARCH_SCOPE, &key).await),

@@ -16,6 +16,7 @@
 //! - [`roles`]: what each role runs.
 //! - [`platform`]: the event store, the read models, the cache and the search index, opened.
 //! - [`Server`]: the background parts of a role and its HTTP application, run until shutdown.
+//! - [`listen`]: the HTTP connection layer under the router (half-close, header timeout).
 //! - [`bus`]: Kafka, behind the cargo feature `kafka`.
 //! - [`error`]: bad usage (exit 2) told apart from failures at run time (exit 1) by type.
 //! - [`reference`]: the reference documents of the HTTP API and the configuration, generated.
@@ -24,6 +25,7 @@ pub mod bus;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod listen;
 mod ops;
 pub mod platform;
 pub mod reference;

@@ -80,6 +80,19 @@ fn parameters(out: &mut String, parameters: &Value) {
     out.push('\n');
 }
 
+/// The JSON type a schema names, in words.
+fn type_name(schema: &Value) -> String {
+    match &schema["type"] {
+        Value::String(kind) => kind.clone(),
+        Value::Array(kinds) => kinds
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" or "),
+        _ => "object".to_owned(),
+    }
+}
+
 fn properties(out: &mut String, schema: &Value) {
     let Some(properties) = schema["properties"].as_object() else {
         return;
@@ -90,25 +103,32 @@ fn properties(out: &mut String, schema: &Value) {
         .unwrap_or_default();
     out.push_str("| Field | Type | Required | Rules |\n| --- | --- | --- | --- |\n");
     for (name, property) in properties {
-        let kind = match &property["type"] {
-            Value::String(kind) => kind.clone(),
-            Value::Array(kinds) => kinds
+        // `anyOf` (a value or null): the types of its alternatives, the rules of the first one
+        // that is not null, and the description of the whole.
+        let alternatives = property["anyOf"].as_array();
+        let kind = match alternatives {
+            Some(alternatives) => alternatives
                 .iter()
-                .filter_map(Value::as_str)
+                .map(type_name)
                 .collect::<Vec<_>>()
                 .join(" or "),
-            _ => "object".to_owned(),
+            None => type_name(property),
         };
+        let ruled = alternatives
+            .and_then(|alternatives| alternatives.iter().find(|one| one["type"] != "null"))
+            .unwrap_or(property);
         let mut rules = Vec::new();
         for (key, label) in [
             ("minimum", "at least"),
+            ("exclusiveMinimum", "more than"),
             ("maximum", "at most"),
+            ("multipleOf", "a multiple of"),
             ("minLength", "at least characters:"),
             ("maxLength", "at most characters:"),
             ("pattern", "pattern"),
             ("format", "format"),
         ] {
-            if let Some(value) = property.get(key) {
+            if let Some(value) = ruled.get(key) {
                 rules.push(format!("{label} `{}`", value.to_string().trim_matches('"')));
             }
         }

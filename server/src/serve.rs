@@ -214,8 +214,7 @@ impl Server {
             cache = platform.read_models.cache.as_ref().map_or("none", |cache| cache.kind()),
             "mercato listening"
         );
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
+        let served = crate::listen::serve(listener, router, shutdown)
             .await
             .map_err(|error| Error::runtime("the HTTP server failed", error));
         tracing::info!("shutting down: stopping the projections at a checkpoint");

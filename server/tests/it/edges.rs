@@ -165,7 +165,7 @@ async fn min_position_in_query_and_header_are_both_checked() {
     let (status, body) = problem(response).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["field"], "min_position");
-    // A position beyond the log's head is a mistake, said once the wait is over.
+    // A position beyond the log's head conflicts with the log, said once the wait is over.
     let response = ask(
         format!("?min_position={position}"),
         Some((position + 1_000_000).to_string()),
@@ -173,7 +173,8 @@ async fn min_position_in_query_and_header_are_both_checked() {
     .await
     .expect("request");
     let (status, body) = problem(response).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["field"], "min_position");
     assert!(
         body["detail"]
             .as_str()
@@ -386,5 +387,122 @@ async fn the_protocol_edges_are_answered_as_the_rfcs_say() {
         .expect("h2c request");
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status(), StatusCode::OK);
+    server.stop().await;
+}
+
+/// A client that half-closes its side right after its request (as `curl`, `nc -N` and some
+/// proxies do) still gets its answer, and its write runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_request_is_answered_and_runs() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some((server, _data)) = TestApp::spawn(Setup::Embedded, "half_close").await else {
+        return;
+    };
+    let body = br#"{"name":"Half-closed kettle","description":"","price":12.5,"stock_qty":3,"category":"Kitchen"}"#;
+    for attempt in 0..20 {
+        let address = server.base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST /products HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.expect("write head");
+        stream.write_all(body).await.expect("write body");
+        stream.shutdown().await.expect("half-close");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut answer),
+        )
+        .await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(
+            answer.starts_with("HTTP/1.1 201"),
+            "attempt {attempt}: {answer:?}"
+        );
+        let written: Value = answer
+            .split_once("\r\n\r\n")
+            .and_then(|(_, body)| serde_json::from_str(body).ok())
+            .unwrap_or_else(|| panic!("attempt {attempt}: no JSON answer in {answer:?}"));
+        let id = written["product_id"]
+            .as_str()
+            .expect("the new product's id");
+        let position = written["position"].as_u64().expect("its position");
+        let product = server.get_at(&format!("/products/{id}"), position).await;
+        assert_eq!(product.status(), StatusCode::OK, "attempt {attempt}");
+    }
+    server.stop().await;
+}
+
+/// Too many headers, or too many header bytes, get a 431 problem body that says the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_a_problem_body() {
+    let Some((server, _data)) = TestApp::spawn(Setup::Embedded, "big_headers").await else {
+        return;
+    };
+    let many: String = (0..150).map(|i| format!("X-Filler-{i}: x\r\n")).collect();
+    let big = format!("X-Big: {}\r\n", "a".repeat(40 * 1024));
+    for extra in [many, big] {
+        let request =
+            format!("GET /health HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n{extra}\r\n");
+        let answer = raw(
+            &server,
+            request.as_bytes(),
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+        assert!(answer.contains("application/problem+json"), "{answer}");
+        assert!(answer.contains("at most 100 headers"), "{answer}");
+    }
+    server.stop().await;
+}
+
+/// A connection that never finishes its request head is closed after the header timeout
+/// instead of staying open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_request_head_is_closed() {
+    let Some((server, _data)) = TestApp::spawn(Setup::Embedded, "slow_head").await else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let answer = raw(
+        &server,
+        b"GET /health HTTP/1.1\r\nHost: sh",
+        server::listen::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(5),
+    )
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        waited < server::listen::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(4),
+        "the connection stayed open {waited:?}: {answer:?}"
+    );
+    server.stop().await;
+}
+
+/// A price range whose low end is above its high end is not an error the document could
+/// describe: it holds no price, so nothing matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inverted_price_range_matches_nothing() {
+    let Some((server, _data)) = TestApp::spawn(Setup::Embedded, "inverted_range").await else {
+        return;
+    };
+    let (_, position) = server.create_product("Pan", "", 5.0, 3, "Kitchen").await;
+    let body: Value = server
+        .get_at("/search?min_price=1&max_price=10", position)
+        .await
+        .json()
+        .await
+        .expect("search");
+    assert_eq!(body["total"], 1, "{body}");
+    let response = server
+        .get_at("/search?min_price=10&max_price=1", position)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("search");
+    assert_eq!(body["total"], 0, "{body}");
+    assert_eq!(body["hits"], serde_json::json!([]), "{body}");
     server.stop().await;
 }
