@@ -16,3 +16,4 @@ mod replay;
 mod replay_opensearch;
 mod replay_redis;
 mod saga;
+mod unreachable;
