@@ -506,3 +506,49 @@ async fn an_inverted_price_range_matches_nothing() {
     assert_eq!(body["hits"], serde_json::json!([]), "{body}");
     server.stop().await;
 }
+
+/// A request head the connection layer cannot read at all (a request line that is not one, a
+/// Content-Length that is not a number, more headers than it parses) is answered with a problem
+/// body too, then the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_request_heads_get_a_problem_body() {
+    let Some((server, _data)) = TestApp::spawn(Setup::Embedded, "unreadable_heads").await else {
+        return;
+    };
+    let too_many: String = (0..300).map(|i| format!("X-Filler-{i}: x\r\n")).collect();
+    let cases = [
+        ("GARBAGE\r\n\r\n".to_owned(), "400", "request line"),
+        (
+            "POST /products HTTP/1.1\r\nHost: shop\r\nContent-Length: abc\r\n\r\n".to_owned(),
+            "400",
+            "Content-Length",
+        ),
+        (
+            format!("GET /health HTTP/1.1\r\nHost: shop\r\n{too_many}\r\n"),
+            "431",
+            "at most 100 headers",
+        ),
+    ];
+    for (request, status, needle) in cases {
+        let answer = raw(
+            &server,
+            request.as_bytes(),
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        assert!(answer.contains("application/problem+json"), "{answer}");
+        let body: Value = answer
+            .split_once("\r\n\r\n")
+            .and_then(|(_, body)| serde_json::from_str(body).ok())
+            .unwrap_or_else(|| panic!("no problem body in {answer:?}"));
+        assert!(
+            body["detail"].as_str().unwrap_or("").contains(needle),
+            "{answer}"
+        );
+    }
+    server.stop().await;
+}
