@@ -117,39 +117,56 @@ fn is_connection_error(error: &io::Error) -> bool {
 /// hyper's own answer to a request head it could not read: exactly this status line, then
 /// `connection: close` and an empty body. The answers of the router never look like this (every
 /// error answer of theirs has a problem body).
-const AUTOMATIC: &[(&[u8], StatusCode, &str)] = &[
+const AUTOMATIC: &[(&[u8], StatusCode)] = &[
     (
         b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n",
         StatusCode::BAD_REQUEST,
-        "the request head could not be read: check the request line (METHOD /path HTTP/1.1), \
-         that each header is `Name: value` on a line of its own ending in CRLF, and that \
-         Content-Length is a number (RFC 9112)",
     ),
     (
         b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\n",
         StatusCode::URI_TOO_LONG,
-        "the request target is too long: shorten the path and query",
     ),
     (
         b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n",
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        "the request head is larger than the server reads: send at most 100 headers of 32 KiB \
-         in all",
     ),
 ];
+
+/// What to fix, for each of hyper's automatic answers.
+fn automatic_detail(status: StatusCode) -> String {
+    use http_common::context::{MAX_HEADER_BYTES, MAX_HEADER_COUNT};
+    match status {
+        StatusCode::URI_TOO_LONG => {
+            "the request target is too long: shorten the path and query".to_owned()
+        }
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => format!(
+            "the request head is larger than the server reads: send at most {MAX_HEADER_COUNT} \
+             headers of {MAX_HEADER_BYTES} bytes in all"
+        ),
+        _ => "the request head could not be read: check the request line (METHOD /path HTTP/1.1), \
+              that each header is `Name: value` on a line of its own ending in CRLF, and that \
+              Content-Length is a number (RFC 9112)"
+            .to_owned(),
+    }
+}
 
 /// The answer hyper wrote for a head it could not read, with a problem body; `None` for any
 /// other bytes.
 fn with_problem_body(written: &[u8]) -> Option<Vec<u8>> {
-    let (prefix, status, detail) = AUTOMATIC
+    let (prefix, status) = AUTOMATIC
         .iter()
-        .find(|(prefix, _, _)| written.starts_with(prefix))?;
+        .find(|(prefix, _)| written.starts_with(prefix))?;
     let head_end = written
         .windows(4)
         .position(|window| window == b"\r\n\r\n")?
         + 2;
     let status_line_end = written.windows(2).position(|window| window == b"\r\n")? + 2;
-    let body = serde_json::to_vec(&Problem::new(*status, "malformed-request", *detail)).ok()?;
+    let body = serde_json::to_vec(&Problem::new(
+        *status,
+        "malformed-request",
+        automatic_detail(*status),
+    ))
+    .ok()?;
     let mut answer = Vec::with_capacity(written.len() + body.len() + 64);
     answer.extend_from_slice(&written[..status_line_end]);
     answer.extend_from_slice(b"connection: close\r\ncontent-type: application/problem+json\r\n");

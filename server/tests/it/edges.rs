@@ -336,15 +336,39 @@ async fn a_new_shop_recommends_products_in_stock() {
 /// Sends `request` as raw bytes and answers what the server sent back until it closed the
 /// connection (or `wait` passed).
 async fn raw(server: &TestApp, request: &[u8], wait: std::time::Duration) -> String {
+    exchange(server, request, wait, false).await
+}
+
+/// [`raw`], with the client's side shut down (half-closed) once the request is sent.
+async fn raw_half_closed(server: &TestApp, request: &[u8], wait: std::time::Duration) -> String {
+    exchange(server, request, wait, true).await
+}
+
+async fn exchange(
+    server: &TestApp,
+    request: &[u8],
+    wait: std::time::Duration,
+    half_close: bool,
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let address = server.base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
     stream.write_all(request).await.expect("write");
+    if half_close {
+        stream.shutdown().await.expect("half-close");
+    }
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The JSON body of a raw answer, if it has one.
+fn answer_json(answer: &str) -> Option<Value> {
+    answer
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body).ok())
 }
 
 /// HTTP at the edge of the protocol: an HTTP/1.1 request without Host is a 400, a body that
@@ -394,37 +418,26 @@ async fn the_protocol_edges_are_answered_as_the_rfcs_say() {
 /// proxies do) still gets its answer, and its write runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_closed_request_is_answered_and_runs() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some((server, _data)) = TestApp::spawn(Setup::Embedded, "half_close").await else {
         return;
     };
-    let body = br#"{"name":"Half-closed kettle","description":"","price":12.5,"stock_qty":3,"category":"Kitchen"}"#;
+    let body = r#"{"name":"Half-closed kettle","description":"","price":12.5,"stock_qty":3,"category":"Kitchen"}"#;
+    let request = format!(
+        "POST /products HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     for attempt in 0..20 {
-        let address = server.base.trim_start_matches("http://");
-        let mut stream = tokio::net::TcpStream::connect(address)
-            .await
-            .expect("connect");
-        let head = format!(
-            "POST /products HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.expect("write head");
-        stream.write_all(body).await.expect("write body");
-        stream.shutdown().await.expect("half-close");
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(
+        let answer = raw_half_closed(
+            &server,
+            request.as_bytes(),
             std::time::Duration::from_secs(5),
-            stream.read_to_end(&mut answer),
         )
         .await;
-        let answer = String::from_utf8_lossy(&answer).into_owned();
         assert!(
             answer.starts_with("HTTP/1.1 201"),
             "attempt {attempt}: {answer:?}"
         );
-        let written: Value = answer
-            .split_once("\r\n\r\n")
-            .and_then(|(_, body)| serde_json::from_str(body).ok())
+        let written = answer_json(&answer)
             .unwrap_or_else(|| panic!("attempt {attempt}: no JSON answer in {answer:?}"));
         let id = written["product_id"]
             .as_str()
@@ -541,10 +554,7 @@ async fn unreadable_request_heads_get_a_problem_body() {
             "{answer}"
         );
         assert!(answer.contains("application/problem+json"), "{answer}");
-        let body: Value = answer
-            .split_once("\r\n\r\n")
-            .and_then(|(_, body)| serde_json::from_str(body).ok())
-            .unwrap_or_else(|| panic!("no problem body in {answer:?}"));
+        let body = answer_json(&answer).unwrap_or_else(|| panic!("no problem body in {answer:?}"));
         assert!(
             body["detail"].as_str().unwrap_or("").contains(needle),
             "{answer}"
