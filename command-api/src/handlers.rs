@@ -6,13 +6,17 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use cqrs_es::Aggregate;
 use domain::order::OrderLine;
-use domain::{Cart, CartCommand, CartId, CustomerId, Order, OrderCommand, Product, ProductCommand};
+use domain::{
+    Cart, CartCommand, CartId, CartWriter, CustomerId, Order, OrderCommand, Product,
+    ProductCommand, Role,
+};
 use eventstore::EventMetadata;
 use eventstore::aggregate::{CommandOptions, Executed, execute, load};
 use http_common::params::product_id_of;
 use http_common::problem::{field_problem, store_problem};
 use http_common::{JsonBody, Problem, RequestContext};
-use serde_json::json;
+use identity::{GUEST_CUSTOMER_ID, Principal, Resource};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::CommandState;
@@ -21,7 +25,7 @@ use crate::orders::{CheckOut, CheckoutError, check_out};
 use crate::problems::{ToProblem, command_problem, load_problem};
 
 /// The metadata of the events a request causes.
-fn metadata(context: &RequestContext) -> EventMetadata {
+pub(crate) fn metadata(context: &RequestContext) -> EventMetadata {
     EventMetadata {
         correlation_id: context.correlation_id.clone(),
         causation_id: context.request_id.clone(),
@@ -32,14 +36,35 @@ fn metadata(context: &RequestContext) -> EventMetadata {
 }
 
 /// `{<id_field>: id, position}` with `X-Event-Position`.
-fn written(status: StatusCode, id_field: &str, id: &str, position: Option<u64>) -> Response {
+pub(crate) fn written(
+    status: StatusCode,
+    id_field: &str,
+    id: &str,
+    position: Option<u64>,
+) -> Response {
+    written_with(status, id_field, id, position, &[])
+}
+
+/// The same, with more fields in the body (a guest's token).
+pub(crate) fn written_with(
+    status: StatusCode,
+    id_field: &str,
+    id: &str,
+    position: Option<u64>,
+    more: &[(&str, Value)],
+) -> Response {
     let mut headers = HeaderMap::new();
     if let Some(position) = position
         && let Ok(value) = HeaderValue::from_str(&position.to_string())
     {
         headers.insert("x-event-position", value);
     }
-    let body = json!({ id_field: id, "position": position });
+    let mut body = json!({ id_field: id, "position": position });
+    if let Some(object) = body.as_object_mut() {
+        for (name, value) in more {
+            object.insert((*name).to_owned(), value.clone());
+        }
+    }
     (status, headers, Json(body)).into_response()
 }
 
@@ -137,19 +162,86 @@ pub(crate) async fn adjust_stock(
     product_written(&state, &context, StatusCode::OK, product_id, command).await
 }
 
-/// Runs `command` on cart `cart_id` and answers `{cart_id, position}`.
+/// Who writes cart `cart_id`: the customer, or a guest, who holds the cart's token if the
+/// request carries a valid `X-Cart-Token`. A token that does not fit the cart is answered as no
+/// cart at all.
+fn cart_writer(
+    state: &CommandState,
+    context: &RequestContext,
+    headers: &HeaderMap,
+    cart_id: &CartId,
+) -> Result<(CartWriter, RequestContext), Problem> {
+    match &context.principal {
+        Principal::Customer { .. } => {
+            let customer_id = context
+                .principal
+                .customer_id()
+                .ok_or_else(|| Problem::internal(&"a customer without a customer id"))?;
+            Ok((CartWriter::Customer(customer_id), context.clone()))
+        }
+        Principal::Anonymous => {
+            let with_token = match headers.get(CART_TOKEN_HEADER) {
+                None => false,
+                Some(token) => {
+                    let valid = token.to_str().is_ok_and(|token| {
+                        state.identity.resource_tokens.verify(
+                            Resource::Cart,
+                            cart_id.as_str(),
+                            token,
+                        )
+                    });
+                    if !valid {
+                        return Err(no_such_cart(cart_id));
+                    }
+                    true
+                }
+            };
+            Ok((
+                CartWriter::Guest { with_token },
+                context.as_guest_of(cart_id.as_str()),
+            ))
+        }
+        // The permission table admits only guests and customers to carts.
+        _ => Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "carts are for customers and guests",
+        )),
+    }
+}
+
+/// The header a guest proves a cart is theirs with.
+pub(crate) const CART_TOKEN_HEADER: &str = "x-cart-token";
+
+fn no_such_cart(cart_id: &CartId) -> Problem {
+    Problem::not_found(format!(
+        "no cart has id {cart_id} (or it is not yours: a guest sends the cart's X-Cart-Token)"
+    ))
+}
+
+/// Runs `command` on cart `cart_id` and answers `{cart_id, position}`, with the cart's token
+/// for a guest.
 async fn cart_written(
     state: &CommandState,
     context: &RequestContext,
     cart_id: &CartId,
     command: CartCommand,
 ) -> Result<Response, Problem> {
+    let guest = matches!(command.by(), CartWriter::Guest { .. });
     let executed = run::<Cart>(state, context, cart_id.as_str(), command).await?;
-    Ok(written(
+    let token = guest.then(|| {
+        let token = state
+            .identity
+            .resource_tokens
+            .token(Resource::Cart, cart_id.as_str());
+        ("cart_token", Value::String(token))
+    });
+    Ok(written_with(
         StatusCode::OK,
         "cart_id",
         cart_id.as_str(),
         executed.last_position(),
+        token.as_slice(),
     ))
 }
 
@@ -174,15 +266,18 @@ async fn existing_product(state: &CommandState, product_id: &Uuid) -> Result<Pro
 pub(crate) async fn add_cart_item(
     State(state): State<CommandState>,
     Extension(context): Extension<RequestContext>,
+    headers: HeaderMap,
     Path(cart_id): Path<String>,
     JsonBody(body): JsonBody<AddCartItem>,
 ) -> Result<Response, Problem> {
     let cart_id = cart_id_of(&cart_id)?;
+    let (by, context) = cart_writer(&state, &context, &headers, &cart_id)?;
     let product = existing_product(&state, &body.product_id).await?;
     let command = CartCommand::AddItem {
         product_id: body.product_id,
         quantity: body.quantity,
         unit_price: product.price,
+        by,
     };
     cart_written(&state, &context, &cart_id, command).await
 }
@@ -191,29 +286,91 @@ pub(crate) async fn add_cart_item(
 pub(crate) async fn remove_cart_item(
     State(state): State<CommandState>,
     Extension(context): Extension<RequestContext>,
+    headers: HeaderMap,
     Path((cart_id, product_id)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let cart_id = cart_id_of(&cart_id)?;
     let product_id = product_id_of(&product_id)?;
-    let command = CartCommand::RemoveItem { product_id };
+    let (by, context) = cart_writer(&state, &context, &headers, &cart_id)?;
+    let command = CartCommand::RemoveItem { product_id, by };
     cart_written(&state, &context, &cart_id, command).await
+}
+
+/// The customer an order is for: a customer's own id (a `customer_id` in the body must be it,
+/// else 403); for support staff and services with the support role, the body's
+/// `customer_id` (required: they order on a customer's behalf).
+fn ordering_customer(context: &RequestContext, given: Option<&str>) -> Result<CustomerId, Problem> {
+    let given = given
+        .map(|text| CustomerId::parse(text).map_err(|error| field_problem(&error)))
+        .transpose()?;
+    if let Some(own) = context.principal.customer_id() {
+        return match given {
+            Some(given) if given != own => Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "customer_id must be your own ({own}) or left out: a customer orders for themselves"
+                ),
+            )
+            .with_field("customer_id")),
+            _ => Ok(own),
+        };
+    }
+    if context.principal.has_role(Role::Support) {
+        // Staff have no orders of their own: they order for a customer, whom they must name.
+        return given.ok_or_else(|| {
+            Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "staff and services order for a customer: name them in customer_id",
+            )
+            .with_field("customer_id")
+        });
+    }
+    Err(Problem::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "orders are placed by customers, or for them by support staff",
+    ))
 }
 
 #[tracing::instrument(skip_all, fields(cart_id = %cart_id))]
 pub(crate) async fn checkout(
     State(state): State<CommandState>,
     Extension(context): Extension<RequestContext>,
+    headers: HeaderMap,
     Path(cart_id): Path<String>,
     JsonBody(body): JsonBody<Checkout>,
 ) -> Result<Response, Problem> {
     let cart_id = cart_id_of(&cart_id)?;
-    let customer_id =
-        CustomerId::parse(&body.customer_id).map_err(|error| field_problem(&error))?;
     body.validate()?;
+    let (by, context) = cart_writer(&state, &context, &headers, &cart_id)?;
+    let guest = matches!(by, CartWriter::Guest { .. });
+    let customer_id = if guest {
+        match body.customer_id.as_deref() {
+            None | Some(GUEST_CUSTOMER_ID) => {
+                CustomerId::parse(GUEST_CUSTOMER_ID).map_err(|error| field_problem(&error))?
+            }
+            Some(_) => {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "a guest has no customer id: leave customer_id out (or log in to order as a customer)",
+                )
+                .with_field("customer_id"));
+            }
+        }
+    } else {
+        ordering_customer(&context, body.customer_id.as_deref())?
+    };
+    let order_id = Uuid::new_v4();
+    let payment_ref = keep_payment_token(&state, order_id, &body.payment_token).await?;
     let request = CheckOut {
         cart_id,
         customer_id,
-        payment_token: body.payment_token,
+        order_id,
+        payment_ref,
+        by,
     };
     let placed = check_out(state.store.as_ref(), &request, &metadata(&context))
         .await
@@ -223,12 +380,39 @@ pub(crate) async fn checkout(
             CheckoutError::AlreadyCheckedOut => Problem::conflict(error.to_string()),
             CheckoutError::Store(error) => store_problem(error),
         })?;
-    Ok(written(
+    let order_id = placed.order_id.to_string();
+    let token = guest.then(|| {
+        let token = state
+            .identity
+            .resource_tokens
+            .token(Resource::Order, &order_id);
+        ("order_token", Value::String(token))
+    });
+    Ok(written_with(
         StatusCode::ACCEPTED,
         "order_id",
-        &placed.order_id.to_string(),
+        &order_id,
         placed.position,
+        token.as_slice(),
     ))
+}
+
+/// Keeps the payment token in the vault and answers its reference (what the order's events
+/// carry instead of the token).
+async fn keep_payment_token(
+    state: &CommandState,
+    order_id: Uuid,
+    payment_token: &str,
+) -> Result<String, Problem> {
+    state
+        .identity
+        .vault
+        .keep(order_id, payment_token)
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "cannot keep a payment token");
+            Problem::unavailable("the payment vault is unavailable; retry later")
+        })
 }
 
 #[tracing::instrument(skip_all)]
@@ -237,8 +421,9 @@ pub(crate) async fn place_order(
     Extension(context): Extension<RequestContext>,
     JsonBody(body): JsonBody<PlaceOrder>,
 ) -> Result<Response, Problem> {
-    let customer_id =
-        CustomerId::parse(&body.customer_id).map_err(|error| field_problem(&error))?;
+    let customer_id = ordering_customer(&context, body.customer_id.as_deref())?;
+    domain::payment::validate_payment_token(&body.payment_token)
+        .map_err(|error| field_problem(&error))?;
     if body.lines.is_empty() {
         return Err(Problem::invalid(
             "lines",
@@ -269,11 +454,12 @@ pub(crate) async fn place_order(
         });
     }
     let order_id = Uuid::new_v4();
+    let payment_ref = keep_payment_token(&state, order_id, &body.payment_token).await?;
     let command = OrderCommand::CreateOrder {
         order_id,
         customer_id,
         lines,
-        payment_token: body.payment_token,
+        payment_ref,
         cart_id: None,
     };
     let executed = run::<Order>(&state, &context, &order_id.to_string(), command).await?;

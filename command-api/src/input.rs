@@ -116,10 +116,12 @@ const SHIPPING_ADDRESS_RULE: domain::text::TextRule = domain::text::TextRule {
     multiline: true,
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkout {
-    pub customer_id: String,
+    /// The caller's own id, or left out (a guest has none).
+    #[serde(default)]
+    pub customer_id: Option<String>,
     pub payment_token: String,
     #[serde(default)]
     pub shipping_address: Option<String>,
@@ -146,13 +148,104 @@ pub struct OrderLineInput {
     pub quantity: i64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
-    pub customer_id: String,
+    /// A customer's own id, or left out; required when support staff order for a customer.
+    #[serde(default)]
+    pub customer_id: Option<String>,
     pub lines: Vec<OrderLineInput>,
     pub payment_token: String,
 }
+
+/// `POST /users`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    pub email: String,
+    pub password: String,
+    pub name: String,
+}
+
+/// `POST /users/verify`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyEmail {
+    pub token: String,
+}
+
+/// `POST /sessions`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub email: String,
+    pub password: String,
+}
+
+/// `POST /sessions/refresh`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refresh {
+    pub refresh_token: String,
+}
+
+/// `PATCH /users/me`: absent leaves a value, `null` clears the phone or the addresses.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeProfile {
+    #[serde(default, deserialize_with = "present")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub phone: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub addresses: Option<Option<Vec<domain::Address>>>,
+}
+
+/// `POST /users/me/password`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+/// `POST /password-resets`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestReset {
+    pub email: String,
+}
+
+/// `POST /password-resets/complete`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteReset {
+    pub token: String,
+    pub new_password: String,
+}
+
+/// Bodies that carry a password or a token print none of it.
+macro_rules! redacted_debug {
+    ($($type:ident),*) => {
+        $(impl std::fmt::Debug for $type {
+            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.debug_struct(stringify!($type)).finish_non_exhaustive()
+            }
+        })*
+    };
+}
+
+redacted_debug!(
+    Checkout,
+    PlaceOrder,
+    Register,
+    VerifyEmail,
+    Login,
+    Refresh,
+    ChangePassword,
+    RequestReset,
+    CompleteReset
+);
 
 #[cfg(test)]
 mod tests {

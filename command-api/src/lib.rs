@@ -4,11 +4,13 @@
 //! answers with the position of the last event it appended. It never reads a read model to
 //! decide anything.
 //!
+//! - [`accounts`]: the account routes (registration, sessions, profile, passwords, erasure).
 //! - [`input`]: the request bodies, money read from its decimal text.
 //! - [`orders`]: a cart's checkout, the cart and its order appended together.
 //! - [`problems`]: how a refused command is answered.
 //! - [`seed`]: a catalogue loaded through the command path (`mercato seed`).
 
+mod accounts;
 mod handlers;
 pub mod input;
 pub mod orders;
@@ -22,12 +24,15 @@ use eventstore::EventStore;
 use http_common::openapi::{
     ApiDoc, DocumentedRouter, Method, RouteDoc, client_id_schema, money_schema, schemas,
 };
+use identity::Identity;
 use serde_json::json;
 
 /// What the command routes need.
 #[derive(Clone, Debug)]
 pub struct CommandState {
     pub store: Arc<dyn EventStore>,
+    /// Accounts, the guests' tokens and the payment vault.
+    pub identity: Identity,
 }
 
 /// A write route: a body (or none), answering `Written` with `status`.
@@ -52,7 +57,7 @@ const fn write(
 /// The command routes, each with its documentation.
 fn routes() -> DocumentedRouter<CommandState> {
     use handlers::*;
-    DocumentedRouter::new()
+    account_routes(DocumentedRouter::new())
         .route(
             write(
                 Method::Post,
@@ -125,6 +130,89 @@ fn routes() -> DocumentedRouter<CommandState> {
         )
 }
 
+/// The account routes that change something.
+fn account_routes(router: DocumentedRouter<CommandState>) -> DocumentedRouter<CommandState> {
+    use accounts::*;
+    router
+        .route(
+            write(Method::Post, "/users", "Register a customer account; a verification email is sent", Some("Register"), 201),
+            register,
+        )
+        .route(
+            done(Method::Post, "/users/verify", "Confirm an email address with the token of the verification email", Some("TokenOnly")),
+            verify_email,
+        )
+        .route(
+            session(Method::Post, "/sessions", "Log in: an access token and a refresh token (a wrong email and a wrong password are the same 401; repeated failures 429)", "Login"),
+            log_in,
+        )
+        .route(
+            session(Method::Post, "/sessions/refresh", "A new token pair for a refresh token, which stops working (a rotated one used again ends the session)", "Refresh"),
+            refresh,
+        )
+        .route(
+            done(Method::Delete, "/sessions/current", "Log out: the session's refresh token is revoked", None),
+            log_out,
+        )
+        .route(
+            write(Method::Patch, "/users/me", "Change your name, phone or addresses (null clears the phone or the addresses)", Some("ChangeProfile"), 200),
+            change_profile,
+        )
+        .route(
+            done(Method::Post, "/users/me/password", "Change your password; every session of the account ends", Some("ChangePassword")),
+            change_password,
+        )
+        .route(
+            RouteDoc {
+                success: (202, "Accepted"),
+                ..write(Method::Post, "/password-resets", "Ask for a password reset: 202 whether or not an account has the email, which gets a one-time token", Some("RequestReset"), 202)
+            },
+            request_password_reset,
+        )
+        .route(
+            done(Method::Post, "/password-resets/complete", "Set a new password with a reset token (it works once, for 30 minutes)", Some("CompleteReset")),
+            complete_password_reset,
+        )
+        .route(
+            write(Method::Delete, "/users/me", "Erase your account: your personal data is destroyed for good; your orders keep their lines and amounts", None, 202),
+            erase_own_account,
+        )
+        .route(
+            write(Method::Post, "/users/{user_id}/erase", "Erase an account (admin)", None, 202),
+            erase_account,
+        )
+        .route(
+            write(Method::Post, "/users/{user_id}/deactivate", "Deactivate an account: it cannot log in, its sessions end (admin)", None, 200),
+            deactivate_account,
+        )
+}
+
+/// A route answering 204 on success.
+const fn done(
+    method: Method,
+    path: &'static str,
+    summary: &'static str,
+    body: Option<&'static str>,
+) -> RouteDoc {
+    RouteDoc {
+        success: (204, "Empty"),
+        ..write(method, path, summary, body, 204)
+    }
+}
+
+/// A route answering a session (`POST /sessions`, `/sessions/refresh`).
+const fn session(
+    method: Method,
+    path: &'static str,
+    summary: &'static str,
+    body: &'static str,
+) -> RouteDoc {
+    RouteDoc {
+        success: (200, "Session"),
+        ..write(method, path, summary, Some(body), 200)
+    }
+}
+
 /// The command routes of CONTRACT.md.
 pub fn router(state: CommandState) -> Router {
     routes().into_router().with_state(state)
@@ -156,10 +244,53 @@ pub fn api_doc() -> ApiDoc {
     let name = line(domain::product::NAME_MAX_CHARS);
     let category = line(domain::product::CATEGORY_MAX_CHARS);
     let description = lines(domain::product::DESCRIPTION_MAX_CHARS, 0);
+    let password = json!({ "type": "string", "minLength": identity::password::PASSWORD_MIN_CHARS,
+        "maxLength": identity::password::PASSWORD_MAX_CHARS,
+        "description": "12 to 128 characters, not a common password (nor one with digits added), not the email" });
+    let email = json!({ "type": "string", "format": "email", "minLength": 3, "maxLength": domain::personal::EMAIL_MAX_CHARS });
+    let person_name = line(domain::personal::PERSON_NAME_MAX_CHARS);
+    let address_line = |max: usize| line(max);
+    let address = json!({ "type": "object", "additionalProperties": false,
+        "required": ["name", "line1", "city", "postal_code", "country"], "properties": {
+        "name": address_line(200), "line1": address_line(200),
+        "line2": { "anyOf": [address_line(200), { "type": "null" }] },
+        "city": address_line(100), "postal_code": address_line(20),
+        "country": { "type": "string", "pattern": "^[A-Za-z]{2}$", "description": "ISO 3166-1 alpha-2" },
+        "phone": { "anyOf": [{ "type": "string", "pattern": "^[0-9+ ().-]{5,32}$" }, { "type": "null" }] } } });
+    let phone = json!({ "type": "string", "pattern": "^[0-9+ ().-]{5,32}$",
+        "description": "5 to 20 digits, with +, spaces, dots, dashes or parentheses" });
+    let secret_text = json!({ "type": "string", "minLength": 1, "maxLength": 200 });
     routes().into_doc(schemas(json!({
+        "Register": { "type": "object", "additionalProperties": false, "required": ["email", "password", "name"], "properties": {
+            "email": email.clone(), "password": password.clone(), "name": person_name.clone() } },
+        "TokenOnly": { "type": "object", "additionalProperties": false, "required": ["token"], "properties": {
+            "token": secret_text.clone() } },
+        "Login": { "type": "object", "additionalProperties": false, "required": ["email", "password"], "properties": {
+            "email": { "type": "string", "maxLength": domain::personal::EMAIL_MAX_CHARS }, "password": { "type": "string", "maxLength": 1000 } } },
+        "Refresh": { "type": "object", "additionalProperties": false, "required": ["refresh_token"], "properties": {
+            "refresh_token": secret_text.clone() } },
+        "Session": { "type": "object", "required": ["access_token", "token_type", "expires_in", "refresh_token"], "properties": {
+            "access_token": { "type": "string", "description": "a JWT signed with EdDSA; verify it with GET /.well-known/jwks.json" },
+            "token_type": { "const": "Bearer" }, "expires_in": { "type": "integer", "description": "seconds" },
+            "refresh_token": { "type": "string", "description": "opaque; POST /sessions/refresh rotates it" },
+            "user_id": { "type": "string", "format": "uuid" } } },
+        "ChangeProfile": { "type": "object", "additionalProperties": false, "minProperties": 1, "properties": {
+            "name": person_name,
+            "phone": { "anyOf": [phone, { "type": "null" }] },
+            "addresses": { "anyOf": [{ "type": "array", "maxItems": domain::personal::ADDRESSES_MAX, "items": address }, { "type": "null" }] } } },
+        "ChangePassword": { "type": "object", "additionalProperties": false, "required": ["current_password", "new_password"], "properties": {
+            "current_password": { "type": "string", "maxLength": 1000 }, "new_password": password.clone() } },
+        "RequestReset": { "type": "object", "additionalProperties": false, "required": ["email"], "properties": {
+            "email": { "type": "string", "maxLength": domain::personal::EMAIL_MAX_CHARS } } },
+        "CompleteReset": { "type": "object", "additionalProperties": false, "required": ["token", "new_password"], "properties": {
+            "token": secret_text, "new_password": password } },
+        "Accepted": { "type": "object", "properties": { "detail": { "type": "string" } } },
         "Written": { "type": "object", "required": ["position"], "properties": {
                 "product_id": { "type": "string", "format": "uuid" }, "cart_id": id.clone(),
                 "order_id": { "type": "string", "format": "uuid" },
+                "user_id": { "type": "string", "format": "uuid" },
+                "cart_token": { "type": "string", "description": "a guest's cart token: send it as X-Cart-Token with every later request for the cart" },
+                "order_token": { "type": "string", "description": "a guest's order token: send it as X-Order-Token to read the order" },
                 "position": { "type": ["integer", "null"], "description": "null when the write changed nothing (no event was appended)" } },
             "description": "the id of what was written (product_id, cart_id or order_id) and the position of its last event (also X-Event-Position)" },
         "CreateProduct": { "type": "object", "additionalProperties": false, "required": ["name", "description", "price", "stock_qty"], "properties": {
@@ -173,11 +304,13 @@ pub fn api_doc() -> ApiDoc {
             "delta": { "type": "integer", "minimum": -i64::from(domain::product::STOCK_MAX), "maximum": domain::product::STOCK_MAX } } },
         "AddCartItem": { "type": "object", "additionalProperties": false, "required": ["product_id", "quantity"], "properties": {
             "product_id": { "type": "string", "format": "uuid" }, "quantity": quantity.clone() } },
-        "Checkout": { "type": "object", "additionalProperties": false, "required": ["customer_id", "payment_token"], "properties": {
-            "customer_id": id.clone(), "payment_token": token.clone(),
+        "Checkout": { "type": "object", "additionalProperties": false, "required": ["payment_token"], "properties": {
+            "customer_id": { "allOf": [id.clone()], "description": "your own customer id, or left out; a guest leaves it out (or gives \"guest\")" },
+            "payment_token": token.clone(),
             "shipping_address": lines(input::SHIPPING_ADDRESS_MAX_CHARS, 1) } },
-        "PlaceOrder": { "type": "object", "additionalProperties": false, "required": ["customer_id", "lines", "payment_token"], "properties": {
-            "customer_id": id, "payment_token": token,
+        "PlaceOrder": { "type": "object", "additionalProperties": false, "required": ["lines", "payment_token"], "properties": {
+            "customer_id": { "allOf": [id], "description": "a customer's own id, or left out; required when support staff order for a customer" },
+            "payment_token": token,
             "lines": { "type": "array", "minItems": 1, "maxItems": domain::cart::LINES_MAX, "items": {
                 "type": "object", "additionalProperties": false, "required": ["product_id", "quantity"], "properties": {
                 "product_id": { "type": "string", "format": "uuid" }, "quantity": quantity } } } } }

@@ -3,7 +3,9 @@
 //! without its order nor ordered twice.
 
 use domain::order::OrderLine;
-use domain::{Cart, CartCommand, CartError, CartId, CustomerId, Order, OrderCommand, OrderError};
+use domain::{
+    Cart, CartCommand, CartError, CartId, CartWriter, CustomerId, Order, OrderCommand, OrderError,
+};
 use eventstore::aggregate::{CommandError, CommandOptions, decide};
 use eventstore::{EventMetadata, EventStore, StoreError};
 use uuid::Uuid;
@@ -11,12 +13,15 @@ use uuid::Uuid;
 /// How many times a checkout decides again after losing a race on its cart or order.
 const CHECKOUT_ATTEMPTS: u32 = 5;
 
-/// A checkout: which cart, for whom, paid with which gateway token.
+/// A checkout: which cart, by whom, for which customer, into which order, paid with the token
+/// the vault keeps under `payment_ref`.
 #[derive(Clone, Debug)]
 pub struct CheckOut {
     pub cart_id: CartId,
     pub customer_id: CustomerId,
-    pub payment_token: String,
+    pub order_id: Uuid,
+    pub payment_ref: String,
+    pub by: CartWriter,
 }
 
 /// The order a checkout placed, and the position of its last event.
@@ -50,7 +55,7 @@ pub async fn check_out(
     request: &CheckOut,
     metadata: &EventMetadata,
 ) -> Result<Placed, CheckoutError> {
-    let order_id = Uuid::new_v4();
+    let order_id = request.order_id;
     let options = CommandOptions::default();
     let mut attempt = 0;
     loop {
@@ -61,6 +66,7 @@ pub async fn check_out(
             CartCommand::CheckOut {
                 order_id,
                 customer_id: request.customer_id.clone(),
+                by: request.by.clone(),
             },
             &(),
             metadata,
@@ -79,7 +85,7 @@ pub async fn check_out(
                 order_id,
                 customer_id: request.customer_id.clone(),
                 lines,
-                payment_token: request.payment_token.clone(),
+                payment_ref: request.payment_ref.clone(),
                 cart_id: Some(request.cart_id.clone()),
             },
             &(),

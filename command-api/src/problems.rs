@@ -32,6 +32,10 @@ impl ToProblem for CartError {
     fn to_problem(&self) -> Problem {
         match self {
             CartError::Invalid(field) => field_problem(field),
+            // Someone else's cart is answered as no cart at all, so ids cannot be probed.
+            CartError::NotOwner => Problem::not_found(
+                "no cart has this id (or it is not yours: a guest sends its X-Cart-Token)",
+            ),
             CartError::CheckedOut => Problem::conflict(self.to_string()),
             CartError::NoSuchLine { .. } => Problem::not_found(self.to_string()),
             // Rules of the cart's state, not of the request's shape: the same request succeeds

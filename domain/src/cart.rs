@@ -38,8 +38,69 @@ pub struct CartCheckedOut {
     pub customer_id: CustomerId,
 }
 
+/// Who a cart belongs to: its first writer, a customer or a guest (who proves it with the cart
+/// token the shop gave in the answer to that first write).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CartOwner {
+    Customer { customer_id: CustomerId },
+    Guest,
+}
+
+impl CartOwner {
+    pub fn customer(customer_id: CustomerId) -> CartOwner {
+        CartOwner::Customer { customer_id }
+    }
+
+    /// The owner as one text, as read models keep it: `customer:<id>` or `guest`.
+    pub fn key(&self) -> String {
+        match self {
+            CartOwner::Customer { customer_id } => format!("customer:{customer_id}"),
+            CartOwner::Guest => "guest".to_owned(),
+        }
+    }
+}
+
+/// Who gives a cart command: a customer, or a guest, who holds the cart's token or (on a cart's
+/// first write) not yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CartWriter {
+    Customer(CustomerId),
+    Guest { with_token: bool },
+}
+
+impl CartWriter {
+    /// The owner a cart this writer opens gets.
+    pub fn owner(&self) -> CartOwner {
+        match self {
+            CartWriter::Customer(customer_id) => CartOwner::customer(customer_id.clone()),
+            CartWriter::Guest { .. } => CartOwner::Guest,
+        }
+    }
+
+    /// Whether this writer may write a cart of `owner`: the same customer, or a guest holding
+    /// the cart's token.
+    pub fn may_write(&self, owner: &CartOwner) -> bool {
+        match (self, owner) {
+            (CartWriter::Customer(writer), CartOwner::Customer { customer_id }) => {
+                writer == customer_id
+            }
+            (CartWriter::Guest { with_token }, CartOwner::Guest) => *with_token,
+            _ => false,
+        }
+    }
+}
+
+/// A cart was given its owner: by the first write to it, or by the first write since carts
+/// have owners to a cart that had none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartOpened {
+    pub owner: CartOwner,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CartEvent {
+    CartOpened(CartOpened),
     CartItemAdded(CartItemAdded),
     CartItemRemoved(CartItemRemoved),
     CartCheckedOut(CartCheckedOut),
@@ -52,20 +113,37 @@ pub enum CartCommand {
         product_id: Uuid,
         quantity: i64,
         unit_price: Money,
+        by: CartWriter,
     },
     RemoveItem {
         product_id: Uuid,
+        by: CartWriter,
     },
     CheckOut {
         order_id: Uuid,
         customer_id: CustomerId,
+        by: CartWriter,
     },
+}
+
+impl CartCommand {
+    /// Who gives the command.
+    pub fn by(&self) -> &CartWriter {
+        match self {
+            CartCommand::AddItem { by, .. }
+            | CartCommand::RemoveItem { by, .. }
+            | CartCommand::CheckOut { by, .. } => by,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CartError {
     #[error(transparent)]
     Invalid(#[from] FieldError),
+    /// The cart belongs to someone else: answered as if it did not exist.
+    #[error("no cart has this id")]
+    NotOwner,
     #[error("the cart was checked out and accepts no more changes")]
     CheckedOut,
     #[error("the cart has no line for product {product_id}")]
@@ -91,12 +169,32 @@ pub struct CartLine {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cart {
+    /// Its first writer; `None` for a new cart, or one written before carts had owners.
+    #[serde(default)]
+    pub owner: Option<CartOwner>,
     pub lines: BTreeMap<Uuid, CartLine>,
     /// The order the cart became, once checked out.
     pub checked_out_as: Option<Uuid>,
 }
 
 impl Cart {
+    /// The events `command` causes: a cart without an owner is first opened by whoever gives
+    /// it; a cart of someone else (or of a guest, to a writer without its token) refuses
+    /// everything as if it did not exist.
+    fn decide_owned(&self, command: CartCommand) -> Result<Vec<CartEvent>, CartError> {
+        let opened = match &self.owner {
+            Some(owner) if !command.by().may_write(owner) => return Err(CartError::NotOwner),
+            Some(_) => None,
+            None => Some(CartEvent::CartOpened(CartOpened {
+                owner: command.by().owner(),
+            })),
+        };
+        let Some(event) = self.decide(command)? else {
+            return Ok(Vec::new());
+        };
+        Ok(opened.into_iter().chain(std::iter::once(event)).collect())
+    }
+
     fn decide(&self, command: CartCommand) -> Result<Option<CartEvent>, CartError> {
         if let (
             Some(order_id),
@@ -116,6 +214,7 @@ impl Cart {
                 product_id,
                 quantity,
                 unit_price,
+                by: _,
             } => {
                 if !(1..=i64::from(LINE_QUANTITY_MAX)).contains(&quantity) {
                     return Err(FieldError::new(
@@ -146,7 +245,7 @@ impl Cart {
                     unit_price,
                 })))
             }
-            CartCommand::RemoveItem { product_id } => {
+            CartCommand::RemoveItem { product_id, by: _ } => {
                 if !self.lines.contains_key(&product_id) {
                     return Err(CartError::NoSuchLine { product_id });
                 }
@@ -157,6 +256,7 @@ impl Cart {
             CartCommand::CheckOut {
                 order_id,
                 customer_id,
+                by: _,
             } => {
                 if self.lines.is_empty() {
                     return Err(CartError::Empty);
@@ -183,7 +283,7 @@ impl Aggregate for Cart {
         _services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        if let Some(event) = self.decide(command)? {
+        for event in self.decide_owned(command)? {
             sink.write(event, self).await;
         }
         Ok(())
@@ -191,6 +291,7 @@ impl Aggregate for Cart {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
+            CartEvent::CartOpened(opened) => self.owner = Some(opened.owner),
             CartEvent::CartItemAdded(added) => {
                 self.lines.insert(
                     added.product_id,
@@ -213,6 +314,7 @@ impl Aggregate for Cart {
 impl DomainEvent for CartEvent {
     fn event_type(&self) -> String {
         match self {
+            CartEvent::CartOpened(_) => "CartOpened",
             CartEvent::CartItemAdded(_) => "CartItemAdded",
             CartEvent::CartItemRemoved(_) => "CartItemRemoved",
             CartEvent::CartCheckedOut(_) => "CartCheckedOut",
@@ -245,11 +347,24 @@ mod tests {
         CustomerId::parse("alice").expect("a valid customer id")
     }
 
+    fn alice_owner() -> CartOwner {
+        CartOwner::customer(alice())
+    }
+
+    fn alice_writer() -> CartWriter {
+        CartWriter::Customer(alice())
+    }
+
+    fn opened(owner: CartOwner) -> CartEvent {
+        CartEvent::CartOpened(CartOpened { owner })
+    }
+
     fn add(product_id: Uuid, quantity: i64) -> CartCommand {
         CartCommand::AddItem {
             product_id,
             quantity,
             unit_price: MUG_PRICE,
+            by: alice_writer(),
         }
     }
 
@@ -270,6 +385,14 @@ mod tests {
         CartCommand::CheckOut {
             order_id,
             customer_id: alice(),
+            by: alice_writer(),
+        }
+    }
+
+    fn remove(product_id: Uuid) -> CartCommand {
+        CartCommand::RemoveItem {
+            product_id,
+            by: alice_writer(),
         }
     }
 
@@ -280,8 +403,12 @@ mod tests {
         })
     }
 
+    /// A cart of Alice's with `events` after its opening.
     fn given(events: Vec<CartEvent>) -> AggregateTestExecutor<Cart> {
-        TestFramework::<Cart>::with(()).given(events)
+        let history = std::iter::once(opened(alice_owner()))
+            .chain(events)
+            .collect();
+        TestFramework::<Cart>::with(()).given(history)
     }
 
     /// A cart with one line per product, `n_lines` of them, one unit each.
@@ -363,6 +490,7 @@ mod tests {
                 product_id: product(1),
                 quantity: 1,
                 unit_price: Money::from_minor(minor),
+                by: alice_writer(),
             };
             assert_invalid(given(vec![]).when(command).inspect_result(), "unit_price");
         }
@@ -411,25 +539,19 @@ mod tests {
     #[test]
     fn removing_a_line_emits_cart_item_removed() {
         given(vec![added(product(1), 2, 2)])
-            .when(CartCommand::RemoveItem {
-                product_id: product(1),
-            })
+            .when(remove(product(1)))
             .then_expect_events(vec![removed(product(1))]);
     }
 
     #[test]
     fn removing_a_product_not_in_the_cart_fails_with_no_such_line() {
-        let never_added = CartCommand::RemoveItem {
-            product_id: product(2),
-        };
+        let never_added = remove(product(2));
         given(vec![added(product(1), 2, 2)])
             .when(never_added)
             .then_expect_error(CartError::NoSuchLine {
                 product_id: product(2),
             });
-        let already_removed = CartCommand::RemoveItem {
-            product_id: product(1),
-        };
+        let already_removed = remove(product(1));
         given(vec![added(product(1), 2, 2), removed(product(1))])
             .when(already_removed)
             .then_expect_error(CartError::NoSuchLine {
@@ -459,13 +581,7 @@ mod tests {
     #[test]
     fn a_checked_out_cart_refuses_every_change_with_checked_out() {
         let history = vec![added(product(1), 2, 2), checked_out(order(1))];
-        let changes = [
-            add(product(1), 1),
-            add(product(2), 1),
-            CartCommand::RemoveItem {
-                product_id: product(1),
-            },
-        ];
+        let changes = [add(product(1), 1), add(product(2), 1), remove(product(1))];
         for command in changes {
             given(history.clone())
                 .when(command)
@@ -487,11 +603,97 @@ mod tests {
             .then_expect_error(CartError::CheckedOut);
     }
 
+    // Ownership
+
+    #[test]
+    fn the_first_write_to_a_new_cart_opens_it_for_its_writer() {
+        TestFramework::<Cart>::with(())
+            .given_no_previous_events()
+            .when(add(product(1), 2))
+            .then_expect_events(vec![opened(alice_owner()), added(product(1), 2, 2)]);
+        TestFramework::<Cart>::with(())
+            .given_no_previous_events()
+            .when(CartCommand::AddItem {
+                product_id: product(1),
+                quantity: 1,
+                unit_price: MUG_PRICE,
+                by: CartWriter::Guest { with_token: false },
+            })
+            .then_expect_events(vec![opened(CartOwner::Guest), added(product(1), 1, 1)]);
+    }
+
+    #[test]
+    fn a_guest_cart_is_written_only_with_its_token() {
+        let guest_cart = vec![opened(CartOwner::Guest), added(product(1), 1, 1)];
+        let add_as_guest = |with_token| CartCommand::AddItem {
+            product_id: product(1),
+            quantity: 1,
+            unit_price: MUG_PRICE,
+            by: CartWriter::Guest { with_token },
+        };
+        TestFramework::<Cart>::with(())
+            .given(guest_cart.clone())
+            .when(add_as_guest(false))
+            .then_expect_error(CartError::NotOwner);
+        TestFramework::<Cart>::with(())
+            .given(guest_cart.clone())
+            .when(add_as_guest(true))
+            .then_expect_events(vec![added(product(1), 1, 2)]);
+        TestFramework::<Cart>::with(())
+            .given(guest_cart)
+            .when(add(product(1), 1))
+            .then_expect_error(CartError::NotOwner);
+    }
+
+    #[test]
+    fn a_cart_of_someone_else_refuses_every_command_as_if_it_did_not_exist() {
+        let bob = CartWriter::Customer(CustomerId::parse("bob").expect("id"));
+        let commands = [
+            CartCommand::AddItem {
+                product_id: product(1),
+                quantity: 1,
+                unit_price: MUG_PRICE,
+                by: bob.clone(),
+            },
+            CartCommand::RemoveItem {
+                product_id: product(1),
+                by: bob.clone(),
+            },
+            CartCommand::CheckOut {
+                order_id: order(1),
+                customer_id: alice(),
+                by: CartWriter::Guest { with_token: true },
+            },
+        ];
+        for command in commands {
+            given(vec![added(product(1), 2, 2)])
+                .when(command)
+                .then_expect_error(CartError::NotOwner);
+        }
+        assert!(alice_writer().may_write(&alice_owner()));
+        assert!(!bob.may_write(&alice_owner()));
+    }
+
+    #[test]
+    fn a_cart_written_before_carts_had_owners_goes_to_its_next_writer() {
+        TestFramework::<Cart>::with(())
+            .given(vec![added(product(1), 2, 2)])
+            .when(remove(product(1)))
+            .then_expect_events(vec![opened(alice_owner()), removed(product(1))]);
+        TestFramework::<Cart>::with(())
+            .given(vec![added(product(1), 2, 2)])
+            .when(remove(product(9)))
+            .then_expect_error(CartError::NoSuchLine {
+                product_id: product(9),
+            });
+    }
+
     // Snapshots
 
     #[test]
     fn a_cart_snapshot_round_trips_through_json() {
         let history = vec![
+            opened(alice_owner()),
             added(product(1), 2, 2),
             added(product(2), 1, 1),
             added(product(1), 3, 5),
@@ -508,5 +710,8 @@ mod tests {
         let json = serde_json::to_string(&cart).expect("a cart serializes");
         let restored: Cart = serde_json::from_str(&json).expect("a snapshot deserializes");
         assert_eq!(restored, cart);
+        let before_owners: Cart =
+            serde_json::from_str(r#"{"lines":{},"checked_out_as":null}"#).expect("old snapshot");
+        assert_eq!(before_owners.owner, None);
     }
 }

@@ -1,4 +1,5 @@
-//! mercato's domain: the aggregates Product, Cart, Order and Payment, their commands and events.
+//! mercato's domain: the aggregates Product, Cart, Order, Payment and User, their commands and
+//! events, and the rules of personal data before it is sealed.
 //!
 //! Aggregates implement [`cqrs_es::Aggregate`]: `handle` decides which events a command causes,
 //! `apply` folds an event into the state. Nothing here does I/O; anything a decision needs from
@@ -9,16 +10,20 @@ pub mod ids;
 pub mod money;
 pub mod order;
 pub mod payment;
+pub mod personal;
 pub mod product;
 pub mod text;
+pub mod user;
 pub mod views;
 
-pub use cart::{Cart, CartCommand, CartError, CartEvent};
+pub use cart::{Cart, CartCommand, CartError, CartEvent, CartOwner, CartWriter};
 pub use ids::{CartId, CustomerId, FieldError};
 pub use money::{Money, MoneyError};
 pub use order::{CancelReason, Order, OrderCommand, OrderError, OrderEvent, OrderStatus};
 pub use payment::{Payment, PaymentCommand, PaymentError, PaymentEvent, PaymentStatus};
+pub use personal::{Address, Sealed};
 pub use product::{Product, ProductCommand, ProductError, ProductEvent};
+pub use user::{AccountKind, Role, User, UserCommand, UserError, UserEvent, UserStatus};
 pub use views::{ProductViewEvent, VIEWS_STREAM_TYPE};
 
 /// Every event type with its stream type and current schema version. The wire format of each
@@ -31,18 +36,27 @@ pub const EVENT_TYPES: &[(&str, &str, u32)] = &[
     ("product", "StockReleased", 1),
     ("product", "StockCommitted", 1),
     ("product", "ProductUpdated", 2),
+    ("cart", "CartOpened", 1),
     ("cart", "CartItemAdded", 1),
     ("cart", "CartItemRemoved", 1),
     ("cart", "CartCheckedOut", 1),
-    ("order", "OrderCreated", 1),
+    ("order", "OrderCreated", 2),
     ("order", "OrderConfirmed", 1),
     ("order", "OrderCancelled", 1),
-    ("payment", "PaymentRequested", 1),
+    ("payment", "PaymentRequested", 2),
     ("payment", "PaymentSucceeded", 1),
     ("payment", "PaymentFailed", 1),
     ("payment", "PaymentTimedOut", 1),
     ("payment", "PaymentRefunded", 1),
     (VIEWS_STREAM_TYPE, "ProductViewed", 1),
+    ("user", "UserRegistered", 1),
+    ("user", "UserEmailVerified", 1),
+    ("user", "UserLoggedIn", 1),
+    ("user", "UserProfileChanged", 1),
+    ("user", "UserPasswordChanged", 1),
+    ("user", "UserPasswordReset", 1),
+    ("user", "UserDeactivated", 1),
+    ("user", "UserErased", 1),
 ];
 
 /// Every stream type events are written to, in the order of [`EVENT_TYPES`].

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::cart::{LINE_QUANTITY_MAX, LINES_MAX};
 use crate::ids::{CartId, CustomerId, FieldError};
 use crate::money::Money;
-use crate::payment::validate_payment_token;
+use crate::payment::validate_payment_ref;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderLine {
@@ -45,7 +45,9 @@ pub struct OrderCreated {
     /// The sum over lines of quantity times unit price.
     #[serde(rename = "total_minor")]
     pub total: Money,
-    pub payment_token: String,
+    /// Where the payment's secret is kept (the vault's reference, never the token itself);
+    /// `None` for an order created before payment tokens left the log.
+    pub payment_ref: Option<String>,
     /// The cart this order was checked out from, if any.
     pub cart_id: Option<CartId>,
 }
@@ -94,7 +96,8 @@ pub enum OrderCommand {
         order_id: Uuid,
         customer_id: CustomerId,
         lines: Vec<OrderLine>,
-        payment_token: String,
+        /// The vault's reference to the payment token.
+        payment_ref: String,
         cart_id: Option<CartId>,
     },
     ConfirmOrder,
@@ -198,20 +201,20 @@ impl Order {
                 order_id,
                 customer_id,
                 lines,
-                payment_token,
+                payment_ref,
                 cart_id,
             } = command
             else {
                 return Err(OrderError::NotFound);
             };
-            validate_payment_token(&payment_token)?;
+            validate_payment_ref(&payment_ref)?;
             let total = order_total(&lines)?;
             return Ok(Some(OrderEvent::OrderCreated(OrderCreated {
                 order_id,
                 customer_id,
                 lines,
                 total,
-                payment_token,
+                payment_ref: Some(payment_ref),
                 cart_id,
             })));
         };
@@ -320,18 +323,18 @@ mod tests {
         }
     }
 
-    fn create_with(lines: Vec<OrderLine>, payment_token: &str) -> OrderCommand {
+    fn create_with(lines: Vec<OrderLine>, payment_ref: &str) -> OrderCommand {
         OrderCommand::CreateOrder {
             order_id: order_id(),
             customer_id: alice(),
             lines,
-            payment_token: payment_token.to_owned(),
+            payment_ref: payment_ref.to_owned(),
             cart_id: Some(CartId::parse("cart-7").expect("a valid cart id")),
         }
     }
 
     fn create(lines: Vec<OrderLine>) -> OrderCommand {
-        create_with(lines, "tok_visa")
+        create_with(lines, "vault:order-1")
     }
 
     fn created(lines: Vec<OrderLine>, total_minor: i64) -> OrderEvent {
@@ -340,7 +343,7 @@ mod tests {
             customer_id: alice(),
             lines,
             total: Money::from_minor(total_minor),
-            payment_token: "tok_visa".to_owned(),
+            payment_ref: Some("vault:order-1".to_owned()),
             cart_id: Some(CartId::parse("cart-7").expect("a valid cart id")),
         })
     }
@@ -455,13 +458,13 @@ mod tests {
     }
 
     #[test]
-    fn an_invalid_payment_token_fails_naming_the_payment_token_field() {
-        for payment_token in ["", "tok visa", "4242 4242 4242 4242"] {
+    fn an_empty_or_non_ascii_payment_reference_fails_naming_the_payment_ref_field() {
+        for payment_ref in ["", "vault ref", "vault:é"] {
             assert_invalid(
                 given(vec![])
-                    .when(create_with(vec![line(1, 1, 100)], payment_token))
+                    .when(create_with(vec![line(1, 1, 100)], payment_ref))
                     .inspect_result(),
-                "payment_token",
+                "payment_ref",
             );
         }
     }

@@ -197,7 +197,7 @@ proptest! {
                 order_id: Uuid::from_u128(7),
                 customer_id: CustomerId::parse("alice").expect("a valid customer id"),
                 lines,
-                payment_token: "tok_visa".to_owned(),
+                payment_ref: "vault:order".to_owned(),
                 cart_id: None,
             })
             .inspect_result();

@@ -25,8 +25,9 @@ use cqrs_es::{Aggregate, DomainEvent};
 use domain::order::OrderLine;
 use domain::views::ProductViewed;
 use domain::{
-    CancelReason, Cart, CartCommand, CartId, CustomerId, Money, Order, OrderCommand, Payment,
-    PaymentCommand, Product, ProductCommand, ProductError, ProductViewEvent, VIEWS_STREAM_TYPE,
+    CancelReason, Cart, CartCommand, CartId, CartWriter, CustomerId, Money, Order, OrderCommand,
+    Payment, PaymentCommand, Product, ProductCommand, ProductError, ProductViewEvent,
+    VIEWS_STREAM_TYPE,
 };
 use eventstore::aggregate::derived_event_id;
 use eventstore::{
@@ -430,7 +431,8 @@ fn admin_metadata(rng: &mut StdRng) -> EventMetadata {
         correlation_id: random_uuid(rng).to_string(),
         causation_id: random_uuid(rng).to_string(),
         saga_id: None,
-        actor: "admin".to_owned(),
+        // The catalogue is kept by an integration, with an API key of the catalog role.
+        actor: "service:catalogue-import".to_owned(),
         source: "command-api".to_owned(),
     }
 }
@@ -440,7 +442,7 @@ fn customer_metadata(rng: &mut StdRng, customer: &CustomerId) -> EventMetadata {
         correlation_id: random_uuid(rng).to_string(),
         causation_id: random_uuid(rng).to_string(),
         saga_id: None,
-        actor: customer.as_str().to_owned(),
+        actor: format!("user:{customer}"),
         source: "command-api".to_owned(),
     }
 }
@@ -559,6 +561,11 @@ impl Generator {
         let views = std::mem::take(&mut self.views);
         let mut events = Vec::with_capacity(views.len());
         for (product_id, customer_id) in views {
+            // As the query API records it: a view names its customer when they asked.
+            let actor = customer_id.as_ref().map_or_else(
+                || "anonymous".to_owned(),
+                |customer_id| format!("user:{customer_id}"),
+            );
             let event = ProductViewEvent::ProductViewed(ProductViewed {
                 product_id,
                 customer_id,
@@ -576,7 +583,7 @@ impl Generator {
                     correlation_id: random_uuid(&mut self.rng).to_string(),
                     causation_id: String::new(),
                     saga_id: None,
-                    actor: "anonymous".to_owned(),
+                    actor,
                     source: "query-api".to_owned(),
                 },
             });
@@ -616,6 +623,7 @@ impl Generator {
                 product_id: self.products[index].id,
                 quantity,
                 unit_price: self.products[index].state.price,
+                by: CartWriter::Customer(customer.clone()),
             };
             exec(
                 &mut self.out,
@@ -641,7 +649,10 @@ impl Generator {
                 &mut cart.state,
                 &mut cart.version,
                 &cart.id,
-                CartCommand::RemoveItem { product_id },
+                CartCommand::RemoveItem {
+                    product_id,
+                    by: CartWriter::Customer(customer.clone()),
+                },
                 &metadata,
                 Ids::Random,
             )
@@ -664,6 +675,7 @@ impl Generator {
             CartCommand::CheckOut {
                 order_id,
                 customer_id: customer.clone(),
+                by: CartWriter::Customer(customer.clone()),
             },
             &metadata,
             Ids::Random,
@@ -724,7 +736,7 @@ impl Generator {
                 order_id,
                 customer_id: customer,
                 lines: lines.clone(),
-                payment_token: payment_token.to_owned(),
+                payment_ref: identity::PaymentVault::reference(order_id),
                 cart_id,
             },
             &metadata,
@@ -792,7 +804,7 @@ impl Generator {
             PaymentCommand::RequestPayment {
                 order_id: saga.order_id,
                 amount: order.state.total,
-                payment_token: payment_token.to_owned(),
+                payment_ref: identity::PaymentVault::reference(saga.order_id),
             },
         )
         .await?;

@@ -1,18 +1,20 @@
-//! The request context every route gets (correlation id, actor) and the time limit of a
-//! request.
+//! The request context every route gets (correlation id, principal, actor, peer address) and
+//! the time limit of a request.
 
 use std::time::Duration;
 
-use axum::extract::Request;
+use std::net::IpAddr;
+
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use identity::Principal;
 use uuid::Uuid;
 
 use crate::problem::Problem;
 
 pub const CORRELATION_HEADER: HeaderName = HeaderName::from_static("x-correlation-id");
-pub const ACTOR_HEADER: HeaderName = HeaderName::from_static("x-actor");
 
 /// The most headers a request may carry, and their most bytes (names and values together):
 /// beyond either the request is answered 431 with a problem body. (The connection layer parses
@@ -30,8 +32,26 @@ pub struct RequestContext {
     pub correlation_id: String,
     /// Made here, one per request: the causation id of the events it appends.
     pub request_id: String,
-    /// From `X-Actor` (same rule), else `anonymous`.
+    /// Who the request's credentials proved it comes from (set by [`crate::auth::authenticate`];
+    /// anonymous until then).
+    pub principal: Principal,
+    /// The `actor` of the events the request causes: the principal's (`Principal::actor`), or
+    /// `guest:<cart id>` where a guest's cart token was checked. `X-Actor` is ignored.
     pub actor: String,
+    /// The session (refresh-token family) of an access token, for `DELETE /sessions/current`.
+    pub session_id: Option<String>,
+    /// The peer's address, where the connection layer recorded it.
+    pub peer: Option<IpAddr>,
+}
+
+impl RequestContext {
+    /// The same request acting as the guest of cart `cart_id` (its token was checked).
+    pub fn as_guest_of(&self, cart_id: &str) -> RequestContext {
+        RequestContext {
+            actor: identity::guest_actor(cart_id),
+            ..self.clone()
+        }
+    }
 }
 
 fn header_text(request: &Request, name: &HeaderName) -> Option<String> {
@@ -74,7 +94,13 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         correlation_id: header_text(&request, &CORRELATION_HEADER)
             .unwrap_or_else(|| Uuid::new_v4().to_string()),
         request_id: Uuid::new_v4().to_string(),
-        actor: header_text(&request, &ACTOR_HEADER).unwrap_or_else(|| "anonymous".to_owned()),
+        principal: Principal::Anonymous,
+        actor: Principal::Anonymous.actor(),
+        session_id: None,
+        peer: request
+            .extensions()
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|ConnectInfo(address)| address.ip()),
     };
     let span = tracing::info_span!(
         "request",

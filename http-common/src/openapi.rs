@@ -8,12 +8,15 @@ use axum::handler::Handler;
 use axum::routing::{MethodFilter, on};
 use serde_json::{Map, Value, json};
 
+use crate::access::{Access, GuestToken};
+
 /// The HTTP methods mercato's routes answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
     Get,
     Post,
     Put,
+    Patch,
     Delete,
 }
 
@@ -24,7 +27,19 @@ impl Method {
             Method::Get => "get",
             Method::Post => "post",
             Method::Put => "put",
+            Method::Patch => "patch",
             Method::Delete => "delete",
+        }
+    }
+
+    /// The method as HTTP names it.
+    pub fn http(self) -> axum::http::Method {
+        match self {
+            Method::Get => axum::http::Method::GET,
+            Method::Post => axum::http::Method::POST,
+            Method::Put => axum::http::Method::PUT,
+            Method::Patch => axum::http::Method::PATCH,
+            Method::Delete => axum::http::Method::DELETE,
         }
     }
 
@@ -33,6 +48,7 @@ impl Method {
             Method::Get => MethodFilter::GET,
             Method::Post => MethodFilter::POST,
             Method::Put => MethodFilter::PUT,
+            Method::Patch => MethodFilter::PATCH,
             Method::Delete => MethodFilter::DELETE,
         }
     }
@@ -70,7 +86,7 @@ impl RouteDoc {
 }
 
 /// One API's part of the OpenAPI document: its routes, and the schemas they name beyond the
-/// shared ones (`Problem`, `Object`, `Text`).
+/// shared ones (`Problem`, `Object`, `Text`; `Empty` names no schema: a 204).
 #[derive(Clone, Debug, Default)]
 pub struct ApiDoc {
     pub routes: Vec<RouteDoc>,
@@ -161,11 +177,9 @@ fn shared_schemas() -> Map<String, Value> {
 /// A path parameter's schema, by the name every route gives it.
 fn path_schema(name: &str) -> Value {
     match name {
-        "product_id" | "order_id" => json!({ "type": "string", "format": "uuid" }),
+        "product_id" | "order_id" | "user_id" => json!({ "type": "string", "format": "uuid" }),
         "cart_id" | "customer_id" => client_id_schema(),
-        "stream_type" => {
-            json!({ "type": "string", "enum": ["product", "cart", "order", "payment", "product_views"] })
-        }
+        "stream_type" => json!({ "type": "string", "enum": domain::stream_types() }),
         _ => json!({ "type": "string", "minLength": 1 }),
     }
 }
@@ -203,7 +217,39 @@ fn query_schema(name: &str, description: &str) -> (Value, bool) {
     (schema, description == "required")
 }
 
-fn operation(route: &RouteDoc) -> Value {
+/// The security schemes of the document: a bearer token (an access token or an API key), and
+/// the tokens guests hold for a cart or an order.
+fn security_schemes() -> Value {
+    json!({
+        "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA) or API key",
+            "description": "an access token from POST /sessions (verify it with GET /.well-known/jwks.json), or an API key (mk_...)" },
+        "cartToken": { "type": "apiKey", "in": "header", "name": GuestToken::Cart.header(),
+            "description": "a guest's cart token, from the answer to the cart's first write" },
+        "orderToken": { "type": "apiKey", "in": "header", "name": GuestToken::Order.header(),
+            "description": "a guest's order token, from the checkout's answer" }
+    })
+}
+
+/// An operation's security requirements under `access`: each alternative that admits a caller.
+fn security(access: &Access) -> Value {
+    let mut alternatives = Vec::new();
+    if access.anyone {
+        alternatives.push(json!({}));
+    }
+    if let Some(token) = access.guests {
+        alternatives.push(json!({ token.scheme(): [] }));
+        if token == GuestToken::Cart {
+            // A cart's first write needs no token: it answers one.
+            alternatives.push(json!({}));
+        }
+    }
+    // Every route takes a bearer token: a route for anyone reads it too (a customer's own
+    // recommendations, say), and one that does not hold is a 401 everywhere.
+    alternatives.push(json!({ "bearer": [] }));
+    Value::Array(alternatives)
+}
+
+fn operation(route: &RouteDoc, access: Option<&Access>) -> Value {
     let mut parameters: Vec<Value> = route
         .path
         .split('/')
@@ -226,19 +272,47 @@ fn operation(route: &RouteDoc) -> Value {
         "application/json"
     };
     let mut responses = Map::new();
-    responses.insert(
-        status.to_string(),
-        json!({ "description": "success", "content": { content_type: { "schema": schema_ref(schema) } } }),
-    );
-    responses.insert("4XX".to_owned(), problem_response("what to fix in the request (400 malformed, 404 unknown, 409 conflict or broken rule, 413 too large, 422 invalid field)"));
+    // `Empty`: a 204 without a body.
+    let success = if schema == "Empty" {
+        json!({ "description": "success (no body)" })
+    } else {
+        json!({ "description": "success", "content": { content_type: { "schema": schema_ref(schema) } } })
+    };
+    responses.insert(status.to_string(), success);
+    responses.insert("4XX".to_owned(), problem_response("what to fix in the request (400 malformed, 401 credentials missing or not valid, 403 not allowed, 404 unknown or not yours, 409 conflict or broken rule, 413 too large, 422 invalid field, 429 too many attempts: see Retry-After)"));
     responses.insert(
         "503".to_owned(),
         problem_response(
             "a dependency is unavailable or a read model did not reach min_position in time",
         ),
     );
+    if let Some(access) = access {
+        if !access.anyone {
+            responses.insert(
+                "401".to_owned(),
+                problem_response("credentials are missing or do not hold (WWW-Authenticate: Bearer): log in, refresh the token, or use a valid API key"),
+            );
+            responses.insert(
+                "403".to_owned(),
+                problem_response("the credentials do not allow this route"),
+            );
+        }
+        if access.guests.is_some() || access.customers || access.accounts {
+            responses.insert(
+                "404".to_owned(),
+                problem_response("no such resource, or it is not yours"),
+            );
+        }
+    }
     let mut operation =
         json!({ "summary": route.summary, "parameters": parameters, "responses": responses });
+    if let (Some(access), Some(object)) = (access, operation.as_object_mut()) {
+        object.insert("security".to_owned(), security(access));
+        object.insert(
+            "x-mercato-access".to_owned(),
+            Value::String(access.describe()),
+        );
+    }
     if let (Some(body), Some(object)) = (route.body, operation.as_object_mut()) {
         object.insert(
             "requestBody".to_owned(),
@@ -248,8 +322,15 @@ fn operation(route: &RouteDoc) -> Value {
     operation
 }
 
-/// The OpenAPI 3.1 document of `parts`, in their order.
-pub fn document(title: &str, version: &str, description: &str, parts: &[ApiDoc]) -> Value {
+/// The OpenAPI 3.1 document of `parts`, in their order, each operation with who may call it
+/// (`access_of`: the permission table's rule of a method and path).
+pub fn document(
+    title: &str,
+    version: &str,
+    description: &str,
+    parts: &[ApiDoc],
+    access_of: &dyn Fn(Method, &str) -> Option<Access>,
+) -> Value {
     let mut paths = Map::new();
     let mut schemas = shared_schemas();
     for part in parts {
@@ -258,7 +339,11 @@ pub fn document(title: &str, version: &str, description: &str, parts: &[ApiDoc])
                 .entry(route.path.to_owned())
                 .or_insert_with(|| Value::Object(Map::new()));
             if let Some(methods) = entry.as_object_mut() {
-                methods.insert(route.method.as_str().to_owned(), operation(route));
+                let access = access_of(route.method, route.path);
+                methods.insert(
+                    route.method.as_str().to_owned(),
+                    operation(route, access.as_ref()),
+                );
             }
         }
         for (name, schema) in &part.schemas {
@@ -269,7 +354,7 @@ pub fn document(title: &str, version: &str, description: &str, parts: &[ApiDoc])
         "openapi": "3.1.0",
         "info": { "title": title, "version": version, "description": description },
         "paths": paths,
-        "components": { "schemas": schemas },
+        "components": { "schemas": schemas, "securitySchemes": security_schemes() },
     })
 }
 
@@ -334,7 +419,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
-        let document = document("t", "1", "d", &[doc]);
+        let document = document("t", "1", "d", &[doc], &|_, _| Some(Access::ANYONE));
         assert_eq!(
             document["paths"]["/a/{id}"]["get"]["parameters"][0]["name"],
             "id"

@@ -287,7 +287,7 @@ mod tests {
         assert_eq!(settings.contract_topic("t1.orders.events"), "orders.events");
         assert_eq!(settings.group("mercato-projector"), "t1.mercato-projector");
         let all = settings.all_topics();
-        assert_eq!(all.len(), 8);
+        assert_eq!(all.len(), 10);
         assert!(all.contains(&"t1.payments.events.dlq".to_owned()));
     }
 

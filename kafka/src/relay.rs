@@ -230,6 +230,15 @@ async fn publish(
         };
         let topic = settings.topic(topic);
         let partition = partition_for(&event.stream_id, counts.get(&topic).copied().unwrap_or(1));
+        // What leaves the store is the event as every reader reads it: an event stored before
+        // a secret left its type (a v1 payment token) is published without it.
+        let current = schemas::upcast::to_current_version(event).map_err(|error| {
+            KafkaError::Broker(format!(
+                "cannot read event {} at its current version: {error}",
+                event.event_id
+            ))
+        })?;
+        let event: &RecordedEvent = &current;
         let payload = serde_json::to_vec(event).map_err(|error| {
             KafkaError::Broker(format!("cannot encode event {}: {error}", event.event_id))
         })?;

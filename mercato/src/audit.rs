@@ -125,7 +125,7 @@ fn verify_scope(stream: &str) -> Result<Scope> {
 }
 
 /// The stream types that hold an aggregate `audit state` can rebuild.
-const AGGREGATES: &[&str] = &["product", "cart", "order", "payment"];
+const AGGREGATES: &[&str] = &["product", "cart", "order", "payment", "user"];
 
 /// The moment `audit state --at` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +200,7 @@ async fn state(config: &Config, stream: &str, at: &str) -> Result<()> {
         "product" => fold::<domain::Product>(store.as_ref(), &stream_id, moment).await?,
         "cart" => fold::<domain::Cart>(store.as_ref(), &stream_id, moment).await?,
         "order" => fold::<domain::Order>(store.as_ref(), &stream_id, moment).await?,
+        "user" => fold::<domain::User>(store.as_ref(), &stream_id, moment).await?,
         _ => fold::<domain::Payment>(store.as_ref(), &stream_id, moment).await?,
     };
     let read_failure = || store_failure(format!("cannot read stream {stream_type}/{stream_id}"));

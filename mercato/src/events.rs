@@ -33,7 +33,8 @@ pub enum Command {
     /// One stream's history in version order, e.g. `order/0b9f...`. A stream without events is an
     /// error (exit 1): the type or id is wrong, or nothing was written to it yet
     Stream {
-        /// The stream: its type (product, cart, order, payment, product_views), a slash, its id
+        /// The stream: its type (product, cart, order, payment, product_views, user), a slash,
+        /// its id
         #[arg(value_name = "TYPE/ID")]
         stream: String,
         #[arg(long, value_enum, default_value = "table")]

@@ -4,6 +4,7 @@
 //! arguments are parsed, logging is set up and errors become exit codes: 0 success, 1 a failure
 //! at run time, 2 bad usage (by the error's type, [`server::Error::is_usage`]).
 
+mod api_keys;
 mod audit;
 mod config;
 mod dlq;
@@ -16,6 +17,8 @@ mod replay;
 mod saga;
 mod seed;
 mod serve;
+mod signing_keys;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,6 +86,15 @@ enum Command {
     Dlq(dlq::Command),
     /// Apply database migrations (serve also does this on start)
     Migrate,
+    /// Staff, auditor and admin accounts (the password is read from standard input)
+    #[command(subcommand)]
+    Users(users::Command),
+    /// API keys for services: create, list, revoke
+    #[command(subcommand, name = "api-keys")]
+    ApiKeys(api_keys::Command),
+    /// The keys that sign access tokens: list, rotate
+    #[command(subcommand, name = "signing-keys")]
+    SigningKeys(signing_keys::Command),
     /// Print the configuration this process would run with (flags, environment, file, defaults)
     Config(serve::Flags),
 }
@@ -130,6 +142,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Saga(command) => block_on(saga::run(cli.config(None)?, command)),
         Command::Dlq(command) => block_on(dlq::run(cli.config(None)?, command)),
         Command::Migrate => block_on(migrate::run(cli.config(None)?)),
+        Command::Users(command) => block_on(users::run(cli.config(None)?, command)),
+        Command::ApiKeys(command) => block_on(api_keys::run(cli.config(None)?, command)),
+        Command::SigningKeys(command) => block_on(signing_keys::run(cli.config(None)?, command)),
     }
 }
 

@@ -18,6 +18,7 @@ use crate::search::{SearchIndex, TantivySearch};
 use crate::sql_models::{
     OrdersProjection, ProductsProjection, SqlCartsProjection, SqlPopularityProjection,
 };
+use crate::users::UsersProjection;
 
 /// A read model: what a projection folds the log into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,6 +33,8 @@ pub enum ReadModel {
     Popularity,
     /// The product search index: Tantivy embedded, or OpenSearch when configured.
     Search,
+    /// `rm_users`: accounts, their personal values sealed.
+    Users,
 }
 
 /// A name that is no read model's.
@@ -56,12 +59,13 @@ pub enum Placement {
 
 impl ReadModel {
     /// Every read model, in the order `replay --all` rebuilds them and `projections` lists them.
-    pub const ALL: [ReadModel; 5] = [
+    pub const ALL: [ReadModel; 6] = [
         ReadModel::Products,
         ReadModel::Orders,
         ReadModel::Carts,
         ReadModel::Popularity,
         ReadModel::Search,
+        ReadModel::Users,
     ];
 
     /// The read model's name: its projection's name, its checkpoint's, the one `replay
@@ -73,6 +77,7 @@ impl ReadModel {
             ReadModel::Carts => SqlCartsProjection::NAME,
             ReadModel::Popularity => SqlPopularityProjection::NAME,
             ReadModel::Search => TantivySearch::NAME,
+            ReadModel::Users => UsersProjection::NAME,
         }
     }
 
@@ -115,6 +120,7 @@ impl ReadModel {
             (ReadModel::Carts, Placement::Sql) => &["rm_carts"],
             (ReadModel::Popularity, Placement::Sql) => &["rm_popularity", "rm_customer_products"],
             (ReadModel::Search, Placement::Sql) => &[],
+            (ReadModel::Users, Placement::Sql) => &["rm_users"],
         }
     }
 
@@ -138,6 +144,7 @@ impl ReadModel {
             (ReadModel::Search, _, SearchStore::OpenSearch(index)) => Arc::new(
                 OpenSearchProjection::new(index.clone(), db, stores.cache.clone()),
             ),
+            (ReadModel::Users, _, _) => Arc::new(UsersProjection::new(db)),
         }
     }
 
@@ -169,6 +176,7 @@ impl ReadModel {
             (ReadModel::Search, _, Some(ShadowSearch::OpenSearch { index, into })) => Arc::new(
                 OpenSearchProjection::rebuilding(index, &into, shadow.clone()),
             ),
+            (ReadModel::Users, _, _) => Arc::new(UsersProjection::new(shadow.clone())),
             (ReadModel::Search, _, None) => {
                 return Err(ProjectionError::Storage(
                     "the search index is rebuilt into a new index generation or OpenSearch index, and none was given"
@@ -248,12 +256,19 @@ mod tests {
         }
         assert_eq!(
             ReadModel::names(),
-            ["products", "orders", "carts", "popularity", "search"]
+            [
+                "products",
+                "orders",
+                "carts",
+                "popularity",
+                "search",
+                "users"
+            ]
         );
         let unknown = ReadModel::named("nope").unwrap_err().to_string();
         assert_eq!(
             unknown,
-            "there is no read model named \"nope\"; the read models are products, orders, carts, popularity, search"
+            "there is no read model named \"nope\"; the read models are products, orders, carts, popularity, search, users"
         );
         assert!(ReadModel::named("Products").is_err());
         assert!(ReadModel::named("").is_err());

@@ -24,6 +24,7 @@ pub mod redis_models;
 pub mod runner;
 pub mod search;
 pub mod sql_models;
+pub mod users;
 
 use cqrs_es::DomainEvent;
 use eventstore::RecordedEvent;

@@ -53,7 +53,8 @@ const SCHEMA: &[&str] = &[
         lines TEXT NOT NULL,
         checked_out_as TEXT,
         version BIGINT NOT NULL,
-        updated_at TEXT NOT NULL)",
+        updated_at TEXT NOT NULL,
+        owner TEXT)",
     "CREATE TABLE IF NOT EXISTS rm_popularity (
         product_id TEXT PRIMARY KEY,
         score BIGINT NOT NULL)",
@@ -77,6 +78,29 @@ const SCHEMA: &[&str] = &[
         customer_id TEXT NOT NULL,
         product_id TEXT NOT NULL,
         PRIMARY KEY (customer_id, product_id))",
+    // Accounts, their personal values sealed (`crate::users`).
+    "CREATE TABLE IF NOT EXISTS rm_users (
+        user_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        roles TEXT NOT NULL,
+        status TEXT NOT NULL,
+        email_verified BIGINT NOT NULL,
+        email TEXT,
+        name TEXT,
+        phone TEXT,
+        addresses TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        last_login_at TEXT,
+        version BIGINT NOT NULL)",
+];
+
+/// Columns added to tables of [`SCHEMA`] after they were first released: `(table, column,
+/// type)`. A database made before has them added when it is opened (its `CREATE TABLE IF NOT
+/// EXISTS` left the table as it was); the new column is empty in the rows already there.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The cart's owner (`CartOpened`); carts written before owners existed have none.
+    ("rm_carts", "owner", "TEXT"),
 ];
 
 /// Which SQL database the read models are on.
@@ -265,7 +289,38 @@ impl ReadDb {
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
         };
         db.ensure_schema(SCHEMA).await?;
+        db.ensure_added_columns().await?;
         Ok(db)
+    }
+
+    /// Adds each of [`ADDED_COLUMNS`] its table does not have yet.
+    async fn ensure_added_columns(&self) -> Result<(), ProjectionError> {
+        for (table, column, column_type) in ADDED_COLUMNS {
+            let present = sqlx::query(&format!("SELECT {column} FROM {table} WHERE 1 = 0"))
+                .fetch_all(&self.pool)
+                .await
+                .is_ok();
+            if !present {
+                let added = self
+                    .pool
+                    .execute(
+                        format!("ALTER TABLE {table} ADD COLUMN {column} {column_type}").as_str(),
+                    )
+                    .await;
+                // Another process may have added it meanwhile.
+                if let Err(error) = added {
+                    let now_present =
+                        sqlx::query(&format!("SELECT {column} FROM {table} WHERE 1 = 0"))
+                            .fetch_all(&self.pool)
+                            .await
+                            .is_ok();
+                    if !now_present {
+                        return Err(error.into());
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn pool(&self) -> &AnyPool {

@@ -581,6 +581,10 @@ pub struct CartRow {
     pub lines: BTreeMap<String, CartLineRow>,
     pub checked_out_as: Option<String>,
     pub version: u64,
+    /// Who the cart belongs to (`CartOwner::key`); `None` for a cart written before carts had
+    /// owners, until its next write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl CartRow {
@@ -590,6 +594,7 @@ impl CartRow {
             return Ok(());
         }
         match decode::<domain::CartEvent>(event)? {
+            domain::CartEvent::CartOpened(opened) => self.owner = Some(opened.owner.key()),
             domain::CartEvent::CartItemAdded(added) => {
                 self.lines.insert(
                     added.product_id.to_string(),
@@ -630,16 +635,19 @@ pub async fn load_cart_row(
     connection: &mut AnyConnection,
     cart_id: &str,
 ) -> Result<Option<CartRow>, ProjectionError> {
-    let row = sqlx::query("SELECT lines, checked_out_as, version FROM rm_carts WHERE cart_id = $1")
-        .bind(cart_id)
-        .fetch_optional(connection)
-        .await?;
+    let row = sqlx::query(
+        "SELECT lines, checked_out_as, version, owner FROM rm_carts WHERE cart_id = $1",
+    )
+    .bind(cart_id)
+    .fetch_optional(connection)
+    .await?;
     let Some(row) = row else { return Ok(None) };
     let lines: String = row.try_get(0)?;
     Ok(Some(CartRow {
         lines: serde_json::from_str(&lines)?,
         checked_out_as: row.try_get(1)?,
         version: u64::try_from(row.try_get::<i64, _>(2)?).unwrap_or(0),
+        owner: row.try_get(3)?,
     }))
 }
 
@@ -652,7 +660,7 @@ async fn load_cart_rows(
     let mut carts = HashMap::new();
     for chunk in cart_ids.chunks(MAX_PARAMETERS) {
         let mut sql = String::from(
-            "SELECT cart_id, lines, checked_out_as, version FROM rm_carts WHERE cart_id IN (",
+            "SELECT cart_id, lines, checked_out_as, version, owner FROM rm_carts WHERE cart_id IN (",
         );
         let mut parameter = 0;
         for index in 0..chunk.len() {
@@ -674,6 +682,7 @@ async fn load_cart_rows(
                     lines: serde_json::from_str(&lines)?,
                     checked_out_as: row.try_get(2)?,
                     version: u64::try_from(row.try_get::<i64, _>(3)?).unwrap_or(0),
+                    owner: row.try_get(4)?,
                 },
             );
         }
@@ -727,17 +736,18 @@ impl Projection for SqlCartsProjection {
                     Param::MaybeText(cart.checked_out_as.as_deref()),
                     Param::Int(to_i64(cart.version)),
                     Param::Text(&now),
+                    Param::MaybeText(cart.owner.as_deref()),
                 ]
             })
             .collect();
         execute_values(
             connection,
             backend,
-            "INSERT INTO rm_carts (cart_id, lines, checked_out_as, version, updated_at) VALUES ",
-            "(?, ?, ?, ?, ?)",
+            "INSERT INTO rm_carts (cart_id, lines, checked_out_as, version, updated_at, owner) VALUES ",
+            "(?, ?, ?, ?, ?, ?)",
             " ON CONFLICT (cart_id) DO UPDATE SET lines = excluded.lines,
                  checked_out_as = excluded.checked_out_as, version = excluded.version,
-                 updated_at = excluded.updated_at
+                 updated_at = excluded.updated_at, owner = excluded.owner
              WHERE rm_carts.version < excluded.version",
             &params,
         )

@@ -3,6 +3,7 @@
 //! or `?min_position=`, read-your-writes, at most 5 s). It never appends events except the
 //! `ProductViewed` that a product read by a known customer records, off the request's path.
 
+pub mod users;
 pub mod views;
 
 use std::collections::HashMap;
@@ -12,16 +13,18 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
-use domain::{CustomerId, Money};
+use axum::{Extension, Json, Router};
+use domain::{CustomerId, Money, Role};
 use eventstore::EventStore;
 use http_common::Problem;
+use http_common::RequestContext;
 use http_common::openapi::{
     ApiDoc, DocumentedRouter, RouteDoc, amount_schema, client_id_schema, money_schema, schema_ref,
     schemas,
 };
 use http_common::params::{product_id_of, truncate};
 use http_common::problem::store_problem;
+use identity::{GUEST_CUSTOMER_ID, Identity, Principal, Resource};
 use projections::Progress;
 use projections::cache::{Cache, SEARCH_SCOPE};
 use projections::queries::{OrderRow, Queries};
@@ -49,11 +52,13 @@ pub struct QueryState {
     pub cache: Option<Arc<dyn Cache>>,
     pub progress: Progress,
     pub views: Option<ViewRecorder>,
+    /// The guests' tokens and the person keys that open a profile.
+    pub identity: Identity,
 }
 
 /// A read route answering `schema`, with query parameters `query`, that waits for
 /// `X-Min-Position`.
-const fn read(
+pub(crate) const fn read(
     path: &'static str,
     summary: &'static str,
     schema: &'static str,
@@ -76,7 +81,7 @@ fn routes() -> DocumentedRouter<QueryState> {
                 "Product",
                 &[(
                     "customer_id",
-                    "the viewing customer: records a ProductViewed",
+                    "the viewing customer, who must be the caller: records a ProductViewed",
                 )],
             ),
             get_product,
@@ -130,10 +135,13 @@ fn routes() -> DocumentedRouter<QueryState> {
         .route(
             read(
                 "/recommendations",
-                "Popular products the customer has not ordered yet",
+                "Popular products the customer has not ordered yet; without customer_id, the most popular products",
                 "Recommendations",
                 &[
-                    ("customer_id", "required"),
+                    (
+                        "customer_id",
+                        "the customer, who must be the caller (support staff may give any)",
+                    ),
                     ("limit", "1 to 100, default 10"),
                 ],
             ),
@@ -181,7 +189,7 @@ fn routes() -> DocumentedRouter<QueryState> {
 
 /// The query routes of CONTRACT.md.
 pub fn router(state: QueryState) -> Router {
-    routes().into_router().with_state(state)
+    users::routes(routes()).into_router().with_state(state)
 }
 
 /// The query routes' part of the OpenAPI document.
@@ -209,13 +217,14 @@ pub fn api_doc() -> ApiDoc {
         "stream_id": { "type": "string" }, "stream_version": { "type": "integer" },
         "position": { "type": "integer" }, "occurred_at": { "type": "string", "format": "date-time" },
         "metadata": { "type": "object" }, "payload": { "type": "object" } } });
-    routes().into_doc(schemas(json!({
+    users::routes(routes()).into_doc(schemas(json!({
+        "Profile": users::profile_schema(),
         "Product": product,
         "SearchResult": { "type": "object", "properties": { "total": { "type": "integer" }, "hits": { "type": "array", "items": schema_ref("Product") } } },
         "Cart": { "type": "object", "properties": { "cart_id": id, "lines": { "type": "array", "items": line }, "total": amount_schema() } },
         "Order": order,
         "CustomerOrders": { "type": "object", "properties": { "customer_id": id, "orders": { "type": "array", "items": schema_ref("Order") } } },
-        "Recommendations": { "type": "object", "properties": { "customer_id": id, "items": { "type": "array", "items": { "type": "object", "properties": {
+        "Recommendations": { "type": "object", "properties": { "customer_id": { "anyOf": [id, { "type": "null" }], "description": "null: the most popular products, for no one in particular" }, "items": { "type": "array", "items": { "type": "object", "properties": {
             "product_id": { "type": "string", "format": "uuid" }, "name": { "type": "string" }, "score": { "type": "integer" } } } } } },
         "Event": event,
         "StreamEvents": { "type": "object", "properties": { "stream_type": { "type": "string" }, "stream_id": { "type": "string" },
@@ -297,8 +306,96 @@ async fn beyond_head(state: &QueryState, position: u64) -> Option<Problem> {
     })
 }
 
+/// `?customer_id=`, which must be the caller's own (403 otherwise); support staff and
+/// services with the support role may name any customer where `staff_may` says so.
+fn own_customer_param(
+    context: &RequestContext,
+    params: &HashMap<String, String>,
+    staff_may: bool,
+) -> Result<Option<CustomerId>, Problem> {
+    let Some(text) = params.get("customer_id") else {
+        return Ok(None);
+    };
+    let customer_id =
+        CustomerId::parse(text).map_err(|error| Problem::invalid(error.field, &error.message))?;
+    if context.principal.customer_id().as_ref() == Some(&customer_id)
+        || (staff_may && context.principal.has_role(Role::Support))
+    {
+        return Ok(Some(customer_id));
+    }
+    Err(Problem::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "customer_id must be your own: log in as that customer, or leave it out",
+    )
+    .with_field("customer_id"))
+}
+
+/// Whether the caller may read a cart of `owner` (a `CartOwner::key`, `None` for a cart from
+/// before carts had owners): its customer, its guest (with the cart's token), or support.
+fn may_read_cart(
+    state: &QueryState,
+    context: &RequestContext,
+    headers: &HeaderMap,
+    cart_id: &str,
+    owner: Option<&str>,
+) -> bool {
+    if context.principal.has_role(Role::Support) {
+        return true;
+    }
+    match (&context.principal, owner) {
+        (Principal::Customer { .. }, Some(owner)) => context
+            .principal
+            .customer_id()
+            .is_some_and(|customer_id| owner == domain::CartOwner::customer(customer_id).key()),
+        (Principal::Anonymous, Some("guest")) => {
+            guest_token(headers, "x-cart-token").is_some_and(|token| {
+                state
+                    .identity
+                    .resource_tokens
+                    .verify(Resource::Cart, cart_id, token)
+            })
+        }
+        _ => false,
+    }
+}
+
+/// Whether the caller may read order `order_id` of `customer_id`: its customer, its guest
+/// (with the order's token), or support.
+fn may_read_order(
+    state: &QueryState,
+    context: &RequestContext,
+    headers: &HeaderMap,
+    order_id: &str,
+    customer_id: &str,
+) -> bool {
+    if context.principal.has_role(Role::Support) {
+        return true;
+    }
+    match &context.principal {
+        Principal::Customer { .. } => context
+            .principal
+            .customer_id()
+            .is_some_and(|own| own.as_str() == customer_id),
+        Principal::Anonymous => {
+            customer_id == GUEST_CUSTOMER_ID
+                && guest_token(headers, "x-order-token").is_some_and(|token| {
+                    state
+                        .identity
+                        .resource_tokens
+                        .verify(Resource::Order, order_id, token)
+                })
+        }
+        _ => false,
+    }
+}
+
+fn guest_token<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
 /// Waits until projection `name` has applied `position` (read-your-writes), else 503.
-async fn wait_for(
+pub(crate) async fn wait_for(
     state: &QueryState,
     name: &'static str,
     headers: &HeaderMap,
@@ -323,7 +420,7 @@ async fn wait_for(
     }
 }
 
-fn db_problem(error: &dyn std::fmt::Display) -> Problem {
+pub(crate) fn db_problem(error: &dyn std::fmt::Display) -> Problem {
     tracing::warn!(%error, "read model query failed");
     Problem::unavailable("the read model is unavailable; retry later")
 }
@@ -351,18 +448,13 @@ fn cached_answer(body: String, hit: bool, kind: &'static str) -> Response {
 #[tracing::instrument(skip_all, fields(product_id = %product_id))]
 async fn get_product(
     State(state): State<QueryState>,
+    Extension(context): Extension<RequestContext>,
     Path(product_id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let product_uuid = product_id_of(&product_id)?;
-    let customer_id = match params.get("customer_id") {
-        Some(text) => Some(
-            CustomerId::parse(text)
-                .map_err(|error| Problem::invalid(error.field, &error.message))?,
-        ),
-        None => None,
-    };
+    let customer_id = own_customer_param(&context, &params, false)?;
     wait_for(&state, ProductsProjection::NAME, &headers, &params).await?;
     let product_id = product_uuid.to_string();
     let scope = product_scope(&product_id);
@@ -512,6 +604,7 @@ async fn search(
 #[tracing::instrument(skip_all, fields(cart_id = %cart_id))]
 async fn get_cart(
     State(state): State<QueryState>,
+    Extension(context): Extension<RequestContext>,
     Path(cart_id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -524,8 +617,19 @@ async fn get_cart(
         .cart(cart_id.as_str())
         .await
         .map_err(|error| db_problem(&error))?;
-    let Some(cart) = cart else {
-        return Err(Problem::not_found(format!("no cart has id {cart_id}")));
+    let Some(cart) = cart.filter(|cart| {
+        may_read_cart(
+            &state,
+            &context,
+            &headers,
+            cart_id.as_str(),
+            cart.owner.as_deref(),
+        )
+    }) else {
+        // Someone else's cart is no cart, so ids cannot be probed.
+        return Err(Problem::not_found(format!(
+            "no cart has id {cart_id} (or it is not yours: a guest sends the cart's X-Cart-Token)"
+        )));
     };
     let mut total: i64 = 0;
     let lines: Vec<Value> = cart
@@ -585,6 +689,7 @@ fn order_json(order: &OrderRow) -> Value {
 #[tracing::instrument(skip_all, fields(order_id = %order_id))]
 async fn get_order(
     State(state): State<QueryState>,
+    Extension(context): Extension<RequestContext>,
     Path(order_id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -601,8 +706,11 @@ async fn get_order(
         .order(&order_id.to_string())
         .await
         .map_err(|error| db_problem(&error))?
+        .filter(|row| may_read_order(&state, &context, &headers, &row.order_id, &row.customer_id))
     else {
-        return Err(Problem::not_found(format!("no order has id {order_id}")));
+        return Err(Problem::not_found(format!(
+            "no order has id {order_id} (or it is not yours: a guest sends the order's X-Order-Token)"
+        )));
     };
     let mut order = order_json(&row);
     if order["status"] == "PENDING"
@@ -641,12 +749,20 @@ async fn pending_reason(state: &QueryState, order_id: uuid::Uuid) -> Option<Stri
 #[tracing::instrument(skip_all, fields(customer_id = %customer_id))]
 async fn customer_orders(
     State(state): State<QueryState>,
+    Extension(context): Extension<RequestContext>,
     Path(customer_id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let customer_id = CustomerId::parse(&customer_id)
         .map_err(|error| Problem::invalid(error.field, &error.message))?;
+    if context.principal.customer_id().as_ref() != Some(&customer_id)
+        && !context.principal.has_role(Role::Support)
+    {
+        return Err(Problem::not_found(format!(
+            "no customer {customer_id} of yours: a customer reads their own orders"
+        )));
+    }
     let limit = count_param(&params, "limit", 50, 1..=500)?;
     wait_for(&state, OrdersProjection::NAME, &headers, &params).await?;
     let orders: Vec<Value> = state
@@ -663,19 +779,20 @@ async fn customer_orders(
 #[tracing::instrument(skip_all)]
 async fn recommendations(
     State(state): State<QueryState>,
+    Extension(context): Extension<RequestContext>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let Some(customer_id) = params.get("customer_id") else {
-        return Err(Problem::invalid("customer_id", "is required"));
-    };
-    let customer_id = CustomerId::parse(customer_id)
-        .map_err(|error| Problem::invalid(error.field, &error.message))?;
+    let customer_id = own_customer_param(&context, &params, true)?;
     let limit = count_param(&params, "limit", 10, 1..=100)?;
     wait_for(&state, SqlPopularityProjection::NAME, &headers, &params).await?;
+    // Without a customer: the most popular products (no one has ordered them, for this list).
+    let for_whom = customer_id
+        .as_ref()
+        .map_or("", |customer_id| customer_id.as_str());
     let items: Vec<Value> = state
         .queries
-        .recommendations(customer_id.as_str(), limit)
+        .recommendations(for_whom, limit)
         .await
         .map_err(|error| db_problem(&error))?
         .into_iter()
@@ -683,7 +800,7 @@ async fn recommendations(
             |item| json!({ "product_id": item.product_id, "name": item.name, "score": item.score }),
         )
         .collect();
-    Ok(Json(json!({ "customer_id": customer_id.as_str(), "items": items })).into_response())
+    Ok(Json(json!({ "customer_id": customer_id, "items": items })).into_response())
 }
 
 fn position_param(params: &HashMap<String, String>, name: &str) -> Result<u64, Problem> {

@@ -60,6 +60,11 @@ async fn run(store: Arc<dyn EventStore>, mut receiver: mpsc::Receiver<(Uuid, Opt
         let events: Vec<NewEvent> = batch
             .drain(..)
             .filter_map(|(product_id, customer_id)| {
+                // A view names its customer only when the customer asked for it themselves.
+                let actor = customer_id.as_ref().map_or_else(
+                    || "anonymous".to_owned(),
+                    |customer_id| format!("user:{customer_id}"),
+                );
                 let event = ProductViewEvent::ProductViewed(ProductViewed {
                     product_id,
                     customer_id,
@@ -75,7 +80,7 @@ async fn run(store: Arc<dyn EventStore>, mut receiver: mpsc::Receiver<(Uuid, Opt
                         correlation_id: Uuid::new_v4().to_string(),
                         causation_id: String::new(),
                         saga_id: None,
-                        actor: "anonymous".to_owned(),
+                        actor,
                         source: "query-api".to_owned(),
                     },
                 })

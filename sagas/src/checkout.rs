@@ -20,6 +20,7 @@ use domain::{
 };
 use eventstore::aggregate::{CommandError, CommandOptions, execute, load};
 use eventstore::{EventMetadata, EventStore};
+use identity::PaymentVault;
 use uuid::Uuid;
 
 use crate::SagaError;
@@ -82,6 +83,7 @@ impl ProductLocks {
 pub struct Checkout {
     store: Arc<dyn EventStore>,
     gateway: Arc<dyn PaymentGateway>,
+    vault: PaymentVault,
     payment_timeout: Duration,
     locks: ProductLocks,
 }
@@ -95,18 +97,47 @@ impl Checkout {
     pub fn new(
         store: Arc<dyn EventStore>,
         gateway: Arc<dyn PaymentGateway>,
+        vault: PaymentVault,
         payment_timeout: Duration,
     ) -> Self {
         Self {
             store,
             gateway,
+            vault,
             payment_timeout,
             locks: ProductLocks::default(),
         }
     }
 
-    /// Runs the saga of `run` as far as it can go now.
+    /// Runs the saga of `run` as far as it can go now. Once the order has ended, its payment
+    /// token leaves the vault: the outcome is in the log, and no step charges again.
     pub async fn drive(&self, run: &SagaRun) -> Result<Step, SagaError> {
+        let step = self.drive_steps(run).await?;
+        if let Step::Finished(_) = step
+            && run.payment_ref.starts_with(identity::vault::VAULT_PREFIX)
+        {
+            self.vault
+                .forget(&run.payment_ref)
+                .await
+                .map_err(|error| SagaError::Transient(error.to_string()))?;
+        }
+        Ok(step)
+    }
+
+    /// The token to charge: from the vault, or the one a saga started before tokens left the
+    /// log holds; `None` when it is not kept (any more).
+    async fn payment_token(&self, run: &SagaRun) -> Result<Option<String>, SagaError> {
+        if run.payment_ref.starts_with(identity::vault::VAULT_PREFIX) {
+            return self
+                .vault
+                .token(&run.payment_ref)
+                .await
+                .map_err(|error| SagaError::Transient(error.to_string()));
+        }
+        Ok(Some(run.payment_ref.clone()).filter(|token| !token.is_empty()))
+    }
+
+    async fn drive_steps(&self, run: &SagaRun) -> Result<Step, SagaError> {
         let order_id = run.order_id.to_string();
         let order = load::<Order>(self.store.as_ref(), &order_id).await?.state;
         if order.order_id.is_none() {
@@ -148,7 +179,7 @@ impl Checkout {
                     PaymentCommand::RequestPayment {
                         order_id: run.order_id,
                         amount: order.total,
-                        payment_token: run.payment_token.clone(),
+                        payment_ref: run.event_payment_ref(),
                     },
                 )
                 .await?;
@@ -199,10 +230,24 @@ impl Checkout {
             .to_std()
             .unwrap_or(Duration::ZERO)
             .max(RECONCILE_WAIT);
+        let Some(payment_token) = self.payment_token(run).await? else {
+            let reason = "the payment token is no longer kept; check out again".to_owned();
+            self.payment_command(
+                run,
+                SagaStep::PaymentResult,
+                PaymentCommand::RecordFailure {
+                    reason: reason.clone(),
+                },
+            )
+            .await?;
+            return self
+                .cancel(run, &order.lines, CancelReason::PaymentDeclined, reason)
+                .await;
+        };
         let request = ChargeRequest {
             order_id: run.order_id,
             amount: order.total,
-            payment_token: run.payment_token.clone(),
+            payment_token,
         };
         let answer = tokio::time::timeout(left, self.gateway.charge(&request))
             .await

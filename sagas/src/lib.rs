@@ -114,6 +114,7 @@ pub async fn run_saga(
     store: Arc<dyn EventStore>,
     db: ReadDb,
     gateway: Arc<dyn PaymentGateway>,
+    vault: identity::PaymentVault,
     options: SagaOptions,
     progress: Progress,
     shutdown: CancellationToken,
@@ -122,6 +123,7 @@ pub async fn run_saga(
     let checkout = Arc::new(Checkout::new(
         store.clone(),
         gateway.clone(),
+        vault,
         options.payment_timeout,
     ));
     // Late charges are recorded by any worker, lease or not: recording is idempotent.

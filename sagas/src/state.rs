@@ -23,6 +23,8 @@ pub const SCHEMA: &[&str] = &[
         order_id TEXT PRIMARY KEY,
         order_event_id TEXT NOT NULL,
         correlation_id TEXT NOT NULL,
+        -- The vault reference of the order's payment token (`vault:<order id>`); a saga
+        -- started before payment tokens left the log holds the token itself.
         payment_token TEXT NOT NULL,
         state TEXT NOT NULL,
         outcome TEXT,
@@ -62,7 +64,10 @@ pub struct SagaRun {
     /// The `OrderCreated` event: the cause every command of the saga derives its id from.
     pub order_event_id: Uuid,
     pub correlation_id: String,
-    pub payment_token: String,
+    /// Where the payment token is: the vault's reference (`vault:<order id>`), or, for a saga
+    /// started before payment tokens left the log, the token itself; empty if the order
+    /// named none.
+    pub payment_ref: String,
     /// Failed attempts of the current step.
     pub attempts: u32,
     /// When the order was created (ms): the saga's duration counts from it.
@@ -72,6 +77,16 @@ pub struct SagaRun {
 }
 
 impl SagaRun {
+    /// The reference `PaymentRequested` carries: the vault's, or empty for a saga whose token
+    /// was never in the vault.
+    pub fn event_payment_ref(&self) -> String {
+        if self.payment_ref.starts_with(identity::vault::VAULT_PREFIX) {
+            self.payment_ref.clone()
+        } else {
+            String::new()
+        }
+    }
+
     /// The saga's id in event metadata: derived from the order's creation, the same on every run.
     pub fn saga_id(&self) -> Uuid {
         crate::steps::saga_id(self.order_event_id)
@@ -139,7 +154,7 @@ pub(crate) async fn due(db: &ReadDb, now: i64, limit: usize) -> Result<Vec<SagaR
                 order_id: parse_uuid(&order_id)?,
                 order_event_id: parse_uuid(&order_event_id)?,
                 correlation_id: row.try_get(2)?,
-                payment_token: row.try_get(3)?,
+                payment_ref: row.try_get(3)?,
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
                 started_at: row.try_get(5)?,
                 outcome: row.try_get(6)?,
@@ -334,7 +349,7 @@ impl Projection for SagaIntake {
                     .bind(created.order_id.to_string())
                     .bind(event.event_id.to_string())
                     .bind(&event.metadata.correlation_id)
-                    .bind(&created.payment_token)
+                    .bind(created.payment_ref.as_deref().unwrap_or_default())
                     .bind(now)
                     .bind(event.occurred_at.timestamp_millis())
                     .bind(&updated_at)

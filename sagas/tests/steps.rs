@@ -12,6 +12,7 @@ use domain::{CustomerId, Money, Order, OrderCommand, OrderStatus, Product, Produ
 use eventstore::aggregate::{CommandOptions, execute, load};
 use eventstore::testing::{TestStore, sqlite_store};
 use eventstore::{EventMetadata, EventStore};
+use identity::{PaymentVault, SecretStore, identity_db_url};
 use projections::Progress;
 use projections::readdb::{ReadDb, read_db_url};
 use sagas::gateway::{ChargeOutcome, ChargeRequest, PaymentGateway};
@@ -33,6 +34,7 @@ fn metadata() -> EventMetadata {
 struct Shop {
     test: TestStore,
     db: ReadDb,
+    vault: PaymentVault,
     product_id: Uuid,
 }
 
@@ -42,6 +44,11 @@ impl Shop {
         let db = ReadDb::open(&read_db_url(&test.url))
             .await
             .expect("read db");
+        let vault = PaymentVault::new(
+            SecretStore::open(&identity_db_url(&test.url))
+                .await
+                .expect("secret store"),
+        );
         let product_id = Uuid::new_v4();
         execute::<Product>(
             test.store.as_ref(),
@@ -63,6 +70,7 @@ impl Shop {
         Shop {
             test,
             db,
+            vault,
             product_id,
         }
     }
@@ -71,9 +79,11 @@ impl Shop {
         &self.test.store
     }
 
-    /// Places an order and answers the saga run the intake would make of it.
+    /// Places an order (its token in the vault, as checkout keeps it) and answers the saga run
+    /// the intake would make of it.
     async fn order(&self, quantity: u32, token: &str) -> SagaRun {
         let order_id = Uuid::new_v4();
+        let payment_ref = self.vault.keep(order_id, token).await.expect("vault");
         execute::<Order>(
             self.store().as_ref(),
             &order_id.to_string(),
@@ -85,7 +95,7 @@ impl Shop {
                     quantity,
                     unit_price: Money::from_minor(2_500),
                 }],
-                payment_token: token.to_owned(),
+                payment_ref: payment_ref.clone(),
                 cart_id: None,
             },
             &(),
@@ -103,7 +113,7 @@ impl Shop {
             order_id,
             order_event_id: created[0].event_id,
             correlation_id: "test".to_owned(),
-            payment_token: token.to_owned(),
+            payment_ref,
             attempts: 0,
             started_at: 0,
             outcome: None,
@@ -136,6 +146,7 @@ async fn a_saga_run_again_or_twice_at_once_stores_every_event_once_and_charges_o
     let checkout = Arc::new(Checkout::new(
         shop.store().clone(),
         Arc::new(gateway.clone()),
+        shop.vault.clone(),
         Duration::from_secs(5),
     ));
     let run = shop.order(2, "tok_visa").await;
@@ -226,6 +237,7 @@ async fn a_step_that_keeps_failing_is_retried_then_parked_with_its_reason() {
         shop.store().clone(),
         shop.db.clone(),
         gateway.clone(),
+        shop.vault.clone(),
         fast_options(),
         Progress::default(),
         shutdown.clone(),
@@ -289,6 +301,7 @@ async fn a_payment_deadline_survives_a_stopped_worker() {
             shop.store().clone(),
             shop.db.clone(),
             Arc::new(gateway.clone()),
+            shop.vault.clone(),
             options.clone(),
             Progress::default(),
             shutdown,

@@ -3,9 +3,13 @@
 //!
 //! A datum is a record of `event_id` and `occurred_at` (strings, from the envelope) followed by
 //! the payload's fields: money as `*_minor` longs, UUIDs as strings, optional fields as
-//! `["null", T]` unions. The mapping is driven by the schema, and it is strict: a payload field the
-//! schema lacks, or a field of the wrong type, is an error, so a payload and its `.avsc` cannot
-//! drift apart unnoticed.
+//! `["null", T]` unions, closed sets of names (`reason`, `kind`, `roles`) as enums, and personal
+//! values as the strings of their sealed text. A JSON object told apart by a tag (`CartOpened`'s
+//! `owner`, `{"kind":"customer","customer_id":...}` or `{"kind":"guest"}`) is a union of records,
+//! one per kind, whose `kind` is an enum of that one symbol: exactly one branch fits a payload, and
+//! the datum reads back as the same object. The mapping is driven by the schema, and it is strict:
+//! a payload field the schema lacks, or a field of the wrong type, is an error, so a payload and its
+//! `.avsc` cannot drift apart unnoticed.
 //!
 //! `ProductUpdated` keeps the name, namespace and fields of the seed schema
 //! (`schemas/avro/seed/ProductUpdated.avsc`), so a reader of the seed schema reads our datums. Two
@@ -50,6 +54,7 @@ pub const SCHEMA_SOURCES: &[(&str, &str)] = &[
         include_str!("../avro/ProductUpdated.avsc"),
     ),
     ("CartItemAdded", include_str!("../avro/CartItemAdded.avsc")),
+    ("CartOpened", include_str!("../avro/CartOpened.avsc")),
     (
         "CartItemRemoved",
         include_str!("../avro/CartItemRemoved.avsc"),
@@ -85,6 +90,32 @@ pub const SCHEMA_SOURCES: &[(&str, &str)] = &[
         include_str!("../avro/PaymentRefunded.avsc"),
     ),
     ("ProductViewed", include_str!("../avro/ProductViewed.avsc")),
+    (
+        "UserRegistered",
+        include_str!("../avro/UserRegistered.avsc"),
+    ),
+    (
+        "UserEmailVerified",
+        include_str!("../avro/UserEmailVerified.avsc"),
+    ),
+    ("UserLoggedIn", include_str!("../avro/UserLoggedIn.avsc")),
+    (
+        "UserProfileChanged",
+        include_str!("../avro/UserProfileChanged.avsc"),
+    ),
+    (
+        "UserPasswordChanged",
+        include_str!("../avro/UserPasswordChanged.avsc"),
+    ),
+    (
+        "UserPasswordReset",
+        include_str!("../avro/UserPasswordReset.avsc"),
+    ),
+    (
+        "UserDeactivated",
+        include_str!("../avro/UserDeactivated.avsc"),
+    ),
+    ("UserErased", include_str!("../avro/UserErased.avsc")),
 ];
 
 /// The custom attribute of every `.avsc` that names the schema version it describes; it must
@@ -428,22 +459,47 @@ fn json_to_avro(schema: &Schema, json: &Json, path: &str) -> Result<Value, Failu
                     None => wrong("a value (the field is required)"),
                 };
             }
-            let mut last_failure = None;
+            let mut failures = Vec::new();
             for (index, variant) in variants.iter().enumerate() {
                 if matches!(variant, Schema::Null) {
                     continue;
                 }
                 match json_to_avro(variant, json, path) {
                     Ok(value) => return Ok(Value::Union(index as u32, Box::new(value))),
-                    Err(failure) => last_failure = Some(failure),
+                    Err(failure) => failures.push((variant, failure)),
                 }
             }
-            Err(last_failure.unwrap_or_else(|| (path.to_owned(), "empty union".to_owned())))
+            match failures.len() {
+                0 => Err((path.to_owned(), "empty union".to_owned())),
+                // `["null", T]`: the value is T's, and T's failure says why it is not.
+                1 => Err(failures.remove(0).1),
+                _ => {
+                    let reasons: Vec<String> = failures
+                        .iter()
+                        .map(|(variant, (field, message))| {
+                            format!("{}: {field} {message}", branch_name(variant))
+                        })
+                        .collect();
+                    Err((
+                        path.to_owned(),
+                        format!("fits no branch of the union ({})", reasons.join("; ")),
+                    ))
+                }
+            }
         }
         other => Err((
             path.to_owned(),
             format!("the Avro type {other:?} is not used by mercato's schemas"),
         )),
+    }
+}
+
+/// A union branch as an error message names it: a record by its name, anything else by its type.
+fn branch_name(schema: &Schema) -> String {
+    match schema {
+        Schema::Record(record) => record.name.name.clone(),
+        Schema::Enum(enumeration) => enumeration.name.name.clone(),
+        other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)).to_lowercase(),
     }
 }
 
@@ -570,6 +626,77 @@ mod tests {
         );
         let clash = V2.replace(r#""version":2"#, r#""version":2,"price":249.99"#);
         assert!(to_value(&product_updated(&clash, 2)).is_err());
+    }
+
+    fn event(event_type: &str, payload: &str) -> AvroEvent {
+        AvroEvent {
+            event_type: event_type.to_owned(),
+            schema_version: domain::current_schema_version(event_type),
+            ..product_updated(payload, 2)
+        }
+    }
+
+    fn shape_field(error: &AvroError) -> &str {
+        match error {
+            AvroError::Shape { field, .. } => field,
+            other => panic!("not a shape error: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_cart_owner_fits_one_branch_of_its_union_and_reads_back_as_the_same_object() {
+        for owner in [
+            r#"{"kind":"customer","customer_id":"alice-42"}"#,
+            r#"{"kind":"guest"}"#,
+        ] {
+            let payload = format!(r#"{{"owner":{owner}}}"#);
+            let bytes = to_datum(&event("CartOpened", &payload)).unwrap();
+            let back = from_datum("CartOpened", &bytes).unwrap();
+            let read: Json = serde_json::from_str(back.payload.get()).unwrap();
+            assert_eq!(read, serde_json::from_str::<Json>(&payload).unwrap());
+        }
+        for (owner, reason) in [
+            (
+                r#"{"kind":"guest","customer_id":"alice-42"}"#,
+                "GuestCartOwner: owner.customer_id is not a field",
+            ),
+            (
+                r#"{"kind":"customer"}"#,
+                "CustomerCartOwner: owner.customer_id expected a string",
+            ),
+            (r#"{"kind":"staff"}"#, "fits no branch of the union"),
+            (r#""guest""#, "expected an object"),
+            ("null", "the field is required"),
+        ] {
+            let payload = format!(r#"{{"owner":{owner}}}"#);
+            let error = to_value(&event("CartOpened", &payload)).unwrap_err();
+            assert_eq!(shape_field(&error), "owner", "{owner}: {error}");
+            assert!(error.to_string().contains(reason), "{owner}: {error}");
+        }
+    }
+
+    #[test]
+    fn roles_and_the_account_kind_are_enums_of_the_names_the_domain_writes() {
+        let registered = r#"{"user_id":"5b0e2c4a-7d1f-4e93-8a6b-2f4c6e8a0d13","kind":"staff","roles":["catalog","support","admin","auditor"],"email":"pd1.ZW1haWw","name":"pd1.bmFtZQ","email_verified":true}"#;
+        let bytes = to_datum(&event("UserRegistered", registered)).unwrap();
+        let back = from_datum("UserRegistered", &bytes).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Json>(back.payload.get()).unwrap(),
+            serde_json::from_str::<Json>(registered).unwrap()
+        );
+        for (from, to, field) in [
+            (r#""admin","auditor""#, r#""admin","root""#, "roles[3]"),
+            (r#""kind":"staff""#, r#""kind":"robot""#, "kind"),
+            (
+                r#""email_verified":true"#,
+                r#""email_verified":"yes""#,
+                "email_verified",
+            ),
+        ] {
+            let broken = registered.replace(from, to);
+            let error = to_value(&event("UserRegistered", &broken)).unwrap_err();
+            assert_eq!(shape_field(&error), field, "{error}");
+        }
     }
 
     #[test]

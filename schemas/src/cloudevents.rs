@@ -5,7 +5,9 @@
 //! `mercato.{stream_type}.{EventType}`, `subject` is `TYPE/ID`; mercato's envelope fields are
 //! string-valued extension attributes: `position`, `streamtype`, `streamid`, `streamversion`,
 //! `schemaversion`, `correlationid`, `causationid`, `actor` and, when a saga caused the event,
-//! `sagaid`.
+//! `sagaid`. Like the feeds ([`crate::envelope::feed_json`]), `data` is the payload at the current
+//! version of its type and `schemaversion` that version, so that what an upcaster drops (a v1
+//! payment token) never leaves in an export.
 
 use chrono::SecondsFormat;
 use serde_json::{Map, Value, json};
@@ -14,6 +16,11 @@ use crate::RecordedEvent;
 
 /// The event as a CloudEvents 1.0 structured-mode JSON object.
 pub fn cloud_event(event: &RecordedEvent) -> Value {
+    let current = crate::upcast::to_current_version(event);
+    let event: &RecordedEvent = match &current {
+        Ok(current) => current,
+        Err(_) => event,
+    };
     let mut object = Map::new();
     object.insert("specversion".into(), json!("1.0"));
     object.insert("id".into(), json!(event.event_id.to_string()));

@@ -67,7 +67,7 @@ pub struct RecordedEvent {
     /// The version of the payload's shape, which may be older than the current one; decode with
     /// [`crate::decode`], which upcasts.
     pub schema_version: u32,
-    /// The aggregate kind: `product`, `cart`, `order`, `payment` or `product_views`.
+    /// The aggregate kind: `product`, `cart`, `order`, `payment`, `product_views` or `user`.
     pub stream_type: String,
     /// The aggregate instance: a product or order UUID, a cart id, ...
     pub stream_id: String,
@@ -85,7 +85,18 @@ pub struct RecordedEvent {
 
 /// An event as the feeds show it (`GET /events`, `GET /streams/...`, `mercato events --format
 /// json`): the envelope of CONTRACT.md, `occurred_at` in RFC 3339 with microseconds, UTC as `Z`.
+///
+/// The payload is shown at the current version of its type, as every reader reads it
+/// ([`crate::upcast::to_current_version`]), so that what an upcaster drops (the payment token of
+/// a v1 `OrderCreated` or `PaymentRequested`) is never shown again; `schema_version` is that
+/// version. An event this build cannot upcast (a type it does not know, or a payload without the
+/// shape of its stored version) is shown as stored.
 pub fn feed_json(event: &RecordedEvent) -> serde_json::Value {
+    let current = crate::upcast::to_current_version(event);
+    let event: &RecordedEvent = match &current {
+        Ok(current) => current,
+        Err(_) => event,
+    };
     serde_json::json!({
         "event_id": event.event_id,
         "event_type": event.event_type,

@@ -9,21 +9,31 @@ pub const CART_EVENTS: &str = "cart.events";
 pub const ORDERS_EVENTS: &str = "orders.events";
 /// Payment events.
 pub const PAYMENTS_EVENTS: &str = "payments.events";
+/// User events: accounts from registration to erasure. Their personal fields are sealed under a
+/// key per person, so erasing the person makes them unreadable here too.
+pub const USER_EVENTS: &str = "user.events";
 
 /// Every event topic.
-pub const TOPICS: &[&str] = &[PRODUCT_EVENTS, CART_EVENTS, ORDERS_EVENTS, PAYMENTS_EVENTS];
+pub const TOPICS: &[&str] = &[
+    PRODUCT_EVENTS,
+    CART_EVENTS,
+    ORDERS_EVENTS,
+    PAYMENTS_EVENTS,
+    USER_EVENTS,
+];
 
 /// Appended to a topic's name to name its dead-letter topic.
 pub const DLQ_SUFFIX: &str = ".dlq";
 
-/// The topic of a stream type (`product`, `product_views`, `cart`, `order`, `payment`), or `None`
-/// for a stream type this build does not know.
+/// The topic of a stream type (`product`, `product_views`, `cart`, `order`, `payment`, `user`),
+/// or `None` for a stream type this build does not know.
 pub fn topic_for_stream_type(stream_type: &str) -> Option<&'static str> {
     match stream_type {
         "product" | domain::VIEWS_STREAM_TYPE => Some(PRODUCT_EVENTS),
         "cart" => Some(CART_EVENTS),
         "order" => Some(ORDERS_EVENTS),
         "payment" => Some(PAYMENTS_EVENTS),
+        domain::user::USER_STREAM_TYPE => Some(USER_EVENTS),
         _ => None,
     }
 }
@@ -154,6 +164,7 @@ mod tests {
         assert_eq!(topic_for_stream_type("cart"), Some("cart.events"));
         assert_eq!(topic_for_stream_type("order"), Some("orders.events"));
         assert_eq!(topic_for_stream_type("payment"), Some("payments.events"));
+        assert_eq!(topic_for_stream_type("user"), Some("user.events"));
         assert_eq!(topic_for_stream_type("inventory"), None);
         assert_eq!(
             topic_for_event_type("PaymentSucceeded"),
@@ -163,14 +174,24 @@ mod tests {
             topic_for_event_type("ProductViewed"),
             Some("product.events")
         );
+        assert_eq!(topic_for_event_type("UserErased"), Some("user.events"));
+        assert_eq!(topic_for_event_type("CartOpened"), Some("cart.events"));
         assert_eq!(topic_for_event_type("ProductRenamed"), None);
     }
 
     #[test]
-    fn every_event_type_has_a_topic() {
+    fn every_event_type_has_a_topic_and_every_topic_a_stream_type() {
         for (stream_type, event_type, _) in domain::EVENT_TYPES {
             let topic = topic_for_stream_type(stream_type);
             assert!(topic.is_some_and(|t| TOPICS.contains(&t)), "{event_type}");
+        }
+        for topic in TOPICS {
+            assert!(
+                domain::stream_types()
+                    .iter()
+                    .any(|stream_type| topic_for_stream_type(stream_type) == Some(*topic)),
+                "no stream type is published to {topic}"
+            );
         }
     }
 
@@ -184,7 +205,8 @@ mod tests {
                 "product.events.dlq",
                 "cart.events.dlq",
                 "orders.events.dlq",
-                "payments.events.dlq"
+                "payments.events.dlq",
+                "user.events.dlq"
             ]
         );
     }

@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::codec::CodecError;
+use crate::envelope::RecordedEvent;
 
 /// A payload as an upcaster step sees it: the event's JSON object.
 pub type Payload = Map<String, Value>;
@@ -31,11 +32,23 @@ pub struct Upcaster {
 }
 
 /// Every upcaster step of this build, keyed by `(event_type, from_version)`.
-pub const UPCASTERS: &[Upcaster] = &[Upcaster {
-    event_type: "ProductUpdated",
-    from_version: 1,
-    step: product_updated_v1_to_v2,
-}];
+pub const UPCASTERS: &[Upcaster] = &[
+    Upcaster {
+        event_type: "ProductUpdated",
+        from_version: 1,
+        step: product_updated_v1_to_v2,
+    },
+    Upcaster {
+        event_type: "OrderCreated",
+        from_version: 1,
+        step: order_created_v1_to_v2,
+    },
+    Upcaster {
+        event_type: "PaymentRequested",
+        from_version: 1,
+        step: payment_requested_v1_to_v2,
+    },
+];
 
 /// `ProductUpdated` v1 followed the catalogue's first schema: `price` was a decimal number in major
 /// units and there was no `category`. v2 keeps money as exact integer minor units (`price_minor`)
@@ -54,6 +67,40 @@ fn product_updated_v1_to_v2(mut payload: Payload) -> Result<Payload, String> {
     Ok(payload)
 }
 
+/// `OrderCreated` v1 carried the customer's `payment_token`, the gateway's token that charges the
+/// card. A token is a secret: whoever reads it can charge the card, so it must never be in the
+/// log, in Kafka or in any answer. v2 carries `payment_ref` instead, the vault's reference to where
+/// the token is kept. A v1 event keeps its stored bytes (the stream's hash chain covers them), so
+/// every reader gets it through this step, which drops the token; its token was never put in the
+/// vault, so there is nothing to refer to and `payment_ref` reads as `null`.
+fn order_created_v1_to_v2(payload: Payload) -> Result<Payload, String> {
+    drop_payment_token(payload, Value::Null)
+}
+
+/// `PaymentRequested` v1 carried the `payment_token` too, for the gateway's charge; v2 carries
+/// `payment_ref`, the vault's reference, for the same reason as `OrderCreated` v2. A v1 payment's
+/// token was never put in the vault, so its `payment_ref` reads as the empty string (the field is
+/// required in v2: every payment requested since has one).
+fn payment_requested_v1_to_v2(payload: Payload) -> Result<Payload, String> {
+    drop_payment_token(payload, Value::from(""))
+}
+
+/// Removes the v1 `payment_token` and adds `payment_ref` as `before_vault`. The v1 shape is
+/// checked (a token that is a string, no `payment_ref` yet), and no message names a value of the
+/// payload, so that a refused payload's token never reaches a log line or an answer.
+fn drop_payment_token(mut payload: Payload, before_vault: Value) -> Result<Payload, String> {
+    match payload.remove("payment_token") {
+        Some(Value::String(_)) => {}
+        Some(_) => return Err("payment_token must be a string".to_owned()),
+        None => return Err("payment_token is missing".to_owned()),
+    }
+    if payload.contains_key("payment_ref") {
+        return Err("a v1 payload has no payment_ref".to_owned());
+    }
+    payload.insert("payment_ref".to_owned(), before_vault);
+    Ok(payload)
+}
+
 /// Brings `payload` of `event_type` at `from_version` up to the current version of
 /// `domain::EVENT_TYPES`, through the steps of [`UPCASTERS`].
 pub fn upcast(
@@ -66,6 +113,29 @@ pub fn upcast(
         return Err(CodecError::UnknownEventType(event_type.to_owned()));
     }
     upcast_with(UPCASTERS, event_type, from_version, current, payload)
+}
+
+/// A stored event as every reader sees it: its payload brought up to the current version of its
+/// type through [`UPCASTERS`], and its `schema_version` that version; the rest of the envelope as
+/// stored. An event at its current version comes back as it is. What leaves the process (a feed,
+/// an export, a Kafka message) is this event, never the stored one, so that nothing an upcaster
+/// drops (a v1 payment token) is shown again.
+pub fn to_current_version(
+    event: &RecordedEvent,
+) -> Result<std::borrow::Cow<'_, RecordedEvent>, CodecError> {
+    let current = domain::current_schema_version(&event.event_type);
+    if current == 0 {
+        return Err(CodecError::UnknownEventType(event.event_type.clone()));
+    }
+    if event.schema_version == current {
+        return Ok(std::borrow::Cow::Borrowed(event));
+    }
+    let payload = upcast(&event.event_type, event.schema_version, &event.payload)?;
+    Ok(std::borrow::Cow::Owned(RecordedEvent {
+        schema_version: current,
+        payload,
+        ..event.clone()
+    }))
 }
 
 /// Brings `payload` of `event_type` from `from_version` to `to_version` with the steps of
@@ -307,6 +377,107 @@ mod tests {
             let error = upcast("ProductUpdated", 1, &v1).unwrap_err().to_string();
             assert!(error.contains(reason), "{error}");
         }
+    }
+
+    const ORDER_CREATED_V1: &str = include_str!("../golden/OrderCreated.v1.json");
+    const PAYMENT_REQUESTED_V1: &str = include_str!("../golden/PaymentRequested.v1.json");
+
+    fn stored(golden: &str) -> RecordedEvent {
+        serde_json::from_str(golden).unwrap()
+    }
+
+    /// What a reader of `event` gets: its payload upcast, and that payload decoded into the domain
+    /// type and encoded again.
+    fn as_read<E: cqrs_es::DomainEvent>(event: &RecordedEvent) -> (Value, String) {
+        let upcast_payload =
+            upcast(&event.event_type, event.schema_version, &event.payload).unwrap();
+        let decoded: E =
+            crate::decode(&event.event_type, event.schema_version, &event.payload).unwrap();
+        let re_encoded = crate::encode(&decoded).unwrap();
+        (json(&upcast_payload), re_encoded.payload.get().to_owned())
+    }
+
+    #[test]
+    fn order_created_v1_reads_as_v2_without_its_payment_token() {
+        let event = stored(ORDER_CREATED_V1);
+        assert!(
+            event.payload.get().contains("tok_"),
+            "the v1 golden holds a token"
+        );
+        let (payload, re_encoded) = as_read::<domain::OrderEvent>(&event);
+        assert!(payload.get("payment_token").is_none(), "{payload}");
+        assert_eq!(payload["payment_ref"], Value::Null);
+        assert!(!payload.to_string().contains("tok_"), "{payload}");
+        assert!(!re_encoded.contains("tok_"), "{re_encoded}");
+        assert!(!re_encoded.contains("payment_token"), "{re_encoded}");
+        let current = to_current_version(&event).unwrap();
+        assert_eq!(current.schema_version, 2);
+        let whole = serde_json::to_string(&current).unwrap();
+        assert!(!whole.contains("tok_"), "{whole}");
+    }
+
+    #[test]
+    fn payment_requested_v1_reads_as_v2_with_an_empty_reference_and_no_token() {
+        let event = stored(PAYMENT_REQUESTED_V1);
+        assert!(
+            event.payload.get().contains("tok_"),
+            "the v1 golden holds a token"
+        );
+        let (payload, re_encoded) = as_read::<domain::PaymentEvent>(&event);
+        assert!(payload.get("payment_token").is_none(), "{payload}");
+        assert_eq!(payload["payment_ref"], "");
+        assert!(!payload.to_string().contains("tok_"), "{payload}");
+        assert!(!re_encoded.contains("tok_"), "{re_encoded}");
+        let current = to_current_version(&event).unwrap();
+        assert_eq!(current.schema_version, 2);
+        let whole = serde_json::to_string(&current).unwrap();
+        assert!(!whole.contains("tok_"), "{whole}");
+    }
+
+    #[test]
+    fn a_v1_payload_that_is_refused_is_refused_without_naming_its_token() {
+        let order = r#""order_id":"0c5f8e2a-41b7-4d93-a2e6-18f4b7c9d350","customer_id":"alice-42","lines":[],"total_minor":0,"cart_id":null"#;
+        for (event_type, fields, reason) in [
+            (
+                "OrderCreated",
+                format!(r#"{order},"payment_token":"tok_secret","payment_ref":"vault:x""#),
+                "has no payment_ref",
+            ),
+            (
+                "OrderCreated",
+                format!(r#"{order},"payment_token":{{"id":"tok_secret"}}"#),
+                "must be a string",
+            ),
+            ("OrderCreated", order.to_owned(), "payment_token is missing"),
+            (
+                "PaymentRequested",
+                r#""order_id":"0c5f8e2a-41b7-4d93-a2e6-18f4b7c9d350","amount_minor":1,"payment_token":["tok_secret"]"#.to_owned(),
+                "must be a string",
+            ),
+        ] {
+            let v1 = raw(&format!("{{{fields}}}"));
+            let error = upcast(event_type, 1, &v1).unwrap_err();
+            assert!(
+                matches!(&error, CodecError::Upcast { from_version: 1, message, .. } if message.contains(reason)),
+                "{error:?}"
+            );
+            assert!(!error.to_string().contains("tok_"), "{error}");
+            assert!(!format!("{error:?}").contains("tok_"), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn an_event_at_its_current_version_is_read_as_stored() {
+        let event = crate::envelope::sample_event();
+        let current = to_current_version(&event).unwrap();
+        assert_eq!(current.schema_version, event.schema_version);
+        assert_eq!(current.payload.get(), event.payload.get());
+        let mut unknown = event;
+        unknown.event_type = "OrderShipped".to_owned();
+        assert!(matches!(
+            to_current_version(&unknown),
+            Err(CodecError::UnknownEventType(_))
+        ));
     }
 
     #[test]

@@ -420,6 +420,30 @@ settings! {
     /// [default: the payment timeout plus 5]
     #[arg(long, global = true, env = "MERCATO_TEST_GATEWAY_LATE_AFTER", value_name = "SECONDS")]
     test_gateway_late_after: Seconds = Seconds(payment_timeout.duration() + Duration::from_secs(5));
+    /// Outgoing mail: smtp://[user:password@]host[:port], smtps://... for TLS
+    /// [default: one .eml file per mail under {data-dir}/mail]
+    #[arg(long, global = true, env = "SMTP_URL", value_name = "URL", hide_env_values = true)]
+    smtp_url: Secret;
+    /// The sender of outgoing mail [default: mercato@localhost]
+    #[arg(long, global = true, env = "MERCATO_MAIL_FROM", value_name = "ADDRESS")]
+    mail_from: String = "mercato@localhost".to_owned();
+    /// Seconds one SMTP send may take, connection included [default: 30]
+    #[arg(long, global = true, env = "MERCATO_MAIL_SEND_TIMEOUT", value_name = "SECONDS")]
+    mail_send_timeout: Seconds = Seconds::from_secs(30);
+    /// The Ed25519 private key (PKCS#8 PEM) that signs access tokens; the keys in the secret
+    /// store still verify [default: keys made and kept in the secret store]
+    #[arg(long, global = true, env = "MERCATO_SIGNING_KEY", value_name = "PEM", hide_env_values = true)]
+    signing_key: Secret;
+    /// Also accept access tokens of this OpenID Connect issuer (needs OIDC_AUDIENCE)
+    /// [default: mercato's own tokens only]
+    #[arg(long, global = true, env = "OIDC_ISSUER_URL", value_name = "URL")]
+    oidc_issuer_url: String;
+    /// The audience an OIDC issuer's tokens must name [default: none]
+    #[arg(long, global = true, env = "OIDC_AUDIENCE", value_name = "AUDIENCE")]
+    oidc_audience: String;
+    /// Where the shop's pages are, for the links in its emails [default: http://{listen}]
+    #[arg(long, global = true, env = "MERCATO_PUBLIC_URL", value_name = "URL")]
+    public_url: String = format!("http://{listen}");
 }
 
 /// Why a configuration cannot be used (bad usage: exit 2).
@@ -598,6 +622,20 @@ mod tests {
             "postgres://postgres@db/x"
         );
         assert_eq!(Secret::new("opaque-token").redacted(), "***");
+        let flags = Settings {
+            signing_key: Some(Secret::new(
+                "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA\n",
+            )),
+            smtp_url: Some(Secret::new("smtps://shop:mailpass@mail.example:465")),
+            ..Settings::default()
+        };
+        let described = Config::resolve(flags, None).unwrap().describe();
+        assert!(described.contains("signing_key = \"***\""), "{described}");
+        assert!(
+            described.contains("smtp_url = \"smtps://shop:***@mail.example:465\""),
+            "{described}"
+        );
+        assert!(!described.contains("MC4CAQ") && !described.contains("mailpass"));
     }
 
     #[test]
@@ -629,7 +667,14 @@ mod tests {
                 "log_format",
                 "payment_timeout",
                 "test_gateway_latency",
-                "test_gateway_late_after"
+                "test_gateway_late_after",
+                "smtp_url",
+                "mail_from",
+                "mail_send_timeout",
+                "signing_key",
+                "oidc_issuer_url",
+                "oidc_audience",
+                "public_url"
             ]
         );
         assert!(described.contains("role = \"all\"\n"), "{described}");

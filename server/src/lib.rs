@@ -14,7 +14,9 @@
 //!
 //! - [`config`]: the one typed configuration and its merge of flags, environment and file.
 //! - [`roles`]: what each role runs.
-//! - [`platform`]: the event store, the read models, the cache and the search index, opened.
+//! - [`platform`]: the event store, the read models, the cache, the search index and identity
+//!   (with the mailer), opened.
+//! - [`policy`]: the permission table: every route and who may call it.
 //! - [`Server`]: the background parts of a role and its HTTP application, run until shutdown.
 //! - [`listen`]: the HTTP connection layer under the router (half-close, header timeout).
 //! - [`bus`]: Kafka, behind the cargo feature `kafka`.
@@ -28,6 +30,7 @@ pub mod health;
 pub mod listen;
 mod ops;
 pub mod platform;
+pub mod policy;
 pub mod reference;
 pub mod roles;
 mod serve;

@@ -29,6 +29,8 @@ pub(crate) struct OpsState {
     pub progress: Progress,
     pub components: Components,
     pub metrics: Option<PrometheusHandle>,
+    /// The keys that verify access tokens (the JWKS).
+    pub signing: identity::SigningKeys,
 }
 
 fn routes() -> DocumentedRouter<OpsState> {
@@ -50,6 +52,14 @@ fn routes() -> DocumentedRouter<OpsState> {
             RouteDoc::get("/openapi.json", "This document", "Object"),
             openapi_json,
         )
+        .route(
+            RouteDoc::get(
+                "/.well-known/jwks.json",
+                "The public keys (JWKS) that verify mercato's access tokens: EdDSA (Ed25519), by kid",
+                "Object",
+            ),
+            jwks,
+        )
 }
 
 /// The operational routes.
@@ -68,6 +78,7 @@ pub fn openapi_document() -> serde_json::Value {
             query_api::api_doc(),
             routes().into_doc(Map::new()),
         ],
+        &crate::policy::access_of,
     )
 }
 
@@ -118,6 +129,16 @@ async fn metrics_text(State(state): State<OpsState>) -> Response {
 
 async fn openapi_json() -> Json<serde_json::Value> {
     Json(openapi_document())
+}
+
+async fn jwks(State(state): State<OpsState>) -> Response {
+    let mut response = Json(state.signing.jwks().await).into_response();
+    // Verifiers may keep the keys a few minutes; a rotation keeps old keys published longer.
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("public, max-age=300"),
+    );
+    response
 }
 
 async fn health() -> Json<serde_json::Value> {

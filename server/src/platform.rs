@@ -12,17 +12,21 @@ use projections::redis_models::RedisModels;
 use projections::search::TantivySearch;
 use projections::search::opensearch::{self, OpenSearchIndex};
 
+use identity::{Identity, IdentitySettings, OidcSettings};
+
 use crate::config::{Config, Secret};
 use crate::error::{Error, Result, projection_failure, store_failure};
 
 /// How much the in-process cache holds at most: a bound on memory, not on entries.
 const MEMORY_CACHE_BYTES: usize = 16 << 20;
 
-/// Everything a running platform holds: the event store and where the read models live.
+/// Everything a running platform holds: the event store, where the read models live, and
+/// identity (accounts, keys, the secret store beside the event store, the mailer).
 #[derive(Clone, Debug)]
 pub struct Platform {
     pub store: Arc<dyn EventStore>,
     pub read_models: ReadModelStores,
+    pub identity: Identity,
 }
 
 /// Who opens the platform, which decides how the read models are opened.
@@ -72,7 +76,9 @@ impl Platform {
             (None, Access::Reader) => None,
         };
         let search = open_search(config, access, cache.clone()).await?;
+        let identity = open_identity(config, store.clone()).await?;
         Ok(Platform {
+            identity,
             store,
             read_models: ReadModelStores {
                 db,
@@ -83,6 +89,136 @@ impl Platform {
             },
         })
     }
+}
+
+/// The mailer `config` names: SMTP with `SMTP_URL`, else `.eml` files under `{data-dir}/mail`.
+pub fn open_mailer(config: &Config) -> Result<Arc<dyn mail::Mailer>> {
+    mail::open(&mail::MailSettings {
+        smtp_url: config.smtp_url.as_ref().map(|url| url.expose().to_owned()),
+        from: config.mail_from.clone(),
+        send_timeout: config.mail_send_timeout.duration(),
+        outbox_dir: config.data_dir.join("mail"),
+    })
+    .map_err(|error| Error::Usage(format!("outgoing mail cannot be set up: {error}")))
+}
+
+/// Identity over `store`: the secret store beside it, the signing keys, the OIDC issuer (read
+/// when a token first needs it), and the mailer.
+pub async fn open_identity(config: &Config, store: Arc<dyn EventStore>) -> Result<Identity> {
+    let oidc = match (&config.oidc_issuer_url, &config.oidc_audience) {
+        (Some(issuer), Some(audience)) => Some(OidcSettings {
+            issuer: issuer.clone(),
+            audience: audience.clone(),
+        }),
+        (Some(_), None) => {
+            return Err(Error::Usage(
+                "OIDC_ISSUER_URL is set without OIDC_AUDIENCE: set the audience the issuer's tokens are for".to_owned(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::Usage(
+                "OIDC_AUDIENCE is set without OIDC_ISSUER_URL: set the issuer, or unset the audience".to_owned(),
+            ));
+        }
+        (None, None) => None,
+    };
+    let settings = IdentitySettings {
+        store_url: config.database_url.expose().to_owned(),
+        signing_key_pem: config
+            .signing_key
+            .as_ref()
+            .map(|key| key.expose().to_owned()),
+        oidc,
+        public_url: config.public_url.clone(),
+    };
+    Identity::open(&settings, store, open_mailer(config)?)
+        .await
+        .map_err(|error| match error {
+            identity::IdentityError::Config(message) => Error::Usage(message),
+            other => Error::runtime(
+                format!(
+                    "cannot open the secret store beside {} (check DATABASE_URL and that the database is running)",
+                    config.database_url.redacted()
+                ),
+                other,
+            ),
+        })
+}
+
+fn secret_store_failure(config: &Config) -> impl FnOnce(identity::IdentityError) -> Error + '_ {
+    move |error| {
+        Error::runtime(
+            format!(
+                "cannot open the secret store beside {} (check DATABASE_URL and that the database is running)",
+                config.database_url.redacted()
+            ),
+            error,
+        )
+    }
+}
+
+/// The API keys of the deployment `config` names (creating its secret store if needed).
+pub async fn open_api_keys(config: &Config) -> Result<identity::ApiKeys> {
+    let secrets =
+        identity::SecretStore::open(&identity::identity_db_url(config.database_url.expose()))
+            .await
+            .map_err(secret_store_failure(config))?;
+    Ok(identity::ApiKeys::new(secrets))
+}
+
+/// The signing keys of the deployment `config` names (a first one made if there is none).
+pub async fn open_signing_keys(config: &Config) -> Result<identity::SigningKeys> {
+    let secrets =
+        identity::SecretStore::open(&identity::identity_db_url(config.database_url.expose()))
+            .await
+            .map_err(secret_store_failure(config))?;
+    identity::SigningKeys::open(secrets, config.signing_key.as_ref().map(Secret::expose))
+        .await
+        .map_err(|error| match error {
+            identity::IdentityError::Config(message) => Error::Usage(message),
+            other => secret_store_failure(config)(other),
+        })
+}
+
+/// Creates a staff account on the store `config` names (creating the store if needed):
+/// `mercato users add`. Answers its user id.
+pub async fn add_staff_account(
+    config: &Config,
+    email: &str,
+    name: &str,
+    roles: &std::collections::BTreeSet<domain::Role>,
+    password: &str,
+) -> Result<uuid::Uuid> {
+    let store = open_store(config).await?;
+    let identity = open_identity(config, store).await?;
+    let metadata = eventstore::EventMetadata {
+        correlation_id: uuid::Uuid::new_v4().to_string(),
+        causation_id: String::new(),
+        saga_id: None,
+        actor: "operator".to_owned(),
+        source: "mercato users add".to_owned(),
+    };
+    identity
+        .accounts
+        .register(
+            email,
+            password,
+            name,
+            domain::AccountKind::Staff,
+            roles,
+            &metadata,
+        )
+        .await
+        .map(|written| written.user_id)
+        .map_err(|error| match error {
+            identity::AccountError::Invalid(field) => {
+                Error::Usage(format!("{}: {}", field.field, field.message))
+            }
+            identity::AccountError::EmailTaken => {
+                Error::Usage(format!("an account with the email {email} exists already"))
+            }
+            other => Error::runtime("cannot create the account", other),
+        })
 }
 
 /// How long connecting to Redis may take before the process gives up naming it.

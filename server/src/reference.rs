@@ -24,7 +24,9 @@ pub fn http_markdown() -> String {
         "Every error is a problem body (`application/problem+json`, RFC 9457) whose `detail` says \
          what to fix and whose `field` names the input at fault. Writes answer with \
          `X-Event-Position`; a read given that position in `X-Min-Position` (or \
-         `?min_position=`) waits until its read model has applied it.\n",
+         `?min_position=`) waits until its read model has applied it. Callers prove who they \
+         are with `Authorization: Bearer <token>` (an access token from `POST /sessions`, or an \
+         API key); each route says who may call it (`server::policy`, the permission table).\n",
     );
     let schemas = &document["components"]["schemas"];
     if let Some(paths) = document["paths"].as_object() {
@@ -39,6 +41,9 @@ pub fn http_markdown() -> String {
                     method.to_uppercase(),
                     operation["summary"].as_str().unwrap_or_default()
                 );
+                if let Some(access) = operation["x-mercato-access"].as_str() {
+                    let _ = writeln!(out, "Who may call it: {access}.\n");
+                }
                 parameters(&mut out, &operation["parameters"]);
                 if let Some(body) =
                     operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]

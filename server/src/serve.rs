@@ -126,9 +126,18 @@ impl Server {
                 progress.clone(),
                 shutdown.clone(),
             );
+            let vault = platform.identity.vault.clone();
             workers.push(tokio::spawn(async move {
-                if let Err(error) =
-                    sagas::run_saga(store, db, Arc::new(gateway), options, progress, shutdown).await
+                if let Err(error) = sagas::run_saga(
+                    store,
+                    db,
+                    Arc::new(gateway),
+                    vault,
+                    options,
+                    progress,
+                    shutdown,
+                )
+                .await
                 {
                     tracing::error!(%error, "the checkout saga stopped");
                 }
@@ -163,6 +172,18 @@ impl Server {
         } else {
             (None, None)
         };
+        crate::policy::check_coverage(&ops::documented_routes())
+            .map_err(|faults| Error::Failed(format!("the server cannot start: {faults}")))?;
+        if plan.parts.command_api && !platform.identity.admin_exists().await.unwrap_or(true) {
+            tracing::warn!(
+                "there is no admin account yet: create one with `mercato users add --email you@example.com --role admin` (the password is read from standard input)"
+            );
+        }
+        if let Some(oidc) = &platform.identity.oidc
+            && let Err(error) = oidc.check().await
+        {
+            tracing::warn!(%error, "the OIDC issuer cannot be read now; its tokens are refused until it can");
+        }
         let router = app(&platform, &plan, progress, components, views);
         let address = listener
             .local_addr()
@@ -268,10 +289,12 @@ fn app(
         progress: progress.clone(),
         components,
         metrics: ops::prometheus(),
+        signing: platform.identity.signing.clone(),
     });
     if plan.parts.command_api {
         router = router.merge(command_api::router(command_api::CommandState {
             store: platform.store.clone(),
+            identity: platform.identity.clone(),
         }));
     }
     if plan.parts.query_api {
@@ -282,15 +305,22 @@ fn app(
             cache: read_models.cache.clone(),
             progress,
             views,
+            identity: platform.identity.clone(),
         }));
     }
     router
+        // After routing: the permission table's rule of the matched route.
+        .route_layer(axum::middleware::from_fn(crate::policy::authorize))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(axum::middleware::map_response(
             http_common::problem::as_problem,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            platform.identity.authenticator.clone(),
+            http_common::access::authenticate,
+        ))
         .layer(axum::middleware::from_fn(request_context))
         .layer(axum::middleware::from_fn(ops::record_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

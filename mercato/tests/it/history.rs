@@ -149,8 +149,7 @@ fn check_cloud_event(event: &Value) -> Result<(), String> {
 /// Places an order with a known correlation id; answers the order id.
 async fn place_order(server: &Api, correlation_id: &str, product_id: &str, qty: u32) -> String {
     let response = server
-        .client
-        .post(server.url("/orders"))
+        .request(reqwest::Method::POST, "/orders")
         .header("x-correlation-id", correlation_id)
         .json(&json!({
             "customer_id": "auditor-1",

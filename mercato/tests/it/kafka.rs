@@ -40,11 +40,12 @@ async fn read_topics(bootstrap: &str, topics: &[&str], expect: Option<usize>) ->
         .collect()
 }
 
-const EVENT_TOPICS: [&str; 4] = [
+const EVENT_TOPICS: [&str; 5] = [
     "product.events",
     "cart.events",
     "orders.events",
     "payments.events",
+    "user.events",
 ];
 
 /// The server's flags for Kafka.
@@ -138,6 +139,7 @@ async fn the_relay_publishes_every_event_with_its_headers_and_kafka_fed_roles_se
         assert_eq!(product["name"], format!("Fresh lamp {index}"));
     }
     let added = server
+        .anonymous()
         .post(
             "/carts/kafka-cart/items",
             json!({ "product_id": products[0], "quantity": 2 }),
@@ -355,7 +357,7 @@ async fn table(db: &projections::readdb::ReadDb, query: &str) -> Vec<Vec<String>
 const COMPARED: [&str; 5] = [
     "SELECT product_id, name, description, price_minor, stock_qty, category, popularity, version FROM rm_products",
     "SELECT order_id, customer_id, status, lines, total_minor, payment_status, cancel_reason, created_position FROM rm_orders",
-    "SELECT cart_id, lines, checked_out_as, version FROM rm_carts",
+    "SELECT cart_id, lines, checked_out_as, version, owner FROM rm_carts",
     "SELECT product_id, score FROM rm_popularity",
     "SELECT customer_id, product_id FROM rm_customer_products",
 ];
@@ -393,12 +395,18 @@ async fn shop_load(server: &Api, tag: &str, n_products: usize, n_orders: usize) 
         let first = &products[index % products.len()];
         let second = &products[(index * 7 + 3) % products.len()];
         let added = server
+            .anonymous()
             .post(
                 &format!("/carts/{tag}-cart-{index}/items"),
                 json!({ "product_id": first, "quantity": 1 }),
             )
             .await;
-        assert!(added.status().is_success());
+        let status = added.status();
+        assert!(
+            status.is_success(),
+            "{status}: {}",
+            added.text().await.unwrap_or_default()
+        );
         let token = if index % 5 == 4 {
             "tok_chargeDeclined"
         } else {

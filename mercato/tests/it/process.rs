@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Server, ServerData, Setup, event_position};
+use crate::common::{Api, Server, ServerData, Setup, event_position};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_models_converge_after_a_crash_while_writes_are_flowing() {
@@ -18,20 +18,21 @@ async fn read_models_converge_after_a_crash_while_writes_are_flowing() {
         .create_product("Crash test dummy", "Sturdy", 5.0, 1_000, "Toys")
         .await;
     // Writers: stock adjustments and new products, as fast as they go.
-    let client = server.client.clone();
-    let base = server.base.clone();
+    let api = Api::clone(&server);
     let writer = tokio::spawn(async move {
         let mut n_answered = 0;
         for write_idx in 0..10_000 {
+            // The server is killed meanwhile: a failed request ends the writer.
             let result = if write_idx % 2 == 0 {
-                client
-                    .post(format!("{base}/products/{product_id}/stock"))
-                    .json(&json!({"delta": 1}))
-                    .send()
-                    .await
+                api.request(
+                    reqwest::Method::POST,
+                    &format!("/products/{product_id}/stock"),
+                )
+                .json(&json!({"delta": 1}))
+                .send()
+                .await
             } else {
-                client
-                    .post(format!("{base}/products"))
+                api.request(reqwest::Method::POST, "/products")
                     .json(&json!({"name": format!("Item {write_idx}"), "description": "d", "price": 1, "stock_qty": 1}))
                     .send()
                     .await
@@ -111,8 +112,7 @@ async fn json_logs_carry_the_correlation_id_of_the_request_on_every_line() {
     };
     let server = Server::start_with(&data, "all", &["--log-format", "json"]).await;
     let response = server
-        .client
-        .post(server.url("/products"))
+        .request(reqwest::Method::POST, "/products")
         .header("x-correlation-id", "order-flow-42")
         .json(&json!({"name": "Logged", "description": "d", "price": 1, "stock_qty": 1}))
         .send()

@@ -13,7 +13,7 @@ use crate::common::replay::{
     caught_up_to_head, create_lamps, interrupt_replay, late_order, order_lamps, prefix,
     projection_line, redis, redis_checkpoint, run,
 };
-use crate::common::{ServerData, Setup, TestApp, eventually};
+use crate::common::{Api, ServerData, Setup, TestApp, eventually};
 
 /// Every key starting with `start`.
 async fn keys(connection: &mut redis::aio::MultiplexedConnection, start: &str) -> Vec<String> {
@@ -93,13 +93,14 @@ fn total_popularity(rows: &[String]) -> i64 {
         .sum()
 }
 
-async fn add_to_cart(base: &str, cart: &str, product: &str, quantity: u32) {
-    let response = reqwest::Client::new()
-        .post(format!("{base}/carts/{cart}/items"))
-        .json(&json!({ "product_id": product, "quantity": quantity }))
-        .send()
-        .await
-        .expect("add to cart");
+/// A guest's cart write (the guest client keeps each cart's token).
+async fn add_to_cart(guest: &Api, cart: &str, product: &str, quantity: u32) {
+    let response = guest
+        .post(
+            &format!("/carts/{cart}/items"),
+            json!({ "product_id": product, "quantity": quantity }),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
 }
 
@@ -110,24 +111,29 @@ async fn replay_rebuilds_the_redis_read_models_while_the_server_serves_and_write
     };
     let server = TestApp::start(&data).await;
     let products = create_lamps(&server).await;
+    let guest = server.anonymous();
     for index in 0..6 {
         let cart = format!("cart-{index}");
-        add_to_cart(&server.base, &cart, &products[index % 4], 1).await;
-        add_to_cart(&server.base, &cart, &products[(index + 1) % 4], 1).await;
+        add_to_cart(&guest, &cart, &products[index % 4], 1).await;
+        add_to_cart(&guest, &cart, &products[(index + 1) % 4], 1).await;
     }
     for index in 0..2 {
-        let response = server
+        let response = guest
             .post(
                 &format!("/carts/cart-{index}/checkout"),
-                json!({ "customer_id": format!("buyer-{index}"), "payment_token": "tok_visa" }),
+                json!({ "payment_token": "tok_visa" }),
             )
             .await;
         assert_eq!(response.status(), StatusCode::ACCEPTED);
     }
     order_lamps(&server, &products, "tok_visa").await;
+    let viewer = server.register_customer("viewer").await;
     for product in &products {
-        let response = server
-            .get(&format!("/products/{product}?customer_id=viewer"))
+        let response = viewer
+            .get(&format!(
+                "/products/{product}?customer_id={}",
+                viewer.user_id
+            ))
             .await;
         assert_eq!(response.status(), StatusCode::OK);
     }
@@ -189,14 +195,13 @@ async fn replay_rebuilds_the_redis_read_models_while_the_server_serves_and_write
     // Rebuild while orders and cart changes keep coming in.
     let load = {
         let products = products.clone();
-        let base = server.base.clone();
+        let (server, guest) = (Api::clone(&server), guest.clone());
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
             for index in 0..30 {
-                late_order(&client, &base, &products, index, "tok_visa").await;
+                late_order(&server, &products, index, "tok_visa").await;
                 if index % 3 == 0 {
                     add_to_cart(
-                        &base,
+                        &guest,
                         &format!("late-cart-{index}"),
                         &products[index % 4],
                         2,
@@ -274,7 +279,7 @@ async fn replay_rebuilds_the_redis_read_models_while_the_server_serves_and_write
 
     // Later writes land in the rebuilt read models: the live projections read on from the
     // rebuilt checkpoint.
-    add_to_cart(&server.base, "after-swap", &products[2], 3).await;
+    add_to_cart(&guest, "after-swap", &products[2], 3).await;
     let fresh = eventually(Duration::from_secs(10), || async {
         let response = server.get("/carts/after-swap").await;
         (response.status() == StatusCode::OK).then_some(())

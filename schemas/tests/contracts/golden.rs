@@ -1,11 +1,17 @@
 //! Golden files: `schemas/golden/<EventType>.v<N>.json` holds one stored example of every event at
 //! every version, as `RecordedEvent` serialises it. They are written once and never regenerated:
-//! a change that breaks an old event, or renames a field of a current one, fails here.
+//! a change that breaks an old event, or renames a field of a current one, fails here. Every one
+//! of them, at whatever version, must also leave the store (upcast, in the feeds, as a CloudEvent,
+//! on Avro) at the current version and without a payment token.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use schemas::RecordedEvent;
 use schemas::avro::{self, AvroEvent};
+use schemas::cloudevents::cloud_event;
+use schemas::envelope::feed_json;
+use schemas::upcast::to_current_version;
 use serde_json::Value;
 
 use crate::samples::AnyEvent;
@@ -212,4 +218,135 @@ fn product_updated_v1_reads_as_v2_with_exact_minor_units_and_no_category() {
     assert_eq!(back.schema_version, 2);
     let payload: Value = serde_json::from_str(back.payload.get()).unwrap();
     assert_eq!(payload["category"], Value::Null);
+}
+
+#[test]
+fn every_golden_file_at_every_version_is_published_on_avro_at_the_current_version() {
+    for golden in goldens() {
+        let event = parse(&golden);
+        let bytes = avro::recorded_to_datum(&event)
+            .unwrap_or_else(|error| panic!("{}: {error}", golden.path.display()));
+        let back = avro::from_datum(&event.event_type, &bytes).unwrap();
+        assert_eq!(
+            back.schema_version,
+            domain::current_schema_version(&event.event_type)
+        );
+        let from_avro = AnyEvent::decode(
+            &event.stream_type,
+            &back.event_type,
+            back.schema_version,
+            &back.payload,
+        )
+        .unwrap();
+        assert_eq!(from_avro, decode(&event), "{}", golden.path.display());
+    }
+}
+
+#[test]
+fn the_feeds_and_cloud_events_show_every_golden_file_at_the_current_version() {
+    for golden in goldens() {
+        let event = parse(&golden);
+        let current = domain::current_schema_version(&event.event_type);
+        let read: Value =
+            serde_json::from_str(decode(&event).encode().unwrap().payload.get()).unwrap();
+        let feed = feed_json(&event);
+        assert_eq!(feed["schema_version"], current, "{}", golden.path.display());
+        assert_eq!(feed["payload"], read, "{}", golden.path.display());
+        assert_eq!(feed["position"], event.position);
+        let cloud = cloud_event(&event);
+        assert_eq!(cloud["schemaversion"], current.to_string());
+        assert_eq!(cloud["data"], read, "{}", golden.path.display());
+        assert_eq!(
+            cloud["type"],
+            format!("mercato.{}.{}", event.stream_type, event.event_type)
+        );
+    }
+}
+
+/// The field that held a payment token in the events stored before tokens left the log.
+const SECRET_FIELD: &str = "payment_token";
+
+/// Every value of a field named `name`, at any depth of `value`.
+fn values_of(value: &Value, name: &str, found: &mut Vec<Value>) {
+    match value {
+        Value::Object(fields) => {
+            for (key, inner) in fields {
+                if key == name {
+                    found.push(inner.clone());
+                }
+                values_of(inner, name, found);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| values_of(item, name, found)),
+        _ => {}
+    }
+}
+
+/// Every way a stored event leaves the store: the upcast event, the payload decoded into the
+/// domain type and encoded again, the feeds' JSON, the CloudEvent, and the Avro datum read back.
+fn what_readers_get(event: &RecordedEvent) -> Vec<(&'static str, Value)> {
+    let upcast = to_current_version(event).unwrap();
+    let datum = avro::recorded_to_datum(event).unwrap();
+    let from_avro = avro::from_datum(&event.event_type, &datum).unwrap();
+    vec![
+        ("upcast", serde_json::to_value(&upcast).unwrap()),
+        (
+            "re-encoded",
+            serde_json::from_str(decode(event).encode().unwrap().payload.get()).unwrap(),
+        ),
+        ("feed", feed_json(event)),
+        ("cloud event", cloud_event(event)),
+        (
+            "avro",
+            serde_json::from_str(from_avro.payload.get()).unwrap(),
+        ),
+    ]
+}
+
+#[test]
+fn no_payment_token_is_in_a_current_golden_file_or_in_what_a_reader_gets_from_any() {
+    let goldens = goldens();
+    // The tokens the old golden files hold: none of them may come out again, in any form.
+    let mut stored_tokens = Vec::new();
+    for golden in &goldens {
+        let stored: Value = serde_json::from_str(&golden.text).unwrap();
+        let mut found = Vec::new();
+        values_of(&stored, SECRET_FIELD, &mut found);
+        assert!(
+            found.is_empty()
+                || golden.schema_version < domain::current_schema_version(&golden.event_type),
+            "{}: an event at its current version carries a {SECRET_FIELD}",
+            golden.path.display()
+        );
+        stored_tokens.extend(
+            found
+                .into_iter()
+                .filter_map(|token| token.as_str().map(str::to_owned)),
+        );
+    }
+    let stored_tokens: BTreeSet<String> = stored_tokens.into_iter().collect();
+    assert!(
+        !stored_tokens.is_empty(),
+        "the v1 golden files hold tokens: this test reads them to look for them in what readers get"
+    );
+    for golden in &goldens {
+        let event = parse(golden);
+        for (how, value) in what_readers_get(&event) {
+            let mut found = Vec::new();
+            values_of(&value, SECRET_FIELD, &mut found);
+            assert!(
+                found.is_empty(),
+                "{} ({how}): a {SECRET_FIELD} field is shown",
+                golden.path.display()
+            );
+            let text = value.to_string();
+            for token in &stored_tokens {
+                assert!(
+                    !text.contains(token.as_str()),
+                    "{} ({how}): a stored payment token is shown",
+                    golden.path.display()
+                );
+            }
+        }
+    }
 }

@@ -1,7 +1,10 @@
 //! One realistic sample of every event variant (some twice, to cover both sides of an optional
-//! field), and [`AnyEvent`], which decodes any stream type's event into its domain enum.
+//! field or of a tagged union), and [`AnyEvent`], which decodes any stream type's event into its
+//! domain enum.
 
-use domain::cart::{CartCheckedOut, CartItemAdded, CartItemRemoved};
+use std::collections::BTreeSet;
+
+use domain::cart::{CartCheckedOut, CartItemAdded, CartItemRemoved, CartOpened};
 use domain::order::{OrderCancelled, OrderConfirmed, OrderCreated, OrderLine};
 use domain::payment::{
     PaymentFailed, PaymentRefunded, PaymentRequested, PaymentSucceeded, PaymentTimedOut,
@@ -10,10 +13,14 @@ use domain::product::{
     ProductCreated, ProductDetailsChanged, ProductUpdated, StockAdjusted, StockCommitted,
     StockReleased, StockReserved,
 };
+use domain::user::{
+    USER_STREAM_TYPE, UserDeactivated, UserEmailVerified, UserErased, UserLoggedIn,
+    UserPasswordChanged, UserPasswordReset, UserProfileChanged, UserRegistered,
+};
 use domain::views::ProductViewed;
 use domain::{
-    CancelReason, CartEvent, CartId, CustomerId, Money, OrderEvent, PaymentEvent, ProductEvent,
-    ProductViewEvent,
+    AccountKind, CancelReason, CartEvent, CartId, CartOwner, CustomerId, Money, OrderEvent,
+    PaymentEvent, ProductEvent, ProductViewEvent, Role, Sealed, UserEvent,
 };
 use schemas::{CodecError, EncodedEvent};
 use serde_json::value::RawValue;
@@ -22,6 +29,8 @@ use uuid::Uuid;
 pub const GRINDER: Uuid = Uuid::from_u128(0x6f1c1d2e_8a8b_4f57_9d0a_3c1b2a4d5e6f);
 pub const KETTLE: Uuid = Uuid::from_u128(0x2b7e9c41_0d3a_4e8f_b615_7a90c2d4e813);
 pub const ORDER: Uuid = Uuid::from_u128(0x0c5f8e2a_41b7_4d93_a2e6_18f4b7c9d350);
+pub const ANN: Uuid = Uuid::from_u128(0x5b0e2c4a_7d1f_4e93_8a6b_2f4c6e8a0d13);
+pub const DANA: Uuid = Uuid::from_u128(0x8c2f6a1d_3e7b_4f09_b5d2_1a9e4c7f0b66);
 
 /// A domain event of any stream type.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +40,7 @@ pub enum AnyEvent {
     Order(OrderEvent),
     Payment(PaymentEvent),
     View(ProductViewEvent),
+    User(UserEvent),
 }
 
 impl AnyEvent {
@@ -41,6 +51,7 @@ impl AnyEvent {
             AnyEvent::Order(_) => "order",
             AnyEvent::Payment(_) => "payment",
             AnyEvent::View(_) => domain::VIEWS_STREAM_TYPE,
+            AnyEvent::User(_) => USER_STREAM_TYPE,
         }
     }
 
@@ -51,6 +62,7 @@ impl AnyEvent {
             AnyEvent::Order(event) => schemas::encode(event),
             AnyEvent::Payment(event) => schemas::encode(event),
             AnyEvent::View(event) => schemas::encode(event),
+            AnyEvent::User(event) => schemas::encode(event),
         }
     }
 
@@ -69,6 +81,9 @@ impl AnyEvent {
             domain::VIEWS_STREAM_TYPE => {
                 AnyEvent::View(schemas::decode(event_type, schema_version, payload)?)
             }
+            USER_STREAM_TYPE => {
+                AnyEvent::User(schemas::decode(event_type, schema_version, payload)?)
+            }
             other => panic!("unknown stream type {other}"),
         })
     }
@@ -76,6 +91,11 @@ impl AnyEvent {
 
 fn customer() -> CustomerId {
     CustomerId::parse("alice-42").unwrap()
+}
+
+/// A personal value as the key service seals it: opaque text, never the value in the clear.
+fn sealed(text: &str) -> Sealed {
+    Sealed::from_sealed_text(format!("pd1.{text}"))
 }
 
 /// Naming every variant here makes a new variant without a sample a compile error.
@@ -91,7 +111,8 @@ fn variant_has_a_sample(event: &AnyEvent) {
             | ProductEvent::ProductUpdated(_),
         )
         | AnyEvent::Cart(
-            CartEvent::CartItemAdded(_)
+            CartEvent::CartOpened(_)
+            | CartEvent::CartItemAdded(_)
             | CartEvent::CartItemRemoved(_)
             | CartEvent::CartCheckedOut(_),
         )
@@ -107,7 +128,17 @@ fn variant_has_a_sample(event: &AnyEvent) {
             | PaymentEvent::PaymentTimedOut(_)
             | PaymentEvent::PaymentRefunded(_),
         )
-        | AnyEvent::View(ProductViewEvent::ProductViewed(_)) => {}
+        | AnyEvent::View(ProductViewEvent::ProductViewed(_))
+        | AnyEvent::User(
+            UserEvent::UserRegistered(_)
+            | UserEvent::UserEmailVerified(_)
+            | UserEvent::UserLoggedIn(_)
+            | UserEvent::UserProfileChanged(_)
+            | UserEvent::UserPasswordChanged(_)
+            | UserEvent::UserPasswordReset(_)
+            | UserEvent::UserDeactivated(_)
+            | UserEvent::UserErased(_),
+        ) => {}
     }
 }
 
@@ -182,6 +213,12 @@ pub fn all() -> Vec<AnyEvent> {
             category: None,
             version: 7,
         })),
+        AnyEvent::Cart(CartEvent::CartOpened(CartOpened {
+            owner: CartOwner::customer(customer()),
+        })),
+        AnyEvent::Cart(CartEvent::CartOpened(CartOpened {
+            owner: CartOwner::Guest,
+        })),
         AnyEvent::Cart(CartEvent::CartItemAdded(CartItemAdded {
             product_id: KETTLE,
             quantity: 2,
@@ -200,7 +237,7 @@ pub fn all() -> Vec<AnyEvent> {
             customer_id: customer(),
             lines: lines.clone(),
             total: Money::from_minor(35_899),
-            payment_token: "tok_visa".to_owned(),
+            payment_ref: Some(format!("vault:{ORDER}")),
             cart_id: Some(CartId::parse("cart-7f3a").unwrap()),
         })),
         AnyEvent::Order(OrderEvent::OrderCreated(OrderCreated {
@@ -208,7 +245,7 @@ pub fn all() -> Vec<AnyEvent> {
             customer_id: customer(),
             lines: lines[..1].to_vec(),
             total: Money::from_minor(24_999),
-            payment_token: "tok_chargeDeclined".to_owned(),
+            payment_ref: None,
             cart_id: None,
         })),
         AnyEvent::Order(OrderEvent::OrderConfirmed(OrderConfirmed {
@@ -232,7 +269,12 @@ pub fn all() -> Vec<AnyEvent> {
         AnyEvent::Payment(PaymentEvent::PaymentRequested(PaymentRequested {
             order_id: ORDER,
             amount: Money::from_minor(35_899),
-            payment_token: "tok_visa".to_owned(),
+            payment_ref: format!("vault:{ORDER}"),
+        })),
+        AnyEvent::Payment(PaymentEvent::PaymentRequested(PaymentRequested {
+            order_id: ORDER,
+            amount: Money::from_minor(24_999),
+            payment_ref: String::new(),
         })),
         AnyEvent::Payment(PaymentEvent::PaymentSucceeded(PaymentSucceeded {
             order_id: ORDER,
@@ -259,6 +301,49 @@ pub fn all() -> Vec<AnyEvent> {
             product_id: GRINDER,
             customer_id: None,
         })),
+        AnyEvent::User(UserEvent::UserRegistered(UserRegistered {
+            user_id: ANN,
+            kind: AccountKind::Customer,
+            roles: BTreeSet::new(),
+            email: sealed("AAECAwQFBgcICQoLc2VhbGVkIGVtYWls"),
+            name: sealed("DA0ODxAREhMUFRYXc2VhbGVkIG5hbWU"),
+            email_verified: false,
+        })),
+        AnyEvent::User(UserEvent::UserRegistered(UserRegistered {
+            user_id: DANA,
+            kind: AccountKind::Staff,
+            roles: Role::ALL.into_iter().collect(),
+            email: sealed("GBkaGxwdHh8gISIjc2VhbGVkIGVtYWls"),
+            name: sealed("JCUmJygpKissLS4vc2VhbGVkIG5hbWU"),
+            email_verified: true,
+        })),
+        AnyEvent::User(UserEvent::UserEmailVerified(UserEmailVerified {
+            user_id: ANN,
+        })),
+        AnyEvent::User(UserEvent::UserLoggedIn(UserLoggedIn {
+            user_id: ANN,
+            method: "password".to_owned(),
+        })),
+        AnyEvent::User(UserEvent::UserProfileChanged(UserProfileChanged {
+            user_id: ANN,
+            name: sealed("MDEyMzQ1Njc4OTo7c2VhbGVkIG5hbWU"),
+            phone: Some(sealed("PD0-P0BBQkNERUZHc2VhbGVkIHBob25l")),
+            addresses: Some(sealed("SElKS0xNTk9QUVJTc2VhbGVkIGFkZHJlc3Nlcw")),
+        })),
+        AnyEvent::User(UserEvent::UserProfileChanged(UserProfileChanged {
+            user_id: ANN,
+            name: sealed("VFVWV1hZWltcXV5fc2VhbGVkIG5hbWU"),
+            phone: None,
+            addresses: None,
+        })),
+        AnyEvent::User(UserEvent::UserPasswordChanged(UserPasswordChanged {
+            user_id: ANN,
+        })),
+        AnyEvent::User(UserEvent::UserPasswordReset(UserPasswordReset {
+            user_id: ANN,
+        })),
+        AnyEvent::User(UserEvent::UserDeactivated(UserDeactivated { user_id: ANN })),
+        AnyEvent::User(UserEvent::UserErased(UserErased { user_id: ANN })),
     ];
     samples.iter().for_each(variant_has_a_sample);
     samples

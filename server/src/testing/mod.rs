@@ -9,10 +9,12 @@
 
 pub mod broker;
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::future::Future;
 use std::ops::Deref;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
@@ -22,6 +24,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 use crate::config::{Config, Role, Secret, Settings};
 use crate::serve::{Server, bind};
@@ -150,15 +153,33 @@ pub fn configuration_variables() -> Vec<String> {
     names
 }
 
-/// A client of a running server's HTTP API, with typed helpers.
+/// A client of a running server's HTTP API, with typed helpers. It sends its credentials (an
+/// API key or an access token) with every request, if it has any, and keeps the tokens a guest
+/// is given, as a browser would: the cart token of each cart it wrote, the order token of each
+/// order it checked out, sent back with every later request for that cart or order.
 #[derive(Debug, Clone)]
 pub struct Api {
     pub base: String,
     pub client: Client,
+    credentials: Option<String>,
+    /// Guest tokens by the path they open (`/carts/{id}`, `/orders/{id}`).
+    guest_tokens: Arc<Mutex<HashMap<String, String>>>,
+}
+
+/// The resource path a request path belongs to (`/carts/c1/items` → `/carts/c1`).
+fn resource_of(path: &str) -> Option<String> {
+    let path = path.split('?').next().unwrap_or(path);
+    let mut segments = path.trim_start_matches('/').split('/');
+    match (segments.next(), segments.next()) {
+        (Some(kind @ ("carts" | "orders")), Some(id)) if !id.is_empty() => {
+            Some(format!("/{kind}/{id}"))
+        }
+        _ => None,
+    }
 }
 
 impl Api {
-    /// A client of the server at `base` (`http://127.0.0.1:PORT`).
+    /// An anonymous client of the server at `base` (`http://127.0.0.1:PORT`).
     pub fn new(base: String) -> Api {
         Api {
             base,
@@ -166,47 +187,132 @@ impl Api {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("client"),
+            credentials: None,
+            guest_tokens: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// A client of the same server sending `credentials` (`Bearer` token or API key), with
+    /// guest tokens of its own.
+    pub fn with_credentials(&self, credentials: &str) -> Api {
+        Api {
+            credentials: Some(credentials.to_owned()),
+            guest_tokens: Arc::new(Mutex::new(HashMap::new())),
+            ..self.clone()
+        }
+    }
+
+    /// An anonymous client of the same server (a guest, once it writes a cart).
+    pub fn anonymous(&self) -> Api {
+        Api {
+            credentials: None,
+            guest_tokens: Arc::new(Mutex::new(HashMap::new())),
+            ..self.clone()
+        }
+    }
+
+    /// The credentials this client sends, if any.
+    pub fn credentials(&self) -> Option<&str> {
+        self.credentials.as_deref()
+    }
+
+    /// The guest token this client holds for `resource` (`/carts/{id}` or `/orders/{id}`).
+    pub fn guest_token(&self, resource: &str) -> Option<String> {
+        self.guest_tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(resource)
+            .cloned()
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
+    /// A request of this client: its credentials, and the guest token of the path's cart or
+    /// order when it holds one.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut builder = self.client.request(method, self.url(path));
+        if let Some(credentials) = &self.credentials {
+            builder = builder.bearer_auth(credentials);
+        }
+        if let Some(resource) = resource_of(path)
+            && let Some(token) = self.guest_token(&resource)
+        {
+            let header = if resource.starts_with("/carts/") {
+                "x-cart-token"
+            } else {
+                "x-order-token"
+            };
+            builder = builder.header(header, token);
+        }
+        builder
+    }
+
+    /// Sends `builder` and keeps the guest tokens its answer gives.
+    pub async fn send(&self, path: &str, builder: reqwest::RequestBuilder) -> Response {
+        let response = builder.send().await.expect("request");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let version = response.version();
+        let body = response.bytes().await.expect("response body");
+        if let Ok(json) = serde_json::from_slice::<Value>(&body) {
+            let mut tokens = self
+                .guest_tokens
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let (Some(token), Some(resource)) = (json["cart_token"].as_str(), resource_of(path))
+            {
+                tokens.insert(resource, token.to_owned());
+            }
+            if let (Some(token), Some(order_id)) =
+                (json["order_token"].as_str(), json["order_id"].as_str())
+            {
+                tokens.insert(format!("/orders/{order_id}"), token.to_owned());
+            }
+        }
+        let mut rebuilt = axum::http::Response::builder()
+            .status(status)
+            .version(version);
+        if let Some(rebuilt_headers) = rebuilt.headers_mut() {
+            *rebuilt_headers = headers;
+        }
+        Response::from(rebuilt.body(body).expect("response"))
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> Response {
-        self.client
-            .post(self.url(path))
-            .json(&body)
-            .send()
+        self.send(path, self.request(reqwest::Method::POST, path).json(&body))
             .await
-            .expect("request")
     }
 
     pub async fn put(&self, path: &str, body: Value) -> Response {
-        self.client
-            .put(self.url(path))
-            .json(&body)
-            .send()
+        self.send(path, self.request(reqwest::Method::PUT, path).json(&body))
             .await
-            .expect("request")
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Response {
+        self.send(path, self.request(reqwest::Method::PATCH, path).json(&body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.send(path, self.request(reqwest::Method::DELETE, path))
+            .await
     }
 
     pub async fn get(&self, path: &str) -> Response {
-        self.client
-            .get(self.url(path))
-            .send()
+        self.send(path, self.request(reqwest::Method::GET, path))
             .await
-            .expect("request")
     }
 
     /// GET with `X-Min-Position`: the answer reflects at least that position.
     pub async fn get_at(&self, path: &str, position: u64) -> Response {
-        self.client
-            .get(self.url(path))
-            .header("x-min-position", position.to_string())
-            .send()
-            .await
-            .expect("request")
+        self.send(
+            path,
+            self.request(reqwest::Method::GET, path)
+                .header("x-min-position", position.to_string()),
+        )
+        .await
     }
 
     /// Creates a product and returns its id and the position of its last event.
@@ -236,7 +342,8 @@ impl Api {
         )
     }
 
-    /// Places an order through `POST /orders`; answers its id.
+    /// Places an order through `POST /orders` for `customer` (as support staff or a service
+    /// with the support role does; a customer's own client leaves the id out); answers its id.
     pub async fn place_order(&self, customer: &str, lines: &[(&str, u32)], token: &str) -> String {
         let lines: Vec<Value> = lines
             .iter()
@@ -251,6 +358,76 @@ impl Api {
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         let body: Value = response.json().await.expect("json");
         body["order_id"].as_str().expect("order_id").to_owned()
+    }
+
+    /// Registers a customer account (`POST /users`) with a password of its own, logs in and
+    /// answers a client acting as that customer.
+    pub async fn register_customer(&self, name: &str) -> Customer {
+        let email = format!("{name}-{}@example.com", Uuid::new_v4().simple());
+        let password = format!("{name} keeps a long passphrase {}", Uuid::new_v4().simple());
+        let anonymous = self.anonymous();
+        let registered = anonymous
+            .post(
+                "/users",
+                json!({ "email": email, "password": password, "name": name }),
+            )
+            .await;
+        assert_eq!(registered.status(), StatusCode::CREATED, "register {name}");
+        let body: Value = registered.json().await.expect("json");
+        let user_id = body["user_id"].as_str().expect("user_id").to_owned();
+        let session = anonymous.log_in(&email, &password).await;
+        Customer {
+            api: anonymous.with_credentials(&session.access_token),
+            user_id,
+            email,
+            password,
+            session,
+        }
+    }
+
+    /// `POST /sessions`: answers the session, which must be granted.
+    pub async fn log_in(&self, email: &str, password: &str) -> SessionTokens {
+        let response = self
+            .anonymous()
+            .post("/sessions", json!({ "email": email, "password": password }))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "log in {email}");
+        let body: Value = response.json().await.expect("json");
+        SessionTokens {
+            access_token: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            refresh_token: body["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+        }
+    }
+}
+
+/// A session's tokens.
+#[derive(Debug, Clone)]
+pub struct SessionTokens {
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+/// A registered customer and a client acting as them.
+#[derive(Debug, Clone)]
+pub struct Customer {
+    pub api: Api,
+    pub user_id: String,
+    pub email: String,
+    pub password: String,
+    pub session: SessionTokens,
+}
+
+impl Deref for Customer {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
     }
 }
 
@@ -299,7 +476,15 @@ impl TestApp {
         let server = Server::build(config, listener)
             .await
             .unwrap_or_else(|error| panic!("the server did not start: {error:?}"));
-        let api = Api::new(format!("http://{}", server.local_addr()));
+        // The test's own client: an API key with the admin role, as an operator's script has.
+        let (_, admin_key) = server
+            .platform()
+            .identity
+            .api_keys
+            .create("tests", &[domain::Role::Admin].into_iter().collect())
+            .await
+            .expect("an admin API key for the test");
+        let api = Api::new(format!("http://{}", server.local_addr())).with_credentials(&admin_key);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run_until(async move {
             let _ = stopped.await;
@@ -309,6 +494,17 @@ impl TestApp {
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// A client with a new API key of `roles` (comma-separated, as `mercato api-keys create
+    /// --role` takes them).
+    pub async fn service(&self, data: &TestData, roles: &str) -> Api {
+        let keys = crate::platform::open_api_keys(&data.config("all", &[]))
+            .await
+            .expect("the API keys");
+        let roles = domain::user::parse_roles(roles).expect("roles");
+        let (_, key) = keys.create("tests", &roles).await.expect("an API key");
+        self.api.with_credentials(&key)
     }
 
     /// Stops the server as SIGTERM would: drains the requests in flight and stops the

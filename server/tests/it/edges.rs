@@ -46,24 +46,22 @@ async fn control_characters_are_refused_naming_the_field(setup: Setup, test_name
         .await;
     let (status, body) = problem(
         server
-            .client
-            .put(server.url(&format!("/products/{product_id}")))
-            .json(&json!({ "name": "Mug\u{0}" }))
-            .send()
-            .await
-            .expect("request"),
+            .put(
+                &format!("/products/{product_id}"),
+                json!({ "name": "Mug\u{0}" }),
+            )
+            .await,
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["field"], "name");
     // A later change is still seen: nothing stopped the products read model.
     let response = server
-        .client
-        .put(server.url(&format!("/products/{product_id}")))
-        .json(&json!({ "name": "Big mug" }))
-        .send()
-        .await
-        .expect("request");
+        .put(
+            &format!("/products/{product_id}"),
+            json!({ "name": "Big mug" }),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let position = event_position(&response);
     let read: Value = server
@@ -390,9 +388,13 @@ async fn the_protocol_edges_are_answered_as_the_rfcs_say() {
     assert!(no_host.contains("Host header"), "{no_host}");
 
     let started = std::time::Instant::now();
+    let slow_request = format!(
+        "POST /products HTTP/1.1\r\nHost: shop\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"na",
+        server.credentials().expect("the test's key")
+    );
     let slow = raw(
         &server,
-        b"POST /products HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"na",
+        slow_request.as_bytes(),
         std::time::Duration::from_secs(9),
     )
     .await;
@@ -423,7 +425,8 @@ async fn a_half_closed_request_is_answered_and_runs() {
     };
     let body = r#"{"name":"Half-closed kettle","description":"","price":12.5,"stock_qty":3,"category":"Kitchen"}"#;
     let request = format!(
-        "POST /products HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /products HTTP/1.1\r\nHost: shop\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        server.credentials().expect("the test's key"),
         body.len()
     );
     for attempt in 0..20 {

@@ -1,8 +1,11 @@
 //! The server library's tests: the HTTP behaviour of every role, with the server started in
 //! this process (`server::testing::TestApp`).
 
+mod access;
+mod accounts;
 mod docs;
 mod e2e;
 mod edges;
 mod platform;
 mod readiness;
+mod tokens;

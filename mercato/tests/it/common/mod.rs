@@ -64,6 +64,35 @@ pub async fn place_order(
     server.place_order(customer, lines, token).await
 }
 
+/// An API key with the admin role on `data` (and the settings among `serve_args`, such as
+/// `--database-url`), made once with `mercato api-keys create` (as an operator makes one) and
+/// kept in the data directory for the test's later servers.
+pub async fn admin_key(data: &ServerData, serve_args: &[&str]) -> String {
+    let kept = data.data_dir.path().join("test-admin-key");
+    if let Ok(key) = std::fs::read_to_string(&kept) {
+        return key;
+    }
+    let output = mercato_on(
+        data,
+        &["api-keys", "create", "--role", "admin", "--name", "tests"],
+    )
+    .args(serve_args)
+    .output()
+    .await
+    .expect("run mercato api-keys create");
+    assert!(
+        output.status.success(),
+        "mercato api-keys create failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let key = String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    std::fs::write(&kept, &key).expect("keep the key");
+    key
+}
+
 /// A running `mercato serve` process.
 #[derive(Debug)]
 pub struct Server {
@@ -91,11 +120,24 @@ impl Server {
     }
 
     /// Starts the binary with extra arguments (after `serve`), its stderr written to a file.
+    /// Its client holds an admin API key made with `mercato api-keys create` on the same data.
     pub async fn start_with(data: &ServerData, role: &str, extra: &[&str]) -> Server {
+        let log_filter = if extra.is_empty() { "warn" } else { "info" };
+        Server::start_with_log_filter(data, role, extra, log_filter).await
+    }
+
+    /// [`Server::start_with`] with `RUST_LOG` set to `log_filter` (`debug`, say).
+    pub async fn start_with_log_filter(
+        data: &ServerData,
+        role: &str,
+        extra: &[&str],
+        log_filter: &str,
+    ) -> Server {
+        let admin_key = admin_key(data, extra).await;
         let mut command = mercato_on(data, &["serve", "--listen", "127.0.0.1:0", "--role", role]);
         command
             .args(extra)
-            .env("RUST_LOG", if extra.is_empty() { "warn" } else { "info" })
+            .env("RUST_LOG", log_filter)
             .stdout(Stdio::piped());
         if extra.is_empty() {
             command.stderr(Stdio::inherit());
@@ -119,7 +161,7 @@ impl Server {
         // Keep draining stdout so the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Server {
-            api: Api::new(base),
+            api: Api::new(base).with_credentials(&admin_key),
             child,
         }
     }

@@ -148,34 +148,27 @@ pub async fn order_lamps(server: &Api, products: &[String], token: &str) {
 
 /// The `index`th order of a load placed while a rebuild runs: one unit of a lamp, by one of five
 /// late customers, paid with `token`.
-pub async fn late_order(
-    client: &reqwest::Client,
-    base: &str,
-    products: &[String],
-    index: usize,
-    token: &str,
-) {
-    let response = client
-        .post(format!("{base}/orders"))
-        .json(&json!({
-            "customer_id": format!("late-{}", index % 5),
-            "lines": [{"product_id": products[index % 4], "quantity": 1}],
-            "payment_token": token,
-        }))
-        .send()
-        .await
-        .expect("order");
+pub async fn late_order(server: &Api, products: &[String], index: usize, token: &str) {
+    let response = server
+        .post(
+            "/orders",
+            json!({
+                "customer_id": format!("late-{}", index % 5),
+                "lines": [{"product_id": products[index % 4], "quantity": 1}],
+                "payment_token": token,
+            }),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
 }
 
 /// Thirty late orders (see `late_order`), one every 15 ms, placed while the test goes on.
 pub fn order_load(server: &Api, products: &[String], token: &'static str) -> JoinHandle<()> {
     let products = products.to_vec();
-    let base = server.base.clone();
+    let server = server.clone();
     tokio::spawn(async move {
-        let client = reqwest::Client::new();
         for index in 0..30 {
-            late_order(&client, &base, &products, index, token).await;
+            late_order(&server, &products, index, token).await;
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
     })

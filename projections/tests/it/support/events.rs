@@ -32,7 +32,7 @@ pub fn order_created(customer_id: &str, lines: &[(Uuid, u32)], position: u64) ->
         customer_id: CustomerId::parse(customer_id).expect("a customer id"),
         lines,
         total,
-        payment_token: "tok_visa".to_owned(),
+        payment_ref: Some("vault:order".to_owned()),
         cart_id: None,
     });
     recorded(

@@ -284,6 +284,7 @@ pub struct CartRow {
     pub lines: BTreeMap<String, CartLineRow>,
     pub checked_out_as: Option<String>,
     pub version: u64,
+    pub owner: Option<String>,
 }
 
 impl CartRow {
@@ -293,6 +294,7 @@ impl CartRow {
             return Ok(());
         }
         match decode::<domain::CartEvent>(event)? {
+            domain::CartEvent::CartOpened(opened) => self.owner = Some(opened.owner.key()),
             domain::CartEvent::CartItemAdded(added) => {
                 self.lines.insert(
                     added.product_id.to_string(),
@@ -333,16 +335,19 @@ pub async fn load_cart_row(
     connection: &mut AnyConnection,
     cart_id: &str,
 ) -> Result<Option<CartRow>, ProjectionError> {
-    let row = sqlx::query("SELECT lines, checked_out_as, version FROM rm_carts WHERE cart_id = $1")
-        .bind(cart_id)
-        .fetch_optional(connection)
-        .await?;
+    let row = sqlx::query(
+        "SELECT lines, checked_out_as, version, owner FROM rm_carts WHERE cart_id = $1",
+    )
+    .bind(cart_id)
+    .fetch_optional(connection)
+    .await?;
     let Some(row) = row else { return Ok(None) };
     let lines: String = row.try_get(0)?;
     Ok(Some(CartRow {
         lines: serde_json::from_str(&lines)?,
         checked_out_as: row.try_get(1)?,
         version: u64::try_from(row.try_get::<i64, _>(2)?).unwrap_or(0),
+        owner: row.try_get(3)?,
     }))
 }
 
@@ -377,11 +382,11 @@ impl Projection for SqlCartsProjection {
         let now = chrono::Utc::now().to_rfc3339();
         for (cart_id, cart) in &carts {
             sqlx::query(
-                "INSERT INTO rm_carts (cart_id, lines, checked_out_as, version, updated_at)
-                 VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO rm_carts (cart_id, lines, checked_out_as, version, updated_at, owner)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (cart_id) DO UPDATE SET lines = excluded.lines,
                      checked_out_as = excluded.checked_out_as, version = excluded.version,
-                     updated_at = excluded.updated_at
+                     updated_at = excluded.updated_at, owner = excluded.owner
                  WHERE rm_carts.version < excluded.version",
             )
             .bind(cart_id)
@@ -389,6 +394,7 @@ impl Projection for SqlCartsProjection {
             .bind(cart.checked_out_as.as_deref())
             .bind(to_i64(cart.version))
             .bind(&now)
+            .bind(cart.owner.as_deref())
             .execute(&mut **transaction)
             .await?;
         }

@@ -1,0 +1,218 @@
+//! The permission table: every route mercato serves, and who may call it. The router checks it
+//! on every request ([`authorize`]), the OpenAPI document shows it on every operation (its
+//! security requirements and `x-mercato-access`), and the authorization tests are generated
+//! from it. A route that is not in the table, or an entry without a route, stops the server
+//! from starting ([`check_coverage`]).
+//!
+//! The table says which callers get past the router; the handlers then keep each caller to
+//! what is theirs (their own carts, orders and profile; another's answers 404).
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use domain::Role::{Admin, Auditor, Catalog, Support};
+use http_common::access::{Access, GuestToken, refusal};
+use http_common::openapi::{Method, RouteDoc};
+use http_common::{Problem, RequestContext};
+
+/// One entry of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+const fn rule(method: Method, path: &'static str, access: Access) -> Rule {
+    Rule {
+        method,
+        path,
+        access,
+    }
+}
+
+/// Guests with the cart's token (or none yet, on a cart's first write) and customers.
+const CART_HOLDERS: Access = Access::NOBODY.and_guests(GuestToken::Cart).and_customers();
+/// Every account, for its own profile and sessions.
+const ACCOUNTS: Access = Access::NOBODY.and_accounts();
+/// Staff with the catalog role.
+const CATALOG: Access = Access::roles(&[Catalog]);
+/// Admins only.
+const ADMINS: Access = Access::roles(&[Admin]);
+/// Auditors (and admins).
+const AUDITORS: Access = Access::roles(&[Auditor]);
+
+use Method::{Delete, Get, Patch, Post, Put};
+
+/// Every route, and who may call it.
+pub const POLICY: &[Rule] = &[
+    // What every process serves about itself.
+    rule(Get, "/health", Access::ANYONE),
+    rule(Get, "/ready", Access::ANYONE),
+    rule(Get, "/metrics", Access::ANYONE),
+    rule(Get, "/openapi.json", Access::ANYONE),
+    rule(Get, "/.well-known/jwks.json", Access::ANYONE),
+    // The catalogue.
+    rule(Get, "/products/{product_id}", Access::ANYONE),
+    rule(Get, "/search", Access::ANYONE),
+    rule(Get, "/recommendations", Access::ANYONE),
+    rule(Post, "/products", CATALOG),
+    rule(Put, "/products/{product_id}", CATALOG),
+    rule(Post, "/products/{product_id}/stock", CATALOG),
+    // Carts: their guest or customer; support staff may read them.
+    rule(Post, "/carts/{cart_id}/items", CART_HOLDERS),
+    rule(Delete, "/carts/{cart_id}/items/{product_id}", CART_HOLDERS),
+    rule(Post, "/carts/{cart_id}/checkout", CART_HOLDERS),
+    rule(
+        Get,
+        "/carts/{cart_id}",
+        Access::roles(&[Support])
+            .and_guests(GuestToken::Cart)
+            .and_customers(),
+    ),
+    // Orders: their customer or guest, and support staff.
+    rule(Post, "/orders", Access::roles(&[Support]).and_customers()),
+    rule(
+        Get,
+        "/orders/{order_id}",
+        Access::roles(&[Support])
+            .and_guests(GuestToken::Order)
+            .and_customers(),
+    ),
+    rule(
+        Get,
+        "/customers/{customer_id}/orders",
+        Access::roles(&[Support]).and_customers(),
+    ),
+    // Accounts.
+    rule(Post, "/users", Access::ANYONE),
+    rule(Post, "/users/verify", Access::ANYONE),
+    rule(Post, "/sessions", Access::ANYONE),
+    rule(Post, "/sessions/refresh", Access::ANYONE),
+    rule(Delete, "/sessions/current", ACCOUNTS),
+    rule(Get, "/users/me", ACCOUNTS),
+    rule(Patch, "/users/me", ACCOUNTS),
+    rule(Post, "/users/me/password", ACCOUNTS),
+    rule(Delete, "/users/me", ACCOUNTS),
+    rule(Post, "/password-resets", Access::ANYONE),
+    rule(Post, "/password-resets/complete", Access::ANYONE),
+    rule(Get, "/users/{user_id}", Access::roles(&[Support])),
+    rule(Post, "/users/{user_id}/erase", ADMINS),
+    rule(Post, "/users/{user_id}/deactivate", ADMINS),
+    // The event history, for auditors.
+    rule(Get, "/streams/{stream_type}/{stream_id}/events", AUDITORS),
+    rule(Get, "/events", AUDITORS),
+];
+
+/// The rule of `method` `path`, if the table has one.
+pub fn access_of(method: Method, path: &str) -> Option<Access> {
+    POLICY
+        .iter()
+        .find(|rule| rule.method == method && rule.path == path)
+        .map(|rule| rule.access)
+}
+
+/// Fails naming every route without an entry, and every entry without a route.
+pub fn check_coverage(routes: &[RouteDoc]) -> Result<(), String> {
+    let mut faults = Vec::new();
+    for route in routes {
+        if access_of(route.method, route.path).is_none() {
+            faults.push(format!(
+                "route {} {} has no entry in the permission table (server::policy::POLICY)",
+                route.method.as_str().to_uppercase(),
+                route.path
+            ));
+        }
+    }
+    for rule in POLICY {
+        let served = routes
+            .iter()
+            .any(|route| route.method == rule.method && route.path == rule.path);
+        if !served {
+            faults.push(format!(
+                "the permission table names {} {}, which no API serves",
+                rule.method.as_str().to_uppercase(),
+                rule.path
+            ));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for rule in POLICY {
+        if !seen.insert((rule.method, rule.path)) {
+            faults.push(format!(
+                "the permission table names {} {} twice",
+                rule.method.as_str().to_uppercase(),
+                rule.path
+            ));
+        }
+    }
+    if faults.is_empty() {
+        Ok(())
+    } else {
+        Err(faults.join("; "))
+    }
+}
+
+/// The method of a request as the table names it.
+fn method_of(method: &axum::http::Method) -> Option<Method> {
+    [Get, Post, Put, Patch, Delete]
+        .into_iter()
+        .find(|known| known.http() == method)
+}
+
+/// Lets a request through to its route only if the table's rule admits its principal: 401
+/// (with `WWW-Authenticate: Bearer`) without credentials, 403 with credentials that do not
+/// admit it. A route layer: it runs after routing, so the route's path is known.
+pub async fn authorize(request: Request, next: Next) -> Response {
+    let rule = request
+        .extensions()
+        .get::<MatchedPath>()
+        .zip(method_of(request.method()))
+        .and_then(|(path, method)| access_of(method, path.as_str()));
+    let Some(access) = rule else {
+        // The start-up check makes this unreachable: every served route has an entry.
+        return Problem::internal(&format_args!(
+            "{} {} has no entry in the permission table",
+            request.method(),
+            request.uri().path()
+        ))
+        .into_response();
+    };
+    let principal = request
+        .extensions()
+        .get::<RequestContext>()
+        .map(|context| context.principal.clone())
+        .unwrap_or(identity::Principal::Anonymous);
+    if let Some(refused) = refusal(&access, &principal) {
+        return refused;
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_route_has_one_entry_and_every_entry_a_route() {
+        check_coverage(&crate::ops::documented_routes()).expect("the table covers the routes");
+    }
+
+    #[test]
+    fn a_route_missing_from_the_table_or_an_entry_without_a_route_is_named() {
+        let mut routes = crate::ops::documented_routes();
+        routes.push(RouteDoc::get(
+            "/unlisted",
+            "a route nobody listed",
+            "Object",
+        ));
+        let fault = check_coverage(&routes).unwrap_err();
+        assert!(fault.contains("GET /unlisted has no entry"), "{fault}");
+        routes.retain(|route| route.path != "/search" && route.path != "/unlisted");
+        let fault = check_coverage(&routes).unwrap_err();
+        assert!(
+            fault.contains("names GET /search, which no API serves"),
+            "{fault}"
+        );
+    }
+}
