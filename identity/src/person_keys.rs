@@ -208,38 +208,4 @@ mod tests {
         let again = seal_with(&key, "ann", "email", "ann@example.com").expect("seal");
         assert_ne!(again, sealed, "every seal has its own nonce");
     }
-
-    #[tokio::test]
-    async fn after_the_key_is_destroyed_every_value_of_the_person_opens_as_erased() {
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let secrets = SecretStore::open(&format!(
-            "sqlite://{}",
-            directory.path().join("identity.db").display()
-        ))
-        .await
-        .expect("open");
-        let keys = PersonKeys::new(secrets);
-        let email = keys
-            .seal("ann", "email", "ann@example.com")
-            .await
-            .expect("seal");
-        let other = keys
-            .seal("bob", "email", "bob@example.com")
-            .await
-            .expect("seal");
-        assert_eq!(
-            keys.open("ann", "email", &email).await.expect("open"),
-            Opened::Plain("ann@example.com".to_owned())
-        );
-        keys.destroy("ann").await.expect("destroy");
-        assert_eq!(
-            keys.open("ann", "email", &email).await.expect("open"),
-            Opened::Erased
-        );
-        assert!(!keys.exists("ann").await.expect("exists"));
-        assert_eq!(
-            keys.open("bob", "email", &other).await.expect("open"),
-            Opened::Plain("bob@example.com".to_owned())
-        );
-    }
 }

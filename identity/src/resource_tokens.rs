@@ -95,30 +95,3 @@ impl ResourceTokens {
         self.mac(resource, id).verify_slice(&tag).is_ok()
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_token_opens_its_own_resource_only_and_survives_a_restart() {
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let url = format!(
-            "sqlite://{}",
-            directory.path().join("identity.db").display()
-        );
-        let secrets = SecretStore::open(&url).await.expect("open");
-        let tokens = ResourceTokens::open(&secrets).await.expect("tokens");
-        let cart = tokens.token(Resource::Cart, "cart-1");
-        assert!(cart.starts_with("ct_"));
-        assert!(tokens.verify(Resource::Cart, "cart-1", &cart));
-        assert!(!tokens.verify(Resource::Cart, "cart-2", &cart));
-        assert!(!tokens.verify(Resource::Order, "cart-1", &cart));
-        assert!(!tokens.verify(Resource::Cart, "cart-1", "ct_AAAA"));
-        assert!(!tokens.verify(Resource::Cart, "cart-1", ""));
-        let reopened = ResourceTokens::open(&SecretStore::open(&url).await.expect("open"))
-            .await
-            .expect("tokens");
-        assert!(reopened.verify(Resource::Cart, "cart-1", &cart));
-    }
-}

@@ -197,11 +197,14 @@ impl SigningKeys {
         Ok(keys)
     }
 
-    /// The stored keys, newest first.
+    /// The stored keys: those that sign first, then the retired ones, newest first (a rotation
+    /// within the same millisecond as the key it retires still lists the new key first).
     async fn stored(&self) -> Result<Vec<RingKey>, IdentityError> {
         let rows = sqlx::query(
             "SELECT private_key, created_at, retired_at FROM signing_keys
-             WHERE algorithm = 'EdDSA' ORDER BY created_at DESC, kid",
+             WHERE algorithm = 'EdDSA'
+             ORDER BY CASE WHEN retired_at IS NULL THEN 0 ELSE 1 END, created_at DESC,
+                 retired_at DESC, kid",
         )
         .fetch_all(self.inner.secrets.pool())
         .await?;
@@ -414,7 +417,8 @@ impl SigningKeys {
         json!({ "keys": keys })
     }
 
-    /// The stored keys as `(kid, created_at, retired_at)` (ms), newest first, for operators.
+    /// The stored keys as `(kid, created_at, retired_at)` (ms), the signing ones first, for
+    /// operators.
     pub async fn list(&self) -> Result<Vec<(String, i64, Option<i64>)>, IdentityError> {
         Ok(self
             .stored()
@@ -436,127 +440,5 @@ impl SigningKeys {
             .chain(self.inner.configured.iter())
             .find(|key| key.kid == kid)
             .and_then(|key| VerifyingKey::from_bytes(&key.public).ok())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn secrets() -> (tempfile::TempDir, SecretStore) {
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let store = SecretStore::open(&format!(
-            "sqlite://{}",
-            directory.path().join("identity.db").display()
-        ))
-        .await
-        .expect("open");
-        (directory, store)
-    }
-
-    fn claims(exp_from_now: i64) -> AccessClaims {
-        let now = chrono::Utc::now().timestamp();
-        AccessClaims {
-            iss: TOKEN_ISSUER.to_owned(),
-            aud: TOKEN_AUDIENCE.to_owned(),
-            sub: "user-1".to_owned(),
-            iat: now,
-            exp: now + exp_from_now,
-            jti: "j1".to_owned(),
-            sid: "s1".to_owned(),
-            kind: "customer".to_owned(),
-            roles: Vec::new(),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_token_verifies_until_it_expires() {
-        let (_directory, secrets) = secrets().await;
-        let keys = SigningKeys::open(secrets, None).await.expect("keys");
-        let token = keys.sign(&claims(60)).await.expect("sign");
-        assert_eq!(keys.verify(&token).await, Ok(claims(60)));
-        let expired = keys.sign(&claims(-120)).await.expect("sign");
-        assert_eq!(keys.verify(&expired).await, Err(TokenError::Expired));
-        let mut tampered = token.clone();
-        tampered.replace_range(tampered.len() - 4.., "AAAA");
-        assert!(matches!(
-            keys.verify(&tampered).await,
-            Err(TokenError::Invalid(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn after_a_rotation_the_new_key_signs_and_the_old_one_still_verifies() {
-        let (_directory, secrets) = secrets().await;
-        let keys = SigningKeys::open(secrets.clone(), None)
-            .await
-            .expect("keys");
-        let before = keys.sign(&claims(60)).await.expect("sign");
-        let old_kid = jsonwebtoken::decode_header(&before).expect("header").kid;
-        let new_kid = keys.rotate().await.expect("rotate");
-        let after = keys.sign(&claims(60)).await.expect("sign");
-        assert_eq!(
-            jsonwebtoken::decode_header(&after).expect("header").kid,
-            Some(new_kid.clone())
-        );
-        assert_ne!(old_kid, Some(new_kid));
-        assert!(keys.verify(&before).await.is_ok());
-        // A second process on the same store learns of the new key from the token itself.
-        let other = SigningKeys::open(secrets, None).await.expect("keys");
-        assert!(other.verify(&after).await.is_ok());
-        let jwks = keys.jwks().await;
-        assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(2), "{jwks}");
-    }
-
-    #[tokio::test]
-    async fn a_token_of_another_key_or_algorithm_is_refused() {
-        let (_directory, one) = secrets().await;
-        let (_directory2, two) = secrets().await;
-        let keys = SigningKeys::open(one, None).await.expect("keys");
-        let stranger = SigningKeys::open(two, None).await.expect("keys");
-        let token = stranger.sign(&claims(60)).await.expect("sign");
-        assert!(matches!(
-            keys.verify(&token).await,
-            Err(TokenError::Invalid(_))
-        ));
-        let hs256 = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims(60),
-            &EncodingKey::from_secret(b"secret"),
-        )
-        .expect("encode");
-        let refused = keys.verify(&hs256).await.unwrap_err();
-        assert!(refused.to_string().contains("EdDSA"), "{refused}");
-        let none = format!(
-            "{}.{}.",
-            crate::encode(br#"{"alg":"none","typ":"JWT"}"#),
-            crate::encode(serde_json::to_string(&claims(60)).expect("json").as_bytes())
-        );
-        assert!(matches!(
-            keys.verify(&none).await,
-            Err(TokenError::Invalid(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_configured_key_signs_and_a_malformed_one_is_refused_naming_the_variable() {
-        let (_directory, secrets) = secrets().await;
-        let pem = random_signing_key()
-            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-            .expect("pem");
-        let keys = SigningKeys::open(secrets.clone(), Some(&pem))
-            .await
-            .expect("keys");
-        let token = keys.sign(&claims(60)).await.expect("sign");
-        let kid = jsonwebtoken::decode_header(&token)
-            .expect("header")
-            .kid
-            .expect("kid");
-        assert!(keys.public_key(&kid).is_some());
-        assert!(keys.verify(&token).await.is_ok());
-        let error = SigningKeys::open(secrets, Some("not a key"))
-            .await
-            .unwrap_err();
-        assert!(error.to_string().contains("MERCATO_SIGNING_KEY"), "{error}");
     }
 }

@@ -186,42 +186,4 @@ mod tests {
         assert_eq!(ADDRESS_POLICY.wait_after(19), 0);
         assert_eq!(ADDRESS_POLICY.wait_after(20), 60_000);
     }
-
-    #[tokio::test]
-    async fn an_account_waits_after_five_failures_and_a_success_clears_it() {
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let secrets = SecretStore::open(&format!(
-            "sqlite://{}",
-            directory.path().join("identity.db").display()
-        ))
-        .await
-        .expect("open");
-        let throttle = LoginThrottle::new(secrets);
-        let account = Subject::account("ann@example.com");
-        let address = Subject::address("192.0.2.7".parse().expect("address"));
-        let both = [account.clone(), address.clone()];
-        for _ in 0..4 {
-            throttle.record_failure(&both).await.expect("record");
-        }
-        assert_eq!(throttle.wait(&both).await.expect("wait"), None);
-        throttle.record_failure(&both).await.expect("record");
-        let wait = throttle
-            .wait(&both)
-            .await
-            .expect("wait")
-            .expect("throttled");
-        assert!(
-            wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
-            "{wait:?}"
-        );
-        assert_eq!(
-            throttle
-                .wait(std::slice::from_ref(&address))
-                .await
-                .expect("wait"),
-            None
-        );
-        throttle.clear(&account).await.expect("clear");
-        assert_eq!(throttle.wait(&both).await.expect("wait"), None);
-    }
 }
