@@ -2,8 +2,10 @@
 //!
 //! `Bearer <JWT>` is an access token of mercato's own (or of the configured OIDC issuer, by its
 //! `iss`); `Bearer mk_...` an API key; no header, anonymous. A token once verified is remembered
-//! until it expires (at most 50,000 of them), so a client that sends the same token with every
-//! request pays for one signature check, not one per request.
+//! for a minute at most (and never past its expiry; at most 50,000 of them), so a client that
+//! sends the same token with every request pays for one signature check a minute. Each time one
+//! of mercato's own tokens is verified, its account must still be active: a deactivated or
+//! erased account's tokens stop working within that minute, not only when they expire.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -12,6 +14,7 @@ use domain::Role;
 use uuid::Uuid;
 
 use crate::api_keys::{ApiKeyError, ApiKeys, is_api_key};
+use crate::credentials::Credentials;
 use crate::error::IdentityError;
 use crate::oidc::OidcVerifier;
 use crate::principal::Principal;
@@ -19,6 +22,8 @@ use crate::signing::{AccessClaims, SigningKeys, TokenError};
 
 /// The most verified tokens remembered.
 const VERIFIED_CAPACITY: usize = 50_000;
+/// How long a verified token is remembered before its account is looked at again (seconds).
+const VERIFIED_FOR: i64 = 60;
 
 /// Why a request's credentials were refused (answered 401, or 503 when the store is down).
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +80,7 @@ struct Verified {
 pub struct Authenticator {
     signing: SigningKeys,
     api_keys: ApiKeys,
+    credentials: Credentials,
     oidc: Option<Arc<OidcVerifier>>,
     verified: Arc<RwLock<HashMap<Box<str>, Verified>>>,
 }
@@ -110,10 +116,16 @@ fn unverified_issuer(token: &str) -> Option<String> {
 }
 
 impl Authenticator {
-    pub fn new(signing: SigningKeys, api_keys: ApiKeys, oidc: Option<Arc<OidcVerifier>>) -> Self {
+    pub fn new(
+        signing: SigningKeys,
+        api_keys: ApiKeys,
+        credentials: Credentials,
+        oidc: Option<Arc<OidcVerifier>>,
+    ) -> Self {
         Authenticator {
             signing,
             api_keys,
+            credentials,
             oidc,
             verified: Arc::new(RwLock::new(HashMap::new())),
         }
@@ -160,15 +172,42 @@ impl Authenticator {
             }
             _ => {
                 let claims = self.signing.verify(credential).await?;
+                let principal = principal_of_claims(&claims)?;
+                self.require_active(&principal).await?;
                 let authenticated = Authenticated {
-                    principal: principal_of_claims(&claims)?,
+                    principal,
                     session_id: Some(claims.sid.clone()),
                 };
                 (authenticated, claims.exp)
             }
         };
-        self.remember(credential, &authenticated, expires_at, now);
+        self.remember(
+            credential,
+            &authenticated,
+            expires_at.min(now + VERIFIED_FOR),
+            now,
+        );
         Ok(authenticated)
+    }
+
+    /// Refuses the token of an account that can no longer log in (deactivated, or erased and
+    /// its credentials gone).
+    async fn require_active(&self, principal: &Principal) -> Result<(), AuthError> {
+        let Some(user_id) = principal.user_id() else {
+            return Ok(());
+        };
+        let active = self
+            .credentials
+            .by_user(user_id)
+            .await?
+            .is_some_and(|credential| credential.status == domain::UserStatus::Active);
+        if active {
+            Ok(())
+        } else {
+            Err(AuthError::Token(TokenError::Invalid(
+                "its account was deactivated or erased".to_owned(),
+            )))
+        }
     }
 
     fn remember(&self, credential: &str, authenticated: &Authenticated, expires_at: i64, now: i64) {

@@ -124,9 +124,10 @@ impl Identity {
             None => None,
         };
         let person_keys = PersonKeys::new(secrets.clone());
+        let credentials = credentials::Credentials::open(secrets.clone()).await?;
         let accounts = Accounts::new(accounts::AccountParts {
             store,
-            credentials: credentials::Credentials::open(secrets.clone()).await?,
+            credentials: credentials.clone(),
             person_keys: person_keys.clone(),
             sessions: sessions::Sessions::new(secrets.clone()),
             one_time: sessions::OneTimeTokens::new(secrets.clone()),
@@ -136,7 +137,12 @@ impl Identity {
             public_url: settings.public_url.clone(),
         });
         Ok(Identity {
-            authenticator: Authenticator::new(signing.clone(), api_keys.clone(), oidc.clone()),
+            authenticator: Authenticator::new(
+                signing.clone(),
+                api_keys.clone(),
+                credentials,
+                oidc.clone(),
+            ),
             oidc,
             resource_tokens: ResourceTokens::open(&secrets).await?,
             vault: PaymentVault::new(secrets.clone()),

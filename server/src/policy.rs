@@ -84,7 +84,9 @@ pub const POLICY: &[Rule] = &[
         "/customers/{customer_id}/orders",
         Access::roles(&[Support]).and_customers(),
     ),
-    // Accounts.
+    // Accounts. Every account, an auditor's included, keeps its own profile and password (an
+    // auditor never writes the shop's data); support staff read a customer's profile to serve
+    // their orders; accounts are erased and deactivated by admins.
     rule(Post, "/users", Access::ANYONE),
     rule(Post, "/users/verify", Access::ANYONE),
     rule(Post, "/sessions", Access::ANYONE),

@@ -596,6 +596,18 @@ async fn a_deactivated_account_cannot_log_in_or_refresh() {
         refresh(&server, &gus.session.refresh_token).await.0,
         StatusCode::UNAUTHORIZED
     );
+    // An access token of the account, not remembered yet, is refused at once; a remembered one
+    // within a minute.
+    let refused = gus.get("/users/me").await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let (_, problem) = status_and_json(refused).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("deactivated or erased"),
+        "{problem}"
+    );
     let (_, profile) = status_and_json(
         server
             .get_at(
