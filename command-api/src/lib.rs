@@ -32,7 +32,7 @@ use serde_json::json;
 pub struct CommandState {
     pub store: Arc<dyn EventStore>,
     /// Accounts, the guests' tokens and the payment vault.
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
 }
 
 /// A write route: a body (or none), answering `Written` with `status`.

@@ -7,6 +7,8 @@
 //! particular cart, order or profile (its own only) is the handler's business, and another
 //! principal's resource answers 404 there, so ids cannot be probed.
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -223,14 +225,17 @@ pub fn refusal(access: &Access, principal: &Principal) -> Option<Response> {
 /// token, a token of another key, `alg: none`, a revoked API key) are a 401 on every route, so
 /// a client learns at once that it must log in again.
 pub async fn authenticate(
-    State(authenticator): State<Authenticator>,
+    State(authenticator): State<Arc<Authenticator>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let header = request.headers().get(header::AUTHORIZATION);
-    let value = match header.map(HeaderValue::to_str) {
-        None => None,
-        Some(Ok(value)) => Some(value.to_owned()),
+    let authenticated = match request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::to_str)
+    {
+        None => authenticator.authenticate(None).await,
+        Some(Ok(value)) => authenticator.authenticate(Some(value)).await,
         Some(Err(_)) => {
             return unauthenticated(
                 "the Authorization header must be `Bearer <token>` in ASCII",
@@ -238,7 +243,7 @@ pub async fn authenticate(
             );
         }
     };
-    let authenticated = match authenticator.authenticate(value.as_deref()).await {
+    let authenticated = match authenticated {
         Ok(authenticated) => authenticated,
         Err(AuthError::Unavailable(error)) => {
             tracing::warn!(%error, "cannot check credentials");
@@ -254,6 +259,10 @@ pub async fn authenticate(
             );
         }
     };
+    if authenticated.principal.is_anonymous() {
+        // The request context starts anonymous: nothing to change.
+        return next.run(request).await;
+    }
     if let Some(context) = request.extensions_mut().get_mut::<RequestContext>() {
         context.actor = authenticated.principal.actor();
         context.principal = authenticated.principal;

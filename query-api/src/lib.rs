@@ -53,7 +53,7 @@ pub struct QueryState {
     pub progress: Progress,
     pub views: Option<ViewRecorder>,
     /// The guests' tokens and the person keys that open a profile.
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
 }
 
 /// A read route answering `schema`, with query parameters `query`, that waits for

@@ -7,6 +7,9 @@
 //! The table says which callers get past the router; the handlers then keep each caller to
 //! what is theirs (their own carts, orders and profile; another's answers 404).
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -106,12 +109,17 @@ pub const POLICY: &[Rule] = &[
     rule(Get, "/events", AUDITORS),
 ];
 
-/// The rule of `method` `path`, if the table has one.
-pub fn access_of(method: Method, path: &str) -> Option<Access> {
+/// The table by method and path, made once: every request looks its route up here.
+static RULES: LazyLock<HashMap<(Method, &'static str), Access>> = LazyLock::new(|| {
     POLICY
         .iter()
-        .find(|rule| rule.method == method && rule.path == path)
-        .map(|rule| rule.access)
+        .map(|rule| ((rule.method, rule.path), rule.access))
+        .collect()
+});
+
+/// The rule of `method` `path`, if the table has one.
+pub fn access_of(method: Method, path: &str) -> Option<Access> {
+    RULES.get(&(method, path)).copied()
 }
 
 /// Fails naming every route without an entry, and every entry without a route.

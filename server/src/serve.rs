@@ -294,7 +294,7 @@ fn app(
     if plan.parts.command_api {
         router = router.merge(command_api::router(command_api::CommandState {
             store: platform.store.clone(),
-            identity: platform.identity.clone(),
+            identity: Arc::new(platform.identity.clone()),
         }));
     }
     if plan.parts.query_api {
@@ -305,7 +305,7 @@ fn app(
             cache: read_models.cache.clone(),
             progress,
             views,
-            identity: platform.identity.clone(),
+            identity: Arc::new(platform.identity.clone()),
         }));
     }
     router
@@ -318,7 +318,7 @@ fn app(
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
-            platform.identity.authenticator.clone(),
+            Arc::new(platform.identity.authenticator.clone()),
             http_common::access::authenticate,
         ))
         .layer(axum::middleware::from_fn(request_context))
