@@ -7,6 +7,7 @@ mod accounts;
 mod audit;
 mod cli;
 mod common;
+mod erasure;
 mod generate;
 mod history;
 #[cfg(feature = "kafka")]
@@ -17,4 +18,5 @@ mod replay;
 mod replay_opensearch;
 mod replay_redis;
 mod saga;
+mod secrets;
 mod unreachable;
