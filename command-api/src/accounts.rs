@@ -91,6 +91,31 @@ fn account_problem(error: AccountError) -> Response {
     }
 }
 
+/// A refused or failed account request, answered as [`account_problem`] says (boxed: an answer
+/// is large, and handlers return it through `?`).
+#[derive(Debug)]
+pub(crate) struct Refused(Box<Response>);
+
+impl From<AccountError> for Refused {
+    fn from(error: AccountError) -> Self {
+        Refused(Box::new(account_problem(error)))
+    }
+}
+
+impl From<Problem> for Refused {
+    fn from(problem: Problem) -> Self {
+        Refused(Box::new(problem.into_response()))
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+type Answer = Result<Response, Refused>;
+
 /// `{user_id, position}` with `X-Event-Position`.
 fn user_written(status: StatusCode, written_user: &Written) -> Response {
     written(
@@ -135,13 +160,37 @@ fn own_account(context: &RequestContext) -> Result<Uuid, Problem> {
     })
 }
 
+/// An account's id in a path.
+fn user_id_of(text: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(text).map_err(|_| {
+        Problem::not_found(format!(
+            "no account has id {:?}: user ids are UUIDs",
+            http_common::params::truncate(text, 80)
+        ))
+    })
+}
+
+/// Refuses an email of a login or reset request that cannot be an address: longer than any.
+fn check_email_length(email: &str) -> Result<(), Problem> {
+    if email.chars().count() > domain::personal::EMAIL_MAX_CHARS {
+        return Err(Problem::invalid(
+            "email",
+            format!(
+                "must be at most {} characters (no email address is longer)",
+                domain::personal::EMAIL_MAX_CHARS
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[tracing::instrument(skip_all)]
 pub(crate) async fn register(
     State(state): State<CommandState>,
     Extension(context): Extension<RequestContext>,
     JsonBody(body): JsonBody<Register>,
-) -> Response {
-    match state
+) -> Answer {
+    let registered = state
         .identity
         .accounts
         .register(
@@ -152,11 +201,8 @@ pub(crate) async fn register(
             &Default::default(),
             &metadata(&context),
         )
-        .await
-    {
-        Ok(written_user) => user_written(StatusCode::CREATED, &written_user),
-        Err(error) => account_problem(error),
-    }
+        .await?;
+    Ok(user_written(StatusCode::CREATED, &registered))
 }
 
 #[tracing::instrument(skip_all)]
@@ -164,30 +210,13 @@ pub(crate) async fn verify_email(
     State(state): State<CommandState>,
     Extension(context): Extension<RequestContext>,
     JsonBody(body): JsonBody<VerifyEmail>,
-) -> Response {
-    match state
+) -> Answer {
+    let verified = state
         .identity
         .accounts
         .verify_email(&body.token, &metadata(&context))
-        .await
-    {
-        Ok(written_user) => no_content(written_user.position),
-        Err(error) => account_problem(error),
-    }
-}
-
-/// An email of a login or reset request that cannot be an address: longer than any.
-fn overlong_email(email: &str) -> Option<Response> {
-    (email.chars().count() > domain::personal::EMAIL_MAX_CHARS).then(|| {
-        Problem::invalid(
-            "email",
-            format!(
-                "must be at most {} characters (no email address is longer)",
-                domain::personal::EMAIL_MAX_CHARS
-            ),
-        )
-        .into_response()
-    })
+        .await?;
+    Ok(no_content(verified.position))
 }
 
 #[tracing::instrument(skip_all)]
@@ -195,11 +224,9 @@ pub(crate) async fn log_in(
     State(state): State<CommandState>,
     Extension(context): Extension<RequestContext>,
     JsonBody(body): JsonBody<Login>,
-) -> Response {
-    if let Some(refused) = overlong_email(&body.email) {
-        return refused;
-    }
-    match state
+) -> Answer {
+    check_email_length(&body.email)?;
+    let session = state
         .identity
         .accounts
         .login(
@@ -208,40 +235,32 @@ pub(crate) async fn log_in(
             context.peer,
             &metadata(&context),
         )
-        .await
-    {
-        Ok(session) => session_json(&session),
-        Err(error) => account_problem(error),
-    }
+        .await?;
+    Ok(session_json(&session))
 }
 
 #[tracing::instrument(skip_all)]
 pub(crate) async fn refresh(
     State(state): State<CommandState>,
     JsonBody(body): JsonBody<Refresh>,
-) -> Response {
-    match state.identity.accounts.refresh(&body.refresh_token).await {
-        Ok(session) => session_json(&session),
-        Err(error) => account_problem(error),
-    }
+) -> Answer {
+    let session = state.identity.accounts.refresh(&body.refresh_token).await?;
+    Ok(session_json(&session))
 }
 
 #[tracing::instrument(skip_all)]
 pub(crate) async fn log_out(
     State(state): State<CommandState>,
     Extension(context): Extension<RequestContext>,
-) -> Response {
-    let Some(session_id) = &context.session_id else {
-        return Problem::invalid(
+) -> Answer {
+    let session_id = context.session_id.as_deref().ok_or_else(|| {
+        Problem::invalid(
             "Authorization",
             "only an access token from POST /sessions belongs to a session",
         )
-        .into_response();
-    };
-    match state.identity.accounts.logout(session_id).await {
-        Ok(()) => no_content(None),
-        Err(error) => account_problem(error),
-    }
+    })?;
+    state.identity.accounts.logout(session_id).await?;
+    Ok(no_content(None))
 }
 
 #[tracing::instrument(skip_all)]
@@ -249,25 +268,18 @@ pub(crate) async fn change_profile(
     State(state): State<CommandState>,
     Extension(context): Extension<RequestContext>,
     JsonBody(body): JsonBody<ChangeProfile>,
-) -> Response {
-    let user_id = match own_account(&context) {
-        Ok(user_id) => user_id,
-        Err(problem) => return problem.into_response(),
-    };
+) -> Answer {
     let input = ProfileInput {
         name: body.name,
         phone: body.phone,
         addresses: body.addresses,
     };
-    match state
+    let changed = state
         .identity
         .accounts
-        .change_profile(user_id, input, &metadata(&context))
-        .await
-    {
-        Ok(written_user) => user_written(StatusCode::OK, &written_user),
-        Err(error) => account_problem(error),
-    }
+        .change_profile(own_account(&context)?, input, &metadata(&context))
+        .await?;
+    Ok(user_written(StatusCode::OK, &changed))
 }
 
 #[tracing::instrument(skip_all)]
@@ -275,41 +287,32 @@ pub(crate) async fn change_password(
     State(state): State<CommandState>,
     Extension(context): Extension<RequestContext>,
     JsonBody(body): JsonBody<ChangePassword>,
-) -> Response {
-    let user_id = match own_account(&context) {
-        Ok(user_id) => user_id,
-        Err(problem) => return problem.into_response(),
-    };
-    match state
+) -> Answer {
+    let changed = state
         .identity
         .accounts
         .change_password(
-            user_id,
+            own_account(&context)?,
             &body.current_password,
             &body.new_password,
             &metadata(&context),
         )
-        .await
-    {
-        Ok(written_user) => no_content(written_user.position),
-        Err(error) => account_problem(error),
-    }
+        .await?;
+    Ok(no_content(changed.position))
 }
 
 #[tracing::instrument(skip_all)]
 pub(crate) async fn request_password_reset(
     State(state): State<CommandState>,
     JsonBody(body): JsonBody<RequestReset>,
-) -> Response {
-    if let Some(refused) = overlong_email(&body.email) {
-        return refused;
-    }
+) -> Answer {
+    check_email_length(&body.email)?;
     state.identity.accounts.request_password_reset(&body.email);
-    (
+    Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "detail": "if an account has this email, a message with a reset code is on its way" })),
     )
-        .into_response()
+        .into_response())
 }
 
 #[tracing::instrument(skip_all)]
@@ -317,45 +320,26 @@ pub(crate) async fn complete_password_reset(
     State(state): State<CommandState>,
     Extension(context): Extension<RequestContext>,
     JsonBody(body): JsonBody<CompleteReset>,
-) -> Response {
-    match state
+) -> Answer {
+    let reset = state
         .identity
         .accounts
         .complete_password_reset(&body.token, &body.new_password, &metadata(&context))
-        .await
-    {
-        Ok(written_user) => no_content(written_user.position),
-        Err(error) => account_problem(error),
-    }
+        .await?;
+    Ok(no_content(reset.position))
 }
 
 #[tracing::instrument(skip_all)]
 pub(crate) async fn erase_own_account(
     State(state): State<CommandState>,
     Extension(context): Extension<RequestContext>,
-) -> Response {
-    let user_id = match own_account(&context) {
-        Ok(user_id) => user_id,
-        Err(problem) => return problem.into_response(),
-    };
-    match state
+) -> Answer {
+    let erased = state
         .identity
         .accounts
-        .erase(user_id, &metadata(&context))
-        .await
-    {
-        Ok(written_user) => user_written(StatusCode::ACCEPTED, &written_user),
-        Err(error) => account_problem(error),
-    }
-}
-
-fn user_id_of(text: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(text).map_err(|_| {
-        Problem::not_found(format!(
-            "no account has id {:?}: user ids are UUIDs",
-            http_common::params::truncate(text, 80)
-        ))
-    })
+        .erase(own_account(&context)?, &metadata(&context))
+        .await?;
+    Ok(user_written(StatusCode::ACCEPTED, &erased))
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %user_id))]
@@ -363,20 +347,13 @@ pub(crate) async fn erase_account(
     State(state): State<CommandState>,
     Extension(context): Extension<RequestContext>,
     Path(user_id): Path<String>,
-) -> Response {
-    let user_id = match user_id_of(&user_id) {
-        Ok(user_id) => user_id,
-        Err(problem) => return problem.into_response(),
-    };
-    match state
+) -> Answer {
+    let erased = state
         .identity
         .accounts
-        .erase(user_id, &metadata(&context))
-        .await
-    {
-        Ok(written_user) => user_written(StatusCode::ACCEPTED, &written_user),
-        Err(error) => account_problem(error),
-    }
+        .erase(user_id_of(&user_id)?, &metadata(&context))
+        .await?;
+    Ok(user_written(StatusCode::ACCEPTED, &erased))
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %user_id))]
@@ -384,18 +361,11 @@ pub(crate) async fn deactivate_account(
     State(state): State<CommandState>,
     Extension(context): Extension<RequestContext>,
     Path(user_id): Path<String>,
-) -> Response {
-    let user_id = match user_id_of(&user_id) {
-        Ok(user_id) => user_id,
-        Err(problem) => return problem.into_response(),
-    };
-    match state
+) -> Answer {
+    let deactivated = state
         .identity
         .accounts
-        .deactivate(user_id, &metadata(&context))
-        .await
-    {
-        Ok(written_user) => user_written(StatusCode::OK, &written_user),
-        Err(error) => account_problem(error),
-    }
+        .deactivate(user_id_of(&user_id)?, &metadata(&context))
+        .await?;
+    Ok(user_written(StatusCode::OK, &deactivated))
 }

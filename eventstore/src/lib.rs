@@ -45,6 +45,29 @@ pub use store::{
     Snapshot, Subscription,
 };
 
+/// The URL of a database kept beside the event store at `store_url`: on PostgreSQL the store's
+/// own database; on SQLite a file beside the store's, named with `suffix` (`mercato.db` and
+/// `read` give `mercato-read.db`). Where the read models and identity's secret store live.
+pub fn beside_store(store_url: &str, suffix: &str) -> String {
+    let Some(path) = store_url.strip_prefix("sqlite://") else {
+        return store_url.to_owned();
+    };
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    let beside = match path.rsplit_once('.') {
+        Some((stem, extension)) if !extension.contains('/') => {
+            format!("{stem}-{suffix}.{extension}")
+        }
+        _ => format!("{path}-{suffix}"),
+    };
+    match query {
+        Some(query) => format!("sqlite://{beside}?{query}"),
+        None => format!("sqlite://{beside}"),
+    }
+}
+
 /// Which adapter a store URL asks for.
 fn backend_of(url: &str) -> Result<Backend, StoreError> {
     let Some((scheme, _)) = url.split_once(':') else {

@@ -100,23 +100,7 @@ pub struct SecretStore {
 /// The secret store's URL for an event store URL: the same database on PostgreSQL; on SQLite a
 /// file beside the store's, `mercato.db` giving `mercato-identity.db`.
 pub fn identity_db_url(store_url: &str) -> String {
-    let Some(path) = store_url.strip_prefix("sqlite://") else {
-        return store_url.to_owned();
-    };
-    let (path, query) = match path.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (path, None),
-    };
-    let identity_path = match path.rsplit_once('.') {
-        Some((stem, extension)) if !extension.contains('/') => {
-            format!("{stem}-identity.{extension}")
-        }
-        _ => format!("{path}-identity"),
-    };
-    match query {
-        Some(query) => format!("sqlite://{identity_path}?{query}"),
-        None => format!("sqlite://{identity_path}"),
-    }
+    eventstore::beside_store(store_url, "identity")
 }
 
 static DRIVERS: Once = Once::new();
@@ -298,18 +282,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let directory = tempfile::tempdir().expect("temporary directory");
         let path = directory.path().join("data").join("mercato-identity.db");
-        let store = SecretStore::open(&format!("sqlite://{}", path.display()))
+        SecretStore::open(&format!("sqlite://{}", path.display()))
             .await
             .expect("open");
-        let first = store
-            .setting_or_insert("cart_token_key", || "first".to_owned())
-            .await
-            .expect("setting");
-        let second = store
-            .setting_or_insert("cart_token_key", || "second".to_owned())
-            .await
-            .expect("setting");
-        assert_eq!((first.as_str(), second.as_str()), ("first", "first"));
         let mode = std::fs::metadata(&path)
             .expect("metadata")
             .permissions()

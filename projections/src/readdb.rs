@@ -190,21 +190,7 @@ impl WriteTransaction {
 /// The read-model database URL for an event store URL: the same database on PostgreSQL; on
 /// SQLite a file beside the store's, `mercato.db` giving `mercato-read.db`.
 pub fn read_db_url(store_url: &str) -> String {
-    let Some(path) = store_url.strip_prefix("sqlite://") else {
-        return store_url.to_owned();
-    };
-    let (path, query) = match path.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (path, None),
-    };
-    let read_path = match path.rsplit_once('.') {
-        Some((stem, extension)) if !extension.contains('/') => format!("{stem}-read.{extension}"),
-        _ => format!("{path}-read"),
-    };
-    match query {
-        Some(query) => format!("sqlite://{read_path}?{query}"),
-        None => format!("sqlite://{read_path}"),
-    }
+    eventstore::beside_store(store_url, "read")
 }
 
 static DRIVERS: Once = Once::new();

@@ -230,28 +230,22 @@ impl Checkout {
             .to_std()
             .unwrap_or(Duration::ZERO)
             .max(RECONCILE_WAIT);
-        let Some(payment_token) = self.payment_token(run).await? else {
-            let reason = "the payment token is no longer kept; check out again".to_owned();
-            self.payment_command(
-                run,
-                SagaStep::PaymentResult,
-                PaymentCommand::RecordFailure {
-                    reason: reason.clone(),
-                },
-            )
-            .await?;
-            return self
-                .cancel(run, &order.lines, CancelReason::PaymentDeclined, reason)
-                .await;
+        let answer = match self.payment_token(run).await? {
+            Some(payment_token) => {
+                let request = ChargeRequest {
+                    order_id: run.order_id,
+                    amount: order.total,
+                    payment_token,
+                };
+                tokio::time::timeout(left, self.gateway.charge(&request))
+                    .await
+                    .ok()
+            }
+            // Nothing to charge with: declined, as a gateway declines a token it cannot use.
+            None => Some(Ok(ChargeOutcome::Declined {
+                reason: "the payment token is no longer kept; check out again".to_owned(),
+            })),
         };
-        let request = ChargeRequest {
-            order_id: run.order_id,
-            amount: order.total,
-            payment_token,
-        };
-        let answer = tokio::time::timeout(left, self.gateway.charge(&request))
-            .await
-            .ok();
         match answer {
             Some(Ok(ChargeOutcome::Approved { charge_id })) => {
                 self.payment_command(
