@@ -11,11 +11,11 @@ use domain::{
     ProductCommand, Role,
 };
 use eventstore::EventMetadata;
-use eventstore::aggregate::{CommandOptions, Executed, execute, load};
+use eventstore::aggregate::{CommandError, CommandOptions, Executed, execute, load};
 use http_common::params::product_id_of;
 use http_common::problem::{field_problem, store_problem};
 use http_common::{JsonBody, Problem, RequestContext};
-use identity::{GUEST_CUSTOMER_ID, Principal, Resource};
+use identity::{GUEST_CUSTOMER_ID, PaymentVault, Principal, Resource};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -372,14 +372,23 @@ pub(crate) async fn checkout(
         payment_ref,
         by,
     };
-    let placed = check_out(state.store.as_ref(), &request, &metadata(&context))
-        .await
-        .map_err(|error| match &error {
-            CheckoutError::Cart(error) => command_problem(error),
-            CheckoutError::Order(error) => command_problem(error),
-            CheckoutError::AlreadyCheckedOut => Problem::conflict(error.to_string()),
-            CheckoutError::Store(error) => store_problem(error),
-        })?;
+    let placed = match check_out(state.store.as_ref(), &request, &metadata(&context)).await {
+        Ok(placed) => placed,
+        Err(error) => {
+            let problem = match &error {
+                CheckoutError::Cart(error) => command_problem(error),
+                CheckoutError::Order(error) => command_problem(error),
+                CheckoutError::AlreadyCheckedOut => Problem::conflict(error.to_string()),
+                CheckoutError::Store(error) => store_problem(error),
+            };
+            // A refused checkout placed no order: its token has nothing to pay. After a store
+            // failure the order may exist after all, and its token stays for the saga.
+            if !matches!(error, CheckoutError::Store(_)) {
+                forget_payment_token(&state, &request.payment_ref).await;
+            }
+            return Err(problem);
+        }
+    };
     let order_id = placed.order_id.to_string();
     let token = guest.then(|| {
         let token = state
@@ -462,11 +471,37 @@ pub(crate) async fn place_order(
         payment_ref,
         cart_id: None,
     };
-    let executed = run::<Order>(&state, &context, &order_id.to_string(), command).await?;
+    let executed = match execute::<Order>(
+        state.store.as_ref(),
+        &order_id.to_string(),
+        command,
+        &(),
+        &metadata(&context),
+        &CommandOptions::default(),
+    )
+    .await
+    {
+        Ok(executed) => executed,
+        Err(error) => {
+            // As for a checkout: a refused order's token goes, an ambiguous failure keeps it.
+            if matches!(error, CommandError::Domain(_)) {
+                forget_payment_token(&state, &PaymentVault::reference(order_id)).await;
+            }
+            return Err(command_problem(&error));
+        }
+    };
     Ok(written(
         StatusCode::ACCEPTED,
         "order_id",
         &order_id.to_string(),
         executed.last_position(),
     ))
+}
+
+/// Deletes the token of an order that was refused; a failure is only logged (the token then
+/// waits in the vault, which keeps nothing a read could show).
+async fn forget_payment_token(state: &CommandState, payment_ref: &str) {
+    if let Err(error) = state.identity.vault.forget(payment_ref).await {
+        tracing::warn!(%error, "cannot delete the payment token of a refused order");
+    }
 }

@@ -565,3 +565,60 @@ async fn unreadable_request_heads_get_a_problem_body() {
     }
     server.stop().await;
 }
+
+/// A checkout or an order that is refused placed nothing, so the payment token it brought is not
+/// kept either: the vault holds the tokens of placed orders only, until their saga ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_checkout_keeps_no_payment_token() {
+    let Some((server, data)) = TestApp::spawn(Setup::Embedded, "refused_checkout_vault").await
+    else {
+        return;
+    };
+    let guest = server.anonymous();
+    let (product_id, _) = server.create_product("Mug", "", 4.5, 3, "Kitchen").await;
+    assert_eq!(
+        guest
+            .post(
+                "/carts/vault-cart/items",
+                json!({"product_id": product_id, "quantity": 1})
+            )
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        guest
+            .delete(&format!("/carts/vault-cart/items/{product_id}"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let refused = guest
+        .post(
+            "/carts/vault-cart/checkout",
+            json!({"payment_token": "tok_visa"}),
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT, "an empty cart");
+    let stranger = server.anonymous();
+    let refused = stranger
+        .post(
+            "/carts/vault-cart/checkout",
+            json!({"payment_token": "tok_visa"}),
+        )
+        .await;
+    assert_eq!(
+        refused.status(),
+        StatusCode::NOT_FOUND,
+        "another guest's cart"
+    );
+    let secrets = identity::SecretStore::open(&identity::identity_db_url(&data.store_url()))
+        .await
+        .expect("the secret store");
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM payment_secrets")
+        .fetch_one(secrets.pool())
+        .await
+        .expect("count");
+    assert_eq!(kept, 0, "a refused checkout left its token in the vault");
+    server.stop().await;
+}
