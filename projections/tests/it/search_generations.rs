@@ -216,3 +216,44 @@ async fn a_reader_of_a_generation_deleted_by_a_swap_reads_the_one_in_service() {
         "the answers cached from the old generation were not dropped"
     );
 }
+
+/// A batch that changes no product (an account's login, a cart) keeps every cached search: only
+/// a batch that changes a product's document drops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_no_product_keeps_the_cached_searches() {
+    use projections::cache::{Cache, MemoryCache, SEARCH_SCOPE};
+
+    let directory = tempfile::tempdir().unwrap();
+    let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new(1 << 20));
+    let search = Arc::new(
+        TantivySearch::open(&directory.path().join("search"), Some(cache.clone())).unwrap(),
+    );
+    apply_new(&search, &Feed::Log, &[lamp(1, 1)]).await.unwrap();
+    let lookup = cache.lookup(SEARCH_SCOPE, "lamps").await;
+    cache
+        .store(SEARCH_SCOPE, lookup.generation, "lamps", "{\"total\":1}")
+        .await;
+    let login = domain::UserEvent::UserLoggedIn(domain::user::UserLoggedIn {
+        user_id: uuid::Uuid::from_u128(1),
+        method: "password".to_owned(),
+    });
+    let logged_in = recorded(
+        schemas::encode(&login).unwrap(),
+        domain::user::USER_STREAM_TYPE,
+        uuid::Uuid::from_u128(1).to_string(),
+        2,
+        2,
+    );
+    apply_new(&search, &Feed::Log, &[logged_in]).await.unwrap();
+    assert_eq!(
+        cache.lookup(SEARCH_SCOPE, "lamps").await.value.as_deref(),
+        Some("{\"total\":1}"),
+        "a login dropped the cached searches"
+    );
+    apply_new(&search, &Feed::Log, &[viewed(3)]).await.unwrap();
+    assert_eq!(
+        cache.lookup(SEARCH_SCOPE, "lamps").await.value,
+        None,
+        "a change of a product's popularity keeps a stale answer"
+    );
+}

@@ -254,6 +254,8 @@ impl Projection for OpenSearchProjection {
                 (id, total)
             })
             .collect();
+        // A batch of no product (accounts, carts) changes no search answer.
+        let touches_products = !popularity.is_empty();
         self.index
             .apply_events_with_popularity_into(&target, events, &popularity)
             .await?;
@@ -275,7 +277,9 @@ impl Projection for OpenSearchProjection {
                 first,
             });
         }
-        self.invalidate().await;
+        if touches_products {
+            self.invalidate().await;
+        }
         committed
     }
 }

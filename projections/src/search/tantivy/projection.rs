@@ -75,13 +75,15 @@ impl TantivySearch {
         Ok(document)
     }
 
+    /// Applies a batch and commits it with its checkpoint; answers whether a product's
+    /// document changed (only then can a search answer have changed).
     pub(super) fn apply_blocking(
         &self,
         feed: &Feed,
         events: &[RecordedEvent],
-    ) -> Result<(), ProjectionError> {
+    ) -> Result<bool, ProjectionError> {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
-            return Ok(());
+            return Ok(false);
         };
         // Held until the batch is committed: a swap waits for it, and it sees a swap made before.
         let _fence = if self.writable && !self.pinned {
@@ -192,7 +194,7 @@ impl TantivySearch {
             reload_us = committed.elapsed().as_micros() as u64,
             "search index committed"
         );
-        Ok(())
+        Ok(!changed.is_empty())
     }
 
     /// The product's document as this batch leaves it so far.
@@ -239,12 +241,13 @@ impl Projection for Arc<TantivySearch> {
         let search = self.clone();
         let events = events.to_vec();
         let feed = feed.clone();
-        tokio::task::spawn_blocking(move || search.apply_blocking(&feed, &events))
+        let changed = tokio::task::spawn_blocking(move || search.apply_blocking(&feed, &events))
             .await
             .map_err(|error| {
                 ProjectionError::Storage(format!("indexing task failed: {error}"))
             })??;
-        if let Some(cache) = &self.cache {
+        // A batch of no product (accounts, carts, logins) leaves every cached search right.
+        if changed && let Some(cache) = &self.cache {
             cache.invalidate(&[SEARCH_SCOPE.to_owned()]).await;
         }
         Ok(())
