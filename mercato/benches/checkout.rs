@@ -4,6 +4,12 @@
 //! same 32 clients placing orders without waiting for them to be confirmed (the command path
 //! alone), so the ratio says what the saga and the read model cost on top of the write.
 //!
+//! The clients are registered customers, as a shop's are: each logs in (`POST /sessions`) and
+//! places and reads its own orders with its access token, leaving `customer_id` out. An order
+//! placed without credentials is refused now, so the same run has no unauthenticated figure to
+//! compare with: the table also prints the figures BENCHMARKS.md recorded before authentication
+//! ([`RECORDED`]), measured on another day, and says so.
+//!
 //! Run with `just bench` or `cargo bench -p mercato --bench checkout`. BENCH_SECONDS (default
 //! 5) sets the length of each throughput phase; DATABASE_URL names the PostgreSQL server.
 
@@ -17,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::{Server, ServerData, Setup};
 use serde_json::{Value, json};
+use server::testing::Customer;
 use support::{percentile, phase_seconds};
 
 const CLIENTS: usize = 32;
@@ -24,17 +31,24 @@ const CLIENTS: usize = 32;
 const PRODUCTS: usize = 200;
 const LATENCY_SAMPLES: usize = 300;
 
+/// BENCHMARKS.md's figures of this bench before authentication ("After the restructuring into a
+/// server library", 2026-12-03, 2 cores AMD EPYC): checkout to `CONFIRMED` p99 in ms, and
+/// checkouts confirmed per second with 32 clients; by setup label.
+const RECORDED: &[(&str, f64, f64)] = &[("embedded", 44.2, 244.0), ("postgres", 37.5, 331.0)];
+const RECORDED_WHEN: &str = "BENCHMARKS.md, 2026-12-03, before authentication; not this run";
+
 fn millis(duration: Duration) -> String {
     format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
 }
 
-/// Places one order; answers its id.
-async fn place(server: &ServerTarget, product_id: &str, customer: usize) -> Option<String> {
+/// Places one order as the customer whose access token is `token` (who orders for themselves:
+/// no `customer_id`); answers its id.
+async fn place(server: &ServerTarget, product_id: &str, token: &str) -> Option<String> {
     let response = server
         .client
         .post(format!("{}/orders", server.base))
+        .bearer_auth(token)
         .json(&json!({
-            "customer_id": format!("bench-{customer}"),
             "lines": [{ "product_id": product_id, "quantity": 1 }],
             "payment_token": "tok_visa",
         }))
@@ -48,13 +62,19 @@ async fn place(server: &ServerTarget, product_id: &str, customer: usize) -> Opti
     body["order_id"].as_str().map(str::to_owned)
 }
 
-/// Polls the order every `interval` until it reads `CONFIRMED` (at most 30 s).
-async fn until_confirmed(server: &ServerTarget, order_id: &str, interval: Duration) -> bool {
+/// Polls the order, as its customer, every `interval` until it reads `CONFIRMED` (at most 30 s).
+async fn until_confirmed(
+    server: &ServerTarget,
+    order_id: &str,
+    token: &str,
+    interval: Duration,
+) -> bool {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
         if let Ok(response) = server
             .client
             .get(format!("{}/orders/{order_id}", server.base))
+            .bearer_auth(token)
             .send()
             .await
             && let Ok(order) = response.json::<Value>().await
@@ -93,10 +113,41 @@ struct ServerTarget {
     client: reqwest::Client,
 }
 
-/// `clients` loops for `seconds`; each places an order and, when `confirm`, waits for it to be
-/// confirmed. Answers orders per second.
+/// A fresh access token for each customer: a phase never outlives its tokens' 15 minutes.
+async fn log_in_all(server: &Server, customers: &[Customer]) -> Vec<String> {
+    let mut tokens = Vec::with_capacity(customers.len());
+    for customer in customers {
+        tokens.push(
+            server
+                .log_in(&customer.email, &customer.password)
+                .await
+                .access_token,
+        );
+    }
+    tokens
+}
+
+/// Registers `n` customers at once (the server computes at most four password hashes at a time).
+async fn register(server: &Server, n: usize) -> Vec<Customer> {
+    let mut registrations = Vec::with_capacity(n);
+    for index in 0..n {
+        let api = common::Api::clone(server);
+        registrations.push(tokio::spawn(async move {
+            api.register_customer(&format!("shopper{index}")).await
+        }));
+    }
+    let mut customers = Vec::with_capacity(n);
+    for registration in registrations {
+        customers.push(registration.await.expect("registration"));
+    }
+    customers
+}
+
+/// [`CLIENTS`] loops for `seconds`, each a customer with its access token in `tokens`; each
+/// places an order and, when `confirm`, waits for it to be confirmed. Answers orders per second.
 async fn throughput(
     server: &ServerTarget,
+    tokens: &[String],
     products: &[String],
     confirm: bool,
     seconds: u64,
@@ -106,20 +157,22 @@ async fn throughput(
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for client in 0..CLIENTS {
+    for (client, token) in tokens.iter().enumerate().take(CLIENTS) {
         let (server, products) = (server.clone(), products.to_vec());
+        let token = token.clone();
         let (done, failed) = (done.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
             let mut next = client;
             while Instant::now() < deadline {
                 next = (next + 7) % products.len();
-                let Some(order_id) = place(&server, &products[next], client).await else {
+                let Some(order_id) = place(&server, &products[next], &token).await else {
                     failed.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
                 // 32 clients polling every millisecond would load the server more than the
                 // checkouts do: they poll every 20 ms here (one client every 1 ms below).
-                if !confirm || until_confirmed(&server, &order_id, Duration::from_millis(20)).await
+                if !confirm
+                    || until_confirmed(&server, &order_id, &token, Duration::from_millis(20)).await
                 {
                     done.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -138,10 +191,11 @@ async fn throughput(
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn run(setup: Setup, label: &str) {
+/// The table rows of `label`'s run on `setup` (none when its services are not reachable).
+async fn run(setup: Setup, label: &str) -> Vec<String> {
     let Some(data) = ServerData::new(setup, &format!("bench_checkout_{label}")).await else {
         println!("{label}: skipped (PostgreSQL or Redis not reachable)");
-        return;
+        return Vec::new();
     };
     let server = Server::start_with(&data, "all", &["--payment-timeout", "30"]).await;
     let target = ServerTarget {
@@ -153,6 +207,7 @@ async fn run(setup: Setup, label: &str) {
     };
     let mut products = Vec::with_capacity(PRODUCTS);
     for index in 0..PRODUCTS {
+        // The catalogue, written with the harness's admin API key.
         let (product_id, _) = server
             .create_product(
                 &format!("Bench item {index}"),
@@ -164,41 +219,46 @@ async fn run(setup: Setup, label: &str) {
             .await;
         products.push(product_id);
     }
+    // One customer for the single client, one for each of the concurrent clients.
+    let customers = register(&server, CLIENTS).await;
     let product_id = products[0].clone();
+    let token = log_in_all(&server, &customers[..1]).await.remove(0);
     // Warm up.
     for _ in 0..20 {
-        if let Some(order_id) = place(&target, &product_id, 0).await {
-            until_confirmed(&target, &order_id, Duration::from_millis(1)).await;
+        if let Some(order_id) = place(&target, &product_id, &token).await {
+            until_confirmed(&target, &order_id, &token, Duration::from_millis(1)).await;
         }
     }
     let mut latencies = Vec::with_capacity(LATENCY_SAMPLES);
     for sample in 0..LATENCY_SAMPLES {
         let started = Instant::now();
-        let Some(order_id) = place(&target, &products[sample % PRODUCTS], sample).await else {
+        let Some(order_id) = place(&target, &products[sample % PRODUCTS], &token).await else {
             continue;
         };
-        if until_confirmed(&target, &order_id, Duration::from_millis(1)).await {
+        if until_confirmed(&target, &order_id, &token, Duration::from_millis(1)).await {
             latencies.push(started.elapsed());
         }
     }
     latencies.sort();
     let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
-    println!(
-        "{label}: checkout to CONFIRMED, one client, {} orders: p50 {}, p99 {}",
+    eprintln!(
+        "{label}: checkout to CONFIRMED, one customer, {} orders: p50 {}, p99 {}",
         latencies.len(),
         millis(p50),
         millis(p99)
     );
     let seconds = phase_seconds();
-    let waiting = throughput(&target, &products, true, seconds).await;
-    println!(
-        "{label}: {CLIENTS} clients, each waiting for its order to read CONFIRMED: {waiting:.0} checkouts/s"
+    let tokens = log_in_all(&server, &customers).await;
+    let waiting = throughput(&target, &tokens, &products, true, seconds).await;
+    eprintln!(
+        "{label}: {CLIENTS} customers, each waiting for its order to read CONFIRMED: {waiting:.0} checkouts/s"
     );
     // The saga's capacity: the clients place orders as fast as the command path takes them;
     // the rate is every order placed over the time until the saga confirmed the last of them.
+    let tokens = log_in_all(&server, &customers).await;
     let confirmed_before = confirmed_total(&target).await;
     let started = Instant::now();
-    let placed = throughput(&target, &products, false, seconds).await;
+    let placed = throughput(&target, &tokens, &products, false, seconds).await;
     let placed_count = (placed * started.elapsed().as_secs_f64()).round();
     let placed_for = started.elapsed();
     while confirmed_total(&target).await - confirmed_before < placed_count
@@ -208,12 +268,42 @@ async fn run(setup: Setup, label: &str) {
     }
     let confirmed =
         (confirmed_total(&target).await - confirmed_before) / started.elapsed().as_secs_f64();
-    println!(
-        "{label}: {CLIENTS} clients placing orders for {:.0} s: {confirmed:.0} checkouts confirmed/s until the last was confirmed; baseline {placed:.0} orders placed/s (ratio {:.2})",
+    eprintln!(
+        "{label}: {CLIENTS} customers placing orders for {:.0} s: {confirmed:.0} checkouts confirmed/s until the last was confirmed; {placed:.0} orders placed/s",
         placed_for.as_secs_f64(),
-        confirmed / placed
     );
     server.terminate().await;
+
+    let (_, recorded_p99, recorded_confirmed) = RECORDED
+        .iter()
+        .find(|(recorded, _, _)| *recorded == label)
+        .copied()
+        .unwrap_or((label, f64::NAN, f64::NAN));
+    let p99_ms = p99.as_secs_f64() * 1000.0;
+    vec![
+        format!(
+            "| {label}: checkout to CONFIRMED, one customer with its access token, {} orders, polled every 1 ms: p50 | {} | - | - | |",
+            latencies.len(),
+            millis(p50)
+        ),
+        format!(
+            "| {label}: the same, p99 | {} | {recorded_p99:.1} ms ({RECORDED_WHEN}) | {:.2}x | within 10% of the recorded figure |",
+            millis(p99),
+            recorded_p99 / p99_ms
+        ),
+        format!(
+            "| {label}: checkouts confirmed per second: {CLIENTS} customers place orders for {:.0} s, rate until the saga confirmed the last | {confirmed:.0}/s | {recorded_confirmed:.0}/s ({RECORDED_WHEN}) | {:.2}x | within 10% of the recorded figure |",
+            placed_for.as_secs_f64(),
+            confirmed / recorded_confirmed
+        ),
+        format!(
+            "| {label}: the same against this run's orders placed per second (the command path, saga running beside it) | {confirmed:.0}/s | {placed:.0}/s placed | {:.2}x | |",
+            confirmed / placed
+        ),
+        format!(
+            "| {label}: {CLIENTS} customers, each waiting for its order to read CONFIRMED (polling every 20 ms) before the next | {waiting:.0}/s | - | - | |"
+        ),
+    ]
 }
 
 #[tokio::main]
@@ -223,10 +313,19 @@ async fn main() {
     }
     // BENCH_ONLY=embedded or BENCH_ONLY=postgres runs one of the two.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    println!(
+        "machine: {} cores; clients: registered customers, each ordering for itself with its own access token",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut rows = Vec::new();
     if only.is_empty() || only == "embedded" {
-        run(Setup::Embedded, "embedded").await;
+        rows.extend(run(Setup::Embedded, "embedded").await);
     }
     if only.is_empty() || only == "postgres" {
-        run(Setup::PostgresRedis, "postgres").await;
+        rows.extend(run(Setup::PostgresRedis, "postgres").await);
+    }
+    println!("\n| figure | ours | baseline | ratio | target |\n| --- | --- | --- | --- | --- |");
+    for row in rows {
+        println!("{row}");
     }
 }
