@@ -86,8 +86,8 @@ fn account_problem(error: AccountError) -> Response {
         AccountError::Failed(IdentityError::Store(error)) => store_problem(&error).into_response(),
         // The secret store is a dependency like the event store: down is a 503 to retry.
         AccountError::Failed(IdentityError::Storage(error)) => {
-            tracing::warn!(%error, "the secret store failed");
-            Problem::unavailable("accounts cannot be served right now; retry later").into_response()
+            Problem::unavailable_logged("accounts cannot be served right now", &error)
+                .into_response()
         }
         AccountError::Failed(IdentityError::Invalid(field)) => {
             field_problem(&field).into_response()

@@ -11,7 +11,7 @@ use domain::{
     ProductCommand, Role,
 };
 use eventstore::EventMetadata;
-use eventstore::aggregate::{CommandError, CommandOptions, Executed, execute, load};
+use eventstore::aggregate::{CommandError, Executed, execute, load};
 use http_common::params::product_id_of;
 use http_common::problem::{field_problem, store_problem};
 use http_common::{JsonBody, Problem, RequestContext};
@@ -85,7 +85,7 @@ where
         command,
         &(),
         &metadata(context),
-        &CommandOptions::default(),
+        &context.command_options(),
     )
     .await
     .map_err(|error| command_problem(&error))
@@ -115,7 +115,7 @@ pub(crate) async fn create_product(
     Extension(context): Extension<RequestContext>,
     JsonBody(body): JsonBody<CreateProduct>,
 ) -> Result<Response, Problem> {
-    let product_id = Uuid::new_v4();
+    let product_id = context.new_id("product");
     let command = ProductCommand::CreateProduct {
         product_id,
         name: body.name,
@@ -363,7 +363,7 @@ pub(crate) async fn checkout(
     } else {
         ordering_customer(&context, body.customer_id.as_deref())?
     };
-    let order_id = Uuid::new_v4();
+    let order_id = context.new_id("order");
     let payment_ref = keep_payment_token(&state, order_id, &body.payment_token).await?;
     let request = CheckOut {
         cart_id,
@@ -372,13 +372,19 @@ pub(crate) async fn checkout(
         payment_ref,
         by,
     };
-    let placed = match check_out(state.store.as_ref(), &request, &metadata(&context)).await {
+    let placed = match check_out(
+        state.store.as_ref(),
+        &request,
+        &metadata(&context),
+        &context.command_options(),
+    )
+    .await
+    {
         Ok(placed) => placed,
         Err(error) => {
             let problem = match &error {
                 CheckoutError::Cart(error) => command_problem(error),
                 CheckoutError::Order(error) => command_problem(error),
-                CheckoutError::AlreadyCheckedOut => Problem::conflict(error.to_string()),
                 CheckoutError::Store(error) => store_problem(error),
             };
             // A refused checkout placed no order: its token has nothing to pay. After a store
@@ -418,10 +424,7 @@ async fn keep_payment_token(
         .vault
         .keep(order_id, payment_token)
         .await
-        .map_err(|error| {
-            tracing::warn!(%error, "cannot keep a payment token");
-            Problem::unavailable("the payment vault is unavailable; retry later")
-        })
+        .map_err(|error| Problem::unavailable_logged("the payment vault is unavailable", &error))
 }
 
 #[tracing::instrument(skip_all)]
@@ -462,7 +465,7 @@ pub(crate) async fn place_order(
             unit_price: product.price,
         });
     }
-    let order_id = Uuid::new_v4();
+    let order_id = context.new_id("order");
     let payment_ref = keep_payment_token(&state, order_id, &body.payment_token).await?;
     let command = OrderCommand::CreateOrder {
         order_id,
@@ -477,7 +480,7 @@ pub(crate) async fn place_order(
         command,
         &(),
         &metadata(&context),
-        &CommandOptions::default(),
+        &context.command_options(),
     )
     .await
     {

@@ -40,9 +40,6 @@ pub enum CheckoutError {
     /// The order refused its creation (a line or total out of range).
     #[error(transparent)]
     Order(CommandError<OrderError>),
-    /// The cart was checked out already (by this checkout's retry or another one).
-    #[error("the cart was checked out already")]
-    AlreadyCheckedOut,
     /// The append failed, or kept losing races after its retries.
     #[error(transparent)]
     Store(StoreError),
@@ -50,13 +47,16 @@ pub enum CheckoutError {
 
 /// Checks cart `request.cart_id` out into a new order, retrying when another request changed
 /// the cart or the order between the decision and the append.
+///
+/// The same checkout again (the same order id: a retry with the same `Idempotency-Key`, whose
+/// order id is derived from it) places nothing new and answers the order it placed.
 pub async fn check_out(
     store: &dyn EventStore,
     request: &CheckOut,
     metadata: &EventMetadata,
+    options: &CommandOptions,
 ) -> Result<Placed, CheckoutError> {
     let order_id = request.order_id;
-    let options = CommandOptions::default();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -70,12 +70,16 @@ pub async fn check_out(
             },
             &(),
             metadata,
-            &options,
+            options,
         )
         .await
         .map_err(CheckoutError::Cart)?;
         if cart.events.is_empty() {
-            return Err(CheckoutError::AlreadyCheckedOut);
+            // Checked out into this very order already (another order id is refused above).
+            return Ok(Placed {
+                order_id,
+                position: None,
+            });
         }
         let lines = OrderLine::of_cart(&cart.state);
         let order = decide::<Order>(
@@ -90,7 +94,7 @@ pub async fn check_out(
             },
             &(),
             metadata,
-            &options,
+            options,
         )
         .await
         .map_err(CheckoutError::Order)?;

@@ -246,8 +246,7 @@ pub async fn authenticate(
     let authenticated = match authenticated {
         Ok(authenticated) => authenticated,
         Err(AuthError::Unavailable(error)) => {
-            tracing::warn!(%error, "cannot check credentials");
-            return Problem::unavailable("credentials cannot be checked right now; retry later")
+            return Problem::unavailable_logged("credentials cannot be checked right now", &error)
                 .into_response();
         }
         Err(error) => {

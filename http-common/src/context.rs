@@ -25,6 +25,11 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// The longest a request may take before it is answered 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The client's address as the connection layer resolved it (the peer, or the client a trusted
+/// proxy names in `X-Forwarded-For`); without it the peer's address is the client's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddress(pub IpAddr);
+
 /// Who asked and which request this is: goes into every event's metadata and every log line.
 #[derive(Clone, Debug)]
 pub struct RequestContext {
@@ -40,11 +45,36 @@ pub struct RequestContext {
     pub actor: String,
     /// The session (refresh-token family) of an access token, for `DELETE /sessions/current`.
     pub session_id: Option<String>,
-    /// The peer's address, where the connection layer recorded it.
+    /// The client's address ([`ClientAddress`], else the peer's), where the connection layer
+    /// recorded it.
     pub peer: Option<IpAddr>,
+    /// With an `Idempotency-Key`: what the request's event ids, and the ids of what it creates,
+    /// are derived from; the same on every retry with that key from that caller, so that a
+    /// retry that runs again finds the first run's events instead of deciding twice.
+    pub cause_id: Option<Uuid>,
 }
 
 impl RequestContext {
+    /// A new id for the `what` this request creates (`"order"`, `"product"`): derived from
+    /// [`RequestContext::cause_id`] when there is one, else random.
+    pub fn new_id(&self, what: &str) -> Uuid {
+        match self.cause_id {
+            Some(cause_id) => Uuid::new_v5(&cause_id, what.as_bytes()),
+            None => Uuid::new_v4(),
+        }
+    }
+
+    /// How the request's commands run: with event ids derived from the cause, when it has one.
+    pub fn command_options(&self) -> eventstore::aggregate::CommandOptions {
+        match self.cause_id {
+            Some(cause_id) => eventstore::aggregate::CommandOptions {
+                look_up_cause_first: true,
+                ..eventstore::aggregate::CommandOptions::caused_by(cause_id)
+            },
+            None => eventstore::aggregate::CommandOptions::default(),
+        }
+    }
+
     /// The same request acting as the guest of cart `cart_id` (its token was checked).
     pub fn as_guest_of(&self, cart_id: &str) -> RequestContext {
         RequestContext {
@@ -97,10 +127,17 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         principal: Principal::Anonymous,
         actor: Principal::Anonymous.actor(),
         session_id: None,
+        cause_id: None,
         peer: request
             .extensions()
-            .get::<ConnectInfo<std::net::SocketAddr>>()
-            .map(|ConnectInfo(address)| address.ip()),
+            .get::<ClientAddress>()
+            .map(|ClientAddress(address)| *address)
+            .or_else(|| {
+                request
+                    .extensions()
+                    .get::<ConnectInfo<std::net::SocketAddr>>()
+                    .map(|ConnectInfo(address)| address.ip())
+            }),
     };
     let span = tracing::info_span!(
         "request",

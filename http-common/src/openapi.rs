@@ -249,7 +249,17 @@ fn security(access: &Access) -> Value {
     Value::Array(alternatives)
 }
 
-fn operation(route: &RouteDoc, access: Option<&Access>) -> Value {
+/// What the permission table says of a route, for its operation in the document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteRule {
+    /// Who may call it.
+    pub access: Access,
+    /// Whether it creates something (it takes `Idempotency-Key`).
+    pub creates: bool,
+}
+
+fn operation(route: &RouteDoc, rule: Option<&RouteRule>) -> Value {
+    let access = rule.map(|rule| &rule.access);
     let mut parameters: Vec<Value> = route
         .path
         .split('/')
@@ -265,6 +275,15 @@ fn operation(route: &RouteDoc, access: Option<&Access>) -> Value {
         parameters.push(json!({ "name": MIN_POSITION.0, "in": "query", "description": MIN_POSITION.1, "schema": position }));
         parameters.push(json!({ "name": "X-Min-Position", "in": "header", "description": MIN_POSITION.1, "schema": position }));
     }
+    let creates = rule.is_some_and(|rule| rule.creates);
+    if creates {
+        parameters.push(json!({
+            "name": "Idempotency-Key",
+            "in": "header",
+            "description": "makes a retry safe (IETF draft-ietf-httpapi-idempotency-key-header): the same key and request within 24 hours answers the first answer again, with `Idempotent-Replayed: true`; the same key with another request is 422; while the first runs, 409",
+            "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!#-\\[\\]-~]([ !#-\\[\\]-~]*[!#-\\[\\]-~])?$" }
+        }));
+    }
     let (status, schema) = route.success;
     let content_type = if schema == "Text" {
         "text/plain"
@@ -279,11 +298,11 @@ fn operation(route: &RouteDoc, access: Option<&Access>) -> Value {
         json!({ "description": "success", "content": { content_type: { "schema": schema_ref(schema) } } })
     };
     responses.insert(status.to_string(), success);
-    responses.insert("4XX".to_owned(), problem_response("what to fix in the request (400 malformed, 401 credentials missing or not valid, 403 not allowed, 404 unknown or not yours, 409 conflict or broken rule, 413 too large, 422 invalid field, 429 too many attempts: see Retry-After)"));
+    responses.insert("4XX".to_owned(), problem_response("what to fix in the request (400 malformed, 401 credentials missing or not valid, 403 not allowed, 404 unknown or not yours, 409 conflict or broken rule, 413 too large, 422 invalid field, 429 too many requests: see Retry-After)"));
     responses.insert(
         "503".to_owned(),
         problem_response(
-            "a dependency is unavailable or a read model did not reach min_position in time",
+            "overloaded, a dependency is unavailable, or a read model did not reach min_position in time: see Retry-After",
         ),
     );
     if let Some(access) = access {
@@ -323,13 +342,13 @@ fn operation(route: &RouteDoc, access: Option<&Access>) -> Value {
 }
 
 /// The OpenAPI 3.1 document of `parts`, in their order, each operation with who may call it
-/// (`access_of`: the permission table's rule of a method and path).
+/// (`rule_of`: the permission table's rule of a method and path).
 pub fn document(
     title: &str,
     version: &str,
     description: &str,
     parts: &[ApiDoc],
-    access_of: &dyn Fn(Method, &str) -> Option<Access>,
+    rule_of: &dyn Fn(Method, &str) -> Option<RouteRule>,
 ) -> Value {
     let mut paths = Map::new();
     let mut schemas = shared_schemas();
@@ -339,10 +358,10 @@ pub fn document(
                 .entry(route.path.to_owned())
                 .or_insert_with(|| Value::Object(Map::new()));
             if let Some(methods) = entry.as_object_mut() {
-                let access = access_of(route.method, route.path);
+                let rule = rule_of(route.method, route.path);
                 methods.insert(
                     route.method.as_str().to_owned(),
-                    operation(route, access.as_ref()),
+                    operation(route, rule.as_ref()),
                 );
             }
         }
@@ -419,7 +438,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
-        let document = document("t", "1", "d", &[doc], &|_, _| Some(Access::ANYONE));
+        let document = document("t", "1", "d", &[doc], &|_, _| {
+            Some(RouteRule {
+                access: Access::ANYONE,
+                creates: false,
+            })
+        });
         assert_eq!(
             document["paths"]["/a/{id}"]["get"]["parameters"][0]["name"],
             "id"

@@ -17,22 +17,27 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
-    pub title: String,
+    pub title: &'static str,
     pub status: u16,
     pub detail: String,
     /// The input field at fault, when one is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// For a failure whose details stay out of the answer: the id of the log line that holds
+    /// them, to quote to the operator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_id: Option<String>,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Problem {
         Problem {
             kind: format!("https://mercato.dev/problems/{kind}"),
-            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            title: status.canonical_reason().unwrap_or("error"),
             status: status.as_u16(),
             detail: detail.into(),
             field: None,
+            error_id: None,
         }
     }
 
@@ -67,15 +72,40 @@ impl Problem {
         Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
     }
 
-    /// An infrastructure failure: logged in full here, answered without its details.
+    /// An infrastructure failure: logged in full here with an error id, answered with the id
+    /// and without its details.
     pub fn internal(error: &dyn std::fmt::Display) -> Problem {
-        tracing::error!(%error, "request failed");
+        let error_id = new_error_id();
+        tracing::error!(%error, %error_id, "request failed");
         Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            "the server failed to handle the request; it was logged, try again later",
+            format!(
+                "the server failed to handle the request; it was logged as {error_id}, try again later"
+            ),
         )
+        .with_error_id(error_id)
     }
+
+    /// A backing service that cannot answer now: logged as a warning with an error id, answered
+    /// 503 (retry) with `detail` and the id, never the service's own words.
+    pub fn unavailable_logged(detail: &str, error: &dyn std::fmt::Display) -> Problem {
+        let error_id = new_error_id();
+        tracing::warn!(%error, %error_id, "{detail}");
+        Problem::unavailable(format!("{detail}; retry later (logged as {error_id})"))
+            .with_error_id(error_id)
+    }
+
+    pub fn with_error_id(mut self, error_id: String) -> Problem {
+        self.error_id = Some(error_id);
+        self
+    }
+}
+
+/// A new error id: 16 hex digits, unique enough to find one log line.
+pub fn new_error_id() -> String {
+    let id = uuid::Uuid::new_v4().as_u128() as u64;
+    format!("{id:016x}")
 }
 
 /// The answer for a field the domain refused: 422 naming the field.
@@ -86,13 +116,12 @@ pub fn field_problem(error: &FieldError) -> Problem {
 /// The answer for a store failure: conflict 409, unavailable 503, anything else 500 (logged).
 pub fn store_problem(error: &StoreError) -> Problem {
     if error.is_conflict() {
-        Problem::conflict(format!(
-            "the resource was changed by another request at the same moment; retry: {error}"
-        ))
+        tracing::debug!(%error, "a write conflicted");
+        Problem::conflict(
+            "the resource was changed by another request at the same moment; read it again and retry",
+        )
     } else if error.is_unavailable() {
-        Problem::unavailable(format!(
-            "the event store is unavailable; retry later: {error}"
-        ))
+        Problem::unavailable_logged("the event store is unavailable", error)
     } else {
         Problem::internal(error)
     }

@@ -13,6 +13,7 @@
 //!   the key (crypto-shredding).
 //! - [`resource_tokens`]: the cart and order tokens of guests.
 //! - [`vault`]: the payment-token vault.
+//! - [`idempotency`]: the answers kept for `Idempotency-Key` retries.
 //! - [`store`]: the secret store all of these keep their rows in.
 //!
 //! [`Identity::open`] opens all of it for a process.
@@ -22,6 +23,7 @@ pub mod api_keys;
 pub mod authenticate;
 pub mod credentials;
 mod error;
+pub mod idempotency;
 pub mod oidc;
 pub mod password;
 pub mod person_keys;
@@ -45,6 +47,7 @@ pub use accounts::{AccountError, Accounts, ProfileInput, Session};
 pub use api_keys::ApiKeys;
 pub use authenticate::{AuthError, Authenticated, Authenticator};
 pub use error::IdentityError;
+pub use idempotency::{Claim, IdempotencyRecords, StoredAnswer};
 pub use oidc::OidcSettings;
 pub use person_keys::{Opened, PersonKeys};
 pub use principal::{GUEST_CUSTOMER_ID, Principal, guest_actor};
@@ -88,6 +91,12 @@ pub struct IdentitySettings {
     pub public_url: String,
 }
 
+/// How long the answer to a request with an `Idempotency-Key` is kept (the contract's 24 hours).
+pub const IDEMPOTENCY_KEEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// How long a request with a key may hold it before a retry may run it again (its process died):
+/// well beyond the longest a request may take.
+pub const IDEMPOTENCY_STALE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Everything identity holds for a running process.
 #[derive(Clone, Debug)]
 pub struct Identity {
@@ -98,6 +107,7 @@ pub struct Identity {
     pub person_keys: PersonKeys,
     pub resource_tokens: ResourceTokens,
     pub vault: PaymentVault,
+    pub idempotency: IdempotencyRecords,
     pub accounts: Accounts,
     /// The external issuer, when one is configured.
     pub oidc: Option<Arc<oidc::OidcVerifier>>,
@@ -146,6 +156,11 @@ impl Identity {
             oidc,
             resource_tokens: ResourceTokens::open(&secrets).await?,
             vault: PaymentVault::new(secrets.clone()),
+            idempotency: IdempotencyRecords::new(
+                secrets.clone(),
+                IDEMPOTENCY_KEEP,
+                IDEMPOTENCY_STALE,
+            ),
             secrets,
             signing,
             api_keys,

@@ -2,7 +2,8 @@
 //! it, and what must survive every rebuild because no event could bring it back. Credentials
 //! (password hashes), the keys that seal personal data (one per person), hashes of refresh,
 //! one-time and API-key secrets, the signing keys of access tokens, the login throttle's counts,
-//! the payment-token vault, and the shop's own keys for the cart and order tokens.
+//! the payment-token vault, the shop's own keys for the cart and order tokens, and the answers
+//! kept for `Idempotency-Key` retries (which may hold a guest's tokens).
 //!
 //! It lives in the event store's database on PostgreSQL, and on SQLite in a file of its own
 //! beside the store's (`mercato.db` gives `mercato-identity.db`), created with mode 0600, with
@@ -184,7 +185,7 @@ impl SecretStore {
         if backend == SecretBackend::Sqlite {
             pool.execute("PRAGMA journal_mode = WAL").await?;
         }
-        for statement in SCHEMA {
+        for statement in SCHEMA.iter().chain(crate::idempotency::SCHEMA) {
             pool.execute(*statement).await?;
         }
         Ok(SecretStore { pool, backend })

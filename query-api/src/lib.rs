@@ -41,6 +41,9 @@ use crate::views::ViewRecorder;
 
 /// How long a read waits for its read model to reach `X-Min-Position`.
 pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
+/// How deep a search may page: `offset + limit` at most this (the contract's limit, and
+/// OpenSearch's `index.max_result_window`).
+pub const SEARCH_WINDOW: usize = 10_000;
 
 /// What the query routes need.
 #[derive(Clone, Debug)]
@@ -100,7 +103,7 @@ fn routes() -> DocumentedRouter<QueryState> {
                     ("min_price", "lowest price, major units (above max_price: nothing matches)"),
                     ("max_price", "highest price, major units"),
                     ("limit", "1 to 100, default 20"),
-                    ("offset", "0 to 10000, default 0"),
+                    ("offset", "0 to 9999, default 0; offset + limit at most 10000"),
                 ],
             ),
             search,
@@ -157,7 +160,7 @@ fn routes() -> DocumentedRouter<QueryState> {
                         "after_version",
                         "start after this stream version (continue from next_after_version)",
                     ),
-                    ("limit", "1 to 10000, default 1000"),
+                    ("limit", "1 to 1000, default 1000"),
                     (
                         "correlation_id",
                         "only the events one request or saga caused (its X-Correlation-Id); a page may then hold fewer than limit events: continue from next_after_version until it stops moving",
@@ -176,7 +179,7 @@ fn routes() -> DocumentedRouter<QueryState> {
                         "after",
                         "start after this position (continue from next_after)",
                     ),
-                    ("limit", "1 to 10000, default 100"),
+                    ("limit", "1 to 1000, default 100"),
                     (
                         "correlation_id",
                         "only the events one request or saga caused (its X-Correlation-Id), across streams; paging with after works the same",
@@ -296,6 +299,51 @@ fn parse_position(field: &str, text: &str) -> Result<u64, Problem> {
 /// same request succeeds once the log reaches it). While a write commits, the
 /// readable head may trail a position already answered for a moment, so this is only asked once
 /// the wait is over.
+/// How many requests of a process may wait for a position at once; one more is answered 503
+/// with `Retry-After` at once.
+pub const MAX_WAITERS: usize = 256;
+/// How long a position beyond the log's head is waited for: long enough for a write being
+/// committed this very moment (on PostgreSQL an event is readable once older transactions
+/// end), short enough that made-up positions cost nothing.
+const BEYOND_HEAD_WAIT: Duration = Duration::from_secs(1);
+
+static WAITERS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MAX_WAITERS)));
+
+/// Waits until the log can return `position` (a place among the [`MAX_WAITERS`], held while
+/// the caller waits on): a position beyond the head after [`BEYOND_HEAD_WAIT`] is a 409, and
+/// no place free a 503.
+async fn log_reached(
+    state: &QueryState,
+    position: u64,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Problem> {
+    let permit = WAITERS.clone().try_acquire_owned().map_err(|_| {
+        Problem::unavailable(format!(
+            "{MAX_WAITERS} requests are waiting for positions already; retry after 1 s (Retry-After)"
+        ))
+    })?;
+    let deadline = tokio::time::Instant::now() + BEYOND_HEAD_WAIT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let head = state
+            .store
+            .head_position()
+            .await
+            .map_err(|error| store_problem(&error))?;
+        if head >= position {
+            return Ok(permit);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Problem::conflict(format!(
+                "min_position: position {position} is beyond the log's head ({head}): give a position a write answered in X-Event-Position"
+            ))
+            .with_field("min_position"));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
 async fn beyond_head(state: &QueryState, position: u64) -> Option<Problem> {
     let head = state.store.head_position().await.ok()?;
     (position > head).then(|| {
@@ -404,6 +452,7 @@ pub(crate) async fn wait_for(
     let Some(position) = min_position(headers, params)? else {
         return Ok(());
     };
+    let _waiting = log_reached(state, position).await?;
     if state
         .progress
         .wait_for(name, position, MIN_POSITION_WAIT)
@@ -421,8 +470,7 @@ pub(crate) async fn wait_for(
 }
 
 pub(crate) fn db_problem(error: &dyn std::fmt::Display) -> Problem {
-    tracing::warn!(%error, "read model query failed");
-    Problem::unavailable("the read model is unavailable; retry later")
+    Problem::unavailable_logged("the read model is unavailable", error)
 }
 
 fn cached_answer(body: String, hit: bool, kind: &'static str) -> Response {
@@ -567,8 +615,17 @@ async fn search(
         min_price_minor: price_param(&params, "min_price")?,
         max_price_minor: price_param(&params, "max_price")?,
         limit: count_param(&params, "limit", 20, 1..=100)?,
-        offset: count_param(&params, "offset", 0, 0..=10_000)?,
+        offset: count_param(&params, "offset", 0, 0..=SEARCH_WINDOW)?,
     };
+    if query.offset + query.limit > SEARCH_WINDOW {
+        return Err(Problem::invalid(
+            "offset",
+            format!(
+                "offset + limit must be at most {SEARCH_WINDOW} (got {}): narrow the search instead of paging this deep",
+                query.offset + query.limit
+            ),
+        ));
+    }
     wait_for(&state, state.search.projection_name(), &headers, &params).await?;
     // A price range whose low end is above its high end holds no price: no product matches.
     if let (Some(min), Some(max)) = (query.min_price_minor, query.max_price_minor)
@@ -584,10 +641,10 @@ async fn search(
     if let Some(body) = lookup.as_ref().and_then(|lookup| lookup.value.clone()) {
         return Ok(cached_answer(body, true, "search"));
     }
-    let result = state.search.search(&query).await.map_err(|error| {
-        tracing::warn!(%error, "search failed");
-        Problem::unavailable("the search index is unavailable; retry later")
-    })?;
+    let result =
+        state.search.search(&query).await.map_err(|error| {
+            Problem::unavailable_logged("the search index is unavailable", &error)
+        })?;
     let hits: Vec<Value> = result.hits.iter().map(product_json).collect();
     let body = json!({ "total": result.total, "hits": hits }).to_string();
     // A read model not caught up (a fresh or wrong data directory) answers for itself only.
@@ -868,31 +925,14 @@ async fn wait_for_log(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Result<(), Problem> {
-    let Some(position) = min_position(headers, params)? else {
-        return Ok(());
-    };
-    let deadline = tokio::time::Instant::now() + MIN_POSITION_WAIT;
-    loop {
-        let head = state
-            .store
-            .head_position()
-            .await
-            .map_err(|error| store_problem(&error))?;
-        if head >= position {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            if let Some(problem) = beyond_head(state, position).await {
-                return Err(problem);
-            }
-            return Err(Problem::unavailable(format!(
-                "the event log cannot return position {position} yet (it is at {head}) after {} s; retry later",
-                MIN_POSITION_WAIT.as_secs()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    match min_position(headers, params)? {
+        Some(position) => log_reached(state, position).await.map(drop),
+        None => Ok(()),
     }
 }
+
+/// The most events one feed page holds (the contract's limit).
+pub const FEED_LIMIT_MAX: usize = 1_000;
 
 /// How many stream events one filtered request reads at most before it answers with what it
 /// found (the caller goes on from `next_after_version`).
@@ -921,7 +961,7 @@ async fn stream_events(
         &["after_version", "limit", "correlation_id", "min_position"],
     )?;
     let after_version = position_param(&params, "after_version")?;
-    let limit = count_param(&params, "limit", 1_000, 1..=10_000)?;
+    let limit = count_param(&params, "limit", 1_000, 1..=FEED_LIMIT_MAX)?;
     let correlation_id = correlation_param(&params)?;
     wait_for_log(&state, &headers, &params).await?;
     let mut events = Vec::new();
@@ -974,7 +1014,7 @@ async fn global_events(
         &["after", "limit", "correlation_id", "min_position"],
     )?;
     let after = position_param(&params, "after")?;
-    let limit = count_param(&params, "limit", 100, 1..=10_000)?;
+    let limit = count_param(&params, "limit", 100, 1..=FEED_LIMIT_MAX)?;
     let correlation_id = correlation_param(&params)?;
     wait_for_log(&state, &headers, &params).await?;
     let events = match correlation_id {

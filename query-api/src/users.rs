@@ -73,8 +73,7 @@ async fn profile_answer(state: &QueryState, row: &UserRow) -> Result<Response, P
         .open_profile(&row.user_id, &sealed)
         .await
         .map_err(|error| {
-            tracing::warn!(%error, "cannot open a profile");
-            Problem::unavailable("profiles cannot be read right now; retry later")
+            Problem::unavailable_logged("profiles cannot be read right now", &error)
         })?;
     let roles: Vec<&str> = row
         .roles

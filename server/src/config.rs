@@ -363,6 +363,64 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_PAYMENT_TIMEOUT: Seconds = Seconds::from_secs(30);
 
+/// A rate (requests per second or per minute); 0 turns the limit off.
+pub type Rate = Count<0, 1_000_000>;
+/// How many of something may be open at once (requests, connections).
+pub type Capacity = Count<1, 1_000_000>;
+
+/// The proxies whose `X-Forwarded-For` is believed: addresses and CIDR blocks, comma-separated
+/// (`10.0.0.0/8, 192.168.1.7`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Proxies(Vec<ipnet::IpNet>);
+
+impl Proxies {
+    /// Whether `address` is one of them.
+    pub fn contains(&self, address: &IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(address))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromStr for Proxies {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                part.parse::<ipnet::IpNet>()
+                    .or_else(|_| part.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!(
+                            "{part:?} is not an IP address or CIDR block (such as 10.0.0.0/8 or 192.168.1.7)"
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Proxies)
+    }
+}
+
+impl TryFrom<String> for Proxies {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl Describe for Proxies {
+    fn describe(&self) -> Option<toml::Value> {
+        let list: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        Some(toml::Value::String(list.join(", ")))
+    }
+}
+
 /// Partitions of each topic the relay creates.
 pub type Partitions = Count<1, 1000>;
 /// Replication factor of each topic the relay creates.
@@ -444,6 +502,32 @@ settings! {
     /// Where the shop's pages are, for the links in its emails [default: http://{listen}]
     #[arg(long, global = true, env = "MERCATO_PUBLIC_URL", value_name = "URL")]
     public_url: String = format!("http://{listen}");
+    /// Requests per second each anonymous caller (by address), guest and customer may make, and
+    /// twice as many in a burst; beyond, 429 with Retry-After; 0 turns it off [default: 100]
+    #[arg(long, global = true, env = "MERCATO_RATE_LIMIT", value_name = "PER_SECOND")]
+    rate_limit: Rate = Rate::new(100);
+    /// The same for each staff account and API key [default: 1000]
+    #[arg(long, global = true, env = "MERCATO_STAFF_RATE_LIMIT", value_name = "PER_SECOND")]
+    staff_rate_limit: Rate = Rate::new(1000);
+    /// Requests per minute one address may make to the account routes (registration, login,
+    /// refresh, verification, password resets); 0 turns it off [default: 20]
+    #[arg(long, global = true, env = "MERCATO_ACCOUNT_RATE_LIMIT", value_name = "PER_MINUTE")]
+    account_rate_limit: Rate = Rate::new(20);
+    /// Requests served at once; beyond, 503 with Retry-After (health, readiness and metrics
+    /// are always answered) [default: 512]
+    #[arg(long, global = true, env = "MERCATO_MAX_IN_FLIGHT", value_name = "N")]
+    max_in_flight: Capacity = Capacity::new(512);
+    /// Open connections at once; beyond, a new one gets 503 with Retry-After and is closed
+    /// [default: 4096]
+    #[arg(long, global = true, env = "MERCATO_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Capacity = Capacity::new(4096);
+    /// Open connections from one address (a trusted proxy's are not counted) [default: 256]
+    #[arg(long, global = true, env = "MERCATO_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N")]
+    max_connections_per_address: Capacity = Capacity::new(256);
+    /// Proxies whose X-Forwarded-For names the client: addresses or CIDR blocks,
+    /// comma-separated; anyone else's X-Forwarded-For is ignored [default: none]
+    #[arg(long, global = true, env = "MERCATO_TRUSTED_PROXIES", value_name = "CIDRS")]
+    trusted_proxies: Proxies = Proxies::default();
 }
 
 /// Why a configuration cannot be used (bad usage: exit 2).
@@ -674,7 +758,14 @@ mod tests {
                 "signing_key",
                 "oidc_issuer_url",
                 "oidc_audience",
-                "public_url"
+                "public_url",
+                "rate_limit",
+                "staff_rate_limit",
+                "account_rate_limit",
+                "max_in_flight",
+                "max_connections",
+                "max_connections_per_address",
+                "trusted_proxies",
             ]
         );
         assert!(described.contains("role = \"all\"\n"), "{described}");

@@ -19,6 +19,9 @@
 //! - [`policy`]: the permission table: every route and who may call it.
 //! - [`Server`]: the background parts of a role and its HTTP application, run until shutdown.
 //! - [`listen`]: the HTTP connection layer under the router (half-close, header timeout).
+//! - [`idempotency`]: `Idempotency-Key` on the routes that create something.
+//! - [`limits`]: limits at the edge: rate limits, load shedding, connection caps, trusted
+//!   proxies.
 //! - [`bus`]: Kafka, behind the cargo feature `kafka`.
 //! - [`error`]: bad usage (exit 2) told apart from failures at run time (exit 1) by type.
 //! - [`reference`]: the reference documents of the HTTP API and the configuration, generated.
@@ -27,6 +30,8 @@ pub mod bus;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod idempotency;
+pub mod limits;
 pub mod listen;
 mod ops;
 pub mod platform;

@@ -7,7 +7,9 @@
 //! - a connection that has not sent a whole request head within [`HEADER_READ_TIMEOUT`] is
 //!   closed, so half-finished connections do not pile up;
 //! - every request carries the peer's address (`axum::extract::ConnectInfo`);
-//! - a failed `accept` (out of file descriptors) waits a moment instead of spinning.
+//! - a failed `accept` (out of file descriptors) waits a moment instead of spinning;
+//! - at most so many connections are open, in all and from one address
+//!   ([`crate::limits::Connections`]); one more is answered 503 with `Retry-After` and closed.
 //!
 //! hyper itself answers a request head it cannot parse (400), a target too long (414) and one
 //! larger than its buffer or with more than [`MAX_HEADERS`] headers (431) before any request
@@ -18,6 +20,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -34,12 +37,16 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use crate::limits::Connections;
+
 /// How long a connection may take to send a whole request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most headers hyper parses in one request; the API's own limit
 /// ([`http_common::context::MAX_HEADER_COUNT`]) is lower, so that a request over it gets a
 /// problem body.
 pub const MAX_HEADERS: usize = 2 * http_common::context::MAX_HEADER_COUNT;
+/// How long a refused connection's answer may take to write.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
 /// How long a failed `accept` waits before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -52,7 +59,14 @@ fn builder() -> Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_headers(MAX_HEADERS);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/2: at most 100 requests at once on one connection, and a peer that stops answering
+    // pings is dropped.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
     builder
 }
 
@@ -62,6 +76,7 @@ fn builder() -> Builder<TokioExecutor> {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    connections: Arc<Connections>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let builder = builder();
@@ -83,6 +98,11 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Some(slot) = connections.admit(peer.ip()) else {
+            metrics::counter!("mercato_http_refused_total", "reason" => "connections").increment(1);
+            tokio::spawn(refuse(stream));
+            continue;
+        };
         let service = TowerToHyperService::new(router.clone().map_request(
             move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
@@ -97,11 +117,24 @@ pub async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Tells a connection beyond the limits to come back later, and closes it: at most
+/// [`REFUSAL_WAIT`] of the server's time.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let answer = crate::limits::refused_connection_answer();
+    let _ = tokio::time::timeout(REFUSAL_WAIT, async {
+        stream.write_all(&answer).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// Errors of one connection that was already gone when accepted: nothing to wait for.

@@ -78,7 +78,12 @@ pub fn openapi_document() -> serde_json::Value {
             query_api::api_doc(),
             routes().into_doc(Map::new()),
         ],
-        &crate::policy::access_of,
+        &|method, path| {
+            crate::policy::rule_of(method, path).map(|rule| http_common::openapi::RouteRule {
+                access: rule.access,
+                creates: rule.creates,
+            })
+        },
     )
 }
 
@@ -145,7 +150,13 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn ready(State(state): State<OpsState>) -> Response {
+/// `{ready, checks, projections}`: 503 while something this process needs is down or behind.
+/// The checks and projections (which name the systems behind mercato and their state) are for
+/// staff and services; anyone else reads `{ready}` alone.
+async fn ready(
+    State(state): State<OpsState>,
+    axum::Extension(context): axum::Extension<http_common::context::RequestContext>,
+) -> Response {
     let mut checks = Map::new();
     let mut all_ok = true;
     let mut check = |name: &str, result: Result<(), String>| {
@@ -219,11 +230,13 @@ async fn ready(State(state): State<OpsState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({ "ready": all_ok, "checks": checks, "projections": projections })),
-    )
-        .into_response()
+    let body = match context.principal {
+        identity::Principal::Staff { .. } | identity::Principal::Service { .. } => {
+            json!({ "ready": all_ok, "checks": checks, "projections": projections })
+        }
+        _ => json!({ "ready": all_ok }),
+    };
+    (status, Json(body)).into_response()
 }
 
 pub(crate) async fn not_found() -> Problem {

@@ -8,9 +8,9 @@
 //! what is theirs (their own carts, orders and profile; another's answers 404).
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use domain::Role::{Admin, Auditor, Catalog, Support};
@@ -24,6 +24,22 @@ pub struct Rule {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
+    /// Which rate limit its requests count against.
+    pub bucket: Bucket,
+    /// Whether it creates something, so that `Idempotency-Key` makes a retry safe.
+    pub creates: bool,
+}
+
+/// The rate limit a route's requests count against ([`crate::limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bucket {
+    /// The caller's own: per account or API key, else per address.
+    Caller,
+    /// The account routes' stricter one, per address: registration, login, refresh,
+    /// verification and password resets (guessing and sign-up floods).
+    Accounts,
+    /// None, and never shed: what orchestrators and monitoring poll.
+    Probe,
 }
 
 const fn rule(method: Method, path: &'static str, access: Access) -> Rule {
@@ -31,6 +47,34 @@ const fn rule(method: Method, path: &'static str, access: Access) -> Rule {
         method,
         path,
         access,
+        bucket: Bucket::Caller,
+        creates: false,
+    }
+}
+
+impl Rule {
+    /// The same, counted against the account routes' limit.
+    const fn accounts(self) -> Rule {
+        Rule {
+            bucket: Bucket::Accounts,
+            ..self
+        }
+    }
+
+    /// The same, for a probe.
+    const fn probe(self) -> Rule {
+        Rule {
+            bucket: Bucket::Probe,
+            ..self
+        }
+    }
+
+    /// The same, for a route that creates something.
+    const fn creates(self) -> Rule {
+        Rule {
+            creates: true,
+            ..self
+        }
     }
 }
 
@@ -50,22 +94,22 @@ use Method::{Delete, Get, Patch, Post, Put};
 /// Every route, and who may call it.
 pub const POLICY: &[Rule] = &[
     // What every process serves about itself.
-    rule(Get, "/health", Access::ANYONE),
-    rule(Get, "/ready", Access::ANYONE),
-    rule(Get, "/metrics", Access::ANYONE),
+    rule(Get, "/health", Access::ANYONE).probe(),
+    rule(Get, "/ready", Access::ANYONE).probe(),
+    rule(Get, "/metrics", Access::ANYONE).probe(),
     rule(Get, "/openapi.json", Access::ANYONE),
     rule(Get, "/.well-known/jwks.json", Access::ANYONE),
     // The catalogue.
     rule(Get, "/products/{product_id}", Access::ANYONE),
     rule(Get, "/search", Access::ANYONE),
     rule(Get, "/recommendations", Access::ANYONE),
-    rule(Post, "/products", CATALOG),
+    rule(Post, "/products", CATALOG).creates(),
     rule(Put, "/products/{product_id}", CATALOG),
-    rule(Post, "/products/{product_id}/stock", CATALOG),
+    rule(Post, "/products/{product_id}/stock", CATALOG).creates(),
     // Carts: their guest or customer; support staff may read them.
-    rule(Post, "/carts/{cart_id}/items", CART_HOLDERS),
+    rule(Post, "/carts/{cart_id}/items", CART_HOLDERS).creates(),
     rule(Delete, "/carts/{cart_id}/items/{product_id}", CART_HOLDERS),
-    rule(Post, "/carts/{cart_id}/checkout", CART_HOLDERS),
+    rule(Post, "/carts/{cart_id}/checkout", CART_HOLDERS).creates(),
     rule(
         Get,
         "/carts/{cart_id}",
@@ -74,7 +118,7 @@ pub const POLICY: &[Rule] = &[
             .and_customers(),
     ),
     // Orders: their customer or guest, and support staff.
-    rule(Post, "/orders", Access::roles(&[Support]).and_customers()),
+    rule(Post, "/orders", Access::roles(&[Support]).and_customers()).creates(),
     rule(
         Get,
         "/orders/{order_id}",
@@ -90,17 +134,17 @@ pub const POLICY: &[Rule] = &[
     // Accounts. Every account, an auditor's included, keeps its own profile and password (an
     // auditor never writes the shop's data); support staff read a customer's profile to serve
     // their orders; accounts are erased and deactivated by admins.
-    rule(Post, "/users", Access::ANYONE),
-    rule(Post, "/users/verify", Access::ANYONE),
-    rule(Post, "/sessions", Access::ANYONE),
-    rule(Post, "/sessions/refresh", Access::ANYONE),
+    rule(Post, "/users", Access::ANYONE).accounts().creates(),
+    rule(Post, "/users/verify", Access::ANYONE).accounts(),
+    rule(Post, "/sessions", Access::ANYONE).accounts(),
+    rule(Post, "/sessions/refresh", Access::ANYONE).accounts(),
     rule(Delete, "/sessions/current", ACCOUNTS),
     rule(Get, "/users/me", ACCOUNTS),
     rule(Patch, "/users/me", ACCOUNTS),
     rule(Post, "/users/me/password", ACCOUNTS),
     rule(Delete, "/users/me", ACCOUNTS),
-    rule(Post, "/password-resets", Access::ANYONE),
-    rule(Post, "/password-resets/complete", Access::ANYONE),
+    rule(Post, "/password-resets", Access::ANYONE).accounts(),
+    rule(Post, "/password-resets/complete", Access::ANYONE).accounts(),
     rule(Get, "/users/{user_id}", Access::roles(&[Support])),
     rule(Post, "/users/{user_id}/erase", ADMINS),
     rule(Post, "/users/{user_id}/deactivate", ADMINS),
@@ -110,16 +154,21 @@ pub const POLICY: &[Rule] = &[
 ];
 
 /// The table by method and path, made once: every request looks its route up here.
-static RULES: LazyLock<HashMap<(Method, &'static str), Access>> = LazyLock::new(|| {
+static RULES: LazyLock<HashMap<(Method, &'static str), Rule>> = LazyLock::new(|| {
     POLICY
         .iter()
-        .map(|rule| ((rule.method, rule.path), rule.access))
+        .map(|rule| ((rule.method, rule.path), *rule))
         .collect()
 });
 
 /// The rule of `method` `path`, if the table has one.
-pub fn access_of(method: Method, path: &str) -> Option<Access> {
+pub fn rule_of(method: Method, path: &str) -> Option<Rule> {
     RULES.get(&(method, path)).copied()
+}
+
+/// Who may call `method` `path`, if the table has a rule for it.
+pub fn access_of(method: Method, path: &str) -> Option<Access> {
+    rule_of(method, path).map(|rule| rule.access)
 }
 
 /// Fails naming every route without an entry, and every entry without a route.
@@ -170,16 +219,27 @@ fn method_of(method: &axum::http::Method) -> Option<Method> {
         .find(|known| known.http() == method)
 }
 
-/// Lets a request through to its route only if the table's rule admits its principal: 401
-/// (with `WWW-Authenticate: Bearer`) without credentials, 403 with credentials that do not
-/// admit it. A route layer: it runs after routing, so the route's path is known.
-pub async fn authorize(request: Request, next: Next) -> Response {
+/// What every request passes on its way to its route ([`guard`]).
+#[derive(Debug)]
+pub struct Guard {
+    pub limits: Arc<crate::limits::Limits>,
+    /// The answers kept for `Idempotency-Key`.
+    pub idempotency: identity::IdempotencyRecords,
+}
+
+/// Lets a request through to its route only if its caller is within its rate limit (429 with
+/// `Retry-After`), the process has room for it (503 with `Retry-After`), and the table's rule
+/// admits its principal: 401 (with `WWW-Authenticate: Bearer`) without credentials, 403 with
+/// credentials that do not admit it. A creating route's request with an `Idempotency-Key` then
+/// runs at most once ([`crate::idempotency`]). A route layer: it runs after routing, so the
+/// route's path is known.
+pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
     let rule = request
         .extensions()
         .get::<MatchedPath>()
         .zip(method_of(request.method()))
-        .and_then(|(path, method)| access_of(method, path.as_str()));
-    let Some(access) = rule else {
+        .and_then(|(path, method)| rule_of(method, path.as_str()));
+    let Some(rule) = rule else {
         // The start-up check makes this unreachable: every served route has an entry.
         return Problem::internal(&format_args!(
             "{} {} has no entry in the permission table",
@@ -188,13 +248,26 @@ pub async fn authorize(request: Request, next: Next) -> Response {
         ))
         .into_response();
     };
-    let principal = request
+    let (principal, address) = request
         .extensions()
         .get::<RequestContext>()
-        .map(|context| context.principal.clone())
-        .unwrap_or(identity::Principal::Anonymous);
-    if let Some(refused) = refusal(&access, &principal) {
+        .map(|context| (context.principal.clone(), context.peer))
+        .unwrap_or((identity::Principal::Anonymous, None));
+    let _permit = match guard.limits.admit(rule.bucket, &principal, address) {
+        Ok(permit) => permit,
+        Err(refusal) => return refusal.answer(guard.limits.max_in_flight()),
+    };
+    if let Some(refused) = refusal(&rule.access, &principal) {
         return refused;
+    }
+    if rule.creates {
+        match crate::idempotency::key_of(request.headers()) {
+            Ok(Some(key)) => {
+                return crate::idempotency::run_once(&guard.idempotency, key, request, next).await;
+            }
+            Ok(None) => {}
+            Err(problem) => return problem.into_response(),
+        }
     }
     next.run(request).await
 }

@@ -43,6 +43,7 @@ pub struct Server {
     role: Role,
     router: Router,
     listener: TcpListener,
+    connections: Arc<crate::limits::Connections>,
     address: SocketAddr,
     shutdown: CancellationToken,
     workers: Vec<JoinHandle<()>>,
@@ -184,7 +185,24 @@ impl Server {
         {
             tracing::warn!(%error, "the OIDC issuer cannot be read now; its tokens are refused until it can");
         }
-        let router = app(&platform, &plan, progress, components, views);
+        let guard = Arc::new(crate::policy::Guard {
+            limits: Arc::new(crate::limits::Limits::new(config)),
+            idempotency: platform.identity.idempotency.clone(),
+        });
+        if plan.parts.command_api {
+            workers.push(tokio::spawn(forget_expired_keys(
+                platform.identity.idempotency.clone(),
+                shutdown.clone(),
+            )));
+        }
+        workers.push(guard.limits.spawn_forgetting(shutdown.clone()));
+        let router = app(&platform, &plan, progress, components, views, guard)
+            // Outermost but for the panic catcher: who the client is, for everything after.
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(config.trusted_proxies.clone()),
+                crate::limits::client_address,
+            ));
+        let connections = crate::limits::Connections::new(config);
         let address = listener
             .local_addr()
             .map_err(|error| Error::runtime("cannot read the listening address", error))?;
@@ -194,6 +212,7 @@ impl Server {
             role: config.role,
             router,
             listener,
+            connections,
             address,
             shutdown,
             workers,
@@ -223,6 +242,7 @@ impl Server {
             role,
             router,
             listener,
+            connections,
             address,
             shutdown: stop,
             workers,
@@ -235,7 +255,7 @@ impl Server {
             cache = platform.read_models.cache.as_ref().map_or("none", |cache| cache.kind()),
             "mercato listening"
         );
-        let served = crate::listen::serve(listener, router, shutdown)
+        let served = crate::listen::serve(listener, router, connections, shutdown)
             .await
             .map_err(|error| Error::runtime("the HTTP server failed", error));
         tracing::info!("shutting down: stopping the projections at a checkpoint");
@@ -254,6 +274,26 @@ impl Server {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
         served
+    }
+}
+
+/// Deletes the idempotency records past their 24 hours, every hour, until `shutdown`.
+async fn forget_expired_keys(records: identity::IdempotencyRecords, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match records.forget_expired().await {
+            Ok(0) => {}
+            Ok(forgotten) => {
+                tracing::debug!(forgotten, "idempotency records past their time deleted")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot delete the idempotency records past their time")
+            }
+        }
     }
 }
 
@@ -280,6 +320,7 @@ fn app(
     progress: Progress,
     components: Components,
     views: Option<ViewRecorder>,
+    guard: Arc<crate::policy::Guard>,
 ) -> Router {
     let read_models = &platform.read_models;
     let mut router = ops::router(OpsState {
@@ -310,7 +351,10 @@ fn app(
     }
     router
         // After routing: the permission table's rule of the matched route.
-        .route_layer(axum::middleware::from_fn(crate::policy::authorize))
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard,
+            crate::policy::guard,
+        ))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(axum::middleware::map_response(

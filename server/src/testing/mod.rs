@@ -96,7 +96,8 @@ impl TestData {
 
     /// The configuration of role `role` on this data, with `args` as `mercato serve` takes
     /// them (`["--payment-timeout", "2"]`), listening on a free port. The environment is not
-    /// read: a test's configuration is what it says.
+    /// read: a test's configuration is what it says, and the rate limits are off unless it
+    /// sets them.
     pub fn config(&self, role: &str, args: &[&str]) -> Config {
         let command = TestFlags::command().mut_args(|arg| arg.env(None::<&'static str>));
         let arguments =
@@ -117,6 +118,12 @@ impl TestData {
         if let Some(redis_url) = &self.redis_url {
             settings.redis_url = Some(Secret::new(redis_url.clone()));
         }
+        // Tests register and log in many customers and drive load from one address: the rate
+        // limits are off unless the test sets them (the tests of the limits do).
+        let off = Some(crate::config::Rate::new(0));
+        settings.rate_limit = settings.rate_limit.or(off);
+        settings.staff_rate_limit = settings.staff_rate_limit.or(off);
+        settings.account_rate_limit = settings.account_rate_limit.or(off);
         Config::resolve(settings, flags.config.as_deref()).expect("test configuration")
     }
 }

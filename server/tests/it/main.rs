@@ -6,6 +6,8 @@ mod accounts;
 mod docs;
 mod e2e;
 mod edges;
+mod idempotency;
+mod limits;
 mod platform;
 mod readiness;
 mod tokens;
