@@ -272,6 +272,7 @@ pub(crate) async fn add_cart_item(
 ) -> Result<Response, Problem> {
     let cart_id = cart_id_of(&cart_id)?;
     let (by, context) = cart_writer(&state, &context, &headers, &cart_id)?;
+    state.caps.check_quantity("quantity", body.quantity)?;
     let product = existing_product(&state, &body.product_id).await?;
     let command = CartCommand::AddItem {
         product_id: body.product_id,
@@ -363,6 +364,10 @@ pub(crate) async fn checkout(
     } else {
         ordering_customer(&context, body.customer_id.as_deref())?
     };
+    let allowance = state
+        .caps
+        .allowance(state.open_orders.as_ref(), customer_id.as_str())
+        .await?;
     let order_id = context.new_id("order");
     let payment_ref = keep_payment_token(&state, order_id, &body.payment_token).await?;
     let request = CheckOut {
@@ -371,6 +376,7 @@ pub(crate) async fn checkout(
         order_id,
         payment_ref,
         by,
+        allowance,
     };
     let placed = match check_out(
         state.store.as_ref(),
@@ -385,6 +391,7 @@ pub(crate) async fn checkout(
             let problem = match &error {
                 CheckoutError::Cart(error) => command_problem(error),
                 CheckoutError::Order(error) => command_problem(error),
+                CheckoutError::Limit(problem) => (**problem).clone(),
                 CheckoutError::Store(error) => store_problem(error),
             };
             // A refused checkout placed no order: its token has nothing to pay. After a store
@@ -465,6 +472,11 @@ pub(crate) async fn place_order(
             unit_price: product.price,
         });
     }
+    state
+        .caps
+        .allowance(state.open_orders.as_ref(), customer_id.as_str())
+        .await?
+        .check(&lines)?;
     let order_id = context.new_id("order");
     let payment_ref = keep_payment_token(&state, order_id, &body.payment_token).await?;
     let command = OrderCommand::CreateOrder {

@@ -11,6 +11,7 @@
 //! - [`seed`]: a catalogue loaded through the command path (`mercato seed`).
 
 mod accounts;
+pub mod caps;
 mod handlers;
 pub mod input;
 pub mod orders;
@@ -33,6 +34,10 @@ pub struct CommandState {
     pub store: Arc<dyn EventStore>,
     /// Accounts, the guests' tokens and the payment vault.
     pub identity: Arc<Identity>,
+    /// The bounds on what one customer may hold reserved.
+    pub caps: caps::OrderCaps,
+    /// Where a customer's orders waiting for payment are counted.
+    pub open_orders: Arc<dyn caps::OpenOrders>,
 }
 
 /// A write route: a body (or none), answering `Written` with `status`.

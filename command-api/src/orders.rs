@@ -22,6 +22,8 @@ pub struct CheckOut {
     pub order_id: Uuid,
     pub payment_ref: String,
     pub by: CartWriter,
+    /// What the order may hold (the line bound and the customer's units left).
+    pub allowance: crate::caps::Allowance,
 }
 
 /// The order a checkout placed, and the position of its last event.
@@ -40,6 +42,9 @@ pub enum CheckoutError {
     /// The order refused its creation (a line or total out of range).
     #[error(transparent)]
     Order(CommandError<OrderError>),
+    /// The order is beyond one of the customer's bounds ([`crate::caps`]).
+    #[error("{}", .0.detail)]
+    Limit(Box<http_common::Problem>),
     /// The append failed, or kept losing races after its retries.
     #[error(transparent)]
     Store(StoreError),
@@ -82,6 +87,10 @@ pub async fn check_out(
             });
         }
         let lines = OrderLine::of_cart(&cart.state);
+        request
+            .allowance
+            .check(&lines)
+            .map_err(|problem| CheckoutError::Limit(Box::new(problem)))?;
         let order = decide::<Order>(
             store,
             &order_id.to_string(),

@@ -113,6 +113,27 @@ impl Queries {
         rows.iter().map(order_row).collect()
     }
 
+    /// How many of `customer_id`'s orders wait for payment (`PENDING`), and the units they
+    /// hold.
+    pub async fn open_orders(&self, customer_id: &str) -> Result<(u32, u64), ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT lines FROM rm_orders WHERE customer_id = $1 AND status = 'PENDING' LIMIT 10000",
+        )
+        .bind(customer_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut units = 0u64;
+        for row in &rows {
+            let lines: String = row.try_get("lines")?;
+            let lines: Vec<crate::sql_models::OrderLineRow> = serde_json::from_str(&lines)?;
+            units += lines
+                .iter()
+                .map(|line| u64::from(line.quantity))
+                .sum::<u64>();
+        }
+        Ok((u32::try_from(rows.len()).unwrap_or(u32::MAX), units))
+    }
+
     /// One cart of the carts read model (on Redis when it is configured).
     pub async fn cart(&self, cart_id: &str) -> Result<Option<CartRow>, ProjectionError> {
         if let Some(models) = &self.redis {

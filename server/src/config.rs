@@ -365,6 +365,8 @@ pub const DEFAULT_PAYMENT_TIMEOUT: Seconds = Seconds::from_secs(30);
 
 /// A rate (requests per second or per minute); 0 turns the limit off.
 pub type Rate = Count<0, 1_000_000>;
+/// The units one line may hold: at most the domain's own bound.
+pub type LineQuantity = Count<1, 999>;
 /// How many of something may be open at once (requests, connections).
 pub type Capacity = Count<1, 1_000_000>;
 
@@ -528,6 +530,17 @@ settings! {
     /// comma-separated; anyone else's X-Forwarded-For is ignored [default: none]
     #[arg(long, global = true, env = "MERCATO_TRUSTED_PROXIES", value_name = "CIDRS")]
     trusted_proxies: Proxies = Proxies::default();
+    /// The most units one cart or order line may hold; beyond, 422 [default: 999]
+    #[arg(long, global = true, env = "MERCATO_MAX_LINE_QUANTITY", value_name = "N")]
+    max_line_quantity: LineQuantity = LineQuantity::new(999);
+    /// The most orders of one customer that may wait for payment at once; beyond, 422; 0 turns
+    /// it off [default: 10]
+    #[arg(long, global = true, env = "MERCATO_MAX_OPEN_ORDERS", value_name = "N")]
+    max_open_orders: Rate = Rate::new(10);
+    /// The most units one customer's orders waiting for payment may reserve together; beyond,
+    /// 422; 0 turns it off [default: 1000]
+    #[arg(long, global = true, env = "MERCATO_MAX_RESERVED_UNITS", value_name = "N")]
+    max_reserved_units: Rate = Rate::new(1000);
 }
 
 /// Why a configuration cannot be used (bad usage: exit 2).
@@ -569,6 +582,16 @@ impl Settings {
 }
 
 impl Config {
+    /// The bounds on what one customer may hold reserved.
+    pub fn order_caps(&self) -> command_api::caps::OrderCaps {
+        let count = |value: i32| u32::try_from(value).unwrap_or(0);
+        command_api::caps::OrderCaps {
+            max_line_quantity: count(self.max_line_quantity.get()),
+            max_open_orders: count(self.max_open_orders.get()),
+            max_reserved_units: count(self.max_reserved_units.get()),
+        }
+    }
+
     /// The configuration of `flags` (flags and environment, already merged by clap) over config
     /// file `file` (when given) over the defaults.
     pub fn resolve(flags: Settings, file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -766,6 +789,9 @@ mod tests {
                 "max_connections",
                 "max_connections_per_address",
                 "trusted_proxies",
+                "max_line_quantity",
+                "max_open_orders",
+                "max_reserved_units",
             ]
         );
         assert!(described.contains("role = \"all\"\n"), "{described}");

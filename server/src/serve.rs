@@ -196,12 +196,20 @@ impl Server {
             )));
         }
         workers.push(guard.limits.spawn_forgetting(shutdown.clone()));
-        let router = app(&platform, &plan, progress, components, views, guard)
-            // Outermost but for the panic catcher: who the client is, for everything after.
-            .layer(axum::middleware::from_fn_with_state(
-                Arc::new(config.trusted_proxies.clone()),
-                crate::limits::client_address,
-            ));
+        let router = app(
+            &platform,
+            &plan,
+            progress,
+            components,
+            views,
+            guard,
+            config.order_caps(),
+        )
+        // Outermost but for the panic catcher: who the client is, for everything after.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(config.trusted_proxies.clone()),
+            crate::limits::client_address,
+        ));
         let connections = crate::limits::Connections::new(config);
         let address = listener
             .local_addr()
@@ -277,6 +285,25 @@ impl Server {
     }
 }
 
+/// A customer's orders waiting for payment, as the orders read model has them.
+#[derive(Debug)]
+struct OpenOrdersModel(Queries);
+
+#[async_trait::async_trait]
+impl command_api::caps::OpenOrders for OpenOrdersModel {
+    async fn open_orders(
+        &self,
+        customer_id: &str,
+    ) -> std::result::Result<command_api::caps::Open, String> {
+        let (orders, units) = self
+            .0
+            .open_orders(customer_id)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(command_api::caps::Open { orders, units })
+    }
+}
+
 /// Deletes the idempotency records past their 24 hours, every hour, until `shutdown`.
 async fn forget_expired_keys(records: identity::IdempotencyRecords, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(3600));
@@ -321,6 +348,7 @@ fn app(
     components: Components,
     views: Option<ViewRecorder>,
     guard: Arc<crate::policy::Guard>,
+    caps: command_api::caps::OrderCaps,
 ) -> Router {
     let read_models = &platform.read_models;
     let mut router = ops::router(OpsState {
@@ -336,6 +364,11 @@ fn app(
         router = router.merge(command_api::router(command_api::CommandState {
             store: platform.store.clone(),
             identity: Arc::new(platform.identity.clone()),
+            caps,
+            open_orders: Arc::new(OpenOrdersModel(Queries::new(
+                read_models.db.clone(),
+                read_models.redis.clone(),
+            ))),
         }));
     }
     if plan.parts.query_api {

@@ -124,6 +124,9 @@ impl TestData {
         settings.rate_limit = settings.rate_limit.or(off);
         settings.staff_rate_limit = settings.staff_rate_limit.or(off);
         settings.account_rate_limit = settings.account_rate_limit.or(off);
+        // So are the caps on a customer's open orders: tests place many slow orders for one.
+        settings.max_open_orders = settings.max_open_orders.or(off);
+        settings.max_reserved_units = settings.max_reserved_units.or(off);
         Config::resolve(settings, flags.config.as_deref()).expect("test configuration")
     }
 }

@@ -332,3 +332,131 @@ async fn readiness_details_are_for_staff_and_services() {
     assert!(answer.get("checks").is_none(), "{answer}");
     server.stop().await;
 }
+
+/// Places an order of `quantity` units of `product_id` as `customer`, paid with a token the test
+/// gateway never answers (so it waits for payment); answers the status and the body.
+async fn slow_order(
+    customer: &server::testing::Api,
+    product_id: &str,
+    quantity: u32,
+) -> (StatusCode, Value) {
+    let response = customer
+        .post(
+            "/orders",
+            json!({
+                "lines": [{ "product_id": product_id, "quantity": quantity }],
+                "payment_token": "tok_timeout",
+            }),
+        )
+        .await;
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until `customer`'s orders read model holds `count` orders.
+async fn orders_reach(server: &TestApp, customer_id: &str, count: usize) {
+    let reached = server::testing::eventually(Duration::from_secs(10), || async {
+        let body: Value = server
+            .get(&format!("/customers/{customer_id}/orders"))
+            .await
+            .json()
+            .await
+            .ok()?;
+        (body["orders"].as_array()?.len() == count).then_some(())
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "{customer_id} did not reach {count} orders"
+    );
+}
+
+/// A customer's orders waiting for payment are bounded in number and in units, and a line in
+/// units: each is a 422 naming the limit; another customer is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_open_orders_are_bounded_in_number_units_and_line_size() {
+    let Some((server, _data)) = start(
+        "order_caps",
+        &[
+            "--max-open-orders",
+            "3",
+            "--max-reserved-units",
+            "10",
+            "--max-line-quantity",
+            "5",
+            "--payment-timeout",
+            "120",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let (product_id, _) = server.create_product("Mug", "", 4.5, 500, "Kitchen").await;
+    let ada = server.register_customer("ada").await;
+    // A line beyond 5 units, in a cart and in an order.
+    let response = ada
+        .post(
+            "/carts/c-caps/items",
+            json!({ "product_id": product_id, "quantity": 6 }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["field"], "quantity", "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("at most 5"),
+        "{body}"
+    );
+    let (status, body) = slow_order(&ada, &product_id, 6).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["field"], "lines[0].quantity", "{body}");
+    // Three open orders (4 + 4 + 1 units), then the fourth is refused for their number.
+    for (placed, quantity) in [4, 4, 1].into_iter().enumerate() {
+        let (status, body) = slow_order(&ada, &product_id, quantity).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        orders_reach(&server, &ada.user_id, placed + 1).await;
+    }
+    let (status, body) = slow_order(&ada, &product_id, 1).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("at most 3 orders"),
+        "{body}"
+    );
+    // Another customer: 5 + 5 units, then one more unit is beyond the 10 reserved.
+    let grace = server.register_customer("grace").await;
+    for (placed, quantity) in [5, 5].into_iter().enumerate() {
+        let (status, body) = slow_order(&grace, &product_id, quantity).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        orders_reach(&server, &grace.user_id, placed + 1).await;
+    }
+    let (status, body) = slow_order(&grace, &product_id, 1).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["field"], "lines", "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("at most 10 units"),
+        "{body}"
+    );
+    // A checkout of a cart is bounded alike.
+    let added = grace
+        .post(
+            "/carts/c-caps-2/items",
+            json!({ "product_id": product_id, "quantity": 2 }),
+        )
+        .await;
+    assert_eq!(added.status(), StatusCode::OK);
+    let response = grace
+        .post(
+            "/carts/c-caps-2/checkout",
+            json!({ "payment_token": "tok_visa" }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    server.stop().await;
+}

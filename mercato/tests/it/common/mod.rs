@@ -93,11 +93,14 @@ pub async fn admin_key(data: &ServerData, serve_args: &[&str]) -> String {
     key
 }
 
-/// The variables of the rate limits, which [`Server`] turns off.
-pub const RATE_LIMIT_VARIABLES: [&str; 3] = [
+/// The variables of the rate limits and of the caps on a customer's open orders, which
+/// [`Server`] turns off.
+pub const RATE_LIMIT_VARIABLES: [&str; 5] = [
     "MERCATO_RATE_LIMIT",
     "MERCATO_STAFF_RATE_LIMIT",
     "MERCATO_ACCOUNT_RATE_LIMIT",
+    "MERCATO_MAX_OPEN_ORDERS",
+    "MERCATO_MAX_RESERVED_UNITS",
 ];
 
 /// A running `mercato serve` process.
@@ -146,8 +149,9 @@ impl Server {
             .args(extra)
             .env("RUST_LOG", log_filter)
             .stdout(Stdio::piped());
-        // Tests and benches register and log in many customers and drive load from one
-        // address: the rate limits are off unless `extra` sets them (a flag beats the variable).
+        // Tests and benches register and log in many customers, drive load from one address
+        // and place many slow orders for one customer: the rate limits and the open-order caps
+        // are off unless `extra` sets them (a flag beats the variable).
         for variable in RATE_LIMIT_VARIABLES {
             command.env(variable, "0");
         }
