@@ -128,11 +128,16 @@ pub async fn serve(
 /// Tells a connection beyond the limits to come back later, and closes it: at most
 /// [`REFUSAL_WAIT`] of the server's time.
 async fn refuse(mut stream: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let answer = crate::limits::refused_connection_answer();
     let _ = tokio::time::timeout(REFUSAL_WAIT, async {
         stream.write_all(&answer).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // Closing with the client's request unread would reset the connection, and the client
+        // might lose the answer before reading it: read what it sends until it closes.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
     })
     .await;
 }

@@ -3,6 +3,7 @@
 //! that combine a server (in this process) with the commands an operator or auditor runs beside
 //! it.
 
+mod abuse;
 mod accounts;
 mod audit;
 mod cli;

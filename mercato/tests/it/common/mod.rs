@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod abuse;
 pub mod replay;
 
 use std::ops::Deref;

@@ -1,0 +1,67 @@
+//! The abuse suite: while attackers from other loopback addresses send slowloris connections, a
+//! burst of 5,000 requests, 1,000 concurrent waits for made-up positions, maximal pages, login
+//! guesses and 200 orders the gateway never answers, every honest customer's checkout completes
+//! and is confirmed; the attackers get 2xx, 4xx (429 among them) and 503 with `Retry-After`,
+//! never another 5xx. It prints the honest p99 and the server's peak memory (the bench
+//! `abuse` measures them against the same honest load without attackers).
+
+use std::time::Duration;
+
+use crate::common::Server;
+use crate::common::abuse::{self, SERVER_ARGS};
+use server::testing::{Setup, TestData};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn honest_customers_are_served_while_hostile_clients_are_refused() {
+    let Some(data) = TestData::new(Setup::Embedded, "abuse").await else {
+        return;
+    };
+    let server = Server::start_with(&data, "all", SERVER_ARGS).await;
+    let pid = server.pid().expect("pid");
+    let shop = abuse::open_shop(&server, 8).await;
+    let (honest, attack) = tokio::join!(
+        abuse::honest_load(&server, &shop, 15),
+        abuse::attack(&server, &shop, 15)
+    );
+    println!(
+        "honest checkouts: {} (p50 {:.1} ms, p99 {:.1} ms); attackers' answers {:?}; slowloris {} of {} closed; server peak memory {:.0} MB",
+        honest.checkout_ms.len(),
+        abuse::percentile(&honest.checkout_ms, 50.0),
+        abuse::percentile(&honest.checkout_ms, 99.0),
+        attack.statuses,
+        attack.slowloris_closed,
+        attack.slowloris_opened,
+        abuse::peak_memory_mb(pid),
+    );
+    assert!(
+        honest.failed.is_empty(),
+        "honest requests failed: {:?}",
+        honest.failed
+    );
+    assert!(honest.checkout_ms.len() >= 8, "{:?}", honest.checkout_ms);
+    let unconfirmed = abuse::unconfirmed(&server, &honest.orders, Duration::from_secs(30)).await;
+    assert!(
+        unconfirmed.is_empty(),
+        "honest orders not confirmed: {unconfirmed:?}"
+    );
+    assert_eq!(attack.server_errors(), 0, "{:?}", attack.statuses);
+    assert_eq!(attack.unavailable_without_retry_after, 0);
+    assert!(
+        attack
+            .statuses
+            .get(&429)
+            .is_some_and(|count| *count > 1_000),
+        "{:?}",
+        attack.statuses
+    );
+    assert!(
+        attack.statuses.get(&422).is_some(),
+        "the slow orders hit their cap: {:?}",
+        attack.statuses
+    );
+    assert_eq!(
+        attack.slowloris_closed, attack.slowloris_opened,
+        "every slow connection was refused or closed"
+    );
+    server.kill().await;
+}
