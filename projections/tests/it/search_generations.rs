@@ -158,7 +158,7 @@ fn a_swap_waits_for_the_batch_in_flight() {
         .write(true)
         .open(root.join("CURRENT.lock"))
         .unwrap();
-    fs4::FileExt::lock_shared(&fence).unwrap();
+    fs4::fs_std::FileExt::lock_shared(&fence).unwrap();
     let swap = std::thread::spawn(move || rebuilt.swap_in().unwrap());
     std::thread::sleep(Duration::from_millis(300));
     assert!(!swap.is_finished(), "the swap did not wait for the batch");

@@ -225,9 +225,9 @@ impl Fence {
         // Called through the trait: the standard library's own file locks are newer than the
         // Rust version this workspace supports.
         if exclusive {
-            fs4::FileExt::lock_exclusive(&file).map_err(io)?;
+            fs4::fs_std::FileExt::lock_exclusive(&file).map_err(io)?;
         } else {
-            fs4::FileExt::lock_shared(&file).map_err(io)?;
+            fs4::fs_std::FileExt::lock_shared(&file).map_err(io)?;
         }
         Ok(Fence { _locked: file })
     }

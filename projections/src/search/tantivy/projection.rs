@@ -38,7 +38,7 @@ impl TantivySearch {
             Term::from_field_text(self.fields.product_id, product_id),
             IndexRecordOption::Basic,
         );
-        let top = searcher.search(&query, &TopDocs::with_limit(1))?;
+        let top = searcher.search(&query, &TopDocs::with_limit(1).order_by_score())?;
         let Some((_, address)) = top.first() else {
             return Ok(None);
         };

@@ -80,20 +80,17 @@ impl TantivySearch {
             ));
         }
         if query.min_price_minor.is_some() || query.max_price_minor.is_some() {
+            let price = |minor: i64| Term::from_field_i64(self.fields.price_minor, minor);
             let lower = query
                 .min_price_minor
-                .map_or(Bound::Unbounded, Bound::Included);
+                .map_or(Bound::Unbounded, |minor| Bound::Included(price(minor)));
             let upper = query
                 .max_price_minor
-                .map_or(Bound::Unbounded, Bound::Included);
+                .map_or(Bound::Unbounded, |minor| Bound::Included(price(minor)));
             clauses.push((
                 Occur::Must,
                 Box::new(ConstScoreQuery::new(
-                    Box::new(RangeQuery::new_i64_bounds(
-                        "price_minor".to_owned(),
-                        lower,
-                        upper,
-                    )),
+                    Box::new(RangeQuery::new(lower, upper)),
                     0.0,
                 )),
             ));
