@@ -304,6 +304,11 @@ enum Kind {
 /// Every metric mercato records, with its help text: `/metrics` shows a `# HELP` line for each.
 const METRICS: &[(&str, Kind, &str)] = &[
     (
+        "mercato_http_refused_total",
+        Kind::Counter,
+        "Requests and connections refused at the edge, by reason: rate_limited (429), overloaded (503, beyond the requests in flight) or connections (503, beyond the connection caps)",
+    ),
+    (
         "mercato_http_requests_total",
         Kind::Counter,
         "HTTP requests answered, by route template, method and status",
