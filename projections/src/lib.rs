@@ -31,8 +31,8 @@ use eventstore::RecordedEvent;
 
 pub use catalogue::{ReadModel, ReadModelStores};
 pub use runner::{
-    Feed, FeedLocator, Progress, ProgressState, Projection, READY_LAG, apply_new, oldest_unapplied,
-    run_projection,
+    Feed, FeedLocator, PARK_AFTER_ATTEMPTS, Park, Progress, ProgressState, Projection, READY_LAG,
+    apply_new, oldest_unapplied, run_projection,
 };
 
 /// Popularity points per unit ordered (`OrderCreated`).

@@ -297,7 +297,8 @@ async fn forget_expired_keys(records: identity::IdempotencyRecords, shutdown: Ca
     }
 }
 
-/// A projection following the store's log.
+/// A projection following the store's log (parked in the read-model database on an event it
+/// cannot apply).
 fn spawn_projection(
     platform: &Platform,
     projection: &Arc<dyn Projection>,
@@ -307,6 +308,7 @@ fn spawn_projection(
     tokio::spawn(run_projection(
         platform.store.clone(),
         projection.clone(),
+        platform.read_models.db.clone(),
         progress.clone(),
         shutdown.clone(),
         PROJECTION_BATCH,
