@@ -89,6 +89,7 @@ impl Server {
         } else if plan.polls_checkpoints {
             workers.push(tokio::spawn(ops::poll_checkpoints(
                 platform.store.clone(),
+                platform.read_models.db.clone(),
                 projections.clone(),
                 progress.clone(),
                 shutdown.clone(),
