@@ -68,8 +68,9 @@ enum Command {
     Seed(seed::Args),
     /// Rebuild read models from the event store
     Replay(replay::Args),
-    /// List every projection with its checkpoint, lag and state
-    Projections,
+    /// List every projection with its checkpoint, lag and state; `retry NAME` runs a parked one
+    /// again
+    Projections(projections::Args),
     /// Fill the store with a realistic synthetic shop history (for benchmarks and trials)
     Generate(generate::Args),
     /// Read the event history: one stream, the global log, or everything one request caused
@@ -135,7 +136,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Config(flags) => config::run(&cli.config(Some(flags))?),
         Command::Seed(args) => block_on(seed::run(cli.config(None)?, args)),
         Command::Replay(args) => block_on(replay::run(cli.config(None)?, args)),
-        Command::Projections => block_on(projections::run(cli.config(None)?)),
+        Command::Projections(args) => block_on(projections::run(cli.config(None)?, args)),
         Command::Generate(args) => block_on(generate::run(cli.config(None)?, args)),
         Command::Events(command) => block_on(events::run(cli.config(None)?, command)),
         Command::Audit(command) => block_on(audit::run(cli.config(None)?, command)),

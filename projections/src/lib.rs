@@ -31,8 +31,8 @@ use eventstore::RecordedEvent;
 
 pub use catalogue::{ReadModel, ReadModelStores};
 pub use runner::{
-    Feed, FeedLocator, Progress, ProgressState, Projection, READY_LAG, apply_new, oldest_unapplied,
-    run_projection,
+    Feed, FeedLocator, PARK_AFTER_ATTEMPTS, Park, Progress, ProgressState, Projection, READY_LAG,
+    apply_new, oldest_unapplied, run_projection,
 };
 
 /// Popularity points per unit ordered (`OrderCreated`).
@@ -69,6 +69,76 @@ pub enum ProjectionError {
         stored: u64,
         first: u64,
     },
+}
+
+impl ProjectionError {
+    /// Whether this is a failure of the systems a projection reads or writes (a connection
+    /// lost, a timeout, a lock, a deadlock, a full disk, a search index or cluster that
+    /// fails), worth retrying until they are back, rather than something about the event (it
+    /// does not decode, the database refuses its values), which fails again however often it is
+    /// retried. The runner parks a projection on an event only for the latter.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProjectionError::Database(error) => database_error_is_transient(error),
+            ProjectionError::Redis(error) => {
+                error.is_io_error()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal()
+                    || error.is_timeout()
+                    || matches!(
+                        error.kind(),
+                        redis::ErrorKind::BusyLoadingError
+                            | redis::ErrorKind::TryAgain
+                            | redis::ErrorKind::ClusterDown
+                            | redis::ErrorKind::MasterDown
+                            | redis::ErrorKind::ReadOnly
+                    )
+            }
+            ProjectionError::Json(_) | ProjectionError::Codec(_) => false,
+            // Not known to be about the event: retried as long as they last.
+            ProjectionError::Search(_)
+            | ProjectionError::Directory(_)
+            | ProjectionError::Store(_)
+            | ProjectionError::Storage(_)
+            | ProjectionError::CheckpointMoved { .. } => true,
+        }
+    }
+}
+
+/// See [`ProjectionError::is_transient`]: the connection and the pool's failures, and the
+/// database's own answers that say "not now" rather than "not this": on PostgreSQL the SQLSTATE
+/// classes 08 (connection), 40 (serialization failure, deadlock), 53 (insufficient resources),
+/// 57 (operator intervention: a cancel, a shutdown), 58 (system error) and 55P03 (lock not
+/// available); on SQLite BUSY, LOCKED, IOERR, FULL and CANTOPEN (with their extended codes).
+fn database_error_is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(error) => {
+            let Some(code) = error.code() else {
+                return false;
+            };
+            if error
+                .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+                .is_some()
+            {
+                // SQLite's extended result code: the primary code is its low byte.
+                code.parse::<u32>()
+                    .is_ok_and(|code| matches!(code & 0xff, 5 | 6 | 10 | 13 | 14))
+            } else {
+                // PostgreSQL's SQLSTATE.
+                ["08", "40", "53", "57", "58"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+                    || code == "55P03"
+            }
+        }
+        _ => false,
+    }
 }
 
 /// What one event adds to a product's popularity.
@@ -139,4 +209,84 @@ pub fn decode<E: DomainEvent>(event: &RecordedEvent) -> Result<E, ProjectionErro
         event.schema_version,
         &event.payload,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_values_are_the_events_fault_and_lost_connections_are_not() {
+        let undecodable = ProjectionError::Json(serde_json::from_str::<u8>("x").unwrap_err());
+        assert!(!undecodable.is_transient());
+        assert!(ProjectionError::Database(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!ProjectionError::Database(sqlx::Error::RowNotFound).is_transient());
+        assert!(
+            ProjectionError::Storage("OpenSearch bulk: connection refused".to_owned())
+                .is_transient()
+        );
+    }
+
+    /// The database's own answers, as the read-model database gives them: a NUL PostgreSQL's
+    /// text cannot hold and a broken CHECK are the event's; a lock held too long is not.
+    #[tokio::test]
+    async fn the_databases_answers_say_whose_fault_a_failure_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = readdb::ReadDb::open(&format!("sqlite://{}", dir.path().join("r.db").display()))
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (v TEXT CHECK (v <> 'bad'))")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let refused = sqlx::query("INSERT INTO t (v) VALUES ('bad')")
+            .execute(db.pool())
+            .await
+            .unwrap_err();
+        assert!(!ProjectionError::from(refused).is_transient());
+        let unknown = sqlx::query("INSERT INTO t (w) VALUES ('x')")
+            .execute(db.pool())
+            .await
+            .unwrap_err();
+        assert!(!ProjectionError::from(unknown).is_transient());
+        // Another connection holds the write lock past the busy timeout: SQLITE_BUSY.
+        let mut holder = db.pool().acquire().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let mut waiter = db.pool().acquire().await.unwrap();
+        sqlx::query("PRAGMA busy_timeout = 10")
+            .execute(&mut *waiter)
+            .await
+            .unwrap();
+        let busy = sqlx::query("INSERT INTO t (v) VALUES ('fine')")
+            .execute(&mut *waiter)
+            .await
+            .unwrap_err();
+        assert!(ProjectionError::from(busy).is_transient());
+        sqlx::query("ROLLBACK").execute(&mut *holder).await.unwrap();
+
+        // PostgreSQL's SQLSTATEs are digits too (22021 is no SQLite code).
+        let Some(database) = eventstore::testing::TestDatabase::create("whose_fault").await else {
+            return;
+        };
+        let db = readdb::ReadDb::open(database.url()).await.unwrap();
+        let nul = sqlx::query("SELECT $1")
+            .bind("a\0b")
+            .execute(db.pool())
+            .await
+            .unwrap_err();
+        assert!(!ProjectionError::from(nul).is_transient());
+        let mut connection = db.pool().acquire().await.unwrap();
+        sqlx::query("SET statement_timeout = 1")
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+        let cancelled = sqlx::query("SELECT pg_sleep(1)")
+            .execute(&mut *connection)
+            .await
+            .unwrap_err();
+        assert!(ProjectionError::from(cancelled).is_transient(), "57014");
+    }
 }

@@ -12,7 +12,7 @@ use sqlx::{AnyPool, Executor, Row};
 use eventstore::RecordedEvent;
 
 use crate::ProjectionError;
-use crate::runner::Feed;
+use crate::runner::{Feed, Park};
 
 /// The statements that create the read models, in order; each is idempotent. The SQL is the
 /// subset PostgreSQL and SQLite share (`$n` parameters, `ON CONFLICT ... DO UPDATE`).
@@ -21,6 +21,15 @@ const SCHEMA: &[&str] = &[
         name TEXT PRIMARY KEY,
         position BIGINT NOT NULL,
         updated_at TEXT NOT NULL)",
+    // A projection stopped at an event it cannot apply (`crate::runner::Park`), until
+    // `mercato projections retry` deletes the row.
+    "CREATE TABLE IF NOT EXISTS projection_parks (
+        name TEXT PRIMARY KEY,
+        position BIGINT NOT NULL,
+        event_type TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        parked_at TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS read_model_swaps (
         name TEXT PRIMARY KEY,
         swaps BIGINT NOT NULL,
@@ -357,6 +366,65 @@ impl ReadDb {
         })
     }
 
+    /// Parks projection `name` at the event `park` names (replacing a park it had).
+    pub async fn park(&self, name: &str, park: &Park) -> Result<(), ProjectionError> {
+        sqlx::query(
+            "INSERT INTO projection_parks (name, position, event_type, stream, reason, parked_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position,
+                 event_type = excluded.event_type, stream = excluded.stream,
+                 reason = excluded.reason, parked_at = excluded.parked_at",
+        )
+        .bind(name)
+        .bind(i64::try_from(park.position).unwrap_or(i64::MAX))
+        .bind(&park.event_type)
+        .bind(&park.stream)
+        .bind(&park.reason)
+        .bind(&park.parked_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Where projection `name` is parked, if it is.
+    pub async fn parked(&self, name: &str) -> Result<Option<Park>, ProjectionError> {
+        let row = sqlx::query(
+            "SELECT position, event_type, stream, reason, parked_at FROM projection_parks
+             WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| park_of_row(&row, 0)).transpose()
+    }
+
+    /// Every parked projection, by name.
+    pub async fn parks(&self) -> Result<Vec<(String, Park)>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT name, position, event_type, stream, reason, parked_at FROM projection_parks
+             ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, park_of_row(row, 1)?)))
+            .collect()
+    }
+
+    /// Clears projection `name`'s park (what `mercato projections retry` does): a running
+    /// runner sees it within [`crate::runner::PARKED_POLL`] and applies the event again.
+    /// Answers the park cleared, `None` when it was not parked.
+    pub async fn unpark(&self, name: &str) -> Result<Option<Park>, ProjectionError> {
+        let Some(park) = self.parked(name).await? else {
+            return Ok(None);
+        };
+        let cleared = sqlx::query("DELETE FROM projection_parks WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok((cleared.rows_affected() > 0).then_some(park))
+    }
+
     /// How many times a rebuilt read model was swapped in, all read models together: a number
     /// that moves with every swap (see [`crate::cache`]).
     pub async fn swaps(&self) -> Result<u64, ProjectionError> {
@@ -382,6 +450,17 @@ impl ReadDb {
     }
 }
 
+/// The park in `row`'s columns from `first` on: position, event type, stream, reason, since.
+fn park_of_row(row: &sqlx::any::AnyRow, first: usize) -> Result<Park, ProjectionError> {
+    Ok(Park {
+        position: u64::try_from(row.try_get::<i64, _>(first)?).unwrap_or(0),
+        event_type: row.try_get(first + 1)?,
+        stream: row.try_get(first + 2)?,
+        reason: row.try_get(first + 3)?,
+        parked_at: row.try_get(first + 4)?,
+    })
+}
+
 /// Stores projection `name`'s checkpoint inside the batch's transaction.
 async fn save_checkpoint(
     connection: &mut sqlx::AnyConnection,
@@ -404,6 +483,41 @@ async fn save_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_park_is_kept_beside_the_checkpoints_until_it_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("read.db").display());
+        let db = ReadDb::open(&url).await.unwrap();
+        assert_eq!(db.parked("products").await.unwrap(), None);
+        assert_eq!(db.unpark("products").await.unwrap(), None);
+        let park = Park {
+            position: 42,
+            event_type: "ProductUpdated".to_owned(),
+            stream: "product/p-1".to_owned(),
+            reason: "read model database: refused".to_owned(),
+            parked_at: "2026-12-06T21:00:00Z".to_owned(),
+        };
+        db.park("products", &park).await.unwrap();
+        // Parked again (after a retry that failed again): the new park replaces the old one.
+        let again = Park {
+            position: 43,
+            ..park.clone()
+        };
+        db.park("products", &again).await.unwrap();
+        drop(db);
+        // Durable: another process (or a restart) reads it.
+        let db = ReadDb::open(&url).await.unwrap();
+        assert_eq!(db.parked("products").await.unwrap(), Some(again.clone()));
+        assert_eq!(db.parked("orders").await.unwrap(), None);
+        assert_eq!(
+            db.parks().await.unwrap(),
+            vec![("products".to_owned(), again.clone())]
+        );
+        assert_eq!(db.unpark("products").await.unwrap(), Some(again));
+        assert_eq!(db.parked("products").await.unwrap(), None);
+        assert!(db.parks().await.unwrap().is_empty());
+    }
 
     #[test]
     fn the_read_models_of_an_sqlite_store_live_in_a_file_beside_it() {

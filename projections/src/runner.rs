@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::ProjectionError;
+use crate::readdb::ReadDb;
 
 /// An ordered feed of events that a projection keeps a checkpoint for.
 ///
@@ -125,6 +126,9 @@ pub struct ProgressState {
     pub reached_head: bool,
     /// Since when (seconds since the epoch) applying its next batch fails, if it does.
     pub failing_since: Option<i64>,
+    /// The position of the event it is parked at, if it is (see [`Park`]): it applies nothing
+    /// until `mercato projections retry` clears the park.
+    pub parked_at: Option<u64>,
 }
 
 /// How old the oldest event a projection has not applied may be for its process to be ready.
@@ -259,8 +263,8 @@ impl Progress {
     }
 
     /// Whether projection `name`'s read model may be answered from and its answers shared: it
-    /// has caught up since this process started and is not failing. (A projection fed from
-    /// Kafka partitions is not followed here, and counts as serving.)
+    /// has caught up since this process started and is neither failing nor parked. (A
+    /// projection fed from Kafka partitions is not followed here, and counts as serving.)
     pub fn serving(&self, name: &'static str) -> bool {
         if let Some(partitions) = self.partitions.get()
             && partitions.projections.contains_key(name)
@@ -268,7 +272,7 @@ impl Progress {
             return true;
         }
         let state = *self.sender(name).borrow();
-        state.reached_head && state.failing_since.is_none()
+        state.reached_head && state.failing_since.is_none() && state.parked_at.is_none()
     }
 }
 
@@ -279,13 +283,144 @@ const FAILING_IS_AN_ERROR_AFTER: Duration = Duration::from_secs(30);
 /// The longest pause between two attempts of a failing batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How many times in a row an event is tried alone, failing each time for a reason of its own
+/// (not [`ProjectionError::is_transient`]), before its projection parks on it. With the backoff
+/// (50 ms doubling) the tries span one to two seconds.
+pub const PARK_AFTER_ATTEMPTS: u32 = 5;
+
+/// How often a parked projection looks whether its park was cleared.
+pub const PARKED_POLL: Duration = Duration::from_secs(1);
+
+/// The longest reason a park keeps (in characters); the log has the whole error.
+const PARK_REASON_LIMIT: usize = 2_000;
+
+/// Where and why a projection stopped: the event it cannot apply, kept in the read-model
+/// database (`projection_parks`, beside the checkpoints) so that a restart stays parked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Park {
+    /// The event's position in the log: the first the projection has not applied.
+    pub position: u64,
+    pub event_type: String,
+    /// `stream_type/stream_id`.
+    pub stream: String,
+    /// Why it cannot be applied: the error's text.
+    pub reason: String,
+    /// When the projection parked (RFC 3339).
+    pub parked_at: String,
+}
+
+impl Park {
+    /// The park of a projection that cannot apply `event` because of `error`.
+    pub fn of(event: &RecordedEvent, error: &ProjectionError) -> Park {
+        // What a text column of either database holds: no NUL, and not without end.
+        let clean = |text: &str, limit: usize| -> String {
+            text.chars()
+                .map(|c| if c == '\0' { '\u{FFFD}' } else { c })
+                .take(limit)
+                .collect()
+        };
+        Park {
+            position: event.position,
+            event_type: clean(&event.event_type, 200),
+            stream: clean(&format!("{}/{}", event.stream_type, event.stream_id), 400),
+            reason: clean(&error.to_string(), PARK_REASON_LIMIT),
+            parked_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }
+    }
+}
+
+impl std::fmt::Display for Park {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "parked at position {} ({} of {}) since {}: {}",
+            self.position, self.event_type, self.stream, self.parked_at, self.reason
+        )
+    }
+}
+
+/// How the runner tells one event that cannot be applied from a batch that fails.
+#[derive(Debug, Default)]
+struct Isolation {
+    /// After a batch failed for a reason of its own: events are applied one at a time up to
+    /// this position (the batch's last), so that the one that fails is known.
+    one_at_a_time_until: Option<u64>,
+    /// The event tried alone that failed for a reason of its own, and how many times in a row.
+    strikes: Option<(u64, u32)>,
+}
+
+impl Isolation {
+    /// Takes a failure of `batch` in; answers the event to park on once it failed alone
+    /// [`PARK_AFTER_ATTEMPTS`] times in a row for a reason of its own.
+    fn failed<'a>(
+        &mut self,
+        batch: &'a [RecordedEvent],
+        error: &ProjectionError,
+    ) -> Option<&'a RecordedEvent> {
+        if error.is_transient() {
+            // Not the event's fault: tried again as long as it lasts, as a whole batch.
+            return None;
+        }
+        match batch {
+            [event] => {
+                let strikes = match self.strikes {
+                    Some((position, strikes)) if position == event.position => strikes + 1,
+                    _ => 1,
+                };
+                self.strikes = Some((event.position, strikes));
+                self.one_at_a_time_until = Some(
+                    self.one_at_a_time_until
+                        .map_or(event.position, |until| until.max(event.position)),
+                );
+                (strikes >= PARK_AFTER_ATTEMPTS).then_some(event)
+            }
+            [.., last] => {
+                self.one_at_a_time_until = Some(last.position);
+                None
+            }
+            [] => None,
+        }
+    }
+
+    /// Takes a batch applied up to `position` in; true when one event at a time is over (the
+    /// subscription may take whole batches again).
+    fn applied(&mut self, position: u64) -> bool {
+        self.strikes = None;
+        match self.one_at_a_time_until {
+            Some(until) if position >= until => {
+                self.one_at_a_time_until = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How many events the next subscription takes per batch.
+    fn batch_size(&self, batch_size: usize) -> usize {
+        if self.one_at_a_time_until.is_some() {
+            1
+        } else {
+            batch_size
+        }
+    }
+}
+
 /// Runs `projection` until `shutdown` is cancelled: subscribe from its checkpoint, apply each
 /// batch, publish progress. A failing batch is retried with exponential backoff from the stored
 /// checkpoint; stopping happens between batches, so the stored checkpoint is always the last
 /// batch applied.
+///
+/// A batch that fails for a reason of its own ([`ProjectionError::is_transient`] is false) is
+/// applied again one event at a time; an event that then fails [`PARK_AFTER_ATTEMPTS`] times
+/// in a row parks the projection: the [`Park`] is stored in `parks` (the read-model database),
+/// and the projection applies nothing, and skips nothing, until the park is cleared (`mercato
+/// projections retry`, [`ReadDb::unpark`]) or a rebuilt read model swapped in is past the event.
+/// It then tries the event again. A projection parked before a restart is still parked after.
+/// Other projections run on their own and carry on.
 pub async fn run_projection(
     store: Arc<dyn EventStore>,
     projection: Arc<dyn Projection>,
+    parks: ReadDb,
     progress: Progress,
     shutdown: CancellationToken,
     batch_size: usize,
@@ -293,7 +428,43 @@ pub async fn run_projection(
     let name = projection.name();
     let sender = progress.sender(name);
     let mut backoff = Duration::from_millis(50);
+    let mut isolation = Isolation::default();
+    // Whether this loop parked it just now (and logged so).
+    let mut just_parked = false;
+    metrics::gauge!("mercato_projection_parked", "projection" => name).set(0.0);
     'resubscribe: while !shutdown.is_cancelled() {
+        match parks.parked(name).await {
+            Ok(None) => {}
+            Ok(Some(park)) => {
+                let announced = std::mem::take(&mut just_parked);
+                let Some(position) = wait_while_parked(
+                    projection.as_ref(),
+                    &parks,
+                    &sender,
+                    park,
+                    announced,
+                    &shutdown,
+                )
+                .await
+                else {
+                    return;
+                };
+                // Retried: the event it stopped at is tried again, alone.
+                backoff = Duration::from_millis(50);
+                isolation = Isolation {
+                    one_at_a_time_until: Some(position),
+                    strikes: None,
+                };
+                continue 'resubscribe;
+            }
+            Err(error) => {
+                tracing::warn!(projection = name, %error, "cannot read whether the projection is parked; retrying");
+                if pause(&shutdown, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        }
         let checkpoint = match projection.checkpoint(&Feed::Log).await {
             Ok(checkpoint) => checkpoint,
             Err(error) => {
@@ -316,8 +487,9 @@ pub async fn run_projection(
                 state.reached_head = true;
             });
         }
+        let this_batch_size = isolation.batch_size(batch_size);
         let mut subscription = match store.subscribe(checkpoint).await {
-            Ok(subscription) => subscription.with_batch_size(batch_size),
+            Ok(subscription) => subscription.with_batch_size(this_batch_size),
             Err(error) => {
                 tracing::warn!(projection = name, %error, "cannot subscribe; retrying");
                 if pause(&shutdown, &mut backoff).await {
@@ -329,6 +501,7 @@ pub async fn run_projection(
         tracing::info!(
             projection = name,
             checkpoint,
+            batch_size = this_batch_size,
             "projection following the log"
         );
         loop {
@@ -368,9 +541,34 @@ pub async fn run_projection(
                     since = *state.failing_since.get_or_insert(now);
                 });
                 let first_position = batch.first().map_or(0, |event| event.position);
-                // A failure that a retry mends (a busy database) is a warning; one that lasts is
-                // an error an operator has to act on.
-                if now - since >= FAILING_IS_AN_ERROR_AFTER.as_secs() as i64 {
+                if let Some(event) = isolation.failed(&batch, &error) {
+                    let park = Park::of(event, &error);
+                    match parks.park(name, &park).await {
+                        Ok(()) => {
+                            tracing::error!(
+                                projection = name,
+                                position = park.position,
+                                event_type = %park.event_type,
+                                stream = %park.stream,
+                                %error,
+                                attempts = PARK_AFTER_ATTEMPTS,
+                                "projection parked: it cannot apply this event and applies nothing after it until `mercato projections retry {name}` once the cause is fixed"
+                            );
+                            // The loop's start finds the park and waits.
+                            just_parked = true;
+                            continue 'resubscribe;
+                        }
+                        Err(park_error) => tracing::warn!(
+                            projection = name,
+                            %error,
+                            %park_error,
+                            position = park.position,
+                            "cannot park the projection; retrying the event"
+                        ),
+                    }
+                } else if now - since >= FAILING_IS_AN_ERROR_AFTER.as_secs() as i64 {
+                    // A failure that a retry mends (a busy database) is a warning; one that
+                    // lasts is an error an operator has to act on.
                     tracing::error!(
                         projection = name,
                         %error,
@@ -383,6 +581,7 @@ pub async fn run_projection(
                         projection = name,
                         %error,
                         first_position,
+                        n_events = batch.len(),
                         "applying a batch failed; retrying from the stored checkpoint"
                     );
                 }
@@ -399,7 +598,8 @@ pub async fn run_projection(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "batch applied"
             );
-            let caught_up = batch.len() < batch_size;
+            let whole_batches_again = isolation.applied(last_position);
+            let caught_up = batch.len() < this_batch_size;
             metrics::counter!("mercato_projection_events_total", "projection" => name)
                 .increment(batch.len() as u64);
             metrics::histogram!("mercato_projection_batch_seconds", "projection" => name)
@@ -413,6 +613,91 @@ pub async fn run_projection(
                 state.reached_head |= caught_up;
                 state.failing_since = None;
             });
+            if whole_batches_again {
+                continue 'resubscribe;
+            }
+        }
+    }
+}
+
+/// Waits while projection `projection` is parked at `park`: until the park is cleared, or its
+/// checkpoint is past the event (a rebuilt read model was swapped in), when the park is cleared
+/// here. Shows the park in `sender` and the `mercato_projection_parked` gauge meanwhile; logs
+/// it unless `announced` (this process parked it and said so). Answers the position it was
+/// parked at, `None` when shut down meanwhile.
+async fn wait_while_parked(
+    projection: &dyn Projection,
+    parks: &ReadDb,
+    sender: &watch::Sender<ProgressState>,
+    park: Park,
+    announced: bool,
+    shutdown: &CancellationToken,
+) -> Option<u64> {
+    let name = projection.name();
+    if !announced {
+        // Parked before this process started (or by another one).
+        tracing::warn!(
+            projection = name,
+            position = park.position,
+            event_type = %park.event_type,
+            stream = %park.stream,
+            reason = %park.reason,
+            parked_at = %park.parked_at,
+            "projection parked; it applies nothing until `mercato projections retry {name}`"
+        );
+    }
+    let gauge = metrics::gauge!("mercato_projection_parked", "projection" => name);
+    gauge.set(1.0);
+    sender.send_modify(|state| state.parked_at = Some(park.position));
+    let mut position = park.position;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(PARKED_POLL) => {}
+        }
+        let cleared = match parks.parked(name).await {
+            Ok(None) => true,
+            Ok(Some(park)) => {
+                // On each look: another runner of this name in the process may have reset it.
+                gauge.set(1.0);
+                position = park.position;
+                sender.send_if_modified(|state| {
+                    let moved = state.parked_at != Some(position);
+                    state.parked_at = Some(position);
+                    moved
+                });
+                match projection.checkpoint(&Feed::Log).await {
+                    Ok(checkpoint) if checkpoint >= position => {
+                        tracing::info!(
+                            projection = name,
+                            checkpoint,
+                            position,
+                            "the read model in service is past the parked event (a rebuild was swapped in): the park is cleared"
+                        );
+                        if let Err(error) = parks.unpark(name).await {
+                            tracing::debug!(projection = name, %error, "cannot clear the park");
+                            false
+                        } else {
+                            true
+                        }
+                    }
+                    _ => false,
+                }
+            }
+            Err(error) => {
+                tracing::debug!(projection = name, %error, "cannot read the park");
+                false
+            }
+        };
+        if cleared {
+            tracing::info!(
+                projection = name,
+                position,
+                "projection retried: applying the event it was parked at again"
+            );
+            gauge.set(0.0);
+            sender.send_modify(|state| state.parked_at = None);
+            return Some(position);
         }
     }
 }
@@ -487,6 +772,82 @@ mod tests {
             "payload": {}
         }))
         .unwrap()
+    }
+
+    fn poison() -> ProjectionError {
+        ProjectionError::Json(serde_json::from_str::<u8>("x").unwrap_err())
+    }
+
+    fn lost_connection() -> ProjectionError {
+        ProjectionError::Database(sqlx::Error::PoolTimedOut)
+    }
+
+    #[test]
+    fn an_event_that_fails_alone_for_a_reason_of_its_own_parks_after_the_last_attempt() {
+        let mut isolation = Isolation::default();
+        let batch: Vec<_> = (3..=7).map(event).collect();
+        // A batch that fails: which event fails is not known yet; none is blamed.
+        assert!(isolation.failed(&batch, &poison()).is_none());
+        assert_eq!(isolation.batch_size(500), 1, "one event at a time");
+        // 3 applies alone; 4 does not.
+        assert!(!isolation.applied(3));
+        for attempt in 1..PARK_AFTER_ATTEMPTS {
+            assert!(
+                isolation.failed(&batch[1..2], &poison()).is_none(),
+                "parked after {attempt} attempts"
+            );
+        }
+        // A lost connection meanwhile is no attempt of the event's.
+        assert!(isolation.failed(&batch[1..2], &lost_connection()).is_none());
+        let parked = isolation.failed(&batch[1..2], &poison());
+        assert_eq!(parked.map(|event| event.position), Some(4));
+    }
+
+    #[test]
+    fn failures_of_the_systems_never_park_and_an_applied_event_starts_the_count_again() {
+        let mut isolation = Isolation::default();
+        let batch: Vec<_> = (3..=7).map(event).collect();
+        for _ in 0..3 * PARK_AFTER_ATTEMPTS {
+            assert!(isolation.failed(&batch[..1], &lost_connection()).is_none());
+            assert!(isolation.failed(&batch, &lost_connection()).is_none());
+        }
+        assert_eq!(
+            isolation.batch_size(500),
+            500,
+            "a lost connection says nothing about the events: whole batches"
+        );
+        for _ in 1..PARK_AFTER_ATTEMPTS {
+            assert!(isolation.failed(&batch[..1], &poison()).is_none());
+        }
+        // Mended before the last attempt (the read model's table was fixed, say).
+        assert!(
+            isolation.applied(3),
+            "past the failing event: whole batches again"
+        );
+        assert_eq!(isolation.batch_size(500), 500);
+        for _ in 1..PARK_AFTER_ATTEMPTS {
+            assert!(isolation.failed(&batch[1..2], &poison()).is_none());
+        }
+        // Another event's failures are counted from one.
+        assert!(isolation.failed(&batch[2..3], &poison()).is_none());
+    }
+
+    #[test]
+    fn a_park_names_the_event_and_keeps_no_nul_and_no_endless_reason() {
+        let mut poisoned = event(9);
+        poisoned.stream_id = "p\0q".to_owned();
+        let error = ProjectionError::Storage(format!("bad \0 value {}", "x".repeat(5_000)));
+        let park = Park::of(&poisoned, &error);
+        assert_eq!(park.position, 9);
+        assert_eq!(park.event_type, "ProductUpdated");
+        assert_eq!(park.stream, "product/p\u{FFFD}q");
+        assert!(park.reason.starts_with("bad \u{FFFD} value xxx"));
+        assert_eq!(park.reason.chars().count(), PARK_REASON_LIMIT);
+        assert!(
+            park.to_string()
+                .starts_with("parked at position 9 (ProductUpdated of product/p\u{FFFD}q) since "),
+            "{park}"
+        );
     }
 
     #[tokio::test]

@@ -195,6 +195,7 @@ pub async fn run_saga(
                     run_projection(
                         store.clone(),
                         intake,
+                        db.clone(),
                         progress.clone(),
                         held.clone(),
                         INTAKE_BATCH

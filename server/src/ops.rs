@@ -201,29 +201,58 @@ async fn ready(
         let failing_since = progress
             .failing_since
             .filter(|since| chrono::Utc::now().timestamp() - since >= READY_LAG.as_secs() as i64);
-        let verdict = match (&behind, failing_since) {
-            (_, Some(since)) => Err(format!(
+        // Parked at an event it cannot apply: where and why, from the park's row.
+        let park = match progress.parked_at {
+            Some(position) => Some(state.db.parked(name).await.map_err(|error| {
+                format!("parked at position {position} (why cannot be read: {error})")
+            })),
+            None => None,
+        };
+        let verdict = match (&behind, failing_since, &park) {
+            (_, _, Some(park)) => Err(format!(
+                "{}; it applies nothing until `mercato projections retry {name}` once the cause is fixed",
+                match park {
+                    Ok(Some(park)) => park.to_string(),
+                    // Retried a moment ago: the runner resumes within a second.
+                    Ok(None) => format!(
+                        "parked at position {}, retried",
+                        progress.parked_at.unwrap_or_default()
+                    ),
+                    Err(unreadable) => unreadable.clone(),
+                }
+            )),
+            (_, Some(since), None) => Err(format!(
                 "applying its events fails since {} (the log says why)",
                 chrono::DateTime::from_timestamp(since, 0)
                     .map_or_else(|| since.to_string(), |at| at.to_rfc3339())
             )),
-            (Err(error), None) => Err(format!("cannot read the log: {error}")),
-            (Ok(Some(age)), None) if *age > READY_LAG => Err(format!(
+            (Err(error), None, None) => Err(format!("cannot read the log: {error}")),
+            (Ok(Some(age)), None, None) if *age > READY_LAG => Err(format!(
                 "behind: the oldest event it has not applied (after position {}) is {:.0} s old",
                 progress.position,
                 age.as_secs_f64()
             )),
-            (Ok(_), None) => Ok(()),
+            (Ok(_), None, None) => Ok(()),
         };
         all_ok &= verdict.is_ok();
-        projections.insert(
-            name.to_owned(),
-            json!({
-                "position": progress.position,
-                "caught_up": progress.caught_up,
-                "ready": verdict.as_ref().map_or_else(|error| json!(error), |_| json!("ok")),
-            }),
-        );
+        let mut entry = json!({
+            "position": progress.position,
+            "caught_up": progress.caught_up,
+            "ready": verdict.as_ref().map_or_else(|error| json!(error), |_| json!("ok")),
+        });
+        if let Some(position) = progress.parked_at {
+            entry["parked"] = match &park {
+                Some(Ok(Some(park))) => json!({
+                    "position": park.position,
+                    "event_type": park.event_type,
+                    "stream": park.stream,
+                    "reason": park.reason,
+                    "since": park.parked_at,
+                }),
+                _ => json!({ "position": position }),
+            };
+        }
+        projections.insert(name.to_owned(), entry);
     }
     let status = if all_ok {
         StatusCode::OK
@@ -352,6 +381,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "mercato_projection_failures_total",
         Kind::Counter,
         "Batches a projection failed to apply (it retries them)",
+    ),
+    (
+        "mercato_projection_parked",
+        Kind::Gauge,
+        "1 while a projection is parked at an event it cannot apply (`mercato projections retry` runs it again), else 0",
     ),
     (
         "mercato_saga_started_total",
@@ -536,9 +570,11 @@ pub(crate) async fn drop_cache_on_swaps(
 /// query-api process without projections of its own knows how far the read models got. Every
 /// [`CAUGHT_UP_CHECK_EVERY`] polls it also looks whether each is caught up (the oldest event it
 /// has not applied at most [`READY_LAG`] old): until one has been, its answers are not shared
-/// through the cache.
+/// through the cache; and which are parked at an event they cannot apply (the projector
+/// process's runner parked them), for `/ready`.
 pub(crate) async fn poll_checkpoints(
     store: Arc<dyn EventStore>,
+    db: ReadDb,
     projections: Vec<Arc<dyn Projection>>,
     progress: Progress,
     shutdown: CancellationToken,
@@ -552,7 +588,21 @@ pub(crate) async fn poll_checkpoints(
         }
         let look = polls.is_multiple_of(CAUGHT_UP_CHECK_EVERY);
         polls += 1;
+        let parks = if look { db.parks().await.ok() } else { None };
         for projection in &projections {
+            if let Some(parks) = &parks {
+                let parked_at = parks
+                    .iter()
+                    .find(|(name, _)| name == projection.name())
+                    .map(|(_, park)| park.position);
+                progress
+                    .sender(projection.name())
+                    .send_if_modified(|state| {
+                        let changed = state.parked_at != parked_at;
+                        state.parked_at = parked_at;
+                        changed
+                    });
+            }
             let Ok(position) = projection.checkpoint(&Feed::Log).await else {
                 continue;
             };

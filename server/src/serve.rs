@@ -89,6 +89,7 @@ impl Server {
         } else if plan.polls_checkpoints {
             workers.push(tokio::spawn(ops::poll_checkpoints(
                 platform.store.clone(),
+                platform.read_models.db.clone(),
                 projections.clone(),
                 progress.clone(),
                 shutdown.clone(),
@@ -324,7 +325,8 @@ async fn forget_expired_keys(records: identity::IdempotencyRecords, shutdown: Ca
     }
 }
 
-/// A projection following the store's log.
+/// A projection following the store's log (parked in the read-model database on an event it
+/// cannot apply).
 fn spawn_projection(
     platform: &Platform,
     projection: &Arc<dyn Projection>,
@@ -334,6 +336,7 @@ fn spawn_projection(
     tokio::spawn(run_projection(
         platform.store.clone(),
         projection.clone(),
+        platform.read_models.db.clone(),
         progress.clone(),
         shutdown.clone(),
         PROJECTION_BATCH,

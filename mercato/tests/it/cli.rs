@@ -133,6 +133,83 @@ fn migrate_creates_the_embedded_store_under_the_data_dir() {
     assert_eq!(again.status.code(), Some(0), "{}", stderr_of(&again));
 }
 
+/// `mercato projections` shows a parked projection where and why; `retry NAME` clears the park
+/// (a running server then applies the event again), says so when there was none, and names the
+/// projections when NAME is none of them.
+#[tokio::test]
+async fn projections_shows_a_park_and_retry_clears_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = mercato(&["migrate", "--data-dir", "shop"], dir.path());
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let db = projections::readdb::ReadDb::open(&format!(
+        "sqlite://{}",
+        dir.path().join("shop/mercato-read.db").display()
+    ))
+    .await
+    .unwrap();
+    let park = projections::Park {
+        position: 7,
+        event_type: "ProductUpdated".to_owned(),
+        stream: "product/p-7".to_owned(),
+        reason: "read model database: refused".to_owned(),
+        parked_at: "2026-12-06T21:00:00Z".to_owned(),
+    };
+    db.park("products", &park).await.unwrap();
+
+    let listing = mercato(&["projections", "--data-dir", "shop"], dir.path());
+    assert_eq!(listing.status.code(), Some(0), "{}", stderr_of(&listing));
+    let stdout = String::from_utf8_lossy(&listing.stdout);
+    let products = stdout
+        .lines()
+        .find(|line| line.starts_with("products "))
+        .unwrap_or_default();
+    assert!(
+        products.contains(
+            "parked at position 7 (ProductUpdated of product/p-7) since 2026-12-06T21:00:00Z: read model database: refused"
+        ) && products.contains("mercato projections retry products"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout
+            .lines()
+            .any(|line| line.starts_with("orders ") && line.contains("parked"))
+    );
+
+    let retried = mercato(
+        &["projections", "retry", "products", "--data-dir", "shop"],
+        dir.path(),
+    );
+    assert_eq!(retried.status.code(), Some(0), "{}", stderr_of(&retried));
+    let stdout = String::from_utf8_lossy(&retried.stdout);
+    assert!(
+        stdout.starts_with("products: park cleared;") && stdout.contains("position 7"),
+        "{stdout}"
+    );
+    assert_eq!(db.parked("products").await.unwrap(), None);
+
+    let again = mercato(
+        &["projections", "retry", "products", "--data-dir", "shop"],
+        dir.path(),
+    );
+    assert_eq!(again.status.code(), Some(0), "{}", stderr_of(&again));
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        "products is not parked: nothing to retry\n"
+    );
+
+    let unknown = mercato(
+        &["projections", "retry", "nope", "--data-dir", "shop"],
+        dir.path(),
+    );
+    assert_eq!(unknown.status.code(), Some(2));
+    let stderr = stderr_of(&unknown);
+    assert!(
+        stderr.starts_with("error: there is no projection named \"nope\"")
+            && stderr.contains("products, orders, carts, popularity, search, users, checkout_saga"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn migrate_against_an_unreachable_database_exits_1_naming_the_cause() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,11 +1,11 @@
-//! Every projection's checkpoint, lag and state, with its unfinished rebuild if any (what
-//! `mercato projections` prints).
+//! Every projection's checkpoint, lag and state, with its park and its unfinished rebuild if
+//! any (what `mercato projections` prints).
 
 use eventstore::EventStore;
 
 use super::{GENERATION_PREFIX, PAGE, RebuildError, failed, open_shadow, runs, shadow_exists};
 use crate::catalogue::{Placement, ReadModel, ReadModelStores};
-use crate::{Feed, ProjectionError};
+use crate::{Feed, Park, ProjectionError};
 
 /// Lag is counted up to this many events.
 pub const LAG_COUNT_LIMIT: u64 = 1_000_001;
@@ -30,10 +30,12 @@ pub struct ProjectionStatus {
     pub lag: u64,
     /// Its unfinished rebuild, if one was interrupted.
     pub rebuild: Option<RebuildStatus>,
+    /// Where it is parked, at an event it cannot apply, if it is.
+    pub parked: Option<Park>,
 }
 
 impl ProjectionStatus {
-    /// The state in words: not started, behind, caught up; and an unfinished rebuild.
+    /// The state in words: not started, behind, caught up; parked; and an unfinished rebuild.
     pub fn state(&self) -> String {
         let mut state = match (self.checkpoint, self.lag) {
             (0, 0) => "caught up (empty log)".to_owned(),
@@ -41,6 +43,12 @@ impl ProjectionStatus {
             (_, 0) => "caught up".to_owned(),
             _ => "behind".to_owned(),
         };
+        if let Some(park) = &self.parked {
+            state.push_str(&format!(
+                "; {park} (`mercato projections retry {}` once the cause is fixed)",
+                self.name
+            ));
+        }
         if let Some(rebuild) = &self.rebuild {
             let at = rebuild
                 .position
@@ -129,6 +137,11 @@ pub async fn status(
             .map_err(failed(format!("cannot read {name}'s checkpoint")))?;
         checkpoints.push((*name, checkpoint));
     }
+    let mut parks = stores
+        .db
+        .parks()
+        .await
+        .map_err(failed("cannot read the parked projections"))?;
     let lags = lags(
         store,
         &checkpoints
@@ -149,6 +162,10 @@ pub async fn status(
                 .iter()
                 .find(|(projection, _)| projection == name)
                 .map(|(_, rebuild)| rebuild.clone()),
+            parked: parks
+                .iter()
+                .position(|(parked, _)| parked == name)
+                .map(|index| parks.swap_remove(index).1),
         })
         .collect();
     Ok((statuses, head))

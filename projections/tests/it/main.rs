@@ -8,6 +8,7 @@ mod models_suite;
 mod new_projection;
 mod opensearch;
 mod opensearch_replay;
+mod parking;
 mod redis_replay;
 mod search_generations;
 mod search_suite;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use eventstore::testing::sqlite_store;
 use eventstore::{AppendRequest, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent};
+use projections::readdb::{ReadDb, read_db_url};
 use projections::{Feed, Progress, Projection, ProjectionError, run_projection};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -74,9 +75,11 @@ async fn a_new_projection_starts_from_position_0_and_catches_up_then_follows() {
     let latecomer = Arc::new(Latecomer::default());
     let progress = Progress::default();
     let shutdown = CancellationToken::new();
+    let parks = ReadDb::open(&read_db_url(&test.url)).await.unwrap();
     let runner = tokio::spawn(run_projection(
         test.store.clone(),
         latecomer.clone(),
+        parks,
         progress.clone(),
         shutdown.clone(),
         500,

@@ -8,6 +8,7 @@ mod e2e;
 mod edges;
 mod idempotency;
 mod limits;
+mod parking;
 mod platform;
 mod readiness;
 mod tokens;
