@@ -281,7 +281,7 @@ fn operation(route: &RouteDoc, rule: Option<&RouteRule>) -> Value {
             "name": "Idempotency-Key",
             "in": "header",
             "description": "makes a retry safe (IETF draft-ietf-httpapi-idempotency-key-header): the same key and request within 24 hours answers the first answer again, with `Idempotent-Replayed: true`; the same key with another request is 422; while the first runs, 409",
-            "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!#-\\[\\]-~]([ !#-\\[\\]-~]*[!#-\\[\\]-~])?$" }
+            "schema": { "type": "string", "minLength": 1, "maxLength": 257, "pattern": "^([!#-\\[\\]-~]([ !#-\\[\\]-~]{0,253}[!#-\\[\\]-~])?|\"[ !#-\\[\\]-~]{1,255}\")$" }
         }));
     }
     let (status, schema) = route.success;

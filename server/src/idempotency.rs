@@ -44,29 +44,29 @@ pub fn key_of(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     };
     let invalid = || {
         Problem::bad_request(format!(
-            "Idempotency-Key must be one string of 1 to {KEY_MAX_CHARS} printable ASCII \
-             characters, such as a UUID (\"8e03978e-40d5-43e8-bc93-6894a57f9324\")"
+            "Idempotency-Key must be one key of 1 to {KEY_MAX_CHARS} printable ASCII \
+             characters but `\"` and `\\`, bare or as a quoted string, such as a UUID \
+             (8e03978e-40d5-43e8-bc93-6894a57f9324)"
         ))
         .with_field("Idempotency-Key")
     };
     if values.next().is_some() {
         return Err(invalid());
     }
-    let text = value.to_str().map_err(|_| invalid())?.trim();
+    let text = value.to_str().map_err(|_| invalid())?;
+    // A key's characters: printable ASCII but `"` and `\` (what a structured-field string
+    // holds unescaped); a bare key neither starts nor ends with a space.
+    let allowed =
+        |byte: u8| (byte == b' ' || byte.is_ascii_graphic()) && byte != b'"' && byte != b'\\';
     let key = match text
         .strip_prefix('"')
         .and_then(|rest| rest.strip_suffix('"'))
     {
-        Some(quoted) if !quoted.contains(['"', '\\']) => quoted,
-        Some(_) => return Err(invalid()),
+        Some(quoted) => quoted,
+        None if text.starts_with(' ') || text.ends_with(' ') => return Err(invalid()),
         None => text,
     };
-    if key.is_empty()
-        || key.len() > KEY_MAX_CHARS
-        || !key
-            .bytes()
-            .all(|byte| byte.is_ascii_graphic() || byte == b' ')
-    {
+    if key.is_empty() || key.len() > KEY_MAX_CHARS || !key.bytes().all(allowed) {
         return Err(invalid());
     }
     Ok(Some(key.to_owned()))
@@ -265,7 +265,15 @@ mod tests {
             key_of(&headers(&["abc-123"])).unwrap().as_deref(),
             Some("abc-123")
         );
-        for bad in [&["\"\""][..], &[""], &["\"a\"b\""], &["a", "b"]] {
+        for bad in [
+            &["\"\""][..],
+            &[""],
+            &["\"a\"b\""],
+            &["a", "b"],
+            &["a\\b"],
+            &[" a"],
+            &["a "],
+        ] {
             let problem = key_of(&headers(bad)).unwrap_err();
             assert_eq!(problem.status, 400, "{bad:?}");
             assert!(problem.detail.contains("Idempotency-Key"), "{bad:?}");
