@@ -3,7 +3,6 @@
 //! that combine a server (in this process) with the commands an operator or auditor runs beside
 //! it.
 
-mod abuse;
 mod accounts;
 mod audit;
 mod cli;

@@ -4,11 +4,17 @@
 //! and is confirmed; the attackers get 2xx, 4xx (429 among them) and 503 with `Retry-After`,
 //! never another 5xx. It prints the honest p99 and the server's peak memory (the bench
 //! `abuse` measures them against the same honest load without attackers).
+//!
+//! A test binary of its own (the crate's other tests are modules of `tests/it`): it loads both
+//! cores for its 15 s, so it runs alone, after the others, instead of starving them.
+
+#[path = "it/common/mod.rs"]
+mod common;
 
 use std::time::Duration;
 
-use crate::common::Server;
-use crate::common::abuse::{self, SERVER_ARGS};
+use common::Server;
+use common::abuse::{self, SERVER_ARGS};
 use server::testing::{Setup, TestData};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
