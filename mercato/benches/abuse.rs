@@ -31,12 +31,12 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let alone = abuse::honest_load(&server, &shop, seconds).await;
-    let memory_alone = abuse::peak_memory_mb(pid);
+    let memory_alone = common::peak_memory_mb(pid);
     let (loaded, attack) = tokio::join!(
         abuse::honest_load(&server, &shop, seconds),
         abuse::attack(&server, &shop, seconds)
     );
-    let memory = abuse::peak_memory_mb(pid);
+    let memory = common::peak_memory_mb(pid);
     let unconfirmed = abuse::unconfirmed(
         &server,
         &[alone.orders.clone(), loaded.orders.clone()].concat(),

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Api, Server, ServerData, Setup};
+use common::{Api, Server, ServerData, Setup, peak_memory_mb, status_mb};
 use identity::password::{ARGON2_ITERATIONS, ARGON2_MEMORY_KIB, ARGON2_PARALLELISM};
 use serde_json::{Value, json};
 use support::{percentile, phase_seconds};
@@ -119,32 +119,10 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Value {
         .expect("json")
 }
 
-/// A `kB` field of the server's `/proc/PID/status`, in MB (0 when unreadable).
-fn status_mb(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| {
-                line.strip_prefix(field)?
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// The current resident memory split into heap and other anonymous memory (`RssAnon`) and
 /// mapped files such as the search index (`RssFile`), in MB.
 fn rss_split_mb(pid: u32) -> (f64, f64) {
     (status_mb(pid, "RssAnon:"), status_mb(pid, "RssFile:"))
-}
-
-/// The peak resident memory so far (`VmHWM`), in MB.
-fn peak_rss_mb(pid: u32) -> f64 {
-    status_mb(pid, "VmHWM:")
 }
 
 /// Product commands straight on an embedded store, `n_writers` at once: the write baseline.
@@ -296,7 +274,7 @@ async fn logins() -> Logins {
         bodies.join(", ")
     );
     let saturated = wrk(&format!("{}/sessions", server.base), 8, Some(&login_script)).await;
-    let peak_mb = peak_rss_mb(pid);
+    let peak_mb = peak_memory_mb(pid);
     server.kill().await;
     Logins {
         latencies,
@@ -451,7 +429,7 @@ async fn main() {
 
     // Write to searchable: 1,000 products, each searched for until found.
     let mut latencies = Vec::with_capacity(1_000);
-    eprintln!("peak memory at start: {:.0} MB", peak_rss_mb(pid));
+    eprintln!("peak memory at start: {:.0} MB", peak_memory_mb(pid));
     for product_idx in 0..1_000_u64 {
         let word = token(product_idx);
         let response = server
@@ -481,7 +459,7 @@ async fn main() {
 
     eprintln!(
         "peak memory after write to searchable: {:.0} MB",
-        peak_rss_mb(pid)
+        peak_memory_mb(pid)
     );
     // Fill the catalogue to 10,000 products for the search load.
     let mut fillers = Vec::new();
@@ -528,7 +506,7 @@ async fn main() {
 
     eprintln!(
         "peak memory after loading the catalogue: {:.0} MB",
-        peak_rss_mb(pid)
+        peak_memory_mb(pid)
     );
     let health = wrk(&format!("{base}/health"), 8, None).await;
     let product_read = wrk(&format!("{base}/products/{product_id}"), 8, None).await;
@@ -550,10 +528,13 @@ async fn main() {
     "#;
     eprintln!(
         "peak memory after the product reads: {:.0} MB",
-        peak_rss_mb(pid)
+        peak_memory_mb(pid)
     );
     let search = wrk(&format!("{base}/search"), 8, Some(search_script)).await;
-    eprintln!("peak memory after the searches: {:.0} MB", peak_rss_mb(pid));
+    eprintln!(
+        "peak memory after the searches: {:.0} MB",
+        peak_memory_mb(pid)
+    );
     // The same reads as a logged-in customer's client sends them, alternated with the same
     // without a token: with, without, with, without.
     let registered = server.register_customer("shopper").await;
@@ -594,7 +575,7 @@ async fn main() {
     .await;
     eprintln!(
         "peak memory after the reads with a token: {:.0} MB",
-        peak_rss_mb(pid)
+        peak_memory_mb(pid)
     );
     let write_body = r#"
         wrk.method = "POST"
@@ -603,7 +584,7 @@ async fn main() {
     "#;
     let write_script = with_bearer(&admin_key, write_body);
     let writes = wrk(&format!("{base}/products"), 16, Some(&write_script)).await;
-    let rss = peak_rss_mb(pid);
+    let rss = peak_memory_mb(pid);
     let (anon, file) = rss_split_mb(pid);
     eprintln!("resident now: {anon:.0} MB anonymous (heap), {file:.0} MB mapped files");
     server.kill().await;

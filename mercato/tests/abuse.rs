@@ -37,7 +37,7 @@ async fn honest_customers_are_served_while_hostile_clients_are_refused() {
         attack.statuses,
         attack.slowloris_closed,
         attack.slowloris_opened,
-        abuse::peak_memory_mb(pid),
+        common::peak_memory_mb(pid),
     );
     assert!(
         honest.failed.is_empty(),

@@ -452,6 +452,14 @@ pub(crate) async fn wait_for(
     let Some(position) = min_position(headers, params)? else {
         return Ok(());
     };
+    // Reached already (the usual read-your-writes read): no wait, no place among the waiters.
+    if state
+        .progress
+        .wait_for(name, position, Duration::ZERO)
+        .await
+    {
+        return Ok(());
+    }
     let _waiting = log_reached(state, position).await?;
     if state
         .progress

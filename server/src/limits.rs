@@ -81,21 +81,20 @@ impl Caller {
 
     fn by_address(address: Option<IpAddr>) -> Caller {
         match address {
-            Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                Caller::Address(IpAddr::V6(prefix.into()))
-            }
-            Some(IpAddr::V6(v6)) => Caller::Address(IpAddr::V4(
-                v6.to_ipv4_mapped()
-                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-            )),
+            Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => Caller::Address(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    Caller::Address(IpAddr::V6(prefix.into()))
+                }
+            },
             Some(address) => Caller::Address(address),
             None => Caller::Unknown,
         }
     }
 }
 
-/// A keyed limiter allowing `rate` per `period` with a burst of `burst_periods` periods' worth,
+/// A keyed limiter allowing `rate` a second (or a minute) with a burst of `burst` periods' worth,
 /// or none for a rate of 0.
 fn limiter(rate: i32, per_minute: bool, burst: u32) -> Option<DefaultKeyedRateLimiter<Caller>> {
     let rate = NonZeroU32::new(u32::try_from(rate).ok()?)?;
@@ -316,16 +315,6 @@ impl Connections {
             max: usize::try_from(config.max_connections.get()).unwrap_or(1),
             per_address: usize::try_from(config.max_connections_per_address.get()).unwrap_or(1),
             trusted: config.trusted_proxies.clone(),
-            open: Mutex::new((0, HashMap::new())),
-        })
-    }
-
-    /// No limits beyond the process's own (tests of the connection layer alone).
-    pub fn unlimited() -> Arc<Connections> {
-        Arc::new(Connections {
-            max: usize::MAX,
-            per_address: usize::MAX,
-            trusted: Proxies::default(),
             open: Mutex::new((0, HashMap::new())),
         })
     }

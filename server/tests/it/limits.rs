@@ -94,6 +94,21 @@ async fn a_caller_over_its_rate_gets_429_with_retry_after_and_others_are_served(
     server.stop().await;
 }
 
+/// A password reset (an account route) from a caller claiming to be `forwarded`.
+async fn reset(server: &TestApp, forwarded: &str) -> StatusCode {
+    let anonymous = server.anonymous();
+    anonymous
+        .send(
+            "/password-resets",
+            anonymous
+                .request(reqwest::Method::POST, "/password-resets")
+                .header("x-forwarded-for", forwarded)
+                .json(&json!({ "email": "nobody@example.com" })),
+        )
+        .await
+        .status()
+}
+
 /// The account routes allow 3 a minute per address here; `X-Forwarded-For` from a stranger is
 /// not believed (its requests count against the peer), from a trusted proxy it names the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,25 +116,10 @@ async fn the_account_routes_limit_counts_per_address_and_believes_trusted_proxie
     let Some((server, _data)) = start("account_limit", &["--account-rate-limit", "3"]).await else {
         return;
     };
-    let reset = |forwarded: &str| {
-        let anonymous = server.anonymous();
-        let forwarded = forwarded.to_owned();
-        async move {
-            anonymous
-                .send(
-                    "/password-resets",
-                    anonymous
-                        .request(reqwest::Method::POST, "/password-resets")
-                        .header("x-forwarded-for", forwarded)
-                        .json(&json!({ "email": "nobody@example.com" })),
-                )
-                .await
-        }
-    };
     let mut statuses = Vec::new();
     for index in 0..5 {
         // Each request claims another client: not believed from an untrusted peer.
-        statuses.push(reset(&format!("203.0.113.{index}")).await.status());
+        statuses.push(reset(&server, &format!("203.0.113.{index}")).await);
     }
     assert_eq!(&statuses[..3], &[StatusCode::ACCEPTED; 3], "{statuses:?}");
     assert_eq!(
@@ -142,31 +142,18 @@ async fn the_account_routes_limit_counts_per_address_and_believes_trusted_proxie
     else {
         return;
     };
-    let reset = |forwarded: &str| {
-        let anonymous = server.anonymous();
-        let forwarded = forwarded.to_owned();
-        async move {
-            anonymous
-                .send(
-                    "/password-resets",
-                    anonymous
-                        .request(reqwest::Method::POST, "/password-resets")
-                        .header("x-forwarded-for", forwarded)
-                        .json(&json!({ "email": "nobody@example.com" })),
-                )
-                .await
-                .status()
-        }
-    };
     for _ in 0..3 {
-        assert_eq!(reset("203.0.113.1").await, StatusCode::ACCEPTED);
+        assert_eq!(reset(&server, "203.0.113.1").await, StatusCode::ACCEPTED);
     }
-    assert_eq!(reset("203.0.113.1").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        reset(&server, "203.0.113.1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     // Another client behind the same proxy has its own bucket; a forged entry to the left of
     // the proxy's own does not move the client.
-    assert_eq!(reset("203.0.113.2").await, StatusCode::ACCEPTED);
+    assert_eq!(reset(&server, "203.0.113.2").await, StatusCode::ACCEPTED);
     assert_eq!(
-        reset("198.51.100.7, 203.0.113.1").await,
+        reset(&server, "198.51.100.7, 203.0.113.1").await,
         StatusCode::TOO_MANY_REQUESTS
     );
     server.stop().await;

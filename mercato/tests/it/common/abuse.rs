@@ -307,7 +307,7 @@ pub async fn attack(server: &Server, shop: &Shop, seconds: u64) -> Attack {
             );
             requests.push(tokio::spawn(async move {
                 let _permit = sem.acquire().await;
-                send(&client, client.get(url), &burst).await;
+                send(client.get(url), &burst).await;
             }));
         }
         for request in requests {
@@ -321,7 +321,7 @@ pub async fn attack(server: &Server, shop: &Shop, seconds: u64) -> Attack {
                 burst.clone(),
             );
             waits.push(tokio::spawn(async move {
-                send(&client, client.get(url), &burst).await;
+                send(client.get(url), &burst).await;
             }));
         }
         for wait in waits {
@@ -333,7 +333,7 @@ pub async fn attack(server: &Server, shop: &Shop, seconds: u64) -> Attack {
             } else {
                 format!("{burst_base}/events?limit=1000")
             };
-            send(&client, client.get(url), &burst).await;
+            send(client.get(url), &burst).await;
         }
     }));
 
@@ -347,7 +347,7 @@ pub async fn attack(server: &Server, shop: &Shop, seconds: u64) -> Attack {
             let request = client.post(format!("{guess_base}/sessions")).json(
                 &json!({ "email": email, "password": format!("guess number {index} of many") }),
             );
-            send(&client, request, &guessing).await;
+            send(request, &guessing).await;
         }
     }));
 
@@ -366,7 +366,7 @@ pub async fn attack(server: &Server, shop: &Shop, seconds: u64) -> Attack {
                     "lines": [{ "product_id": slow_product, "quantity": 999 }],
                     "payment_token": "tok_timeout",
                 }));
-            send(&client, request, &slow).await;
+            send(request, &slow).await;
             if Instant::now() >= deadline {
                 break;
             }
@@ -383,7 +383,7 @@ pub async fn attack(server: &Server, shop: &Shop, seconds: u64) -> Attack {
 }
 
 /// Sends `request` and counts its answer (0 for none).
-async fn send(_client: &reqwest::Client, request: reqwest::RequestBuilder, attack: &Mutex<Attack>) {
+async fn send(request: reqwest::RequestBuilder, attack: &Mutex<Attack>) {
     match request.send().await {
         Ok(response) => attack.lock().unwrap().count(&response),
         Err(_) => *attack.lock().unwrap().statuses.entry(0).or_default() += 1,
@@ -428,21 +428,4 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     sorted.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
-}
-
-/// The peak resident memory of process `pid` so far (`VmHWM`), in MB.
-pub fn peak_memory_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| {
-                line.strip_prefix("VmHWM:")?
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }

@@ -206,3 +206,26 @@ impl Server {
             .expect("wait")
     }
 }
+
+/// A `kB` field of process `pid`'s `/proc/PID/status` (`VmHWM:`, `RssAnon:`), in MB (0 when
+/// unreadable).
+pub fn status_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix(field)?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The peak resident memory of process `pid` so far (`VmHWM`), in MB.
+pub fn peak_memory_mb(pid: u32) -> f64 {
+    status_mb(pid, "VmHWM:")
+}
