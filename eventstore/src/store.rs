@@ -345,6 +345,13 @@ pub trait EventStore: Send + Sync + fmt::Debug {
     /// events. See [`Subscription::next_batch`].
     async fn subscribe(&self, after_position: u64) -> Result<Subscription, StoreError>;
 
+    /// A signal that changes whenever the log may have grown: on every commit of this process,
+    /// and on PostgreSQL on every other process's too (`LISTEN`). Wait on it, then read
+    /// [`EventStore::head_position`]; it carries no position itself. On PostgreSQL an event
+    /// becomes readable once the transactions that started before it end, which nothing
+    /// signals, so a follower also reads now and then without a change.
+    async fn log_changes(&self) -> Result<tokio::sync::watch::Receiver<u64>, StoreError>;
+
     /// The latest snapshot of a stream, if one was saved.
     async fn load_snapshot(
         &self,

@@ -3,6 +3,7 @@
 //! or `?min_position=`, read-your-writes, at most 5 s). It never appends events except the
 //! `ProductViewed` that a product read by a known customer records, off the request's path.
 
+pub mod head;
 pub mod users;
 pub mod views;
 
@@ -37,6 +38,7 @@ use schemas::envelope::feed_json;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+pub use crate::head::LogHead;
 use crate::views::ViewRecorder;
 
 /// How long a read waits for its read model to reach `X-Min-Position`.
@@ -49,6 +51,8 @@ pub const SEARCH_WINDOW: usize = 10_000;
 #[derive(Clone, Debug)]
 pub struct QueryState {
     pub store: Arc<dyn EventStore>,
+    /// The log's head, for reads that wait for a position of the log itself.
+    pub head: LogHead,
     /// The read models' reads (SQL, and Redis for carts and popularity when configured).
     pub queries: Queries,
     pub search: Arc<dyn SearchIndex>,
@@ -294,11 +298,6 @@ fn parse_position(field: &str, text: &str) -> Result<u64, Problem> {
     })
 }
 
-/// After a wait that did not reach `position`: a 409 when the log still holds no event that far
-/// (no write answered that position yet: the request conflicts with the log's state, and the
-/// same request succeeds once the log reaches it). While a write commits, the
-/// readable head may trail a position already answered for a moment, so this is only asked once
-/// the wait is over.
 /// How many requests of a process may wait for a position at once; one more is answered 503
 /// with `Retry-After` at once.
 pub const MAX_WAITERS: usize = 256;
@@ -311,8 +310,8 @@ static WAITERS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
     std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MAX_WAITERS)));
 
 /// Waits until the log can return `position` (a place among the [`MAX_WAITERS`], held while
-/// the caller waits on): a position beyond the head after [`BEYOND_HEAD_WAIT`] is a 409, and
-/// no place free a 503.
+/// the caller waits on), woken by the store's change signal through [`LogHead`]: a position
+/// beyond the head after [`BEYOND_HEAD_WAIT`] is a 409, and no place free a 503.
 async fn log_reached(
     state: &QueryState,
     position: u64,
@@ -322,36 +321,28 @@ async fn log_reached(
             "{MAX_WAITERS} requests are waiting for positions already; retry after 1 s (Retry-After)"
         ))
     })?;
-    let deadline = tokio::time::Instant::now() + BEYOND_HEAD_WAIT;
-    let mut pause = Duration::from_millis(2);
-    loop {
-        let head = state
-            .store
-            .head_position()
-            .await
-            .map_err(|error| store_problem(&error))?;
-        if head >= position {
-            return Ok(permit);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Problem::conflict(format!(
-                "min_position: position {position} is beyond the log's head ({head}): give a position a write answered in X-Event-Position"
-            ))
-            .with_field("min_position"));
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
+    match state.head.wait_for(position, BEYOND_HEAD_WAIT).await {
+        Ok(Ok(())) => Ok(permit),
+        Ok(Err(head)) => Err(beyond_head_problem(position, head)),
+        Err(error) => Err(store_problem(&error)),
     }
 }
 
+/// After a wait that did not reach `position`: a 409 when the log still holds no event that far
+/// (no write answered that position yet: the request conflicts with the log's state, and the
+/// same request succeeds once the log reaches it). While a write commits, the readable head
+/// may trail a position already answered for a moment, so this is only asked once the wait is
+/// over.
 async fn beyond_head(state: &QueryState, position: u64) -> Option<Problem> {
     let head = state.store.head_position().await.ok()?;
-    (position > head).then(|| {
-        Problem::conflict(format!(
-            "min_position: position {position} is beyond the log's head ({head}): give a position a write answered in X-Event-Position"
-        ))
-        .with_field("min_position")
-    })
+    (position > head).then(|| beyond_head_problem(position, head))
+}
+
+fn beyond_head_problem(position: u64, head: u64) -> Problem {
+    Problem::conflict(format!(
+        "min_position: position {position} is beyond the log's head ({head}): give a position a write answered in X-Event-Position"
+    ))
+    .with_field("min_position")
 }
 
 /// `?customer_id=`, which must be the caller's own (403 otherwise); support staff and

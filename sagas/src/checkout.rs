@@ -45,12 +45,37 @@ impl Ending {
 }
 
 /// What a step leaves to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// The order ended; nothing is left to do.
     Finished(Ending),
     /// Waiting for the gateway: run again at this time (ms), the payment deadline.
     WaitUntil(i64),
+    /// The gateway is to be asked for the charge. The caller stores the timer (the deadline)
+    /// first, then runs [`Checkout::charge`] apart from the saga's workers: a gateway that is slow
+    /// to answer holds a timer, never one of the saga's places. The answer, once recorded,
+    /// wakes the saga for its next step.
+    Charge(Charge),
+}
+
+/// A charge to ask the gateway for, and until when its answer counts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Charge {
+    pub request: ChargeRequest,
+    /// The payment deadline (ms): the saga's timer, and the end of the wait for an answer.
+    pub deadline: i64,
+}
+
+impl std::fmt::Debug for Charge {
+    // Without the payment token.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Charge")
+            .field("order_id", &self.request.order_id)
+            .field("amount", &self.request.amount)
+            .field("deadline", &self.deadline)
+            .finish()
+    }
 }
 
 /// One lock per product, so that this process's sagas reserve a product one at a time instead
@@ -184,11 +209,11 @@ impl Checkout {
                 )
                 .await?;
                 let deadline = Utc::now() + self.payment_timeout;
-                self.charge(run, &order, deadline).await
+                self.charge_step(run, &order, deadline).await
             }
             PaymentStatus::Requested => {
                 let requested_at = payment.requested_at.unwrap_or_else(Utc::now);
-                self.charge(run, &order, requested_at + self.payment_timeout)
+                self.charge_step(run, &order, requested_at + self.payment_timeout)
                     .await
             }
             PaymentStatus::Succeeded => self.confirm(run, &order.lines).await,
@@ -215,21 +240,16 @@ impl Checkout {
         }
     }
 
-    /// Asks the gateway for the charge, waiting at most until `deadline`, and records its answer
-    /// (or the timeout).
-    async fn charge(
+    /// Before `deadline`: the charge to ask the gateway for, apart from this step
+    /// ([`Step::Charge`]). After it: asks the gateway once, briefly, and records its answer or
+    /// the timeout.
+    async fn charge_step(
         &self,
         run: &SagaRun,
         order: &Order,
         deadline: DateTime<Utc>,
     ) -> Result<Step, SagaError> {
-        // Past the deadline the gateway is still asked once, briefly: a run that crashed after
-        // the gateway charged must learn of that charge (the order id is the idempotency key,
-        // so asking again never charges twice) instead of cancelling a charged order.
-        let left = (deadline - Utc::now())
-            .to_std()
-            .unwrap_or(Duration::ZERO)
-            .max(RECONCILE_WAIT);
+        let left = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         let answer = match self.payment_token(run).await? {
             Some(payment_token) => {
                 let request = ChargeRequest {
@@ -237,7 +257,17 @@ impl Checkout {
                     amount: order.total,
                     payment_token,
                 };
-                tokio::time::timeout(left, self.gateway.charge(&request))
+                if !left.is_zero() {
+                    return Ok(Step::Charge(Charge {
+                        request,
+                        deadline: deadline.timestamp_millis(),
+                    }));
+                }
+                // Past the deadline the gateway is still asked once, briefly: a run that crashed
+                // after the gateway charged must learn of that charge (the order id is the
+                // idempotency key, so asking again never charges twice) instead of cancelling a
+                // charged order.
+                tokio::time::timeout(RECONCILE_WAIT, self.gateway.charge(&request))
                     .await
                     .ok()
             }
@@ -307,6 +337,39 @@ impl Checkout {
                 )
                 .await
             }
+        }
+    }
+
+    /// Asks the gateway for `charge`, waiting for its answer until the deadline, and records the
+    /// answer (`PaymentSucceeded` or `PaymentFailed`); the saga's next step confirms or cancels.
+    /// Answers whether an answer was recorded: `false` when the deadline passed first (the
+    /// saga's timer then records the timeout).
+    pub async fn charge(&self, run: &SagaRun, charge: &Charge) -> Result<bool, SagaError> {
+        let left = Duration::from_millis(
+            u64::try_from(charge.deadline - crate::state::now_ms()).unwrap_or(0),
+        );
+        let answer = match tokio::time::timeout(left, self.gateway.charge(&charge.request)).await {
+            Ok(answer) => answer?,
+            Err(_elapsed) => return Ok(false),
+        };
+        let command = match answer {
+            ChargeOutcome::Approved { charge_id } => PaymentCommand::RecordSuccess { charge_id },
+            ChargeOutcome::Declined { reason } => PaymentCommand::RecordFailure { reason },
+        };
+        match self
+            .command::<Payment>(
+                run,
+                SagaStep::PaymentResult,
+                &run.order_id.to_string(),
+                command,
+            )
+            .await
+        {
+            Ok(()) => Ok(true),
+            // The timer recorded the timeout first: that stays the decision, and a charge made
+            // anyway is refunded by the cancelled saga.
+            Err(CommandError::Domain(_)) => Ok(false),
+            Err(error) => Err(command_error("payment", error)),
         }
     }
 

@@ -16,7 +16,7 @@ pub mod state;
 pub mod steps;
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventstore::{EventStore, StoreError};
@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use checkout::{Checkout, Ending, Step};
+pub use checkout::{Charge, Checkout, Ending, Step};
 pub use gateway::{PaymentGateway, TestGateway, TestGatewayOptions};
 pub use state::{SagaIntake, SagaRun, SagaStatus};
 
@@ -106,6 +106,9 @@ const LEASE: &str = "checkout";
 const INTAKE_BATCH: usize = 500;
 /// How long shutdown waits for running steps before abandoning them (they are idempotent).
 const DRAIN: Duration = Duration::from_secs(5);
+/// How many charges may wait for the gateway's answer at once. Each is a timer and a pending
+/// call, not a saga place; past this many, a saga retries its charge after a backoff.
+const MAX_CHARGES_WAITING: usize = 10_000;
 
 /// Runs the checkout saga until `shutdown`: waits for the lease, then follows the log from the
 /// intake's checkpoint and runs due sagas, until the lease is lost or shutdown. Gives the lease
@@ -179,14 +182,7 @@ pub async fn run_saga(
         ));
         match &options.external_intake {
             Some(wake) => {
-                run_due(
-                    checkout.clone(),
-                    db.clone(),
-                    &options,
-                    wake.clone(),
-                    held.clone(),
-                )
-                .await;
+                run_due(Worker::new(&checkout, &db, &options, wake, &held)).await;
             }
             None => {
                 let wake = Arc::new(Notify::new());
@@ -200,7 +196,7 @@ pub async fn run_saga(
                         held.clone(),
                         INTAKE_BATCH
                     ),
-                    run_due(checkout.clone(), db.clone(), &options, wake, held.clone()),
+                    run_due(Worker::new(&checkout, &db, &options, &wake, &held)),
                 );
             }
         }
@@ -246,25 +242,61 @@ async fn renew_lease(db: ReadDb, owner: String, ttl: Duration, held: Cancellatio
     }
 }
 
-/// Runs every due saga, at most `options.concurrency` at once, until `held` is cancelled.
-async fn run_due(
+/// What a worker's tasks share while it holds the lease.
+#[derive(Debug)]
+struct Worker {
     checkout: Arc<Checkout>,
     db: ReadDb,
-    options: &SagaOptions,
+    options: SagaOptions,
+    /// Wakes [`run_due`]: an intake batch, or a charge's answer.
     wake: Arc<Notify>,
+    /// Cancelled when the lease is lost or at shutdown.
     held: CancellationToken,
-) {
+    /// The orders whose charge waits for the gateway now.
+    charging: Mutex<HashSet<Uuid>>,
+}
+
+impl Worker {
+    fn new(
+        checkout: &Arc<Checkout>,
+        db: &ReadDb,
+        options: &SagaOptions,
+        wake: &Arc<Notify>,
+        held: &CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            checkout: checkout.clone(),
+            db: db.clone(),
+            options: options.clone(),
+            wake: wake.clone(),
+            held: held.clone(),
+            charging: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn charging(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        match self.charging.lock() {
+            Ok(charging) => charging,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// Runs every due saga, at most `options.concurrency` at once, until `held` is cancelled.
+async fn run_due(worker: Arc<Worker>) {
+    let (db, options) = (&worker.db, &worker.options);
     let mut running: HashSet<Uuid> = HashSet::new();
     let mut tasks: JoinSet<Uuid> = JoinSet::new();
     let mut failures = 0_u32;
     loop {
-        // Wakes on a finished step, an intake batch, or the next timer; a second at most.
+        // Wakes on a finished step, an intake batch, a charge's answer, or the next timer; a
+        // second at most.
         let mut wait = Duration::from_secs(1);
         let free = options.concurrency.saturating_sub(running.len());
         if free > 0 {
             // Running sagas are still due in the table: ask for enough rows to see past them.
             let limit = free + running.len();
-            match state::due(&db, state::now_ms(), limit).await {
+            match state::due(db, state::now_ms(), limit).await {
                 Ok(runs) => {
                     failures = 0;
                     // A full page means more is due now: a finished step wakes this loop, and
@@ -275,15 +307,10 @@ async fn run_due(
                             break;
                         }
                         if running.insert(run.order_id) {
-                            tasks.spawn(run_one(
-                                checkout.clone(),
-                                db.clone(),
-                                options.clone(),
-                                run,
-                            ));
+                            tasks.spawn(run_one(worker.clone(), run));
                         }
                     }
-                    if all_due_taken && let Ok(Some(next)) = state::next_due(&db).await {
+                    if all_due_taken && let Ok(Some(next)) = state::next_due(db).await {
                         let until = next - state::now_ms();
                         if until > 0 {
                             wait = wait.min(Duration::from_millis(until as u64));
@@ -298,7 +325,7 @@ async fn run_due(
             }
         }
         tokio::select! {
-            _ = held.cancelled() => break,
+            _ = worker.held.cancelled() => break,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok(order_id) = done {
                     running.remove(&order_id);
@@ -310,7 +337,7 @@ async fn run_due(
                     }
                 }
             }
-            _ = wake.notified() => {}
+            _ = worker.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -325,11 +352,21 @@ async fn run_due(
     }
 }
 
-/// Runs one saga step and stores what it left: the end, a timer, or a retry.
-async fn run_one(checkout: Arc<Checkout>, db: ReadDb, options: SagaOptions, run: SagaRun) -> Uuid {
+/// Runs one saga step and stores what it left: the end, a timer, or a retry. A charge starts
+/// after its timer is stored, so that its answer's wake-up always comes after the timer.
+async fn run_one(worker: Arc<Worker>, run: SagaRun) -> Uuid {
     let order_id = run.order_id;
     let span = tracing::info_span!("saga", %order_id, saga_id = %run.saga_id(), correlation_id = %run.correlation_id);
-    let step = tracing::Instrument::instrument(checkout.drive(&run), span.clone()).await;
+    let mut step = tracing::Instrument::instrument(worker.checkout.drive(&run), span.clone()).await;
+    if let Ok(Step::Charge(_)) = &step {
+        let charging = worker.charging();
+        if !charging.contains(&order_id) && charging.len() >= MAX_CHARGES_WAITING {
+            step = Err(SagaError::Transient(format!(
+                "{MAX_CHARGES_WAITING} charges wait for the payment gateway already"
+            )));
+        }
+    }
+    let db = &worker.db;
     let stored = match &step {
         Ok(Step::Finished(ending)) => {
             if run.outcome.is_none() {
@@ -343,28 +380,86 @@ async fn run_one(checkout: Arc<Checkout>, db: ReadDb, options: SagaOptions, run:
                     }
                 }
             }
-            state::finish(&db, order_id, ending.outcome()).await
+            state::finish(db, order_id, ending.outcome()).await
         }
-        Ok(Step::WaitUntil(at)) => state::wait_until(&db, order_id, *at).await,
-        Err(error) => {
-            let attempts = run.attempts.saturating_add(1);
-            let retry_at = (error.is_retryable() && attempts < options.max_attempts)
-                .then(|| state::now_ms() + backoff_ms(&options, attempts));
-            if retry_at.is_some() {
-                metrics::counter!("mercato_saga_retries_total").increment(1);
-                tracing::warn!(parent: &span, %error, attempts, "saga step failed; retrying");
-            } else {
-                metrics::counter!("mercato_saga_failed_total").increment(1);
-                tracing::error!(parent: &span, %error, attempts, "saga step keeps failing; the saga is parked and its order stays PENDING");
+        Ok(Step::WaitUntil(at)) => state::wait_until(db, order_id, *at).await,
+        Ok(Step::Charge(charge)) => {
+            let stored = state::set_charge_timer(db, order_id, charge.deadline).await;
+            if stored.is_ok() {
+                start_charge(&worker, &run, charge.clone());
             }
-            state::record_failure(&db, order_id, attempts, &error.to_string(), retry_at).await
+            stored
         }
+        Err(error) => schedule_retry(&worker, &run, error, &span).await,
     };
     if let Err(error) = stored {
         // The row still says "due": the step runs again, and its commands are idempotent.
         tracing::warn!(parent: &span, %error, "cannot store the saga's progress");
     }
     order_id
+}
+
+/// Asks the gateway for `charge` in a task of its own, unless this order's charge waits already.
+/// Its recorded answer wakes the saga now; a gateway error retries the step after a backoff; no
+/// answer by the deadline leaves the saga to its timer.
+fn start_charge(worker: &Arc<Worker>, run: &SagaRun, charge: Charge) {
+    if !worker.charging().insert(run.order_id) {
+        return;
+    }
+    metrics::gauge!("mercato_saga_charges_waiting").increment(1.0);
+    let (worker, run) = (worker.clone(), run.clone());
+    tokio::spawn(async move {
+        let span = tracing::info_span!("saga_charge", order_id = %run.order_id, correlation_id = %run.correlation_id);
+        let answered = tokio::select! {
+            // The lease is lost: the holder's timer asks again.
+            _ = worker.held.cancelled() => Ok(false),
+            answered = tracing::Instrument::instrument(worker.checkout.charge(&run, &charge), span.clone()) => answered,
+        };
+        worker.charging().remove(&run.order_id);
+        metrics::gauge!("mercato_saga_charges_waiting").decrement(1.0);
+        let stored = match answered {
+            Ok(true) => {
+                let woken = state::wake(&worker.db, run.order_id).await;
+                worker.wake.notify_one();
+                woken
+            }
+            Ok(false) => Ok(()),
+            Err(error) => schedule_retry(&worker, &run, &error, &span).await,
+        };
+        if let Err(error) = stored {
+            // The timer still runs the saga at the deadline.
+            tracing::warn!(parent: &span, %error, "cannot store a charge's answer in the saga");
+        }
+    });
+}
+
+/// A step failed: schedules its retry after a backoff, or parks the saga once it failed
+/// `max_attempts` times or cannot succeed.
+async fn schedule_retry(
+    worker: &Worker,
+    run: &SagaRun,
+    error: &SagaError,
+    span: &tracing::Span,
+) -> Result<(), SagaError> {
+    let options = &worker.options;
+    let attempts = run.attempts.saturating_add(1);
+    let retry_at = (error.is_retryable() && attempts < options.max_attempts)
+        .then(|| state::now_ms() + backoff_ms(options, attempts));
+    if retry_at.is_some() {
+        metrics::counter!("mercato_saga_retries_total").increment(1);
+        tracing::warn!(parent: span, %error, attempts, "saga step failed; retrying");
+    } else {
+        metrics::counter!("mercato_saga_failed_total").increment(1);
+        tracing::error!(parent: span, %error, attempts, "saga step keeps failing; the saga is parked and its order stays PENDING");
+    }
+    state::record_failure(
+        &worker.db,
+        run.order_id,
+        attempts,
+        &error.to_string(),
+        retry_at,
+    )
+    .await
 }
 
 /// Exponential backoff with jitter: the `attempts`-th retry waits between half and all of

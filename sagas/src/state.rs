@@ -208,6 +208,37 @@ pub(crate) async fn wait_until(db: &ReadDb, order_id: Uuid, at: i64) -> Result<(
     Ok(())
 }
 
+/// The saga's charge waits for the gateway: the timer is set to the payment deadline `at` (ms),
+/// keeping the count of failed attempts (a gateway that fails keeps backing off).
+pub(crate) async fn set_charge_timer(
+    db: &ReadDb,
+    order_id: Uuid,
+    at: i64,
+) -> Result<(), SagaError> {
+    sqlx::query("UPDATE checkout_sagas SET next_run_at = $1, updated_at = $2 WHERE order_id = $3")
+        .bind(at)
+        .bind(chrono::Utc::now().to_rfc3339())
+        .bind(order_id.to_string())
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+/// A running saga is due now (its payment's answer was recorded), unless it is due already.
+pub(crate) async fn wake(db: &ReadDb, order_id: Uuid) -> Result<(), SagaError> {
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE checkout_sagas SET next_run_at = $1, updated_at = $2
+         WHERE order_id = $3 AND state = 'running' AND next_run_at > $1",
+    )
+    .bind(now)
+    .bind(chrono::Utc::now().to_rfc3339())
+    .bind(order_id.to_string())
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
 /// A step failed: retry at `retry_at` (ms), or park the saga when `retry_at` is `None`.
 pub(crate) async fn record_failure(
     db: &ReadDb,
@@ -293,8 +324,10 @@ pub(crate) async fn release_lease(db: &ReadDb, name: &str, owner: &str) -> Resul
 }
 
 /// The projection that starts sagas: each `OrderCreated` becomes a running saga row (in the
-/// same transaction as the checkpoint, so a saga is started exactly once), and a
-/// `PaymentSucceeded` wakes an already cancelled saga (a late charge to refund).
+/// same transaction as the checkpoint, so a saga is started exactly once), a payment's answer
+/// (`PaymentSucceeded`, `PaymentFailed`) wakes its running saga (the worker that recorded it
+/// wakes it too; this covers a crash in between), and a `PaymentSucceeded` wakes an already
+/// cancelled saga (a late charge to refund).
 #[derive(Debug)]
 pub struct SagaIntake {
     db: ReadDb,
@@ -326,7 +359,9 @@ impl Projection for SagaIntake {
         let relevant = events.iter().any(|event| {
             matches!(
                 (event.stream_type.as_str(), event.event_type.as_str()),
-                ("order", "OrderCreated") | ("payment", "PaymentSucceeded")
+                ("order", "OrderCreated")
+                    | ("payment", "PaymentSucceeded")
+                    | ("payment", "PaymentFailed")
             )
         });
         let mut write = self.db.begin_write().await?;
@@ -364,11 +399,23 @@ impl Projection for SagaIntake {
                     sqlx::query(
                         "UPDATE checkout_sagas SET state = 'running', next_run_at = $1,
                              updated_at = $2
-                         WHERE order_id = $3 AND state = 'done' AND outcome = 'CANCELLED'",
+                         WHERE order_id = $3 AND ((state = 'done' AND outcome = 'CANCELLED')
+                             OR (state = 'running' AND next_run_at > $1))",
                     )
                     .bind(now)
                     .bind(&updated_at)
                     .bind(succeeded.order_id.to_string())
+                    .execute(&mut *write.transaction)
+                    .await?;
+                }
+                ("payment", "PaymentFailed") => {
+                    sqlx::query(
+                        "UPDATE checkout_sagas SET next_run_at = $1, updated_at = $2
+                         WHERE order_id = $3 AND state = 'running' AND next_run_at > $1",
+                    )
+                    .bind(now)
+                    .bind(&updated_at)
+                    .bind(&event.stream_id)
                     .execute(&mut *write.transaction)
                     .await?;
                 }

@@ -137,6 +137,18 @@ impl Shop {
     }
 }
 
+/// Runs the saga's steps as a worker does, the charge included, until one leaves no charge.
+async fn drive_to_end(checkout: &Checkout, run: &SagaRun) -> Step {
+    loop {
+        match checkout.drive(run).await.expect("step") {
+            Step::Charge(charge) => {
+                checkout.charge(run, &charge).await.expect("charge");
+            }
+            step => return step,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_saga_run_again_or_twice_at_once_stores_every_event_once_and_charges_once() {
     let shop = Shop::open(5).await;
@@ -150,12 +162,10 @@ async fn a_saga_run_again_or_twice_at_once_stores_every_event_once_and_charges_o
         Duration::from_secs(5),
     ));
     let run = shop.order(2, "tok_visa").await;
-    let (first, second) = tokio::join!(checkout.drive(&run), checkout.drive(&run));
-    assert_eq!(first.expect("first run"), Step::Finished(Ending::Confirmed));
-    assert_eq!(
-        second.expect("second run"),
-        Step::Finished(Ending::Confirmed)
-    );
+    let (first, second) =
+        tokio::join!(drive_to_end(&checkout, &run), drive_to_end(&checkout, &run));
+    assert_eq!(first, Step::Finished(Ending::Confirmed));
+    assert_eq!(second, Step::Finished(Ending::Confirmed));
     // Redelivered after the end: nothing new.
     assert_eq!(
         checkout.drive(&run).await.expect("third run"),
@@ -343,6 +353,55 @@ async fn a_payment_deadline_survives_a_stopped_worker() {
     };
     wait_for("the release", || async { stock().await == 5 }).await;
     assert_eq!(stock().await, 5, "the reservation was released");
+    shutdown.cancel();
+    worker.await.expect("worker").expect("worker result");
+}
+
+#[tokio::test]
+async fn charges_that_wait_for_the_gateway_hold_no_saga_place() {
+    let shop = Shop::open(10).await;
+    let gateway = TestGateway::open(shop.db.clone(), TestGatewayOptions::default())
+        .await
+        .expect("gateway");
+    // Two places, and four orders whose gateway never answers within the 20 s deadline.
+    let options = SagaOptions {
+        concurrency: 2,
+        payment_timeout: Duration::from_secs(20),
+        ..fast_options()
+    };
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(shop.order(1, "tok_timeout").await);
+    }
+    let honest = shop.order(1, "tok_visa").await;
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(sagas::run_saga(
+        shop.store().clone(),
+        shop.db.clone(),
+        Arc::new(gateway.clone()),
+        shop.vault.clone(),
+        options,
+        Progress::default(),
+        shutdown.clone(),
+    ));
+    let started = std::time::Instant::now();
+    wait_for("the honest order's confirmation", || async {
+        shop.order_status(honest.order_id).await == OrderStatus::Confirmed
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the honest order waited {:?} behind charges that never answer",
+        started.elapsed()
+    );
+    for run in &stalled {
+        assert_eq!(shop.order_status(run.order_id).await, OrderStatus::Pending);
+        assert_eq!(
+            shop.stream_len("payment", run.order_id).await,
+            1,
+            "the stalled order's payment was requested"
+        );
+    }
     shutdown.cancel();
     worker.await.expect("worker").expect("worker result");
 }

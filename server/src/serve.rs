@@ -377,6 +377,7 @@ fn app(
     if plan.parts.query_api {
         router = router.merge(query_api::router(query_api::QueryState {
             store: platform.store.clone(),
+            head: query_api::LogHead::new(platform.store.clone()),
             queries: Queries::new(read_models.db.clone(), read_models.redis.clone()),
             search: read_models.search_index(),
             cache: read_models.cache.clone(),

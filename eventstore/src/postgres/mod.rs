@@ -893,6 +893,12 @@ impl EventStore for PgEventStore {
         })
     }
 
+    async fn log_changes(&self) -> Result<watch::Receiver<u64>, StoreError> {
+        let wake = self.inner.wake.subscribe();
+        self.ensure_listener().await?;
+        Ok(wake)
+    }
+
     async fn load_snapshot(
         &self,
         stream_type: &str,

@@ -401,6 +401,10 @@ impl EventStore for SqliteEventStore {
         })
     }
 
+    async fn log_changes(&self) -> Result<watch::Receiver<u64>, StoreError> {
+        Ok(self.inner.head.clone())
+    }
+
     async fn load_snapshot(
         &self,
         stream_type: &str,
