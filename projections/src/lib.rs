@@ -35,7 +35,7 @@ pub use runner::{
     apply_new, oldest_unapplied, run_projection,
 };
 
-/// Popularity points per unit ordered (`OrderCreated`).
+/// Popularity points per unit sold: a unit of a confirmed order (`StockCommitted`).
 pub const ORDER_UNIT_POINTS: i64 = 10;
 /// Popularity points per product view (`ProductViewed`): a weaker signal than an order.
 pub const VIEW_POINTS: i64 = 1;
@@ -146,25 +146,22 @@ fn database_error_is_transient(error: &sqlx::Error) -> bool {
 pub struct PopularitySignal {
     pub product_id: String,
     pub points: i64,
-    /// The customer who ordered the product (`OrderCreated`); `None` for a view.
-    pub ordered_by: Option<String>,
 }
 
-/// The popularity signals of an event: one per order line of an `OrderCreated`
-/// ([`ORDER_UNIT_POINTS`] per unit), one per `ProductViewed` ([`VIEW_POINTS`]), none otherwise.
-/// Every projection that keeps popularity folds these, so they all count alike.
+/// The popularity signals of an event: one per `StockCommitted` ([`ORDER_UNIT_POINTS`] per
+/// unit; the product stream's id is the product), one per `ProductViewed` ([`VIEW_POINTS`]),
+/// none otherwise. An order counts once it is confirmed: the checkout saga commits each of its
+/// reservations (one `StockCommitted` per order and product) exactly when it confirms the order,
+/// so an order that is declined, times out or finds no stock, which costs nothing to place,
+/// adds nothing. `OrderCreated` adds no points. Every projection that keeps popularity folds
+/// these, so they all count alike.
 pub fn popularity_signals(event: &RecordedEvent) -> Result<Vec<PopularitySignal>, ProjectionError> {
     Ok(match event.event_type.as_str() {
-        "OrderCreated" => match decode::<domain::OrderEvent>(event)? {
-            domain::OrderEvent::OrderCreated(created) => created
-                .lines
-                .iter()
-                .map(|line| PopularitySignal {
-                    product_id: line.product_id.to_string(),
-                    points: ORDER_UNIT_POINTS * i64::from(line.quantity),
-                    ordered_by: Some(created.customer_id.as_str().to_owned()),
-                })
-                .collect(),
+        "StockCommitted" => match decode::<domain::ProductEvent>(event)? {
+            domain::ProductEvent::StockCommitted(committed) => vec![PopularitySignal {
+                product_id: event.stream_id.clone(),
+                points: ORDER_UNIT_POINTS * i64::from(committed.quantity),
+            }],
             _ => Vec::new(),
         },
         "ProductViewed" => {
@@ -172,9 +169,43 @@ pub fn popularity_signals(event: &RecordedEvent) -> Result<Vec<PopularitySignal>
             vec![PopularitySignal {
                 product_id: viewed.product_id.to_string(),
                 points: VIEW_POINTS,
-                ordered_by: None,
             }]
         }
+        _ => Vec::new(),
+    })
+}
+
+/// Whether `event_type` can carry a popularity signal (see [`popularity_signals`]): what a
+/// projection that keeps popularity must read.
+pub fn is_popularity_event(event_type: &str) -> bool {
+    matches!(event_type, "StockCommitted" | "ProductViewed")
+}
+
+/// The (customer, product) pairs an event says were ordered, which keep a product out of its
+/// customer's recommendations: one per line of an `OrderCreated`, none otherwise.
+///
+/// These come from the placed order, not the confirmed one. No event of a confirmation names the
+/// customer (`OrderConfirmed` holds the order id, `StockCommitted` the order id and units), and
+/// a new `OrderConfirmed` version could not name it for orders confirmed before it (an upcaster
+/// sees one event), so a replay would lose what existing shops' customers ordered; pairing the
+/// confirmation with its order would need state of every open order in every adapter. A pair is
+/// not a count and touches no score: it only leaves the product out of that same customer's
+/// own recommendations, so placing orders that never get paid moves nothing anyone else sees.
+pub fn ordered_pairs(event: &RecordedEvent) -> Result<Vec<(String, String)>, ProjectionError> {
+    if event.event_type != "OrderCreated" {
+        return Ok(Vec::new());
+    }
+    Ok(match decode::<domain::OrderEvent>(event)? {
+        domain::OrderEvent::OrderCreated(created) => created
+            .lines
+            .iter()
+            .map(|line| {
+                (
+                    created.customer_id.as_str().to_owned(),
+                    line.product_id.to_string(),
+                )
+            })
+            .collect(),
         _ => Vec::new(),
     })
 }
@@ -186,11 +217,9 @@ pub fn popularity_of_batch<'a>(
     let mut batch = PopularityBatch::default();
     for event in events {
         for signal in popularity_signals(event)? {
-            *batch.scores.entry(signal.product_id.clone()).or_default() += signal.points;
-            if let Some(customer_id) = signal.ordered_by {
-                batch.ordered.insert((customer_id, signal.product_id));
-            }
+            *batch.scores.entry(signal.product_id).or_default() += signal.points;
         }
+        batch.ordered.extend(ordered_pairs(event)?);
     }
     Ok(batch)
 }
@@ -199,6 +228,7 @@ pub fn popularity_of_batch<'a>(
 #[derive(Debug, Default)]
 pub struct PopularityBatch {
     pub scores: std::collections::BTreeMap<String, i64>,
+    /// (customer, product) pairs, from placed orders ([`ordered_pairs`]).
     pub ordered: std::collections::BTreeSet<(String, String)>,
 }
 
@@ -214,6 +244,103 @@ pub fn decode<E: DomainEvent>(event: &RecordedEvent) -> Result<E, ProjectionErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn recorded(event: &impl DomainEvent, stream_type: &str, stream_id: &str) -> RecordedEvent {
+        let encoded = schemas::encode(event).unwrap();
+        RecordedEvent {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: encoded.event_type,
+            schema_version: encoded.schema_version,
+            stream_type: stream_type.to_owned(),
+            stream_id: stream_id.to_owned(),
+            stream_version: 1,
+            position: 1,
+            occurred_at: chrono::Utc::now(),
+            metadata: eventstore::EventMetadata {
+                correlation_id: "test".to_owned(),
+                causation_id: "test".to_owned(),
+                saga_id: None,
+                actor: "test".to_owned(),
+                source: "test".to_owned(),
+            },
+            payload: encoded.payload,
+        }
+    }
+
+    /// A placed order names what its customer ordered and adds no points; only the units its
+    /// confirmation sells do, and a reservation given back adds nothing.
+    #[test]
+    fn only_sold_units_and_views_make_popularity() {
+        let (kettle, mug, order_id) = (
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+        );
+        let line = |product_id, quantity| domain::order::OrderLine {
+            product_id,
+            quantity,
+            unit_price: domain::Money::from_minor(100),
+        };
+        let placed = recorded(
+            &domain::OrderEvent::OrderCreated(domain::order::OrderCreated {
+                order_id,
+                customer_id: domain::CustomerId::parse("ada").unwrap(),
+                lines: vec![line(kettle, 999), line(mug, 2)],
+                total: domain::Money::from_minor(100_100),
+                payment_ref: Some("vault:order".to_owned()),
+                cart_id: None,
+            }),
+            "order",
+            &order_id.to_string(),
+        );
+        assert!(popularity_signals(&placed).unwrap().is_empty());
+        assert_eq!(
+            ordered_pairs(&placed).unwrap(),
+            [
+                ("ada".to_owned(), kettle.to_string()),
+                ("ada".to_owned(), mug.to_string())
+            ]
+        );
+        let sold = recorded(
+            &domain::ProductEvent::StockCommitted(domain::product::StockCommitted {
+                order_id,
+                quantity: 2,
+            }),
+            "product",
+            &mug.to_string(),
+        );
+        assert_eq!(
+            popularity_signals(&sold).unwrap(),
+            [PopularitySignal {
+                product_id: mug.to_string(),
+                points: 2 * ORDER_UNIT_POINTS,
+            }]
+        );
+        assert!(ordered_pairs(&sold).unwrap().is_empty());
+        let released = recorded(
+            &domain::ProductEvent::StockReleased(domain::product::StockReleased {
+                order_id,
+                quantity: 999,
+            }),
+            "product",
+            &kettle.to_string(),
+        );
+        assert!(popularity_signals(&released).unwrap().is_empty());
+        for event in [&placed, &sold, &released] {
+            assert_eq!(
+                is_popularity_event(&event.event_type),
+                !popularity_signals(event).unwrap().is_empty(),
+                "{}",
+                event.event_type
+            );
+        }
+        let batch = popularity_of_batch([&placed, &sold, &released]).unwrap();
+        assert_eq!(
+            batch.scores,
+            [(mug.to_string(), 2 * ORDER_UNIT_POINTS)].into()
+        );
+        assert_eq!(batch.ordered.len(), 2);
+    }
 
     #[test]
     fn refused_values_are_the_events_fault_and_lost_connections_are_not() {

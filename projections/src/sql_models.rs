@@ -6,7 +6,7 @@
 //! with a few multi-row statements (see [`execute_values`]). The fold keeps exactly what applying
 //! the events one by one would give, in order, whatever the batch's length: events of one key
 //! may repeat in a batch, a batch may start in the middle of a stream, and Kafka-fed batches
-//! bring payments before their order and popularity before its product. Decisions that depend on
+//! bring payments before their order and views before their product. Decisions that depend on
 //! the stored state (does the row exist, is its version lower) are taken by the statements
 //! themselves, so the fold needs no read of its own except for carts.
 
@@ -22,7 +22,10 @@ use sqlx::{AnyConnection, Row};
 use crate::cache::Cache;
 use crate::readdb::{ReadBackend, ReadDb};
 use crate::runner::{Feed, Projection};
-use crate::{PopularityBatch, ProjectionError, decode, popularity_of_batch, popularity_signals};
+use crate::{
+    PopularityBatch, ProjectionError, decode, is_popularity_event, popularity_of_batch,
+    popularity_signals,
+};
 
 /// Scope names of the query cache that the read models invalidate.
 pub fn product_scope(product_id: &str) -> String {
@@ -124,7 +127,7 @@ fn push_placeholders(
     }
 }
 
-/// Products by id, with their popularity (ordered units and views).
+/// Products by id, with their popularity (units sold and views).
 #[derive(Debug)]
 pub struct ProductsProjection {
     db: ReadDb,
@@ -203,7 +206,7 @@ impl Projection for ProductsProjection {
                         fold.latest = Some((updated, rfc3339(event)));
                     }
                 }
-                "OrderCreated" | "ProductViewed" => {
+                event_type if is_popularity_event(event_type) => {
                     for signal in popularity_signals(event)? {
                         let fold = products.entry(signal.product_id).or_default();
                         if fold.latest.is_some() {
@@ -238,8 +241,8 @@ impl Projection for ProductsProjection {
             &params,
         )
         .await?;
-        // 2. Fed from Kafka, an order can arrive before its product's first event (another
-        //    topic): the points before the product's row exists wait for it.
+        // 2. Fed from Kafka, a view can arrive before its product's first event (the views'
+        //    stream, another partition): the points before the product's row exists wait for it.
         let params: Vec<Param> = products
             .iter()
             .filter_map(|(product_id, fold)| {

@@ -9,7 +9,7 @@ use sqlx::Row;
 
 use crate::common::replay::{
     caught_up_to_head, create_lamps, interrupt_replay, order_lamps, order_load, projection_line,
-    run,
+    run, sagas_finished,
 };
 use crate::common::{Api, ServerData, Setup, TestApp};
 
@@ -55,7 +55,8 @@ async fn search_total(server: &Api, text: &str) -> u64 {
 async fn rebuild_while_serving(data: ServerData) {
     let server = TestApp::start(&data).await;
     let products = create_lamps(&server).await;
-    order_lamps(&server, &products, "tok_ok").await;
+    order_lamps(&server, &products, "tok_visa").await;
+    sagas_finished(&data, 6).await;
     caught_up(&data).await;
     let before = dump(&data).await;
     assert!(before.iter().any(|row| row.starts_with("order|")));
@@ -73,7 +74,7 @@ async fn rebuild_while_serving(data: ServerData) {
     assert_ne!(dump(&data).await, before);
 
     // Rebuild while orders keep coming in.
-    let load = order_load(&server, &products, "tok_ok");
+    let load = order_load(&server, &products, "tok_visa");
     let (code, stdout, stderr) = run(&data, &["replay", "--all"]).await;
     assert_eq!(code, 0, "replay failed: {stderr}");
     for name in ["products", "orders", "carts", "popularity", "search"] {
@@ -84,6 +85,7 @@ async fn rebuild_while_serving(data: ServerData) {
     }
     assert!(stdout.contains("events/s"), "{stdout}");
     load.await.expect("load");
+    sagas_finished(&data, 6 + 30).await;
     caught_up(&data).await;
     let rebuilt = dump(&data).await;
     assert!(
@@ -101,7 +103,7 @@ async fn rebuild_while_serving(data: ServerData) {
             );
         }
     }
-    // Popularity is 10 points per unit ordered: 6 orders of 3 units, then 30 of 1.
+    // Popularity is 10 points per unit of a confirmed order: 6 orders of 3 units, then 30 of 1.
     let total: i64 = rebuilt
         .iter()
         .filter(|row| row.starts_with("popularity|"))

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::common::replay::{
     caught_up_to_head, create_lamps, mercato, order_lamps, order_load, output, projection_line,
+    sagas_finished,
 };
 use crate::common::{ServerData, Setup, TestApp, eventually};
 
@@ -396,6 +397,7 @@ async fn replay_rebuilds_the_opensearch_index_while_the_server_serves_and_writes
     let server = TestApp::start_with(&data, "all", &["--config", &config]).await;
     let products = create_lamps(&server).await;
     order_lamps(&server, &products, "tok_visa").await;
+    sagas_finished(&data, 6).await;
     caught_up(&data).await;
     let (behind, documents) = in_service(&cluster);
     assert_eq!(behind, ["mercato-products-000001"]);
@@ -434,10 +436,11 @@ async fn replay_rebuilds_the_opensearch_index_while_the_server_serves_and_writes
         "{stdout}"
     );
     load.await.expect("load");
+    sagas_finished(&data, 6 + 30).await;
     caught_up(&data).await;
 
     // The alias moved to the rebuilt index and the old one is gone; documents and popularity
-    // are exact: 6 orders of 3 units, then 30 of 1, 10 points a unit.
+    // are exact: 6 confirmed orders of 3 units, then 30 of 1, 10 points a unit.
     let expected = (6 * 3 + 30) * 10;
     let settled = eventually(Duration::from_secs(10), || async {
         let (behind, documents) = in_service(&cluster);

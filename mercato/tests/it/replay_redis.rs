@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::common::replay::{
     caught_up_to_head, create_lamps, interrupt_replay, late_order, order_lamps, prefix,
-    projection_line, redis, redis_checkpoint, run,
+    projection_line, redis, redis_checkpoint, run, sagas_finished,
 };
 use crate::common::{Api, ServerData, Setup, TestApp, eventually};
 
@@ -137,7 +137,8 @@ async fn replay_rebuilds_the_redis_read_models_while_the_server_serves_and_write
             .await;
         assert_eq!(response.status(), StatusCode::OK);
     }
-    // 10 points per unit ordered (6 orders of 3 units, 2 checkouts of 2), 1 per view.
+    // 10 points per unit of a confirmed order (6 orders of 3 units, 2 checkouts of 2), 1 per
+    // view.
     let expected_before = (6 * 3 + 2 * 2) * 10 + 4;
     let settled = eventually(Duration::from_secs(30), || async {
         caught_up(&data).await;
@@ -221,6 +222,7 @@ async fn replay_rebuilds_the_redis_read_models_while_the_server_serves_and_write
         );
     }
     load.await.expect("load");
+    sagas_finished(&data, 6 + 2 + 30).await;
     caught_up(&data).await;
     let rebuilt = dump(&data).await;
     assert!(

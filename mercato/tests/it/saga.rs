@@ -168,6 +168,66 @@ async fn every_way_an_order_ends(setup: Setup, test_name: &str) {
     assert_eq!(probe.stock_of(&mug).await, 5);
     assert_eq!(probe.stock_of(&teapot).await, 3);
 
+    // Popularity: only the confirmed order's units count, 10 points each; the declined, the
+    // timed-out, the late and the out-of-stock orders add nothing, in the products read model,
+    // popularity (SQL, or Redis) and the search index alike.
+    // (The saga confirms the order, then commits its stock.)
+    let committed = eventually(Duration::from_secs(30), || async {
+        stream_events(&server, "product", &kettle)
+            .await
+            .iter()
+            .any(|event| event["event_type"] == "StockCommitted")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        committed.is_some(),
+        "the confirmed order's stock is committed"
+    );
+    let mut head = 0;
+    for product in [&kettle, &mug, &teapot] {
+        for event in stream_events(&server, "product", product).await {
+            head = head.max(event["position"].as_u64().expect("position"));
+        }
+    }
+    for (product, expected) in [(&kettle, 20), (&mug, 0), (&teapot, 0)] {
+        let read: Value = server
+            .get_at(&format!("/products/{product}"), head)
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(read["popularity"], expected, "{read}");
+    }
+    let popular: Value = server
+        .get_at("/recommendations?limit=10", head)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let scores: BTreeMap<String, i64> = popular["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| {
+            let id = item["product_id"].as_str().expect("product_id").to_owned();
+            (id, item["score"].as_i64().expect("score"))
+        })
+        .collect();
+    assert_eq!(
+        scores,
+        BTreeMap::from([(kettle.clone(), 20), (mug.clone(), 0), (teapot.clone(), 0)]),
+        "{popular}"
+    );
+    let found: Value = server
+        .get_at("/search?q=kettle", head)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(found["hits"][0]["product_id"], kettle.as_str(), "{found}");
+    assert_eq!(found["hits"][0]["popularity"], 20, "{found}");
+
     // The gateway's ledger: one charge for the approved order, a refunded one for the late
     // charge, nothing charged otherwise; each order asked once.
     let ledger = probe.ledger_by_order().await;

@@ -45,7 +45,8 @@ models_suite!(
     a_cart_folds_its_added_and_removed_lines,
     a_checked_out_cart_names_its_order,
     an_event_applied_again_changes_nothing,
-    orders_and_views_make_popularity_and_recommendations,
+    confirmed_orders_and_views_make_popularity_and_recommendations,
+    a_placed_order_adds_popularity_only_once_it_is_confirmed,
     recommendations_leave_out_what_the_customer_ordered_and_unknown_products,
 );
 
@@ -99,7 +100,9 @@ mod cases {
     use uuid::Uuid;
 
     use super::Models;
-    use crate::support::events::{order_created, product_updated, recorded, view};
+    use crate::support::events::{
+        order_created, product_updated, recorded, stock_committed, stock_released, view,
+    };
 
     const CART: &str = "cart-1";
 
@@ -126,8 +129,14 @@ mod cases {
         })
     }
 
+    /// An order placed (not confirmed: no popularity, but its customer ordered its products).
     fn order(customer_id: &str, lines: &[(Uuid, u32)], position: u64) -> RecordedEvent {
         order_created(customer_id, lines, position)
+    }
+
+    /// `quantity` units of `product_id` sold to a confirmed order: 10 points a unit.
+    fn sold(product_id: Uuid, quantity: u32, position: u64) -> RecordedEvent {
+        stock_committed(product_id, quantity, position)
     }
 
     /// Applies `events` (in a batch of their own, as a projection's runner does) to every
@@ -216,22 +225,20 @@ mod cases {
         let first = vec![
             cart_event(added(kettle, 1, 1), 1, 1),
             order("bob", &[(kettle, 2)], 2),
+            sold(kettle, 2, 3),
         ];
         apply(models, ReadModel::Carts, &first).await;
         apply(models, ReadModel::Popularity, &first).await;
         // A redelivery of the same events, then a newer one.
-        let again = vec![
-            first[0].clone(),
-            first[1].clone(),
-            cart_event(added(kettle, 1, 2), 2, 3),
-        ];
+        let mut again = first.clone();
+        again.push(cart_event(added(kettle, 1, 2), 2, 4));
         apply(models, ReadModel::Carts, &again).await;
         apply(models, ReadModel::Popularity, &again).await;
         apply(
             models,
             ReadModel::Products,
             &[product_updated(
-                kettle, 1, "Kettle", "Steel", 100, 5, None, 4,
+                kettle, 1, "Kettle", "Steel", 100, 5, None, 5,
             )],
         )
         .await;
@@ -254,7 +261,7 @@ mod cases {
         );
     }
 
-    pub async fn orders_and_views_make_popularity_and_recommendations(models: &Models) {
+    pub async fn confirmed_orders_and_views_make_popularity_and_recommendations(models: &Models) {
         assert_eq!(
             ReadModel::Popularity.placement(&models.stores),
             expected_placement(models)
@@ -275,9 +282,14 @@ mod cases {
             ReadModel::Popularity,
             &[
                 order("ada", &[(kettle, 1), (mug, 2)], 4),
-                view(lamp, 5),
-                view(lamp, 6),
-                view(mug, 7),
+                sold(kettle, 1, 5),
+                sold(mug, 2, 6),
+                view(lamp, 7),
+                view(lamp, 8),
+                view(mug, 9),
+                // Placed, then declined: its reservation comes back and it adds nothing.
+                order("eve", &[(lamp, 50)], 10),
+                stock_released(lamp, 50, 11),
             ],
         )
         .await;
@@ -305,6 +317,77 @@ mod cases {
         assert_eq!(top[0].product_id, mug.to_string());
     }
 
+    /// What a placed order does before and after the saga confirms it, in every read model that
+    /// keeps popularity here: the products read model and `popularity`.
+    pub async fn a_placed_order_adds_popularity_only_once_it_is_confirmed(models: &Models) {
+        let (kettle, mug) = (Uuid::new_v4(), Uuid::new_v4());
+        let catalogue = [
+            product_updated(kettle, 1, "Kettle", "Steel", 3000, 5, None, 1),
+            product_updated(mug, 1, "Mug", "Clay", 900, 5, None, 2),
+        ];
+        apply(models, ReadModel::Products, &catalogue).await;
+        // Placed: a declined order of 999 mugs and an order of 3 kettles still waiting.
+        let placed = [
+            order("mallory", &[(mug, 999)], 3),
+            order("ada", &[(kettle, 3)], 4),
+            stock_released(mug, 999, 5),
+        ];
+        apply(models, ReadModel::Products, &placed).await;
+        apply(models, ReadModel::Popularity, &placed).await;
+        let popularity = |product: Uuid| {
+            let queries = queries(models);
+            async move {
+                queries
+                    .product(&product.to_string())
+                    .await
+                    .expect("read")
+                    .expect("the product")
+                    .popularity
+            }
+        };
+        let scores = |customer: &'static str| {
+            let queries = queries(models);
+            async move {
+                queries
+                    .recommendations(customer, 10)
+                    .await
+                    .expect("read")
+                    .into_iter()
+                    .map(|item| (item.product_id, item.score))
+                    .collect::<std::collections::BTreeMap<String, i64>>()
+            }
+        };
+        assert_eq!((popularity(kettle).await, popularity(mug).await), (0, 0));
+        assert_eq!(
+            scores("carol").await,
+            [(kettle.to_string(), 0), (mug.to_string(), 0)].into(),
+            "placed orders make nothing popular"
+        );
+        // The saga confirms ada's order: its units are sold.
+        let confirmed = [sold(kettle, 3, 6)];
+        apply(models, ReadModel::Products, &confirmed).await;
+        apply(models, ReadModel::Popularity, &confirmed).await;
+        assert_eq!(
+            (popularity(kettle).await, popularity(mug).await),
+            (3 * projections::ORDER_UNIT_POINTS, 0)
+        );
+        assert_eq!(
+            scores("carol").await,
+            [
+                (kettle.to_string(), 3 * projections::ORDER_UNIT_POINTS),
+                (mug.to_string(), 0)
+            ]
+            .into()
+        );
+        // What a customer ordered comes from the placed order (no confirmation names them): it
+        // only leaves the product out of their own recommendations.
+        assert_eq!(scores("ada").await, [(mug.to_string(), 0)].into());
+        assert_eq!(
+            scores("mallory").await,
+            [(kettle.to_string(), 3 * projections::ORDER_UNIT_POINTS)].into()
+        );
+    }
+
     pub async fn recommendations_leave_out_what_the_customer_ordered_and_unknown_products(
         models: &Models,
     ) {
@@ -323,9 +406,12 @@ mod cases {
             ReadModel::Popularity,
             &[
                 order("ada", &[(kettle, 5)], 3),
-                order("bob", &[(mug, 1)], 4),
+                sold(kettle, 5, 4),
+                order("bob", &[(mug, 1)], 5),
+                sold(mug, 1, 6),
                 // A product the catalogue does not know (yet) is never recommended.
-                order("bob", &[(unknown, 9)], 5),
+                order("bob", &[(unknown, 9)], 7),
+                sold(unknown, 9, 8),
             ],
         )
         .await;

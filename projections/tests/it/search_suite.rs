@@ -125,7 +125,7 @@ mod cases {
     use uuid::Uuid;
 
     use super::Adapter;
-    use crate::support::events::{order_created, product_updated};
+    use crate::support::events::{order_created, product_updated, stock_committed, stock_released};
 
     /// A product's creation at `position`: name, description, price (minor units), category.
     fn product(
@@ -139,9 +139,10 @@ mod cases {
         product_updated(id, 1, name, description, price_minor, 7, category, position)
     }
 
-    /// An order of `quantity` units of `product_id` (10 popularity points a unit).
-    fn order(product_id: Uuid, quantity: u32, position: u64) -> RecordedEvent {
-        order_created("ada", &[(product_id, quantity)], position)
+    /// A sale of `quantity` units of `product_id` to a confirmed order (10 popularity points a
+    /// unit).
+    fn sold(product_id: Uuid, quantity: u32, position: u64) -> RecordedEvent {
+        stock_committed(product_id, quantity, position)
     }
 
     fn query(text: &str) -> SearchQuery {
@@ -275,9 +276,12 @@ mod cases {
                 product(a, "Alpha", "Plain", 100, None, 1),
                 product(b, "Beta", "Plain", 100, None, 2),
                 product(c, "Gamma", "Plain", 100, None, 3),
-                order(b, 3, 4),
-                order(c, 1, 5),
-                order(b, 1, 6),
+                sold(b, 3, 4),
+                sold(c, 1, 5),
+                sold(b, 1, 6),
+                // Placed and never confirmed: its reservation comes back, and it adds nothing.
+                order_created("ada", &[(a, 99)], 7),
+                stock_released(a, 99, 8),
             ])
             .await;
         let everything = search(adapter, &query("")).await;
@@ -313,7 +317,7 @@ mod cases {
             .collect();
         // Popularity 5, 4, 3, 2, 1 units: the order of the pages.
         for (index, id) in products.iter().enumerate() {
-            events.push(order(*id, 5 - index as u32, 10 + index as u64));
+            events.push(sold(*id, 5 - index as u32, 10 + index as u64));
         }
         adapter.apply(&events).await;
         let page = search(

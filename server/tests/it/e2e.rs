@@ -148,31 +148,15 @@ async fn scenario_b(setup: Setup, test_name: &str) {
     let position = event_position(&order);
     let order: Value = order.json().await.expect("json");
     let order_id = order["order_id"].as_str().expect("order_id").to_owned();
-    // The order raised the product's popularity.
+    // A placed order adds no popularity: it counts once the saga confirmed it (the charge takes
+    // 10 s here), so an order that is never paid makes nothing popular.
     let product: Value = alice
         .get_at(&format!("/products/{popular_id}"), position)
         .await
         .json()
         .await
         .expect("json");
-    assert_eq!(product["popularity"], 30, "{product}");
-    // Another customer is recommended the popular product first.
-    let recommended: Value = bob
-        .get_at(
-            &format!("/recommendations?customer_id={}&limit=5", bob.user_id),
-            position,
-        )
-        .await
-        .json()
-        .await
-        .expect("json");
-    let items = recommended["items"].as_array().expect("items");
-    assert_eq!(
-        items.first().map(|item| &item["product_id"]),
-        Some(&json!(popular_id)),
-        "{recommended}"
-    );
-    assert_eq!(items[0]["name"], format!("Espresso beans {word}"));
+    assert_eq!(product["popularity"], 0, "{product}");
     // The customer who ordered it is not recommended it again.
     let for_alice: Value = alice
         .get_at(
@@ -258,7 +242,23 @@ async fn scenario_b(setup: Setup, test_name: &str) {
             .await;
         assert_eq!(viewed.status(), StatusCode::OK);
     }
-    let popularity = eventually(Duration::from_secs(3), || async {
+    // Once the saga confirmed the orders, their units count: 10 points each.
+    let confirmed = eventually(Duration::from_secs(30), || async {
+        let product: Value = server
+            .anonymous()
+            .get(&format!("/products/{popular_id}"))
+            .await
+            .json()
+            .await
+            .ok()?;
+        (product["popularity"] == 30).then_some(())
+    })
+    .await;
+    assert!(
+        confirmed.is_some(),
+        "3 units of a confirmed order make 30 points"
+    );
+    let popularity = eventually(Duration::from_secs(30), || async {
         let product: Value = server
             .anonymous()
             .get(&format!("/products/{other_id}"))
@@ -271,9 +271,9 @@ async fn scenario_b(setup: Setup, test_name: &str) {
     .await;
     assert!(
         popularity.is_some(),
-        "2 units ordered and 3 views of one customer make 21 points"
+        "2 units of a confirmed order and 3 views of one customer make 21 points"
     );
-    let recommended = eventually(Duration::from_secs(3), || async {
+    let recommended = eventually(Duration::from_secs(30), || async {
         let body: Value = dave
             .get(&format!("/recommendations?customer_id={}", dave.user_id))
             .await
@@ -292,6 +292,23 @@ async fn scenario_b(setup: Setup, test_name: &str) {
         recommended.is_some(),
         "recommendations follow popularity: 30, then 21"
     );
+    // Another customer is recommended the popular product first.
+    let recommended: Value = bob
+        .get(&format!(
+            "/recommendations?customer_id={}&limit=5",
+            bob.user_id
+        ))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let items = recommended["items"].as_array().expect("items");
+    assert_eq!(
+        items.first().map(|item| &item["product_id"]),
+        Some(&json!(popular_id)),
+        "{recommended}"
+    );
+    assert_eq!(items[0]["name"], format!("Espresso beans {word}"));
     server.stop().await;
 }
 

@@ -114,6 +114,29 @@ pub async fn caught_up_to_head(data: &ServerData, in_sql: &[&str], in_redis: &[&
     assert!(reached.is_some(), "the read models did not catch up");
 }
 
+/// Waits until the checkout sagas of `n_orders` orders all finished: a confirmed order's
+/// popularity comes from its committed stock, which the saga appends after the confirmation.
+pub async fn sagas_finished(data: &ServerData, n_orders: i64) {
+    let db = data.read_db().await;
+    let finished = eventually(Duration::from_secs(60), || {
+        let db = db.clone();
+        async move {
+            let counts = sagas::state::count_by_state(&db).await.ok()?;
+            let done: i64 = counts
+                .iter()
+                .filter(|(state, _)| state == sagas::state::DONE)
+                .map(|(_, count)| count)
+                .sum();
+            (done == n_orders).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        finished.is_some(),
+        "the sagas of {n_orders} orders did not finish"
+    );
+}
+
 /// Creates four lamps (`Lamp0` to `Lamp3`) and answers their ids.
 pub async fn create_lamps(server: &Api) -> Vec<String> {
     let mut products = Vec::new();

@@ -16,7 +16,7 @@
 //! (boosted twice) or the description, stemmed; an exact category (case-insensitive); a price
 //! range in minor units, bounds included; ordered by relevance, then popularity; one page.
 //!
-//! Popularity (`OrderCreated`, `ProductViewed`) is kept by [`OpenSearchProjection`] in the
+//! Popularity (`StockCommitted`, `ProductViewed`) is kept by [`OpenSearchProjection`] in the
 //! read-model database (`rm_search_popularity`), committed with its checkpoint, and sent to the
 //! index as absolute values: in the document of a product the batch indexes, else as a partial
 //! `update` of the document's `popularity`. Sending the same values again changes nothing, so a

@@ -2,7 +2,7 @@
 //! configuration.
 //!
 //! The Tantivy index is a projection of its own: it folds `ProductUpdated` (the whole product)
-//! and the popularity signals (`OrderCreated`, `ProductViewed`) into one document per product,
+//! and the popularity signals (`StockCommitted`, `ProductViewed`) into one document per product,
 //! and stores its checkpoint in the commit's payload, so a batch and its checkpoint become
 //! visible together (exactly once, across crashes).
 //!

@@ -17,7 +17,7 @@ use super::{Generation, TantivySearch, encode_checkpoints};
 use crate::cache::SEARCH_SCOPE;
 use crate::runner::{Feed, Projection};
 use crate::search::ProductDoc;
-use crate::{ProjectionError, decode, popularity_signals};
+use crate::{ProjectionError, decode, is_popularity_event, popularity_signals};
 
 impl TantivySearch {
     /// The checkpoint of `feed` stored with the last commit of the generation in service.
@@ -149,7 +149,7 @@ impl TantivySearch {
                         }),
                     );
                 }
-                "OrderCreated" | "ProductViewed" => {
+                event_type if is_popularity_event(event_type) => {
                     for signal in popularity_signals(event)? {
                         self.add_popularity(
                             generation,

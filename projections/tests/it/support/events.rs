@@ -1,16 +1,18 @@
-//! Recorded events the read side's tests fold: products, views, orders.
+//! Recorded events the read side's tests fold: products, views, orders and what the checkout
+//! saga does to a product's stock.
 
 #![allow(dead_code)]
 
 use domain::order::{OrderCreated, OrderLine};
-use domain::{CustomerId, Money, OrderEvent};
+use domain::product::{StockCommitted, StockReleased};
+use domain::{CustomerId, Money, OrderEvent, ProductEvent};
 use eventstore::RecordedEvent;
 use uuid::Uuid;
 
 pub use super::opensearch_script::{product_updated, recorded, view};
 
 /// An order by `customer_id` of each product of `lines` (id, units), at 1.00 a unit, at
-/// `position`: 10 popularity points a unit.
+/// `position`: placed, not confirmed, so it adds no popularity points.
 pub fn order_created(customer_id: &str, lines: &[(Uuid, u32)], position: u64) -> RecordedEvent {
     let order_id = Uuid::new_v4();
     let lines: Vec<OrderLine> = lines
@@ -40,6 +42,38 @@ pub fn order_created(customer_id: &str, lines: &[(Uuid, u32)], position: u64) ->
         "order",
         order_id.to_string(),
         1,
+        position,
+    )
+}
+
+/// The sale of `quantity` units of `product_id` to a confirmed order, at `position` (the
+/// product's stream, at version `position`): 10 popularity points a unit.
+pub fn stock_committed(product_id: Uuid, quantity: u32, position: u64) -> RecordedEvent {
+    let event = ProductEvent::StockCommitted(StockCommitted {
+        order_id: Uuid::new_v4(),
+        quantity,
+    });
+    recorded(
+        schemas::encode(&event).expect("encode"),
+        "product",
+        product_id.to_string(),
+        position,
+        position,
+    )
+}
+
+/// The reservation of `quantity` units of `product_id` given back (its order was cancelled), at
+/// `position`: no popularity.
+pub fn stock_released(product_id: Uuid, quantity: u32, position: u64) -> RecordedEvent {
+    let event = ProductEvent::StockReleased(StockReleased {
+        order_id: Uuid::new_v4(),
+        quantity,
+    });
+    recorded(
+        schemas::encode(&event).expect("encode"),
+        "product",
+        product_id.to_string(),
+        position,
         position,
     )
 }

@@ -34,7 +34,7 @@ fn rfc3339(event: &RecordedEvent) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// Products by id, with their popularity (ordered units and views).
+/// Products by id, with their popularity (units sold and views).
 #[derive(Debug)]
 pub struct ProductsProjection {
     db: ReadDb,
@@ -99,7 +99,7 @@ impl Projection for ProductsProjection {
                     .await?;
                     changed.insert(product_id);
                 }
-                "OrderCreated" | "ProductViewed" => {
+                "StockCommitted" | "ProductViewed" => {
                     for signal in popularity_signals(event)? {
                         let updated = sqlx::query(
                             "UPDATE rm_products SET popularity = popularity + $1 \
@@ -110,8 +110,8 @@ impl Projection for ProductsProjection {
                         .execute(&mut **transaction)
                         .await?;
                         if updated.rows_affected() == 0 {
-                            // Fed from Kafka, an order can arrive before its product's first
-                            // event (another topic): keep the points for the product's row.
+                            // Fed from Kafka, a view can arrive before its product's first
+                            // event (another partition): keep the points for the product's row.
                             sqlx::query(
                                 "INSERT INTO rm_products_early_popularity (product_id, points)
                                  VALUES ($1, $2) ON CONFLICT (product_id)
