@@ -32,18 +32,33 @@ impl Secret {
         &self.0
     }
 
-    /// The value with any password masked: `postgres://user:***@host/db`. Safe to print.
+    /// The value with any password masked, in the credentials or as a `password` parameter:
+    /// `postgres://user:***@host/db`, `postgres://host/db?user=u&password=***`. Safe to print.
     pub fn redacted(&self) -> String {
         let Some((scheme, rest)) = self.0.split_once("://") else {
             return "***".to_owned();
         };
-        match rest.rsplit_once('@') {
+        // The last `@` ends the credentials: a password may hold `@`, `/` or `?` unencoded.
+        let masked = match rest.rsplit_once('@') {
             Some((credentials, host)) => match credentials.split_once(':') {
                 Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
                 None => self.0.clone(),
             },
             None => self.0.clone(),
-        }
+        };
+        let Some((address, query)) = masked.split_once('?') else {
+            return masked;
+        };
+        let parameters: Vec<String> = query
+            .split('&')
+            .map(|parameter| match parameter.split_once('=') {
+                Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                    format!("{key}=***")
+                }
+                _ => parameter.to_owned(),
+            })
+            .collect();
+        format!("{address}?{}", parameters.join("&"))
     }
 }
 
@@ -729,6 +744,19 @@ mod tests {
             "postgres://postgres@db/x"
         );
         assert_eq!(Secret::new("opaque-token").redacted(), "***");
+        assert_eq!(
+            Secret::new("postgres://db/x?user=shop&password=hunter2&sslmode=verify-full")
+                .redacted(),
+            "postgres://db/x?user=shop&password=***&sslmode=verify-full"
+        );
+        assert_eq!(
+            Secret::new("rediss://:hunter2@cache:6380/0").redacted(),
+            "rediss://:***@cache:6380/0"
+        );
+        assert_eq!(
+            Secret::new("postgres://u:p@s?s/@db/x?sslmode=require").redacted(),
+            "postgres://u:***@db/x?sslmode=require"
+        );
         let flags = Settings {
             signing_key: Some(Secret::new(
                 "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA\n",
