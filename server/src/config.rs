@@ -453,12 +453,26 @@ settings! {
     /// Which part to run, for scale-out [default: all]
     #[arg(skip)]
     role: Role = Role::All;
-    /// Event store and SQL read models: postgres://... or sqlite://PATH [default: sqlite://{data-dir}/mercato.db]
+    /// Event store and SQL read models: postgres://... (TLS by ?sslmode=require, verify-ca or
+    /// verify-full, with sslrootcert=PATH for a private authority) or sqlite://PATH
+    /// [default: sqlite://{data-dir}/mercato.db]
     #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     database_url: Secret = Secret(format!("sqlite://{}", data_dir.join("mercato.db").display()));
-    /// Redis for the query cache, carts and popularity [default: in-process]
+    /// Redis for the query cache, carts and popularity: redis://..., or rediss://... for TLS
+    /// [default: in-process]
     #[arg(long, global = true, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
     redis_url: Secret;
+    /// PEM file of the certificate authorities a rediss:// REDIS_URL's server certificate must
+    /// come from [default: the public authorities (webpki roots)]
+    #[arg(long, global = true, env = "REDIS_CA_CERT", value_name = "PATH")]
+    redis_ca_cert: PathBuf;
+    /// PEM file of the client certificate for a rediss:// Redis that asks for one (with
+    /// REDIS_CLIENT_KEY) [default: none]
+    #[arg(long, global = true, env = "REDIS_CLIENT_CERT", value_name = "PATH")]
+    redis_client_cert: PathBuf;
+    /// PEM file of the client certificate's private key [default: none]
+    #[arg(long, global = true, env = "REDIS_CLIENT_KEY", value_name = "PATH")]
+    redis_client_key: PathBuf;
     /// Kafka brokers (host:port,...) for the relay and Kafka-fed consumers [default: none]
     #[arg(long, global = true, env = "KAFKA_BOOTSTRAP", value_name = "HOSTS")]
     kafka_bootstrap: String;
@@ -792,6 +806,9 @@ mod tests {
                 "role",
                 "database_url",
                 "redis_url",
+                "redis_ca_cert",
+                "redis_client_cert",
+                "redis_client_key",
                 "kafka_bootstrap",
                 "source",
                 "kafka_partitions",
