@@ -100,6 +100,55 @@ pub enum Source {
     Kafka,
 }
 
+/// How the Kafka clients talk to the brokers (librdkafka's `security.protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+pub enum KafkaProtocol {
+    /// Neither TLS nor a login.
+    #[default]
+    #[value(name = "PLAINTEXT")]
+    #[serde(rename = "PLAINTEXT", alias = "plaintext")]
+    Plaintext,
+    /// TLS (KAFKA_SSL_CA_LOCATION for a private authority, a client certificate if the
+    /// brokers ask for one).
+    #[value(name = "SSL")]
+    #[serde(rename = "SSL", alias = "ssl")]
+    Ssl,
+    /// A SASL login without TLS.
+    #[value(name = "SASL_PLAINTEXT")]
+    #[serde(rename = "SASL_PLAINTEXT", alias = "sasl_plaintext")]
+    SaslPlaintext,
+    /// A SASL login over TLS.
+    #[value(name = "SASL_SSL")]
+    #[serde(rename = "SASL_SSL", alias = "sasl_ssl")]
+    SaslSsl,
+}
+
+impl KafkaProtocol {
+    /// Whether the clients log in with SASL.
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, KafkaProtocol::SaslPlaintext | KafkaProtocol::SaslSsl)
+    }
+
+    /// Whether the connections are TLS.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, KafkaProtocol::Ssl | KafkaProtocol::SaslSsl)
+    }
+}
+
+/// How a SASL login proves the password (librdkafka's `sasl.mechanism`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+pub enum SaslMechanism {
+    #[value(name = "PLAIN")]
+    #[serde(rename = "PLAIN", alias = "plain")]
+    Plain,
+    #[value(name = "SCRAM-SHA-256")]
+    #[serde(rename = "SCRAM-SHA-256", alias = "scram-sha-256")]
+    ScramSha256,
+    #[value(name = "SCRAM-SHA-512")]
+    #[serde(rename = "SCRAM-SHA-512", alias = "scram-sha-512")]
+    ScramSha512,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
@@ -283,7 +332,7 @@ macro_rules! describe_as_value_name {
         }
     )*};
 }
-describe_as_value_name!(Role, Source, LogFormat);
+describe_as_value_name!(Role, Source, LogFormat, KafkaProtocol, SaslMechanism);
 
 /// The config type of a setting: its own type when it has a default, else optional.
 macro_rules! config_type {
@@ -490,6 +539,34 @@ settings! {
     /// share a cluster [default: none]
     #[arg(long, global = true, env = "MERCATO_KAFKA_PREFIX", value_name = "PREFIX")]
     kafka_prefix: String = String::new();
+    /// How the Kafka clients talk to the brokers: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    /// [default: PLAINTEXT]
+    #[arg(long, global = true, env = "KAFKA_SECURITY_PROTOCOL", value_enum, ignore_case = true)]
+    kafka_security_protocol: KafkaProtocol = KafkaProtocol::Plaintext;
+    /// The SASL mechanism of SASL_PLAINTEXT and SASL_SSL: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+    /// [default: none]
+    #[arg(long, global = true, env = "KAFKA_SASL_MECHANISM", value_enum, ignore_case = true)]
+    kafka_sasl_mechanism: SaslMechanism;
+    /// The SASL user name [default: none]
+    #[arg(long, global = true, env = "KAFKA_SASL_USERNAME", value_name = "NAME")]
+    kafka_sasl_username: String;
+    /// The SASL password [default: none]
+    #[arg(long, global = true, env = "KAFKA_SASL_PASSWORD", value_name = "PASSWORD", hide_env_values = true)]
+    kafka_sasl_password: Secret;
+    /// PEM file of the certificate authorities the brokers' certificates must come from, with
+    /// SSL and SASL_SSL [default: the system's]
+    #[arg(long, global = true, env = "KAFKA_SSL_CA_LOCATION", value_name = "PATH")]
+    kafka_ssl_ca_location: PathBuf;
+    /// PEM file of the client certificate, for brokers that ask for one (with
+    /// KAFKA_SSL_KEY_LOCATION) [default: none]
+    #[arg(long, global = true, env = "KAFKA_SSL_CERTIFICATE_LOCATION", value_name = "PATH")]
+    kafka_ssl_certificate_location: PathBuf;
+    /// PEM file of the client certificate's private key [default: none]
+    #[arg(long, global = true, env = "KAFKA_SSL_KEY_LOCATION", value_name = "PATH")]
+    kafka_ssl_key_location: PathBuf;
+    /// The password of an encrypted KAFKA_SSL_KEY_LOCATION [default: none]
+    #[arg(long, global = true, env = "KAFKA_SSL_KEY_PASSWORD", value_name = "PASSWORD", hide_env_values = true)]
+    kafka_ssl_key_password: Secret;
     /// OpenSearch or Elasticsearch for product search (ELASTICSEARCH_URL is an alias) [default: embedded index]
     #[arg(long, global = true, env = "OPENSEARCH_URL", value_name = "URL", hide_env_values = true)]
     opensearch_url: Secret;
@@ -814,6 +891,14 @@ mod tests {
                 "kafka_partitions",
                 "kafka_replication",
                 "kafka_prefix",
+                "kafka_security_protocol",
+                "kafka_sasl_mechanism",
+                "kafka_sasl_username",
+                "kafka_sasl_password",
+                "kafka_ssl_ca_location",
+                "kafka_ssl_certificate_location",
+                "kafka_ssl_key_location",
+                "kafka_ssl_key_password",
                 "opensearch_url",
                 "otel_endpoint",
                 "log_format",
