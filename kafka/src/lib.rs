@@ -22,6 +22,7 @@ pub mod dlq;
 pub mod locator;
 pub mod relay;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use eventstore::RecordedEvent;
@@ -89,6 +90,120 @@ pub struct KafkaSettings {
     pub partitions: i32,
     /// Replication factor of each topic created.
     pub replication: i32,
+    /// How the clients talk to the brokers: TLS, a SASL login, both or neither.
+    pub security: KafkaSecurity,
+}
+
+/// How the clients talk to the brokers (librdkafka's `security.protocol`), with what each way
+/// needs; a combination librdkafka would refuse, or silently ignore, cannot be written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum KafkaSecurity {
+    /// Neither TLS nor a login.
+    #[default]
+    Plaintext,
+    /// TLS.
+    Ssl(TlsSettings),
+    /// A SASL login without TLS.
+    SaslPlaintext(SaslLogin),
+    /// A SASL login over TLS.
+    SaslSsl(SaslLogin, TlsSettings),
+}
+
+/// The files of TLS to the brokers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM file of the authorities the brokers' certificates come from; `None`: the system's.
+    pub ca_location: Option<PathBuf>,
+    /// The client certificate, for brokers that ask for one.
+    pub client: Option<ClientCertificate>,
+}
+
+/// A client certificate and its private key, both PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertificate {
+    pub certificate_location: PathBuf,
+    pub key_location: PathBuf,
+    /// The password of an encrypted key.
+    pub key_password: Option<Password>,
+}
+
+/// A SASL login.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SaslLogin {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: Password,
+}
+
+/// How a SASL login proves the password.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaslMechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// Its name in `sasl.mechanism`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// A password, never printed (`Debug` shows `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(password: impl Into<String>) -> Password {
+        Password(password.into())
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("***")
+    }
+}
+
+impl KafkaSecurity {
+    /// The librdkafka properties of this way of talking to the brokers, `security.protocol`
+    /// first.
+    pub fn properties(&self) -> Vec<(&'static str, String)> {
+        let (protocol, login, tls) = match self {
+            KafkaSecurity::Plaintext => ("plaintext", None, None),
+            KafkaSecurity::Ssl(tls) => ("ssl", None, Some(tls)),
+            KafkaSecurity::SaslPlaintext(login) => ("sasl_plaintext", Some(login), None),
+            KafkaSecurity::SaslSsl(login, tls) => ("sasl_ssl", Some(login), Some(tls)),
+        };
+        let mut properties = vec![("security.protocol", protocol.to_owned())];
+        if let Some(login) = login {
+            properties.push(("sasl.mechanism", login.mechanism.name().to_owned()));
+            properties.push(("sasl.username", login.username.clone()));
+            properties.push(("sasl.password", login.password.0.clone()));
+        }
+        if let Some(tls) = tls {
+            let path = |path: &PathBuf| path.display().to_string();
+            if let Some(ca_location) = &tls.ca_location {
+                properties.push(("ssl.ca.location", path(ca_location)));
+            }
+            if let Some(client) = &tls.client {
+                properties.push((
+                    "ssl.certificate.location",
+                    path(&client.certificate_location),
+                ));
+                properties.push(("ssl.key.location", path(&client.key_location)));
+                if let Some(password) = &client.key_password {
+                    properties.push(("ssl.key.password", password.0.clone()));
+                }
+            }
+        }
+        properties
+    }
 }
 
 impl KafkaSettings {
@@ -124,6 +239,9 @@ impl KafkaSettings {
             // Kafka-protocol brokers that do not speak IPv6 (and `localhost` resolving to ::1).
             .set("broker.address.family", "v4")
             .set("socket.keepalive.enable", "true");
+        for (key, value) in self.security.properties() {
+            config.set(key, value);
+        }
         config
     }
 
@@ -282,6 +400,7 @@ mod tests {
             prefix: "t1.".to_owned(),
             partitions: 3,
             replication: 1,
+            security: KafkaSecurity::Plaintext,
         };
         assert_eq!(settings.topic("orders.events"), "t1.orders.events");
         assert_eq!(settings.contract_topic("t1.orders.events"), "orders.events");
@@ -289,6 +408,147 @@ mod tests {
         let all = settings.all_topics();
         assert_eq!(all.len(), 10);
         assert!(all.contains(&"t1.payments.events.dlq".to_owned()));
+    }
+
+    fn settings(security: KafkaSecurity) -> KafkaSettings {
+        KafkaSettings {
+            bootstrap: "broker:9093".to_owned(),
+            prefix: String::new(),
+            partitions: 3,
+            replication: 1,
+            security,
+        }
+    }
+
+    /// The security properties `config` sets, in the order of librdkafka's documentation.
+    fn security_properties(config: &ClientConfig) -> Vec<(String, String)> {
+        [
+            "security.protocol",
+            "sasl.mechanism",
+            "sasl.username",
+            "sasl.password",
+            "ssl.ca.location",
+            "ssl.certificate.location",
+            "ssl.key.location",
+            "ssl.key.password",
+        ]
+        .into_iter()
+        .filter_map(|key| Some((key.to_owned(), config.get(key)?.to_owned())))
+        .collect()
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn each_security_protocol_sets_its_librdkafka_properties_on_every_client() {
+        let login = SaslLogin {
+            mechanism: SaslMechanism::ScramSha512,
+            username: "shop".to_owned(),
+            password: Password::new("hunter2"),
+        };
+        let tls = TlsSettings {
+            ca_location: Some(PathBuf::from("/etc/kafka/ca.pem")),
+            client: Some(ClientCertificate {
+                certificate_location: PathBuf::from("/etc/kafka/client.pem"),
+                key_location: PathBuf::from("/etc/kafka/client.key"),
+                key_password: Some(Password::new("keypass")),
+            }),
+        };
+        let cases = [
+            (
+                KafkaSecurity::Plaintext,
+                pairs(&[("security.protocol", "plaintext")]),
+            ),
+            (
+                KafkaSecurity::Ssl(TlsSettings::default()),
+                pairs(&[("security.protocol", "ssl")]),
+            ),
+            (
+                KafkaSecurity::Ssl(tls.clone()),
+                pairs(&[
+                    ("security.protocol", "ssl"),
+                    ("ssl.ca.location", "/etc/kafka/ca.pem"),
+                    ("ssl.certificate.location", "/etc/kafka/client.pem"),
+                    ("ssl.key.location", "/etc/kafka/client.key"),
+                    ("ssl.key.password", "keypass"),
+                ]),
+            ),
+            (
+                KafkaSecurity::SaslPlaintext(SaslLogin {
+                    mechanism: SaslMechanism::Plain,
+                    ..login.clone()
+                }),
+                pairs(&[
+                    ("security.protocol", "sasl_plaintext"),
+                    ("sasl.mechanism", "PLAIN"),
+                    ("sasl.username", "shop"),
+                    ("sasl.password", "hunter2"),
+                ]),
+            ),
+            (
+                KafkaSecurity::SaslSsl(
+                    login.clone(),
+                    TlsSettings {
+                        ca_location: Some(PathBuf::from("/etc/kafka/ca.pem")),
+                        client: None,
+                    },
+                ),
+                pairs(&[
+                    ("security.protocol", "sasl_ssl"),
+                    ("sasl.mechanism", "SCRAM-SHA-512"),
+                    ("sasl.username", "shop"),
+                    ("sasl.password", "hunter2"),
+                    ("ssl.ca.location", "/etc/kafka/ca.pem"),
+                ]),
+            ),
+        ];
+        for (security, expected) in cases {
+            let settings = settings(security.clone());
+            for config in [
+                settings.client_config(),
+                settings.producer_config(),
+                settings.consumer_config("group"),
+            ] {
+                assert_eq!(security_properties(&config), expected, "{security:?}");
+                assert_eq!(config.get("bootstrap.servers"), Some("broker:9093"));
+            }
+        }
+        assert_eq!(SaslMechanism::ScramSha256.name(), "SCRAM-SHA-256");
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        let settings = settings(KafkaSecurity::SaslSsl(
+            SaslLogin {
+                mechanism: SaslMechanism::Plain,
+                username: "shop".to_owned(),
+                password: Password::new("hunter2"),
+            },
+            TlsSettings {
+                ca_location: None,
+                client: Some(ClientCertificate {
+                    certificate_location: PathBuf::from("client.pem"),
+                    key_location: PathBuf::from("client.key"),
+                    key_password: Some(Password::new("keypass")),
+                }),
+            },
+        ));
+        for printed in [
+            format!("{settings:?}"),
+            format!("{:?}", settings.client_config()),
+            format!("{:?}", settings.producer_config()),
+        ] {
+            assert!(
+                !printed.contains("hunter2") && !printed.contains("keypass"),
+                "{printed}"
+            );
+        }
+        assert!(format!("{settings:?}").contains("shop"));
     }
 
     #[test]

@@ -32,18 +32,33 @@ impl Secret {
         &self.0
     }
 
-    /// The value with any password masked: `postgres://user:***@host/db`. Safe to print.
+    /// The value with any password masked, in the credentials or as a `password` parameter:
+    /// `postgres://user:***@host/db`, `postgres://host/db?user=u&password=***`. Safe to print.
     pub fn redacted(&self) -> String {
         let Some((scheme, rest)) = self.0.split_once("://") else {
             return "***".to_owned();
         };
-        match rest.rsplit_once('@') {
+        // The last `@` ends the credentials: a password may hold `@`, `/` or `?` unencoded.
+        let masked = match rest.rsplit_once('@') {
             Some((credentials, host)) => match credentials.split_once(':') {
                 Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
                 None => self.0.clone(),
             },
             None => self.0.clone(),
-        }
+        };
+        let Some((address, query)) = masked.split_once('?') else {
+            return masked;
+        };
+        let parameters: Vec<String> = query
+            .split('&')
+            .map(|parameter| match parameter.split_once('=') {
+                Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                    format!("{key}=***")
+                }
+                _ => parameter.to_owned(),
+            })
+            .collect();
+        format!("{address}?{}", parameters.join("&"))
     }
 }
 
@@ -83,6 +98,55 @@ pub enum Source {
     Log,
     /// The Kafka topics the relay publishes to, in a consumer group per role.
     Kafka,
+}
+
+/// How the Kafka clients talk to the brokers (librdkafka's `security.protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+pub enum KafkaProtocol {
+    /// Neither TLS nor a login.
+    #[default]
+    #[value(name = "PLAINTEXT")]
+    #[serde(rename = "PLAINTEXT", alias = "plaintext")]
+    Plaintext,
+    /// TLS (KAFKA_SSL_CA_LOCATION for a private authority, a client certificate if the
+    /// brokers ask for one).
+    #[value(name = "SSL")]
+    #[serde(rename = "SSL", alias = "ssl")]
+    Ssl,
+    /// A SASL login without TLS.
+    #[value(name = "SASL_PLAINTEXT")]
+    #[serde(rename = "SASL_PLAINTEXT", alias = "sasl_plaintext")]
+    SaslPlaintext,
+    /// A SASL login over TLS.
+    #[value(name = "SASL_SSL")]
+    #[serde(rename = "SASL_SSL", alias = "sasl_ssl")]
+    SaslSsl,
+}
+
+impl KafkaProtocol {
+    /// Whether the clients log in with SASL.
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, KafkaProtocol::SaslPlaintext | KafkaProtocol::SaslSsl)
+    }
+
+    /// Whether the connections are TLS.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, KafkaProtocol::Ssl | KafkaProtocol::SaslSsl)
+    }
+}
+
+/// How a SASL login proves the password (librdkafka's `sasl.mechanism`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+pub enum SaslMechanism {
+    #[value(name = "PLAIN")]
+    #[serde(rename = "PLAIN", alias = "plain")]
+    Plain,
+    #[value(name = "SCRAM-SHA-256")]
+    #[serde(rename = "SCRAM-SHA-256", alias = "scram-sha-256")]
+    ScramSha256,
+    #[value(name = "SCRAM-SHA-512")]
+    #[serde(rename = "SCRAM-SHA-512", alias = "scram-sha-512")]
+    ScramSha512,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -268,7 +332,7 @@ macro_rules! describe_as_value_name {
         }
     )*};
 }
-describe_as_value_name!(Role, Source, LogFormat);
+describe_as_value_name!(Role, Source, LogFormat, KafkaProtocol, SaslMechanism);
 
 /// The config type of a setting: its own type when it has a default, else optional.
 macro_rules! config_type {
@@ -438,12 +502,26 @@ settings! {
     /// Which part to run, for scale-out [default: all]
     #[arg(skip)]
     role: Role = Role::All;
-    /// Event store and SQL read models: postgres://... or sqlite://PATH [default: sqlite://{data-dir}/mercato.db]
+    /// Event store and SQL read models: postgres://... (TLS by ?sslmode=require, verify-ca or
+    /// verify-full, with sslrootcert=PATH for a private authority) or sqlite://PATH
+    /// [default: sqlite://{data-dir}/mercato.db]
     #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     database_url: Secret = Secret(format!("sqlite://{}", data_dir.join("mercato.db").display()));
-    /// Redis for the query cache, carts and popularity [default: in-process]
+    /// Redis for the query cache, carts and popularity: redis://..., or rediss://... for TLS
+    /// [default: in-process]
     #[arg(long, global = true, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
     redis_url: Secret;
+    /// PEM file of the certificate authorities a rediss:// REDIS_URL's server certificate must
+    /// come from [default: the public authorities (webpki roots)]
+    #[arg(long, global = true, env = "REDIS_CA_CERT", value_name = "PATH")]
+    redis_ca_cert: PathBuf;
+    /// PEM file of the client certificate for a rediss:// Redis that asks for one (with
+    /// REDIS_CLIENT_KEY) [default: none]
+    #[arg(long, global = true, env = "REDIS_CLIENT_CERT", value_name = "PATH")]
+    redis_client_cert: PathBuf;
+    /// PEM file of the client certificate's private key [default: none]
+    #[arg(long, global = true, env = "REDIS_CLIENT_KEY", value_name = "PATH")]
+    redis_client_key: PathBuf;
     /// Kafka brokers (host:port,...) for the relay and Kafka-fed consumers [default: none]
     #[arg(long, global = true, env = "KAFKA_BOOTSTRAP", value_name = "HOSTS")]
     kafka_bootstrap: String;
@@ -461,6 +539,34 @@ settings! {
     /// share a cluster [default: none]
     #[arg(long, global = true, env = "MERCATO_KAFKA_PREFIX", value_name = "PREFIX")]
     kafka_prefix: String = String::new();
+    /// How the Kafka clients talk to the brokers: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    /// [default: PLAINTEXT]
+    #[arg(long, global = true, env = "KAFKA_SECURITY_PROTOCOL", value_enum, ignore_case = true)]
+    kafka_security_protocol: KafkaProtocol = KafkaProtocol::Plaintext;
+    /// The SASL mechanism of SASL_PLAINTEXT and SASL_SSL: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+    /// [default: none]
+    #[arg(long, global = true, env = "KAFKA_SASL_MECHANISM", value_enum, ignore_case = true)]
+    kafka_sasl_mechanism: SaslMechanism;
+    /// The SASL user name [default: none]
+    #[arg(long, global = true, env = "KAFKA_SASL_USERNAME", value_name = "NAME")]
+    kafka_sasl_username: String;
+    /// The SASL password [default: none]
+    #[arg(long, global = true, env = "KAFKA_SASL_PASSWORD", value_name = "PASSWORD", hide_env_values = true)]
+    kafka_sasl_password: Secret;
+    /// PEM file of the certificate authorities the brokers' certificates must come from, with
+    /// SSL and SASL_SSL [default: the system's]
+    #[arg(long, global = true, env = "KAFKA_SSL_CA_LOCATION", value_name = "PATH")]
+    kafka_ssl_ca_location: PathBuf;
+    /// PEM file of the client certificate, for brokers that ask for one (with
+    /// KAFKA_SSL_KEY_LOCATION) [default: none]
+    #[arg(long, global = true, env = "KAFKA_SSL_CERTIFICATE_LOCATION", value_name = "PATH")]
+    kafka_ssl_certificate_location: PathBuf;
+    /// PEM file of the client certificate's private key [default: none]
+    #[arg(long, global = true, env = "KAFKA_SSL_KEY_LOCATION", value_name = "PATH")]
+    kafka_ssl_key_location: PathBuf;
+    /// The password of an encrypted KAFKA_SSL_KEY_LOCATION [default: none]
+    #[arg(long, global = true, env = "KAFKA_SSL_KEY_PASSWORD", value_name = "PASSWORD", hide_env_values = true)]
+    kafka_ssl_key_password: Secret;
     /// OpenSearch or Elasticsearch for product search (ELASTICSEARCH_URL is an alias) [default: embedded index]
     #[arg(long, global = true, env = "OPENSEARCH_URL", value_name = "URL", hide_env_values = true)]
     opensearch_url: Secret;
@@ -729,6 +835,19 @@ mod tests {
             "postgres://postgres@db/x"
         );
         assert_eq!(Secret::new("opaque-token").redacted(), "***");
+        assert_eq!(
+            Secret::new("postgres://db/x?user=shop&password=hunter2&sslmode=verify-full")
+                .redacted(),
+            "postgres://db/x?user=shop&password=***&sslmode=verify-full"
+        );
+        assert_eq!(
+            Secret::new("rediss://:hunter2@cache:6380/0").redacted(),
+            "rediss://:***@cache:6380/0"
+        );
+        assert_eq!(
+            Secret::new("postgres://u:p@s?s/@db/x?sslmode=require").redacted(),
+            "postgres://u:***@db/x?sslmode=require"
+        );
         let flags = Settings {
             signing_key: Some(Secret::new(
                 "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA\n",
@@ -764,11 +883,22 @@ mod tests {
                 "role",
                 "database_url",
                 "redis_url",
+                "redis_ca_cert",
+                "redis_client_cert",
+                "redis_client_key",
                 "kafka_bootstrap",
                 "source",
                 "kafka_partitions",
                 "kafka_replication",
                 "kafka_prefix",
+                "kafka_security_protocol",
+                "kafka_sasl_mechanism",
+                "kafka_sasl_username",
+                "kafka_sasl_password",
+                "kafka_ssl_ca_location",
+                "kafka_ssl_certificate_location",
+                "kafka_ssl_key_location",
+                "kafka_ssl_key_password",
                 "opensearch_url",
                 "otel_endpoint",
                 "log_format",

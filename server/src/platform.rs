@@ -65,7 +65,7 @@ impl Platform {
         let db = open_read_db(config).await?;
         // One Redis connection (multiplexed) serves the cache and the Redis read models.
         let redis = match &config.redis_url {
-            Some(url) => Some(connect_redis(url).await?),
+            Some(url) => Some(connect_redis(config, url).await?),
             None => None,
         };
         let prefix = redis_prefix(config.database_url.expose());
@@ -226,19 +226,19 @@ pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One multiplexed connection to the Redis `url` names, or an error naming it within
 /// [`REDIS_CONNECT_TIMEOUT`] (the client's own retries would otherwise wait for minutes).
-async fn connect_redis(url: &Secret) -> Result<redis::aio::ConnectionManager> {
+async fn connect_redis(config: &Config, url: &Secret) -> Result<redis::aio::ConnectionManager> {
+    let (client, tls) = redis_client(config, url)?;
+    let hint = if tls {
+        "check REDIS_URL, that Redis is running, and that its certificate is for the URL's host and comes from REDIS_CA_CERT's authority (or a public one without REDIS_CA_CERT)"
+    } else {
+        "check REDIS_URL and that Redis is running"
+    };
     let failed = |error: &dyn std::fmt::Display| {
         Error::Failed(format!(
-            "cannot connect to Redis at {} (check REDIS_URL and that Redis is running): {error}",
+            "cannot connect to Redis at {} ({hint}): {error}",
             url.redacted()
         ))
     };
-    let client = redis::Client::open(url.expose()).map_err(|error| {
-        Error::Usage(format!(
-            "REDIS_URL {} is not a Redis URL: {error}",
-            url.redacted()
-        ))
-    })?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(REDIS_CONNECT_TIMEOUT)
         .set_number_of_retries(1);
@@ -255,6 +255,87 @@ async fn connect_redis(url: &Secret) -> Result<redis::aio::ConnectionManager> {
             REDIS_CONNECT_TIMEOUT.as_secs()
         ))),
     }
+}
+
+/// The Redis client of `url`, and whether it speaks TLS (`rediss://`): with the authorities
+/// of `REDIS_CA_CERT` instead of the public ones, and the client certificate of
+/// `REDIS_CLIENT_CERT` and `REDIS_CLIENT_KEY`, when they are set.
+fn redis_client(config: &Config, url: &Secret) -> Result<(redis::Client, bool)> {
+    let not_a_url = |error: redis::RedisError| {
+        Error::Usage(format!(
+            "REDIS_URL {} is not a Redis URL: {error}",
+            url.redacted()
+        ))
+    };
+    let client = redis::Client::open(url.expose()).map_err(not_a_url)?;
+    let tls = matches!(
+        client.get_connection_info().addr,
+        redis::ConnectionAddr::TcpTls { .. }
+    );
+    let root_cert = match &config.redis_ca_cert {
+        Some(path) => {
+            let pem = read_pem("REDIS_CA_CERT", path)?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(Error::Usage(format!(
+                    "REDIS_CA_CERT {} holds no PEM certificate (-----BEGIN CERTIFICATE-----): name the file of the authority Redis's certificate comes from",
+                    path.display()
+                )));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let client_tls = match (&config.redis_client_cert, &config.redis_client_key) {
+        (Some(certificate), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read_pem("REDIS_CLIENT_CERT", certificate)?,
+            client_key: read_pem("REDIS_CLIENT_KEY", key)?,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(Error::Usage(
+                "REDIS_CLIENT_CERT is set without REDIS_CLIENT_KEY: set the file of the certificate's private key too".to_owned(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::Usage(
+                "REDIS_CLIENT_KEY is set without REDIS_CLIENT_CERT: set the file of the client certificate too, or unset the key".to_owned(),
+            ));
+        }
+    };
+    if root_cert.is_none() && client_tls.is_none() {
+        return Ok((client, tls));
+    }
+    if !tls {
+        let which = if root_cert.is_some() {
+            "REDIS_CA_CERT"
+        } else {
+            "REDIS_CLIENT_CERT"
+        };
+        return Err(Error::Usage(format!(
+            "{which} is set, but REDIS_URL {} is not a rediss:// URL: use rediss:// for TLS, or unset {which}",
+            url.redacted()
+        )));
+    }
+    let certificates = redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    };
+    let client = redis::Client::build_with_tls(url.expose(), certificates).map_err(|error| {
+        Error::Usage(format!(
+            "the TLS files for Redis (REDIS_CA_CERT, REDIS_CLIENT_CERT, REDIS_CLIENT_KEY) are not usable: {error}"
+        ))
+    })?;
+    Ok((client, tls))
+}
+
+/// The bytes of the PEM file `path` that setting `setting` names.
+fn read_pem(setting: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|error| {
+        Error::Usage(format!(
+            "{setting} {} cannot be read: {error}; check the path",
+            path.display()
+        ))
+    })
 }
 
 /// The search index: OpenSearch with `OPENSEARCH_URL`, else the Tantivy index under the data

@@ -176,6 +176,7 @@ pub async fn produce(bootstrap: &str, topic: &str, key: &str, payload: &str) {
         prefix: String::new(),
         partitions: 1,
         replication: 1,
+        security: kafka::KafkaSecurity::Plaintext,
     };
     kafka::produce(&settings, topic, key, payload.as_bytes())
         .await

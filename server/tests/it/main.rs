@@ -12,3 +12,4 @@ mod parking;
 mod platform;
 mod readiness;
 mod tokens;
+mod transport_security;
