@@ -88,8 +88,23 @@ fn backend_of(url: &str) -> Result<Backend, StoreError> {
 /// `postgresql://...` for PostgreSQL, `sqlite://PATH` for an SQLite file (created with its
 /// directory if missing). Must be called inside a tokio runtime.
 pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
+    open_with_pool(url, PgStoreOptions::default().max_connections).await
+}
+
+/// [`open`], with at most `max_connections` PostgreSQL connections in the store's pool (and one
+/// more for `LISTEN`). SQLite keeps its one writer and its readers.
+pub async fn open_with_pool(
+    url: &str,
+    max_connections: u32,
+) -> Result<Arc<dyn EventStore>, StoreError> {
     match backend_of(url)? {
-        Backend::Postgres => Ok(Arc::new(PgEventStore::connect(url).await?)),
+        Backend::Postgres => {
+            let options = PgStoreOptions {
+                max_connections: max_connections.max(1),
+                ..PgStoreOptions::default()
+            };
+            Ok(Arc::new(PgEventStore::connect_with(url, options).await?))
+        }
         Backend::Sqlite => Ok(Arc::new(SqliteEventStore::open(url).await?)),
     }
 }

@@ -204,20 +204,36 @@ pub fn read_db_url(store_url: &str) -> String {
 
 static DRIVERS: Once = Once::new();
 
+/// The most connections a read-model database opens on PostgreSQL unless told otherwise.
+const POSTGRES_POOL: u32 = 16;
+
 impl ReadDb {
     /// Opens (creating an SQLite file if needed) and creates the read-model tables.
     pub async fn open(url: &str) -> Result<ReadDb, ProjectionError> {
-        Self::open_tuned(url, false).await
+        Self::open_tuned(url, false, POSTGRES_POOL).await
+    }
+
+    /// [`ReadDb::open`] with at most `max_connections` connections on PostgreSQL (SQLite keeps
+    /// its 8).
+    pub async fn open_with_pool(
+        url: &str,
+        max_connections: u32,
+    ) -> Result<ReadDb, ProjectionError> {
+        Self::open_tuned(url, false, max_connections.max(1)).await
     }
 
     /// Opens a read-model database that a rebuild fills: on SQLite each connection keeps a
     /// larger page cache (64 MiB), keeps statement journals in memory and checkpoints its WAL
     /// every 64 MiB instead of every 4 MiB. Durability is the same as [`ReadDb::open`].
     pub async fn open_for_rebuild(url: &str) -> Result<ReadDb, ProjectionError> {
-        Self::open_tuned(url, true).await
+        Self::open_tuned(url, true, POSTGRES_POOL).await
     }
 
-    async fn open_tuned(url: &str, rebuild: bool) -> Result<ReadDb, ProjectionError> {
+    async fn open_tuned(
+        url: &str,
+        rebuild: bool,
+        postgres_pool: u32,
+    ) -> Result<ReadDb, ProjectionError> {
         DRIVERS.call_once(sqlx::any::install_default_drivers);
         let backend = if url.starts_with("sqlite:") {
             ReadBackend::Sqlite
@@ -252,7 +268,7 @@ impl ReadDb {
             .max_connections(if backend == ReadBackend::Sqlite {
                 8
             } else {
-                16
+                postgres_pool
             })
             .test_before_acquire(false)
             .after_connect(move |connection, _| {

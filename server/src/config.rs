@@ -434,6 +434,15 @@ pub type LineQuantity = Count<1, 999>;
 /// How many of something may be open at once (requests, connections).
 pub type Capacity = Count<1, 1_000_000>;
 
+/// The size of a database connection pool.
+pub type PoolSize = Count<1, 1_000>;
+
+impl PoolSize {
+    pub fn connections(self) -> u32 {
+        u32::try_from(self.get()).unwrap_or(1)
+    }
+}
+
 /// The proxies whose `X-Forwarded-For` is believed: addresses and CIDR blocks, comma-separated
 /// (`10.0.0.0/8, 192.168.1.7`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -507,6 +516,12 @@ settings! {
     /// [default: sqlite://{data-dir}/mercato.db]
     #[arg(long, global = true, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     database_url: Secret = Secret(format!("sqlite://{}", data_dir.join("mercato.db").display()));
+    /// PostgreSQL connections the event store's pool opens at most; the read models' pool opens
+    /// half as many, the secret store's 4 and the store's listener 1, so a process opens at
+    /// most about 1.5 times this many. Budget it against the server's max_connections when
+    /// several processes share one database [default: 32]
+    #[arg(long, global = true, env = "MERCATO_DB_POOL", value_name = "N")]
+    db_pool: PoolSize = PoolSize::new(32);
     /// Redis for the query cache, carts and popularity: redis://..., or rediss://... for TLS
     /// [default: in-process]
     #[arg(long, global = true, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
@@ -882,6 +897,7 @@ mod tests {
                 "data_dir",
                 "role",
                 "database_url",
+                "db_pool",
                 "redis_url",
                 "redis_ca_cert",
                 "redis_client_cert",

@@ -428,6 +428,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "1 while this process holds the saga workers' lease, else 0",
     ),
     (
+        "mercato_saga_charges_waiting",
+        Kind::Gauge,
+        "Charges waiting for the payment gateway's answer (timers, not saga places)",
+    ),
+    (
         "mercato_relay_up",
         Kind::Gauge,
         "1 while the Kafka relay publishes, 0 after a failure",

@@ -415,7 +415,7 @@ pub async fn open_existing_store(config: &Config) -> Result<Arc<dyn EventStore>>
 /// Opens the event store `config` names, creating it if needed: the one place a process opens
 /// it.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn EventStore>> {
-    eventstore::open(config.database_url.expose())
+    eventstore::open_with_pool(config.database_url.expose(), config.db_pool.connections())
         .await
         .map_err(store_failure(format!(
             "cannot open the event store at {} (check DATABASE_URL and that the database is running)",
@@ -426,7 +426,8 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn EventStore>> {
 /// Opens the read-model database beside the event store `config` names, with every read
 /// model's and the saga's tables.
 pub async fn open_read_db(config: &Config) -> Result<ReadDb> {
-    let db = ReadDb::open(&read_db_url(config.database_url.expose()))
+    let pool = (config.db_pool.connections() / 2).max(2);
+    let db = ReadDb::open_with_pool(&read_db_url(config.database_url.expose()), pool)
         .await
         .map_err(projection_failure(format!(
             "cannot open the read-model database of {} (check DATABASE_URL and that the database is running)",

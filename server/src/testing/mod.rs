@@ -29,6 +29,11 @@ use uuid::Uuid;
 use crate::config::{Config, Role, Secret, Settings};
 use crate::serve::{Server, bind};
 
+/// The event store's pool of a test server on PostgreSQL (`db_pool`): tests run side by side on
+/// one server, whose default is 100 connections. `mercato serve` processes that tests start get
+/// it as `MERCATO_DB_POOL`.
+pub const TEST_DB_POOL: i32 = 8;
+
 /// Where a test's platform keeps its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Setup {
@@ -127,6 +132,9 @@ impl TestData {
         // So are the caps on a customer's open orders: tests place many slow orders for one.
         settings.max_open_orders = settings.max_open_orders.or(off);
         settings.max_reserved_units = settings.max_reserved_units.or(off);
+        settings.db_pool = settings
+            .db_pool
+            .or(Some(crate::config::PoolSize::new(TEST_DB_POOL)));
         Config::resolve(settings, flags.config.as_deref()).expect("test configuration")
     }
 }

@@ -156,6 +156,11 @@ impl Server {
         for variable in RATE_LIMIT_VARIABLES {
             command.env(variable, "0");
         }
+        // Tests run side by side on one PostgreSQL server; a bench sets its own pool (a flag
+        // beats the variable) or the variable itself.
+        if std::env::var_os("MERCATO_DB_POOL").is_none() {
+            command.env("MERCATO_DB_POOL", server::testing::TEST_DB_POOL.to_string());
+        }
         if extra.is_empty() {
             command.stderr(Stdio::inherit());
         } else {
