@@ -541,6 +541,8 @@ fn is_transient(error: &ProjectionError) -> bool {
         | ProjectionError::Storage(_) => true,
         // A replay swapped in a rebuilt read model: applying again skips what it holds.
         ProjectionError::CheckpointMoved { .. } => true,
+        // Not about the event: no projection writes under a lease today.
+        ProjectionError::LeaseLost { .. } => true,
     }
 }
 

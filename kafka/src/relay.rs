@@ -2,26 +2,40 @@
 //! to Kafka. The checkpoint moves only after the broker acknowledged every message of a batch
 //! (idempotent producer, `acks=all`), so an event is published at least once and, within its
 //! partition, in log order; consumers skip the duplicates a retry can make.
+//!
+//! One relay publishes at a time: it holds the lease `kafka_relay` (`projections::lease`) and
+//! stores each checkpoint only while it still holds it, in the same transaction. Other relays
+//! stand by and take over from the stored checkpoint when the lease expires (its holder died)
+//! or is given up (its holder shut down). A takeover publishes again what the last holder
+//! published after its last checkpoint: duplicates, never a gap.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventstore::{EventStore, RecordedEvent};
-use projections::Progress;
+use projections::lease::{self, Lease, LeaseStatus, Tenure};
 use projections::readdb::ReadDb;
 use projections::runner::pause;
+use projections::{Progress, ProgressState, ProjectionError};
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError as ClientError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use schemas::topics::partition_for;
 
 use crate::{Health, KafkaError, KafkaSettings, event_headers, partition_count};
 
-/// The relay's name: its checkpoint in the read-model database, its progress and metrics.
+/// The relay's name: its checkpoint and its lease in the read-model database, its progress and
+/// metrics.
 pub const NAME: &str = "kafka_relay";
+/// How long the relay's lease lasts without renewal (renewed every third of it): a standby
+/// takes over at most this long, and a third more, after its holder died.
+pub const LEASE_TTL: Duration = Duration::from_secs(6);
+/// How often a standby relay reads the checkpoint its holder moves.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 /// How many events the relay reads and publishes per batch.
 const BATCH: usize = 1_000;
@@ -63,9 +77,13 @@ fn producer(
         .create_with_context(RelayContext(health.clone()))
 }
 
-/// Runs the relay until `shutdown`: publishes every event after its checkpoint, in log order.
-/// While the broker is unreachable it reports `kafka` unready to `health`, keeps its
-/// checkpoint, and retries with backoff; it resumes where it stopped.
+/// Runs the relay until `shutdown`: waits for the relay's lease, then publishes every event
+/// after its checkpoint, in log order, for as long as it holds the lease. Several processes
+/// may run it: one holds the lease and publishes, the others stand by (following the stored
+/// checkpoint for `/ready` and the lag metrics) and take over once the lease expires, or at once
+/// when its holder gives it up on shutdown. While the broker is unreachable the holder reports
+/// `kafka` unready to `health`, keeps its checkpoint, and retries with backoff; it resumes where
+/// it stopped.
 pub async fn run_relay(
     store: Arc<dyn EventStore>,
     db: ReadDb,
@@ -75,15 +93,82 @@ pub async fn run_relay(
     shutdown: CancellationToken,
 ) {
     let sender = progress.sender(NAME);
+    let lease = Lease::new(db.clone(), NAME, lease::process_owner(), LEASE_TTL);
+    loop {
+        // A standby publishes nothing: what it last found of Kafka is not the relay's state.
+        health.report(NAME, Ok(()));
+        metrics::gauge!("mercato_relay_up").set(0.0);
+        metrics::gauge!("mercato_relay_lease_held").set(0.0);
+        sender.send_modify(|state| state.lease = Some(LeaseStatus::Standby));
+        let tenure = tokio::select! {
+            tenure = lease.acquire(&shutdown) => tenure,
+            () = follow_checkpoint(&db, &sender) => None,
+        };
+        let Some(tenure) = tenure else { break };
+        tracing::info!(
+            owner = lease.owner(),
+            fence = tenure.fence,
+            "relay holds the lease"
+        );
+        metrics::gauge!("mercato_relay_lease_held").set(1.0);
+        sender.send_modify(|state| state.lease = Some(LeaseStatus::Held));
+        let held = shutdown.child_token();
+        let renewal = {
+            let (lease, held) = (lease.clone(), held.clone());
+            tokio::spawn(async move { lease.keep(held).await })
+        };
+        publish_while_held(&store, &db, &settings, &sender, &health, &tenure, &held).await;
+        held.cancel();
+        let _ = renewal.await;
+        if shutdown.is_cancelled() {
+            break;
+        }
+        tracing::warn!(
+            owner = lease.owner(),
+            "relay lease lost: another process publishes; standing by"
+        );
+    }
+    lease.release().await;
+    metrics::gauge!("mercato_relay_lease_held").set(0.0);
+    tracing::info!("relay stopped");
+}
+
+/// While standing by: copies the stored checkpoint, which the holder moves, into the relay's
+/// progress every [`STANDBY_POLL`]. Never returns.
+async fn follow_checkpoint(db: &ReadDb, sender: &watch::Sender<ProgressState>) {
+    loop {
+        if let Ok(checkpoint) = db.checkpoint(NAME).await {
+            sender.send_if_modified(|state| {
+                let moved = checkpoint > state.position;
+                state.position = state.position.max(checkpoint);
+                moved
+            });
+        }
+        tokio::time::sleep(STANDBY_POLL).await;
+    }
+}
+
+/// Publishes every event after the checkpoint, in log order, until `held` is cancelled (on
+/// shutdown, or when the lease is lost). Each checkpoint it stores is fenced by `tenure`: once
+/// another process holds the lease, the write is refused and publishing stops at once.
+async fn publish_while_held(
+    store: &Arc<dyn EventStore>,
+    db: &ReadDb,
+    settings: &KafkaSettings,
+    sender: &watch::Sender<ProgressState>,
+    health: &Arc<dyn Health>,
+    tenure: &Tenure,
+    held: &CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut topics_ready = false;
-    'restart: while !shutdown.is_cancelled() {
+    'restart: while !held.is_cancelled() {
         if !topics_ready {
             match settings.ensure_topics().await {
                 Ok(()) => topics_ready = true,
                 Err(error) => {
-                    fail(&health, &error.to_string());
-                    if pause(&shutdown, &mut backoff).await {
+                    fail(health, &error.to_string());
+                    if pause(held, &mut backoff).await {
                         return;
                     }
                     continue;
@@ -91,32 +176,34 @@ pub async fn run_relay(
             }
         }
         // Each topic's partition count: the relay picks a stream's partition itself.
-        let counts = match partition_counts(&settings).await {
+        let counts = match partition_counts(settings).await {
             Ok(counts) => counts,
             Err(error) => {
-                fail(&health, &error.to_string());
-                if pause(&shutdown, &mut backoff).await {
+                fail(health, &error.to_string());
+                if pause(held, &mut backoff).await {
                     return;
                 }
                 continue;
             }
         };
         // A fresh producer after any failure: a gapless-guarantee error leaves the old one unusable.
-        let producer = match producer(&settings, &health) {
+        let producer = match producer(settings, health) {
             Ok(producer) => producer,
             Err(error) => {
-                fail(&health, &format!("cannot create the producer: {error}"));
-                if pause(&shutdown, &mut backoff).await {
+                fail(health, &format!("cannot create the producer: {error}"));
+                if pause(held, &mut backoff).await {
                     return;
                 }
                 continue;
             }
         };
+        // Read after taking the lease: a holder that lost it has stored its last checkpoint
+        // before this process could take the lease (`commit_at_holding`).
         let checkpoint = match db.checkpoint(NAME).await {
             Ok(checkpoint) => checkpoint,
             Err(error) => {
                 tracing::warn!(%error, "relay: cannot read its checkpoint; retrying");
-                if pause(&shutdown, &mut backoff).await {
+                if pause(held, &mut backoff).await {
                     return;
                 }
                 continue;
@@ -127,7 +214,7 @@ pub async fn run_relay(
             Ok(subscription) => subscription.with_batch_size(BATCH),
             Err(error) => {
                 tracing::warn!(%error, "relay: cannot read the log; retrying");
-                if pause(&shutdown, &mut backoff).await {
+                if pause(held, &mut backoff).await {
                     return;
                 }
                 continue;
@@ -136,14 +223,14 @@ pub async fn run_relay(
         tracing::info!(checkpoint, "relay publishing the log to Kafka");
         loop {
             let batch = tokio::select! {
-                _ = shutdown.cancelled() => break 'restart,
+                _ = held.cancelled() => break 'restart,
                 batch = subscription.next_batch() => batch,
             };
             let batch = match batch {
                 Ok(batch) => batch,
                 Err(error) => {
                     tracing::warn!(%error, "relay: reading the log failed; retrying");
-                    if pause(&shutdown, &mut backoff).await {
+                    if pause(held, &mut backoff).await {
                         return;
                     }
                     continue 'restart;
@@ -153,25 +240,40 @@ pub async fn run_relay(
             let (last_position, last_at) = (last.position, last.occurred_at.timestamp());
             let started = Instant::now();
             let published = tokio::select! {
-                _ = shutdown.cancelled() => break 'restart,
-                published = publish(&producer, &settings, &counts, &batch) => published,
+                _ = held.cancelled() => break 'restart,
+                published = publish(&producer, settings, &counts, &batch) => published,
             };
             if let Err(error) = published {
-                fail(&health, &error.to_string());
-                if pause(&shutdown, &mut backoff).await {
+                fail(health, &error.to_string());
+                if pause(held, &mut backoff).await {
                     return;
                 }
                 // Again from the stored checkpoint: what was delivered is delivered twice.
                 continue 'restart;
             }
-            let stored =
-                async { db.begin_write().await?.commit_at(NAME, last_position).await }.await;
-            if let Err(error) = stored {
-                tracing::warn!(%error, "relay: cannot store its checkpoint; retrying");
-                if pause(&shutdown, &mut backoff).await {
+            let stored = async {
+                db.begin_write()
+                    .await?
+                    .commit_at_holding(NAME, last_position, tenure)
+                    .await
+            }
+            .await;
+            match stored {
+                Ok(()) => {}
+                Err(ProjectionError::LeaseLost { .. }) => {
+                    // Another process took the lease over (this one was stalled past it): its
+                    // checkpoint stands, and this process publishes nothing more.
+                    tracing::warn!("relay: another process holds the lease; stopping at once");
+                    held.cancel();
                     return;
                 }
-                continue 'restart;
+                Err(error) => {
+                    tracing::warn!(%error, "relay: cannot store its checkpoint; retrying");
+                    if pause(held, &mut backoff).await {
+                        return;
+                    }
+                    continue 'restart;
+                }
             }
             backoff = Duration::from_millis(100);
             health.report(NAME, Ok(()));
@@ -187,7 +289,6 @@ pub async fn run_relay(
             });
         }
     }
-    tracing::info!("relay stopped");
 }
 
 /// The partition count of every event topic.

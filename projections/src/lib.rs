@@ -7,6 +7,8 @@
 //!   (what read-your-writes waits on).
 //! - [`rebuild`]: rebuilding read models beside the ones in service and swapping them in.
 //! - [`readdb`]: the SQL database of the read models (PostgreSQL or SQLite).
+//! - [`lease`]: leases in that database, so that a part runs in one process at a time (the
+//!   checkout saga, the Kafka relay) while others stand by.
 //! - [`sql_models`]: products, orders, carts and popularity in SQL, each batch committed with
 //!   its checkpoint.
 //! - [`redis_models`]: carts and popularity on Redis, when it is configured.
@@ -17,6 +19,7 @@
 
 pub mod cache;
 pub mod catalogue;
+pub mod lease;
 pub mod queries;
 pub mod readdb;
 pub mod rebuild;
@@ -69,6 +72,10 @@ pub enum ProjectionError {
         stored: u64,
         first: u64,
     },
+    /// A write that only a lease's holder may make found another holder (or none): this
+    /// process lost the lease, and the write was rolled back.
+    #[error("the lease {name} is no longer this process's: another process holds it")]
+    LeaseLost { name: String },
 }
 
 impl ProjectionError {
@@ -100,7 +107,8 @@ impl ProjectionError {
             | ProjectionError::Directory(_)
             | ProjectionError::Store(_)
             | ProjectionError::Storage(_)
-            | ProjectionError::CheckpointMoved { .. } => true,
+            | ProjectionError::CheckpointMoved { .. }
+            | ProjectionError::LeaseLost { .. } => true,
         }
     }
 }

@@ -104,12 +104,14 @@ const SCHEMA: &[&str] = &[
         version BIGINT NOT NULL)",
 ];
 
-/// Columns added to tables of [`SCHEMA`] after they were first released: `(table, column,
+/// Columns added to tables of [`SCHEMA`] (or the lease table) after they were first released: `(table, column,
 /// type)`. A database made before has them added when it is opened (its `CREATE TABLE IF NOT
 /// EXISTS` left the table as it was); the new column is empty in the rows already there.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // The cart's owner (`CartOpened`); carts written before owners existed have none.
     ("rm_carts", "owner", "TEXT"),
+    // A lease's fence (`crate::lease`); leases taken before fences existed have 0.
+    ("saga_leases", "fence", "BIGINT NOT NULL DEFAULT 0"),
 ];
 
 /// Which SQL database the read models are on.
@@ -300,6 +302,7 @@ impl ReadDb {
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
         };
         db.ensure_schema(SCHEMA).await?;
+        db.ensure_schema(crate::lease::SCHEMA).await?;
         db.ensure_added_columns().await?;
         Ok(db)
     }
@@ -478,7 +481,7 @@ fn park_of_row(row: &sqlx::any::AnyRow, first: usize) -> Result<Park, Projection
 }
 
 /// Stores projection `name`'s checkpoint inside the batch's transaction.
-async fn save_checkpoint(
+pub(crate) async fn save_checkpoint(
     connection: &mut sqlx::AnyConnection,
     name: &str,
     position: u64,

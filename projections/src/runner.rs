@@ -129,6 +129,9 @@ pub struct ProgressState {
     /// The position of the event it is parked at, if it is (see [`Park`]): it applies nothing
     /// until `mercato projections retry` clears the park.
     pub parked_at: Option<u64>,
+    /// For a part that runs under a lease (the relay): whether this process holds it. A
+    /// standby's position is the stored checkpoint its holder moves.
+    pub lease: Option<crate::lease::LeaseStatus>,
 }
 
 /// How old the oldest event a projection has not applied may be for its process to be ready.

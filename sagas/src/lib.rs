@@ -2,8 +2,8 @@
 //! charge the payment through the gateway port, then confirm the order (committing the
 //! reservations) or cancel it (releasing them, refunding a late charge).
 //!
-//! - [`state`]: the durable saga rows (state, timer, retries), the intake projection that starts
-//!   them from the log, and the lease that lets one worker run at a time.
+//! - [`state`]: the durable saga rows (state, timer, retries) and the intake projection that
+//!   starts them from the log; one worker runs at a time under a lease (`projections::lease`).
 //! - [`checkout`]: one step of a saga, derived from the aggregates' current state.
 //! - [`steps`]: the names of the steps and the event ids and metadata they derive.
 //! - [`gateway`]: the payment gateway port and the built-in test gateway with its ledger.
@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventstore::{EventStore, StoreError};
+use projections::lease::Lease;
 use projections::readdb::ReadDb;
 use projections::{Progress, ProjectionError, run_projection};
 use rand::Rng;
@@ -94,7 +95,7 @@ impl Default for SagaOptions {
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
             lease_ttl: Duration::from_secs(6),
-            worker_id: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
+            worker_id: projections::lease::process_owner(),
             external_intake: None,
         }
     }
@@ -151,35 +152,20 @@ pub async fn run_saga(
             }
         });
     }
-    let renew_every = options.lease_ttl / 3;
-    while !shutdown.is_cancelled() {
-        let ttl = i64::try_from(options.lease_ttl.as_millis()).unwrap_or(i64::MAX);
-        let now = state::now_ms();
-        match state::acquire_lease(&db, LEASE, &options.worker_id, now, now + ttl).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(renew_every) => continue,
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot take the saga lease; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(renew_every) => continue,
-                }
-            }
-        }
+    let lease = Lease::new(
+        db.clone(),
+        LEASE,
+        options.worker_id.clone(),
+        options.lease_ttl,
+    );
+    while let Some(_tenure) = lease.acquire(&shutdown).await {
         tracing::info!(worker = %options.worker_id, "saga worker holds the lease");
         metrics::gauge!("mercato_saga_lease_held").set(1.0);
         let held = shutdown.child_token();
-        let renewal = tokio::spawn(renew_lease(
-            db.clone(),
-            options.worker_id.clone(),
-            options.lease_ttl,
-            held.clone(),
-        ));
+        let renewal = {
+            let (lease, held) = (lease.clone(), held.clone());
+            tokio::spawn(async move { lease.keep(held).await })
+        };
         match &options.external_intake {
             Some(wake) => {
                 run_due(Worker::new(&checkout, &db, &options, wake, &held)).await;
@@ -207,39 +193,8 @@ pub async fn run_saga(
             tracing::warn!(worker = %options.worker_id, "saga lease lost; standing by");
         }
     }
-    if let Err(error) = state::release_lease(&db, LEASE, &options.worker_id).await {
-        tracing::warn!(%error, "cannot give the saga lease up; it expires by itself");
-    }
+    lease.release().await;
     Ok(())
-}
-
-/// Renews the lease every third of its time to live; cancels `held` when it cannot.
-async fn renew_lease(db: ReadDb, owner: String, ttl: Duration, held: CancellationToken) {
-    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-    let mut last_renewed = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = held.cancelled() => return,
-            _ = tokio::time::sleep(ttl / 3) => {}
-        }
-        let now = state::now_ms();
-        match state::acquire_lease(&db, LEASE, &owner, now, now + ttl_ms).await {
-            Ok(true) => last_renewed = tokio::time::Instant::now(),
-            Ok(false) => {
-                tracing::warn!("another saga worker took the lease");
-                held.cancel();
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot renew the saga lease");
-                // Stop before the lease can expire under us.
-                if last_renewed.elapsed() >= ttl * 2 / 3 {
-                    held.cancel();
-                    return;
-                }
-            }
-        }
-    }
 }
 
 /// What a worker's tasks share while it holds the lease.

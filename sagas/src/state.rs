@@ -1,5 +1,6 @@
-//! The saga's durable state: one row per checkout (its state, its timer, its retries), the
-//! intake that creates the rows from the log, and the lease that lets one worker run at a time.
+//! The saga's durable state: one row per checkout (its state, its timer, its retries) and the
+//! intake that creates the rows from the log. (The lease that lets one worker run at a time is
+//! `projections::lease`, shared with the Kafka relay.)
 //!
 //! The rows live in the read-model database. They are not a read model: only the saga writes
 //! them. Each row's `next_run_at` is the saga's durable timer: a worker that starts (after a
@@ -35,10 +36,6 @@ pub const SCHEMA: &[&str] = &[
         finished_at BIGINT,
         updated_at TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS checkout_sagas_due ON checkout_sagas (state, next_run_at)",
-    "CREATE TABLE IF NOT EXISTS saga_leases (
-        name TEXT PRIMARY KEY,
-        owner TEXT NOT NULL,
-        expires_at BIGINT NOT NULL)",
 ];
 
 /// Where a saga is: `running` (has work or a timer), `done`, or `failed` (parked after its
@@ -288,39 +285,6 @@ pub async fn retry_failed(db: &ReadDb, order_id: Option<Uuid>) -> Result<u64, Sa
         }
     };
     Ok(result.rows_affected())
-}
-
-/// Takes or renews the lease `name` for `owner` until `expires_at` (ms). True when `owner`
-/// holds it: it was free, expired, or already `owner`'s.
-pub(crate) async fn acquire_lease(
-    db: &ReadDb,
-    name: &str,
-    owner: &str,
-    now: i64,
-    expires_at: i64,
-) -> Result<bool, SagaError> {
-    let result = sqlx::query(
-        "INSERT INTO saga_leases (name, owner, expires_at) VALUES ($1, $2, $3)
-         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
-         WHERE saga_leases.owner = excluded.owner OR saga_leases.expires_at < $4",
-    )
-    .bind(name)
-    .bind(owner)
-    .bind(expires_at)
-    .bind(now)
-    .execute(db.pool())
-    .await?;
-    Ok(result.rows_affected() == 1)
-}
-
-/// Gives the lease up (if `owner` holds it), so that a standby takes over at once.
-pub(crate) async fn release_lease(db: &ReadDb, name: &str, owner: &str) -> Result<(), SagaError> {
-    sqlx::query("DELETE FROM saga_leases WHERE name = $1 AND owner = $2")
-        .bind(name)
-        .bind(owner)
-        .execute(db.pool())
-        .await?;
-    Ok(())
 }
 
 /// The projection that starts sagas: each `OrderCreated` becomes a running saga row (in the

@@ -208,7 +208,10 @@ async fn ready(
             })),
             None => None,
         };
+        // A standby (of the relay) publishes nothing: its holder's lag is the holder's to report.
+        let standby = progress.lease == Some(projections::lease::LeaseStatus::Standby);
         let verdict = match (&behind, failing_since, &park) {
+            _ if standby => Ok(()),
             (_, _, Some(park)) => Err(format!(
                 "{}; it applies nothing until `mercato projections retry {name}` once the cause is fixed",
                 match park {
@@ -240,6 +243,9 @@ async fn ready(
             "caught_up": progress.caught_up,
             "ready": verdict.as_ref().map_or_else(|error| json!(error), |_| json!("ok")),
         });
+        if let Some(lease) = progress.lease {
+            entry["lease"] = json!(lease.as_str());
+        }
         if let Some(position) = progress.parked_at {
             entry["parked"] = match &park {
                 Some(Ok(Some(park))) => json!({
@@ -435,7 +441,12 @@ const METRICS: &[(&str, Kind, &str)] = &[
     (
         "mercato_relay_up",
         Kind::Gauge,
-        "1 while the Kafka relay publishes, 0 after a failure",
+        "1 while this process's Kafka relay publishes, 0 after a failure or while it stands by",
+    ),
+    (
+        "mercato_relay_lease_held",
+        Kind::Gauge,
+        "1 while this process holds the Kafka relay's lease (publishes), 0 while it stands by",
     ),
     (
         "mercato_relay_events_total",

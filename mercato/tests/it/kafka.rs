@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use eventstore::testing::TestDatabase;
@@ -769,4 +770,218 @@ async fn two_projector_consumers_split_the_partitions_and_apply_every_event_once
         "both members consume: {consumed:?}"
     );
     drop((first, second));
+}
+
+/// The relay part of `server`'s `/ready`: its position and whether it holds the lease.
+async fn relay_state(server: &Api) -> Option<(StatusCode, u64, String)> {
+    let response = server.get("/ready").await;
+    let status = response.status();
+    let ready: Value = response.json().await.ok()?;
+    let relay = &ready["projections"]["kafka_relay"];
+    Some((
+        status,
+        relay["position"].as_u64()?,
+        relay["lease"].as_str()?.to_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_relay_takes_over_from_a_killed_holder_and_kafka_misses_no_event() {
+    let test_name = "a_standby_relay_takes_over_from_a_killed_holder_and_kafka_misses_no_event";
+    let Some(broker) = Broker::start(test_name).await else {
+        return;
+    };
+    let Some(source) = postgres_data(test_name).await else {
+        return;
+    };
+    let writer = Arc::new(TestApp::start_with(&source, "command-api", &[]).await);
+    // Two relay processes on the same database and broker, each with a log of its own.
+    let mut args = kafka_args(&broker);
+    args.extend(["--database-url".to_owned(), source.store_url()]);
+    let relay_data: Vec<ServerData> = (0..2)
+        .map(|_| ServerData {
+            data_dir: TempDir::new().expect("temporary directory"),
+            database: None,
+            redis_url: None,
+        })
+        .collect();
+    let mut relays = Vec::new();
+    for data in &relay_data {
+        relays.push(Server::start_with(data, "relay", &as_strs(&args)).await);
+    }
+    let read_db = source.read_db().await;
+    let holder_pid = || async {
+        let row = projections::lease::lease_row(&read_db, "kafka_relay")
+            .await
+            .ok()??;
+        let pid: u32 = row.owner.split('-').next()?.parse().ok()?;
+        Some((pid, row.fence))
+    };
+    let held = eventually(Duration::from_secs(30), || async {
+        let (pid, fence) = holder_pid().await?;
+        let index = relays.iter().position(|relay| relay.pid() == Some(pid))?;
+        Some((index, fence))
+    })
+    .await;
+    let ((holder, first_fence), _) = held.expect("one of the two relays takes the lease");
+    let standby = 1 - holder;
+
+    // Writes flow while the holder publishes; the standby is ready and publishes nothing.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (writer, stop) = (writer.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n_writes = 0_usize;
+            while !stop.load(Ordering::Relaxed) {
+                let (product, _) = writer
+                    .create_product(
+                        &format!("relayed {n_writes}"),
+                        "under load",
+                        2.0,
+                        50,
+                        "load",
+                    )
+                    .await;
+                let added = writer
+                    .anonymous()
+                    .post(
+                        &format!("/carts/relay-cart-{n_writes}/items"),
+                        json!({ "product_id": product, "quantity": 1 }),
+                    )
+                    .await;
+                assert!(added.status().is_success(), "{}", added.status());
+                n_writes += 1;
+            }
+            n_writes
+        })
+    };
+    let published = eventually(Duration::from_secs(30), || async {
+        let (status, position, lease) = relay_state(&relays[holder]).await?;
+        (status == StatusCode::OK && lease == "held" && position > 0).then_some(())
+    })
+    .await;
+    assert!(published.is_some(), "the holder did not publish");
+    let (status, _, lease) = relay_state(&relays[standby]).await.expect("/ready");
+    assert_eq!(
+        (status, lease.as_str()),
+        (StatusCode::OK, "standby"),
+        "a standby relay is ready"
+    );
+    let metrics = relays[standby]
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .expect("metrics");
+    assert_eq!(
+        counter(&metrics, "mercato_relay_events_total"),
+        0.0,
+        "the standby published nothing while the other held the lease"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The holder dies mid-stream; the standby takes the lease over once it expires.
+    relays.remove(holder).kill().await;
+    let killed = std::time::Instant::now();
+    let relay = relays.pop().expect("the standby");
+    let took_over = eventually(Duration::from_secs(30), || async {
+        let (_, _, lease) = relay_state(&relay).await?;
+        (lease == "held").then_some(())
+    })
+    .await;
+    assert!(
+        took_over.is_some(),
+        "the standby did not take the lease over"
+    );
+    let takeover = killed.elapsed();
+    // The lease lasts 6 s without renewal; the standby tries every 2 s.
+    assert!(
+        takeover < Duration::from_secs(12),
+        "the standby took {takeover:?} to take over"
+    );
+    let (pid, fence) = holder_pid().await.expect("the lease's holder");
+    assert_eq!(Some(pid), relay.pid(), "the standby holds the lease");
+    assert!(
+        fence > first_fence,
+        "a new holding: {fence} after {first_fence}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let n_writes = load.await.expect("load");
+    assert!(n_writes > 0);
+    relay_caught_up(&relay, &source).await;
+    let metrics = relay.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        counter(&metrics, "mercato_relay_events_total") > 0.0,
+        "the new holder publishes"
+    );
+
+    // Every event of the log is in Kafka, and each stream reads gap-free and in order once a
+    // consumer skips the duplicates a takeover makes.
+    let stored: Vec<_> = source
+        .store()
+        .await
+        .read_all(0, 100_000)
+        .await
+        .expect("read the log")
+        .into_iter()
+        .filter(|event| schemas::topics::topic_for_stream_type(&event.stream_type).is_some())
+        .collect();
+    assert!(stored.len() >= 2 * n_writes, "{} events", stored.len());
+    let messages = read_topics(&broker.bootstrap(), &EVENT_TOPICS, None).await;
+    let in_kafka: BTreeSet<&str> = messages
+        .iter()
+        .filter_map(|message| message["value"]["event_id"].as_str())
+        .collect();
+    let missing: Vec<String> = stored
+        .iter()
+        .map(|event| event.event_id.to_string())
+        .filter(|event_id| !in_kafka.contains(event_id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} events are not in Kafka: {:?}",
+        missing.len(),
+        stored.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(
+        in_kafka.len(),
+        stored.len(),
+        "only stored events are in Kafka"
+    );
+    let mut ordered = messages.clone();
+    ordered.sort_by_key(|message| {
+        (
+            message["topic"].as_str().unwrap_or("").to_owned(),
+            message["partition"].as_i64().unwrap_or(0),
+            message["offset"].as_i64().unwrap_or(0),
+        )
+    });
+    let mut last_version: HashMap<(String, String), u64> = HashMap::new();
+    for message in &ordered {
+        let key = (
+            message["topic"].as_str().expect("topic").to_owned(),
+            message["key"].as_str().expect("key").to_owned(),
+        );
+        let version = message["value"]["stream_version"]
+            .as_u64()
+            .expect("version");
+        let last = last_version.entry(key.clone()).or_insert(0);
+        if version <= *last {
+            continue; // a duplicate
+        }
+        assert_eq!(
+            version,
+            *last + 1,
+            "stream {key:?}: version {version} right after {last}"
+        );
+        *last = version;
+    }
+    println!(
+        "relay takeover after SIGKILL: {takeover:?}; {} events, {} messages",
+        stored.len(),
+        messages.len()
+    );
+    drop(relay);
 }
