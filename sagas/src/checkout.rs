@@ -341,34 +341,35 @@ impl Checkout {
     }
 
     /// Asks the gateway for `charge`, waiting for its answer until the deadline, and records the
-    /// answer (`PaymentSucceeded` or `PaymentFailed`); the saga's next step confirms or cancels.
-    /// Answers whether an answer was recorded: `false` when the deadline passed first (the
-    /// saga's timer then records the timeout).
+    /// answer (`PaymentSucceeded` or `PaymentFailed`), or at the deadline the timeout
+    /// (`PaymentTimedOut`, the decision: a charge the gateway makes later is refunded). The
+    /// saga's next step confirms or cancels. Answers whether the payment's state may have
+    /// changed (the saga is then due at once); `false` when nothing was asked for or recorded.
     pub async fn charge(&self, run: &SagaRun, charge: &Charge) -> Result<bool, SagaError> {
         let left = Duration::from_millis(
             u64::try_from(charge.deadline - crate::state::now_ms()).unwrap_or(0),
         );
-        let answer = match tokio::time::timeout(left, self.gateway.charge(&charge.request)).await {
-            Ok(answer) => answer?,
-            Err(_elapsed) => return Ok(false),
-        };
-        let command = match answer {
-            ChargeOutcome::Approved { charge_id } => PaymentCommand::RecordSuccess { charge_id },
-            ChargeOutcome::Declined { reason } => PaymentCommand::RecordFailure { reason },
-        };
-        match self
-            .command::<Payment>(
-                run,
-                SagaStep::PaymentResult,
-                &run.order_id.to_string(),
-                command,
-            )
+        let (step, command) = match tokio::time::timeout(left, self.gateway.charge(&charge.request))
             .await
         {
-            Ok(()) => Ok(true),
-            // The timer recorded the timeout first: that stays the decision, and a charge made
-            // anyway is refunded by the cancelled saga.
-            Err(CommandError::Domain(_)) => Ok(false),
+            Ok(answer) => (
+                SagaStep::PaymentResult,
+                match answer? {
+                    ChargeOutcome::Approved { charge_id } => {
+                        PaymentCommand::RecordSuccess { charge_id }
+                    }
+                    ChargeOutcome::Declined { reason } => PaymentCommand::RecordFailure { reason },
+                },
+            ),
+            Err(_elapsed) => (SagaStep::PaymentTimeout, PaymentCommand::RecordTimeout),
+        };
+        match self
+            .command::<Payment>(run, step, &run.order_id.to_string(), command)
+            .await
+        {
+            // Refused: another answer was recorded first (a late charge, the timer's timeout),
+            // which the next step reads.
+            Ok(()) | Err(CommandError::Domain(_)) => Ok(true),
             Err(error) => Err(command_error("payment", error)),
         }
     }

@@ -110,6 +110,9 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// How many charges may wait for the gateway's answer at once. Each is a timer and a pending
 /// call, not a saga place; past this many, a saga retries its charge after a backoff.
 const MAX_CHARGES_WAITING: usize = 10_000;
+/// When a saga whose charge still waits in this process is looked at again (ms), should the
+/// charge's own wake-up not come first.
+const CHARGE_RECHECK_MS: i64 = 1_000;
 
 /// Runs the checkout saga until `shutdown`: waits for the lease, then follows the log from the
 /// intake's checkpoint and runs due sagas, until the lease is lost or shutdown. Gives the lease
@@ -312,6 +315,15 @@ async fn run_due(worker: Arc<Worker>) {
 async fn run_one(worker: Arc<Worker>, run: SagaRun) -> Uuid {
     let order_id = run.order_id;
     let span = tracing::info_span!("saga", %order_id, saga_id = %run.saga_id(), correlation_id = %run.correlation_id);
+    // This order's charge still waits for the gateway in this process: its answer, or its
+    // timeout at the deadline, is recorded and wakes the saga; a step now would race it.
+    if worker.charging().contains(&order_id) {
+        let later = state::now_ms() + CHARGE_RECHECK_MS;
+        if let Err(error) = state::set_charge_timer(&worker.db, order_id, later).await {
+            tracing::warn!(parent: &span, %error, "cannot store the saga's progress");
+        }
+        return order_id;
+    }
     let mut step = tracing::Instrument::instrument(worker.checkout.drive(&run), span.clone()).await;
     if let Ok(Step::Charge(_)) = &step {
         let charging = worker.charging();
@@ -378,6 +390,7 @@ fn start_charge(worker: &Arc<Worker>, run: &SagaRun, charge: Charge) {
                 worker.wake.notify_one();
                 woken
             }
+            // The lease was lost: the holder's timer runs the saga.
             Ok(false) => Ok(()),
             Err(error) => schedule_retry(&worker, &run, &error, &span).await,
         };
