@@ -53,8 +53,8 @@ pub enum Step {
     WaitUntil(i64),
     /// The gateway is to be asked for the charge. The caller stores the timer (the deadline)
     /// first, then runs [`Checkout::charge`] apart from the saga's workers: a gateway that is slow
-    /// to answer holds a timer, never one of the saga's places. The answer, once recorded,
-    /// wakes the saga for its next step.
+    /// to answer holds a timer, never one of the saga's places. Once the answer is recorded,
+    /// the saga's next step follows.
     Charge(Charge),
 }
 

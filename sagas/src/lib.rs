@@ -206,7 +206,7 @@ struct Worker {
     checkout: Arc<Checkout>,
     db: ReadDb,
     options: SagaOptions,
-    /// Wakes [`run_due`]: an intake batch, or a charge's answer.
+    /// Wakes [`run_due`]: an intake batch.
     wake: Arc<Notify>,
     /// Cancelled when the lease is lost or at shutdown.
     held: CancellationToken,
@@ -247,8 +247,7 @@ async fn run_due(worker: Arc<Worker>) {
     let mut tasks: JoinSet<Uuid> = JoinSet::new();
     let mut failures = 0_u32;
     loop {
-        // Wakes on a finished step, an intake batch, a charge's answer, or the next timer; a
-        // second at most.
+        // Wakes on a finished step, an intake batch, or the next timer; a second at most.
         let mut wait = Duration::from_secs(1);
         let free = options.concurrency.saturating_sub(running.len());
         if free > 0 {
@@ -324,7 +323,20 @@ async fn run_one(worker: Arc<Worker>, run: SagaRun) -> Uuid {
         }
         return order_id;
     }
-    let mut step = tracing::Instrument::instrument(worker.checkout.drive(&run), span.clone()).await;
+    let step = tracing::Instrument::instrument(worker.checkout.drive(&run), span.clone()).await;
+    store_step(&worker, &run, step, &span).await;
+    order_id
+}
+
+/// Stores what a step left: the end, a timer, a charge to ask for (its timer first, so that
+/// the answer's wake-up always comes after it), or a retry.
+async fn store_step(
+    worker: &Arc<Worker>,
+    run: &SagaRun,
+    mut step: Result<Step, SagaError>,
+    span: &tracing::Span,
+) {
+    let order_id = run.order_id;
     if let Ok(Step::Charge(_)) = &step {
         let charging = worker.charging();
         if !charging.contains(&order_id) && charging.len() >= MAX_CHARGES_WAITING {
@@ -353,22 +365,23 @@ async fn run_one(worker: Arc<Worker>, run: SagaRun) -> Uuid {
         Ok(Step::Charge(charge)) => {
             let stored = state::set_charge_timer(db, order_id, charge.deadline).await;
             if stored.is_ok() {
-                start_charge(&worker, &run, charge.clone());
+                start_charge(worker, run, charge.clone());
             }
             stored
         }
-        Err(error) => schedule_retry(&worker, &run, error, &span).await,
+        Err(error) => schedule_retry(worker, run, error, span).await,
     };
     if let Err(error) = stored {
-        // The row still says "due": the step runs again, and its commands are idempotent.
-        tracing::warn!(parent: &span, %error, "cannot store the saga's progress");
+        // The row still says "due" (or its timer runs at the deadline): the step runs again,
+        // and its commands are idempotent.
+        tracing::warn!(parent: span, %error, "cannot store the saga's progress");
     }
-    order_id
 }
 
 /// Asks the gateway for `charge` in a task of its own, unless this order's charge waits already.
-/// Its recorded answer wakes the saga now; a gateway error retries the step after a backoff; no
-/// answer by the deadline leaves the saga to its timer.
+/// Once its answer (or the timeout at the deadline) is recorded, the saga's next step runs in
+/// the same task; a gateway error retries the step after a backoff. Should the process die in
+/// between, the intake wakes the saga when it reads the answer, or its timer at the deadline.
 fn start_charge(worker: &Arc<Worker>, run: &SagaRun, charge: Charge) {
     if !worker.charging().insert(run.order_id) {
         return;
@@ -382,21 +395,20 @@ fn start_charge(worker: &Arc<Worker>, run: &SagaRun, charge: Charge) {
             _ = worker.held.cancelled() => Ok(false),
             answered = tracing::Instrument::instrument(worker.checkout.charge(&run, &charge), span.clone()) => answered,
         };
+        let next = match answered {
+            // The answer (or the timeout) is recorded: the saga's next step runs here at once,
+            // while the order still counts as charging, so that no other step of it runs.
+            Ok(true) => Some(
+                tracing::Instrument::instrument(worker.checkout.drive(&run), span.clone()).await,
+            ),
+            // The lease was lost: the holder's timer runs the saga.
+            Ok(false) => None,
+            Err(error) => Some(Err(error)),
+        };
         worker.charging().remove(&run.order_id);
         metrics::gauge!("mercato_saga_charges_waiting").decrement(1.0);
-        let stored = match answered {
-            Ok(true) => {
-                let woken = state::wake(&worker.db, run.order_id).await;
-                worker.wake.notify_one();
-                woken
-            }
-            // The lease was lost: the holder's timer runs the saga.
-            Ok(false) => Ok(()),
-            Err(error) => schedule_retry(&worker, &run, &error, &span).await,
-        };
-        if let Err(error) = stored {
-            // The timer still runs the saga at the deadline.
-            tracing::warn!(parent: &span, %error, "cannot store a charge's answer in the saga");
+        if let Some(step) = next {
+            store_step(&worker, &run, step, &span).await;
         }
     });
 }

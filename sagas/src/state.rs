@@ -221,21 +221,6 @@ pub(crate) async fn set_charge_timer(
     Ok(())
 }
 
-/// A running saga is due now (its payment's answer was recorded), unless it is due already.
-pub(crate) async fn wake(db: &ReadDb, order_id: Uuid) -> Result<(), SagaError> {
-    let now = now_ms();
-    sqlx::query(
-        "UPDATE checkout_sagas SET next_run_at = $1, updated_at = $2
-         WHERE order_id = $3 AND state = 'running' AND next_run_at > $1",
-    )
-    .bind(now)
-    .bind(chrono::Utc::now().to_rfc3339())
-    .bind(order_id.to_string())
-    .execute(db.pool())
-    .await?;
-    Ok(())
-}
-
 /// A step failed: retry at `retry_at` (ms), or park the saga when `retry_at` is `None`.
 pub(crate) async fn record_failure(
     db: &ReadDb,
