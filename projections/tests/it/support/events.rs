@@ -53,13 +53,7 @@ pub fn stock_committed(product_id: Uuid, quantity: u32, position: u64) -> Record
         order_id: Uuid::new_v4(),
         quantity,
     });
-    recorded(
-        schemas::encode(&event).expect("encode"),
-        "product",
-        product_id.to_string(),
-        position,
-        position,
-    )
+    product_event(&event, product_id, position)
 }
 
 /// The reservation of `quantity` units of `product_id` given back (its order was cancelled), at
@@ -69,8 +63,13 @@ pub fn stock_released(product_id: Uuid, quantity: u32, position: u64) -> Recorde
         order_id: Uuid::new_v4(),
         quantity,
     });
+    product_event(&event, product_id, position)
+}
+
+/// `event` of `product_id`'s stream, at version and position `position`.
+fn product_event(event: &ProductEvent, product_id: Uuid, position: u64) -> RecordedEvent {
     recorded(
-        schemas::encode(&event).expect("encode"),
+        schemas::encode(event).expect("encode"),
         "product",
         product_id.to_string(),
         position,
