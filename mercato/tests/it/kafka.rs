@@ -468,7 +468,7 @@ async fn a_broker_outage_loses_nothing_and_kafka_fed_read_models_equal_log_fed_o
     let (unready, _) =
         unready.expect("the relay did not report itself unready while the broker was down");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    broker.proxy.up().await;
+    broker.proxy.up();
     let orders = load.await.expect("load");
     for order_id in &orders {
         ended_order(&server, order_id).await;

@@ -10,6 +10,7 @@ use eventstore::testing::skip_or_fail;
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::eventually;
@@ -44,59 +45,67 @@ pub fn kafka_python_available() -> bool {
         .is_ok_and(|status| status.success())
 }
 
-/// A TCP proxy in front of the broker: `down` closes every connection and refuses new ones.
+/// A TCP proxy in front of the broker: `down` closes every connection and drops new ones as
+/// they come, as a broker that went away would.
+///
+/// The proxy keeps its port while down: were it to let the port go, a client reconnecting to it
+/// meanwhile could take it (a TCP connection to a free local port may connect to itself), and
+/// the proxy could never listen there again.
 #[derive(Debug)]
 pub struct Proxy {
     port: u16,
-    target: u16,
-    accept: Option<JoinHandle<()>>,
+    up: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
 }
 
 impl Proxy {
     async fn start(target: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("address").port();
-        let mut proxy = Proxy {
-            port,
-            target,
-            accept: None,
-        };
-        proxy.accept = Some(tokio::spawn(Proxy::serve(listener, target)));
-        proxy
+        let (up, _) = watch::channel(true);
+        let accept = tokio::spawn(Proxy::serve(listener, target, up.subscribe()));
+        Proxy { port, up, accept }
     }
 
-    async fn serve(listener: TcpListener, target: u16) {
+    async fn serve(listener: TcpListener, target: u16, up: watch::Receiver<bool>) {
         // Dropping the set (when this task is aborted) aborts every connection.
         let mut connections = JoinSet::new();
         loop {
             let Ok((mut inbound, _)) = listener.accept().await else {
                 continue;
             };
+            if !*up.borrow() {
+                drop(inbound);
+                continue;
+            }
+            let mut up = up.clone();
             connections.spawn(async move {
-                if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = up.wait_for(|up| !*up) => {}
                 }
             });
             while connections.try_join_next().is_some() {}
         }
     }
 
-    /// Cuts the broker off: open connections drop, new ones are refused.
+    /// Cuts the broker off: open connections drop, new ones are closed as they come.
     pub fn down(&mut self) {
-        if let Some(accept) = self.accept.take() {
-            accept.abort();
-        }
+        self.up.send_replace(false);
     }
 
     /// Lets clients reach the broker again, on the same port.
-    pub async fn up(&mut self) {
-        let listener = loop {
-            match TcpListener::bind(("127.0.0.1", self.port)).await {
-                Ok(listener) => break listener,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
-        self.accept = Some(tokio::spawn(Proxy::serve(listener, self.target)));
+    pub fn up(&mut self) {
+        self.up.send_replace(true);
     }
 }
 
