@@ -68,7 +68,7 @@ pub(crate) fn written_with(
     (status, headers, Json(body)).into_response()
 }
 
-async fn run<A>(
+pub(crate) async fn run<A>(
     state: &CommandState,
     context: &RequestContext,
     stream_id: &str,
@@ -344,7 +344,8 @@ pub(crate) async fn checkout(
     JsonBody(body): JsonBody<Checkout>,
 ) -> Result<Response, Problem> {
     let cart_id = cart_id_of(&cart_id)?;
-    body.validate()?;
+    let (payment_method, payment_token) =
+        crate::input::payment_of(body.payment_method, body.payment_token.as_deref())?;
     let (by, context) = cart_writer(&state, &context, &headers, &cart_id)?;
     let guest = matches!(by, CartWriter::Guest { .. });
     let customer_id = if guest {
@@ -369,12 +370,26 @@ pub(crate) async fn checkout(
         .allowance(state.open_orders.as_ref(), customer_id.as_str())
         .await?;
     let order_id = context.new_id("order");
-    let payment_ref = keep_payment_token(&state, order_id, &body.payment_token).await?;
+    let (shipping_address, billing_address) = seal_addresses(
+        &state,
+        &customer_id,
+        order_id,
+        body.shipping_address,
+        body.billing_address,
+    )
+    .await?;
+    let payment_ref = match payment_token {
+        Some(token) => Some(keep_payment_token(&state, order_id, token).await?),
+        None => None,
+    };
     let request = CheckOut {
         cart_id,
         customer_id,
         order_id,
         payment_ref,
+        payment_method,
+        shipping_address,
+        billing_address,
         by,
         allowance,
     };
@@ -396,8 +411,10 @@ pub(crate) async fn checkout(
             };
             // A refused checkout placed no order: its token has nothing to pay. After a store
             // failure the order may exist after all, and its token stays for the saga.
-            if !matches!(error, CheckoutError::Store(_)) {
-                forget_payment_token(&state, &request.payment_ref).await;
+            if !matches!(error, CheckoutError::Store(_))
+                && let Some(payment_ref) = &request.payment_ref
+            {
+                forget_payment_token(&state, payment_ref).await;
             }
             return Err(problem);
         }
@@ -417,6 +434,38 @@ pub(crate) async fn checkout(
         placed.position,
         token.as_slice(),
     ))
+}
+
+/// Checks the order's addresses and seals each under the key of the order's person.
+async fn seal_addresses(
+    state: &CommandState,
+    customer_id: &CustomerId,
+    order_id: Uuid,
+    shipping: Option<crate::input::AddressInput>,
+    billing: Option<crate::input::AddressInput>,
+) -> Result<(Option<domain::Sealed>, Option<domain::Sealed>), Problem> {
+    let person = identity::person_keys::order_person(customer_id.as_str(), &order_id.to_string());
+    let mut sealed = [None, None];
+    for (slot, (field, address)) in sealed
+        .iter_mut()
+        .zip([("shipping_address", shipping), ("billing_address", billing)])
+    {
+        if let Some(address) = address {
+            let text = address.sealed_text(field)?;
+            *slot = Some(
+                state
+                    .identity
+                    .person_keys
+                    .seal(&person, field, &text)
+                    .await
+                    .map_err(|error| {
+                        Problem::unavailable_logged("the key store is unavailable", &error)
+                    })?,
+            );
+        }
+    }
+    let [shipping, billing] = sealed;
+    Ok((shipping, billing))
 }
 
 /// Keeps the payment token in the vault and answers its reference (what the order's events
@@ -441,8 +490,8 @@ pub(crate) async fn place_order(
     JsonBody(body): JsonBody<PlaceOrder>,
 ) -> Result<Response, Problem> {
     let customer_id = ordering_customer(&context, body.customer_id.as_deref())?;
-    domain::payment::validate_payment_token(&body.payment_token)
-        .map_err(|error| field_problem(&error))?;
+    let (payment_method, payment_token) =
+        crate::input::payment_of(body.payment_method, body.payment_token.as_deref())?;
     if body.lines.is_empty() {
         return Err(Problem::invalid(
             "lines",
@@ -478,13 +527,27 @@ pub(crate) async fn place_order(
         .await?
         .check(&lines)?;
     let order_id = context.new_id("order");
-    let payment_ref = keep_payment_token(&state, order_id, &body.payment_token).await?;
+    let (shipping_address, billing_address) = seal_addresses(
+        &state,
+        &customer_id,
+        order_id,
+        body.shipping_address,
+        body.billing_address,
+    )
+    .await?;
+    let payment_ref = match payment_token {
+        Some(token) => Some(keep_payment_token(&state, order_id, token).await?),
+        None => None,
+    };
     let command = OrderCommand::CreateOrder {
         order_id,
         customer_id,
         lines,
         payment_ref,
         cart_id: None,
+        shipping_address,
+        billing_address,
+        payment_method,
     };
     let executed = match execute::<Order>(
         state.store.as_ref(),

@@ -116,28 +116,78 @@ const SHIPPING_ADDRESS_RULE: domain::text::TextRule = domain::text::TextRule {
     multiline: true,
 };
 
+/// An address on an order: `{name, line1, line2?, city, postal_code, country, phone?}`, or, as
+/// checkout took it before, lines of free text.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum AddressInput {
+    Structured(domain::Address),
+    Text(String),
+}
+
+impl AddressInput {
+    /// The address checked and normalized, as the JSON text that is sealed into the order:
+    /// an object, or a string for the free-text form.
+    pub fn sealed_text(self, field: &'static str) -> Result<String, Problem> {
+        let value = match self {
+            AddressInput::Structured(address) => {
+                let address = address
+                    .normalized(field)
+                    .map_err(|error| Problem::invalid(field, &error.message))?;
+                serde_json::to_value(address)
+            }
+            AddressInput::Text(text) => {
+                let text = domain::text::nfc(text);
+                SHIPPING_ADDRESS_RULE
+                    .check_required(&text)
+                    .map_err(|error| Problem::invalid(field, &error.message))?;
+                serde_json::to_value(text)
+            }
+        };
+        value
+            .map(|value| value.to_string())
+            .map_err(|error| Problem::invalid(field, error.to_string()))
+    }
+}
+
+/// How an order is paid, and with what: a card needs its token, a bank transfer none.
+pub fn payment_of(
+    method: Option<domain::PaymentMethod>,
+    token: Option<&str>,
+) -> Result<(domain::PaymentMethod, Option<&str>), Problem> {
+    let method = method.unwrap_or_default();
+    match (method, token) {
+        (domain::PaymentMethod::Card, Some(token)) => {
+            domain::payment::validate_payment_token(token)
+                .map_err(|error| Problem::invalid(error.field, &error.message))?;
+            Ok((method, Some(token)))
+        }
+        (domain::PaymentMethod::Card, None) => Err(Problem::invalid(
+            "payment_token",
+            "a card payment needs a payment_token from the gateway, such as tok_visa (or pay by \"payment_method\": \"bank_transfer\")",
+        )),
+        (domain::PaymentMethod::BankTransfer, None) => Ok((method, None)),
+        (domain::PaymentMethod::BankTransfer, Some(_)) => Err(Problem::invalid(
+            "payment_token",
+            "a bank transfer takes no payment_token: leave it out",
+        )),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkout {
     /// The caller's own id, or left out (a guest has none).
     #[serde(default)]
     pub customer_id: Option<String>,
-    pub payment_token: String,
     #[serde(default)]
-    pub shipping_address: Option<String>,
-}
-
-impl Checkout {
-    pub fn validate(&self) -> Result<(), Problem> {
-        domain::payment::validate_payment_token(&self.payment_token)
-            .map_err(|error| Problem::invalid(error.field, &error.message))?;
-        if let Some(address) = &self.shipping_address {
-            SHIPPING_ADDRESS_RULE
-                .check_required(address)
-                .map_err(|error| Problem::invalid(error.field, &error.message))?;
-        }
-        Ok(())
-    }
+    pub payment_token: Option<String>,
+    #[serde(default)]
+    pub payment_method: Option<domain::PaymentMethod>,
+    #[serde(default)]
+    pub shipping_address: Option<AddressInput>,
+    #[serde(default)]
+    pub billing_address: Option<AddressInput>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,7 +205,85 @@ pub struct PlaceOrder {
     #[serde(default)]
     pub customer_id: Option<String>,
     pub lines: Vec<OrderLineInput>,
-    pub payment_token: String,
+    #[serde(default)]
+    pub payment_token: Option<String>,
+    #[serde(default)]
+    pub payment_method: Option<domain::PaymentMethod>,
+    #[serde(default)]
+    pub shipping_address: Option<AddressInput>,
+    #[serde(default)]
+    pub billing_address: Option<AddressInput>,
+}
+
+/// `POST /orders/{id}/cancel`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelOrder {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /orders/{id}/shipments`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ship {
+    pub lines: Vec<OrderLineInput>,
+    pub carrier: String,
+    pub tracking_number: String,
+}
+
+/// `POST /orders/{id}/refunds`: an amount, or lines whose price is refunded.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refund {
+    #[serde(default)]
+    pub amount: Option<Price>,
+    #[serde(default)]
+    pub lines: Option<Vec<OrderLineInput>>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /orders/{id}/returns`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Return {
+    pub lines: Vec<OrderLineInput>,
+    pub restock: bool,
+}
+
+/// `POST /orders/{id}/payments`: a payment received another way (a bank transfer).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordPayment {
+    pub amount: Price,
+    pub reference: String,
+}
+
+/// Lines of a shipment, a return or a refund: 1 to 100, each quantity 1 to 999.
+pub fn item_counts(lines: &[OrderLineInput]) -> Result<Vec<domain::order::ItemCount>, Problem> {
+    if lines.is_empty() || lines.len() > domain::cart::LINES_MAX {
+        return Err(Problem::invalid(
+            "lines",
+            format!("must hold 1 to {} lines", domain::cart::LINES_MAX),
+        ));
+    }
+    lines
+        .iter()
+        .enumerate()
+        .map(|(index, line)| {
+            if !(1..=i64::from(domain::cart::LINE_QUANTITY_MAX)).contains(&line.quantity) {
+                return Err(Problem::invalid(
+                    &format!("lines[{index}].quantity"),
+                    format!("must be between 1 and {}", domain::cart::LINE_QUANTITY_MAX),
+                ));
+            }
+            Ok(domain::order::ItemCount {
+                product_id: line.product_id,
+                quantity: line.quantity as u32,
+            })
+        })
+        .collect()
 }
 
 /// `POST /users`.

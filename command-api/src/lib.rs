@@ -11,6 +11,7 @@
 //! - [`seed`]: a catalogue loaded through the command path (`mercato seed`).
 
 mod accounts;
+mod after;
 pub mod caps;
 mod handlers;
 pub mod input;
@@ -132,6 +133,66 @@ fn routes() -> DocumentedRouter<CommandState> {
                 202,
             ),
             place_order,
+        )
+        .route(
+            write(
+                Method::Post,
+                "/orders/{order_id}/cancel",
+                "Cancel an order: its customer until the first shipment, support staff until delivery; its stock is released and its charge refunded",
+                Some("CancelOrder"),
+                202,
+            ),
+            after::cancel_order,
+        )
+        .route(
+            write(
+                Method::Post,
+                "/orders/{order_id}/shipments",
+                "Ship some or all of an order's lines (support); shipped never exceeds ordered",
+                Some("Ship"),
+                201,
+            ),
+            after::ship_order,
+        )
+        .route(
+            write(
+                Method::Post,
+                "/orders/{order_id}/shipments/{shipment_id}/delivered",
+                "Mark a shipment delivered (support)",
+                None,
+                200,
+            ),
+            after::mark_delivered,
+        )
+        .route(
+            write(
+                Method::Post,
+                "/orders/{order_id}/refunds",
+                "Refund an amount or lines (support); refunded never exceeds captured (409). The gateway is asked next and the refund shows once it confirms",
+                Some("Refund"),
+                202,
+            ),
+            after::refund_order,
+        )
+        .route(
+            write(
+                Method::Post,
+                "/orders/{order_id}/returns",
+                "Record returned units (support); returned never exceeds shipped, restock puts them back in stock",
+                Some("Return"),
+                202,
+            ),
+            after::receive_return,
+        )
+        .route(
+            write(
+                Method::Post,
+                "/orders/{order_id}/payments",
+                "Record a bank transfer received for the order's total (support)",
+                Some("RecordPayment"),
+                202,
+            ),
+            after::record_payment,
         )
 }
 
@@ -265,6 +326,15 @@ pub fn api_doc() -> ApiDoc {
     let phone = json!({ "type": "string", "pattern": "^[0-9+ ().-]{5,32}$",
         "description": "5 to 20 digits, with +, spaces, dots, dashes or parentheses" });
     let secret_text = json!({ "type": "string", "minLength": 1, "maxLength": 200 });
+    let item_lines = json!({ "type": "array", "minItems": 1, "maxItems": domain::cart::LINES_MAX, "items": {
+        "type": "object", "additionalProperties": false, "required": ["product_id", "quantity"], "properties": {
+        "product_id": { "type": "string", "format": "uuid" }, "quantity": quantity.clone() } } });
+    let order_address = json!({ "anyOf": [address.clone(), lines(input::SHIPPING_ADDRESS_MAX_CHARS, 1), { "type": "null" }],
+        "description": "{name, line1, line2?, city, postal_code, country, phone?}, or (as before) lines of text; kept sealed under the person's key" });
+    let payment_method = json!({ "type": "string", "enum": ["card", "bank_transfer"],
+        "description": "card (the default, with payment_token) or bank_transfer (waits for staff to record the payment until a deadline, then cancels)" });
+    let reason = line(500);
+    let positive_money = json!({ "allOf": [money.clone()], "exclusiveMinimum": 0 });
     routes().into_doc(schemas(json!({
         "Register": { "type": "object", "additionalProperties": false, "required": ["email", "password", "name"], "properties": {
             "email": email.clone(), "password": password.clone(), "name": person_name.clone() } },
@@ -309,16 +379,30 @@ pub fn api_doc() -> ApiDoc {
             "delta": { "type": "integer", "minimum": -i64::from(domain::product::STOCK_MAX), "maximum": domain::product::STOCK_MAX } } },
         "AddCartItem": { "type": "object", "additionalProperties": false, "required": ["product_id", "quantity"], "properties": {
             "product_id": { "type": "string", "format": "uuid" }, "quantity": quantity.clone() } },
-        "Checkout": { "type": "object", "additionalProperties": false, "required": ["payment_token"], "properties": {
+        "Checkout": { "type": "object", "additionalProperties": false, "properties": {
             "customer_id": { "allOf": [id.clone()], "description": "your own customer id, or left out; a guest leaves it out (or gives \"guest\")" },
-            "payment_token": token.clone(),
-            "shipping_address": lines(input::SHIPPING_ADDRESS_MAX_CHARS, 1) } },
-        "PlaceOrder": { "type": "object", "additionalProperties": false, "required": ["lines", "payment_token"], "properties": {
+            "payment_token": { "allOf": [token.clone()], "description": "required with the card method (the default), refused with bank_transfer" },
+            "payment_method": payment_method.clone(),
+            "shipping_address": order_address.clone(),
+            "billing_address": order_address.clone() } },
+        "PlaceOrder": { "type": "object", "additionalProperties": false, "required": ["lines"], "properties": {
             "customer_id": { "allOf": [id], "description": "a customer's own id, or left out; required when support staff order for a customer" },
-            "payment_token": token,
-            "lines": { "type": "array", "minItems": 1, "maxItems": domain::cart::LINES_MAX, "items": {
-                "type": "object", "additionalProperties": false, "required": ["product_id", "quantity"], "properties": {
-                "product_id": { "type": "string", "format": "uuid" }, "quantity": quantity } } } } }
+            "payment_token": { "allOf": [token], "description": "required with the card method (the default), refused with bank_transfer" },
+            "payment_method": payment_method,
+            "shipping_address": order_address.clone(),
+            "billing_address": order_address,
+            "lines": item_lines.clone() } },
+        "CancelOrder": { "type": "object", "additionalProperties": false, "properties": {
+            "reason": reason.clone() } },
+        "Ship": { "type": "object", "additionalProperties": false, "required": ["lines", "carrier", "tracking_number"], "properties": {
+            "lines": item_lines.clone(), "carrier": line(100), "tracking_number": line(100) } },
+        "Refund": { "type": "object", "additionalProperties": false,
+            "oneOf": [{ "required": ["amount"] }, { "required": ["lines"] }], "properties": {
+            "amount": positive_money, "lines": item_lines.clone(), "reason": reason } },
+        "Return": { "type": "object", "additionalProperties": false, "required": ["lines", "restock"], "properties": {
+            "lines": item_lines, "restock": { "type": "boolean" } } },
+        "RecordPayment": { "type": "object", "additionalProperties": false, "required": ["amount", "reference"], "properties": {
+            "amount": money.clone(), "reference": line(200) } }
     })))
 }
 

@@ -20,7 +20,11 @@ pub struct CheckOut {
     pub cart_id: CartId,
     pub customer_id: CustomerId,
     pub order_id: Uuid,
-    pub payment_ref: String,
+    /// `None` for a bank transfer.
+    pub payment_ref: Option<String>,
+    pub payment_method: domain::PaymentMethod,
+    pub shipping_address: Option<domain::Sealed>,
+    pub billing_address: Option<domain::Sealed>,
     pub by: CartWriter,
     /// What the order may hold (the line bound and the customer's units left).
     pub allowance: crate::caps::Allowance,
@@ -100,6 +104,9 @@ pub async fn check_out(
                 lines,
                 payment_ref: request.payment_ref.clone(),
                 cart_id: Some(request.cart_id.clone()),
+                shipping_address: request.shipping_address.clone(),
+                billing_address: request.billing_address.clone(),
+                payment_method: request.payment_method,
             },
             &(),
             metadata,

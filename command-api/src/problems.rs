@@ -1,7 +1,7 @@
 //! How a broken business rule or a failed command is answered.
 
 use axum::http::StatusCode;
-use domain::{CartError, OrderError, ProductError};
+use domain::{CartError, OrderError, PaymentError, ProductError};
 use eventstore::aggregate::{CommandError, LoadError};
 use http_common::Problem;
 use http_common::problem::{field_problem, store_problem};
@@ -56,6 +56,33 @@ impl ToProblem for OrderError {
             }
             OrderError::Invalid(field) => field_problem(field),
             OrderError::TotalTooLarge => Problem::invalid("lines", "the order total is too large"),
+            OrderError::NotAllowed(_) | OrderError::TooMany(_) => {
+                Problem::new(StatusCode::CONFLICT, "business-rule", self.to_string())
+            }
+        }
+    }
+}
+
+impl ToProblem for PaymentError {
+    fn to_problem(&self) -> Problem {
+        match self {
+            PaymentError::Invalid(field) => field_problem(field),
+            PaymentError::NotRequested => Problem::conflict(
+                "the order has no payment yet: its checkout has not asked for one",
+            ),
+            PaymentError::WrongAmount(_) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-field",
+                self.to_string(),
+            )
+            .with_field("amount"),
+            PaymentError::AlreadyRequested
+            | PaymentError::AlreadySettled(_)
+            | PaymentError::NotCharged(_)
+            | PaymentError::ExceedsCaptured { .. }
+            | PaymentError::TooManyRefunds => {
+                Problem::new(StatusCode::CONFLICT, "business-rule", self.to_string())
+            }
         }
     }
 }

@@ -19,7 +19,10 @@ pub mod views;
 pub use cart::{Cart, CartCommand, CartError, CartEvent, CartOwner, CartWriter};
 pub use ids::{CartId, CustomerId, FieldError};
 pub use money::{Money, MoneyError};
-pub use order::{CancelReason, Order, OrderCommand, OrderError, OrderEvent, OrderStatus};
+pub use order::{
+    CancelReason, FulfilmentStatus, Order, OrderCommand, OrderError, OrderEvent, OrderStatus,
+    PaymentMethod,
+};
 pub use payment::{Payment, PaymentCommand, PaymentError, PaymentEvent, PaymentStatus};
 pub use personal::{Address, Sealed};
 pub use product::{Product, ProductCommand, ProductError, ProductEvent};
@@ -40,14 +43,19 @@ pub const EVENT_TYPES: &[(&str, &str, u32)] = &[
     ("cart", "CartItemAdded", 1),
     ("cart", "CartItemRemoved", 1),
     ("cart", "CartCheckedOut", 1),
-    ("order", "OrderCreated", 2),
+    ("order", "OrderCreated", 3),
     ("order", "OrderConfirmed", 1),
-    ("order", "OrderCancelled", 1),
+    ("order", "OrderCancelled", 2),
+    ("order", "ShipmentCreated", 1),
+    ("order", "ShipmentDelivered", 1),
+    ("order", "ReturnReceived", 1),
     ("payment", "PaymentRequested", 2),
     ("payment", "PaymentSucceeded", 1),
     ("payment", "PaymentFailed", 1),
     ("payment", "PaymentTimedOut", 1),
     ("payment", "PaymentRefunded", 1),
+    ("payment", "RefundRequested", 1),
+    ("payment", "RefundFailed", 1),
     (VIEWS_STREAM_TYPE, "ProductViewed", 1),
     ("user", "UserRegistered", 1),
     ("user", "UserEmailVerified", 1),

@@ -45,6 +45,14 @@ impl Money {
         self.0.checked_add(other.0).map(Money)
     }
 
+    pub fn checked_sub(self, other: Money) -> Option<Money> {
+        self.0.checked_sub(other.0).map(Money)
+    }
+
+    pub fn is_negative(self) -> bool {
+        self.0 < 0
+    }
+
     pub fn checked_mul(self, quantity: u32) -> Option<Money> {
         self.0.checked_mul(i64::from(quantity)).map(Money)
     }

@@ -1,6 +1,8 @@
 //! The Payment aggregate: one payment per order, keyed by the order id, so that an order can
 //! never be charged twice. A success that arrives after a timeout is recorded, then refunded.
 
+use std::collections::BTreeMap;
+
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -50,6 +52,26 @@ pub struct PaymentRefunded {
     pub refund_id: String,
 }
 
+/// Staff asked for a refund of `amount`; the gateway is asked next, and `PaymentRefunded` (or
+/// `RefundFailed`) records its answer. Until then the amount counts as refunded, so two refunds
+/// asked at once never exceed what was captured.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRequested {
+    pub order_id: Uuid,
+    pub refund_id: String,
+    #[serde(rename = "amount_minor")]
+    pub amount: Money,
+    pub reason: Option<String>,
+}
+
+/// The gateway refused a requested refund; its amount may be asked for again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundFailed {
+    pub order_id: Uuid,
+    pub refund_id: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PaymentEvent {
     PaymentRequested(PaymentRequested),
@@ -57,7 +79,14 @@ pub enum PaymentEvent {
     PaymentFailed(PaymentFailed),
     PaymentTimedOut(PaymentTimedOut),
     PaymentRefunded(PaymentRefunded),
+    RefundRequested(RefundRequested),
+    RefundFailed(RefundFailed),
 }
+
+/// The most refunds one payment takes.
+pub const REFUNDS_MAX: usize = 50;
+/// The prefix of the charge id of a payment staff recorded (a bank transfer received).
+pub const RECEIVED_PREFIX: &str = "received:";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PaymentCommand {
@@ -73,8 +102,25 @@ pub enum PaymentCommand {
         reason: String,
     },
     RecordTimeout,
+    /// Records a refund the gateway made: a requested one (by its id), or, with a new id, the
+    /// refund of what is left when a charged order is cancelled.
     RecordRefund {
         refund_id: String,
+        amount: Money,
+    },
+    RequestRefund {
+        refund_id: String,
+        amount: Money,
+        reason: Option<String>,
+    },
+    FailRefund {
+        refund_id: String,
+        reason: String,
+    },
+    /// Staff received the payment another way (a bank transfer): the amount must be the order's.
+    RecordReceived {
+        reference: String,
+        amount: Money,
     },
 }
 
@@ -115,6 +161,12 @@ pub enum PaymentError {
     AlreadySettled(PaymentStatus),
     #[error("only a succeeded payment can be refunded; this one is {}", .0.as_str())]
     NotCharged(PaymentStatus),
+    #[error("refunded never exceeds captured: {asked} asked, {left} left to refund")]
+    ExceedsCaptured { asked: Money, left: Money },
+    #[error("a payment takes at most {REFUNDS_MAX} refunds")]
+    TooManyRefunds,
+    #[error("the payment to record is the order's total, {0}")]
+    WrongAmount(Money),
 }
 
 /// A payment token is the gateway's stand-in for a card. Raw card numbers are refused.
@@ -175,6 +227,51 @@ pub struct Payment {
     pub charge_id: Option<String>,
     /// True once the gateway was told of a timeout: a later success must be refunded.
     pub timed_out: bool,
+    /// What was refunded, and what is asked and not yet answered, by refund id.
+    #[serde(default)]
+    pub refunded: Money,
+    #[serde(default)]
+    pub refunds: BTreeMap<String, RefundState>,
+}
+
+/// Where one refund stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundState {
+    #[serde(rename = "amount_minor")]
+    pub amount: Money,
+    /// `None` while the gateway has not answered; then whether it refunded.
+    pub refunded: Option<bool>,
+}
+
+impl Payment {
+    /// What was captured and is not refunded nor asked to be.
+    pub fn refundable(&self) -> Money {
+        // A fully refunded payment has nothing left (a snapshot of one written before partial
+        // refunds has no `refunded` amount to subtract from).
+        if self.status != PaymentStatus::Succeeded {
+            return Money::ZERO;
+        }
+        let pending = self
+            .refunds
+            .values()
+            .filter(|refund| refund.refunded.is_none())
+            .fold(Money::ZERO, |sum, refund| {
+                sum.checked_add(refund.amount).unwrap_or(sum)
+            });
+        self.amount
+            .checked_sub(self.refunded)
+            .and_then(|left| left.checked_sub(pending))
+            .filter(|left| !left.is_negative())
+            .unwrap_or(Money::ZERO)
+    }
+
+    /// The refunds asked and not yet answered by the gateway.
+    pub fn pending_refunds(&self) -> impl Iterator<Item = (&String, Money)> {
+        self.refunds
+            .iter()
+            .filter(|(_, refund)| refund.refunded.is_none())
+            .map(|(id, refund)| (id, refund.amount))
+    }
 }
 
 impl Payment {
@@ -229,20 +326,99 @@ impl Payment {
             (PaymentCommand::RecordTimeout, Requested) => {
                 PaymentEvent::PaymentTimedOut(PaymentTimedOut { order_id })
             }
-            (PaymentCommand::RecordRefund { .. }, Refunded) => return Ok(None),
-            (PaymentCommand::RecordRefund { refund_id }, Succeeded) => {
-                PaymentEvent::PaymentRefunded(PaymentRefunded {
-                    order_id,
-                    amount: self.amount,
+            (PaymentCommand::RecordRefund { refund_id, amount }, Succeeded | Refunded) => {
+                match self.refunds.get(&refund_id) {
+                    Some(RefundState {
+                        refunded: Some(_), ..
+                    }) => return Ok(None),
+                    // A requested refund: its amount was reserved when it was asked.
+                    Some(requested) => PaymentEvent::PaymentRefunded(PaymentRefunded {
+                        order_id,
+                        amount: requested.amount,
+                        refund_id,
+                    }),
+                    None => {
+                        self.check_refund(amount)?;
+                        PaymentEvent::PaymentRefunded(PaymentRefunded {
+                            order_id,
+                            amount,
+                            refund_id,
+                        })
+                    }
+                }
+            }
+            (PaymentCommand::RequestRefund { refund_id, .. }, _)
+                if self.refunds.contains_key(&refund_id) =>
+            {
+                return Ok(None);
+            }
+            (
+                PaymentCommand::RequestRefund {
                     refund_id,
+                    amount,
+                    reason,
+                },
+                Succeeded,
+            ) => {
+                self.check_refund(amount)?;
+                PaymentEvent::RefundRequested(RefundRequested {
+                    order_id,
+                    refund_id,
+                    amount,
+                    reason,
                 })
             }
-            (PaymentCommand::RecordRefund { .. }, status) => {
+            (PaymentCommand::FailRefund { refund_id, reason }, _) => {
+                match self.refunds.get(&refund_id) {
+                    Some(RefundState { refunded: None, .. }) => {
+                        PaymentEvent::RefundFailed(RefundFailed {
+                            order_id,
+                            refund_id,
+                            reason,
+                        })
+                    }
+                    _ => return Ok(None),
+                }
+            }
+            (
+                PaymentCommand::RecordRefund { .. } | PaymentCommand::RequestRefund { .. },
+                status,
+            ) => {
                 return Err(PaymentError::NotCharged(status));
+            }
+            (PaymentCommand::RecordReceived { reference, amount }, Requested) => {
+                if self.timed_out {
+                    return Err(PaymentError::AlreadySettled(PaymentStatus::TimedOut));
+                }
+                if amount != self.amount {
+                    return Err(PaymentError::WrongAmount(self.amount));
+                }
+                PaymentEvent::PaymentSucceeded(PaymentSucceeded {
+                    order_id,
+                    amount: self.amount,
+                    charge_id: format!("{RECEIVED_PREFIX}{reference}"),
+                })
             }
             (_, status) => return Err(PaymentError::AlreadySettled(status)),
         };
         Ok(Some(event))
+    }
+
+    fn check_refund(&self, amount: Money) -> Result<(), PaymentError> {
+        if !amount.is_positive() {
+            return Err(FieldError::new("amount", "must be greater than 0").into());
+        }
+        if self.refunds.len() >= REFUNDS_MAX {
+            return Err(PaymentError::TooManyRefunds);
+        }
+        let left = self.refundable();
+        if amount > left {
+            return Err(PaymentError::ExceedsCaptured {
+                asked: amount,
+                left,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -282,7 +458,37 @@ impl Aggregate for Payment {
                 self.timed_out = true;
                 self.status = PaymentStatus::TimedOut;
             }
-            PaymentEvent::PaymentRefunded(_) => self.status = PaymentStatus::Refunded,
+            PaymentEvent::PaymentRefunded(refunded) => {
+                self.refunded = self
+                    .refunded
+                    .checked_add(refunded.amount)
+                    .unwrap_or(self.refunded);
+                self.refunds.insert(
+                    refunded.refund_id,
+                    RefundState {
+                        amount: refunded.amount,
+                        refunded: Some(true),
+                    },
+                );
+                // Fully refunded (a refund of an older version refunded the whole amount).
+                if self.refunded >= self.amount {
+                    self.status = PaymentStatus::Refunded;
+                }
+            }
+            PaymentEvent::RefundRequested(requested) => {
+                self.refunds.insert(
+                    requested.refund_id,
+                    RefundState {
+                        amount: requested.amount,
+                        refunded: None,
+                    },
+                );
+            }
+            PaymentEvent::RefundFailed(failed) => {
+                if let Some(refund) = self.refunds.get_mut(&failed.refund_id) {
+                    refund.refunded = Some(false);
+                }
+            }
         }
     }
 }
@@ -295,6 +501,8 @@ impl DomainEvent for PaymentEvent {
             PaymentEvent::PaymentFailed(_) => "PaymentFailed",
             PaymentEvent::PaymentTimedOut(_) => "PaymentTimedOut",
             PaymentEvent::PaymentRefunded(_) => "PaymentRefunded",
+            PaymentEvent::RefundRequested(_) => "RefundRequested",
+            PaymentEvent::RefundFailed(_) => "RefundFailed",
         }
         .to_owned()
     }
@@ -374,7 +582,109 @@ mod tests {
     fn record_refund() -> PaymentCommand {
         PaymentCommand::RecordRefund {
             refund_id: "re_1".to_owned(),
+            amount: AMOUNT,
         }
+    }
+
+    fn request_refund(refund_id: &str, minor: i64) -> PaymentCommand {
+        PaymentCommand::RequestRefund {
+            refund_id: refund_id.to_owned(),
+            amount: Money::from_minor(minor),
+            reason: None,
+        }
+    }
+
+    fn refund_requested(refund_id: &str, minor: i64) -> PaymentEvent {
+        PaymentEvent::RefundRequested(RefundRequested {
+            order_id: order_id(),
+            refund_id: refund_id.to_owned(),
+            amount: Money::from_minor(minor),
+            reason: None,
+        })
+    }
+
+    fn refunded_part(refund_id: &str, minor: i64) -> PaymentEvent {
+        PaymentEvent::PaymentRefunded(PaymentRefunded {
+            order_id: order_id(),
+            amount: Money::from_minor(minor),
+            refund_id: refund_id.to_owned(),
+        })
+    }
+
+    #[test]
+    fn partial_refunds_add_up_to_at_most_what_was_captured_counting_those_asked() {
+        let charged = vec![requested(), succeeded("ch_1")];
+        given(charged.clone())
+            .when(request_refund("r1", 1_000))
+            .then_expect_events(vec![refund_requested("r1", 1_000)]);
+        let mut history = charged;
+        history.push(refund_requested("r1", 1_000));
+        // Asked, not yet answered: it counts, so 4,048 - 1,000 = 3,048 is all that is left.
+        given(history.clone())
+            .when(request_refund("r2", 3_049))
+            .then_expect_error(PaymentError::ExceedsCaptured {
+                asked: Money::from_minor(3_049),
+                left: Money::from_minor(3_048),
+            });
+        // The gateway's answer records the amount asked, once.
+        given(history.clone())
+            .when(PaymentCommand::RecordRefund {
+                refund_id: "r1".to_owned(),
+                amount: Money::from_minor(1),
+            })
+            .then_expect_events(vec![refunded_part("r1", 1_000)]);
+        history.push(refunded_part("r1", 1_000));
+        given(history.clone())
+            .when(request_refund("r1", 1_000))
+            .then_expect_events(vec![]);
+        given(history.clone())
+            .when(request_refund("r2", 3_048))
+            .then_expect_events(vec![refund_requested("r2", 3_048)]);
+        history.push(refund_requested("r2", 3_048));
+        history.push(refunded_part("r2", 3_048));
+        let mut payment = Payment::default();
+        for event in history.clone() {
+            payment.apply(event);
+        }
+        assert_eq!(payment.status, PaymentStatus::Refunded);
+        assert_eq!(payment.refunded, AMOUNT);
+        given(history)
+            .when(request_refund("r3", 1))
+            .then_expect_error(PaymentError::NotCharged(PaymentStatus::Refunded));
+    }
+
+    #[test]
+    fn a_failed_refund_gives_its_amount_back_to_refund() {
+        let history = vec![
+            requested(),
+            succeeded("ch_1"),
+            refund_requested("r1", AMOUNT.minor()),
+            PaymentEvent::RefundFailed(RefundFailed {
+                order_id: order_id(),
+                refund_id: "r1".to_owned(),
+                reason: "no".to_owned(),
+            }),
+        ];
+        given(history)
+            .when(request_refund("r2", AMOUNT.minor()))
+            .then_expect_events(vec![refund_requested("r2", AMOUNT.minor())]);
+    }
+
+    #[test]
+    fn a_received_payment_must_be_the_orders_amount_and_before_its_deadline() {
+        let received = |minor| PaymentCommand::RecordReceived {
+            reference: "BANK-1".to_owned(),
+            amount: Money::from_minor(minor),
+        };
+        given(vec![requested()])
+            .when(received(AMOUNT.minor()))
+            .then_expect_events(vec![succeeded("received:BANK-1")]);
+        given(vec![requested()])
+            .when(received(1))
+            .then_expect_error(PaymentError::WrongAmount(AMOUNT));
+        given(vec![requested(), timed_out()])
+            .when(received(AMOUNT.minor()))
+            .then_expect_error(PaymentError::AlreadySettled(PaymentStatus::TimedOut));
     }
 
     fn refunded() -> PaymentEvent {

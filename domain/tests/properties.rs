@@ -197,8 +197,11 @@ proptest! {
                 order_id: Uuid::from_u128(7),
                 customer_id: CustomerId::parse("alice").expect("a valid customer id"),
                 lines,
-                payment_ref: "vault:order".to_owned(),
+                payment_ref: Some("vault:order".to_owned()),
                 cart_id: None,
+                shipping_address: None,
+                billing_address: None,
+                payment_method: domain::PaymentMethod::Card,
             })
             .inspect_result();
         let Ok([OrderEvent::OrderCreated(created)]) = events.as_deref() else {

@@ -360,31 +360,57 @@ where
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let read = axum::body::Bytes::from_request(request, state);
-        let Ok(read) = tokio::time::timeout(BODY_TIMEOUT, read).await else {
-            return Err(Problem::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request-timeout",
-                format!(
-                    "the request body did not arrive within {} s: send it whole, with a Content-Length that matches it",
-                    BODY_TIMEOUT.as_secs()
-                ),
-            ));
-        };
-        let bytes = read.map_err(|rejection| {
-            let status = rejection.status();
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::new(
-                    status,
-                    "body-too-large",
-                    format!("the body is larger than {BODY_LIMIT} bytes"),
-                )
-            } else {
-                Problem::new(status, "malformed-request", rejection.body_text())
-            }
-        })?;
+        let bytes = read_body(request, state).await?;
         Ok(JsonBody(parse_json_object(&bytes)?))
     }
+}
+
+/// An optional JSON body: an empty one is `None` (for routes whose body has only optional
+/// fields, such as a cancellation's reason).
+impl<S, T> axum::extract::OptionalFromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        let bytes = read_body(request, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        Ok(Some(JsonBody(parse_json_object(&bytes)?)))
+    }
+}
+
+/// Reads a request body whole, within [`BODY_TIMEOUT`] and [`BODY_LIMIT`].
+async fn read_body<S: Send + Sync>(
+    request: Request,
+    state: &S,
+) -> Result<axum::body::Bytes, Problem> {
+    let read = axum::body::Bytes::from_request(request, state);
+    let Ok(read) = tokio::time::timeout(BODY_TIMEOUT, read).await else {
+        return Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            format!(
+                "the request body did not arrive within {} s: send it whole, with a Content-Length that matches it",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    read.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(
+                status,
+                "body-too-large",
+                format!("the body is larger than {BODY_LIMIT} bytes"),
+            )
+        } else {
+            Problem::new(status, "malformed-request", rejection.body_text())
+        }
+    })
 }
 
 #[cfg(test)]

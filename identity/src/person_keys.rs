@@ -41,6 +41,16 @@ impl Opened {
     }
 }
 
+/// The person an order's personal data (its addresses) is sealed for: its customer, or, for a
+/// guest's order, the order itself (a guest has no account; its order is its only record).
+pub fn order_person(customer_id: &str, order_id: &str) -> String {
+    if customer_id == crate::GUEST_CUSTOMER_ID {
+        format!("order:{order_id}")
+    } else {
+        customer_id.to_owned()
+    }
+}
+
 /// The keys of every person, and sealing and opening with them.
 #[derive(Clone, Debug)]
 pub struct PersonKeys {

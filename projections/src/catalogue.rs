@@ -116,7 +116,9 @@ impl ReadModel {
             (ReadModel::Products, Placement::Sql) => {
                 &["rm_products", "rm_products_early_popularity"]
             }
-            (ReadModel::Orders, Placement::Sql) => &["rm_order_payments", "rm_orders"],
+            (ReadModel::Orders, Placement::Sql) => {
+                &["rm_order_payments", "rm_orders", "rm_order_details"]
+            }
             (ReadModel::Carts, Placement::Sql) => &["rm_carts"],
             (ReadModel::Popularity, Placement::Sql) => &["rm_popularity", "rm_customer_products"],
             (ReadModel::Search, Placement::Sql) => &[],

@@ -20,6 +20,7 @@
 pub mod cache;
 pub mod catalogue;
 pub mod lease;
+pub mod order_details;
 pub mod queries;
 pub mod readdb;
 pub mod rebuild;
@@ -297,6 +298,9 @@ mod tests {
                 total: domain::Money::from_minor(100_100),
                 payment_ref: Some("vault:order".to_owned()),
                 cart_id: None,
+                shipping_address: None,
+                billing_address: None,
+                payment_method: domain::PaymentMethod::Card,
             }),
             "order",
             &order_id.to_string(),

@@ -303,6 +303,7 @@ impl ReadDb {
         };
         db.ensure_schema(SCHEMA).await?;
         db.ensure_schema(crate::lease::SCHEMA).await?;
+        db.ensure_schema(crate::order_details::SCHEMA).await?;
         db.ensure_added_columns().await?;
         Ok(db)
     }

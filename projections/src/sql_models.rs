@@ -45,11 +45,11 @@ fn rfc3339(event: &RecordedEvent) -> String {
 /// The most parameters one multi-row statement binds: well below SQLite's limit (32,766) and
 /// PostgreSQL's (65,535), and small enough that a statement's text stays far below SQLite's
 /// 1,000,000 bytes.
-const MAX_PARAMETERS: usize = 12_000;
+pub(crate) const MAX_PARAMETERS: usize = 12_000;
 
 /// One bound value of a multi-row statement.
 #[derive(Clone, Copy, Debug)]
-enum Param<'a> {
+pub(crate) enum Param<'a> {
     Text(&'a str),
     MaybeText(Option<&'a str>),
     Int(i64),
@@ -61,7 +61,7 @@ enum Param<'a> {
 /// PostgreSQL it becomes `$n`; SQLite keeps the anonymous `?`, since it looks numbered and named
 /// parameters up in a list, which makes parsing a statement of thousands of them quadratic.
 /// Returns the rows affected.
-async fn execute_values(
+pub(crate) async fn execute_values(
     connection: &mut AnyConnection,
     backend: ReadBackend,
     head: &str,
@@ -101,7 +101,7 @@ async fn execute_values(
 }
 
 /// Appends `template` to `sql`, its `?` numbered on from `parameter` for PostgreSQL.
-fn push_placeholders(
+pub(crate) fn push_placeholders(
     sql: &mut String,
     backend: ReadBackend,
     template: &str,
@@ -450,6 +450,10 @@ impl Projection for OrdersProjection {
                                 changes.cancel_reason = Some(reason.to_owned());
                             });
                     }
+                    // Shipments and returns show in `rm_order_details` (below).
+                    OrderEvent::ShipmentCreated(_)
+                    | OrderEvent::ShipmentDelivered(_)
+                    | OrderEvent::ReturnReceived(_) => {}
                 },
                 "payment" => {
                     let status = match decode::<PaymentEvent>(event)? {
@@ -457,7 +461,12 @@ impl Projection for OrdersProjection {
                         PaymentEvent::PaymentSucceeded(_) => "SUCCEEDED",
                         PaymentEvent::PaymentFailed(_) => "FAILED",
                         PaymentEvent::PaymentTimedOut(_) => "TIMED_OUT",
+                        // A partial refund is told apart in `rm_order_details` (below).
                         PaymentEvent::PaymentRefunded(_) => "REFUNDED",
+                        // Asked, not yet refunded: the payment's status stays.
+                        PaymentEvent::RefundRequested(_) | PaymentEvent::RefundFailed(_) => {
+                            continue;
+                        }
                     };
                     let at = rfc3339(event);
                     let fold = orders.entry(event.stream_id.clone()).or_default();
@@ -566,6 +575,8 @@ impl Projection for OrdersProjection {
             &params,
         )
         .await?;
+        // 4. What the order shows after checkout (addresses, shipments, payments, refunds).
+        crate::order_details::apply_batch(connection, backend, events).await?;
         write.commit_batch(feed, Self::NAME, events).await?;
         Ok(())
     }

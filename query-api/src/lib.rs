@@ -4,6 +4,7 @@
 //! `ProductViewed` that a product read by a known customer records, off the request's path.
 
 pub mod head;
+mod orders;
 pub mod users;
 pub mod views;
 
@@ -132,6 +133,15 @@ fn routes() -> DocumentedRouter<QueryState> {
         )
         .route(
             read(
+                "/orders/{order_id}/receipt",
+                "An order's receipt: lines with names and amounts, payments, refunds and the net paid; Accept: text/html gives a printable page",
+                "Receipt",
+                &[],
+            ),
+            orders::get_receipt,
+        )
+        .route(
+            read(
                 "/customers/{customer_id}/orders",
                 "A customer's orders, newest first",
                 "CustomerOrders",
@@ -211,13 +221,33 @@ pub fn api_doc() -> ApiDoc {
     let line = json!({ "type": "object", "properties": {
         "product_id": { "type": "string", "format": "uuid" }, "quantity": { "type": "integer" },
         "unit_price": money } });
+    let address = json!({ "description": "the address given at checkout ({name, line1, line2?, city, postal_code, country, phone?}, or the older free text), null if none, \"erased\" once the person is erased" });
+    let counts = json!({ "type": "array", "items": { "type": "object", "properties": {
+        "product_id": { "type": "string", "format": "uuid" }, "quantity": { "type": "integer" } } } });
     let order = json!({ "type": "object", "properties": {
         "order_id": { "type": "string", "format": "uuid" }, "customer_id": id,
         "status": { "enum": ["PENDING", "CONFIRMED", "CANCELLED"] }, "lines": { "type": "array", "items": line },
         "total": amount_schema(),
-        "payment_status": { "enum": ["NOT_REQUESTED", "REQUESTED", "SUCCEEDED", "FAILED", "TIMED_OUT", "REFUNDED"] },
-        "cancel_reason": { "enum": ["out_of_stock", "payment_declined", "payment_timeout"] },
-        "pending_reason": { "type": "string", "description": "why a PENDING order's checkout is retrying or parked" } } });
+        "payment_status": { "enum": ["NOT_REQUESTED", "REQUESTED", "SUCCEEDED", "FAILED", "TIMED_OUT", "REFUNDED", "PARTIALLY_REFUNDED"] },
+        "cancel_reason": { "enum": ["out_of_stock", "payment_declined", "payment_timeout", "customer_request", "staff_request"] },
+        "pending_reason": { "type": "string", "description": "why a PENDING order's checkout is retrying or parked" },
+        "shipping_address": address.clone(), "billing_address": address,
+        "payment_method": { "enum": ["card", "bank_transfer"] },
+        "fulfilment_status": { "enum": ["UNFULFILLED", "PARTIALLY_SHIPPED", "SHIPPED", "DELIVERED"] },
+        "shipments": { "type": "array", "items": { "type": "object", "properties": {
+            "shipment_id": { "type": "string", "format": "uuid" }, "lines": counts.clone(),
+            "carrier": { "type": "string" }, "tracking_number": { "type": "string" },
+            "shipped_at": { "type": "string" }, "delivered_at": { "type": ["string", "null"] } } } },
+        "returns": { "type": "array", "items": { "type": "object", "properties": {
+            "return_id": { "type": "string", "format": "uuid" }, "lines": counts,
+            "restock": { "type": "boolean" }, "received_at": { "type": "string" } } } },
+        "payments": { "type": "array", "items": { "type": "object", "properties": {
+            "charge_id": { "type": "string" }, "amount": amount_schema(), "paid_at": { "type": "string" } } } },
+        "refunds": { "type": "array", "items": { "type": "object", "properties": {
+            "refund_id": { "type": "string" }, "amount": amount_schema(), "reason": { "type": ["string", "null"] },
+            "status": { "enum": ["REQUESTED", "REFUNDED", "FAILED"] }, "failure": { "type": ["string", "null"] },
+            "requested_at": { "type": "string" }, "refunded_at": { "type": ["string", "null"] } } } },
+        "refunded_total": amount_schema() } });
     let event = json!({ "type": "object", "properties": {
         "event_id": { "type": "string", "format": "uuid" }, "event_type": { "type": "string" },
         "schema_version": { "type": "integer" }, "stream_type": { "type": "string" },
@@ -229,6 +259,8 @@ pub fn api_doc() -> ApiDoc {
         "Product": product,
         "SearchResult": { "type": "object", "properties": { "total": { "type": "integer" }, "hits": { "type": "array", "items": schema_ref("Product") } } },
         "Cart": { "type": "object", "properties": { "cart_id": id, "lines": { "type": "array", "items": line }, "total": amount_schema() } },
+        "Receipt": { "allOf": [schema_ref("Order")], "properties": {
+            "paid_total": amount_schema(), "net_total": { "type": "number" } } },
         "Order": order,
         "CustomerOrders": { "type": "object", "properties": { "customer_id": id, "orders": { "type": "array", "items": schema_ref("Order") } } },
         "Recommendations": { "type": "object", "properties": { "customer_id": { "anyOf": [id, { "type": "null" }], "description": "null: the most popular products, for no one in particular" }, "items": { "type": "array", "items": { "type": "object", "properties": {
@@ -243,7 +275,7 @@ pub fn api_doc() -> ApiDoc {
 }
 
 /// A money amount as a JSON number in major units, written from its exact decimal text.
-fn money_raw(minor: i64) -> Box<RawValue> {
+pub(crate) fn money_raw(minor: i64) -> Box<RawValue> {
     RawValue::from_string(Money::from_minor(minor).to_string())
         .unwrap_or_else(|_| RawValue::from_string("0".to_owned()).unwrap_or_default())
 }
@@ -401,7 +433,7 @@ fn may_read_cart(
 
 /// Whether the caller may read order `order_id` of `customer_id`: its customer, its guest
 /// (with the order's token), or support.
-fn may_read_order(
+pub(crate) fn may_read_order(
     state: &QueryState,
     context: &RequestContext,
     headers: &HeaderMap,
@@ -714,7 +746,7 @@ async fn get_cart(
 }
 
 /// An order as the API shows it.
-fn order_json(order: &OrderRow) -> Value {
+pub(crate) fn order_json(order: &OrderRow) -> Value {
     let lines: Vec<Value> = order
         .lines
         .iter()
@@ -769,6 +801,7 @@ async fn get_order(
         )));
     };
     let mut order = order_json(&row);
+    orders::add_details(&state, &row, &mut order).await?;
     if order["status"] == "PENDING"
         && let Some(reason) = pending_reason(&state, order_id).await
         && let Some(object) = order.as_object_mut()

@@ -15,8 +15,8 @@ use cqrs_es::Aggregate;
 use domain::order::OrderLine;
 use domain::product::ProductError;
 use domain::{
-    CancelReason, Order, OrderCommand, OrderStatus, Payment, PaymentCommand, PaymentEvent,
-    PaymentStatus, Product, ProductCommand,
+    CancelReason, Order, OrderCommand, OrderError, OrderStatus, Payment, PaymentCommand,
+    PaymentEvent, PaymentMethod, PaymentStatus, Product, ProductCommand,
 };
 use eventstore::aggregate::{CommandError, CommandOptions, execute, load};
 use eventstore::{EventMetadata, EventStore};
@@ -24,7 +24,7 @@ use identity::PaymentVault;
 use uuid::Uuid;
 
 use crate::SagaError;
-use crate::gateway::{ChargeOutcome, ChargeRequest, LateCharge, PaymentGateway};
+use crate::gateway::{ChargeOutcome, ChargeRequest, LateCharge, PaymentGateway, RefundRequest};
 use crate::state::SagaRun;
 use crate::steps::{self, SagaStep, out_of_stock_detail};
 
@@ -110,8 +110,15 @@ pub struct Checkout {
     gateway: Arc<dyn PaymentGateway>,
     vault: PaymentVault,
     payment_timeout: Duration,
+    bank_transfer_timeout: Duration,
     locks: ProductLocks,
 }
+
+/// How long a bank-transfer order waits for its payment by default: seven days.
+pub const DEFAULT_BANK_TRANSFER_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a saga that waits for a bank transfer sleeps at most before it looks again (a
+/// cancellation wakes it at once; this bounds a wake-up lost to a race with its timer).
+const BANK_TRANSFER_RECHECK: Duration = Duration::from_secs(60);
 
 /// How long the gateway is asked for a charge's outcome once the deadline has passed.
 const RECONCILE_WAIT: Duration = Duration::from_millis(500);
@@ -130,8 +137,15 @@ impl Checkout {
             gateway,
             vault,
             payment_timeout,
+            bank_transfer_timeout: DEFAULT_BANK_TRANSFER_TIMEOUT,
             locks: ProductLocks::default(),
         }
+    }
+
+    /// How long a bank-transfer order waits for staff to record its payment.
+    pub fn with_bank_transfer_timeout(mut self, timeout: Duration) -> Self {
+        self.bank_transfer_timeout = timeout;
+        self
     }
 
     /// Runs the saga of `run` as far as it can go now. Once the order has ended, its payment
@@ -174,11 +188,12 @@ impl Checkout {
         match order.status {
             OrderStatus::Confirmed => {
                 self.commit_lines(run, &order.lines).await?;
+                self.settle(run, &order, &payment.state).await?;
                 return Ok(Step::Finished(Ending::Confirmed));
             }
             OrderStatus::Cancelled => {
                 let reason = order.cancel_reason.unwrap_or(CancelReason::PaymentTimeout);
-                self.compensate(run, &order.lines, &payment.state).await?;
+                self.compensate(run, &order, &payment.state).await?;
                 return Ok(Step::Finished(Ending::Cancelled(reason)));
             }
             OrderStatus::Pending => {}
@@ -187,16 +202,16 @@ impl Checkout {
             return self
                 .cancel(
                     run,
-                    &order.lines,
                     CancelReason::PaymentTimeout,
                     "the payment gateway did not answer in time".to_owned(),
                 )
                 .await;
         }
+        let bank_transfer = order.payment_method == PaymentMethod::BankTransfer;
         match payment.state.status {
             PaymentStatus::NotRequested => {
                 if let Some((reason, detail)) = self.reserve_lines(run, &order.lines).await? {
-                    return self.cancel(run, &order.lines, reason, detail).await;
+                    return self.cancel(run, reason, detail).await;
                 }
                 self.payment_command(
                     run,
@@ -208,8 +223,32 @@ impl Checkout {
                     },
                 )
                 .await?;
+                if bank_transfer {
+                    return Ok(self.bank_transfer_wait(Utc::now() + self.bank_transfer_timeout));
+                }
                 let deadline = Utc::now() + self.payment_timeout;
                 self.charge_step(run, &order, deadline).await
+            }
+            PaymentStatus::Requested if bank_transfer => {
+                let requested_at = payment.requested_at.unwrap_or_else(Utc::now);
+                let deadline = requested_at + self.bank_transfer_timeout;
+                if Utc::now() < deadline {
+                    return Ok(self.bank_transfer_wait(deadline));
+                }
+                // A payment recorded between the read and this command refuses it; the next
+                // run reads that payment.
+                self.payment_command(run, SagaStep::PaymentTimeout, PaymentCommand::RecordTimeout)
+                    .await
+                    .map_err(|error| SagaError::Transient(error.to_string()))?;
+                self.cancel(
+                    run,
+                    CancelReason::PaymentTimeout,
+                    format!(
+                        "no payment was received within {} s of the order",
+                        self.bank_transfer_timeout.as_secs()
+                    ),
+                )
+                .await
             }
             PaymentStatus::Requested => {
                 let requested_at = payment.requested_at.unwrap_or_else(Utc::now);
@@ -220,7 +259,6 @@ impl Checkout {
             PaymentStatus::Failed => {
                 self.cancel(
                     run,
-                    &order.lines,
                     CancelReason::PaymentDeclined,
                     payment
                         .failure
@@ -231,13 +269,18 @@ impl Checkout {
             PaymentStatus::TimedOut | PaymentStatus::Refunded => {
                 self.cancel(
                     run,
-                    &order.lines,
                     CancelReason::PaymentTimeout,
                     "the payment gateway did not answer in time".to_owned(),
                 )
                 .await
             }
         }
+    }
+
+    /// Waits for a bank transfer until `deadline`, looking again now and then.
+    fn bank_transfer_wait(&self, deadline: DateTime<Utc>) -> Step {
+        let recheck = Utc::now() + BANK_TRANSFER_RECHECK;
+        Step::WaitUntil(deadline.min(recheck).timestamp_millis())
     }
 
     /// Before `deadline`: the charge to ask the gateway for, apart from this step
@@ -297,7 +340,6 @@ impl Checkout {
                 .await?;
                 self.cancel(
                     run,
-                    &order.lines,
                     CancelReason::PaymentDeclined,
                     format!("the payment was declined: {reason}"),
                 )
@@ -316,7 +358,7 @@ impl Checkout {
                     PaymentStatus::Failed => {
                         let detail = payment.failure.unwrap_or_default();
                         return self
-                            .cancel(run, &order.lines, CancelReason::PaymentDeclined, detail)
+                            .cancel(run, CancelReason::PaymentDeclined, detail)
                             .await;
                     }
                     _ => {}
@@ -328,7 +370,6 @@ impl Checkout {
                     .map_err(|error| SagaError::Transient(error.to_string()))?;
                 self.cancel(
                     run,
-                    &order.lines,
                     CancelReason::PaymentTimeout,
                     format!(
                         "the payment gateway did not answer within {} s",
@@ -420,12 +461,39 @@ impl Checkout {
         Ok(None)
     }
 
-    /// The payment succeeded: confirm the order, then turn its reservations into sales.
+    /// The payment succeeded: confirm the order, then turn its reservations into sales. An
+    /// order its customer or staff cancelled meanwhile is compensated instead (its stock
+    /// released, its charge refunded).
     async fn confirm(&self, run: &SagaRun, lines: &[OrderLine]) -> Result<Step, SagaError> {
-        self.order_command(run, SagaStep::Confirm, OrderCommand::ConfirmOrder)
-            .await?;
+        match self
+            .command::<Order>(
+                run,
+                SagaStep::Confirm,
+                &run.order_id.to_string(),
+                OrderCommand::ConfirmOrder,
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(CommandError::Domain(OrderError::InvalidTransition {
+                from: OrderStatus::Cancelled,
+                ..
+            })) => return self.compensate_cancelled(run).await,
+            Err(error) => return Err(command_error("order", error)),
+        }
         self.commit_lines(run, lines).await?;
         Ok(Step::Finished(Ending::Confirmed))
+    }
+
+    /// Compensates an order that is cancelled, as it stands now.
+    async fn compensate_cancelled(&self, run: &SagaRun) -> Result<Step, SagaError> {
+        let order = load::<Order>(self.store.as_ref(), &run.order_id.to_string())
+            .await?
+            .state;
+        let payment = self.payment(run).await?;
+        let reason = order.cancel_reason.unwrap_or(CancelReason::PaymentTimeout);
+        self.compensate(run, &order, &payment.state).await?;
+        Ok(Step::Finished(Ending::Cancelled(reason)))
     }
 
     async fn commit_lines(&self, run: &SagaRun, lines: &[OrderLine]) -> Result<(), SagaError> {
@@ -440,11 +508,11 @@ impl Checkout {
         Ok(())
     }
 
-    /// Cancels the order (the decision, stored first), then compensates.
+    /// Cancels the order (the decision, stored first), then compensates. An order a person
+    /// cancelled meanwhile keeps their reason.
     async fn cancel(
         &self,
         run: &SagaRun,
-        lines: &[OrderLine],
         reason: CancelReason,
         detail: String,
     ) -> Result<Step, SagaError> {
@@ -454,50 +522,154 @@ impl Checkout {
             OrderCommand::CancelOrder { reason, detail },
         )
         .await?;
-        let payment = self.payment(run).await?;
-        self.compensate(run, lines, &payment.state).await?;
-        Ok(Step::Finished(Ending::Cancelled(reason)))
+        self.compensate_cancelled(run).await
     }
 
-    /// For a cancelled order: releases every reservation and refunds a charge that happened.
+    /// For a cancelled order: gives its stock back and refunds what is left of its charge.
+    /// Reservations of an order that was never confirmed are released; an order cancelled
+    /// after its confirmation has its reservations committed (should a crash have left any
+    /// open) and what did not ship put back in stock. Every step derives its events' ids from
+    /// the order, so a second run changes nothing.
     async fn compensate(
         &self,
         run: &SagaRun,
-        lines: &[OrderLine],
+        order: &Order,
         payment: &Payment,
     ) -> Result<(), SagaError> {
-        for (index, line) in lines.iter().enumerate() {
-            let command = ProductCommand::ReleaseStock {
-                order_id: run.order_id,
-            };
-            match self
-                .product_command(run, SagaStep::Release(index), line.product_id, command)
-                .await
-            {
-                Ok(()) | Err(CommandError::Domain(ProductError::NotFound)) => {}
-                Err(error) => return Err(command_error("release stock", error)),
+        if order.confirmed {
+            self.commit_lines(run, &order.lines).await?;
+            for (index, line) in order.lines.iter().enumerate() {
+                let shipped = order.shipped.get(&line.product_id).copied().unwrap_or(0);
+                let unshipped = line.quantity.saturating_sub(shipped);
+                if unshipped > 0 {
+                    self.restock(run, SagaStep::Restock(index), line.product_id, unshipped)
+                        .await?;
+                }
+            }
+        } else {
+            for (index, line) in order.lines.iter().enumerate() {
+                let command = ProductCommand::ReleaseStock {
+                    order_id: run.order_id,
+                };
+                match self
+                    .product_command(run, SagaStep::Release(index), line.product_id, command)
+                    .await
+                {
+                    Ok(()) | Err(CommandError::Domain(ProductError::NotFound)) => {}
+                    Err(error) => return Err(command_error("release stock", error)),
+                }
             }
         }
-        if payment.status == PaymentStatus::Succeeded {
+        self.settle(run, order, payment).await?;
+        // What is left of the charge, once the refunds asked for are settled.
+        let payment = self.payment(run).await?.state;
+        let left = payment.refundable();
+        if left.is_positive() {
             let charge_id = payment.charge_id.clone().unwrap_or_default();
-            let refund_id = self.gateway.refund(run.order_id, &charge_id).await?;
+            let refund_id = self
+                .refund(&RefundRequest {
+                    order_id: run.order_id,
+                    charge_id: charge_id.clone(),
+                    amount: left,
+                    key: SagaStep::Refund.cause(run.order_event_id).to_string(),
+                })
+                .await?;
             self.payment_command(
                 run,
                 SagaStep::Refund,
-                PaymentCommand::RecordRefund { refund_id },
+                PaymentCommand::RecordRefund {
+                    refund_id,
+                    amount: left,
+                },
             )
             .await?;
             metrics::counter!("mercato_saga_refunds_total").increment(1);
-            tracing::info!(order_id = %run.order_id, %charge_id, "late charge of a cancelled order refunded");
+            tracing::info!(order_id = %run.order_id, %charge_id, amount = %left, "the charge of a cancelled order was refunded");
         }
         Ok(())
+    }
+
+    /// What staff asked for after checkout: the refunds not yet answered go to the gateway
+    /// (its answer recorded), and returned units marked for restock go back to stock.
+    async fn settle(
+        &self,
+        run: &SagaRun,
+        order: &Order,
+        payment: &Payment,
+    ) -> Result<(), SagaError> {
+        for (return_id, lines) in &order.restock_returns {
+            for (index, line) in lines.iter().enumerate() {
+                self.restock(
+                    run,
+                    SagaStep::ReturnRestock(*return_id, index),
+                    line.product_id,
+                    line.quantity,
+                )
+                .await?;
+            }
+        }
+        let charge_id = payment.charge_id.clone().unwrap_or_default();
+        for (refund_id, amount) in payment.pending_refunds() {
+            let step = SagaStep::SettleRefund(steps::refund_key(refund_id));
+            let answer = self
+                .refund(&RefundRequest {
+                    order_id: run.order_id,
+                    charge_id: charge_id.clone(),
+                    amount,
+                    key: refund_id.clone(),
+                })
+                .await;
+            let command = match answer {
+                Ok(_gateway_refund_id) => PaymentCommand::RecordRefund {
+                    refund_id: refund_id.clone(),
+                    amount,
+                },
+                Err(SagaError::Refused(reason)) => PaymentCommand::FailRefund {
+                    refund_id: refund_id.clone(),
+                    reason,
+                },
+                Err(error) => return Err(error),
+            };
+            self.payment_command(run, step, command).await?;
+            metrics::counter!("mercato_refunds_total").increment(1);
+        }
+        Ok(())
+    }
+
+    /// Refunds through the gateway; a payment staff recorded by hand (a bank transfer) is
+    /// refunded by hand too, so the refund's own key is its id.
+    async fn refund(&self, request: &RefundRequest) -> Result<String, SagaError> {
+        if request
+            .charge_id
+            .starts_with(domain::payment::RECEIVED_PREFIX)
+        {
+            return Ok(request.key.clone());
+        }
+        self.gateway.refund(request).await
+    }
+
+    /// Puts `quantity` units of `product_id` back in stock, once for `step`.
+    async fn restock(
+        &self,
+        run: &SagaRun,
+        step: SagaStep,
+        product_id: Uuid,
+        quantity: u32,
+    ) -> Result<(), SagaError> {
+        let command = ProductCommand::AdjustStock {
+            delta: i64::from(quantity),
+        };
+        match self.product_command(run, step, product_id, command).await {
+            Ok(()) | Err(CommandError::Domain(ProductError::NotFound)) => Ok(()),
+            Err(error) => Err(command_error("restock", error)),
+        }
     }
 
     /// Where the payment stands, and when it was requested (the deadline counts from then).
     async fn payment(&self, run: &SagaRun) -> Result<PaymentView, SagaError> {
         let events = self
             .store
-            .read_stream(Payment::TYPE, &run.order_id.to_string(), 0, 64)
+            .read_stream(Payment::TYPE, &run.order_id.to_string(), 0, 256)
             .await?;
         let mut view = PaymentView::default();
         for recorded in &events {

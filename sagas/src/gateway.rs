@@ -33,6 +33,18 @@ pub enum ChargeOutcome {
     Declined { reason: String },
 }
 
+/// What the saga asks the gateway to refund.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundRequest {
+    pub order_id: Uuid,
+    /// The charge to refund (the gateway's id).
+    pub charge_id: String,
+    pub amount: Money,
+    /// The refund's idempotency key: the same key asked twice refunds once and answers the
+    /// first refund's id; different keys are different (partial) refunds.
+    pub key: String,
+}
+
 /// A charge the gateway made after the saga stopped waiting for it (delivered like a webhook).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LateCharge {
@@ -47,8 +59,10 @@ pub trait PaymentGateway: Send + Sync + fmt::Debug {
     /// May never complete (a gateway that does not answer): callers bound it with a timeout.
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, SagaError>;
 
-    /// Refunds the order's charge; idempotent (a second refund answers the first refund's id).
-    async fn refund(&self, order_id: Uuid, charge_id: &str) -> Result<String, SagaError>;
+    /// Refunds `request.amount` of the order's charge, once per `request.key` (asking again
+    /// answers the first refund's id). A refusal the gateway will keep giving is
+    /// [`SagaError::Refused`].
+    async fn refund(&self, request: &RefundRequest) -> Result<String, SagaError>;
 
     /// Charges that arrive after the saga stopped waiting. The saga takes the receiver once.
     fn late_charges(&self) -> Option<mpsc::UnboundedReceiver<LateCharge>> {
@@ -291,11 +305,17 @@ impl PaymentGateway for Arc<TestGateway> {
         }
     }
 
-    async fn refund(&self, order_id: Uuid, charge_id: &str) -> Result<String, SagaError> {
+    async fn refund(&self, request: &RefundRequest) -> Result<String, SagaError> {
         if !self.options.latency.is_zero() {
             tokio::time::sleep(self.options.latency).await;
         }
-        let refund_id = format!("re_{}", order_id.simple());
+        let (order_id, charge_id) = (request.order_id, &request.charge_id);
+        // The same key, the same refund id.
+        let refund_id = format!(
+            "re_{}",
+            Uuid::new_v5(&order_id, request.key.as_bytes()).simple()
+        );
+        // The ledger keeps the first refund of each order.
         let row = sqlx::query(
             "UPDATE test_gateway_ledger SET refund_id = COALESCE(refund_id, $1), updated_at = $2
              WHERE order_id = $3 AND charge_id = $4 AND outcome = 'charged'
@@ -308,8 +328,8 @@ impl PaymentGateway for Arc<TestGateway> {
         .fetch_optional(self.db.pool())
         .await?;
         match row {
-            Some(row) => Ok(row.try_get(0)?),
-            None => Err(SagaError::Gateway(format!(
+            Some(_) => Ok(refund_id),
+            None => Err(SagaError::Refused(format!(
                 "no charge {charge_id} of order {order_id} to refund"
             ))),
         }

@@ -70,6 +70,8 @@ impl SagaError {
 pub struct SagaOptions {
     /// How long the gateway has to answer a charge before the order is cancelled.
     pub payment_timeout: Duration,
+    /// How long a bank-transfer order waits for its payment before it is cancelled.
+    pub bank_transfer_timeout: Duration,
     /// How many sagas run at once.
     pub concurrency: usize,
     /// How many times a failing step is tried before the saga is parked as failed.
@@ -90,6 +92,7 @@ impl Default for SagaOptions {
     fn default() -> Self {
         Self {
             payment_timeout: Duration::from_secs(30),
+            bank_transfer_timeout: checkout::DEFAULT_BANK_TRANSFER_TIMEOUT,
             concurrency: 256,
             max_attempts: 8,
             base_backoff: Duration::from_millis(100),
@@ -127,12 +130,15 @@ pub async fn run_saga(
     shutdown: CancellationToken,
 ) -> Result<(), SagaError> {
     state::ensure_schema(&db).await?;
-    let checkout = Arc::new(Checkout::new(
-        store.clone(),
-        gateway.clone(),
-        vault,
-        options.payment_timeout,
-    ));
+    let checkout = Arc::new(
+        Checkout::new(
+            store.clone(),
+            gateway.clone(),
+            vault,
+            options.payment_timeout,
+        )
+        .with_bank_transfer_timeout(options.bank_transfer_timeout),
+    );
     // Late charges are recorded by any worker, lease or not: recording is idempotent.
     if let Some(mut late) = gateway.late_charges() {
         let checkout = checkout.clone();
@@ -347,8 +353,8 @@ async fn store_step(
     }
     let db = &worker.db;
     let stored = match &step {
-        Ok(Step::Finished(ending)) => {
-            if run.outcome.is_none() {
+        Ok(Step::Finished(ending)) => match state::finish(db, run, ending.outcome()).await {
+            Ok(true) if run.outcome.is_none() => {
                 let duration = (state::now_ms() - run.started_at).max(0) as f64 / 1000.0;
                 metrics::histogram!("mercato_saga_duration_seconds").record(duration);
                 match ending {
@@ -358,10 +364,11 @@ async fn store_step(
                             .increment(1)
                     }
                 }
+                Ok(())
             }
-            state::finish(db, order_id, ending.outcome()).await
-        }
-        Ok(Step::WaitUntil(at)) => state::wait_until(db, order_id, *at).await,
+            other => other.map(|_| ()),
+        },
+        Ok(Step::WaitUntil(at)) => state::wait_until(db, run, *at).await,
         Ok(Step::Charge(charge)) => {
             let stored = state::set_charge_timer(db, order_id, charge.deadline).await;
             if stored.is_ok() {

@@ -34,7 +34,8 @@ pub const SCHEMA: &[&str] = &[
         last_error TEXT,
         started_at BIGINT NOT NULL,
         finished_at BIGINT,
-        updated_at TEXT NOT NULL)",
+        updated_at TEXT NOT NULL,
+        wakes BIGINT NOT NULL DEFAULT 0)",
     "CREATE INDEX IF NOT EXISTS checkout_sagas_due ON checkout_sagas (state, next_run_at)",
 ];
 
@@ -44,9 +45,28 @@ pub const RUNNING: &str = "running";
 pub const DONE: &str = "done";
 pub const FAILED: &str = "failed";
 
-/// Creates the saga's tables in `db`.
+/// Creates the saga's tables in `db`, adding `wakes` to a table made before it existed.
 pub async fn ensure_schema(db: &ReadDb) -> Result<(), SagaError> {
-    Ok(db.ensure_schema(SCHEMA).await?)
+    db.ensure_schema(SCHEMA).await?;
+    let has_wakes = || async {
+        sqlx::query("SELECT wakes FROM checkout_sagas WHERE 1 = 0")
+            .fetch_all(db.pool())
+            .await
+            .is_ok()
+    };
+    if !has_wakes().await {
+        let added =
+            sqlx::query("ALTER TABLE checkout_sagas ADD COLUMN wakes BIGINT NOT NULL DEFAULT 0")
+                .execute(db.pool())
+                .await;
+        // Another process may have added it meanwhile.
+        if let Err(error) = added
+            && !has_wakes().await
+        {
+            return Err(error.into());
+        }
+    }
+    Ok(())
 }
 
 /// Milliseconds since the epoch, the unit of every saga time column.
@@ -71,6 +91,9 @@ pub struct SagaRun {
     pub started_at: i64,
     /// Set when the saga already ended once (a late payment woke it up again).
     pub outcome: Option<String>,
+    /// How many times the log woke the saga, as read when this run started: a step stores its
+    /// end or its timer only if no wake-up came meanwhile (else it runs again).
+    pub wakes: i64,
 }
 
 impl SagaRun {
@@ -134,7 +157,7 @@ pub async fn count_by_state(db: &ReadDb) -> Result<Vec<(String, i64)>, SagaError
 pub(crate) async fn due(db: &ReadDb, now: i64, limit: usize) -> Result<Vec<SagaRun>, SagaError> {
     let rows = sqlx::query(
         "SELECT order_id, order_event_id, correlation_id, payment_token, attempts, started_at,
-                outcome
+                outcome, wakes
          FROM checkout_sagas WHERE state = 'running' AND next_run_at <= $1
          ORDER BY next_run_at LIMIT $2",
     )
@@ -155,6 +178,7 @@ pub(crate) async fn due(db: &ReadDb, now: i64, limit: usize) -> Result<Vec<SagaR
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
                 started_at: row.try_get(5)?,
                 outcome: row.try_get(6)?,
+                wakes: row.try_get(7)?,
             })
         })
         .collect()
@@ -173,33 +197,37 @@ fn parse_uuid(text: &str) -> Result<Uuid, SagaError> {
         .map_err(|error| SagaError::Storage(format!("stored id {text:?} is not a UUID: {error}")))
 }
 
-/// The saga ended (`outcome` is `CONFIRMED` or `CANCELLED`).
-pub(crate) async fn finish(db: &ReadDb, order_id: Uuid, outcome: &str) -> Result<(), SagaError> {
+/// The saga of `run` ended (`outcome` is `CONFIRMED` or `CANCELLED`); answers `false` when
+/// the log woke it while the step ran (it stays running, due at once, and runs again).
+pub(crate) async fn finish(db: &ReadDb, run: &SagaRun, outcome: &str) -> Result<bool, SagaError> {
     let now = now_ms();
-    sqlx::query(
+    let done = sqlx::query(
         "UPDATE checkout_sagas SET state = 'done', outcome = $1, finished_at = $2, attempts = 0,
              last_error = NULL, updated_at = $3
-         WHERE order_id = $4",
+         WHERE order_id = $4 AND wakes = $5",
     )
     .bind(outcome)
     .bind(now)
     .bind(chrono::Utc::now().to_rfc3339())
-    .bind(order_id.to_string())
+    .bind(run.order_id.to_string())
+    .bind(run.wakes)
     .execute(db.pool())
     .await?;
-    Ok(())
+    Ok(done.rows_affected() > 0)
 }
 
-/// The saga waits for its timer: it runs again at `at` (ms).
-pub(crate) async fn wait_until(db: &ReadDb, order_id: Uuid, at: i64) -> Result<(), SagaError> {
+/// The saga of `run` waits for its timer: it runs again at `at` (ms), unless the log woke it
+/// while the step ran (it is then due at once).
+pub(crate) async fn wait_until(db: &ReadDb, run: &SagaRun, at: i64) -> Result<(), SagaError> {
     sqlx::query(
         "UPDATE checkout_sagas SET next_run_at = $1, attempts = 0, last_error = NULL,
              updated_at = $2
-         WHERE order_id = $3",
+         WHERE order_id = $3 AND wakes = $4",
     )
     .bind(at)
     .bind(chrono::Utc::now().to_rfc3339())
-    .bind(order_id.to_string())
+    .bind(run.order_id.to_string())
+    .bind(run.wakes)
     .execute(db.pool())
     .await?;
     Ok(())
@@ -309,8 +337,11 @@ impl Projection for SagaIntake {
             matches!(
                 (event.stream_type.as_str(), event.event_type.as_str()),
                 ("order", "OrderCreated")
+                    | ("order", "OrderCancelled")
+                    | ("order", "ReturnReceived")
                     | ("payment", "PaymentSucceeded")
                     | ("payment", "PaymentFailed")
+                    | ("payment", "RefundRequested")
             )
         });
         let mut write = self.db.begin_write().await?;
@@ -354,6 +385,31 @@ impl Projection for SagaIntake {
                     .bind(now)
                     .bind(&updated_at)
                     .bind(succeeded.order_id.to_string())
+                    .execute(&mut *write.transaction)
+                    .await?;
+                }
+                // What a person asked for after checkout (a cancellation, a return, a refund)
+                // runs the saga again, ended or not: it compensates, restocks and refunds. The
+                // wake-up is counted, so that a step running meanwhile does not store its end or
+                // timer over it (it runs again instead).
+                ("order", "OrderCancelled")
+                | ("order", "ReturnReceived")
+                | ("payment", "RefundRequested") => {
+                    if event.event_type == "OrderCancelled"
+                        && let OrderEvent::OrderCancelled(cancelled) = decode(event)?
+                        && !cancelled.reason.is_requested()
+                    {
+                        // The saga's own decision: it compensates in the same step.
+                        continue;
+                    }
+                    sqlx::query(
+                        "UPDATE checkout_sagas SET state = 'running', next_run_at = $1,
+                             updated_at = $2, wakes = wakes + 1
+                         WHERE order_id = $3 AND state IN ('done', 'running')",
+                    )
+                    .bind(now)
+                    .bind(&updated_at)
+                    .bind(&event.stream_id)
                     .execute(&mut *write.transaction)
                     .await?;
                 }

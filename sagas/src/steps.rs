@@ -38,8 +38,14 @@ pub enum SagaStep {
     Cancel,
     /// Release the reservation of order line `n`.
     Release(usize),
-    /// Refund a charge that arrived after the order was cancelled.
+    /// Refund what is left of the charge of a cancelled order.
     Refund,
+    /// Put back in stock what order line `n` did not ship, once a confirmed order is cancelled.
+    Restock(usize),
+    /// Put back in stock line `n` of the return `return_id`.
+    ReturnRestock(Uuid, usize),
+    /// Record the gateway's answer to the refund staff asked for (by the refund's key).
+    SettleRefund(Uuid),
 }
 
 impl SagaStep {
@@ -55,6 +61,11 @@ impl SagaStep {
             SagaStep::Cancel => Cow::Borrowed("cancel"),
             SagaStep::Release(line) => Cow::Owned(format!("release/{line}")),
             SagaStep::Refund => Cow::Borrowed("refund"),
+            SagaStep::Restock(line) => Cow::Owned(format!("restock/{line}")),
+            SagaStep::ReturnRestock(return_id, line) => {
+                Cow::Owned(format!("return/{return_id}/{line}"))
+            }
+            SagaStep::SettleRefund(key) => Cow::Owned(format!("settle-refund/{key}")),
         }
     }
 
@@ -63,6 +74,13 @@ impl SagaStep {
     pub fn cause(self, order_event_id: Uuid) -> Uuid {
         Uuid::new_v5(&order_event_id, self.name().as_bytes())
     }
+}
+
+/// The key a refund id is known by in step names: the id itself when it is a UUID (the
+/// command API makes them), else one derived from it.
+pub fn refund_key(refund_id: &str) -> Uuid {
+    Uuid::parse_str(refund_id)
+        .unwrap_or_else(|_| Uuid::new_v5(&Uuid::NAMESPACE_OID, refund_id.as_bytes()))
 }
 
 /// The id of the saga started by the `OrderCreated` event `order_event_id`: the same on every

@@ -15,7 +15,7 @@ use eventstore::{EventMetadata, EventStore};
 use identity::{PaymentVault, SecretStore, identity_db_url};
 use projections::Progress;
 use projections::readdb::{ReadDb, read_db_url};
-use sagas::gateway::{ChargeOutcome, ChargeRequest, PaymentGateway};
+use sagas::gateway::{ChargeOutcome, ChargeRequest, PaymentGateway, RefundRequest};
 use sagas::state::{SagaRun, saga_status};
 use sagas::{Checkout, Ending, SagaError, SagaOptions, Step, TestGateway, TestGatewayOptions};
 use tokio_util::sync::CancellationToken;
@@ -95,8 +95,11 @@ impl Shop {
                     quantity,
                     unit_price: Money::from_minor(2_500),
                 }],
-                payment_ref: payment_ref.clone(),
+                payment_ref: Some(payment_ref.clone()),
                 cart_id: None,
+                shipping_address: None,
+                billing_address: None,
+                payment_method: domain::PaymentMethod::Card,
             },
             &(),
             &metadata(),
@@ -117,6 +120,7 @@ impl Shop {
             attempts: 0,
             started_at: 0,
             outcome: None,
+            wakes: 0,
         }
     }
 
@@ -207,7 +211,7 @@ impl PaymentGateway for DownGateway {
         Err(SagaError::Gateway("connection refused".to_owned()))
     }
 
-    async fn refund(&self, _order_id: Uuid, _charge_id: &str) -> Result<String, SagaError> {
+    async fn refund(&self, _request: &RefundRequest) -> Result<String, SagaError> {
         Err(SagaError::Gateway("connection refused".to_owned()))
     }
 }

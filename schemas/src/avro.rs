@@ -89,6 +89,23 @@ pub const SCHEMA_SOURCES: &[(&str, &str)] = &[
         "PaymentRefunded",
         include_str!("../avro/PaymentRefunded.avsc"),
     ),
+    (
+        "RefundRequested",
+        include_str!("../avro/RefundRequested.avsc"),
+    ),
+    ("RefundFailed", include_str!("../avro/RefundFailed.avsc")),
+    (
+        "ShipmentCreated",
+        include_str!("../avro/ShipmentCreated.avsc"),
+    ),
+    (
+        "ShipmentDelivered",
+        include_str!("../avro/ShipmentDelivered.avsc"),
+    ),
+    (
+        "ReturnReceived",
+        include_str!("../avro/ReturnReceived.avsc"),
+    ),
     ("ProductViewed", include_str!("../avro/ProductViewed.avsc")),
     (
         "UserRegistered",

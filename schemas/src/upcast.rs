@@ -48,7 +48,38 @@ pub const UPCASTERS: &[Upcaster] = &[
         from_version: 1,
         step: payment_requested_v1_to_v2,
     },
+    Upcaster {
+        event_type: "OrderCreated",
+        from_version: 2,
+        step: order_created_v2_to_v3,
+    },
+    Upcaster {
+        event_type: "OrderCancelled",
+        from_version: 1,
+        step: order_cancelled_v1_to_v2,
+    },
 ];
+
+/// `OrderCreated` v3 keeps the order's addresses (sealed under the person's key) and its payment
+/// method. A v2 order kept no address (its free-text shipping address was checked and dropped)
+/// and was paid by card.
+fn order_created_v2_to_v3(mut payload: Payload) -> Result<Payload, String> {
+    for field in ["shipping_address", "billing_address", "payment_method"] {
+        if payload.contains_key(field) {
+            return Err(format!("a v2 payload has no {field}"));
+        }
+    }
+    payload.insert("shipping_address".to_owned(), Value::Null);
+    payload.insert("billing_address".to_owned(), Value::Null);
+    payload.insert("payment_method".to_owned(), Value::from("card"));
+    Ok(payload)
+}
+
+/// `OrderCancelled` v2 adds two reasons, `customer_request` and `staff_request`; every v1 payload
+/// is a valid v2 payload as it is.
+fn order_cancelled_v1_to_v2(payload: Payload) -> Result<Payload, String> {
+    Ok(payload)
+}
 
 /// `ProductUpdated` v1 followed the catalogue's first schema: `price` was a decimal number in major
 /// units and there was no `category`. v2 keeps money as exact integer minor units (`price_minor`)
@@ -398,7 +429,7 @@ mod tests {
     }
 
     #[test]
-    fn order_created_v1_reads_as_v2_without_its_payment_token() {
+    fn order_created_v1_reads_as_current_without_its_payment_token() {
         let event = stored(ORDER_CREATED_V1);
         assert!(
             event.payload.get().contains("tok_"),
@@ -411,9 +442,26 @@ mod tests {
         assert!(!re_encoded.contains("tok_"), "{re_encoded}");
         assert!(!re_encoded.contains("payment_token"), "{re_encoded}");
         let current = to_current_version(&event).unwrap();
-        assert_eq!(current.schema_version, 2);
+        assert_eq!(current.schema_version, 3);
         let whole = serde_json::to_string(&current).unwrap();
         assert!(!whole.contains("tok_"), "{whole}");
+    }
+
+    #[test]
+    fn order_created_v2_reads_as_v3_without_addresses_paid_by_card() {
+        let event = stored(include_str!("../golden/OrderCreated.v2.json"));
+        let (payload, _) = as_read::<domain::OrderEvent>(&event);
+        assert_eq!(payload["shipping_address"], Value::Null);
+        assert_eq!(payload["billing_address"], Value::Null);
+        assert_eq!(payload["payment_method"], "card");
+        assert_eq!(
+            payload["payment_ref"],
+            "vault:4f8a2c6e-1d3b-4a5c-9e7f-0b2d4f6a8c31"
+        );
+        // A payload that already has a v3 field is not a v2 one.
+        let mut v3 = serde_json::from_str::<Payload>(event.payload.get()).unwrap();
+        v3.insert("payment_method".to_owned(), Value::from("card"));
+        assert!(order_created_v2_to_v3(v3).is_err());
     }
 
     #[test]

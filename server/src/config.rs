@@ -601,6 +601,10 @@ settings! {
     /// [default: the payment timeout plus 5]
     #[arg(long, global = true, env = "MERCATO_TEST_GATEWAY_LATE_AFTER", value_name = "SECONDS")]
     test_gateway_late_after: Seconds = Seconds(payment_timeout.duration() + Duration::from_secs(5));
+    /// Seconds a bank-transfer order waits for staff to record its payment before it is
+    /// cancelled and its stock released [default: 604800, seven days]
+    #[arg(long, global = true, env = "MERCATO_BANK_TRANSFER_TIMEOUT", value_name = "SECONDS")]
+    bank_transfer_timeout: Seconds = Seconds::from_secs(7 * 24 * 3600);
     /// Outgoing mail: smtp://[user:password@]host[:port], smtps://... for TLS
     /// [default: one .eml file per mail under {data-dir}/mail]
     #[arg(long, global = true, env = "SMTP_URL", value_name = "URL", hide_env_values = true)]
@@ -726,6 +730,10 @@ impl Config {
     /// The payment gateway's time to answer a charge.
     pub fn payment_timeout(&self) -> Duration {
         self.payment_timeout.duration()
+    }
+
+    pub fn bank_transfer_timeout(&self) -> Duration {
+        self.bank_transfer_timeout.duration()
     }
 }
 

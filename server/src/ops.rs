@@ -424,6 +424,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Payments refunded because their order was cancelled",
     ),
     (
+        "mercato_refunds_total",
+        Kind::Counter,
+        "Refunds staff asked for that the gateway answered (refunded or refused)",
+    ),
+    (
         "mercato_saga_duration_seconds",
         Kind::Histogram,
         "Time from an order's placement to the end of its saga",

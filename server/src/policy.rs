@@ -84,6 +84,8 @@ const CART_HOLDERS: Access = Access::NOBODY.and_guests(GuestToken::Cart).and_cus
 const ACCOUNTS: Access = Access::NOBODY.and_accounts();
 /// Staff with the catalog role.
 const CATALOG: Access = Access::roles(&[Catalog]);
+/// Support staff.
+const SUPPORT: Access = Access::roles(&[Support]);
 /// Admins only.
 const ADMINS: Access = Access::roles(&[Admin]);
 /// Auditors (and admins).
@@ -122,6 +124,29 @@ pub const POLICY: &[Rule] = &[
     rule(
         Get,
         "/orders/{order_id}",
+        Access::roles(&[Support])
+            .and_guests(GuestToken::Order)
+            .and_customers(),
+    ),
+    rule(
+        Post,
+        "/orders/{order_id}/cancel",
+        Access::roles(&[Support])
+            .and_guests(GuestToken::Order)
+            .and_customers(),
+    ),
+    rule(Post, "/orders/{order_id}/shipments", SUPPORT).creates(),
+    rule(
+        Post,
+        "/orders/{order_id}/shipments/{shipment_id}/delivered",
+        SUPPORT,
+    ),
+    rule(Post, "/orders/{order_id}/refunds", SUPPORT).creates(),
+    rule(Post, "/orders/{order_id}/returns", SUPPORT).creates(),
+    rule(Post, "/orders/{order_id}/payments", SUPPORT).creates(),
+    rule(
+        Get,
+        "/orders/{order_id}/receipt",
         Access::roles(&[Support])
             .and_guests(GuestToken::Order)
             .and_customers(),

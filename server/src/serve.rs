@@ -109,6 +109,7 @@ impl Server {
             })?;
             let mut options = sagas::SagaOptions {
                 payment_timeout: config.payment_timeout(),
+                bank_transfer_timeout: config.bank_transfer_timeout(),
                 ..sagas::SagaOptions::default()
             };
             // With Kafka, every saga process takes its share of the partitions; the lease

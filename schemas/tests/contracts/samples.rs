@@ -5,9 +5,13 @@
 use std::collections::BTreeSet;
 
 use domain::cart::{CartCheckedOut, CartItemAdded, CartItemRemoved, CartOpened};
-use domain::order::{OrderCancelled, OrderConfirmed, OrderCreated, OrderLine};
+use domain::order::{
+    ItemCount, OrderCancelled, OrderConfirmed, OrderCreated, OrderLine, PaymentMethod,
+    ReturnReceived, ShipmentCreated, ShipmentDelivered,
+};
 use domain::payment::{
     PaymentFailed, PaymentRefunded, PaymentRequested, PaymentSucceeded, PaymentTimedOut,
+    RefundFailed, RefundRequested,
 };
 use domain::product::{
     ProductCreated, ProductDetailsChanged, ProductUpdated, StockAdjusted, StockCommitted,
@@ -119,14 +123,19 @@ fn variant_has_a_sample(event: &AnyEvent) {
         | AnyEvent::Order(
             OrderEvent::OrderCreated(_)
             | OrderEvent::OrderConfirmed(_)
-            | OrderEvent::OrderCancelled(_),
+            | OrderEvent::OrderCancelled(_)
+            | OrderEvent::ShipmentCreated(_)
+            | OrderEvent::ShipmentDelivered(_)
+            | OrderEvent::ReturnReceived(_),
         )
         | AnyEvent::Payment(
             PaymentEvent::PaymentRequested(_)
             | PaymentEvent::PaymentSucceeded(_)
             | PaymentEvent::PaymentFailed(_)
             | PaymentEvent::PaymentTimedOut(_)
-            | PaymentEvent::PaymentRefunded(_),
+            | PaymentEvent::PaymentRefunded(_)
+            | PaymentEvent::RefundRequested(_)
+            | PaymentEvent::RefundFailed(_),
         )
         | AnyEvent::View(ProductViewEvent::ProductViewed(_))
         | AnyEvent::User(
@@ -239,6 +248,9 @@ pub fn all() -> Vec<AnyEvent> {
             total: Money::from_minor(35_899),
             payment_ref: Some(format!("vault:{ORDER}")),
             cart_id: Some(CartId::parse("cart-7f3a").unwrap()),
+            shipping_address: Some(sealed("AAECAwQFBgcICQoLc2hpcHBpbmc")),
+            billing_address: Some(sealed("DA0ODxAREhMUFRYXYmlsbGluZw")),
+            payment_method: PaymentMethod::Card,
         })),
         AnyEvent::Order(OrderEvent::OrderCreated(OrderCreated {
             order_id: ORDER,
@@ -247,6 +259,9 @@ pub fn all() -> Vec<AnyEvent> {
             total: Money::from_minor(24_999),
             payment_ref: None,
             cart_id: None,
+            shipping_address: None,
+            billing_address: None,
+            payment_method: PaymentMethod::BankTransfer,
         })),
         AnyEvent::Order(OrderEvent::OrderConfirmed(OrderConfirmed {
             order_id: ORDER,
@@ -265,6 +280,39 @@ pub fn all() -> Vec<AnyEvent> {
             order_id: ORDER,
             reason: CancelReason::PaymentTimeout,
             detail: "the payment gateway did not answer within 10 s".to_owned(),
+        })),
+        AnyEvent::Order(OrderEvent::OrderCancelled(OrderCancelled {
+            order_id: ORDER,
+            reason: CancelReason::CustomerRequest,
+            detail: "ordered the wrong size".to_owned(),
+        })),
+        AnyEvent::Order(OrderEvent::OrderCancelled(OrderCancelled {
+            order_id: ORDER,
+            reason: CancelReason::StaffRequest,
+            detail: "cancelled by the shop".to_owned(),
+        })),
+        AnyEvent::Order(OrderEvent::ShipmentCreated(ShipmentCreated {
+            order_id: ORDER,
+            shipment_id: Uuid::from_u128(0x5111),
+            lines: vec![ItemCount {
+                product_id: GRINDER,
+                quantity: 1,
+            }],
+            carrier: "Poste Italiane".to_owned(),
+            tracking_number: "RR123456789IT".to_owned(),
+        })),
+        AnyEvent::Order(OrderEvent::ShipmentDelivered(ShipmentDelivered {
+            order_id: ORDER,
+            shipment_id: Uuid::from_u128(0x5111),
+        })),
+        AnyEvent::Order(OrderEvent::ReturnReceived(ReturnReceived {
+            order_id: ORDER,
+            return_id: Uuid::from_u128(0x7111),
+            lines: vec![ItemCount {
+                product_id: GRINDER,
+                quantity: 1,
+            }],
+            restock: false,
         })),
         AnyEvent::Payment(PaymentEvent::PaymentRequested(PaymentRequested {
             order_id: ORDER,
@@ -292,6 +340,23 @@ pub fn all() -> Vec<AnyEvent> {
             order_id: ORDER,
             amount: Money::from_minor(35_899),
             refund_id: "re_81b2d4".to_owned(),
+        })),
+        AnyEvent::Payment(PaymentEvent::RefundRequested(RefundRequested {
+            order_id: ORDER,
+            refund_id: "9a1b3c5d".to_owned(),
+            amount: Money::from_minor(1_500),
+            reason: Some("scratched on arrival".to_owned()),
+        })),
+        AnyEvent::Payment(PaymentEvent::RefundRequested(RefundRequested {
+            order_id: ORDER,
+            refund_id: "9a1b3c5e".to_owned(),
+            amount: Money::from_minor(500),
+            reason: None,
+        })),
+        AnyEvent::Payment(PaymentEvent::RefundFailed(RefundFailed {
+            order_id: ORDER,
+            refund_id: "9a1b3c5d".to_owned(),
+            reason: "the charge was disputed".to_owned(),
         })),
         AnyEvent::View(ProductViewEvent::ProductViewed(ProductViewed {
             product_id: GRINDER,

@@ -3,6 +3,7 @@
 
 mod access;
 mod accounts;
+mod after_checkout;
 mod docs;
 mod e2e;
 mod edges;

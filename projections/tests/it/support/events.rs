@@ -36,6 +36,9 @@ pub fn order_created(customer_id: &str, lines: &[(Uuid, u32)], position: u64) ->
         total,
         payment_ref: Some("vault:order".to_owned()),
         cart_id: None,
+        shipping_address: None,
+        billing_address: None,
+        payment_method: domain::PaymentMethod::Card,
     });
     recorded(
         schemas::encode(&event).expect("encode"),

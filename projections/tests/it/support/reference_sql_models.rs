@@ -231,6 +231,9 @@ impl Projection for OrdersProjection {
                         .execute(&mut **transaction)
                         .await?;
                     }
+                    OrderEvent::ShipmentCreated(_)
+                    | OrderEvent::ShipmentDelivered(_)
+                    | OrderEvent::ReturnReceived(_) => {}
                 },
                 "payment" => {
                     let status = match decode::<PaymentEvent>(event)? {
@@ -239,6 +242,15 @@ impl Projection for OrdersProjection {
                         PaymentEvent::PaymentFailed(_) => "FAILED",
                         PaymentEvent::PaymentTimedOut(_) => "TIMED_OUT",
                         PaymentEvent::PaymentRefunded(_) => "REFUNDED",
+                        PaymentEvent::RefundRequested(_) | PaymentEvent::RefundFailed(_) => {
+                            projections::order_details::apply_batch(
+                                transaction,
+                                self.db.backend(),
+                                std::slice::from_ref(event),
+                            )
+                            .await?;
+                            continue;
+                        }
                     };
                     // Fed from Kafka, a payment can arrive before its order (another topic): the
                     // status is kept by payment version and read when the order row is made.
@@ -265,6 +277,13 @@ impl Projection for OrdersProjection {
                 }
                 _ => {}
             }
+            // The order's details, one event at a time.
+            projections::order_details::apply_batch(
+                transaction,
+                self.db.backend(),
+                std::slice::from_ref(event),
+            )
+            .await?;
         }
         write.commit_batch(feed, Self::NAME, events).await?;
         Ok(())
