@@ -15,7 +15,7 @@ use eventstore::{EventMetadata, EventStore};
 use identity::{PaymentVault, SecretStore, identity_db_url};
 use projections::Progress;
 use projections::readdb::{ReadDb, read_db_url};
-use sagas::gateway::{ChargeOutcome, ChargeRequest, PaymentGateway};
+use sagas::gateway::{ChargeOutcome, ChargeRequest, PaymentGateway, RefundRequest};
 use sagas::state::{SagaRun, saga_status};
 use sagas::{Checkout, Ending, SagaError, SagaOptions, Step, TestGateway, TestGatewayOptions};
 use tokio_util::sync::CancellationToken;
@@ -207,7 +207,7 @@ impl PaymentGateway for DownGateway {
         Err(SagaError::Gateway("connection refused".to_owned()))
     }
 
-    async fn refund(&self, _order_id: Uuid, _charge_id: &str) -> Result<String, SagaError> {
+    async fn refund(&self, _request: &RefundRequest) -> Result<String, SagaError> {
         Err(SagaError::Gateway("connection refused".to_owned()))
     }
 }
