@@ -601,6 +601,20 @@ settings! {
     /// [default: the payment timeout plus 5]
     #[arg(long, global = true, env = "MERCATO_TEST_GATEWAY_LATE_AFTER", value_name = "SECONDS")]
     test_gateway_late_after: Seconds = Seconds(payment_timeout.duration() + Duration::from_secs(5));
+    /// Stripe's secret API key (sk_... or rk_...): card payments go to Stripe instead of the
+    /// built-in test gateway [default: the test gateway]
+    #[arg(long, global = true, env = "STRIPE_API_KEY", value_name = "KEY", hide_env_values = true)]
+    stripe_api_key: Secret;
+    /// The signing secret (whsec_...) of the Stripe webhook endpoint POST /webhooks/stripe;
+    /// without it that route answers 404 [default: none]
+    #[arg(long, global = true, env = "STRIPE_WEBHOOK_SECRET", value_name = "SECRET", hide_env_values = true)]
+    stripe_webhook_secret: Secret;
+    /// Stripe's API address; another one for tests [default: https://api.stripe.com]
+    #[arg(long, global = true, env = "STRIPE_API_BASE", value_name = "URL")]
+    stripe_api_base: String = sagas::stripe::DEFAULT_API_BASE.to_owned();
+    /// The currency of the charges made through Stripe, an ISO 4217 code [default: usd]
+    #[arg(long, global = true, env = "STRIPE_CURRENCY", value_name = "CODE")]
+    stripe_currency: String = sagas::stripe::DEFAULT_CURRENCY.to_owned();
     /// Outgoing mail: smtp://[user:password@]host[:port], smtps://... for TLS
     /// [default: one .eml file per mail under {data-dir}/mail]
     #[arg(long, global = true, env = "SMTP_URL", value_name = "URL", hide_env_values = true)]
@@ -877,6 +891,21 @@ mod tests {
             "{described}"
         );
         assert!(!described.contains("MC4CAQ") && !described.contains("mailpass"));
+        let flags = Settings {
+            stripe_api_key: Some(Secret::new("sk_test_51Hunter2")),
+            stripe_webhook_secret: Some(Secret::new("whsec_hunter2")),
+            ..Settings::default()
+        };
+        let config = Config::resolve(flags, None).unwrap();
+        let described = config.describe();
+        assert!(
+            described.contains("stripe_api_key = \"***\"")
+                && described.contains("stripe_webhook_secret = \"***\"")
+                && described.contains("stripe_api_base = \"https://api.stripe.com\"")
+                && described.contains("stripe_currency = \"usd\""),
+            "{described}"
+        );
+        assert!(!described.contains("hunter2") && !format!("{config:?}").contains("hunter2"));
     }
 
     #[test]
@@ -921,6 +950,10 @@ mod tests {
                 "payment_timeout",
                 "test_gateway_latency",
                 "test_gateway_late_after",
+                "stripe_api_key",
+                "stripe_webhook_secret",
+                "stripe_api_base",
+                "stripe_currency",
                 "smtp_url",
                 "mail_from",
                 "mail_send_timeout",
