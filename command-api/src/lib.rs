@@ -9,6 +9,7 @@
 //! - [`orders`]: a cart's checkout, the cart and its order appended together.
 //! - [`problems`]: how a refused command is answered.
 //! - [`seed`]: a catalogue loaded through the command path (`mercato seed`).
+//! - [`webhooks`]: the payment gateway's webhook route (`POST /webhooks/stripe`).
 
 mod accounts;
 mod after;
@@ -18,6 +19,7 @@ pub mod input;
 pub mod orders;
 pub mod problems;
 pub mod seed;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -39,6 +41,8 @@ pub struct CommandState {
     pub caps: caps::OrderCaps,
     /// Where a customer's orders waiting for payment are counted.
     pub open_orders: Arc<dyn caps::OpenOrders>,
+    /// Stripe's webhooks, when a webhook secret is configured.
+    pub payment_webhook: Option<Arc<dyn webhooks::PaymentWebhook>>,
 }
 
 /// A write route: a body (or none), answering `Written` with `status`.
@@ -193,6 +197,19 @@ fn routes() -> DocumentedRouter<CommandState> {
                 202,
             ),
             after::record_payment,
+        )
+        .route(
+            RouteDoc {
+                success: (200, "WebhookReceived"),
+                ..write(
+                    Method::Post,
+                    "/webhooks/stripe",
+                    "Stripe's webhook: a payment_intent.succeeded or payment_intent.payment_failed event, signed in the Stripe-Signature header (t=TIMESTAMP,v1=HMAC-SHA256), is recorded on its order's payment once; other event types are answered 200 and ignored; a missing, wrong or older than 300 s signature is 400 and changes nothing; 404 when STRIPE_WEBHOOK_SECRET is not set",
+                    Some("StripeEvent"),
+                    200,
+                )
+            },
+            webhooks::stripe_webhook,
         )
 }
 
@@ -360,6 +377,13 @@ pub fn api_doc() -> ApiDoc {
         "CompleteReset": { "type": "object", "additionalProperties": false, "required": ["token", "new_password"], "properties": {
             "token": secret_text, "new_password": password } },
         "Accepted": { "type": "object", "properties": { "detail": { "type": "string" } } },
+        "StripeEvent": { "type": "object", "required": ["id", "type"], "properties": {
+            "id": { "type": "string", "description": "Stripe's event id (evt_...): a redelivery records nothing new" },
+            "type": { "type": "string", "description": "payment_intent.succeeded and payment_intent.payment_failed are recorded; other types are ignored" },
+            "data": { "type": "object", "description": "data.object: the PaymentIntent, whose metadata.order_id names the order" } },
+            "description": "a Stripe event object, exactly as Stripe sent it (the signature covers the raw body)" },
+        "WebhookReceived": { "type": "object", "required": ["received", "recorded", "detail"], "properties": {
+            "received": { "const": true }, "recorded": { "type": "boolean" }, "detail": { "type": "string" } } },
         "Written": { "type": "object", "required": ["position"], "properties": {
                 "product_id": { "type": "string", "format": "uuid" }, "cart_id": id.clone(),
                 "order_id": { "type": "string", "format": "uuid" },

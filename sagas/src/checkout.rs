@@ -16,7 +16,7 @@ use domain::order::OrderLine;
 use domain::product::ProductError;
 use domain::{
     CancelReason, Order, OrderCommand, OrderError, OrderStatus, Payment, PaymentCommand,
-    PaymentEvent, PaymentMethod, PaymentStatus, Product, ProductCommand,
+    PaymentError, PaymentEvent, PaymentMethod, PaymentStatus, Product, ProductCommand,
 };
 use eventstore::aggregate::{CommandError, CommandOptions, execute, load};
 use eventstore::{EventMetadata, EventStore};
@@ -566,12 +566,14 @@ impl Checkout {
         let left = payment.refundable();
         if left.is_positive() {
             let charge_id = payment.charge_id.clone().unwrap_or_default();
+            // What is left, under a key of this saga's step: a rerun asks for the same refund
+            // and the gateway refunds once.
             let refund_id = self
                 .refund(&RefundRequest {
                     order_id: run.order_id,
                     charge_id: charge_id.clone(),
                     amount: left,
-                    key: SagaStep::Refund.cause(run.order_event_id).to_string(),
+                    key: refund_key(run.order_id),
                 })
                 .await?;
             self.payment_command(
@@ -624,10 +626,12 @@ impl Checkout {
                     refund_id: refund_id.clone(),
                     amount,
                 },
-                Err(SagaError::Refused(reason)) => PaymentCommand::FailRefund {
-                    refund_id: refund_id.clone(),
-                    reason,
-                },
+                Err(SagaError::Refused(reason) | SagaError::GatewayRefused(reason)) => {
+                    PaymentCommand::FailRefund {
+                        refund_id: refund_id.clone(),
+                        reason,
+                    }
+                }
                 Err(error) => return Err(error),
             };
             self.payment_command(run, step, command).await?;
@@ -765,30 +769,101 @@ impl Checkout {
     /// Records a charge the gateway made after the saga stopped waiting. The saga of the order
     /// then refunds it (its `PaymentSucceeded` wakes the cancelled saga).
     pub async fn record_late_charge(&self, late: &LateCharge) -> Result<(), SagaError> {
-        let metadata = EventMetadata {
-            correlation_id: late.order_id.to_string(),
-            causation_id: late.charge_id.clone(),
-            saga_id: None,
-            actor: "payment-gateway".to_owned(),
-            source: SOURCE.to_owned(),
-        };
-        let cause = Uuid::new_v5(
-            &late.order_id,
-            format!("late-charge/{}", late.charge_id).as_bytes(),
-        );
-        execute::<Payment>(
-            self.store.as_ref(),
-            &late.order_id.to_string(),
-            PaymentCommand::RecordSuccess {
+        let answer = GatewayAnswer {
+            order_id: late.order_id,
+            outcome: ChargeOutcome::Approved {
                 charge_id: late.charge_id.clone(),
             },
-            &(),
-            &metadata,
-            &CommandOptions::caused_by(cause),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|error| command_error("late payment", error))
+            cause: Uuid::new_v5(
+                &late.order_id,
+                format!("late-charge/{}", late.charge_id).as_bytes(),
+            ),
+            causation_id: late.charge_id.clone(),
+            source: SOURCE.to_owned(),
+        };
+        if let Recorded::Refused(why) = record_gateway_answer(self.store.as_ref(), &answer).await? {
+            tracing::warn!(order_id = %late.order_id, charge_id = %late.charge_id, why, "a late charge cannot be recorded; refund it at the gateway");
+        }
+        Ok(())
+    }
+}
+
+/// The refund key of the saga's refund of `order_id` (its step's name after the order id).
+pub fn refund_key(order_id: Uuid) -> String {
+    format!("{order_id}/{}", SagaStep::Refund.name())
+}
+
+/// An answer of the gateway that arrives apart from the saga's charge call: a late charge, a
+/// webhook. `cause` derives the ids of the events it records, so the same answer delivered
+/// again records nothing new.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayAnswer {
+    pub order_id: Uuid,
+    pub outcome: ChargeOutcome,
+    pub cause: Uuid,
+    /// What caused it, as the gateway names it (a charge id, a webhook event id).
+    pub causation_id: String,
+    /// The event metadata's `source`.
+    pub source: String,
+}
+
+/// What recording a [`GatewayAnswer`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// A `PaymentSucceeded` or `PaymentFailed` was appended.
+    New,
+    /// The payment already says so (the same answer delivered again, or the saga's own call
+    /// recorded it first): nothing was appended.
+    AlreadyKnown,
+    /// The payment cannot take it (never requested, or already ended otherwise): nothing was
+    /// appended; the reason.
+    Refused(&'static str),
+}
+
+/// Records `answer` on the order's Payment stream, durably and once: a success after the
+/// deadline is recorded (the saga, which its `PaymentSucceeded` wakes, refunds it); a second
+/// success is nothing new for the aggregate. A refusal of the aggregate is an answer
+/// ([`Recorded::Refused`]), not an error; an error is the store's, and worth retrying.
+pub async fn record_gateway_answer(
+    store: &dyn EventStore,
+    answer: &GatewayAnswer,
+) -> Result<Recorded, SagaError> {
+    let metadata = EventMetadata {
+        correlation_id: answer.order_id.to_string(),
+        causation_id: answer.causation_id.clone(),
+        saga_id: None,
+        actor: "payment-gateway".to_owned(),
+        source: answer.source.clone(),
+    };
+    let command = match &answer.outcome {
+        ChargeOutcome::Approved { charge_id } => PaymentCommand::RecordSuccess {
+            charge_id: charge_id.clone(),
+        },
+        ChargeOutcome::Declined { reason } => PaymentCommand::RecordFailure {
+            reason: reason.clone(),
+        },
+    };
+    match execute::<Payment>(
+        store,
+        &answer.order_id.to_string(),
+        command,
+        &(),
+        &metadata,
+        &CommandOptions::caused_by(answer.cause),
+    )
+    .await
+    {
+        Ok(executed) if executed.duplicate || executed.events.is_empty() => {
+            Ok(Recorded::AlreadyKnown)
+        }
+        Ok(_) => Ok(Recorded::New),
+        Err(CommandError::Domain(PaymentError::NotRequested)) => {
+            Ok(Recorded::Refused("no payment of this order was requested"))
+        }
+        Err(CommandError::Domain(_)) => Ok(Recorded::Refused(
+            "the payment already ended with another outcome",
+        )),
+        Err(error) => Err(command_error("gateway answer", error)),
     }
 }
 

@@ -26,23 +26,22 @@ pub struct ChargeRequest {
     pub payment_token: String,
 }
 
+/// What the saga (or support, for a part of an order) asks the gateway to refund.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundRequest {
+    pub order_id: Uuid,
+    /// The gateway's id of the charge to refund (`PaymentSucceeded`'s `charge_id`).
+    pub charge_id: String,
+    pub amount: Money,
+    /// The refund's idempotency key: one refund per key, however often it is asked.
+    pub key: String,
+}
+
 /// The gateway's answer to a charge.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChargeOutcome {
     Approved { charge_id: String },
     Declined { reason: String },
-}
-
-/// What the saga asks the gateway to refund.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RefundRequest {
-    pub order_id: Uuid,
-    /// The charge to refund (the gateway's id).
-    pub charge_id: String,
-    pub amount: Money,
-    /// The refund's idempotency key: the same key asked twice refunds once and answers the
-    /// first refund's id; different keys are different (partial) refunds.
-    pub key: String,
 }
 
 /// A charge the gateway made after the saga stopped waiting for it (delivered like a webhook).
@@ -59,9 +58,9 @@ pub trait PaymentGateway: Send + Sync + fmt::Debug {
     /// May never complete (a gateway that does not answer): callers bound it with a timeout.
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, SagaError>;
 
-    /// Refunds `request.amount` of the order's charge, once per `request.key` (asking again
-    /// answers the first refund's id). A refusal the gateway will keep giving is
-    /// [`SagaError::Refused`].
+    /// Refunds `request.amount` of the order's charge and answers the refund's id. The request's
+    /// key is the refund's idempotency key: the same key asked again answers the first refund's
+    /// id and refunds once; another key is another refund (an order may be refunded in parts).
     async fn refund(&self, request: &RefundRequest) -> Result<String, SagaError>;
 
     /// Charges that arrive after the saga stopped waiting. The saga takes the receiver once.
@@ -70,8 +69,10 @@ pub trait PaymentGateway: Send + Sync + fmt::Debug {
     }
 }
 
-/// Statements that create the test gateway's ledger; idempotent.
-const LEDGER_SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS test_gateway_ledger (
+/// Statements that create the test gateway's ledger; idempotent. One ledger row per order (its
+/// charge), one refund row per order and refund key.
+const LEDGER_SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS test_gateway_ledger (
         order_id TEXT PRIMARY KEY,
         payment_token TEXT NOT NULL,
         amount_minor BIGINT NOT NULL,
@@ -80,7 +81,15 @@ const LEDGER_SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS test_gateway_ledger
         refund_id TEXT,
         charge_requests BIGINT NOT NULL,
         created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL)"];
+        updated_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS test_gateway_refunds (
+        order_id TEXT NOT NULL,
+        refund_key TEXT NOT NULL,
+        amount_minor BIGINT NOT NULL,
+        refund_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (order_id, refund_key))",
+];
 
 /// The test tokens: approved, declined, never answers.
 pub const TOKEN_APPROVED: &str = "tok_visa";
@@ -117,9 +126,23 @@ pub struct LedgerEntry {
     /// `charged`, `declined` or `pending` (asked, not answered).
     pub outcome: String,
     pub charge_id: Option<String>,
+    /// The id of the order's first refund (`None` while nothing of the charge was refunded);
+    /// every refund is a row of [`refunds`].
     pub refund_id: Option<String>,
+    /// How much of the charge was refunded, all refunds together.
+    pub refunded_minor: i64,
     /// How many times a charge of this order was asked (retries after a crash ask again).
     pub charge_requests: i64,
+}
+
+/// One refund the test gateway made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundEntry {
+    pub order_id: Uuid,
+    /// The refund's idempotency key.
+    pub refund_key: String,
+    pub amount_minor: i64,
+    pub refund_id: String,
 }
 
 /// The built-in gateway of CONTRACT.md's test tokens. Its ledger is a table of the read-model
@@ -214,8 +237,11 @@ impl TestGateway {
 pub async fn ledger(db: &ReadDb) -> Result<Vec<LedgerEntry>, SagaError> {
     db.ensure_schema(LEDGER_SCHEMA).await?;
     let rows = sqlx::query(
-        "SELECT order_id, payment_token, amount_minor, outcome, charge_id, refund_id, charge_requests
-         FROM test_gateway_ledger ORDER BY order_id",
+        "SELECT l.order_id, l.payment_token, l.amount_minor, l.outcome, l.charge_id, l.refund_id,
+             l.charge_requests,
+             (SELECT CAST(COALESCE(SUM(r.amount_minor), 0) AS BIGINT) FROM test_gateway_refunds r
+              WHERE r.order_id = l.order_id)
+         FROM test_gateway_ledger l ORDER BY l.order_id",
     )
     .fetch_all(db.pool())
     .await?;
@@ -231,9 +257,38 @@ pub async fn ledger(db: &ReadDb) -> Result<Vec<LedgerEntry>, SagaError> {
                 charge_id: row.try_get(4)?,
                 refund_id: row.try_get(5)?,
                 charge_requests: row.try_get(6)?,
+                refunded_minor: row.try_get(7)?,
             })
         })
         .collect()
+}
+
+/// Every refund of the test gateway in `db`, by order and in the order they were made.
+pub async fn refunds(db: &ReadDb) -> Result<Vec<RefundEntry>, SagaError> {
+    db.ensure_schema(LEDGER_SCHEMA).await?;
+    let rows = sqlx::query(
+        "SELECT order_id, refund_key, amount_minor, refund_id FROM test_gateway_refunds
+         ORDER BY order_id, created_at, refund_key",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let order_id: String = row.try_get(0)?;
+            Ok(RefundEntry {
+                order_id: Uuid::parse_str(&order_id)
+                    .map_err(|error| SagaError::Storage(error.to_string()))?,
+                refund_key: row.try_get(1)?,
+                amount_minor: row.try_get(2)?,
+                refund_id: row.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// The id of the refund of `order_id` with key `key`: the same for the same key.
+fn refund_id_of(order_id: Uuid, key: &str) -> String {
+    format!("re_{}", Uuid::new_v5(&order_id, key.as_bytes()).simple())
 }
 
 fn charge_id_of(order_id: Uuid) -> String {
@@ -309,30 +364,93 @@ impl PaymentGateway for Arc<TestGateway> {
         if !self.options.latency.is_zero() {
             tokio::time::sleep(self.options.latency).await;
         }
-        let (order_id, charge_id) = (request.order_id, &request.charge_id);
-        // The same key, the same refund id.
-        let refund_id = format!(
-            "re_{}",
-            Uuid::new_v5(&order_id, request.key.as_bytes()).simple()
-        );
-        // The ledger keeps the first refund of each order.
-        let row = sqlx::query(
-            "UPDATE test_gateway_ledger SET refund_id = COALESCE(refund_id, $1), updated_at = $2
-             WHERE order_id = $3 AND charge_id = $4 AND outcome = 'charged'
-             RETURNING refund_id",
+        let order_id = request.order_id.to_string();
+        let charge = sqlx::query(
+            "SELECT amount_minor FROM test_gateway_ledger
+             WHERE order_id = $1 AND charge_id = $2 AND outcome = 'charged'",
         )
-        .bind(&refund_id)
-        .bind(now_text())
-        .bind(order_id.to_string())
-        .bind(charge_id)
+        .bind(&order_id)
+        .bind(&request.charge_id)
         .fetch_optional(self.db.pool())
         .await?;
-        match row {
-            Some(_) => Ok(refund_id),
-            None => Err(SagaError::Refused(format!(
-                "no charge {charge_id} of order {order_id} to refund"
-            ))),
+        let Some(charge) = charge else {
+            return Err(SagaError::Gateway(format!(
+                "no charge {} of order {order_id} to refund",
+                request.charge_id
+            )));
+        };
+        let charged: i64 = charge.try_get(0)?;
+        let earlier = |row: sqlx::any::AnyRow| -> Result<String, SagaError> {
+            let amount: i64 = row.try_get(0)?;
+            if amount != request.amount.minor() {
+                return Err(SagaError::Gateway(format!(
+                    "refund {} of order {order_id} was already made for another amount (idempotency key reused)",
+                    request.key
+                )));
+            }
+            Ok(row.try_get(1)?)
+        };
+        let find = "SELECT amount_minor, refund_id FROM test_gateway_refunds
+                    WHERE order_id = $1 AND refund_key = $2";
+        if let Some(row) = sqlx::query(find)
+            .bind(&order_id)
+            .bind(&request.key)
+            .fetch_optional(self.db.pool())
+            .await?
+        {
+            return earlier(row);
         }
+        if !request.amount.is_positive() {
+            return Err(SagaError::Gateway(format!(
+                "a refund must be of more than 0, not {}",
+                request.amount.minor()
+            )));
+        }
+        let refunded: i64 = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM test_gateway_refunds
+             WHERE order_id = $1",
+        )
+        .bind(&order_id)
+        .fetch_one(self.db.pool())
+        .await?
+        .try_get(0)?;
+        if refunded + request.amount.minor() > charged {
+            return Err(SagaError::Gateway(format!(
+                "refunding {} of order {order_id} would refund more than its charge of {charged} ({refunded} refunded already)",
+                request.amount.minor()
+            )));
+        }
+        let refund_id = refund_id_of(request.order_id, &request.key);
+        let now = now_text();
+        // A concurrent refund with the same key inserts first: its row is the answer.
+        sqlx::query(
+            "INSERT INTO test_gateway_refunds (order_id, refund_key, amount_minor, refund_id, created_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (order_id, refund_key) DO NOTHING",
+        )
+        .bind(&order_id)
+        .bind(&request.key)
+        .bind(request.amount.minor())
+        .bind(&refund_id)
+        .bind(&now)
+        .execute(self.db.pool())
+        .await?;
+        let row = sqlx::query(find)
+            .bind(&order_id)
+            .bind(&request.key)
+            .fetch_one(self.db.pool())
+            .await?;
+        let refund_id = earlier(row)?;
+        sqlx::query(
+            "UPDATE test_gateway_ledger SET refund_id = COALESCE(refund_id, $1), updated_at = $2
+             WHERE order_id = $3",
+        )
+        .bind(&refund_id)
+        .bind(&now)
+        .bind(&order_id)
+        .execute(self.db.pool())
+        .await?;
+        Ok(refund_id)
     }
 
     fn late_charges(&self) -> Option<mpsc::UnboundedReceiver<LateCharge>> {

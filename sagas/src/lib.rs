@@ -7,6 +7,7 @@
 //! - [`checkout`]: one step of a saga, derived from the aggregates' current state.
 //! - [`steps`]: the names of the steps and the event ids and metadata they derive.
 //! - [`gateway`]: the payment gateway port and the built-in test gateway with its ledger.
+//! - [`stripe`]: the Stripe adapter of the port, and Stripe's webhooks verified and recorded.
 //! - [`run_saga`]: the worker: holds the lease, follows the log, runs due sagas concurrently,
 //!   retries failing steps with exponential backoff and jitter, parks what keeps failing.
 
@@ -14,6 +15,7 @@ pub mod checkout;
 pub mod gateway;
 pub mod state;
 pub mod steps;
+pub mod stripe;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -30,8 +32,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use checkout::{Charge, Checkout, Ending, Step};
-pub use gateway::{PaymentGateway, TestGateway, TestGatewayOptions};
+pub use gateway::{PaymentGateway, RefundRequest, TestGateway, TestGatewayOptions};
 pub use state::{SagaIntake, SagaRun, SagaStatus};
+pub use stripe::{StripeConfig, StripeGateway, StripeWebhook};
 
 /// Why a saga step did not go through.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,10 @@ pub enum SagaError {
     Transient(String),
     #[error("payment gateway: {0}")]
     Gateway(String),
+    /// The gateway refused the request itself (a bad key, an invalid request): retrying the
+    /// same request will not help; the message says what to fix.
+    #[error("payment gateway: {0}")]
+    GatewayRefused(String),
     #[error("event store: {0}")]
     Store(#[from] StoreError),
     #[error("loading an aggregate: {0}")]
@@ -61,7 +68,7 @@ pub enum SagaError {
 impl SagaError {
     /// Whether retrying the step can help.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, SagaError::Refused(_))
+        !matches!(self, SagaError::Refused(_) | SagaError::GatewayRefused(_))
     }
 }
 

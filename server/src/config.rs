@@ -222,6 +222,9 @@ impl TryFrom<Number> for Seconds {
     }
 }
 
+/// How long a bank-transfer order waits for its payment: whole seconds, up to 90 days.
+pub type BankTransferSeconds = Count<1, 7_776_000>;
+
 /// A whole number from `MIN` to `MAX` (partition counts, replication factors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "Number")]
@@ -602,9 +605,23 @@ settings! {
     #[arg(long, global = true, env = "MERCATO_TEST_GATEWAY_LATE_AFTER", value_name = "SECONDS")]
     test_gateway_late_after: Seconds = Seconds(payment_timeout.duration() + Duration::from_secs(5));
     /// Seconds a bank-transfer order waits for staff to record its payment before it is
-    /// cancelled and its stock released [default: 604800, seven days]
+    /// cancelled and its stock released, 1 to 7776000 (90 days) [default: 604800, seven days]
     #[arg(long, global = true, env = "MERCATO_BANK_TRANSFER_TIMEOUT", value_name = "SECONDS")]
-    bank_transfer_timeout: Seconds = Seconds::from_secs(7 * 24 * 3600);
+    bank_transfer_timeout: BankTransferSeconds = BankTransferSeconds::new(7 * 24 * 3600);
+    /// Stripe's secret API key (sk_... or rk_...): card payments go to Stripe instead of the
+    /// built-in test gateway [default: the test gateway]
+    #[arg(long, global = true, env = "STRIPE_API_KEY", value_name = "KEY", hide_env_values = true)]
+    stripe_api_key: Secret;
+    /// The signing secret (whsec_...) of the Stripe webhook endpoint POST /webhooks/stripe;
+    /// without it that route answers 404 [default: none]
+    #[arg(long, global = true, env = "STRIPE_WEBHOOK_SECRET", value_name = "SECRET", hide_env_values = true)]
+    stripe_webhook_secret: Secret;
+    /// Stripe's API address; another one for tests [default: https://api.stripe.com]
+    #[arg(long, global = true, env = "STRIPE_API_BASE", value_name = "URL")]
+    stripe_api_base: String = sagas::stripe::DEFAULT_API_BASE.to_owned();
+    /// The currency of the charges made through Stripe, an ISO 4217 code [default: usd]
+    #[arg(long, global = true, env = "STRIPE_CURRENCY", value_name = "CODE")]
+    stripe_currency: String = sagas::stripe::DEFAULT_CURRENCY.to_owned();
     /// Outgoing mail: smtp://[user:password@]host[:port], smtps://... for TLS
     /// [default: one .eml file per mail under {data-dir}/mail]
     #[arg(long, global = true, env = "SMTP_URL", value_name = "URL", hide_env_values = true)]
@@ -733,7 +750,7 @@ impl Config {
     }
 
     pub fn bank_transfer_timeout(&self) -> Duration {
-        self.bank_transfer_timeout.duration()
+        Duration::from_secs(u64::try_from(self.bank_transfer_timeout.get()).unwrap_or(1))
     }
 }
 
@@ -885,6 +902,21 @@ mod tests {
             "{described}"
         );
         assert!(!described.contains("MC4CAQ") && !described.contains("mailpass"));
+        let flags = Settings {
+            stripe_api_key: Some(Secret::new("sk_test_51Hunter2")),
+            stripe_webhook_secret: Some(Secret::new("whsec_hunter2")),
+            ..Settings::default()
+        };
+        let config = Config::resolve(flags, None).unwrap();
+        let described = config.describe();
+        assert!(
+            described.contains("stripe_api_key = \"***\"")
+                && described.contains("stripe_webhook_secret = \"***\"")
+                && described.contains("stripe_api_base = \"https://api.stripe.com\"")
+                && described.contains("stripe_currency = \"usd\""),
+            "{described}"
+        );
+        assert!(!described.contains("hunter2") && !format!("{config:?}").contains("hunter2"));
     }
 
     #[test]
@@ -929,6 +961,11 @@ mod tests {
                 "payment_timeout",
                 "test_gateway_latency",
                 "test_gateway_late_after",
+                "bank_transfer_timeout",
+                "stripe_api_key",
+                "stripe_webhook_secret",
+                "stripe_api_base",
+                "stripe_currency",
                 "smtp_url",
                 "mail_from",
                 "mail_send_timeout",

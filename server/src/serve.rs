@@ -96,17 +96,7 @@ impl Server {
             )));
         }
         if plan.parts.saga {
-            let gateway = sagas::TestGateway::open(
-                platform.read_models.db.clone(),
-                sagas::TestGatewayOptions {
-                    latency: config.test_gateway_latency.duration(),
-                    late_after: config.test_gateway_late_after.duration(),
-                },
-            )
-            .await
-            .map_err(|error| {
-                Error::runtime("cannot open the test payment gateway's ledger", error)
-            })?;
+            let gateway = payment_gateway(config, &platform).await?;
             let mut options = sagas::SagaOptions {
                 payment_timeout: config.payment_timeout(),
                 bank_transfer_timeout: config.bank_transfer_timeout(),
@@ -131,16 +121,8 @@ impl Server {
             );
             let vault = platform.identity.vault.clone();
             workers.push(tokio::spawn(async move {
-                if let Err(error) = sagas::run_saga(
-                    store,
-                    db,
-                    Arc::new(gateway),
-                    vault,
-                    options,
-                    progress,
-                    shutdown,
-                )
-                .await
+                if let Err(error) =
+                    sagas::run_saga(store, db, gateway, vault, options, progress, shutdown).await
                 {
                     tracing::error!(%error, "the checkout saga stopped");
                 }
@@ -198,20 +180,12 @@ impl Server {
             )));
         }
         workers.push(guard.limits.spawn_forgetting(shutdown.clone()));
-        let router = app(
-            &platform,
-            &plan,
-            progress,
-            components,
-            views,
-            guard,
-            config.order_caps(),
-        )
-        // Outermost but for the panic catcher: who the client is, for everything after.
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(config.trusted_proxies.clone()),
-            crate::limits::client_address,
-        ));
+        let router = app(&platform, &plan, progress, components, views, guard, config)
+            // Outermost but for the panic catcher: who the client is, for everything after.
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(config.trusted_proxies.clone()),
+                crate::limits::client_address,
+            ));
         let connections = crate::limits::Connections::new(config);
         let address = listener
             .local_addr()
@@ -306,6 +280,76 @@ impl command_api::caps::OpenOrders for OpenOrdersModel {
     }
 }
 
+/// The payment gateway of `config`: Stripe with `STRIPE_API_KEY`, else the built-in test
+/// gateway on its ledger in the read-model database.
+async fn payment_gateway(
+    config: &Config,
+    platform: &Platform,
+) -> Result<Arc<dyn sagas::PaymentGateway>> {
+    if let Some(api_key) = &config.stripe_api_key {
+        let stripe = sagas::StripeGateway::new(sagas::StripeConfig {
+            api_key: api_key.expose().to_owned(),
+            api_base: config.stripe_api_base.clone(),
+            currency: config.stripe_currency.clone(),
+            request_timeout: sagas::stripe::DEFAULT_REQUEST_TIMEOUT,
+        })
+        .map_err(|error| Error::Usage(error.to_string()))?;
+        tracing::info!(api_base = %config.stripe_api_base, "card payments go to Stripe");
+        return Ok(Arc::new(stripe));
+    }
+    let gateway = sagas::TestGateway::open(
+        platform.read_models.db.clone(),
+        sagas::TestGatewayOptions {
+            latency: config.test_gateway_latency.duration(),
+            late_after: config.test_gateway_late_after.duration(),
+        },
+    )
+    .await
+    .map_err(|error| Error::runtime("cannot open the test payment gateway's ledger", error))?;
+    Ok(Arc::new(gateway))
+}
+
+/// Stripe's webhooks, verified and recorded by the Stripe adapter (`sagas::stripe`).
+#[derive(Debug)]
+struct StripeWebhookPort(sagas::StripeWebhook);
+
+#[async_trait::async_trait]
+impl command_api::webhooks::PaymentWebhook for StripeWebhookPort {
+    async fn receive(
+        &self,
+        signature: Option<&str>,
+        payload: &[u8],
+    ) -> std::result::Result<
+        command_api::webhooks::WebhookAnswer,
+        command_api::webhooks::WebhookRefusal,
+    > {
+        use command_api::webhooks::{WebhookAnswer, WebhookRefusal};
+        use sagas::stripe::{WebhookError, WebhookReceipt};
+        match self.0.receive(signature, payload).await {
+            Ok(WebhookReceipt::Recorded {
+                order_id,
+                event_type,
+                new,
+            }) => Ok(WebhookAnswer {
+                recorded: true,
+                detail: if new {
+                    format!("{event_type} recorded on the payment of order {order_id}")
+                } else {
+                    format!("{event_type} was already recorded on the payment of order {order_id}")
+                },
+            }),
+            Ok(WebhookReceipt::Ignored { event_type, why }) => Ok(WebhookAnswer {
+                recorded: false,
+                detail: format!("{event_type} ignored: {why}"),
+            }),
+            Err(error @ (WebhookError::Signature(_) | WebhookError::Malformed(_))) => {
+                Err(WebhookRefusal::BadRequest(error.to_string()))
+            }
+            Err(WebhookError::Unavailable(error)) => Err(WebhookRefusal::Unavailable(error)),
+        }
+    }
+}
+
 /// Deletes the idempotency records past their 24 hours, every hour, until `shutdown`.
 async fn forget_expired_keys(records: identity::IdempotencyRecords, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(3600));
@@ -352,7 +396,7 @@ fn app(
     components: Components,
     views: Option<ViewRecorder>,
     guard: Arc<crate::policy::Guard>,
-    caps: command_api::caps::OrderCaps,
+    config: &Config,
 ) -> Router {
     let read_models = &platform.read_models;
     let mut router = ops::router(OpsState {
@@ -368,11 +412,17 @@ fn app(
         router = router.merge(command_api::router(command_api::CommandState {
             store: platform.store.clone(),
             identity: Arc::new(platform.identity.clone()),
-            caps,
+            caps: config.order_caps(),
             open_orders: Arc::new(OpenOrdersModel(Queries::new(
                 read_models.db.clone(),
                 read_models.redis.clone(),
             ))),
+            payment_webhook: config.stripe_webhook_secret.as_ref().map(|secret| {
+                Arc::new(StripeWebhookPort(sagas::StripeWebhook::new(
+                    platform.store.clone(),
+                    sagas::stripe::WebhookSecret::new(secret.expose()),
+                ))) as Arc<dyn command_api::webhooks::PaymentWebhook>
+            }),
         }));
     }
     if plan.parts.query_api {

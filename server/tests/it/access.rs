@@ -386,6 +386,49 @@ async fn probe(rule: &Rule, caller: &Caller, fixture: &Fixture) -> Option<Probe>
             owned_or_support(owner, StatusCode::OK),
         )
         .reading(),
+        // After checkout: the order's owner or support cancel it; the rest is support's (an
+        // order nobody has: the route is reached, and answers that it has no such order).
+        (Post, "/orders/{order_id}/cancel") => Probe::new(
+            format!("/orders/{}/cancel", fixture.order_of(owner)),
+            owned_or_support(owner, StatusCode::ACCEPTED),
+        )
+        .body(json!({ "reason": "asked by the authorization matrix" })),
+        (Get, "/orders/{order_id}/receipt") => Probe::new(
+            format!("/orders/{}/receipt", fixture.order_of(owner)),
+            owned_or_support(owner, StatusCode::OK),
+        )
+        .reading(),
+        (Post, "/orders/{order_id}/shipments") => Probe::new(
+            format!("/orders/{}/shipments", Uuid::new_v4()),
+            Answers(StatusCode::NOT_FOUND),
+        )
+        .body(
+            json!({ "lines": [{ "product_id": product_id, "quantity": 1 }],
+            "carrier": "DHL", "tracking_number": "T1" }),
+        ),
+        (Post, "/orders/{order_id}/shipments/{shipment_id}/delivered") => Probe::new(
+            format!(
+                "/orders/{}/shipments/{}/delivered",
+                Uuid::new_v4(),
+                Uuid::new_v4()
+            ),
+            Answers(StatusCode::NOT_FOUND),
+        ),
+        (Post, "/orders/{order_id}/refunds") => Probe::new(
+            format!("/orders/{}/refunds", Uuid::new_v4()),
+            Answers(StatusCode::NOT_FOUND),
+        )
+        .body(json!({ "amount": 1 })),
+        (Post, "/orders/{order_id}/returns") => Probe::new(
+            format!("/orders/{}/returns", Uuid::new_v4()),
+            Answers(StatusCode::NOT_FOUND),
+        )
+        .body(json!({ "lines": [{ "product_id": product_id, "quantity": 1 }], "restock": true })),
+        (Post, "/orders/{order_id}/payments") => Probe::new(
+            format!("/orders/{}/payments", Uuid::new_v4()),
+            Answers(StatusCode::NOT_FOUND),
+        )
+        .body(json!({ "amount": 1, "reference": "BANK-1" })),
         (Get, "/customers/{customer_id}/orders") => Probe::new(
             format!("/customers/{}/orders", customer_a.user_id),
             owned_or_support(Owner::CustomerA, StatusCode::OK),
@@ -457,6 +500,12 @@ async fn probe(rule: &Rule, caller: &Caller, fixture: &Fixture) -> Option<Probe>
                 format!("/users/{user_id}/deactivate"),
                 Answers(StatusCode::OK),
             )
+        }
+        // Stripe's webhook: open to anyone; the matrix's server has no webhook secret, so it
+        // answers that it is not configured (its signature checks are server/tests/it/stripe.rs).
+        (Post, "/webhooks/stripe") => {
+            Probe::new("/webhooks/stripe", Answers(StatusCode::NOT_FOUND))
+                .body(json!({ "id": "evt_matrix", "type": "payment_intent.succeeded" }))
         }
         // The event history.
         (Get, "/streams/{stream_type}/{stream_id}/events") => Probe::new(

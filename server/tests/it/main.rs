@@ -12,5 +12,6 @@ mod limits;
 mod parking;
 mod platform;
 mod readiness;
+mod stripe;
 mod tokens;
 mod transport_security;
