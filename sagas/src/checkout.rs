@@ -382,15 +382,16 @@ impl Checkout {
         lines: &[OrderLine],
     ) -> Result<Option<(CancelReason, String)>, SagaError> {
         for (index, line) in lines.iter().enumerate() {
-            let command = ProductCommand::ReserveStock {
-                order_id: run.order_id,
-                quantity: line.quantity,
-            };
-            match self
-                .product_command(run, SagaStep::Reserve(index), line.product_id, command)
-                .await
-            {
-                Ok(()) => {}
+            match self.reserve(run, index, line).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Reserved and closed again by another run of this saga, which ended the
+                    // order before closing it (a late or redelivered run): read the order again.
+                    return Err(SagaError::Transient(format!(
+                        "the reservation of product {} was closed by another run of this saga; the order is read again",
+                        line.product_id
+                    )));
+                }
                 Err(CommandError::Domain(ProductError::InsufficientStock {
                     name,
                     requested,
@@ -405,13 +406,6 @@ impl Checkout {
                     return Ok(Some((
                         CancelReason::OutOfStock,
                         format!("product {} does not exist", line.product_id),
-                    )));
-                }
-                Err(CommandError::Domain(ProductError::ReservationClosed { .. })) => {
-                    // Released by an earlier run that was cancelling this order.
-                    return Ok(Some((
-                        CancelReason::OutOfStock,
-                        format!("product {} could not be reserved", line.product_id),
                     )));
                 }
                 Err(error) => return Err(command_error("reserve stock", error)),
@@ -529,6 +523,33 @@ impl Checkout {
             look_up_cause_first: false,
             ..CommandOptions::caused_by(step.cause(run.order_event_id))
         }
+    }
+
+    /// Reserves order line `index`. Answers whether the order's reservation is open after it:
+    /// not when this step's reservation was stored before and has been released or committed
+    /// since (the store recognises the repeat by its event ids and appends nothing).
+    async fn reserve(
+        &self,
+        run: &SagaRun,
+        index: usize,
+        line: &OrderLine,
+    ) -> Result<bool, CommandError<ProductError>> {
+        let command = ProductCommand::ReserveStock {
+            order_id: run.order_id,
+            quantity: line.quantity,
+        };
+        let lock = self.locks.lock_of(line.product_id);
+        let _turn = lock.lock().await;
+        let executed = execute::<Product>(
+            self.store.as_ref(),
+            &line.product_id.to_string(),
+            command,
+            &(),
+            &self.metadata(run),
+            &Self::options(run, SagaStep::Reserve(index)),
+        )
+        .await?;
+        Ok(executed.state.reservations.contains_key(&run.order_id))
     }
 
     async fn product_command(
