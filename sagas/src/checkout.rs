@@ -195,8 +195,12 @@ impl Checkout {
         }
         match payment.state.status {
             PaymentStatus::NotRequested => {
-                if let Some((reason, detail)) = self.reserve_lines(run, &order.lines).await? {
-                    return self.cancel(run, &order.lines, reason, detail).await;
+                if let Some((refused, reason, detail)) =
+                    self.reserve_lines(run, &order.lines).await?
+                {
+                    // Only the lines before the refused one hold a reservation of this order.
+                    let reserved = &order.lines[..refused];
+                    return self.cancel(run, reserved, reason, detail).await;
                 }
                 self.payment_command(
                     run,
@@ -374,13 +378,16 @@ impl Checkout {
         }
     }
 
-    /// Reserves every line, in order. On a line that cannot be reserved, answers why (the
-    /// lines before it are released by the cancellation).
+    /// Reserves every line, in order. On a line that cannot be reserved, answers its index and
+    /// why (the lines before it are released by the cancellation). That line and the ones after
+    /// it hold no reservation of the order: the line was refused without one, and a run reaches
+    /// a line only after reserving the one before (a run that had reserved the refused line
+    /// would have left its events, which the reserve then finds by its ids).
     async fn reserve_lines(
         &self,
         run: &SagaRun,
         lines: &[OrderLine],
-    ) -> Result<Option<(CancelReason, String)>, SagaError> {
+    ) -> Result<Option<(usize, CancelReason, String)>, SagaError> {
         for (index, line) in lines.iter().enumerate() {
             match self.reserve(run, index, line).await {
                 Ok(true) => {}
@@ -398,12 +405,14 @@ impl Checkout {
                     available,
                 })) => {
                     return Ok(Some((
+                        index,
                         CancelReason::OutOfStock,
                         out_of_stock_detail(line.product_id, &name, requested, available),
                     )));
                 }
                 Err(CommandError::Domain(ProductError::NotFound)) => {
                     return Ok(Some((
+                        index,
                         CancelReason::OutOfStock,
                         format!("product {} does not exist", line.product_id),
                     )));

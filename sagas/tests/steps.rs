@@ -714,3 +714,79 @@ async fn a_saga_run_after_a_crash_between_its_steps_ends_as_one_run_would() {
     // Created, three reserves, two commits and a release: each with its ProductUpdated.
     assert_eq!(product.version, 14);
 }
+
+#[tokio::test]
+async fn an_order_refused_at_a_line_releases_the_lines_before_it_and_leaves_the_others_alone() {
+    let shop = Shop::open(5).await;
+    let gateway = TestGateway::open(shop.db.clone(), TestGatewayOptions::default())
+        .await
+        .expect("gateway");
+    let checkout = checkout_of(&shop, gateway);
+    let (sold_out, after) = (Uuid::new_v4(), Uuid::new_v4());
+    for product_id in [sold_out, after] {
+        execute::<Product>(
+            shop.store().as_ref(),
+            &product_id.to_string(),
+            ProductCommand::CreateProduct {
+                product_id,
+                name: "Teapot".to_owned(),
+                description: "Cast iron".to_owned(),
+                price: Money::from_minor(4_500),
+                stock_qty: if product_id == sold_out { 0 } else { 3 },
+                category: None,
+            },
+            &(),
+            &metadata(),
+            &CommandOptions::default(),
+        )
+        .await
+        .expect("create the product");
+    }
+    let mut run = shop.order(2, "tok_visa").await;
+    // The same run, for an order of three lines: the shop's product, the sold-out one, another.
+    let order_id = Uuid::new_v4();
+    let line = |product_id: Uuid| OrderLine {
+        product_id,
+        quantity: 1,
+        unit_price: Money::from_minor(2_500),
+    };
+    execute::<Order>(
+        shop.store().as_ref(),
+        &order_id.to_string(),
+        OrderCommand::CreateOrder {
+            order_id,
+            customer_id: CustomerId::parse("ada").expect("customer id"),
+            lines: vec![line(shop.product_id), line(sold_out), line(after)],
+            payment_ref: run.payment_ref.clone(),
+            cart_id: None,
+        },
+        &(),
+        &metadata(),
+        &CommandOptions::default(),
+    )
+    .await
+    .expect("create the order");
+    run.order_id = order_id;
+    run.order_event_id = shop
+        .store()
+        .read_stream("order", &order_id.to_string(), 0, 1)
+        .await
+        .expect("read the order")[0]
+        .event_id;
+    assert_eq!(
+        drive_to_end(&checkout, &run).await,
+        Step::Finished(Ending::Cancelled(CancelReason::OutOfStock))
+    );
+    assert_eq!(shop.stock().await, 5, "the first line was released");
+    // Created, reserved, released.
+    assert_eq!(shop.stream_len("product", shop.product_id).await, 6);
+    for product_id in [sold_out, after] {
+        assert_eq!(shop.stream_len("product", product_id).await, 2);
+    }
+    // A run after the end releases every line: nothing is held, nothing changes.
+    assert_eq!(
+        checkout.drive(&run).await.expect("again"),
+        Step::Finished(Ending::Cancelled(CancelReason::OutOfStock))
+    );
+    assert_eq!(shop.stock().await, 5);
+}
