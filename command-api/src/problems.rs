@@ -21,9 +21,7 @@ impl ToProblem for ProductError {
             ProductError::InsufficientStock { .. }
             | ProductError::NegativeStock { .. }
             | ProductError::StockTooLarge { .. }
-            | ProductError::ReservationClosed { .. }
-            | ProductError::NoReservation { .. }
-            | ProductError::ReservationReleased { .. } => Problem::conflict(self.to_string()),
+            | ProductError::NoReservation { .. } => Problem::conflict(self.to_string()),
         }
     }
 }

@@ -36,8 +36,10 @@ pub struct CommandOptions {
     pub max_attempts: u32,
     /// With `cause_id`: look the command's events up before deciding (one query), so that a
     /// retried command answers the stored events. A caller whose aggregates are idempotent (a
-    /// repeated command decides nothing new) can skip the lookup; a repeated append is still
-    /// recognised by its derived event ids.
+    /// repeated command decides nothing new) can skip the lookup: a repeated append is still
+    /// recognised by its derived event ids, and a repeat the aggregate refuses (the state its
+    /// first run left has nothing more to do) is looked up then, so it answers the stored
+    /// events instead of the refusal.
     pub look_up_cause_first: bool,
 }
 
@@ -286,7 +288,8 @@ pub async fn decide<A: Aggregate>(
 ///
 /// Retries the whole load, decide, append on [`StoreError::Conflict`] up to
 /// `options.max_attempts` times. With `options.cause_id`, a command whose events are already
-/// stored is answered from them with `duplicate: true`.
+/// stored is answered from them with `duplicate: true`, whether the aggregate decides them again
+/// or refuses the repeat.
 pub async fn execute<A>(
     store: &dyn EventStore,
     stream_id: &str,
@@ -309,7 +312,7 @@ where
         {
             return Ok(executed);
         }
-        let decided = decide::<A>(
+        let decided = match decide::<A>(
             store,
             stream_id,
             command.clone(),
@@ -317,7 +320,24 @@ where
             metadata,
             options,
         )
-        .await?;
+        .await
+        {
+            Ok(decided) => decided,
+            Err(CommandError::Domain(refusal)) => {
+                // A command that was applied may be refused by the state it left (a sale
+                // committed twice finds nothing left to commit): when its events are stored, the
+                // repeat is answered from them, as the lookup before deciding would have.
+                if let Some(cause_id) = options.cause_id
+                    && !options.look_up_cause_first
+                    && let Some(executed) =
+                        already_executed::<A>(store, stream_id, cause_id).await?
+                {
+                    return Ok(executed);
+                }
+                return Err(CommandError::Domain(refusal));
+            }
+            Err(error) => return Err(error),
+        };
         if decided.events.is_empty() {
             return Ok(Executed {
                 events: decided.events,

@@ -193,7 +193,8 @@ impl Checkout {
             }
             OrderStatus::Cancelled => {
                 let reason = order.cancel_reason.unwrap_or(CancelReason::PaymentTimeout);
-                self.compensate(run, &order, &payment.state).await?;
+                self.compensate(run, &order, &payment.state, usize::MAX)
+                    .await?;
                 return Ok(Step::Finished(Ending::Cancelled(reason)));
             }
             OrderStatus::Pending => {}
@@ -210,8 +211,11 @@ impl Checkout {
         let bank_transfer = order.payment_method == PaymentMethod::BankTransfer;
         match payment.state.status {
             PaymentStatus::NotRequested => {
-                if let Some((reason, detail)) = self.reserve_lines(run, &order.lines).await? {
-                    return self.cancel(run, reason, detail).await;
+                if let Some((refused, reason, detail)) =
+                    self.reserve_lines(run, &order.lines).await?
+                {
+                    // Only the lines before the refused one hold a reservation of this order.
+                    return self.cancel_reserved(run, refused, reason, detail).await;
                 }
                 self.payment_command(
                     run,
@@ -415,44 +419,43 @@ impl Checkout {
         }
     }
 
-    /// Reserves every line, in order. On a line that cannot be reserved, answers why (the
-    /// lines before it are released by the cancellation).
+    /// Reserves every line, in order. On a line that cannot be reserved, answers its index and
+    /// why (the lines before it are released by the cancellation). That line and the ones after
+    /// it hold no reservation of the order: the line was refused without one, and a run reaches
+    /// a line only after reserving the one before (a run that had reserved the refused line
+    /// would have left its events, which the reserve then finds by its ids).
     async fn reserve_lines(
         &self,
         run: &SagaRun,
         lines: &[OrderLine],
-    ) -> Result<Option<(CancelReason, String)>, SagaError> {
+    ) -> Result<Option<(usize, CancelReason, String)>, SagaError> {
         for (index, line) in lines.iter().enumerate() {
-            let command = ProductCommand::ReserveStock {
-                order_id: run.order_id,
-                quantity: line.quantity,
-            };
-            match self
-                .product_command(run, SagaStep::Reserve(index), line.product_id, command)
-                .await
-            {
-                Ok(()) => {}
+            match self.reserve(run, index, line).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Reserved and closed again by another run of this saga, which ended the
+                    // order before closing it (a late or redelivered run): read the order again.
+                    return Err(SagaError::Transient(format!(
+                        "the reservation of product {} was closed by another run of this saga; the order is read again",
+                        line.product_id
+                    )));
+                }
                 Err(CommandError::Domain(ProductError::InsufficientStock {
                     name,
                     requested,
                     available,
                 })) => {
                     return Ok(Some((
+                        index,
                         CancelReason::OutOfStock,
                         out_of_stock_detail(line.product_id, &name, requested, available),
                     )));
                 }
                 Err(CommandError::Domain(ProductError::NotFound)) => {
                     return Ok(Some((
+                        index,
                         CancelReason::OutOfStock,
                         format!("product {} does not exist", line.product_id),
-                    )));
-                }
-                Err(CommandError::Domain(ProductError::ReservationClosed { .. })) => {
-                    // Released by an earlier run that was cancelling this order.
-                    return Ok(Some((
-                        CancelReason::OutOfStock,
-                        format!("product {} could not be reserved", line.product_id),
                     )));
                 }
                 Err(error) => return Err(command_error("reserve stock", error)),
@@ -492,7 +495,8 @@ impl Checkout {
             .state;
         let payment = self.payment(run).await?;
         let reason = order.cancel_reason.unwrap_or(CancelReason::PaymentTimeout);
-        self.compensate(run, &order, &payment.state).await?;
+        self.compensate(run, &order, &payment.state, usize::MAX)
+            .await?;
         Ok(Step::Finished(Ending::Cancelled(reason)))
     }
 
@@ -516,25 +520,46 @@ impl Checkout {
         reason: CancelReason,
         detail: String,
     ) -> Result<Step, SagaError> {
+        self.cancel_reserved(run, usize::MAX, reason, detail).await
+    }
+
+    /// The same, for an order of which only the first `reserved` lines may hold a reservation
+    /// (a line refused for want of stock holds none, nor do those after it).
+    async fn cancel_reserved(
+        &self,
+        run: &SagaRun,
+        reserved: usize,
+        reason: CancelReason,
+        detail: String,
+    ) -> Result<Step, SagaError> {
         self.order_command(
             run,
             SagaStep::Cancel,
             OrderCommand::CancelOrder { reason, detail },
         )
         .await?;
-        self.compensate_cancelled(run).await
+        let order = load::<Order>(self.store.as_ref(), &run.order_id.to_string())
+            .await?
+            .state;
+        let payment = self.payment(run).await?;
+        let reason = order.cancel_reason.unwrap_or(CancelReason::PaymentTimeout);
+        self.compensate(run, &order, &payment.state, reserved)
+            .await?;
+        Ok(Step::Finished(Ending::Cancelled(reason)))
     }
 
     /// For a cancelled order: gives its stock back and refunds what is left of its charge.
     /// Reservations of an order that was never confirmed are released; an order cancelled
     /// after its confirmation has its reservations committed (should a crash have left any
     /// open) and what did not ship put back in stock. Every step derives its events' ids from
-    /// the order, so a second run changes nothing.
+    /// the order, so a second run changes nothing. Only the first `reserved` lines are released
+    /// (the others hold no reservation of this order).
     async fn compensate(
         &self,
         run: &SagaRun,
         order: &Order,
         payment: &Payment,
+        reserved: usize,
     ) -> Result<(), SagaError> {
         if order.confirmed {
             self.commit_lines(run, &order.lines).await?;
@@ -547,7 +572,7 @@ impl Checkout {
                 }
             }
         } else {
-            for (index, line) in order.lines.iter().enumerate() {
+            for (index, line) in order.lines.iter().enumerate().take(reserved) {
                 let command = ProductCommand::ReleaseStock {
                     order_id: run.order_id,
                 };
@@ -705,6 +730,33 @@ impl Checkout {
             look_up_cause_first: false,
             ..CommandOptions::caused_by(step.cause(run.order_event_id))
         }
+    }
+
+    /// Reserves order line `index`. Answers whether the order's reservation is open after it:
+    /// not when this step's reservation was stored before and has been released or committed
+    /// since (the store recognises the repeat by its event ids and appends nothing).
+    async fn reserve(
+        &self,
+        run: &SagaRun,
+        index: usize,
+        line: &OrderLine,
+    ) -> Result<bool, CommandError<ProductError>> {
+        let command = ProductCommand::ReserveStock {
+            order_id: run.order_id,
+            quantity: line.quantity,
+        };
+        let lock = self.locks.lock_of(line.product_id);
+        let _turn = lock.lock().await;
+        let executed = execute::<Product>(
+            self.store.as_ref(),
+            &line.product_id.to_string(),
+            command,
+            &(),
+            &self.metadata(run),
+            &Self::options(run, SagaStep::Reserve(index)),
+        )
+        .await?;
+        Ok(executed.state.reservations.contains_key(&run.order_id))
     }
 
     async fn product_command(

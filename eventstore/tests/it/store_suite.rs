@@ -45,6 +45,7 @@ store_suite!(
     reopening_the_store_keeps_every_event_and_continues_the_positions,
     product_commands_run_through_the_aggregate_command_path,
     a_retried_command_with_the_same_cause_is_not_applied_twice,
+    a_repeat_without_the_lookup_first_is_answered_from_its_stored_events_whatever_the_state_decides,
     concurrent_commands_on_one_product_all_apply_after_retrying_conflicts,
     decisions_on_two_aggregates_are_appended_together_or_not_at_all,
     the_aggregate_command_path_saves_snapshots_and_loads_from_them,
@@ -1170,6 +1171,140 @@ mod cases {
         assert_eq!(
             stored[0].event_id,
             aggregate::derived_event_id(options.cause_id.unwrap(), "product", &stream_id, 0)
+        );
+    }
+
+    /// The saga's commands skip the lookup of their cause before deciding. A repeat is then
+    /// recognised by its derived ids however the aggregate decides it now: decided again (a
+    /// reserve after its release) it appends nothing; refused (a commit with nothing left to
+    /// commit) it answers the stored events. The product keeps no closed reservations to tell.
+    pub async fn a_repeat_without_the_lookup_first_is_answered_from_its_stored_events_whatever_the_state_decides(
+        test_store: &TestStore,
+    ) {
+        let store = &*test_store.store;
+        let product_id = Uuid::new_v4();
+        let stream_id = product_id.to_string();
+        aggregate::execute::<Product>(
+            store,
+            &stream_id,
+            create_product(product_id, 3),
+            &(),
+            &metadata(),
+            &CommandOptions::default(),
+        )
+        .await
+        .unwrap();
+        let step = |cause: Uuid| CommandOptions {
+            look_up_cause_first: false,
+            ..CommandOptions::caused_by(cause)
+        };
+        let (reserve, release, commit) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let (sold, given_back) = (Uuid::new_v4(), Uuid::new_v4());
+        let run = |command: ProductCommand, cause: Uuid| {
+            let (stream_id, options) = (stream_id.clone(), step(cause));
+            async move {
+                aggregate::execute::<Product>(
+                    store,
+                    &stream_id,
+                    command,
+                    &(),
+                    &metadata(),
+                    &options,
+                )
+                .await
+            }
+        };
+        let reserve_of = |order_id: Uuid| ProductCommand::ReserveStock {
+            order_id,
+            quantity: 2,
+        };
+        // Order `given_back`: reserved, then released.
+        run(reserve_of(given_back), reserve).await.unwrap();
+        run(
+            ProductCommand::ReleaseStock {
+                order_id: given_back,
+            },
+            release,
+        )
+        .await
+        .unwrap();
+        let version = store.stream_version("product", &stream_id).await.unwrap();
+        assert_eq!(version, 6);
+        // Its reserve, redelivered after the release with stock to spare: decided again, stored
+        // already, nothing appended; the reservation stays released.
+        let redelivered = run(reserve_of(given_back), reserve).await.unwrap();
+        assert!(redelivered.duplicate);
+        assert!(!redelivered.state.reservations.contains_key(&given_back));
+        assert_eq!(redelivered.state.stock_qty, 3);
+        // A release repeated: nothing to release, nothing appended.
+        let released_again = run(
+            ProductCommand::ReleaseStock {
+                order_id: given_back,
+            },
+            release,
+        )
+        .await
+        .unwrap();
+        assert!(released_again.events.is_empty());
+        assert_eq!(
+            store.stream_version("product", &stream_id).await.unwrap(),
+            version
+        );
+
+        // Order `sold`: reserved and committed; the last unit goes to another order.
+        let reserve_sold = Uuid::new_v4();
+        run(reserve_of(sold), reserve_sold).await.unwrap();
+        let first_commit = run(ProductCommand::CommitStock { order_id: sold }, commit)
+            .await
+            .unwrap();
+        run(reserve_of(Uuid::new_v4()), Uuid::new_v4())
+            .await
+            .unwrap_err();
+        run(
+            ProductCommand::ReserveStock {
+                order_id: Uuid::new_v4(),
+                quantity: 1,
+            },
+            Uuid::new_v4(),
+        )
+        .await
+        .unwrap();
+        let version = store.stream_version("product", &stream_id).await.unwrap();
+        // The commit repeated: the product refuses it (nothing open to commit), the store
+        // answers the first commit's events.
+        let committed_again = run(ProductCommand::CommitStock { order_id: sold }, commit)
+            .await
+            .unwrap();
+        assert!(committed_again.duplicate);
+        assert_eq!(committed_again.positions, first_commit.positions);
+        assert_eq!(committed_again.events, first_commit.events);
+        // The reserve of `given_back` redelivered once the stock is gone: refused as out of
+        // stock, answered from the stored reservation, which stays released.
+        let late = run(reserve_of(given_back), reserve).await.unwrap();
+        assert!(late.duplicate);
+        assert!(!late.state.reservations.contains_key(&given_back));
+        assert_eq!(late.state.stock_qty, 0);
+        assert_eq!(
+            store.stream_version("product", &stream_id).await.unwrap(),
+            version
+        );
+        // A commit that never happened is still refused, and a released reservation is never
+        // committed.
+        for order_id in [Uuid::new_v4(), given_back] {
+            let refused = run(ProductCommand::CommitStock { order_id }, Uuid::new_v4())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    refused,
+                    CommandError::Domain(ProductError::NoReservation { .. })
+                ),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(
+            store.stream_version("product", &stream_id).await.unwrap(),
+            version
         );
     }
 
