@@ -270,114 +270,120 @@ pub async fn apply_batch(
     ids.extend(payment_events.keys().copied());
     ids.sort_unstable();
     ids.dedup();
-    let mut stored = load_rows(connection, backend, &ids).await?;
+    let stored = load_rows(connection, backend, &ids).await?;
 
-    // The order parts.
-    let mut rows: Vec<(&str, String, i64)> = Vec::new();
+    let mut order_rows = Vec::new();
     for (order_id, events) in &order_events {
-        let (mut part, mut version) = match stored.get(*order_id) {
-            Some(row) => (
-                serde_json::from_str::<OrderPart>(&row.order_part).unwrap_or_default(),
-                row.order_version,
-            ),
-            None => (OrderPart::default(), 0),
-        };
-        let first = version;
-        for event in events {
-            if event.stream_version > version {
-                part.apply(event)?;
-                version = event.stream_version;
-            }
-        }
-        if version > first {
-            rows.push((order_id, serde_json::to_string(&part)?, to_i64(version)));
+        let stored = stored
+            .get(*order_id)
+            .map(|row| (row.order_part.as_str(), row.order_version));
+        if let Some((part, version)) = fold::<OrderPart>(stored, events)? {
+            order_rows.push((*order_id, serde_json::to_string(&part)?, version));
         }
     }
-    let params: Vec<Param> = rows
-        .iter()
-        .flat_map(|(order_id, part, version)| {
-            [
-                Param::Text(order_id),
-                Param::Text(part),
-                Param::Int(*version),
-            ]
-        })
-        .collect();
-    execute_values(
-        connection,
-        backend,
-        "INSERT INTO rm_order_details (order_id, order_part, order_version, payment_part,
-             payment_version) VALUES ",
-        "(?, ?, ?, '{}', 0)",
-        " ON CONFLICT (order_id) DO UPDATE SET order_part = excluded.order_part,
-             order_version = excluded.order_version
-         WHERE rm_order_details.order_version < excluded.order_version",
-        &params,
-    )
-    .await?;
-
-    // The payment parts.
-    let mut rows: Vec<(&str, String, i64, i64)> = Vec::new();
+    write_parts(connection, backend, "order", "payment", &order_rows).await?;
+    let mut payment_rows = Vec::new();
+    let mut refunds = Vec::new();
     for (order_id, events) in &payment_events {
-        let (mut part, mut version) = match stored.remove(*order_id) {
-            Some(row) => (
-                serde_json::from_str::<PaymentPart>(&row.payment_part).unwrap_or_default(),
-                row.payment_version,
-            ),
-            None => (PaymentPart::default(), 0),
-        };
-        let first = version;
-        for event in events {
-            if event.stream_version > version {
-                part.apply(event)?;
-                version = event.stream_version;
+        let stored = stored
+            .get(*order_id)
+            .map(|row| (row.payment_part.as_str(), row.payment_version));
+        if let Some((part, version)) = fold::<PaymentPart>(stored, events)? {
+            if part.refunded_minor > 0 {
+                refunds.push((*order_id, part.refunded_minor));
             }
-        }
-        if version > first {
-            let refunded = part.refunded_minor;
-            rows.push((
-                order_id,
-                serde_json::to_string(&part)?,
-                to_i64(version),
-                refunded,
-            ));
+            payment_rows.push((*order_id, serde_json::to_string(&part)?, version));
         }
     }
-    let params: Vec<Param> = rows
-        .iter()
-        .flat_map(|(order_id, part, version, _)| {
-            [
-                Param::Text(order_id),
-                Param::Text(part),
-                Param::Int(*version),
-            ]
-        })
-        .collect();
-    execute_values(
-        connection,
-        backend,
-        "INSERT INTO rm_order_details (order_id, order_part, order_version, payment_part,
-             payment_version) VALUES ",
-        "(?, '{}', 0, ?, ?)",
-        " ON CONFLICT (order_id) DO UPDATE SET payment_part = excluded.payment_part,
-             payment_version = excluded.payment_version
-         WHERE rm_order_details.payment_version < excluded.payment_version",
-        &params,
-    )
-    .await?;
+    write_parts(connection, backend, "payment", "order", &payment_rows).await?;
     // A refund of part of the total leaves the payment PARTIALLY_REFUNDED (`rm_orders` knows
     // only that a refund was made).
-    for (order_id, _, _, refunded) in rows.iter().filter(|row| row.3 > 0) {
+    for (order_id, refunded) in refunds {
         sqlx::query(
             "UPDATE rm_orders SET payment_status = CASE WHEN total_minor > $1
                  THEN 'PARTIALLY_REFUNDED' ELSE 'REFUNDED' END
              WHERE order_id = $2 AND payment_status IN ('REFUNDED', 'PARTIALLY_REFUNDED')",
         )
-        .bind(*refunded)
-        .bind(*order_id)
+        .bind(refunded)
+        .bind(order_id)
         .execute(&mut *connection)
         .await?;
     }
+    Ok(())
+}
+
+/// One part of an order's details, folded from its own stream.
+trait Part: Default + Serialize + serde::de::DeserializeOwned {
+    fn apply(&mut self, event: &RecordedEvent) -> Result<(), ProjectionError>;
+}
+
+impl Part for OrderPart {
+    fn apply(&mut self, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        OrderPart::apply(self, event)
+    }
+}
+
+impl Part for PaymentPart {
+    fn apply(&mut self, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        PaymentPart::apply(self, event)
+    }
+}
+
+/// Folds `events` into the stored part (its JSON and version), skipping the events at or below
+/// its version; `None` when none is newer.
+fn fold<P: Part>(
+    stored: Option<(&str, u64)>,
+    events: &[&RecordedEvent],
+) -> Result<Option<(P, i64)>, ProjectionError> {
+    let (mut part, mut version) = match stored {
+        Some((text, version)) => (serde_json::from_str::<P>(text).unwrap_or_default(), version),
+        None => (P::default(), 0),
+    };
+    let first = version;
+    for event in events {
+        if event.stream_version > version {
+            part.apply(event)?;
+            version = event.stream_version;
+        }
+    }
+    Ok((version > first).then(|| (part, to_i64(version))))
+}
+
+/// Writes the `{part}_part` column of `rows` (order id, JSON, version), each only over an older
+/// version; a new row gets an empty `{other}_part`.
+async fn write_parts(
+    connection: &mut AnyConnection,
+    backend: ReadBackend,
+    part: &str,
+    other: &str,
+    rows: &[(&str, String, i64)],
+) -> Result<(), ProjectionError> {
+    let params: Vec<Param> = rows
+        .iter()
+        .flat_map(|(order_id, json, version)| {
+            [
+                Param::Text(order_id),
+                Param::Text(json),
+                Param::Int(*version),
+            ]
+        })
+        .collect();
+    execute_values(
+        connection,
+        backend,
+        &format!(
+            "INSERT INTO rm_order_details (order_id, {part}_part, {part}_version, {other}_part,
+                 {other}_version) VALUES "
+        ),
+        "(?, ?, ?, '{}', 0)",
+        &format!(
+            " ON CONFLICT (order_id) DO UPDATE SET {part}_part = excluded.{part}_part,
+                 {part}_version = excluded.{part}_version
+             WHERE rm_order_details.{part}_version < excluded.{part}_version"
+        ),
+        &params,
+    )
+    .await?;
     Ok(())
 }
 

@@ -304,13 +304,17 @@ impl ReadDb {
         db.ensure_schema(SCHEMA).await?;
         db.ensure_schema(crate::lease::SCHEMA).await?;
         db.ensure_schema(crate::order_details::SCHEMA).await?;
-        db.ensure_added_columns().await?;
+        db.ensure_columns(ADDED_COLUMNS).await?;
         Ok(db)
     }
 
-    /// Adds each of [`ADDED_COLUMNS`] its table does not have yet.
-    async fn ensure_added_columns(&self) -> Result<(), ProjectionError> {
-        for (table, column, column_type) in ADDED_COLUMNS {
+    /// Adds each of `columns` (`(table, column, type)`, such as [`ADDED_COLUMNS`]) its table
+    /// does not have yet: for tables made before the column was released.
+    pub async fn ensure_columns(
+        &self,
+        columns: &[(&str, &str, &str)],
+    ) -> Result<(), ProjectionError> {
+        for (table, column, column_type) in columns {
             let present = sqlx::query(&format!("SELECT {column} FROM {table} WHERE 1 = 0"))
                 .fetch_all(&self.pool)
                 .await

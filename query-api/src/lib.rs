@@ -782,24 +782,8 @@ async fn get_order(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let order_id = uuid::Uuid::parse_str(&order_id).map_err(|_| {
-        Problem::not_found(format!(
-            "no order has id {:?}: order ids are UUIDs made by the server",
-            truncate(&order_id, 80)
-        ))
-    })?;
-    wait_for(&state, OrdersProjection::NAME, &headers, &params).await?;
-    let Some(row) = state
-        .queries
-        .order(&order_id.to_string())
-        .await
-        .map_err(|error| db_problem(&error))?
-        .filter(|row| may_read_order(&state, &context, &headers, &row.order_id, &row.customer_id))
-    else {
-        return Err(Problem::not_found(format!(
-            "no order has id {order_id} (or it is not yours: a guest sends the order's X-Order-Token)"
-        )));
-    };
+    let (order_id, row) =
+        orders::readable_order(&state, &context, &headers, &params, &order_id).await?;
     let mut order = order_json(&row);
     orders::add_details(&state, &row, &mut order).await?;
     if order["status"] == "PENDING"

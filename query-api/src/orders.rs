@@ -47,12 +47,51 @@ fn counts_json(lines: &[CountRow]) -> Vec<Value> {
         .collect()
 }
 
-/// Adds what the order shows after checkout to `answer` (an order as [`order_json`] makes it).
+/// Order `order_id` (text from the path), once the orders read model has the position the
+/// request waits for, if the caller may read it (its customer, its guest with the order's
+/// token, or support); 404 otherwise, so that ids cannot be probed.
+pub(crate) async fn readable_order(
+    state: &QueryState,
+    context: &RequestContext,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    order_id: &str,
+) -> Result<(uuid::Uuid, OrderRow), Problem> {
+    let order_id = uuid::Uuid::parse_str(order_id).map_err(|_| {
+        Problem::not_found(format!(
+            "no order has id {:?}: order ids are UUIDs made by the server",
+            truncate(order_id, 80)
+        ))
+    })?;
+    wait_for(state, OrdersProjection::NAME, headers, params).await?;
+    let Some(row) = state
+        .queries
+        .order(&order_id.to_string())
+        .await
+        .map_err(|error| db_problem(&error))?
+        .filter(|row| may_read_order(state, context, headers, &row.order_id, &row.customer_id))
+    else {
+        return Err(Problem::not_found(format!(
+            "no order has id {order_id} (or it is not yours: a guest sends the order's X-Order-Token)"
+        )));
+    };
+    Ok((order_id, row))
+}
+
+/// What an order's payments add up to, in minor units.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PaidTotals {
+    pub paid_minor: i64,
+    pub refunded_minor: i64,
+}
+
+/// Adds what the order shows after checkout to `answer` (an order as [`order_json`] makes it),
+/// and answers what its payments add up to.
 pub(crate) async fn add_details(
     state: &QueryState,
     row: &OrderRow,
     answer: &mut Value,
-) -> Result<(), Problem> {
+) -> Result<PaidTotals, Problem> {
     let (order, payment) =
         projections::order_details::load(state.queries.db().pool(), &row.order_id)
             .await
@@ -73,8 +112,12 @@ pub(crate) async fn add_details(
         order.billing_address.as_ref(),
     )
     .await?;
+    let totals = PaidTotals {
+        paid_minor: payment.payments.iter().map(|paid| paid.amount_minor).sum(),
+        refunded_minor: payment.refunded_minor,
+    };
     let Some(object) = answer.as_object_mut() else {
-        return Ok(());
+        return Ok(totals);
     };
     let OrderPart {
         payment_method,
@@ -126,7 +169,7 @@ pub(crate) async fn add_details(
     if let Value::Object(details) = details {
         object.extend(details);
     }
-    Ok(())
+    Ok(totals)
 }
 
 /// `GET /orders/{id}/receipt`: the order's lines, amounts, payments and refunds, for its
@@ -139,25 +182,9 @@ pub(crate) async fn get_receipt(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let not_found = |id: &str| {
-        Problem::not_found(format!(
-            "no order has id {:?} (or it is not yours: a guest sends the order's X-Order-Token)",
-            truncate(id, 80)
-        ))
-    };
-    let order_id = uuid::Uuid::parse_str(&order_id).map_err(|_| not_found(&order_id))?;
-    wait_for(&state, OrdersProjection::NAME, &headers, &params).await?;
-    let Some(row) = state
-        .queries
-        .order(&order_id.to_string())
-        .await
-        .map_err(|error| db_problem(&error))?
-        .filter(|row| may_read_order(&state, &context, &headers, &row.order_id, &row.customer_id))
-    else {
-        return Err(not_found(&order_id.to_string()));
-    };
+    let (_, row) = readable_order(&state, &context, &headers, &params, &order_id).await?;
     let mut receipt = order_json(&row);
-    add_details(&state, &row, &mut receipt).await?;
+    let totals = add_details(&state, &row, &mut receipt).await?;
     // Each line with its product's name and amount.
     let mut lines = Vec::with_capacity(row.lines.len());
     for line in &row.lines {
@@ -175,22 +202,13 @@ pub(crate) async fn get_receipt(
             "amount": money_raw(line.unit_price_minor.saturating_mul(i64::from(line.quantity))),
         }));
     }
-    let refunded = domain::Money::parse_decimal(&receipt["refunded_total"].to_string())
-        .map_or(0, domain::Money::minor);
-    let paid: i64 = receipt["payments"]
-        .as_array()
-        .map(|payments| {
-            payments
-                .iter()
-                .filter_map(|paid| domain::Money::parse_decimal(&paid["amount"].to_string()).ok())
-                .map(domain::Money::minor)
-                .sum()
-        })
-        .unwrap_or(0);
     if let Some(object) = receipt.as_object_mut() {
         object.insert("lines".to_owned(), Value::Array(lines));
-        object.insert("paid_total".to_owned(), json!(money_raw(paid)));
-        object.insert("net_total".to_owned(), json!(money_raw(paid - refunded)));
+        object.insert("paid_total".to_owned(), json!(money_raw(totals.paid_minor)));
+        object.insert(
+            "net_total".to_owned(),
+            json!(money_raw(totals.paid_minor - totals.refunded_minor)),
+        );
     }
     let wants_html = headers
         .get(header::ACCEPT)

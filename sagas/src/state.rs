@@ -48,24 +48,9 @@ pub const FAILED: &str = "failed";
 /// Creates the saga's tables in `db`, adding `wakes` to a table made before it existed.
 pub async fn ensure_schema(db: &ReadDb) -> Result<(), SagaError> {
     db.ensure_schema(SCHEMA).await?;
-    let has_wakes = || async {
-        sqlx::query("SELECT wakes FROM checkout_sagas WHERE 1 = 0")
-            .fetch_all(db.pool())
-            .await
-            .is_ok()
-    };
-    if !has_wakes().await {
-        let added =
-            sqlx::query("ALTER TABLE checkout_sagas ADD COLUMN wakes BIGINT NOT NULL DEFAULT 0")
-                .execute(db.pool())
-                .await;
-        // Another process may have added it meanwhile.
-        if let Err(error) = added
-            && !has_wakes().await
-        {
-            return Err(error.into());
-        }
-    }
+    // `wakes` came after the table was first released.
+    db.ensure_columns(&[("checkout_sagas", "wakes", "BIGINT NOT NULL DEFAULT 0")])
+        .await?;
     Ok(())
 }
 
