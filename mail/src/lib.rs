@@ -87,6 +87,10 @@ pub struct Mail {
     pub subject: String,
     pub text: String,
     pub html: Option<String>,
+    /// The local part of the Message-ID (before `@` and the sender's domain); `None` gives a
+    /// fresh one. A notification names its own, derived from its key, so that a message sent
+    /// twice after a crash carries the same id and a receiver can tell it is one message.
+    pub message_id: Option<String>,
 }
 
 impl Mail {
@@ -97,12 +101,20 @@ impl Mail {
             subject: subject.into(),
             text: text.into(),
             html: None,
+            message_id: None,
         }
     }
 
     /// The same mail with an HTML body beside its text.
     pub fn with_html(mut self, html: impl Into<String>) -> Self {
         self.html = Some(html.into());
+        self
+    }
+
+    /// The same mail with the Message-ID `<{local}@{sender's domain}>`; `local` is letters,
+    /// digits, `.`, `-` and `_` only (anything else is refused when the mail is sent).
+    pub fn with_message_id(mut self, local: impl Into<String>) -> Self {
+        self.message_id = Some(local.into());
         self
     }
 }

@@ -96,7 +96,24 @@ fn build_lettre_message(from: &Mailbox, mail: &Mail) -> Result<Message, MailErro
     if let Some(reason) = control_character_in(&mail.subject) {
         return Err(MailError::InvalidMail(format!("the subject {reason}")));
     }
-    let message_id = format!("<{}@{}>", Uuid::new_v4().simple(), from.email.domain());
+    let local = match &mail.message_id {
+        Some(local)
+            if !local.is_empty()
+                && local.len() <= 128
+                && local
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) =>
+        {
+            local.clone()
+        }
+        Some(local) => {
+            return Err(MailError::InvalidMail(format!(
+                "the Message-ID part {local:?} must be 1 to 128 letters, digits, '.', '-' or '_'"
+            )));
+        }
+        None => Uuid::new_v4().simple().to_string(),
+    };
+    let message_id = format!("<{local}@{}>", from.email.domain());
     let builder = Message::builder()
         .from(from.clone())
         .to(to)
@@ -272,5 +289,23 @@ mod tests {
         let first = message_id(&formatted(&mail));
         assert!(first.is_some());
         assert_ne!(first, message_id(&formatted(&mail)));
+    }
+
+    #[test]
+    fn a_mail_may_name_its_message_id_and_a_bad_one_is_refused() {
+        let mail = Mail::text(Recipient::new("zoe@example.com"), "Welcome", "Hello")
+            .with_message_id("n-0123abcd");
+        let message = formatted(&mail);
+        assert!(
+            message.contains("Message-ID: <n-0123abcd@mercato.example>"),
+            "{message}"
+        );
+        let bad = Mail::text(Recipient::new("zoe@example.com"), "Welcome", "Hello")
+            .with_message_id("a>b");
+        let from = sender_mailbox("shop@mercato.example").expect("a sender");
+        assert!(matches!(
+            build_message(&from, &bad),
+            Err(MailError::InvalidMail(_))
+        ));
     }
 }

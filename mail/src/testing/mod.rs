@@ -36,9 +36,9 @@ pub const TEST_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server script, written into each server's temporary directory.
 const SERVER_SCRIPT: &str = include_str!("smtp_server.py");
-/// The script's exit status when aiosmtpd cannot be imported.
-const AIOSMTPD_MISSING_STATUS: i32 = 3;
-/// How long the server may take to start listening.
+/// A peer script's exit status when a Python package it needs cannot be imported.
+const PACKAGE_MISSING_STATUS: i32 = 3;
+/// How long a peer may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether a missing service must fail the test rather than skip it.
@@ -72,6 +72,117 @@ fn skip(test_name: &str, reason: &str) {
     });
     if let Some(mut log) = log {
         let _ = writeln!(log, "{test_name}: {reason}");
+    }
+}
+
+/// A real peer of the tests written in Python (an SMTP server, a webhook receiver): a script run
+/// by `python3` in a temporary directory of its own, which prints the port it listens on alone
+/// on its first line, exits when its standard input closes, and exits with status 3 when a
+/// package it needs is missing (the test is then skipped, or fails under
+/// `MERCATO_REQUIRE_SERVICES=1`).
+#[derive(Clone, Copy, Debug)]
+pub struct PythonPeer<'a> {
+    pub test_name: &'a str,
+    /// What it is, for messages: `the SMTP server`.
+    pub what: &'a str,
+    /// The script's file name and text.
+    pub script_name: &'a str,
+    pub script: &'a str,
+    /// Directories to create in the peer's directory before it starts.
+    pub directories: &'a [&'a str],
+    /// The script's arguments (paths relative to the peer's directory, its working directory).
+    pub args: &'a [&'a str],
+    /// Why the test is skipped when a package is missing, and how to install it.
+    pub missing: &'a str,
+}
+
+/// A started [`PythonPeer`]: its process (killed when dropped), its port, and its directory
+/// (the script, `peer.log` with its standard error, and what it keeps).
+#[derive(Debug)]
+pub struct StartedPeer {
+    pub process: Child,
+    pub port: u16,
+    pub directory: TempDir,
+}
+
+impl PythonPeer<'_> {
+    /// Starts the peer and waits until it listens; `None` when the test must be skipped.
+    pub async fn start(&self) -> Option<StartedPeer> {
+        let (test_name, what) = (self.test_name, self.what);
+        let directory = TempDir::new()
+            .unwrap_or_else(|error| panic!("cannot create a temporary directory: {error}"));
+        let script = directory.path().join(self.script_name);
+        let log_path = directory.path().join("peer.log");
+        std::fs::write(&script, self.script)
+            .unwrap_or_else(|error| panic!("cannot write {}: {error}", script.display()));
+        for name in self.directories {
+            let path = directory.path().join(name);
+            std::fs::create_dir(&path)
+                .unwrap_or_else(|error| panic!("cannot create {}: {error}", path.display()));
+        }
+        let log = std::fs::File::create(&log_path)
+            .unwrap_or_else(|error| panic!("cannot create {}: {error}", log_path.display()));
+        let spawned = Command::new("python3")
+            .arg(&script)
+            .args(self.args)
+            .current_dir(directory.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn();
+        let mut process = match spawned {
+            Ok(process) => process,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                skip_or_fail(
+                    test_name,
+                    &format!("python3 is not installed (the tests run {what} with it)"),
+                );
+                return None;
+            }
+            Err(error) => panic!("{test_name}: cannot start python3: {error}"),
+        };
+        let stdout = process
+            .stdout
+            .take()
+            .unwrap_or_else(|| panic!("{test_name}: the output of {what} is not piped"));
+        let mut first_line = String::new();
+        let read = tokio::time::timeout(
+            START_TIMEOUT,
+            BufReader::new(stdout).read_line(&mut first_line),
+        )
+        .await;
+        let peer_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        match read {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => panic!("{test_name}: cannot read the output of {what}: {error}"),
+            Err(_elapsed) => panic!(
+                "{test_name}: {what} did not start listening within {START_TIMEOUT:?}; its log:\n{}",
+                peer_log()
+            ),
+        }
+        if let Ok(port) = first_line.trim().parse::<u16>() {
+            return Some(StartedPeer {
+                process,
+                port,
+                directory,
+            });
+        }
+        let status = tokio::time::timeout(Duration::from_secs(10), process.wait())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if status.as_ref().and_then(ExitStatus::code) == Some(PACKAGE_MISSING_STATUS) {
+            skip_or_fail(
+                test_name,
+                &format!("{} ({})", self.missing, peer_log().trim()),
+            );
+            return None;
+        }
+        panic!(
+            "{test_name}: {what} did not start ({status:?}, first line {first_line:?}); its log:\n{}",
+            peer_log()
+        );
     }
 }
 
@@ -166,75 +277,21 @@ impl SmtpServer {
     /// Starts a server and waits until it listens. `None` when the test must be skipped
     /// (`python3` or aiosmtpd missing; see the module documentation).
     pub async fn start(test_name: &str) -> Option<Self> {
-        let directory = TempDir::new()
-            .unwrap_or_else(|error| panic!("cannot create a temporary directory: {error}"));
-        let script = directory.path().join("smtp_server.py");
-        let messages = directory.path().join("messages");
-        let log_path = directory.path().join("server.log");
-        std::fs::write(&script, SERVER_SCRIPT)
-            .unwrap_or_else(|error| panic!("cannot write {}: {error}", script.display()));
-        std::fs::create_dir(&messages)
-            .unwrap_or_else(|error| panic!("cannot create {}: {error}", messages.display()));
-        let log = std::fs::File::create(&log_path)
-            .unwrap_or_else(|error| panic!("cannot create {}: {error}", log_path.display()));
-        let spawned = Command::new("python3")
-            .arg(&script)
-            .arg(&messages)
-            .current_dir(directory.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn();
-        let mut process = match spawned {
-            Ok(process) => process,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                skip_or_fail(
-                    test_name,
-                    "python3 is not installed (the SMTP tests run the aiosmtpd server with it)",
-                );
-                return None;
-            }
-            Err(error) => panic!("{test_name}: cannot start python3: {error}"),
+        let peer = PythonPeer {
+            test_name,
+            what: "the SMTP server",
+            script_name: "smtp_server.py",
+            script: SERVER_SCRIPT,
+            directories: &["messages"],
+            args: &["messages"],
+            missing: "the Python package aiosmtpd is not installed (python3 -m pip install aiosmtpd; scripts/test-setup installs it)",
         };
-        let stdout = process.stdout.take().expect("the server's piped output");
-        let mut first_line = String::new();
-        let read = tokio::time::timeout(
-            START_TIMEOUT,
-            BufReader::new(stdout).read_line(&mut first_line),
-        )
-        .await;
-        let server_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-        match read {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => panic!("{test_name}: cannot read the SMTP server's output: {error}"),
-            Err(_elapsed) => panic!(
-                "{test_name}: the SMTP server did not start listening within {START_TIMEOUT:?}; its log:\n{}",
-                server_log()
-            ),
-        }
-        if let Ok(port) = first_line.trim().parse::<u16>() {
-            return Some(Self {
-                process,
-                port,
-                directory,
-            });
-        }
-        let status = tokio::time::timeout(Duration::from_secs(10), process.wait())
-            .await
-            .ok()
-            .and_then(Result::ok);
-        if status.as_ref().and_then(ExitStatus::code) == Some(AIOSMTPD_MISSING_STATUS) {
-            skip_or_fail(
-                test_name,
-                "the Python package aiosmtpd is not installed (python3 -m pip install aiosmtpd; scripts/test-setup installs it)",
-            );
-            return None;
-        }
-        panic!(
-            "{test_name}: the SMTP server did not start ({status:?}, first line {first_line:?}); its log:\n{}",
-            server_log()
-        );
+        let started = peer.start().await?;
+        Some(Self {
+            process: started.process,
+            port: started.port,
+            directory: started.directory,
+        })
     }
 
     /// `smtp://127.0.0.1:PORT`: plain SMTP, no credentials.
@@ -245,6 +302,12 @@ impl SmtpServer {
     /// The port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The directory the server stores each accepted message in (`NNNNNN.eml`, written when
+    /// the server accepted it: its modification time is that moment).
+    pub fn messages_dir(&self) -> std::path::PathBuf {
+        self.directory.path().join("messages")
     }
 
     /// Every message received so far, in the order they arrived, with its envelope.
