@@ -112,14 +112,13 @@ pub async fn run_relay(
         );
         metrics::gauge!("mercato_relay_lease_held").set(1.0);
         sender.send_modify(|state| state.lease = Some(LeaseStatus::Held));
-        let held = shutdown.child_token();
-        let renewal = {
-            let (lease, held) = (lease.clone(), held.clone());
-            tokio::spawn(async move { lease.keep(held).await })
-        };
-        publish_while_held(&store, &db, &settings, &sender, &health, &tenure, &held).await;
-        held.cancel();
-        let _ = renewal.await;
+        let (store, db, settings, sender, health, tenure) =
+            (&store, &db, &settings, &sender, &health, &tenure);
+        lease
+            .hold(&shutdown, |held| async move {
+                publish_while_held(store, db, settings, sender, health, tenure, &held).await;
+            })
+            .await;
         if shutdown.is_cancelled() {
             break;
         }

@@ -224,6 +224,43 @@ impl Lease {
         }
     }
 
+    /// Runs `work` for one holding of the lease: keeps the lease renewed meanwhile, and cancels
+    /// the token `work` gets when the lease is lost (or at `shutdown`). Returns once `work` has.
+    pub async fn hold<Fut>(
+        &self,
+        shutdown: &CancellationToken,
+        work: impl FnOnce(CancellationToken) -> Fut,
+    ) where
+        Fut: std::future::Future<Output = ()>,
+    {
+        let held = shutdown.child_token();
+        let renewal = {
+            let (lease, held) = (self.clone(), held.clone());
+            tokio::spawn(async move { lease.keep(held).await })
+        };
+        work(held.clone()).await;
+        held.cancel();
+        let _ = renewal.await;
+    }
+
+    /// Runs `work` each time this process holds the lease, until `shutdown`: waits for the
+    /// lease, runs `work` while it holds it ([`Lease::hold`]), stands by again when it is lost,
+    /// and gives it up at the end so that a standby takes over at once.
+    pub async fn serve<F, Fut>(&self, shutdown: &CancellationToken, mut work: F)
+    where
+        F: FnMut(CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        while let Some(tenure) = self.acquire(shutdown).await {
+            tracing::info!(lease = self.name, owner = %self.owner, fence = tenure.fence, "holding the lease");
+            self.hold(shutdown, &mut work).await;
+            if !shutdown.is_cancelled() {
+                tracing::warn!(lease = self.name, owner = %self.owner, "the lease was lost; standing by");
+            }
+        }
+        self.release().await;
+    }
+
     /// Gives the lease up (if this process holds it), so that a standby takes over at once; a
     /// failure is logged, and the lease then expires by itself.
     pub async fn release(&self) {

@@ -174,42 +174,41 @@ pub async fn run_saga(
         options.worker_id.clone(),
         options.lease_ttl,
     );
-    while let Some(_tenure) = lease.acquire(&shutdown).await {
-        tracing::info!(worker = %options.worker_id, "saga worker holds the lease");
-        metrics::gauge!("mercato_saga_lease_held").set(1.0);
-        let held = shutdown.child_token();
-        let renewal = {
-            let (lease, held) = (lease.clone(), held.clone());
-            tokio::spawn(async move { lease.keep(held).await })
-        };
-        match &options.external_intake {
-            Some(wake) => {
-                run_due(Worker::new(&checkout, &db, &options, wake, &held)).await;
+    lease
+        .serve(&shutdown, |held| {
+            let (checkout, db, options, store, progress) = (
+                checkout.clone(),
+                db.clone(),
+                options.clone(),
+                store.clone(),
+                progress.clone(),
+            );
+            async move {
+                metrics::gauge!("mercato_saga_lease_held").set(1.0);
+                match &options.external_intake {
+                    Some(wake) => {
+                        run_due(Worker::new(&checkout, &db, &options, wake, &held)).await;
+                    }
+                    None => {
+                        let wake = Arc::new(Notify::new());
+                        let intake = Arc::new(SagaIntake::new(db.clone(), wake.clone()));
+                        tokio::join!(
+                            run_projection(
+                                store.clone(),
+                                intake,
+                                db.clone(),
+                                progress.clone(),
+                                held.clone(),
+                                INTAKE_BATCH
+                            ),
+                            run_due(Worker::new(&checkout, &db, &options, &wake, &held)),
+                        );
+                    }
+                }
+                metrics::gauge!("mercato_saga_lease_held").set(0.0);
             }
-            None => {
-                let wake = Arc::new(Notify::new());
-                let intake = Arc::new(SagaIntake::new(db.clone(), wake.clone()));
-                tokio::join!(
-                    run_projection(
-                        store.clone(),
-                        intake,
-                        db.clone(),
-                        progress.clone(),
-                        held.clone(),
-                        INTAKE_BATCH
-                    ),
-                    run_due(Worker::new(&checkout, &db, &options, &wake, &held)),
-                );
-            }
-        }
-        held.cancel();
-        let _ = renewal.await;
-        metrics::gauge!("mercato_saga_lease_held").set(0.0);
-        if !shutdown.is_cancelled() {
-            tracing::warn!(worker = %options.worker_id, "saga lease lost; standing by");
-        }
-    }
-    lease.release().await;
+        })
+        .await;
     Ok(())
 }
 
