@@ -278,6 +278,7 @@ pub(crate) async fn change_profile(
         name: body.name,
         phone: body.phone,
         addresses: body.addresses,
+        language: body.language,
     };
     let changed = state
         .identity
@@ -309,10 +310,14 @@ pub(crate) async fn change_password(
 #[tracing::instrument(skip_all)]
 pub(crate) async fn request_password_reset(
     State(state): State<CommandState>,
+    Extension(context): Extension<RequestContext>,
     JsonBody(body): JsonBody<RequestReset>,
 ) -> Answer {
     check_email_length(&body.email)?;
-    state.identity.accounts.request_password_reset(&body.email);
+    state
+        .identity
+        .accounts
+        .request_password_reset(&body.email, metadata(&context));
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "detail": "if an account has this email, a message with a reset code is on its way" })),

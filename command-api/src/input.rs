@@ -327,6 +327,8 @@ pub struct ChangeProfile {
     pub phone: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     pub addresses: Option<Option<Vec<domain::Address>>>,
+    #[serde(default, deserialize_with = "present")]
+    pub language: Option<Option<String>>,
 }
 
 /// `POST /users/me/password`.

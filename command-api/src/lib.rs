@@ -238,7 +238,7 @@ fn account_routes(router: DocumentedRouter<CommandState>) -> DocumentedRouter<Co
             log_out,
         )
         .route(
-            write(Method::Patch, "/users/me", "Change your name, phone or addresses (null clears the phone or the addresses)", Some("ChangeProfile"), 200),
+            write(Method::Patch, "/users/me", "Change your name, phone, addresses or the language of your messages (null clears the phone or the addresses, or goes back to English)", Some("ChangeProfile"), 200),
             change_profile,
         )
         .route(
@@ -369,7 +369,8 @@ pub fn api_doc() -> ApiDoc {
         "ChangeProfile": { "type": "object", "additionalProperties": false, "minProperties": 1, "properties": {
             "name": person_name,
             "phone": { "anyOf": [phone, { "type": "null" }] },
-            "addresses": { "anyOf": [{ "type": "array", "maxItems": domain::personal::ADDRESSES_MAX, "items": address }, { "type": "null" }] } } },
+            "addresses": { "anyOf": [{ "type": "array", "maxItems": domain::personal::ADDRESSES_MAX, "items": address }, { "type": "null" }] },
+            "language": { "anyOf": [{ "type": "string", "enum": identity::accounts::PROFILE_LANGUAGES, "description": "the language of your messages (ISO 639-1)" }, { "type": "null" }] } } },
         "ChangePassword": { "type": "object", "additionalProperties": false, "required": ["current_password", "new_password"], "properties": {
             "current_password": { "type": "string", "maxLength": 1000 }, "new_password": password.clone() } },
         "RequestReset": { "type": "object", "additionalProperties": false, "required": ["email"], "properties": {

@@ -60,11 +60,12 @@ pub const EVENT_TYPES: &[(&str, &str, u32)] = &[
     ("user", "UserRegistered", 1),
     ("user", "UserEmailVerified", 1),
     ("user", "UserLoggedIn", 1),
-    ("user", "UserProfileChanged", 1),
+    ("user", "UserProfileChanged", 2),
     ("user", "UserPasswordChanged", 1),
     ("user", "UserPasswordReset", 1),
     ("user", "UserDeactivated", 1),
     ("user", "UserErased", 1),
+    ("user", "UserPasswordResetRequested", 1),
 ];
 
 /// Every stream type events are written to, in the order of [`EVENT_TYPES`].

@@ -149,6 +149,17 @@ pub struct UserProfileChanged {
     pub phone: Option<Sealed>,
     /// The postal addresses as one sealed JSON array, or none.
     pub addresses: Option<Sealed>,
+    /// The language the person's messages are written in (a lower-case ISO 639-1 code), or none
+    /// (English). Schema v2; a v1 change had none. Not personal data of its own: not sealed.
+    #[serde(default)]
+    pub language: Option<String>,
+}
+
+/// The account's owner asked to reset its password: the notifier sends a one-time token to the
+/// account's address (the token itself is never in an event).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPasswordResetRequested {
+    pub user_id: Uuid,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +192,7 @@ pub enum UserEvent {
     UserPasswordReset(UserPasswordReset),
     UserDeactivated(UserDeactivated),
     UserErased(UserErased),
+    UserPasswordResetRequested(UserPasswordResetRequested),
 }
 
 /// A change of the profile: `None` leaves a value as it is.
@@ -191,11 +203,16 @@ pub struct ProfileChange {
     pub phone: Option<Option<Sealed>>,
     /// `Some(None)` clears the addresses.
     pub addresses: Option<Option<Sealed>>,
+    /// `Some(None)` goes back to English.
+    pub language: Option<Option<String>>,
 }
 
 impl ProfileChange {
     pub fn is_empty(&self) -> bool {
-        self.name.is_none() && self.phone.is_none() && self.addresses.is_none()
+        self.name.is_none()
+            && self.phone.is_none()
+            && self.addresses.is_none()
+            && self.language.is_none()
     }
 }
 
@@ -218,6 +235,8 @@ pub enum UserCommand {
     RecordPasswordChange,
     /// The same, after a reset by email.
     RecordPasswordReset,
+    /// The owner asked for a reset token by email.
+    RequestPasswordReset,
     Deactivate,
     Erase,
 }
@@ -234,7 +253,7 @@ pub enum UserError {
     Deactivated,
     #[error("the account was erased")]
     Erased,
-    #[error("give at least one of name, phone, addresses")]
+    #[error("give at least one of name, phone, addresses, language")]
     EmptyChange,
 }
 
@@ -248,6 +267,9 @@ pub struct User {
     pub name: Option<Sealed>,
     pub phone: Option<Sealed>,
     pub addresses: Option<Sealed>,
+    /// The language of the person's messages, if one was chosen.
+    #[serde(default)]
+    pub language: Option<String>,
     pub email_verified: bool,
     pub status: UserStatus,
 }
@@ -312,6 +334,7 @@ impl User {
                     name,
                     phone: change.phone.unwrap_or_else(|| self.phone.clone()),
                     addresses: change.addresses.unwrap_or_else(|| self.addresses.clone()),
+                    language: change.language.unwrap_or_else(|| self.language.clone()),
                 })
             }
             UserCommand::RecordPasswordChange => {
@@ -319,6 +342,9 @@ impl User {
             }
             UserCommand::RecordPasswordReset => {
                 UserEvent::UserPasswordReset(UserPasswordReset { user_id })
+            }
+            UserCommand::RequestPasswordReset => {
+                UserEvent::UserPasswordResetRequested(UserPasswordResetRequested { user_id })
             }
             UserCommand::Register { .. } | UserCommand::Deactivate | UserCommand::Erase => {
                 return Err(UserError::AlreadyExists);
@@ -365,11 +391,13 @@ impl Aggregate for User {
             UserEvent::UserEmailVerified(_) => self.email_verified = true,
             UserEvent::UserLoggedIn(_)
             | UserEvent::UserPasswordChanged(_)
-            | UserEvent::UserPasswordReset(_) => {}
+            | UserEvent::UserPasswordReset(_)
+            | UserEvent::UserPasswordResetRequested(_) => {}
             UserEvent::UserProfileChanged(changed) => {
                 self.name = Some(changed.name);
                 self.phone = changed.phone;
                 self.addresses = changed.addresses;
+                self.language = changed.language;
             }
             UserEvent::UserDeactivated(_) => self.status = UserStatus::Deactivated,
             UserEvent::UserErased(_) => {
@@ -394,6 +422,7 @@ impl DomainEvent for UserEvent {
             UserEvent::UserPasswordReset(_) => "UserPasswordReset",
             UserEvent::UserDeactivated(_) => "UserDeactivated",
             UserEvent::UserErased(_) => "UserErased",
+            UserEvent::UserPasswordResetRequested(_) => "UserPasswordResetRequested",
         }
         .to_owned()
     }
@@ -512,12 +541,44 @@ mod tests {
             .then_expect_events(vec![UserEvent::UserProfileChanged(UserProfileChanged {
                 user_id: ann(),
                 name: sealed("Ann"),
+                phone: Some(phone.clone()),
+                addresses: None,
+                language: None,
+            })]);
+        let with_phone = UserEvent::UserProfileChanged(UserProfileChanged {
+            user_id: ann(),
+            name: sealed("Ann"),
+            phone: Some(phone.clone()),
+            addresses: None,
+            language: None,
+        });
+        given(vec![registered(), with_phone])
+            .when(UserCommand::ChangeProfile(ProfileChange {
+                language: Some(Some("de".to_owned())),
+                ..ProfileChange::default()
+            }))
+            .then_expect_events(vec![UserEvent::UserProfileChanged(UserProfileChanged {
+                user_id: ann(),
+                name: sealed("Ann"),
                 phone: Some(phone),
                 addresses: None,
+                language: Some("de".to_owned()),
             })]);
         given(vec![registered()])
             .when(UserCommand::ChangeProfile(ProfileChange::default()))
             .then_expect_error(UserError::EmptyChange);
+    }
+
+    #[test]
+    fn a_reset_may_be_asked_for_an_active_account_only() {
+        given(vec![registered()])
+            .when(UserCommand::RequestPasswordReset)
+            .then_expect_events(vec![UserEvent::UserPasswordResetRequested(
+                UserPasswordResetRequested { user_id: ann() },
+            )]);
+        given(vec![registered(), deactivated()])
+            .when(UserCommand::RequestPasswordReset)
+            .then_expect_error(UserError::Deactivated);
     }
 
     #[test]

@@ -14,7 +14,6 @@ use domain::user::ProfileChange;
 use domain::{AccountKind, Role, Sealed, User, UserCommand, UserError, UserStatus};
 use eventstore::aggregate::{CommandError, CommandOptions, execute, load};
 use eventstore::{EventMetadata, EventStore};
-use mail::{Mail, Mailer, Recipient};
 use uuid::Uuid;
 
 use crate::credentials::{Added, Credential, Credentials};
@@ -99,6 +98,51 @@ pub struct ProfileInput {
     pub name: Option<String>,
     pub phone: Option<Option<String>>,
     pub addresses: Option<Option<Vec<Address>>>,
+    /// `Some(None)` goes back to English.
+    pub language: Option<Option<String>>,
+}
+
+/// A one-time token, the link that carries it, and how long it works.
+#[derive(Clone)]
+pub struct OneTimeLink {
+    pub token: String,
+    pub link: String,
+    pub valid_minutes: u64,
+}
+
+/// The token is left out.
+impl std::fmt::Debug for OneTimeLink {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("OneTimeLink")
+            .field("valid_minutes", &self.valid_minutes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The languages a profile may choose: the messages' languages (lower-case ISO 639-1).
+pub const PROFILE_LANGUAGES: &[&str] = &["de", "en"];
+
+/// A profile's language as given (`de`, `DE`, `de-CH`): its primary tag in lower case, if
+/// messages exist in it.
+fn normalize_language(language: &str) -> Result<String, FieldError> {
+    let primary = language
+        .trim()
+        .split(['-', '_'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if PROFILE_LANGUAGES.contains(&primary.as_str()) {
+        Ok(primary)
+    } else {
+        Err(FieldError::new(
+            "language",
+            format!(
+                "{language:?} is not a language messages are written in: give one of {}",
+                PROFILE_LANGUAGES.join(", ")
+            ),
+        ))
+    }
 }
 
 /// What a registration or a change wrote.
@@ -119,7 +163,6 @@ pub struct Accounts {
     one_time: OneTimeTokens,
     throttle: LoginThrottle,
     signing: SigningKeys,
-    mailer: Arc<dyn Mailer>,
     public_url: String,
     /// Made on the first login of an unknown email, not at start (every command opens accounts).
     decoy_hash: Arc<tokio::sync::OnceCell<String>>,
@@ -135,7 +178,6 @@ pub struct AccountParts {
     pub one_time: OneTimeTokens,
     pub throttle: LoginThrottle,
     pub signing: SigningKeys,
-    pub mailer: Arc<dyn Mailer>,
     /// Where the shop's pages are (links in emails), without a trailing slash.
     pub public_url: String,
 }
@@ -155,7 +197,6 @@ impl Accounts {
             one_time: parts.one_time,
             throttle: parts.throttle,
             signing: parts.signing,
-            mailer: parts.mailer,
             public_url: parts.public_url.trim_end_matches('/').to_owned(),
         }
     }
@@ -186,7 +227,8 @@ impl Accounts {
     }
 
     /// Creates an account: checks the input, keeps the password's hash, seals the email and the
-    /// name, and records `UserRegistered`. A customer is sent a verification email.
+    /// name, and records `UserRegistered`. The notifier sends a customer the verification email
+    /// (from the event, with a token of [`Accounts::one_time_link`]).
     pub async fn register(
         &self,
         email: &str,
@@ -254,30 +296,33 @@ impl Accounts {
                 return Err(error);
             }
         };
-        if !staff {
-            let token = self.one_time.issue(Purpose::VerifyEmail, user_id).await?;
-            let link = format!("{}/verify-email?token={token}", self.public_url);
-            self.send_later(Mail::text(
-                Recipient::named(name.clone(), email.clone()),
-                "Confirm your email address",
-                format!(
-                    "Hello {name},\n\nplease confirm that this is your email address by opening\n\n    {link}\n\n\
-                     or by sending this code to POST /users/verify:\n\n    {token}\n\n\
-                     If you did not create an account, ignore this message.\n"
-                ),
-            ));
-        }
         Ok(Written { user_id, position })
     }
 
-    /// Sends `mail` off the request's path; a failure is logged (without the address).
-    fn send_later(&self, mail: Mail) {
-        let mailer = self.mailer.clone();
-        tokio::spawn(async move {
-            if let Err(error) = mailer.send(&mail).await {
-                tracing::warn!(%error, subject = %mail.subject, "an account email was not sent");
-            }
-        });
+    /// A fresh one-time token for `purpose` of account `user_id`, the link of the shop's page
+    /// that takes it, and how long it works: what a verification or reset message carries. The
+    /// notifier asks for it when it sends the message, so that no token is ever stored in the
+    /// clear, in the log or in the outbox.
+    pub async fn one_time_link(
+        &self,
+        purpose: Purpose,
+        user_id: Uuid,
+    ) -> Result<OneTimeLink, IdentityError> {
+        let token = self.one_time.issue(purpose, user_id).await?;
+        let page = match purpose {
+            Purpose::VerifyEmail => "verify-email",
+            Purpose::ResetPassword => "reset-password",
+        };
+        Ok(OneTimeLink {
+            link: format!("{}/{page}?token={token}", self.public_url),
+            token,
+            valid_minutes: purpose.ttl().as_secs() / 60,
+        })
+    }
+
+    /// The shop's address, without a trailing slash (links in messages).
+    pub fn public_url(&self) -> &str {
+        &self.public_url
     }
 
     /// Confirms an email address with the token the verification email carried.
@@ -438,10 +483,18 @@ impl Accounts {
                 None => None,
             });
         }
+        if let Some(language) = input.language {
+            change.language = Some(match language {
+                Some(language) => Some(normalize_language(&language)?),
+                None => None,
+            });
+        }
         if change.is_empty() {
-            return Err(
-                FieldError::new("body", "give at least one of name, phone, addresses").into(),
-            );
+            return Err(FieldError::new(
+                "body",
+                "give at least one of name, phone, addresses, language",
+            )
+            .into());
         }
         let position = self
             .run(user_id, UserCommand::ChangeProfile(change), metadata)
@@ -524,21 +577,26 @@ impl Accounts {
         Ok(Written { user_id, position })
     }
 
-    /// Sends a one-time reset token to `email` if an active account has it. Answers at once,
-    /// whether or not one has: the lookup and the email happen off the request's path.
-    pub fn request_password_reset(&self, email: &str) {
+    /// Records `UserPasswordResetRequested` if an active account has `email`; the notifier then
+    /// sends it a one-time reset token. Answers at once, whether or not one has: the lookup and
+    /// the append happen off the request's path.
+    pub fn request_password_reset(&self, email: &str, metadata: EventMetadata) {
         let Ok(email) = normalize_email(email) else {
             return;
         };
         let accounts = self.clone();
         tokio::spawn(async move {
-            if let Err(error) = accounts.send_reset(&email).await {
-                tracing::warn!(%error, "a password reset email was not sent");
+            if let Err(error) = accounts.record_reset_request(&email, &metadata).await {
+                tracing::warn!(%error, "a password reset request was not recorded");
             }
         });
     }
 
-    async fn send_reset(&self, email: &str) -> Result<(), AccountError> {
+    async fn record_reset_request(
+        &self,
+        email: &str,
+        metadata: &EventMetadata,
+    ) -> Result<(), AccountError> {
         let lookup = self.credentials.email_lookup(email);
         let Some(credential) = self.credentials.by_email(&lookup).await? else {
             return Ok(());
@@ -546,23 +604,12 @@ impl Accounts {
         if credential.status != UserStatus::Active {
             return Ok(());
         }
-        let token = self
-            .one_time
-            .issue(Purpose::ResetPassword, credential.user_id)
-            .await?;
-        let link = format!("{}/reset-password?token={token}", self.public_url);
-        self.mailer
-            .send(&Mail::text(
-                Recipient::new(email),
-                "Reset your password",
-                format!(
-                    "Someone asked to reset the password of your account. To choose a new one, open\n\n    {link}\n\n\
-                     or send this code with your new password to POST /password-resets/complete:\n\n    {token}\n\n\
-                     The code works once, within 30 minutes. If you did not ask, ignore this message: your password stays as it is.\n"
-                ),
-            ))
-            .await
-            .map_err(|error| IdentityError::Config(format!("mail: {error}")))?;
+        self.run(
+            credential.user_id,
+            UserCommand::RequestPasswordReset,
+            metadata,
+        )
+        .await?;
         Ok(())
     }
 

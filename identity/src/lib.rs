@@ -43,7 +43,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use eventstore::EventStore;
 use sha2::{Digest, Sha256};
 
-pub use accounts::{AccountError, Accounts, ProfileInput, Session};
+pub use accounts::{AccountError, Accounts, OneTimeLink, ProfileInput, Session};
 pub use api_keys::ApiKeys;
 pub use authenticate::{AuthError, Authenticated, Authenticator};
 pub use error::IdentityError;
@@ -52,6 +52,7 @@ pub use oidc::OidcSettings;
 pub use person_keys::{Opened, PersonKeys};
 pub use principal::{GUEST_CUSTOMER_ID, Principal, guest_actor};
 pub use resource_tokens::{Resource, ResourceTokens};
+pub use sessions::Purpose;
 pub use signing::SigningKeys;
 pub use store::{SecretStore, identity_db_url};
 pub use vault::PaymentVault;
@@ -116,11 +117,10 @@ pub struct Identity {
 impl Identity {
     /// Opens the secret store beside `settings.store_url` (creating it), the signing keys (a
     /// first key made if there is none), the OIDC issuer's keys if one is configured, and the
-    /// accounts over `store` and `mailer`.
+    /// accounts over `store`.
     pub async fn open(
         settings: &IdentitySettings,
         store: Arc<dyn EventStore>,
-        mailer: Arc<dyn mail::Mailer>,
     ) -> Result<Identity, IdentityError> {
         // One JOSE backend is built in (RustCrypto); naming it keeps that true whatever else
         // the dependency graph enables.
@@ -143,7 +143,6 @@ impl Identity {
             one_time: sessions::OneTimeTokens::new(secrets.clone()),
             throttle: throttle::LoginThrottle::new(secrets.clone()),
             signing: signing.clone(),
-            mailer,
             public_url: settings.public_url.clone(),
         });
         Ok(Identity {

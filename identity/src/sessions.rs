@@ -205,7 +205,8 @@ impl Purpose {
         }
     }
 
-    fn ttl(self) -> Duration {
+    /// How long a token of this purpose works.
+    pub fn ttl(self) -> Duration {
         match self {
             Purpose::VerifyEmail => VERIFY_TOKEN_TTL,
             Purpose::ResetPassword => RESET_TOKEN_TTL,

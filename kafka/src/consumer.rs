@@ -24,14 +24,14 @@ use projections::{Feed, Projection, ProjectionError, apply_new};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Header, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use schemas::topics::headers::dead_letter as dlq_headers;
 
-use crate::{Health, KafkaSettings, copy_headers, header};
+use crate::{Health, KafkaSettings, header};
 
 /// What a consumer reads and how hard it tries.
 #[derive(Clone, Debug)]
@@ -415,8 +415,6 @@ impl Worker<'_> {
     /// took it. False when shut down first.
     async fn dead_letter(&self, message: &OwnedMessage, failure: &Failures) -> bool {
         let settings = &self.options.settings;
-        let contract_topic = settings.contract_topic(message.topic());
-        let dlq = settings.topic(&schemas::topics::dlq_topic(contract_topic));
         let reason = failure
             .by_projection
             .iter()
@@ -439,59 +437,21 @@ impl Worker<'_> {
         } else {
             names
         };
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
         let attempts = failure.attempts.to_string();
-        let failed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        // Earlier dead-letter headers go (a replay's origin stays): this failure's replace them.
-        let mut headers = copy_headers(message.headers(), |key| {
-            !key.starts_with(dlq_headers::PREFIX) || key == dlq_headers::REPLAYED_FROM
-        });
-        for (key, value) in [
-            (dlq_headers::REASON, reason.as_str()),
-            (dlq_headers::PROJECTIONS, names.as_str()),
-            (dlq_headers::GROUP, self.group),
-            (dlq_headers::TOPIC, contract_topic),
-            (dlq_headers::PARTITION, partition.as_str()),
-            (dlq_headers::OFFSET, offset.as_str()),
-            (dlq_headers::ATTEMPTS, attempts.as_str()),
-            (dlq_headers::FAILED_AT, failed_at.as_str()),
-        ] {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        let mut backoff = self.options.first_backoff;
-        loop {
-            let mut record = FutureRecord::<[u8], [u8]>::to(&dlq).headers(headers.clone());
-            if let Some(key) = message.key() {
-                record = record.key(key);
-            }
-            if let Some(payload) = message.payload() {
-                record = record.payload(payload);
-            }
-            match self.producer.send(record, Duration::from_secs(10)).await {
-                Ok(_) => {
-                    metrics::counter!("mercato_kafka_dlq_total", "topic" => contract_topic.to_owned())
-                        .increment(1);
-                    tracing::error!(
-                        topic = contract_topic,
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        reason,
-                        "kafka: message sent to the dead-letter topic"
-                    );
-                    return true;
-                }
-                Err((error, _)) => {
-                    tracing::warn!(%error, dlq, "kafka: cannot write to the dead-letter topic; retrying");
-                    if pause(self.shutdown, &mut backoff).await {
-                        return false;
-                    }
-                }
-            }
-        }
+        crate::dlq::send_dead_letter(
+            self.producer,
+            settings,
+            message,
+            &[
+                (dlq_headers::REASON, reason.as_str()),
+                (dlq_headers::PROJECTIONS, names.as_str()),
+                (dlq_headers::GROUP, self.group),
+                (dlq_headers::ATTEMPTS, attempts.as_str()),
+            ],
+            self.options.first_backoff,
+            self.shutdown,
+        )
+        .await
     }
 }
 

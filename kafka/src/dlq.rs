@@ -17,7 +17,77 @@ use serde_json::json;
 
 use schemas::topics::headers::dead_letter as dlq_headers;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::{KafkaError, KafkaSettings};
+
+/// Sends `message` to its topic's dead-letter topic with `fields` (reason, group, attempts, ...)
+/// and where it came from (topic, partition, offset, when) as headers, earlier dead-letter
+/// headers replaced (a replay's origin kept); retries until the broker took it. False when shut
+/// down first.
+pub(crate) async fn send_dead_letter(
+    producer: &FutureProducer,
+    settings: &KafkaSettings,
+    message: &OwnedMessage,
+    fields: &[(&str, &str)],
+    first_backoff: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    let contract_topic = settings.contract_topic(message.topic());
+    let dlq = settings.topic(&schemas::topics::dlq_topic(contract_topic));
+    let partition = message.partition().to_string();
+    let offset = message.offset().to_string();
+    let failed_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut headers = crate::copy_headers(message.headers(), |key| {
+        !key.starts_with(dlq_headers::PREFIX) || key == dlq_headers::REPLAYED_FROM
+    });
+    let origin = [
+        (dlq_headers::TOPIC, contract_topic),
+        (dlq_headers::PARTITION, partition.as_str()),
+        (dlq_headers::OFFSET, offset.as_str()),
+        (dlq_headers::FAILED_AT, failed_at.as_str()),
+    ];
+    for (key, value) in fields.iter().chain(origin.iter()) {
+        headers = headers.insert(Header {
+            key,
+            value: Some(*value),
+        });
+    }
+    let reason = fields
+        .iter()
+        .find(|(key, _)| *key == dlq_headers::REASON)
+        .map_or("", |(_, reason)| *reason);
+    let mut backoff = first_backoff;
+    loop {
+        let mut record = FutureRecord::<[u8], [u8]>::to(&dlq).headers(headers.clone());
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        match producer.send(record, Duration::from_secs(10)).await {
+            Ok(_) => {
+                metrics::counter!("mercato_kafka_dlq_total", "topic" => contract_topic.to_owned())
+                    .increment(1);
+                tracing::error!(
+                    topic = contract_topic,
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    reason,
+                    "kafka: message sent to the dead-letter topic"
+                );
+                return true;
+            }
+            Err((error, _)) => {
+                tracing::warn!(%error, dlq, "kafka: cannot write to the dead-letter topic; retrying");
+                if projections::runner::pause(shutdown, &mut backoff).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
 
 /// The consumer group `replay` remembers its place in.
 const REPLAY_GROUP: &str = "mercato-dlq-replay";

@@ -21,6 +21,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod locator;
 pub mod relay;
+pub mod requests;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -222,10 +223,11 @@ impl KafkaSettings {
         format!("{}{group}", self.prefix)
     }
 
-    /// Every event topic and every dead-letter topic, as named in this deployment.
+    /// Every event and request topic and every dead-letter topic, as named in this deployment.
     pub fn all_topics(&self) -> Vec<String> {
         topics::TOPICS
             .iter()
+            .chain(topics::REQUEST_TOPICS)
             .flat_map(|topic| [self.topic(topic), self.topic(&topics::dlq_topic(topic))])
             .collect()
     }
@@ -264,7 +266,7 @@ impl KafkaSettings {
         config
     }
 
-    /// Creates every event and dead-letter topic that does not exist yet.
+    /// Creates every event, request and dead-letter topic that does not exist yet.
     pub async fn ensure_topics(&self) -> Result<(), KafkaError> {
         let admin: AdminClient<DefaultClientContext> = self
             .client_config()
@@ -406,7 +408,8 @@ mod tests {
         assert_eq!(settings.contract_topic("t1.orders.events"), "orders.events");
         assert_eq!(settings.group("mercato-projector"), "t1.mercato-projector");
         let all = settings.all_topics();
-        assert_eq!(all.len(), 10);
+        assert_eq!(all.len(), 12);
+        assert!(all.contains(&"t1.notifications.commands".to_owned()));
         assert!(all.contains(&"t1.payments.events.dlq".to_owned()));
     }
 

@@ -11,6 +11,7 @@ mod dlq;
 mod events;
 mod generate;
 mod migrate;
+mod notifications;
 mod output;
 mod projections;
 mod replay;
@@ -82,6 +83,9 @@ enum Command {
     /// See and restart checkout sagas
     #[command(subcommand)]
     Saga(saga::Command),
+    /// The notification outbox: list messages, send parked ones again, resend one
+    #[command(subcommand)]
+    Notifications(notifications::Command),
     /// See and replay the messages Kafka consumers could not process (needs KAFKA_BOOTSTRAP)
     #[command(subcommand)]
     Dlq(dlq::Command),
@@ -142,6 +146,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Audit(command) => block_on(audit::run(cli.config(None)?, command)),
         Command::Saga(command) => block_on(saga::run(cli.config(None)?, command)),
         Command::Dlq(command) => block_on(dlq::run(cli.config(None)?, command)),
+        Command::Notifications(command) => block_on(notifications::run(cli.config(None)?, command)),
         Command::Migrate => block_on(migrate::run(cli.config(None)?)),
         Command::Users(command) => block_on(users::run(cli.config(None)?, command)),
         Command::ApiKeys(command) => block_on(api_keys::run(cli.config(None)?, command)),

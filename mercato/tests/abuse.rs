@@ -39,11 +39,21 @@ async fn honest_customers_are_served_while_hostile_clients_are_refused() {
         attack.slowloris_opened,
         common::peak_memory_mb(pid),
     );
-    assert!(
-        honest.failed.is_empty(),
-        "honest requests failed: {:?}",
-        honest.failed
-    );
+    if !honest.failed.is_empty() {
+        // What the server logged about it (a panic's message, an error's id).
+        let log =
+            std::fs::read_to_string(data.data_dir.path().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|line| line.contains("panicked") || line.contains("ERROR"))
+            .take(20)
+            .collect();
+        panic!(
+            "honest requests failed: {:?}\nthe server logged:\n{}",
+            honest.failed,
+            lines.join("\n")
+        );
+    }
     assert!(honest.checkout_ms.len() >= 8, "{:?}", honest.checkout_ms);
     let unconfirmed = abuse::unconfirmed(&server, &honest.orders, Duration::from_secs(30)).await;
     assert!(

@@ -112,6 +112,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("rm_carts", "owner", "TEXT"),
     // A lease's fence (`crate::lease`); leases taken before fences existed have 0.
     ("saga_leases", "fence", "BIGINT NOT NULL DEFAULT 0"),
+    // The language of a person's messages (`UserProfileChanged` v2); none before.
+    ("rm_users", "language", "TEXT"),
 ];
 
 /// Which SQL database the read models are on.

@@ -31,6 +31,8 @@ pub struct UserRow {
     pub name: Option<Sealed>,
     pub phone: Option<Sealed>,
     pub addresses: Option<Sealed>,
+    /// The language of the person's messages, if one was chosen.
+    pub language: Option<String>,
     pub created_at: String,
     pub updated_at: String,
     pub last_login_at: Option<String>,
@@ -38,7 +40,7 @@ pub struct UserRow {
 }
 
 const USER_COLUMNS: &str = "user_id, kind, roles, status, email_verified, email, name, phone, \
-    addresses, created_at, updated_at, last_login_at, version";
+    addresses, created_at, updated_at, last_login_at, version, language";
 
 fn sealed(text: Option<String>) -> Option<Sealed> {
     text.map(Sealed::from_sealed_text)
@@ -64,6 +66,7 @@ impl UserRow {
             updated_at: row.try_get(10)?,
             last_login_at: row.try_get(11)?,
             version: u64::try_from(row.try_get::<i64, _>(12)?).unwrap_or(0),
+            language: row.try_get(13)?,
         })
     }
 
@@ -97,8 +100,11 @@ impl UserRow {
                 self.name = Some(changed.name);
                 self.phone = changed.phone;
                 self.addresses = changed.addresses;
+                self.language = changed.language;
             }
-            UserEvent::UserPasswordChanged(_) | UserEvent::UserPasswordReset(_) => {}
+            UserEvent::UserPasswordChanged(_)
+            | UserEvent::UserPasswordReset(_)
+            | UserEvent::UserPasswordResetRequested(_) => {}
             UserEvent::UserDeactivated(_) => self.status = "deactivated".to_owned(),
             UserEvent::UserErased(_) => {
                 self.status = "erased".to_owned();
@@ -184,13 +190,13 @@ impl Projection for UsersProjection {
             }
             sqlx::query(&format!(
                 "INSERT INTO rm_users ({USER_COLUMNS})
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                  ON CONFLICT (user_id) DO UPDATE SET kind = excluded.kind, roles = excluded.roles,
                      status = excluded.status, email_verified = excluded.email_verified,
                      email = excluded.email, name = excluded.name, phone = excluded.phone,
                      addresses = excluded.addresses, created_at = excluded.created_at,
                      updated_at = excluded.updated_at, last_login_at = excluded.last_login_at,
-                     version = excluded.version
+                     version = excluded.version, language = excluded.language
                  WHERE rm_users.version < excluded.version"
             ))
             .bind(&user.user_id)
@@ -206,6 +212,7 @@ impl Projection for UsersProjection {
             .bind(&user.updated_at)
             .bind(&user.last_login_at)
             .bind(i64::try_from(user.version).unwrap_or(i64::MAX))
+            .bind(&user.language)
             .execute(&mut *write.transaction)
             .await?;
         }

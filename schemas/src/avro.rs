@@ -133,6 +133,10 @@ pub const SCHEMA_SOURCES: &[(&str, &str)] = &[
         include_str!("../avro/UserDeactivated.avsc"),
     ),
     ("UserErased", include_str!("../avro/UserErased.avsc")),
+    (
+        "UserPasswordResetRequested",
+        include_str!("../avro/UserPasswordResetRequested.avsc"),
+    ),
 ];
 
 /// The custom attribute of every `.avsc` that names the schema version it describes; it must

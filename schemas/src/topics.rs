@@ -22,6 +22,12 @@ pub const TOPICS: &[&str] = &[
     USER_EVENTS,
 ];
 
+/// Messages other services ask mercato's notifier to send (JSON requests, not events).
+pub const NOTIFICATION_COMMANDS: &str = "notifications.commands";
+
+/// Every topic of requests to mercato.
+pub const REQUEST_TOPICS: &[&str] = &[NOTIFICATION_COMMANDS];
+
 /// Appended to a topic's name to name its dead-letter topic.
 pub const DLQ_SUFFIX: &str = ".dlq";
 

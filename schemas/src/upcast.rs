@@ -58,7 +58,22 @@ pub const UPCASTERS: &[Upcaster] = &[
         from_version: 1,
         step: order_cancelled_v1_to_v2,
     },
+    Upcaster {
+        event_type: "UserProfileChanged",
+        from_version: 1,
+        step: user_profile_changed_v1_to_v2,
+    },
 ];
+
+/// `UserProfileChanged` v2 adds the language of the person's messages; a v1 profile had none
+/// (English).
+fn user_profile_changed_v1_to_v2(mut payload: Payload) -> Result<Payload, String> {
+    if payload.contains_key("language") {
+        return Err("a v1 payload has no language".to_owned());
+    }
+    payload.insert("language".to_owned(), Value::Null);
+    Ok(payload)
+}
 
 /// `OrderCreated` v3 keeps the order's addresses (sealed under the person's key) and its payment
 /// method. A v2 order kept no address (its free-text shipping address was checked and dropped)

@@ -303,6 +303,11 @@ impl Bus {
                     platform, settings, progress, components, shutdown,
                 ));
             }
+            if self.plan.parts.notifier {
+                workers.push(running::notification_requests(
+                    platform, settings, components, shutdown,
+                ));
+            }
         }
         #[cfg(not(feature = "kafka"))]
         let _ = (
@@ -373,6 +378,46 @@ mod running {
     const PROJECTOR_GROUP: &str = "mercato-projector";
     /// The consumer group of Kafka-fed saga processes.
     const SAGA_GROUP: &str = "mercato-saga";
+    /// The consumer group of notifiers taking other services' requests for messages.
+    const NOTIFIER_GROUP: &str = "mercato-notifier";
+
+    /// Records the messages other services ask for on `notifications.commands` in the outbox.
+    #[derive(Debug)]
+    struct NotificationRequests(projections::readdb::ReadDb);
+
+    #[async_trait::async_trait]
+    impl kafka::requests::RequestHandler for NotificationRequests {
+        async fn handle(
+            &self,
+            _key: Option<&[u8]>,
+            payload: &[u8],
+        ) -> std::result::Result<(), kafka::requests::RequestRefusal> {
+            match notify::requests::record(&self.0, payload).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(reason)) => Err(kafka::requests::RequestRefusal::Invalid(reason)),
+                Err(error) => Err(kafka::requests::RequestRefusal::Unavailable(
+                    error.to_string(),
+                )),
+            }
+        }
+    }
+
+    /// The notifier's consumer group of `notifications.commands`.
+    pub(super) fn notification_requests(
+        platform: &Platform,
+        settings: &KafkaSettings,
+        components: &Components,
+        shutdown: &CancellationToken,
+    ) -> JoinHandle<()> {
+        tokio::spawn(kafka::requests::run_requests(
+            settings.clone(),
+            NOTIFIER_GROUP,
+            schemas::topics::NOTIFICATION_COMMANDS,
+            Arc::new(NotificationRequests(platform.read_models.db.clone())),
+            Arc::new(components.clone()),
+            shutdown.clone(),
+        ))
+    }
 
     /// Makes reads with `X-Min-Position` wait for the Kafka partition that carries the event.
     pub(super) fn follow_partitions(

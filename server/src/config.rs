@@ -87,6 +87,8 @@ pub enum Role {
     Projector,
     Saga,
     Relay,
+    /// Notifications and outgoing webhooks.
+    Notifier,
 }
 
 /// Where the projector and saga roles take their events from.
@@ -224,6 +226,8 @@ impl TryFrom<Number> for Seconds {
 
 /// How long a bank-transfer order waits for its payment: whole seconds, up to 90 days.
 pub type BankTransferSeconds = Count<1, 7_776_000>;
+/// Seconds a webhook endpoint may keep failing: a year at most.
+pub type DisableSeconds = Count<1, 31_536_000>;
 
 /// A whole number from `MIN` to `MAX` (partition counts, replication factors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -632,6 +636,38 @@ settings! {
     /// Seconds one SMTP send may take, connection included [default: 30]
     #[arg(long, global = true, env = "MERCATO_MAIL_SEND_TIMEOUT", value_name = "SECONDS")]
     mail_send_timeout: Seconds = Seconds::from_secs(30);
+    /// The shop's name in the messages it sends [default: mercato]
+    #[arg(long, global = true, env = "MERCATO_SHOP_NAME", value_name = "NAME")]
+    shop_name: String = "mercato".to_owned();
+    /// A directory of message templates (LANG/NAME.subject.txt, .txt, .html, .sms.txt) that
+    /// replace the built-in ones, checked at start [default: the built-in templates]
+    #[arg(long, global = true, env = "MERCATO_TEMPLATES_DIR", value_name = "DIR")]
+    templates_dir: PathBuf;
+    /// Twilio's account SID (AC...): text messages go through Twilio [default: one .json file
+    /// per message under {data-dir}/sms]
+    #[arg(long, global = true, env = "TWILIO_ACCOUNT_SID", value_name = "SID")]
+    twilio_account_sid: String;
+    /// Twilio's auth token [default: none]
+    #[arg(long, global = true, env = "TWILIO_AUTH_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    twilio_auth_token: Secret;
+    /// The sender of text messages through Twilio: a number (+E.164) or a messaging service
+    /// (MG...) [default: none]
+    #[arg(long, global = true, env = "TWILIO_FROM", value_name = "NUMBER")]
+    twilio_from: String;
+    /// Twilio's API address; another one for tests [default: https://api.twilio.com]
+    #[arg(long, global = true, env = "TWILIO_API_BASE", value_name = "URL")]
+    twilio_api_base: String = "https://api.twilio.com".to_owned();
+    /// Hosts and address blocks (CIDR) webhooks may be delivered to although they are
+    /// loopback, private or link-local, comma-separated [default: none]
+    #[arg(long, global = true, env = "MERCATO_WEBHOOK_ALLOWLIST", value_name = "HOSTS")]
+    webhook_allowlist: String;
+    /// Seconds one webhook delivery may take, connecting included [default: 10]
+    #[arg(long, global = true, env = "MERCATO_WEBHOOK_TIMEOUT", value_name = "SECONDS")]
+    webhook_timeout: Seconds = Seconds::from_secs(10);
+    /// Seconds a webhook endpoint may keep failing before it is disabled and the admins are
+    /// told, 1 to 31536000 [default: 259200, three days]
+    #[arg(long, global = true, env = "MERCATO_WEBHOOK_DISABLE_AFTER", value_name = "SECONDS")]
+    webhook_disable_after: DisableSeconds = DisableSeconds::new(3 * 24 * 3600);
     /// The Ed25519 private key (PKCS#8 PEM) that signs access tokens; the keys in the secret
     /// store still verify [default: keys made and kept in the secret store]
     #[arg(long, global = true, env = "MERCATO_SIGNING_KEY", value_name = "PEM", hide_env_values = true)]
@@ -751,6 +787,14 @@ impl Config {
 
     pub fn bank_transfer_timeout(&self) -> Duration {
         Duration::from_secs(u64::try_from(self.bank_transfer_timeout.get()).unwrap_or(1))
+    }
+
+    pub fn webhook_timeout(&self) -> Duration {
+        self.webhook_timeout.duration()
+    }
+
+    pub fn webhook_disable_after(&self) -> Duration {
+        Duration::from_secs(u64::try_from(self.webhook_disable_after.get()).unwrap_or(1))
     }
 }
 
@@ -969,6 +1013,15 @@ mod tests {
                 "smtp_url",
                 "mail_from",
                 "mail_send_timeout",
+                "shop_name",
+                "templates_dir",
+                "twilio_account_sid",
+                "twilio_auth_token",
+                "twilio_from",
+                "twilio_api_base",
+                "webhook_allowlist",
+                "webhook_timeout",
+                "webhook_disable_after",
                 "signing_key",
                 "oidc_issuer_url",
                 "oidc_audience",

@@ -76,6 +76,7 @@ pub fn openapi_document() -> serde_json::Value {
         &[
             command_api::api_doc(),
             query_api::api_doc(),
+            notify::routes::api_doc(),
             routes().into_doc(Map::new()),
         ],
         &|method, path| {
@@ -92,6 +93,7 @@ pub fn documented_routes() -> Vec<RouteDoc> {
     [
         command_api::api_doc(),
         query_api::api_doc(),
+        notify::routes::api_doc(),
         routes().into_doc(Map::new()),
     ]
     .into_iter()
@@ -442,6 +444,46 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "mercato_saga_charges_waiting",
         Kind::Gauge,
         "Charges waiting for the payment gateway's answer (timers, not saga places)",
+    ),
+    (
+        "mercato_notifier_lease_held",
+        Kind::Gauge,
+        "1 while this process holds the notifier's lease (records and sends messages), else 0",
+    ),
+    (
+        "mercato_notifications",
+        Kind::Gauge,
+        "Messages in the notification outbox by status (pending: waiting or retrying; parked: failed for good)",
+    ),
+    (
+        "mercato_notifications_recorded_total",
+        Kind::Counter,
+        "Messages the notifier's intake recorded in the outbox",
+    ),
+    (
+        "mercato_notifications_total",
+        Kind::Counter,
+        "Attempts at messages by template, channel and outcome (sent, retry, parked, skipped, erased; later: the recipient's account not read yet)",
+    ),
+    (
+        "mercato_notification_latency_seconds",
+        Kind::Histogram,
+        "Time from a message's recording to the mail server or SMS provider taking it",
+    ),
+    (
+        "mercato_kafka_requests_total",
+        Kind::Counter,
+        "Requests taken from a Kafka request topic (notifications.commands) by outcome (taken, invalid: sent to the dead-letter topic)",
+    ),
+    (
+        "mercato_webhook_deliveries_total",
+        Kind::Counter,
+        "Webhook delivery attempts by outcome (delivered, failed)",
+    ),
+    (
+        "mercato_webhook_endpoints_disabled_total",
+        Kind::Counter,
+        "Webhook endpoints disabled after failing for too long",
     ),
     (
         "mercato_relay_up",

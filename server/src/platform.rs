@@ -102,8 +102,64 @@ pub fn open_mailer(config: &Config) -> Result<Arc<dyn mail::Mailer>> {
     .map_err(|error| Error::Usage(format!("outgoing mail cannot be set up: {error}")))
 }
 
+/// The parts of notifications and webhooks `config` names: the mailer, the SMS adapter (Twilio
+/// with TWILIO_ACCOUNT_SID, else `.json` files under `{data-dir}/sms`), the templates (with
+/// MERCATO_TEMPLATES_DIR's files, each checked now), and where webhooks may connect.
+pub fn open_notify(config: &Config, platform: &Platform) -> Result<NotifyParts> {
+    let sms: Arc<dyn notify::sms::SmsSender> = match &config.twilio_account_sid {
+        Some(account_sid) => {
+            let (Some(token), Some(from)) = (&config.twilio_auth_token, &config.twilio_from) else {
+                return Err(Error::Usage(
+                    "TWILIO_ACCOUNT_SID is set without TWILIO_AUTH_TOKEN and TWILIO_FROM: set both, or unset the SID".to_owned(),
+                ));
+            };
+            Arc::new(
+                notify::sms::TwilioSms::new(notify::sms::TwilioSettings {
+                    account_sid: account_sid.clone(),
+                    auth_token: token.expose().to_owned(),
+                    from: from.clone(),
+                    api_base: config.twilio_api_base.clone(),
+                    timeout: Duration::from_secs(10),
+                })
+                .map_err(|error| {
+                    Error::Usage(format!("text messages cannot be set up: {error}"))
+                })?,
+            )
+        }
+        None => Arc::new(
+            notify::sms::FileSms::open(&config.data_dir.join("sms")).map_err(|error| {
+                Error::Usage(format!("text messages cannot be set up: {error}"))
+            })?,
+        ),
+    };
+    let templates = notify::Templates::load(config.templates_dir.as_deref())
+        .map_err(|error| Error::Usage(format!("MERCATO_TEMPLATES_DIR: {error}")))?;
+    let allowlist =
+        notify::guard::Allowlist::parse(config.webhook_allowlist.as_deref().unwrap_or(""))
+            .map_err(Error::Usage)?;
+    Ok(NotifyParts {
+        recipients: notify::Recipients {
+            db: platform.read_models.db.clone(),
+            identity: platform.identity.clone(),
+            mailer: open_mailer(config)?,
+            sms,
+            templates: Arc::new(templates),
+        },
+        guard: notify::guard::DestinationGuard::new(allowlist),
+        endpoints: notify::webhooks::Endpoints::new(platform.identity.secrets.pool().clone()),
+    })
+}
+
+/// What [`open_notify`] opens.
+#[derive(Clone, Debug)]
+pub struct NotifyParts {
+    pub recipients: notify::Recipients,
+    pub guard: notify::guard::DestinationGuard,
+    pub endpoints: notify::webhooks::Endpoints,
+}
+
 /// Identity over `store`: the secret store beside it, the signing keys, the OIDC issuer (read
-/// when a token first needs it), and the mailer.
+/// when a token first needs it).
 pub async fn open_identity(config: &Config, store: Arc<dyn EventStore>) -> Result<Identity> {
     let oidc = match (&config.oidc_issuer_url, &config.oidc_audience) {
         (Some(issuer), Some(audience)) => Some(OidcSettings {
@@ -131,7 +187,7 @@ pub async fn open_identity(config: &Config, store: Arc<dyn EventStore>) -> Resul
         oidc,
         public_url: config.public_url.clone(),
     };
-    Identity::open(&settings, store, open_mailer(config)?)
+    Identity::open(&settings, store)
         .await
         .map_err(|error| match error {
             identity::IdentityError::Config(message) => Error::Usage(message),

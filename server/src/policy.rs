@@ -176,6 +176,15 @@ pub const POLICY: &[Rule] = &[
     // Stripe calls it without mercato credentials: the webhook's signature (STRIPE_WEBHOOK_SECRET)
     // is what lets an event through, checked before anything is read.
     rule(Post, "/webhooks/stripe", Access::ANYONE),
+    // Outgoing webhooks: admins only (a URL mercato calls, and a secret shown once).
+    rule(Post, "/webhooks", ADMINS).creates(),
+    rule(Get, "/webhooks", ADMINS),
+    rule(Get, "/webhooks/{webhook_id}", ADMINS),
+    rule(Delete, "/webhooks/{webhook_id}", ADMINS),
+    rule(Get, "/webhooks/{webhook_id}/deliveries", ADMINS),
+    rule(Post, "/webhooks/{webhook_id}/replay", ADMINS),
+    // The messages sent about an order: support staff.
+    rule(Get, "/orders/{order_id}/notifications", SUPPORT),
     // The event history, for auditors.
     rule(Get, "/streams/{stream_type}/{stream_id}/events", AUDITORS),
     rule(Get, "/events", AUDITORS),

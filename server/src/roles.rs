@@ -17,6 +17,8 @@ pub struct Parts {
     pub saga: bool,
     /// The relay to Kafka.
     pub relay: Relay,
+    /// Notifications and outgoing webhooks.
+    pub notifier: bool,
 }
 
 /// When a role runs the relay.
@@ -38,6 +40,7 @@ impl Role {
             projector: false,
             saga: false,
             relay: Relay::Never,
+            notifier: false,
         };
         match self {
             Role::All => Parts {
@@ -46,6 +49,7 @@ impl Role {
                 projector: true,
                 saga: true,
                 relay: Relay::WithKafka,
+                notifier: true,
             },
             Role::CommandApi => Parts {
                 command_api: true,
@@ -62,6 +66,10 @@ impl Role {
             Role::Saga => Parts { saga: true, ..none },
             Role::Relay => Parts {
                 relay: Relay::Always,
+                ..none
+            },
+            Role::Notifier => Parts {
+                notifier: true,
                 ..none
             },
         }
@@ -127,6 +135,8 @@ mod tests {
         let embedded = plan(Role::All, false, Source::Log);
         assert!(embedded.parts.command_api && embedded.parts.query_api);
         assert!(embedded.parts.projector && embedded.parts.saga);
+        assert!(embedded.parts.notifier);
+        assert!(Role::Notifier.parts().notifier && !Role::Saga.parts().notifier);
         assert!(!embedded.relay && !embedded.uses_kafka());
         assert!(plan(Role::All, true, Source::Log).relay);
     }

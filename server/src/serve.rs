@@ -128,6 +128,50 @@ impl Server {
                 }
             }));
         }
+        // Notifications and webhooks: the notifier runs them; the command API serves their routes.
+        let notify = if plan.parts.notifier || plan.parts.command_api {
+            Some(crate::platform::open_notify(config, &platform)?)
+        } else {
+            None
+        };
+        if plan.parts.notifier
+            && let Some(notify) = &notify
+        {
+            let options = notify::NotifierOptions {
+                shop_name: config.shop_name.clone(),
+                ..notify::NotifierOptions::default()
+            };
+            let (store, recipients, progress, stop) = (
+                platform.store.clone(),
+                notify.recipients.clone(),
+                progress.clone(),
+                shutdown.clone(),
+            );
+            workers.push(tokio::spawn(async move {
+                if let Err(error) =
+                    notify::run_notifier(store, recipients, options, progress, stop).await
+                {
+                    tracing::error!(%error, "the notifier stopped");
+                }
+            }));
+            let deliverer = notify::webhooks::Deliverer {
+                store: platform.store.clone(),
+                endpoints: notify.endpoints.clone(),
+                db: platform.read_models.db.clone(),
+                guard: notify.guard.clone(),
+                options: notify::webhooks::WebhookOptions {
+                    timeout: config.webhook_timeout(),
+                    disable_after: config.webhook_disable_after(),
+                    ..notify::webhooks::WebhookOptions::default()
+                },
+            };
+            let stop = shutdown.clone();
+            workers.push(tokio::spawn(async move {
+                if let Err(error) = notify::webhooks::run_webhooks(deliverer, stop).await {
+                    tracing::error!(%error, "the webhook worker stopped");
+                }
+            }));
+        }
         if plan.parts.command_api {
             workers.push(tokio::spawn(eventstore::audit::run_sealer(
                 platform.store.clone(),
@@ -180,12 +224,23 @@ impl Server {
             )));
         }
         workers.push(guard.limits.spawn_forgetting(shutdown.clone()));
-        let router = app(&platform, &plan, progress, components, views, guard, config)
-            // Outermost but for the panic catcher: who the client is, for everything after.
-            .layer(axum::middleware::from_fn_with_state(
-                Arc::new(config.trusted_proxies.clone()),
-                crate::limits::client_address,
-            ));
+        let router = app(
+            &platform,
+            &plan,
+            progress,
+            components,
+            RouteParts {
+                views,
+                notify: notify.as_ref(),
+            },
+            guard,
+            config,
+        )
+        // Outermost but for the panic catcher: who the client is, for everything after.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(config.trusted_proxies.clone()),
+            crate::limits::client_address,
+        ));
         let connections = crate::limits::Connections::new(config);
         let address = listener
             .local_addr()
@@ -388,16 +443,25 @@ fn spawn_projection(
     ))
 }
 
+/// What the role's routes use of the parts it started.
+struct RouteParts<'a> {
+    /// The recorder of product views (the query API).
+    views: Option<ViewRecorder>,
+    /// Notifications and webhooks (the command API serves their routes).
+    notify: Option<&'a crate::platform::NotifyParts>,
+}
+
 /// The HTTP application of a plan: the operational routes, and the API routes of its role.
 fn app(
     platform: &Platform,
     plan: &Plan,
     progress: Progress,
     components: Components,
-    views: Option<ViewRecorder>,
+    parts: RouteParts<'_>,
     guard: Arc<crate::policy::Guard>,
     config: &Config,
 ) -> Router {
+    let RouteParts { views, notify } = parts;
     let read_models = &platform.read_models;
     let mut router = ops::router(OpsState {
         store: platform.store.clone(),
@@ -423,6 +487,16 @@ fn app(
                     sagas::stripe::WebhookSecret::new(secret.expose()),
                 ))) as Arc<dyn command_api::webhooks::PaymentWebhook>
             }),
+        }));
+    }
+    if plan.parts.command_api
+        && let Some(notify) = notify
+    {
+        router = router.merge(notify::routes::router(notify::routes::NotifyState {
+            store: platform.store.clone(),
+            db: read_models.db.clone(),
+            endpoints: notify.endpoints.clone(),
+            guard: notify.guard.clone(),
         }));
     }
     if plan.parts.query_api {

@@ -985,3 +985,61 @@ async fn a_standby_relay_takes_over_from_a_killed_holder_and_kafka_misses_no_eve
     );
     drop(relay);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_service_asks_for_a_message_on_notifications_commands_once() {
+    let test_name = "another_service_asks_for_a_message_on_notifications_commands_once";
+    let Some(broker) = Broker::start(test_name).await else {
+        return;
+    };
+    let data = ServerData::new(crate::common::Setup::Embedded, test_name)
+        .await
+        .expect("embedded");
+    let server = TestApp::start_with(&data, "all", &as_strs(&kafka_args(&broker))).await;
+    let ann = server.register_customer("ann").await;
+    let outbox = data.data_dir.path().join("mail");
+    let mails = |count: usize| {
+        let outbox = outbox.clone();
+        async move {
+            eventually(Duration::from_secs(60), || async {
+                let mails = mail::testing::outbox_messages(&outbox);
+                (mails.len() >= count).then_some(mails)
+            })
+            .await
+            .map(|(mails, _)| mails)
+            .unwrap_or_default()
+        }
+    };
+    assert_eq!(mails(1).await.len(), 1, "the verification mail");
+    let order_id = uuid::Uuid::new_v4();
+    let request = json!({ "request_id": "erp-4711", "template": "order_shipped",
+        "user_id": ann.user_id, "order_id": order_id,
+        "variables": { "carrier": "Poste Italiane", "tracking_number": "RR123456789IT", "items": 1 } })
+    .to_string();
+    let bootstrap = broker.bootstrap();
+    // The same request twice (a producer's retry), and one that is not a request.
+    for payload in [request.as_str(), request.as_str(), "not a request"] {
+        server::testing::broker::produce(&bootstrap, "notifications.commands", "erp", payload)
+            .await;
+    }
+    let received = mails(2).await;
+    assert_eq!(received.len(), 2);
+    let shipped = String::from_utf8_lossy(&received[1]).into_owned();
+    assert!(shipped.contains("RR123456789IT"), "{shipped}");
+    let dead = read_topics(&bootstrap, &["notifications.commands.dlq"], Some(1)).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0]["headers"]["dlq.reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a notification request"),
+        "{dead:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        mail::testing::outbox_messages(&outbox).len(),
+        2,
+        "a request delivered twice became two messages"
+    );
+    server.stop().await;
+}

@@ -13,6 +13,7 @@ mod history;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod no_store;
+mod notifications;
 mod process;
 mod replay;
 mod replay_opensearch;

@@ -19,7 +19,8 @@ use domain::product::{
 };
 use domain::user::{
     USER_STREAM_TYPE, UserDeactivated, UserEmailVerified, UserErased, UserLoggedIn,
-    UserPasswordChanged, UserPasswordReset, UserProfileChanged, UserRegistered,
+    UserPasswordChanged, UserPasswordReset, UserPasswordResetRequested, UserProfileChanged,
+    UserRegistered,
 };
 use domain::views::ProductViewed;
 use domain::{
@@ -146,7 +147,8 @@ fn variant_has_a_sample(event: &AnyEvent) {
             | UserEvent::UserPasswordChanged(_)
             | UserEvent::UserPasswordReset(_)
             | UserEvent::UserDeactivated(_)
-            | UserEvent::UserErased(_),
+            | UserEvent::UserErased(_)
+            | UserEvent::UserPasswordResetRequested(_),
         ) => {}
     }
 }
@@ -394,12 +396,14 @@ pub fn all() -> Vec<AnyEvent> {
             name: sealed("MDEyMzQ1Njc4OTo7c2VhbGVkIG5hbWU"),
             phone: Some(sealed("PD0-P0BBQkNERUZHc2VhbGVkIHBob25l")),
             addresses: Some(sealed("SElKS0xNTk9QUVJTc2VhbGVkIGFkZHJlc3Nlcw")),
+            language: Some("de".to_owned()),
         })),
         AnyEvent::User(UserEvent::UserProfileChanged(UserProfileChanged {
             user_id: ANN,
             name: sealed("VFVWV1hZWltcXV5fc2VhbGVkIG5hbWU"),
             phone: None,
             addresses: None,
+            language: None,
         })),
         AnyEvent::User(UserEvent::UserPasswordChanged(UserPasswordChanged {
             user_id: ANN,
@@ -409,6 +413,9 @@ pub fn all() -> Vec<AnyEvent> {
         })),
         AnyEvent::User(UserEvent::UserDeactivated(UserDeactivated { user_id: ANN })),
         AnyEvent::User(UserEvent::UserErased(UserErased { user_id: ANN })),
+        AnyEvent::User(UserEvent::UserPasswordResetRequested(
+            UserPasswordResetRequested { user_id: ANN },
+        )),
     ];
     samples.iter().for_each(variant_has_a_sample);
     samples

@@ -507,6 +507,35 @@ async fn probe(rule: &Rule, caller: &Caller, fixture: &Fixture) -> Option<Probe>
             Probe::new("/webhooks/stripe", Answers(StatusCode::NOT_FOUND))
                 .body(json!({ "id": "evt_matrix", "type": "payment_intent.succeeded" }))
         }
+        // Outgoing webhooks: a private destination is refused at registration (422), and an
+        // endpoint nobody registered is a 404 (server/tests/it/notifications.rs delivers).
+        (Post, "/webhooks") => Probe::new("/webhooks", Answers(StatusCode::UNPROCESSABLE_ENTITY))
+            .body(json!({ "url": "http://10.0.0.1/hook", "event_types": ["OrderConfirmed"] })),
+        (Get, "/webhooks") => Probe::new("/webhooks", Answers(StatusCode::OK)).reading(),
+        (Get, "/webhooks/{webhook_id}") => Probe::new(
+            format!("/webhooks/{}", Uuid::new_v4()),
+            Answers(StatusCode::NOT_FOUND),
+        )
+        .reading(),
+        (Delete, "/webhooks/{webhook_id}") => Probe::new(
+            format!("/webhooks/{}", Uuid::new_v4()),
+            Answers(StatusCode::NOT_FOUND),
+        ),
+        (Get, "/webhooks/{webhook_id}/deliveries") => Probe::new(
+            format!("/webhooks/{}/deliveries", Uuid::new_v4()),
+            Answers(StatusCode::NOT_FOUND),
+        )
+        .reading(),
+        (Post, "/webhooks/{webhook_id}/replay") => Probe::new(
+            format!("/webhooks/{}/replay", Uuid::new_v4()),
+            Answers(StatusCode::NOT_FOUND),
+        )
+        .body(json!({ "from_position": 1 })),
+        (Get, "/orders/{order_id}/notifications") => Probe::new(
+            format!("/orders/{}/notifications", fixture.order_of(owner)),
+            Answers(StatusCode::OK),
+        )
+        .reading(),
         // The event history.
         (Get, "/streams/{stream_type}/{stream_id}/events") => Probe::new(
             format!("/streams/product/{product_id}/events"),

@@ -420,12 +420,17 @@ impl AsyncTokens for Outbox<'_> {
     }
 
     async fn verify_token(&self, email: &str) -> String {
+        // The notifier sends it from the log, shortly after the registration.
         let local = email.split('@').next().unwrap_or(email).to_owned();
-        let raw = mail::testing::outbox_messages(&self.0.data_dir.path().join("mail"));
-        raw.iter()
-            .filter(|raw| String::from_utf8_lossy(raw).contains(&local))
-            .find_map(|raw| token_in(&mail_text(raw), "ve_"))
-            .expect("the verification mail")
+        let (token, _) = eventually(Duration::from_secs(10), || async {
+            let raw = mail::testing::outbox_messages(&self.0.data_dir.path().join("mail"));
+            raw.iter()
+                .filter(|raw| String::from_utf8_lossy(raw).contains(&local))
+                .find_map(|raw| token_in(&mail_text(raw), "ve_"))
+        })
+        .await
+        .expect("the verification mail");
+        token
     }
 }
 
@@ -456,12 +461,16 @@ impl AsyncTokens for Smtp<'_> {
 
     async fn verify_token(&self, email: &str) -> String {
         let local = email.split('@').next().unwrap_or(email).to_owned();
-        let received = self.0.received().await;
-        received
-            .iter()
-            .filter(|mail| mail.envelope_to.iter().any(|to| to.contains(&local)))
-            .find_map(|mail| token_in(&mail_text(&mail.data), "ve_"))
-            .expect("the verification mail")
+        let (token, _) = eventually(Duration::from_secs(10), || async {
+            let received = self.0.received().await;
+            received
+                .iter()
+                .filter(|mail| mail.envelope_to.iter().any(|to| to.contains(&local)))
+                .find_map(|mail| token_in(&mail_text(&mail.data), "ve_"))
+        })
+        .await
+        .expect("the verification mail");
+        token
     }
 }
 

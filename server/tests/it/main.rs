@@ -9,6 +9,7 @@ mod e2e;
 mod edges;
 mod idempotency;
 mod limits;
+mod notifications;
 mod parking;
 mod platform;
 mod readiness;
