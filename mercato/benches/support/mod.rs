@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+pub mod shop;
+
 /// Seconds of each throughput phase: `BENCH_SECONDS`, default 5, at least 1.
 pub fn phase_seconds() -> u64 {
     std::env::var("BENCH_SECONDS")
