@@ -684,9 +684,9 @@ async fn stored_everywhere(data: &ServerData) -> Vec<Place> {
     let mut places = stored_events(data).await;
     places.extend(database_rows(data, every_table).await);
     places.extend(redis_entries(data).await);
-    // The mail outbox holds the verification mail in the clear: mail already sent, outside
-    // mercato (as a mailbox is), which an erasure cannot reach.
-    places.extend(files_under(data.data_dir.path(), &["mail"]));
+    // The mail and text-message outboxes hold what was sent in the clear: messages already
+    // sent, outside mercato (as a mailbox is), which an erasure cannot reach.
+    places.extend(files_under(data.data_dir.path(), &["mail", "sms"]));
     places
 }
 
