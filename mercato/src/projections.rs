@@ -27,8 +27,12 @@ enum Command {
 }
 
 /// The projections that keep their checkpoint in the read-model database but are no read
-/// model: the checkout saga's intake, which starts a saga for every order placed.
-const OTHERS: &[&str] = &[sagas::state::SagaIntake::NAME];
+/// model: the checkout saga's intake, which starts a saga for every order placed, and the
+/// notifier's, which records the messages events call for.
+const OTHERS: &[&str] = &[
+    sagas::state::SagaIntake::NAME,
+    notify::NotificationIntake::NAME,
+];
 
 pub async fn run(config: Config, args: &Args) -> Result<()> {
     match &args.command {

@@ -32,7 +32,7 @@ pub mod testing;
 pub mod webhooks;
 
 pub use intake::NotificationIntake;
-pub use sender::{NotifierOptions, Recipients, run_notifier};
+pub use sender::{NotifierOptions, Recipients, prepare, run_notifier};
 pub use templates::Templates;
 
 /// What went wrong in the notifier or a webhook worker.

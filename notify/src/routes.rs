@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::guard::DestinationGuard;
 use crate::outbox;
-use crate::webhooks::{Endpoints, RegistrationError};
+use crate::webhooks::{Endpoints, RegistrationError, Replayed};
 
 /// What the routes need.
 #[derive(Clone, Debug)]
@@ -254,12 +254,19 @@ async fn replay(
     JsonBody(body): JsonBody<Replay>,
 ) -> Response {
     match state.endpoints.replay(&webhook_id, body.from_position).await {
-        Ok(true) => (
+        Ok(Replayed::From(position)) => (
             StatusCode::ACCEPTED,
-            Json(json!({ "detail": format!("deliveries start again from position {}", body.from_position) })),
+            Json(json!({ "detail": format!("deliveries start again from position {position}") })),
         )
             .into_response(),
-        Ok(false) => no_such_webhook().into_response(),
+        Ok(Replayed::Ahead { next }) => Problem::invalid(
+            "from_position",
+            format!(
+                "a replay goes back, never ahead: this endpoint's next delivery is position {next}; give {next} or less"
+            ),
+        )
+        .into_response(),
+        Ok(Replayed::NoSuchEndpoint) => no_such_webhook().into_response(),
         Err(error) => unavailable(&error).into_response(),
     }
 }

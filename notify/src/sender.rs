@@ -10,12 +10,13 @@ use mail::{Mail, Mailer, Recipient};
 use projections::lease::Lease;
 use projections::readdb::ReadDb;
 use projections::users::{UserRow, load_user_row};
-use projections::{Progress, run_projection};
+use projections::{Feed, Progress, run_projection};
 use rand::Rng;
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::NotifyError;
@@ -34,8 +35,10 @@ const NOT_YET_DELAY_MS: i64 = 200;
 const NOT_YET_PATIENCE_MS: i64 = 60_000;
 /// How often the backlog gauges are read.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
-/// How long running sends may take to finish at shutdown.
-const DRAIN: Duration = Duration::from_secs(10);
+/// How long running sends may take to finish once the lease is lost or at shutdown: less than a
+/// third of the lease's time to live, so that they end before another notifier can hold it
+/// (one cut off is sent again by the next holder, with the same Message-ID).
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// How the notifier runs.
 #[derive(Clone, Debug)]
@@ -231,8 +234,29 @@ impl Recipients {
         Ok(Ok(serde_json::Value::Object(variables)))
     }
 
-    /// One attempt at `message`.
+    /// One attempt at `message`; what a failure says never names its recipient (a mail
+    /// server's refusal quotes the address): the outbox, its listings and the logs keep no
+    /// address.
     async fn attempt(&self, message: &Message, shop_name: &str) -> Result<Outcome, NotifyError> {
+        let mut destination = None;
+        let outcome = self.try_once(message, shop_name, &mut destination).await?;
+        Ok(match (outcome, destination) {
+            (Outcome::Transient(error), Some(destination)) => {
+                Outcome::Transient(redact(&error, &destination))
+            }
+            (Outcome::Permanent(error), Some(destination)) => {
+                Outcome::Permanent(redact(&error, &destination))
+            }
+            (outcome, _) => outcome,
+        })
+    }
+
+    async fn try_once(
+        &self,
+        message: &Message,
+        shop_name: &str,
+        opened: &mut Option<String>,
+    ) -> Result<Outcome, NotifyError> {
         let person = match self.person(message).await? {
             Ok(person) => person,
             Err(outcome) => return Ok(outcome),
@@ -260,6 +284,7 @@ impl Recipients {
                 }
             },
         };
+        *opened = Some(destination.clone());
         let variables = match self
             .variables(message, &person, &language, shop_name)
             .await?
@@ -316,6 +341,52 @@ impl Recipients {
     }
 }
 
+/// `text` with every mention of `destination` (an address or a phone number, in any case or, for
+/// a number, in its E.164 form too) replaced by `<recipient>`.
+fn redact(text: &str, destination: &str) -> String {
+    let mut forms = vec![destination.to_owned()];
+    if let Ok(e164) = crate::sms::normalize_e164(destination) {
+        forms.push(e164);
+    }
+    let mut redacted = text.to_owned();
+    for form in forms.iter().filter(|form| !form.is_empty()) {
+        let lower = redacted.to_ascii_lowercase();
+        let needle = form.to_ascii_lowercase();
+        // ASCII lowercasing keeps every byte offset.
+        let mut out = String::with_capacity(redacted.len());
+        let mut rest = 0;
+        for (at, _) in lower.match_indices(&needle) {
+            out.push_str(&redacted[rest..at]);
+            out.push_str("<recipient>");
+            rest = at + needle.len();
+        }
+        out.push_str(&redacted[rest..]);
+        redacted = out;
+    }
+    redacted
+}
+
+/// Prepares the notifier's tables in `db`, and, the first time a notifier runs on this
+/// database, sets its intake's checkpoint to the log's head: a shop that starts notifying (an
+/// upgrade, a new database) is not sent the messages of its whole past. Run before the process
+/// serves requests, so that nothing written after it is missed.
+pub async fn prepare(store: &dyn EventStore, db: &ReadDb) -> Result<(), NotifyError> {
+    outbox::ensure_schema(db).await?;
+    db.ensure_schema(crate::intake::SCHEMA).await?;
+    let name = Feed::Log.checkpoint_name(NotificationIntake::NAME);
+    if db.stored_checkpoint(&name).await?.is_none() {
+        let head = store.head_position().await?;
+        db.begin_write().await?.commit_at(&name, head).await?;
+        if head > 0 {
+            tracing::info!(
+                head,
+                "the notifier starts at the log's head: past events send no messages"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs the notifier until `shutdown`: waits for the lease, then runs the intake from its
 /// checkpoint and sends what is due, until the lease is lost or shutdown.
 pub async fn run_notifier(
@@ -326,8 +397,7 @@ pub async fn run_notifier(
     shutdown: CancellationToken,
 ) -> Result<(), NotifyError> {
     let db = recipients.db.clone();
-    outbox::ensure_schema(&db).await?;
-    db.ensure_schema(crate::intake::SCHEMA).await?;
+    prepare(store.as_ref(), &db).await?;
     let lease = Lease::new(
         db.clone(),
         LEASE,
@@ -454,16 +524,26 @@ async fn record_backlog(db: &ReadDb) {
     }
 }
 
-/// Sends one message and stores what came of it.
+/// Sends one message and stores what came of it, in a span of its own.
 async fn send_one(
     recipients: Arc<Recipients>,
     options: Arc<NotifierOptions>,
     message: Message,
 ) -> String {
+    let span = tracing::info_span!("notification", key = %message.key, template = %message.template, channel = message.channel.as_str(), correlation_id = %message.correlation_id);
+    attempt_and_store(recipients, options, message)
+        .instrument(span)
+        .await
+}
+
+async fn attempt_and_store(
+    recipients: Arc<Recipients>,
+    options: Arc<NotifierOptions>,
+    message: Message,
+) -> String {
     let key = message.key.clone();
-    let span = tracing::info_span!("notification", key = %key, template = %message.template, channel = message.channel.as_str(), correlation_id = %message.correlation_id);
-    let _guard = span.enter();
-    let outcome = match recipients.attempt(&message, &options.shop_name).await {
+    let attempt = recipients.attempt(&message, &options.shop_name);
+    let outcome = match attempt.await {
         // Still missing a minute on, the users read model is behind for a reason (a parked
         // projection): back off as after a failure.
         Ok(Outcome::NotYet) if outbox::now_ms() - message.created_at > NOT_YET_PATIENCE_MS => {
@@ -513,4 +593,31 @@ async fn send_one(
         tracing::warn!(%error, "the outcome of a notification was not stored; it is attempted again");
     }
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn a_failure_never_names_its_recipient() {
+        assert_eq!(
+            redact(
+                "550 5.1.1 <Zoe@Example.com>: recipient refused",
+                "zoe@example.com"
+            ),
+            "550 5.1.1 <<recipient>>: recipient refused"
+        );
+        assert_eq!(
+            redact(
+                "`+39 06 1234 5678` is not a phone number; +390612345678 either",
+                "+39 06 1234 5678"
+            ),
+            "`<recipient>` is not a phone number; <recipient> either"
+        );
+        assert_eq!(
+            redact("connection refused", "zoe@example.com"),
+            "connection refused"
+        );
+    }
 }

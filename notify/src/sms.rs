@@ -117,14 +117,14 @@ pub fn normalize_e164(number: &str) -> Result<String, SmsError> {
 fn check_message(sms: &Sms) -> Result<String, SmsError> {
     let to = normalize_e164(&sms.to)?;
     if sms.body.trim().is_empty() {
-        return Err(SmsError::Invalid(format!(
-            "the message to {to} has an empty body; give it a text"
-        )));
+        return Err(SmsError::Invalid(
+            "the message has an empty body; give it a text".to_owned(),
+        ));
     }
     let chars = sms.body.chars().count();
     if chars > MAX_BODY_CHARS {
         return Err(SmsError::Invalid(format!(
-            "the message to {to} has {chars} characters, more than the {MAX_BODY_CHARS} a text \
+            "the message has {chars} characters, more than the {MAX_BODY_CHARS} a text \
              message may have; shorten the template"
         )));
     }
@@ -516,7 +516,7 @@ impl SmsSender for TwilioSms {
             })?;
         let status = response.status();
         if status.is_success() {
-            return Ok(self.message_sid(response, &to).await);
+            return Ok(self.message_sid(response).await);
         }
         let bytes = response.bytes().await.unwrap_or_default();
         let details = twilio_error_details(&bytes);
@@ -531,7 +531,7 @@ impl SmsSender for TwilioSms {
             _ => "",
         };
         Err(SmsError::Permanent(format!(
-            "Twilio refused the message to {to}: HTTP {status}{details}{hint}"
+            "Twilio refused the message: HTTP {status}{details}{hint}"
         )))
     }
 
@@ -544,7 +544,7 @@ impl TwilioSms {
     /// The `sid` of a successful answer. Twilio has created the message once it answers 2xx,
     /// so an answer without a readable `sid` is still a success (sending again would send the
     /// message twice): the id is then empty, and a warning logged.
-    async fn message_sid(&self, response: reqwest::Response, to: &str) -> String {
+    async fn message_sid(&self, response: reqwest::Response) -> String {
         let status = response.status();
         let sid = match response.bytes().await {
             Ok(bytes) => serde_json::from_slice::<TwilioMessage>(&bytes)
@@ -555,7 +555,6 @@ impl TwilioSms {
         sid.unwrap_or_else(|error| {
             tracing::warn!(
                 %status,
-                to,
                 %error,
                 "Twilio accepted a text message but its answer names no message id"
             );

@@ -180,6 +180,18 @@ impl Endpoint {
     }
 }
 
+/// What a replay did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replayed {
+    /// Deliveries start again at this position.
+    From(u64),
+    /// The position is after the next event the endpoint waits for (`next`): nothing changed.
+    Ahead {
+        next: u64,
+    },
+    NoSuchEndpoint,
+}
+
 /// One delivery (an event to an endpoint) with its attempts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Delivery {
@@ -316,6 +328,7 @@ impl Endpoints {
 
     /// Deletes an endpoint: nothing more is delivered to it (its delivery log is kept).
     pub async fn delete(&self, webhook_id: &str) -> Result<bool, NotifyError> {
+        self.ensure_schema().await?;
         let deleted = sqlx::query(
             "UPDATE webhook_endpoints SET status = 'deleted', secret = ''
              WHERE webhook_id = $1 AND status <> 'deleted'",
@@ -326,19 +339,44 @@ impl Endpoints {
         Ok(deleted.rows_affected() > 0)
     }
 
-    /// Delivers again from `from_position` on (the checkpoint moves to just before it), and
-    /// enables a disabled endpoint.
-    pub async fn replay(&self, webhook_id: &str, from_position: u64) -> Result<bool, NotifyError> {
+    /// Delivers again from `from_position` on (the checkpoint moves back to just before it),
+    /// and enables a disabled endpoint. A replay only goes back: a position after the event the
+    /// endpoint waits for would skip events, and is [`Replayed::Ahead`].
+    pub async fn replay(
+        &self,
+        webhook_id: &str,
+        from_position: u64,
+    ) -> Result<Replayed, NotifyError> {
+        self.ensure_schema().await?;
+        let Some(endpoint) = self.get(webhook_id).await? else {
+            return Ok(Replayed::NoSuchEndpoint);
+        };
+        if from_position > endpoint.checkpoint + 1 {
+            return Ok(Replayed::Ahead {
+                next: endpoint.checkpoint + 1,
+            });
+        }
+        let checkpoint = i64::try_from(from_position.saturating_sub(1)).unwrap_or(i64::MAX);
         let replayed = sqlx::query(
             "UPDATE webhook_endpoints SET checkpoint = $1, status = 'active', attempts = 0,
                  next_attempt_at = 0, failing_since = NULL, disabled_reason = NULL
-             WHERE webhook_id = $2 AND status <> 'deleted'",
+             WHERE webhook_id = $2 AND status <> 'deleted' AND checkpoint >= $1",
         )
-        .bind(i64::try_from(from_position.saturating_sub(1)).unwrap_or(i64::MAX))
+        .bind(checkpoint)
         .bind(webhook_id)
         .execute(&self.pool)
         .await?;
-        Ok(replayed.rows_affected() > 0)
+        Ok(if replayed.rows_affected() > 0 {
+            Replayed::From(from_position)
+        } else {
+            // Deleted, or moved back further by another replay meanwhile: read it again.
+            match self.get(webhook_id).await? {
+                None => Replayed::NoSuchEndpoint,
+                Some(endpoint) => Replayed::Ahead {
+                    next: endpoint.checkpoint + 1,
+                },
+            }
+        })
     }
 
     /// The deliveries of an endpoint, newest first, with their attempts.
@@ -402,8 +440,11 @@ impl Endpoints {
         rows.iter().map(Endpoint::of_row).collect()
     }
 
-    async fn advance(&self, endpoint: &Endpoint, to: u64) -> Result<(), NotifyError> {
-        sqlx::query(
+    /// Moves `endpoint`'s checkpoint from where this worker read it to `to`; `false` when the
+    /// row changed meanwhile (a replay, a delete, a disable, another worker): the worker then
+    /// stops with this endpoint and reads it again.
+    async fn advance(&self, endpoint: &Endpoint, to: u64) -> Result<bool, NotifyError> {
+        let moved = sqlx::query(
             "UPDATE webhook_endpoints SET checkpoint = $1, attempts = 0, next_attempt_at = 0,
                  failing_since = NULL
              WHERE webhook_id = $2 AND checkpoint = $3 AND status = 'active'",
@@ -413,7 +454,7 @@ impl Endpoints {
         .bind(i64::try_from(endpoint.checkpoint).unwrap_or(i64::MAX))
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(moved.rows_affected() == 1)
     }
 
     async fn record_attempt(
@@ -483,12 +524,13 @@ impl Endpoints {
                  failing_since = COALESCE(failing_since, $2),
                  status = CASE WHEN $3 IS NULL THEN status ELSE 'disabled' END,
                  disabled_reason = $3
-             WHERE webhook_id = $4 AND status = 'active'",
+             WHERE webhook_id = $4 AND status = 'active' AND checkpoint = $5",
         )
         .bind(retry_at)
         .bind(now)
         .bind(disable)
         .bind(&endpoint.webhook_id)
+        .bind(i64::try_from(endpoint.checkpoint).unwrap_or(i64::MAX))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -690,7 +732,7 @@ async fn deliver_endpoint(
             }
             if done != endpoint.checkpoint {
                 // What was skipped up to here is done with.
-                if deliverer.endpoints.advance(&endpoint, done).await.is_err() {
+                if !matches!(deliverer.endpoints.advance(&endpoint, done).await, Ok(true)) {
                     return id;
                 }
                 endpoint.checkpoint = done;
@@ -713,7 +755,7 @@ async fn deliver_endpoint(
                 return id;
             }
             done = event.position;
-            if deliverer.endpoints.advance(&endpoint, done).await.is_err() {
+            if !matches!(deliverer.endpoints.advance(&endpoint, done).await, Ok(true)) {
                 return id;
             }
             endpoint.checkpoint = done;
@@ -721,7 +763,7 @@ async fn deliver_endpoint(
             endpoint.failing_since = None;
         }
         if done != endpoint.checkpoint {
-            if deliverer.endpoints.advance(&endpoint, done).await.is_err() {
+            if !matches!(deliverer.endpoints.advance(&endpoint, done).await, Ok(true)) {
                 return id;
             }
             endpoint.checkpoint = done;

@@ -382,14 +382,17 @@ impl ReadDb {
 
     /// The stored checkpoint of projection `name` (0 if it never ran).
     pub async fn checkpoint(&self, name: &str) -> Result<u64, ProjectionError> {
+        Ok(self.stored_checkpoint(name).await?.unwrap_or(0))
+    }
+
+    /// Checkpoint `name` if one was ever stored (`None` for a projection that never ran).
+    pub async fn stored_checkpoint(&self, name: &str) -> Result<Option<u64>, ProjectionError> {
         let row = sqlx::query("SELECT position FROM projection_checkpoints WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(match row {
-            Some(row) => u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0),
-            None => 0,
-        })
+        row.map(|row| Ok(u64::try_from(row.try_get::<i64, _>(0)?).unwrap_or(0)))
+            .transpose()
     }
 
     /// Parks projection `name` at the event `park` names (replacing a park it had).

@@ -137,6 +137,11 @@ impl Server {
         if plan.parts.notifier
             && let Some(notify) = &notify
         {
+            // Before anything is served: the first notifier starts at the log's head, and a
+            // request answered after this is one it sees.
+            notify::prepare(platform.store.as_ref(), &platform.read_models.db)
+                .await
+                .map_err(|error| Error::runtime("cannot prepare the notifier's tables", error))?;
             let options = notify::NotifierOptions {
                 shop_name: config.shop_name.clone(),
                 ..notify::NotifierOptions::default()

@@ -669,6 +669,18 @@ async fn webhooks_end_to_end(setup: Setup, test_name: &str) {
         [json!(500), json!(500), json!(500), json!(302), json!(204)],
         "{first}"
     );
+    // A replay goes back, never ahead (that would skip events).
+    let (status, ahead) = status_and_body(
+        admin
+            .post(
+                &format!("/webhooks/{webhook_id}/replay"),
+                json!({ "from_position": positions[positions.len() - 1] + 1_000 }),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{ahead}");
+    assert_eq!(ahead["field"], "from_position", "{ahead}");
     // Replay from the first position delivers the same events again, with the same ids.
     let (status, _) = status_and_body(
         admin
