@@ -67,7 +67,10 @@ impl PersonKeys {
     }
 
     /// The key of `subject`, if it exists (it does not before the first seal, nor after erasure).
-    async fn key(&self, subject: &str) -> Result<Option<Zeroizing<Vec<u8>>>, IdentityError> {
+    pub(crate) async fn key(
+        &self,
+        subject: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, IdentityError> {
         let row = sqlx::query("SELECT key_material FROM person_keys WHERE subject = $1")
             .bind(subject)
             .fetch_optional(self.secrets.pool())
@@ -171,7 +174,7 @@ fn seal_with(key: &[u8], subject: &str, field: &str, plain: &str) -> Result<Seal
     )))
 }
 
-fn open_with(
+pub(crate) fn open_with(
     key: &[u8],
     subject: &str,
     field: &str,

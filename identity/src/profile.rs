@@ -5,7 +5,7 @@ use domain::{Address, Sealed};
 use serde::Serialize;
 
 use crate::error::IdentityError;
-use crate::person_keys::{Opened, PersonKeys};
+use crate::person_keys::{PersonKeys, open_with};
 
 /// The sealed personal values of one person, as a read model keeps them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -28,31 +28,31 @@ pub struct OpenedProfile {
 }
 
 impl PersonKeys {
-    /// Opens the sealed values of person `subject`.
+    /// Opens the sealed values of person `subject`, reading the person's key once.
     pub async fn open_profile(
         &self,
         subject: &str,
         sealed: &SealedProfile,
     ) -> Result<OpenedProfile, IdentityError> {
-        if !self.exists(subject).await? {
+        let Some(key) = self.key(subject).await? else {
             return Ok(OpenedProfile {
                 erased: true,
                 ..OpenedProfile::default()
             });
-        }
-        let mut opened = OpenedProfile::default();
-        for (field, value, target) in [
-            ("email", &sealed.email, &mut opened.email),
-            ("name", &sealed.name, &mut opened.name),
-            ("phone", &sealed.phone, &mut opened.phone),
-        ] {
-            if let Some(value) = value {
-                *target = self.open(subject, field, value).await?.into_plain();
-            }
-        }
-        if let Some(value) = &sealed.addresses
-            && let Opened::Plain(text) = self.open(subject, "addresses", value).await?
-        {
+        };
+        let open = |field: &str, value: &Option<Sealed>| {
+            value
+                .as_ref()
+                .map(|value| open_with(&key, subject, field, value))
+                .transpose()
+        };
+        let mut opened = OpenedProfile {
+            email: open("email", &sealed.email)?,
+            name: open("name", &sealed.name)?,
+            phone: open("phone", &sealed.phone)?,
+            ..OpenedProfile::default()
+        };
+        if let Some(text) = open("addresses", &sealed.addresses)? {
             opened.addresses =
                 Some(serde_json::from_str(&text).map_err(|error| {
                     IdentityError::Crypto(format!("sealed addresses: {error}"))

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventstore::EventStore;
-use identity::{Identity, Opened, Purpose};
+use identity::{Identity, Purpose};
 use mail::{Mail, Mailer, Recipient};
 use projections::lease::Lease;
 use projections::readdb::ReadDb;
@@ -137,27 +137,23 @@ impl Recipients {
         if row.status == "erased" {
             return Ok(Err(Outcome::Erased));
         }
-        let keys = &self.identity.person_keys;
-        let mut opened = Vec::new();
-        for (field, sealed) in [
-            ("email", &row.email),
-            ("name", &row.name),
-            ("phone", &row.phone),
-        ] {
-            opened.push(match sealed {
-                Some(sealed) => match keys.open(user_id, field, sealed).await? {
-                    Opened::Plain(plain) => Some(plain),
-                    Opened::Erased => return Ok(Err(Outcome::Erased)),
-                },
-                None => None,
-            });
+        // The values the message needs, opened with the person's key (read once); a key
+        // destroyed meanwhile is an erased person.
+        let sealed = identity::profile::SealedProfile {
+            email: row.email.clone(),
+            name: row.name.clone(),
+            phone: row.phone.clone(),
+            addresses: None,
+        };
+        let opened = self
+            .identity
+            .person_keys
+            .open_profile(user_id, &sealed)
+            .await?;
+        if opened.erased {
+            return Ok(Err(Outcome::Erased));
         }
-        let mut opened = opened.into_iter();
-        let (email, name, phone) = (
-            opened.next().flatten(),
-            opened.next().flatten(),
-            opened.next().flatten(),
-        );
+        let (email, name, phone) = (opened.email, opened.name, opened.phone);
         Ok(Ok(Person {
             email,
             name: name.unwrap_or_default(),

@@ -457,15 +457,35 @@ impl Endpoints {
         Ok(moved.rows_affected() == 1)
     }
 
+    /// Records one attempt at `event` (and the delivery it belongs to) and, for a delivered
+    /// event, moves the checkpoint to it, all in one transaction; `false` (nothing recorded)
+    /// when the endpoint's checkpoint is no longer where this worker read it (a replay, a
+    /// delete, another worker).
     async fn record_attempt(
         &self,
         endpoint: &Endpoint,
         event: &RecordedEvent,
         attempt: &Attempt,
         delivered: bool,
-    ) -> Result<(), NotifyError> {
+    ) -> Result<bool, NotifyError> {
         let position = i64::try_from(event.position).unwrap_or(i64::MAX);
         let mut transaction = self.pool.begin().await?;
+        if delivered {
+            let moved = sqlx::query(
+                "UPDATE webhook_endpoints SET checkpoint = $1, attempts = 0, next_attempt_at = 0,
+                     failing_since = NULL
+                 WHERE webhook_id = $2 AND checkpoint = $3 AND status = 'active'",
+            )
+            .bind(position)
+            .bind(&endpoint.webhook_id)
+            .bind(i64::try_from(endpoint.checkpoint).unwrap_or(i64::MAX))
+            .execute(&mut *transaction)
+            .await?;
+            if moved.rows_affected() != 1 {
+                transaction.rollback().await?;
+                return Ok(false);
+            }
+        }
         sqlx::query(
             "INSERT INTO webhook_deliveries (webhook_id, position, event_id, event_type, status,
                  attempts, first_attempt_at, last_attempt_at, delivered_at)
@@ -483,23 +503,15 @@ impl Endpoints {
         .bind(delivered.then_some(attempt.attempted_at))
         .execute(&mut *transaction)
         .await?;
-        let number: i64 = sqlx::query(
-            "SELECT COALESCE(MAX(attempt), 0) + 1 FROM webhook_attempts
-             WHERE webhook_id = $1 AND position = $2",
-        )
-        .bind(&endpoint.webhook_id)
-        .bind(position)
-        .fetch_one(&mut *transaction)
-        .await?
-        .try_get(0)?;
+        // The attempt's number follows the position's earlier attempts (a replay adds to them).
         sqlx::query(
             "INSERT INTO webhook_attempts (webhook_id, position, attempt, attempted_at,
                  status_code, answer, duration_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             SELECT $1, $2, COALESCE(MAX(attempt), 0) + 1, $3, $4, $5, $6
+             FROM webhook_attempts WHERE webhook_id = $1 AND position = $2",
         )
         .bind(&endpoint.webhook_id)
         .bind(position)
-        .bind(number)
         .bind(attempt.attempted_at)
         .bind(attempt.status_code.map(i64::from))
         .bind(&attempt.answer)
@@ -507,7 +519,7 @@ impl Endpoints {
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Records a failed attempt: the next is due at `retry_at`; or the endpoint is disabled
@@ -724,30 +736,29 @@ async fn deliver_endpoint(
         let Some(last) = events.last().map(|event| event.position) else {
             return id;
         };
+        // Events not wanted are skipped in memory; the checkpoint moves with the next delivery
+        // (in its transaction), or once at the end of the page.
         let mut done = endpoint.checkpoint;
         for event in &events {
             if !endpoint.wants(event) {
                 done = event.position;
                 continue;
             }
-            if done != endpoint.checkpoint {
-                // What was skipped up to here is done with.
-                if !matches!(deliverer.endpoints.advance(&endpoint, done).await, Ok(true)) {
-                    return id;
-                }
-                endpoint.checkpoint = done;
-            }
             let attempt = post(&deliverer.guard, &client, &endpoint, event).await;
             let delivered = attempt
                 .status_code
                 .is_some_and(|code| (200..300).contains(&code));
-            if let Err(error) = deliverer
+            match deliverer
                 .endpoints
                 .record_attempt(&endpoint, event, &attempt, delivered)
                 .await
             {
-                tracing::warn!(%error, webhook_id = %id, "cannot record a webhook delivery");
-                return id;
+                Ok(true) => {}
+                Ok(false) => return id,
+                Err(error) => {
+                    tracing::warn!(%error, webhook_id = %id, "cannot record a webhook delivery");
+                    return id;
+                }
             }
             metrics::counter!("mercato_webhook_deliveries_total", "outcome" => if delivered { "delivered" } else { "failed" }).increment(1);
             if !delivered {
@@ -755,9 +766,6 @@ async fn deliver_endpoint(
                 return id;
             }
             done = event.position;
-            if !matches!(deliverer.endpoints.advance(&endpoint, done).await, Ok(true)) {
-                return id;
-            }
             endpoint.checkpoint = done;
             endpoint.attempts = 0;
             endpoint.failing_since = None;
