@@ -471,7 +471,11 @@ async fn checkouts(
                 json!({ "url": receiver.url, "event_types": ["*"] }),
             )
             .await;
-        assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        let log =
+            std::fs::read_to_string(data.data_dir.path().join("server.log")).unwrap_or_default();
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{body}\n{log}");
     }
     let mut products = Vec::new();
     for index in 0..200 {

@@ -94,10 +94,23 @@ pub const SCHEMA: &[&str] = &[
         PRIMARY KEY (webhook_id, position, attempt))",
 ];
 
-/// Creates the webhook tables in the secret store's database.
+/// Creates the webhook tables in the secret store's database. Two processes creating them at
+/// once can make PostgreSQL refuse one `CREATE TABLE IF NOT EXISTS` (its catalogue's unique
+/// index): a refused statement is tried again, and then finds the table.
 pub async fn ensure_schema_in(pool: &AnyPool) -> Result<(), NotifyError> {
     for statement in SCHEMA {
-        sqlx::query(statement).execute(pool).await?;
+        let mut tries = 0;
+        loop {
+            match sqlx::query(statement).execute(pool).await {
+                Ok(_) => break,
+                Err(error) if tries < 5 => {
+                    tries += 1;
+                    tracing::debug!(%error, "creating a webhook table collided; trying again");
+                    tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
     Ok(())
 }
