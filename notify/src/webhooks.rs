@@ -5,10 +5,12 @@
 //! in order per stream too), as a CloudEvents 1.0 JSON body signed as the Standard Webhooks
 //! specification says: `webhook-id` (the same for every attempt of one event),
 //! `webhook-timestamp` and `webhook-signature` (`v1,` and the base64 HMAC-SHA256 of
-//! `id.timestamp.body` under the endpoint's secret, `whsec_` and base64). A 2xx answer moves the
-//! checkpoint; anything else (another status, a redirect, which is never followed, a timeout, a
-//! refused destination) is tried again with exponential backoff and jitter, holding the events
-//! after it back. An endpoint that has failed for `disable_after` (three days unless
+//! `id.timestamp.body` under the endpoint's secret, `whsec_` and base64). A 2xx answer is a
+//! delivery: deliveries are recorded, and the checkpoint moved past them, a batch at a time (64,
+//! or 50 ms), so a process that dies in between delivers those events again with the same
+//! `webhook-id` (at least once, as the specification expects receivers to handle). Anything
+//! else (another status, a redirect, which is never followed, a timeout, a refused destination)
+//! is tried again with exponential backoff and jitter, holding the events after it back. An endpoint that has failed for `disable_after` (three days unless
 //! configured) is disabled, and every active admin gets an email through the notification
 //! outbox. `POST /webhooks/{id}/replay` moves the checkpoint back (and enables it again).
 //!
@@ -52,6 +54,9 @@ pub const ENDPOINTS_MAX: i64 = 100;
 pub const TYPES_MAX: usize = 100;
 /// The longest URL taken.
 pub const URL_MAX: usize = 2000;
+/// Deliveries recorded together at most, and the longest the first of them waits to be.
+const RECORD_EVERY: usize = 64;
+const RECORD_WITHIN: Duration = Duration::from_millis(50);
 /// Events one endpoint reads from the log at once.
 const PAGE: usize = 100;
 /// How much of an answer's body the delivery log keeps.
@@ -453,43 +458,24 @@ impl Endpoints {
         rows.iter().map(Endpoint::of_row).collect()
     }
 
-    /// Moves `endpoint`'s checkpoint from where this worker read it to `to`; `false` when the
-    /// row changed meanwhile (a replay, a delete, a disable, another worker): the worker then
-    /// stops with this endpoint and reads it again.
-    async fn advance(&self, endpoint: &Endpoint, to: u64) -> Result<bool, NotifyError> {
-        let moved = sqlx::query(
-            "UPDATE webhook_endpoints SET checkpoint = $1, attempts = 0, next_attempt_at = 0,
-                 failing_since = NULL
-             WHERE webhook_id = $2 AND checkpoint = $3 AND status = 'active'",
-        )
-        .bind(i64::try_from(to).unwrap_or(i64::MAX))
-        .bind(&endpoint.webhook_id)
-        .bind(i64::try_from(endpoint.checkpoint).unwrap_or(i64::MAX))
-        .execute(&self.pool)
-        .await?;
-        Ok(moved.rows_affected() == 1)
-    }
-
-    /// Records one attempt at `event` (and the delivery it belongs to) and, for a delivered
-    /// event, moves the checkpoint to it, all in one transaction; `false` (nothing recorded)
-    /// when the endpoint's checkpoint is no longer where this worker read it (a replay, a
-    /// delete, another worker).
-    async fn record_attempt(
+    /// Records attempts (each with the delivery it belongs to) and moves the endpoint's
+    /// checkpoint from where this worker read it to `advance_to`, all in one transaction;
+    /// `false` (nothing recorded) when the checkpoint is no longer where this worker read it (a
+    /// replay, a delete, another worker).
+    async fn record_batch(
         &self,
         endpoint: &Endpoint,
-        event: &RecordedEvent,
-        attempt: &Attempt,
-        delivered: bool,
+        attempts: &[(&RecordedEvent, &Attempt, bool)],
+        advance_to: u64,
     ) -> Result<bool, NotifyError> {
-        let position = i64::try_from(event.position).unwrap_or(i64::MAX);
         let mut transaction = self.pool.begin().await?;
-        if delivered {
+        if advance_to != endpoint.checkpoint {
             let moved = sqlx::query(
                 "UPDATE webhook_endpoints SET checkpoint = $1, attempts = 0, next_attempt_at = 0,
                      failing_since = NULL
                  WHERE webhook_id = $2 AND checkpoint = $3 AND status = 'active'",
             )
-            .bind(position)
+            .bind(i64::try_from(advance_to).unwrap_or(i64::MAX))
             .bind(&endpoint.webhook_id)
             .bind(i64::try_from(endpoint.checkpoint).unwrap_or(i64::MAX))
             .execute(&mut *transaction)
@@ -499,38 +485,43 @@ impl Endpoints {
                 return Ok(false);
             }
         }
-        sqlx::query(
-            "INSERT INTO webhook_deliveries (webhook_id, position, event_id, event_type, status,
-                 attempts, first_attempt_at, last_attempt_at, delivered_at)
-             VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7)
-             ON CONFLICT (webhook_id, position) DO UPDATE SET status = excluded.status,
-                 attempts = webhook_deliveries.attempts + 1,
-                 last_attempt_at = excluded.last_attempt_at, delivered_at = excluded.delivered_at",
-        )
-        .bind(&endpoint.webhook_id)
-        .bind(position)
-        .bind(event.event_id.to_string())
-        .bind(&event.event_type)
-        .bind(if delivered { "delivered" } else { "failing" })
-        .bind(attempt.attempted_at)
-        .bind(delivered.then_some(attempt.attempted_at))
-        .execute(&mut *transaction)
-        .await?;
-        // The attempt's number follows the position's earlier attempts (a replay adds to them).
-        sqlx::query(
-            "INSERT INTO webhook_attempts (webhook_id, position, attempt, attempted_at,
-                 status_code, answer, duration_ms)
-             SELECT $1, $2, COALESCE(MAX(attempt), 0) + 1, $3, $4, $5, $6
-             FROM webhook_attempts WHERE webhook_id = $1 AND position = $2",
-        )
-        .bind(&endpoint.webhook_id)
-        .bind(position)
-        .bind(attempt.attempted_at)
-        .bind(attempt.status_code.map(i64::from))
-        .bind(&attempt.answer)
-        .bind(i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX))
-        .execute(&mut *transaction)
-        .await?;
+        for (event, attempt, delivered) in attempts {
+            let position = i64::try_from(event.position).unwrap_or(i64::MAX);
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (webhook_id, position, event_id, event_type,
+                     status, attempts, first_attempt_at, last_attempt_at, delivered_at)
+                 VALUES ($1, $2, $3, $4, $5, 1, $6, $6, $7)
+                 ON CONFLICT (webhook_id, position) DO UPDATE SET status = excluded.status,
+                     attempts = webhook_deliveries.attempts + 1,
+                     last_attempt_at = excluded.last_attempt_at,
+                     delivered_at = excluded.delivered_at",
+            )
+            .bind(&endpoint.webhook_id)
+            .bind(position)
+            .bind(event.event_id.to_string())
+            .bind(&event.event_type)
+            .bind(if *delivered { "delivered" } else { "failing" })
+            .bind(attempt.attempted_at)
+            .bind(delivered.then_some(attempt.attempted_at))
+            .execute(&mut *transaction)
+            .await?;
+            // The attempt's number follows the position's earlier attempts (a replay adds to
+            // them).
+            sqlx::query(
+                "INSERT INTO webhook_attempts (webhook_id, position, attempt, attempted_at,
+                     status_code, answer, duration_ms)
+                 SELECT $1, $2, COALESCE(MAX(attempt), 0) + 1, $3, $4, $5, $6
+                 FROM webhook_attempts WHERE webhook_id = $1 AND position = $2",
+            )
+            .bind(&endpoint.webhook_id)
+            .bind(position)
+            .bind(attempt.attempted_at)
+            .bind(attempt.status_code.map(i64::from))
+            .bind(&attempt.answer)
+            .bind(i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX))
+            .execute(&mut *transaction)
+            .await?;
+        }
         transaction.commit().await?;
         Ok(true)
     }
@@ -749,9 +740,13 @@ async fn deliver_endpoint(
         let Some(last) = events.last().map(|event| event.position) else {
             return id;
         };
-        // Events not wanted are skipped in memory; the checkpoint moves with the next delivery
-        // (in its transaction), or once at the end of the page.
+        // Events not wanted are skipped in memory. Deliveries are recorded, and the checkpoint
+        // moved past them, a batch at a time (at most RECORD_EVERY deliveries or RECORD_WITHIN
+        // after the first): a process that dies before recording delivers those events again,
+        // with the same `webhook-id`, which a receiver recognises.
         let mut done = endpoint.checkpoint;
+        let mut delivered_batch: Vec<(&RecordedEvent, Attempt)> = Vec::new();
+        let mut batch_started = std::time::Instant::now();
         for event in &events {
             if !endpoint.wants(event) {
                 done = event.position;
@@ -761,36 +756,89 @@ async fn deliver_endpoint(
             let delivered = attempt
                 .status_code
                 .is_some_and(|code| (200..300).contains(&code));
-            match deliverer
-                .endpoints
-                .record_attempt(&endpoint, event, &attempt, delivered)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => return id,
-                Err(error) => {
-                    tracing::warn!(%error, webhook_id = %id, "cannot record a webhook delivery");
-                    return id;
-                }
-            }
             metrics::counter!("mercato_webhook_deliveries_total", "outcome" => if delivered { "delivered" } else { "failed" }).increment(1);
-            if !delivered {
-                failed(&deliverer, &endpoint, event, &attempt).await;
+            if delivered {
+                if delivered_batch.is_empty() {
+                    batch_started = std::time::Instant::now();
+                }
+                delivered_batch.push((event, attempt));
+                done = event.position;
+                if delivered_batch.len() >= RECORD_EVERY || batch_started.elapsed() >= RECORD_WITHIN
+                {
+                    if !record(&deliverer, &mut endpoint, &delivered_batch, None, done).await {
+                        return id;
+                    }
+                    delivered_batch.clear();
+                }
+                continue;
+            }
+            // What was delivered before it is recorded with the failure, the checkpoint moved
+            // up to the failing event (which waits for its retry).
+            let before = delivered_batch
+                .last()
+                .map_or(endpoint.checkpoint, |(event, _)| event.position);
+            let skipped_to = events
+                .iter()
+                .take_while(|earlier| earlier.position < event.position)
+                .last()
+                .map_or(before, |earlier| earlier.position.max(before));
+            if !record(
+                &deliverer,
+                &mut endpoint,
+                &delivered_batch,
+                Some((event, &attempt)),
+                skipped_to,
+            )
+            .await
+            {
                 return id;
             }
-            done = event.position;
-            endpoint.checkpoint = done;
-            endpoint.attempts = 0;
-            endpoint.failing_since = None;
+            failed(&deliverer, &endpoint, event, &attempt).await;
+            return id;
         }
-        if done != endpoint.checkpoint {
-            if !matches!(deliverer.endpoints.advance(&endpoint, done).await, Ok(true)) {
-                return id;
-            }
-            endpoint.checkpoint = done;
+        if (!delivered_batch.is_empty() || done != endpoint.checkpoint)
+            && !record(&deliverer, &mut endpoint, &delivered_batch, None, done).await
+        {
+            return id;
         }
         if last < endpoint.checkpoint || events.len() < PAGE {
             return id;
+        }
+    }
+}
+
+/// Records `delivered` (and a failed attempt) and moves `endpoint`'s checkpoint to
+/// `advance_to`; `false` when the worker must stop with this endpoint (it changed meanwhile, or
+/// the record failed).
+async fn record(
+    deliverer: &Deliverer,
+    endpoint: &mut Endpoint,
+    delivered: &[(&RecordedEvent, Attempt)],
+    failed: Option<(&RecordedEvent, &Attempt)>,
+    advance_to: u64,
+) -> bool {
+    let attempts: Vec<(&RecordedEvent, &Attempt, bool)> = delivered
+        .iter()
+        .map(|(event, attempt)| (*event, attempt, true))
+        .chain(failed.map(|(event, attempt)| (event, attempt, false)))
+        .collect();
+    match deliverer
+        .endpoints
+        .record_batch(endpoint, &attempts, advance_to)
+        .await
+    {
+        Ok(true) => {
+            if advance_to != endpoint.checkpoint {
+                endpoint.checkpoint = advance_to;
+                endpoint.attempts = 0;
+                endpoint.failing_since = None;
+            }
+            true
+        }
+        Ok(false) => false,
+        Err(error) => {
+            tracing::warn!(%error, webhook_id = %endpoint.webhook_id, "cannot record webhook deliveries");
+            false
         }
     }
 }
