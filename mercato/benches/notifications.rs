@@ -496,8 +496,24 @@ async fn checkouts(
         base: saga.base.clone(),
         client: target.client.clone(),
     };
+    // Where the phase's CPU goes: the notifier's process and the SMTP server's.
+    let cpu = |pid: Option<u32>| pid.map_or(0.0, common::cpu_seconds);
+    let notifier_pid = notifier.as_ref().and_then(Server::pid);
+    let (notifier_before, smtp_before) = (cpu(notifier_pid), cpu(smtp.pid()));
+    let phase = Instant::now();
     let (placed, confirmed, _) =
         saga_capacity(&target, &saga_target, &tokens, &products, phase_seconds()).await;
+    let phase = phase.elapsed();
+    let (notifier_cpu, smtp_cpu) = (
+        cpu(notifier_pid) - notifier_before,
+        cpu(smtp.pid()) - smtp_before,
+    );
+    if with_notifier {
+        eprintln!(
+            "postgres, with a notifier: over the {:.1} s of placing and confirming, the notifier process used {notifier_cpu:.1} CPU seconds and the SMTP server {smtp_cpu:.1}",
+            phase.as_secs_f64()
+        );
+    }
 
     eprintln!(
         "postgres, {label} a notifier: {placed:.0} orders placed/s, {confirmed:.0} confirmed/s"

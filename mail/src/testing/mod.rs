@@ -304,6 +304,11 @@ impl SmtpServer {
         self.port
     }
 
+    /// The server's process id (for what a benchmark reads of it, its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.id()
+    }
+
     /// The directory the server stores each accepted message in (`NNNNNN.eml`, written when
     /// the server accepted it: its modification time is that moment).
     pub fn messages_dir(&self) -> std::path::PathBuf {

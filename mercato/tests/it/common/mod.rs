@@ -212,6 +212,25 @@ impl Server {
     }
 }
 
+/// The CPU time process `pid` has used so far (user and system, from `/proc/PID/stat`), in
+/// seconds (0 when unreadable).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Clock ticks are 100 a second on Linux for every architecture it runs on here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// A `kB` field of process `pid`'s `/proc/PID/status` (`VmHWM:`, `RssAnon:`), in MB (0 when
 /// unreadable).
 pub fn status_mb(pid: u32, field: &str) -> f64 {
