@@ -59,8 +59,6 @@ impl ConsumerOptions {
     }
 }
 
-/// The longest a fetch waits for new messages, in milliseconds.
-const FETCH_WAIT_MS: &str = "10";
 /// How many messages one batch takes at most.
 const MAX_BATCH: usize = 500;
 /// How long a batch waits for more messages once it has one.
@@ -89,13 +87,8 @@ pub async fn run_consumer(
         };
         let created = options
             .settings
-            .consumer_config(&group)
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
+            .group_member_config(&group)
             .set("partition.assignment.strategy", "range")
-            // How long a fetch may wait for data: brokers that hold a fetch to its end (tansu
-            // does) would otherwise add librdkafka's default 500 ms to every event's lag.
-            .set("fetch.wait.max.ms", FETCH_WAIT_MS)
             .create_with_context::<_, StreamConsumer<GroupContext>>(context.clone());
         let producer: Result<FutureProducer, _> = options.settings.producer_config().create();
         let (consumer, producer) = match (created, producer) {

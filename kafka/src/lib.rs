@@ -266,6 +266,19 @@ impl KafkaSettings {
         config
     }
 
+    /// [`KafkaSettings::consumer_config`] for a consumer group's member: a ten-second session
+    /// with a heartbeat a second, and fetches that wait at most 10 ms for data (brokers that
+    /// hold a fetch to its end, as tansu does, would otherwise add librdkafka's default 500 ms
+    /// to every message's lag).
+    pub fn group_member_config(&self, group_id: &str) -> ClientConfig {
+        let mut config = self.consumer_config(group_id);
+        config
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("fetch.wait.max.ms", "10");
+        config
+    }
+
     /// Creates every event, request and dead-letter topic that does not exist yet.
     pub async fn ensure_topics(&self) -> Result<(), KafkaError> {
         let admin: AdminClient<DefaultClientContext> = self

@@ -59,12 +59,7 @@ pub async fn run_requests(
             }
             continue;
         }
-        let consumer: Result<StreamConsumer, _> = settings
-            .consumer_config(&group)
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("fetch.wait.max.ms", "10")
-            .create();
+        let consumer: Result<StreamConsumer, _> = settings.group_member_config(&group).create();
         let producer: Result<FutureProducer, _> = settings.producer_config().create();
         let (consumer, producer) = match (consumer, producer) {
             (Ok(consumer), Ok(producer)) => (consumer, producer),

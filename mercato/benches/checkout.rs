@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use common::{Server, ServerData, Setup};
 use support::shop::{
-    CLIENTS, ServerTarget, log_in_all, place, register, saga_capacity, throughput, until_confirmed,
+    CLIENTS, ServerTarget, create_products, log_in_all, place, register, saga_capacity, throughput,
+    until_confirmed,
 };
 use support::{percentile, phase_seconds};
 
@@ -53,20 +54,7 @@ async fn run(setup: Setup, label: &str) -> Vec<String> {
             .build()
             .expect("client"),
     };
-    let mut products = Vec::with_capacity(PRODUCTS);
-    for index in 0..PRODUCTS {
-        // The catalogue, written with the harness's admin API key.
-        let (product_id, _) = server
-            .create_product(
-                &format!("Bench item {index}"),
-                "Plenty",
-                20.0,
-                100_000_000,
-                "bench",
-            )
-            .await;
-        products.push(product_id);
-    }
+    let products = create_products(&server, "Bench item", PRODUCTS, 100_000_000).await;
     // One customer for the single client, one for each of the concurrent clients.
     let customers = register(&server, CLIENTS).await;
     let product_id = products[0].clone();

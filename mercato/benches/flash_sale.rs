@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Server, ServerData, Setup};
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::percentile;
+use support::shop::{ServerTarget, place};
 use tokio::sync::Mutex;
 
 const CLIENTS: usize = 64;
@@ -40,35 +41,9 @@ struct Answer {
     at: Duration,
 }
 
-#[derive(Clone)]
-struct Target {
-    base: String,
-    client: reqwest::Client,
-}
-
-async fn place(target: &Target, product_id: &str, token: &str) -> Option<String> {
-    let response = target
-        .client
-        .post(format!("{}/orders", target.base))
-        .bearer_auth(token)
-        .json(&json!({
-            "lines": [{ "product_id": product_id, "quantity": 1 }],
-            "payment_token": "tok_visa",
-        }))
-        .send()
-        .await
-        .ok()?;
-    if response.status() != reqwest::StatusCode::ACCEPTED {
-        eprintln!("  an order was answered {}", response.status());
-        return None;
-    }
-    let body: Value = response.json().await.ok()?;
-    body["order_id"].as_str().map(str::to_owned)
-}
-
 /// Polls the order until it is no longer `PENDING` (at most 60 s); answers its status and
 /// cancel reason.
-async fn definite_answer(target: &Target, order_id: &str, token: &str) -> (String, String) {
+async fn definite_answer(target: &ServerTarget, order_id: &str, token: &str) -> (String, String) {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(60) {
         if let Ok(response) = target
@@ -92,7 +67,11 @@ async fn definite_answer(target: &Target, order_id: &str, token: &str) -> (Strin
 
 /// The sale: [`CLIENTS`] customers place [`ORDERS`] orders between them, order `n` for
 /// `products[n % products.len()]`.
-async fn sale(target: &Target, tokens: &[String], products: &[String]) -> (Vec<Answer>, Duration) {
+async fn sale(
+    target: &ServerTarget,
+    tokens: &[String],
+    products: &[String],
+) -> (Vec<Answer>, Duration) {
     let next = Arc::new(AtomicUsize::new(0));
     let answers = Arc::new(Mutex::new(Vec::with_capacity(ORDERS)));
     let started = Instant::now();
@@ -173,7 +152,7 @@ fn races_lost(data: &ServerData) -> usize {
 async fn phase(
     server: &Server,
     data: &ServerData,
-    target: &Target,
+    target: &ServerTarget,
     tokens: &[String],
     n_products: usize,
 ) -> Phase {
@@ -257,7 +236,7 @@ async fn run(setup: Setup, label: &str) -> Vec<String> {
         "warn,eventstore::aggregate=debug",
     )
     .await;
-    let target = Target {
+    let target = ServerTarget {
         base: server.base.clone(),
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(CLIENTS * 2)

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{Server, ServerData, Setup};
 use serde_json::{Value, json};
-use support::shop::{CLIENTS, ServerTarget, log_in_all, place, register, saga_capacity};
+use support::shop::{
+    CLIENTS, ServerTarget, create_products, log_in_all, place, register, saga_capacity,
+};
 use support::{percentile, phase_seconds};
 
 /// Orders a second in the latency phase: well below what the notifier sends.
@@ -274,19 +276,7 @@ async fn embedded(smtp: &mail::testing::SmtpServer, receiver: &Receiver) -> Vec<
         base: server.base.clone(),
         client: reqwest::Client::new(),
     };
-    let mut products = Vec::new();
-    for index in 0..20 {
-        let (product_id, _) = server
-            .create_product(
-                &format!("Notify item {index}"),
-                "Plenty",
-                20.0,
-                100_000_000,
-                "bench",
-            )
-            .await;
-        products.push(product_id);
-    }
+    let products = create_products(&server, "Notify item", 20, 100_000_000).await;
     let customers = register(&server, CLIENTS).await;
     assert!(
         wait_for_stored(smtp, CLIENTS, Duration::from_secs(60)).await,
@@ -477,19 +467,7 @@ async fn checkouts(
             std::fs::read_to_string(data.data_dir.path().join("server.log")).unwrap_or_default();
         assert_eq!(status, reqwest::StatusCode::CREATED, "{body}\n{log}");
     }
-    let mut products = Vec::new();
-    for index in 0..200 {
-        let (product_id, _) = command
-            .create_product(
-                &format!("Bench item {index}"),
-                "Plenty",
-                20.0,
-                100_000_000,
-                "bench",
-            )
-            .await;
-        products.push(product_id);
-    }
+    let products = create_products(&command, "Bench item", 200, 100_000_000).await;
     let customers = register(&command, CLIENTS).await;
     let tokens = log_in_all(&command, &customers).await;
     let saga_target = ServerTarget {

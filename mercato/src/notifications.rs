@@ -66,24 +66,25 @@ pub async fn run(config: Config, command: &Command) -> Result<()> {
             };
             let messages = notify::outbox::list(&db, &filter).await.map_err(failure)?;
             println!("key\tstatus\ttemplate\tchannel\trecipient\tattempts\tlast_error");
-            for message in messages {
-                let erased = notify::routes::erased(&db, &message.recipient)
-                    .await
-                    .map_err(failure)?;
-                let recipient = if erased {
-                    "erased"
-                } else {
-                    message.recipient.as_str()
+            // As the staff route shows them: the recipient shown as erased once the person is.
+            let shown = notify::routes::views(&db, &messages)
+                .await
+                .map_err(failure)?;
+            for view in shown {
+                let text = |field: &str| match &view[field] {
+                    serde_json::Value::String(text) => text.clone(),
+                    serde_json::Value::Null => String::new(),
+                    other => other.to_string(),
                 };
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                    message.key,
-                    message.status,
-                    message.template,
-                    message.channel.as_str(),
-                    recipient,
-                    message.attempts,
-                    message.last_error.as_deref().unwrap_or("")
+                    text("key"),
+                    text("status"),
+                    text("template"),
+                    text("channel"),
+                    text("recipient"),
+                    text("attempts"),
+                    text("last_error")
                 );
             }
         }

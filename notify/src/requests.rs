@@ -113,14 +113,13 @@ pub fn parse(payload: &[u8]) -> Result<NewMessage, String> {
     })
 }
 
-/// Records the message `payload` asks for: `Ok(Err(reason))` for a request that is wrong,
-/// `Err` when it cannot be recorded now.
+/// Records the message `payload` asks for (in the outbox [`crate::prepare`] made):
+/// `Ok(Err(reason))` for a request that is wrong, `Err` when it cannot be recorded now.
 pub async fn record(db: &ReadDb, payload: &[u8]) -> Result<Result<bool, String>, NotifyError> {
     let message = match parse(payload) {
         Ok(message) => message,
         Err(reason) => return Ok(Err(reason)),
     };
-    outbox::ensure_schema(db).await?;
     Ok(Ok(outbox::insert(db.pool(), &message).await?))
 }
 

@@ -292,15 +292,32 @@ async fn order_notifications(
         Ok(messages) => messages,
         Err(error) => return unavailable(&error).into_response(),
     };
+    match views(&state.db, &messages).await {
+        Ok(shown) => Json(json!({ "notifications": shown })).into_response(),
+        Err(error) => unavailable(&error).into_response(),
+    }
+}
+
+/// `messages` as listings show them ([`view`]), each recipient's erasure read once.
+pub async fn views(
+    db: &ReadDb,
+    messages: &[outbox::Message],
+) -> Result<Vec<Value>, crate::NotifyError> {
+    let mut erased_by_recipient: HashMap<&str, bool> = HashMap::new();
     let mut shown = Vec::with_capacity(messages.len());
     for message in messages {
-        let erased = match erased(&state.db, &message.recipient).await {
-            Ok(erased) => erased,
-            Err(error) => return unavailable(&error).into_response(),
+        let recipient = message.recipient.as_str();
+        let erased = match erased_by_recipient.get(recipient) {
+            Some(erased) => *erased,
+            None => {
+                let erased = erased(db, recipient).await?;
+                erased_by_recipient.insert(recipient, erased);
+                erased
+            }
         };
-        shown.push(view(&message, erased));
+        shown.push(view(message, erased));
     }
-    Json(json!({ "notifications": shown })).into_response()
+    Ok(shown)
 }
 
 /// Whether `recipient` was erased (its account's read model says so).

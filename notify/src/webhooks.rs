@@ -257,6 +257,8 @@ impl Endpoints {
         Endpoints { pool }
     }
 
+    /// Creates the tables (once per process: when the server opens its parts, and when a
+    /// webhook worker starts).
     pub async fn ensure_schema(&self) -> Result<(), NotifyError> {
         ensure_schema_in(&self.pool).await
     }
@@ -280,7 +282,6 @@ impl Endpoints {
         }
         let types = check_types(event_types)?;
         let url = guard.check_url(url).await?;
-        self.ensure_schema().await?;
         let count: i64 =
             sqlx::query("SELECT COUNT(*) FROM webhook_endpoints WHERE status <> 'deleted'")
                 .fetch_one(&self.pool)
@@ -322,7 +323,6 @@ impl Endpoints {
 
     /// Every endpoint not deleted, oldest first.
     pub async fn list(&self) -> Result<Vec<Endpoint>, NotifyError> {
-        self.ensure_schema().await?;
         let rows = sqlx::query(&format!(
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE status <> 'deleted'
              ORDER BY created_at, webhook_id"
@@ -333,7 +333,6 @@ impl Endpoints {
     }
 
     pub async fn get(&self, webhook_id: &str) -> Result<Option<Endpoint>, NotifyError> {
-        self.ensure_schema().await?;
         let row = sqlx::query(&format!(
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
              WHERE webhook_id = $1 AND status <> 'deleted'"
@@ -346,7 +345,6 @@ impl Endpoints {
 
     /// Deletes an endpoint: nothing more is delivered to it (its delivery log is kept).
     pub async fn delete(&self, webhook_id: &str) -> Result<bool, NotifyError> {
-        self.ensure_schema().await?;
         let deleted = sqlx::query(
             "UPDATE webhook_endpoints SET status = 'deleted', secret = ''
              WHERE webhook_id = $1 AND status <> 'deleted'",
@@ -365,7 +363,6 @@ impl Endpoints {
         webhook_id: &str,
         from_position: u64,
     ) -> Result<Replayed, NotifyError> {
-        self.ensure_schema().await?;
         let Some(endpoint) = self.get(webhook_id).await? else {
             return Ok(Replayed::NoSuchEndpoint);
         };

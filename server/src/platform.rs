@@ -105,7 +105,7 @@ pub fn open_mailer(config: &Config) -> Result<Arc<dyn mail::Mailer>> {
 /// The parts of notifications and webhooks `config` names: the mailer, the SMS adapter (Twilio
 /// with TWILIO_ACCOUNT_SID, else `.json` files under `{data-dir}/sms`), the templates (with
 /// MERCATO_TEMPLATES_DIR's files, each checked now), and where webhooks may connect.
-pub fn open_notify(config: &Config, platform: &Platform) -> Result<NotifyParts> {
+pub async fn open_notify(config: &Config, platform: &Platform) -> Result<NotifyParts> {
     let sms: Arc<dyn notify::sms::SmsSender> = match &config.twilio_account_sid {
         Some(account_sid) => {
             let (Some(token), Some(from)) = (&config.twilio_auth_token, &config.twilio_from) else {
@@ -137,6 +137,11 @@ pub fn open_notify(config: &Config, platform: &Platform) -> Result<NotifyParts> 
     let allowlist =
         notify::guard::Allowlist::parse(config.webhook_allowlist.as_deref().unwrap_or(""))
             .map_err(Error::Usage)?;
+    let endpoints = notify::webhooks::Endpoints::new(platform.identity.secrets.pool().clone());
+    endpoints
+        .ensure_schema()
+        .await
+        .map_err(|error| Error::runtime("cannot create the webhook tables", error))?;
     Ok(NotifyParts {
         recipients: notify::Recipients {
             db: platform.read_models.db.clone(),
@@ -146,7 +151,7 @@ pub fn open_notify(config: &Config, platform: &Platform) -> Result<NotifyParts> 
             templates: Arc::new(templates),
         },
         guard: notify::guard::DestinationGuard::new(allowlist),
-        endpoints: notify::webhooks::Endpoints::new(platform.identity.secrets.pool().clone()),
+        endpoints,
     })
 }
 

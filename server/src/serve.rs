@@ -78,6 +78,14 @@ impl Server {
         let shutdown = CancellationToken::new();
         // What was started stops again if a later part fails to start.
         let started = shutdown.clone().drop_guard();
+        if plan.parts.notifier {
+            // Before anything is served or consumed: the outbox exists (for the requests that
+            // Kafka brings too), the first notifier starts at the log's head, and a request
+            // answered after this is one it sees.
+            notify::prepare(platform.store.as_ref(), &platform.read_models.db)
+                .await
+                .map_err(|error| Error::runtime("cannot prepare the notifier's tables", error))?;
+        }
         let mut workers = bus.start(&platform, &projections, &progress, &components, &shutdown)?;
         if plan.parts.projector {
             match bus.projector(&projections, &components, &shutdown) {
@@ -130,18 +138,13 @@ impl Server {
         }
         // Notifications and webhooks: the notifier runs them; the command API serves their routes.
         let notify = if plan.parts.notifier || plan.parts.command_api {
-            Some(crate::platform::open_notify(config, &platform)?)
+            Some(crate::platform::open_notify(config, &platform).await?)
         } else {
             None
         };
         if plan.parts.notifier
             && let Some(notify) = &notify
         {
-            // Before anything is served: the first notifier starts at the log's head, and a
-            // request answered after this is one it sees.
-            notify::prepare(platform.store.as_ref(), &platform.read_models.db)
-                .await
-                .map_err(|error| Error::runtime("cannot prepare the notifier's tables", error))?;
             let options = notify::NotifierOptions {
                 shop_name: config.shop_name.clone(),
                 ..notify::NotifierOptions::default()

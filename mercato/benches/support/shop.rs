@@ -11,6 +11,24 @@ use server::testing::Customer;
 
 use crate::common::{self, Server};
 
+/// `n` products named `{prefix} {index}` at 20.00 with `stock` units each, written with the
+/// harness's admin API key; answers their ids.
+pub async fn create_products(
+    server: &common::Api,
+    prefix: &str,
+    n: usize,
+    stock: i64,
+) -> Vec<String> {
+    let mut products = Vec::with_capacity(n);
+    for index in 0..n {
+        let (product_id, _) = server
+            .create_product(&format!("{prefix} {index}"), "Plenty", 20.0, stock, "bench")
+            .await;
+        products.push(product_id);
+    }
+    products
+}
+
 /// Concurrent customers of a throughput phase.
 pub const CLIENTS: usize = 32;
 
@@ -29,6 +47,7 @@ pub async fn place(server: &ServerTarget, product_id: &str, token: &str) -> Opti
         .await
         .ok()?;
     if response.status() != reqwest::StatusCode::ACCEPTED {
+        eprintln!("  an order was answered {}", response.status());
         return None;
     }
     let body: Value = response.json().await.ok()?;
