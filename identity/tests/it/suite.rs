@@ -74,7 +74,7 @@ secret_store_suite!(
     a_password_change_or_a_deactivation_ends_every_session_of_the_user,
     a_one_time_token_works_once_for_its_purpose_until_it_expires,
     an_api_key_authenticates_with_its_roles_until_it_is_revoked,
-    an_account_waits_after_five_failures_and_a_success_clears_it,
+    an_account_waits_after_five_failures_until_a_success_an_address_after_twenty,
     after_the_key_is_destroyed_every_value_of_the_person_opens_as_erased,
     a_cart_token_opens_its_own_cart_only_and_survives_a_restart,
     one_email_is_one_account_and_an_abandoned_registration_is_taken_over,
@@ -370,7 +370,9 @@ async fn an_api_key_authenticates_with_its_roles_until_it_is_revoked(store: Secr
     assert!(keys.any_admin().await.expect("read"));
 }
 
-async fn an_account_waits_after_five_failures_and_a_success_clears_it(store: SecretStore) {
+async fn an_account_waits_after_five_failures_until_a_success_an_address_after_twenty(
+    store: SecretStore,
+) {
     let throttle = LoginThrottle::new(store);
     let account = Subject::account("ann@example.com");
     let address = Subject::address("192.0.2.7".parse().expect("address"));
@@ -398,6 +400,35 @@ async fn an_account_waits_after_five_failures_and_a_success_clears_it(store: Sec
     );
     throttle.clear(&account).await.expect("clear");
     assert_eq!(throttle.wait(&both).await.expect("wait"), None);
+    // One address guessing at many accounts, none of them failing five times: the address waits
+    // after its twentieth failure (five are counted above), whichever account it tries next.
+    for guess in 0..14 {
+        let other = Subject::account(&format!("guess{guess}@example.com"));
+        throttle
+            .record_failure(&[other, address.clone()])
+            .await
+            .expect("record");
+    }
+    let fresh = [Subject::account("zoe@example.com"), address.clone()];
+    assert_eq!(throttle.wait(&fresh).await.expect("wait"), None);
+    throttle
+        .record_failure(&[Subject::account("guess14@example.com"), address.clone()])
+        .await
+        .expect("record");
+    let wait = throttle
+        .wait(&fresh)
+        .await
+        .expect("wait")
+        .expect("the address is throttled");
+    assert!(
+        wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
+        "{wait:?}"
+    );
+    let elsewhere = [
+        Subject::account("zoe@example.com"),
+        Subject::address("198.51.100.9".parse().expect("address")),
+    ];
+    assert_eq!(throttle.wait(&elsewhere).await.expect("wait"), None);
 }
 
 async fn after_the_key_is_destroyed_every_value_of_the_person_opens_as_erased(store: SecretStore) {

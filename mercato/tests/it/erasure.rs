@@ -525,7 +525,7 @@ pub(crate) struct Person {
     /// A client acting as the person.
     pub(crate) api: Api,
     /// Their order of `POST /orders`, then their cart's.
-    orders: Vec<String>,
+    pub(crate) orders: Vec<String>,
     /// The position of their last write.
     position: u64,
 }
@@ -620,7 +620,7 @@ pub(crate) async fn register(server: &Server, answers: &Answers, label: &'static
 
 /// `person` places an order (`POST /orders`) and checks out a cart of their own with a
 /// shipping address.
-async fn shop(answers: &Answers, person: &mut Person, product_id: &str) {
+pub(crate) async fn shop(answers: &Answers, person: &mut Person, product_id: &str) {
     let (status, placed) = answers
         .post(
             &person.api,

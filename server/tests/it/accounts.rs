@@ -143,10 +143,13 @@ async fn registration_to_profile(setup: Setup, test_name: &str) {
     assert_eq!(profile["erased"], false);
     let address = json!({"name": "Ann Lee", "line1": "Via Roma 1", "city": "Roma",
         "postal_code": "00100", "country": "it"});
+    // A caller's claim of who it is (the header clients once sent) is not the audit trail's.
     let changed = ann
-        .patch(
+        .send(
             "/users/me",
-            json!({"phone": "+39 06 1234 5678", "addresses": [address]}),
+            ann.request(reqwest::Method::PATCH, "/users/me")
+                .header("x-actor", "admin:mallory")
+                .json(&json!({"phone": "+39 06 1234 5678", "addresses": [address]})),
         )
         .await;
     assert_eq!(changed.status(), StatusCode::OK);
@@ -186,6 +189,18 @@ async fn registration_to_profile(setup: Setup, test_name: &str) {
             .iter()
             .any(|event| event.metadata.actor == format!("user:{user_id}"))
     );
+    let profile_changes: Vec<_> = events
+        .iter()
+        .filter(|event| event.event_type == "UserProfileChanged")
+        .collect();
+    assert!(!profile_changes.is_empty());
+    for event in profile_changes {
+        assert_eq!(
+            event.metadata.actor,
+            format!("user:{user_id}"),
+            "X-Actor is ignored"
+        );
+    }
     server.stop().await;
 }
 
