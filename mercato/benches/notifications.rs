@@ -114,6 +114,16 @@ fn stored(smtp: &mail::testing::SmtpServer) -> Vec<(String, SystemTime)> {
     stored
 }
 
+/// How many messages `smtp` has stored (counted, not read).
+fn mails(smtp: &mail::testing::SmtpServer) -> usize {
+    std::fs::read_dir(smtp.messages_dir()).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|entry| entry.path().extension().is_some_and(|e| e == "eml"))
+            .count()
+    })
+}
+
 async fn wait_for_stored(
     smtp: &mail::testing::SmtpServer,
     count: usize,
@@ -478,6 +488,7 @@ async fn checkouts(
     let cpu = |pid: Option<u32>| pid.map_or(0.0, common::cpu_seconds);
     let notifier_pid = notifier.as_ref().and_then(Server::pid);
     let (notifier_before, smtp_before) = (cpu(notifier_pid), cpu(smtp.pid()));
+    let (mails_before, hooks_before) = (mails(smtp), receiver.count());
     let phase = Instant::now();
     let (placed, confirmed, _) =
         saga_capacity(&target, &saga_target, &tokens, &products, phase_seconds()).await;
@@ -490,6 +501,29 @@ async fn checkouts(
         eprintln!(
             "postgres, with a notifier: over the {:.1} s of placing and confirming, the notifier process used {notifier_cpu:.1} CPU seconds and the SMTP server {smtp_cpu:.1}",
             phase.as_secs_f64()
+        );
+        // What the notifier sent while the checkouts ran, and how long the rest took after
+        // them: its messages wait for CPU, not the checkouts.
+        let (mails_during, hooks_during) =
+            (mails(smtp) - mails_before, receiver.count() - hooks_before);
+        let drain = Instant::now();
+        let mut last = (mails_during, hooks_during);
+        let mut still = Instant::now();
+        while still.elapsed() < Duration::from_secs(3) && drain.elapsed() < Duration::from_secs(300)
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = (mails(smtp) - mails_before, receiver.count() - hooks_before);
+            if now != last {
+                last = now;
+                still = Instant::now();
+            }
+        }
+        let drained = drain.elapsed().saturating_sub(still.elapsed());
+        eprintln!(
+            "postgres, with a notifier: during the checkouts {mails_during} mails and {hooks_during} webhook deliveries; after them {} mails and {} deliveries more, in {:.1} s",
+            last.0 - mails_during,
+            last.1 - hooks_during,
+            drained.as_secs_f64()
         );
     }
 

@@ -228,6 +228,8 @@ impl TryFrom<Number> for Seconds {
 pub type BankTransferSeconds = Count<1, 7_776_000>;
 /// Seconds a webhook endpoint may keep failing: a year at most.
 pub type DisableSeconds = Count<1, 31_536_000>;
+/// A scheduling niceness a process may lower itself to.
+pub type Niceness = Count<0, 19>;
 
 /// A whole number from `MIN` to `MAX` (partition counts, replication factors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -668,6 +670,10 @@ settings! {
     /// told, 1 to 31536000 [default: 259200, three days]
     #[arg(long, global = true, env = "MERCATO_WEBHOOK_DISABLE_AFTER", value_name = "SECONDS")]
     webhook_disable_after: DisableSeconds = DisableSeconds::new(3 * 24 * 3600);
+    /// The scheduling niceness (0 to 19) a process of role `notifier` lowers itself to, so that
+    /// on a shared host its messages wait for CPU, not the checkouts; 0 keeps it [default: 10]
+    #[arg(long, global = true, env = "MERCATO_NOTIFIER_NICE", value_name = "NICENESS")]
+    notifier_nice: Niceness = Niceness::new(10);
     /// The Ed25519 private key (PKCS#8 PEM) that signs access tokens; the keys in the secret
     /// store still verify [default: keys made and kept in the secret store]
     #[arg(long, global = true, env = "MERCATO_SIGNING_KEY", value_name = "PEM", hide_env_values = true)]
@@ -791,6 +797,11 @@ impl Config {
 
     pub fn webhook_timeout(&self) -> Duration {
         self.webhook_timeout.duration()
+    }
+
+    /// The niceness a process of role `notifier` takes (0: unchanged).
+    pub fn notifier_nice(&self) -> i32 {
+        self.notifier_nice.get()
     }
 
     pub fn webhook_disable_after(&self) -> Duration {
@@ -1022,6 +1033,7 @@ mod tests {
                 "webhook_allowlist",
                 "webhook_timeout",
                 "webhook_disable_after",
+                "notifier_nice",
                 "signing_key",
                 "oidc_issuer_url",
                 "oidc_audience",

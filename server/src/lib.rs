@@ -36,6 +36,7 @@ pub mod listen;
 mod ops;
 pub mod platform;
 pub mod policy;
+pub mod priority;
 pub mod reference;
 pub mod roles;
 mod serve;

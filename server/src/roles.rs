@@ -31,6 +31,19 @@ pub enum Relay {
     Always,
 }
 
+impl Parts {
+    /// Whether nothing of this process answers a customer or moves a checkout on: it only sends
+    /// notifications and webhooks, work that may wait.
+    pub const fn background_only(&self) -> bool {
+        self.notifier
+            && !self.command_api
+            && !self.query_api
+            && !self.projector
+            && !self.saga
+            && matches!(self.relay, Relay::Never)
+    }
+}
+
 impl Role {
     /// The table: what each role runs.
     pub const fn parts(self) -> Parts {
@@ -137,6 +150,8 @@ mod tests {
         assert!(embedded.parts.projector && embedded.parts.saga);
         assert!(embedded.parts.notifier);
         assert!(Role::Notifier.parts().notifier && !Role::Saga.parts().notifier);
+        assert!(Role::Notifier.parts().background_only());
+        assert!(!Role::All.parts().background_only() && !Role::Saga.parts().background_only());
         assert!(!embedded.relay && !embedded.uses_kafka());
         assert!(plan(Role::All, true, Source::Log).relay);
     }

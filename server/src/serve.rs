@@ -65,6 +65,19 @@ impl Server {
     /// prepares the HTTP application on `listener`.
     pub async fn build(config: &Config, listener: TcpListener) -> Result<Server> {
         let plan = Plan::of(config);
+        // A process that only notifies may wait for CPU: it yields to the roles answering
+        // customers on the same host. First, before this process makes its other threads.
+        if plan.parts.background_only() && config.notifier_nice() > 0 {
+            match crate::priority::lower_to(config.notifier_nice()) {
+                Ok(_) => tracing::info!(
+                    niceness = config.notifier_nice(),
+                    "the notifier runs at a lower scheduling priority (MERCATO_NOTIFIER_NICE)"
+                ),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot lower the notifier's scheduling priority")
+                }
+            }
+        }
         let bus = Bus::new(config, &plan)?;
         let access = if plan.parts.projector {
             Access::Writer
