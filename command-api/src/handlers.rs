@@ -32,6 +32,8 @@ pub(crate) fn metadata(context: &RequestContext) -> EventMetadata {
         saga_id: None,
         actor: context.actor.clone(),
         source: "command-api".to_owned(),
+        traceparent: None,
+        tracestate: None,
     }
 }
 

@@ -65,6 +65,27 @@ pub async fn check_out(
     metadata: &EventMetadata,
     options: &CommandOptions,
 ) -> Result<Placed, CheckoutError> {
+    let run = check_out_untraced(store, request, metadata, options);
+    if !telemetry::enabled() {
+        return run.await;
+    }
+    let span = tracing::info_span!(
+        "command",
+        otel.name = "checkout command",
+        aggregate = "cart,order",
+        stream_id = %request.cart_id,
+        order_id = %request.order_id,
+    );
+    tracing::Instrument::instrument(run, span).await
+}
+
+/// [`check_out`], in the caller's span.
+async fn check_out_untraced(
+    store: &dyn EventStore,
+    request: &CheckOut,
+    metadata: &EventMetadata,
+    options: &CommandOptions,
+) -> Result<Placed, CheckoutError> {
     let order_id = request.order_id;
     let mut attempt = 0;
     loop {
@@ -114,7 +135,14 @@ pub async fn check_out(
         )
         .await
         .map_err(CheckoutError::Order)?;
-        match store.append_atomic(vec![cart.request, order.request]).await {
+        let append =
+            eventstore::aggregate::store_span("store append", "order", &order_id.to_string());
+        let appended = tracing::Instrument::instrument(
+            store.append_atomic(vec![cart.request, order.request]),
+            append,
+        )
+        .await;
+        match appended {
             Ok(results) => {
                 let position = results.last().and_then(|result| result.last_position());
                 return Ok(Placed { order_id, position });

@@ -72,6 +72,8 @@ pub async fn seed_catalogue(
         saga_id: None,
         actor: "seed".to_owned(),
         source: "seed".to_owned(),
+        traceparent: None,
+        tracestate: None,
     };
     let mut seeded = Seeded::default();
     for (product_index, product) in products.into_iter().enumerate() {

@@ -44,6 +44,8 @@ fn metadata() -> EventMetadata {
         saga_id: None,
         actor: "saga".to_owned(),
         source: "saga".to_owned(),
+        traceparent: None,
+        tracestate: None,
     }
 }
 

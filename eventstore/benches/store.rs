@@ -215,6 +215,8 @@ async fn store_appends(store: Arc<dyn eventstore::EventStore>, n_writers: usize)
                     saga_id: None,
                     actor: "bench".to_owned(),
                     source: "bench".to_owned(),
+                    traceparent: None,
+                    tracestate: None,
                 },
             };
             let request = eventstore::AppendRequest::new(

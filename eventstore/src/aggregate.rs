@@ -11,6 +11,7 @@ use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use schemas::{CodecError, EventMetadata, NewEvent, RecordedEvent};
 use serde_json::value::RawValue;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::StoreError;
@@ -258,7 +259,9 @@ pub async fn decide<A: Aggregate>(
     metadata: &EventMetadata,
     options: &CommandOptions,
 ) -> Result<Decided<A>, CommandError<A::Error>> {
-    let Loaded { mut state, version } = load::<A>(store, stream_id).await?;
+    let Loaded { mut state, version } = load::<A>(store, stream_id)
+        .instrument(store_span("store read", A::TYPE, stream_id))
+        .await?;
     let sink = EventSink::default();
     state
         .handle(command, services, &sink)
@@ -291,6 +294,39 @@ pub async fn decide<A: Aggregate>(
 /// stored is answered from them with `duplicate: true`, whether the aggregate decides them again
 /// or refuses the repeat.
 pub async fn execute<A>(
+    store: &dyn EventStore,
+    stream_id: &str,
+    command: A::Command,
+    services: &A::Services,
+    metadata: &EventMetadata,
+    options: &CommandOptions,
+) -> Result<Executed<A>, CommandError<A::Error>>
+where
+    A: Aggregate,
+    A::Command: Clone,
+{
+    let run = execute_untraced::<A>(store, stream_id, command, services, metadata, options);
+    if !telemetry::enabled() {
+        return run.await;
+    }
+    let span = tracing::info_span!(
+        "command",
+        otel.name = %format_args!("{} command", A::TYPE),
+        aggregate = A::TYPE,
+        stream_id,
+        conflict_retries = 0,
+        expected_version = tracing::field::Empty,
+        duplicate = tracing::field::Empty,
+    );
+    let executed = run.instrument(span.clone()).await;
+    if let Ok(executed) = &executed {
+        span.record("duplicate", executed.duplicate);
+    }
+    executed
+}
+
+/// [`execute`], in the caller's span.
+async fn execute_untraced<A>(
     store: &dyn EventStore,
     stream_id: &str,
     command: A::Command,
@@ -347,9 +383,18 @@ where
                 duplicate: false,
             });
         }
+        if telemetry::enabled() {
+            tracing::Span::current().record("expected_version", decided.loaded_version);
+        }
+        let append = store_span("store append", A::TYPE, stream_id);
         let appended = match decided.snapshot {
-            Some(snapshot) => store.append_with_snapshot(decided.request, snapshot).await,
-            None => store.append(decided.request).await,
+            Some(snapshot) => {
+                store
+                    .append_with_snapshot(decided.request, snapshot)
+                    .instrument(append)
+                    .await
+            }
+            None => store.append(decided.request).instrument(append).await,
         };
         match appended {
             Ok(result) if result.duplicate => {
@@ -379,6 +424,9 @@ where
                 });
             }
             Err(error) if error.is_conflict() && attempt < max_attempts => {
+                if telemetry::enabled() {
+                    tracing::Span::current().record("conflict_retries", attempt);
+                }
                 tracing::debug!(
                     stream_type = A::TYPE,
                     stream_id,
@@ -389,6 +437,22 @@ where
             Err(error) => return Err(error.into()),
         }
     }
+}
+
+/// A client span of a call to the event store (`store read`, `store append`), when spans are
+/// exported.
+pub fn store_span(operation: &'static str, stream_type: &str, stream_id: &str) -> tracing::Span {
+    if !telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "event store",
+        otel.name = operation,
+        otel.kind = "client",
+        db.operation.name = operation,
+        stream_type,
+        stream_id,
+    )
 }
 
 /// Whether going from `version` to `new_version` crosses a multiple of `interval`.

@@ -217,6 +217,8 @@ fn metadata_of(event: &SerializedEvent) -> EventMetadata {
         saga_id: field("saga_id"),
         actor: field("actor").unwrap_or_default(),
         source: field("source").unwrap_or_default(),
+        traceparent: None,
+        tracestate: None,
     }
 }
 

@@ -19,7 +19,8 @@
 macro_rules! event_columns {
     () => {
         "position, event_id, stream_type, stream_id, stream_version, event_type, \
-         schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload"
+         schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload, \
+         trace_context"
     };
 }
 

@@ -58,6 +58,27 @@ pub struct AppendRequest {
     pub events: Vec<NewEvent>,
 }
 
+/// Gives `events` that carry no trace context the current span's, when spans are exported: the
+/// work that appends them (a request's command, a saga step) is what later work continues.
+pub fn stamp_trace_context(events: &mut [NewEvent]) {
+    if !telemetry::enabled()
+        || events
+            .iter()
+            .all(|event| event.metadata.traceparent.is_some())
+    {
+        return;
+    }
+    if let Some(context) = telemetry::TraceContext::current() {
+        for event in events
+            .iter_mut()
+            .filter(|event| event.metadata.traceparent.is_none())
+        {
+            event.metadata.traceparent = Some(context.traceparent.clone());
+            event.metadata.tracestate = context.tracestate.clone();
+        }
+    }
+}
+
 impl AppendRequest {
     pub fn new(
         stream_type: impl Into<String>,
@@ -65,6 +86,8 @@ impl AppendRequest {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Self {
+        let mut events = events;
+        stamp_trace_context(&mut events);
         Self {
             stream_type: stream_type.into(),
             stream_id: stream_id.into(),

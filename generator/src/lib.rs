@@ -434,6 +434,8 @@ fn admin_metadata(rng: &mut StdRng) -> EventMetadata {
         // The catalogue is kept by an integration, with an API key of the catalog role.
         actor: "service:catalogue-import".to_owned(),
         source: "command-api".to_owned(),
+        traceparent: None,
+        tracestate: None,
     }
 }
 
@@ -444,6 +446,8 @@ fn customer_metadata(rng: &mut StdRng, customer: &CustomerId) -> EventMetadata {
         saga_id: None,
         actor: format!("user:{customer}"),
         source: "command-api".to_owned(),
+        traceparent: None,
+        tracestate: None,
     }
 }
 
@@ -585,6 +589,8 @@ impl Generator {
                     saga_id: None,
                     actor,
                     source: "query-api".to_owned(),
+                    traceparent: None,
+                    tracestate: None,
                 },
             });
         }

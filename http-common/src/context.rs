@@ -90,6 +90,73 @@ fn header_text(request: &Request, name: &HeaderName) -> Option<String> {
     valid.then(|| value.to_owned())
 }
 
+/// The request's span: a server span named by its route (`GET /products/{id}`) with the HTTP
+/// semantic conventions' attributes, continuing the caller's trace when the request carries a
+/// valid W3C `traceparent` (a malformed one is ignored), and carrying the correlation id and,
+/// when traced, the trace and span ids that its log lines then show.
+fn request_span(request: &Request, correlation_id: &str) -> tracing::Span {
+    use tracing::field::Empty;
+    let method = request.method();
+    let path = request.uri().path();
+    if !telemetry::enabled() {
+        // Untraced: what the log lines need, nothing more.
+        return tracing::info_span!(
+            "request",
+            method = %method,
+            path = %path,
+            correlation_id = %correlation_id,
+        );
+    }
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|route| route.as_str());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %match route {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_string(),
+        },
+        otel.kind = "server",
+        otel.status_code = Empty,
+        method = %method,
+        path = %path,
+        http.request.method = %method,
+        url.path = %path,
+        http.route = route,
+        http.response.status_code = Empty,
+        network.protocol.version = protocol_version(request.version()),
+        user_agent.original = request
+            .headers()
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|agent| agent.to_str().ok()),
+        correlation_id = %correlation_id,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    telemetry::continue_trace(&span, header("traceparent"), header("tracestate"));
+    telemetry::record_ids(&span);
+    span
+}
+
+/// HTTP's version as the semantic conventions write it.
+fn protocol_version(version: axum::http::Version) -> &'static str {
+    use axum::http::Version;
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
 /// Sets the request context, runs the request inside a span carrying the correlation id, answers
 /// 503 when it takes longer than [`REQUEST_TIMEOUT`], and echoes `X-Correlation-Id`.
 pub async fn request_context(mut request: Request, next: Next) -> Response {
@@ -139,12 +206,7 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
                     .map(|ConnectInfo(address)| address.ip())
             }),
     };
-    let span = tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = %request.uri().path(),
-        correlation_id = %context.correlation_id,
-    );
+    let span = request_span(&request, &context.correlation_id);
     let correlation_id = context.correlation_id.clone();
     request.extensions_mut().insert(context);
     let started = std::time::Instant::now();
@@ -157,6 +219,15 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         ))
         .into_response(),
     };
+    if telemetry::enabled() {
+        span.record(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        );
+        if response.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use eventstore::{EventStore, RecordedEvent};
 use projections::lease::{self, Lease, LeaseStatus, Tenure};
@@ -238,10 +239,13 @@ async fn publish_while_held(
             let Some(last) = batch.last() else { continue };
             let (last_position, last_at) = (last.position, last.occurred_at.timestamp());
             let started = Instant::now();
+            let spans = publish_spans(&batch);
             let published = tokio::select! {
                 _ = held.cancelled() => break 'restart,
-                published = publish(&producer, settings, &counts, &batch) => published,
+                published = publish(&producer, settings, &counts, &batch)
+                    .instrument(spans.main()) => published,
             };
+            drop(spans);
             if let Err(error) = published {
                 fail(health, &error.to_string());
                 if pause(held, &mut backoff).await {
@@ -311,6 +315,23 @@ async fn partition_counts(settings: &KafkaSettings) -> Result<HashMap<String, i3
 }
 
 /// Publishes `batch` in order and waits until the broker acknowledged every message.
+/// The spans of one batch's publishing, when spans are exported: producer spans continuing the
+/// traces of its events.
+fn publish_spans(batch: &[RecordedEvent]) -> telemetry::BatchSpans {
+    projections::runner::follow_events(
+        || {
+            tracing::info_span!(
+                "relay publish",
+                otel.name = "relay publish",
+                otel.kind = "producer",
+                messaging.system = "kafka",
+                messaging.batch.message_count = batch.len(),
+            )
+        },
+        batch,
+    )
+}
+
 async fn publish(
     producer: &FutureProducer<RelayContext>,
     settings: &KafkaSettings,

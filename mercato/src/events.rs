@@ -424,6 +424,8 @@ mod tests {
                 saga_id: None,
                 actor: "anonymous".to_owned(),
                 source: "command-api".to_owned(),
+                traceparent: None,
+                tracestate: None,
             },
             payload: serde_json::value::RawValue::from_string(r#"{"a":1}"#.to_owned()).unwrap(),
         }

@@ -134,8 +134,16 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Serve(args) => {
             let config = cli.config(Some(&args.flags))?;
-            output::init_logging(config.log_format);
-            block_on(serve::run(config))
+            block_on(async move {
+                // The exporter's connections live on this runtime: made, and flushed, on it.
+                let export = output::start_export(&config)?;
+                output::init_logging(config.log_format, export.as_ref());
+                let served = serve::run(config).await;
+                if let Some(export) = export {
+                    export.shutdown().await;
+                }
+                served
+            })
         }
         Command::Config(flags) => config::run(&cli.config(Some(flags))?),
         Command::Seed(args) => block_on(seed::run(cli.config(None)?, args)),

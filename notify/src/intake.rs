@@ -91,6 +91,7 @@ impl Batch<'_> {
             order_id: order_id.map(str::to_owned),
             correlation_id: self.event.metadata.correlation_id.clone(),
             variables: serde_json::Value::Object(variables),
+            trace_context: self.event.metadata.stored_trace_context(),
         });
     }
 }

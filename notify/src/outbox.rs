@@ -37,7 +37,9 @@ pub const SCHEMA: &[&str] = &[
         last_error TEXT,
         created_at BIGINT NOT NULL,
         sent_at BIGINT,
-        provider_id TEXT)",
+        provider_id TEXT,
+        -- The trace context of the event the message is about, which its sending continues.
+        trace_context TEXT)",
     "CREATE INDEX IF NOT EXISTS notifications_due ON notifications (status, next_attempt_at)",
     "CREATE INDEX IF NOT EXISTS notifications_order ON notifications (order_id)",
     "CREATE INDEX IF NOT EXISTS notifications_recipient ON notifications (recipient, status)",
@@ -95,6 +97,8 @@ pub struct NewMessage {
     pub correlation_id: String,
     /// The template's own variables (no personal data).
     pub variables: serde_json::Value,
+    /// The trace context of the event (as stored in its metadata), when it was traced.
+    pub trace_context: Option<String>,
 }
 
 impl NewMessage {
@@ -136,11 +140,14 @@ pub struct Message {
     pub sent_at: Option<i64>,
     /// The SMS provider's id of a sent text message.
     pub provider_id: Option<String>,
+    /// The trace context its sending continues (not shown).
+    #[serde(skip)]
+    pub trace_context: Option<String>,
 }
 
 const COLUMNS: &str = "notification_key, event_id, position, template, channel, recipient, \
     order_id, correlation_id, variables, status, attempts, next_attempt_at, last_error, \
-    created_at, sent_at, provider_id";
+    created_at, sent_at, provider_id, trace_context";
 
 impl Message {
     fn of_row(row: &AnyRow) -> Result<Message, NotifyError> {
@@ -162,6 +169,7 @@ impl Message {
             created_at: row.try_get(13)?,
             sent_at: row.try_get(14)?,
             provider_id: row.try_get(15)?,
+            trace_context: row.try_get(16)?,
         })
     }
 }
@@ -174,6 +182,9 @@ pub fn now_ms() -> i64 {
 /// Creates the outbox in `db`.
 pub async fn ensure_schema(db: &ReadDb) -> Result<(), NotifyError> {
     db.ensure_schema(SCHEMA).await?;
+    // `trace_context` came after the outbox was first released.
+    db.ensure_columns(&[("notifications", "trace_context", "TEXT")])
+        .await?;
     Ok(())
 }
 
@@ -185,8 +196,9 @@ where
     let inserted = sqlx::query(
         "INSERT INTO notifications (notification_key, event_id, position, template, channel,
              recipient, order_id, correlation_id, variables, status, attempts, next_attempt_at,
-             last_error, created_at, sent_at, provider_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, NULL, $10, NULL, NULL)
+             last_error, created_at, sent_at, provider_id, trace_context)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, NULL, $10, NULL, NULL,
+             $11)
          ON CONFLICT (notification_key) DO NOTHING",
     )
     .bind(message.key())
@@ -199,6 +211,7 @@ where
     .bind(&message.correlation_id)
     .bind(message.variables.to_string())
     .bind(now_ms())
+    .bind(message.trace_context.as_deref())
     .execute(executor)
     .await?;
     Ok(inserted.rows_affected() > 0)
@@ -394,6 +407,7 @@ pub async fn resend(db: &ReadDb, key: &str) -> Result<Option<String>, NotifyErro
         order_id: original.order_id,
         correlation_id: original.correlation_id,
         variables: original.variables,
+        trace_context: original.trace_context,
     };
     insert(db.pool(), &message).await?;
     Ok(Some(message.key()))

@@ -110,6 +110,7 @@ pub fn parse(payload: &[u8]) -> Result<NewMessage, String> {
         order_id: request.order_id.map(|order_id| order_id.to_string()),
         correlation_id: format!("request:{}", request.request_id),
         variables: Value::Object(variables),
+        trace_context: None,
     })
 }
 

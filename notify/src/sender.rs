@@ -305,7 +305,8 @@ impl Recipients {
                 let mail = Mail::text(to, rendered.subject, rendered.text)
                     .with_html(rendered.html)
                     .with_message_id(format!("n-{}", message.key));
-                match self.mailer.send(&mail).await {
+                let span = client_span("mail send", self.mailer.kind());
+                match self.mailer.send(&mail).instrument(span).await {
                     Ok(()) => Outcome::Sent(None),
                     Err(error) if error.is_permanent() => Outcome::Permanent(error.to_string()),
                     Err(error) => Outcome::Transient(error.to_string()),
@@ -327,7 +328,8 @@ impl Recipients {
                     body,
                     key: message.key.clone(),
                 };
-                match self.sms.send(&sms).await {
+                let span = client_span("text message send", "sms");
+                match self.sms.send(&sms).instrument(span).await {
                     Ok(id) => Outcome::Sent(Some(id)),
                     Err(error) if error.is_permanent() => Outcome::Permanent(error.to_string()),
                     Err(error) => Outcome::Transient(error.to_string()),
@@ -335,6 +337,14 @@ impl Recipients {
             }
         })
     }
+}
+
+/// A client span of a message handed to a channel's adapter, when spans are exported.
+fn client_span(name: &'static str, adapter: &'static str) -> tracing::Span {
+    if !telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!("channel", otel.name = name, otel.kind = "client", adapter)
 }
 
 /// `text` with every mention of `destination` (an address or a phone number, in any case or, for
@@ -526,7 +536,26 @@ async fn send_one(
     options: Arc<NotifierOptions>,
     message: Message,
 ) -> String {
-    let span = tracing::info_span!("notification", key = %message.key, template = %message.template, channel = message.channel.as_str(), correlation_id = %message.correlation_id);
+    let span = tracing::info_span!(
+        "notification",
+        otel.name = %format_args!("send {}", message.template),
+        key = %message.key,
+        template = %message.template,
+        channel = message.channel.as_str(),
+        correlation_id = %message.correlation_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    if telemetry::enabled() {
+        if let Some((parent, state)) = message
+            .trace_context
+            .as_deref()
+            .map(schemas::split_trace_context)
+        {
+            telemetry::continue_trace(&span, Some(parent), state);
+        }
+        telemetry::record_ids(&span);
+    }
     attempt_and_store(recipients, options, message)
         .instrument(span)
         .await

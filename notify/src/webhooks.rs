@@ -674,7 +674,12 @@ async fn deliver_due(deliverer: Arc<Deliverer>, client: reqwest::Client, held: C
     let mut changes = deliverer.store.log_changes().await.ok();
     let mut running: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut tasks: JoinSet<String> = JoinSet::new();
+    let mut backlog_read: Option<std::time::Instant> = None;
     loop {
+        if backlog_read.is_none_or(|read| read.elapsed() >= Duration::from_secs(5)) {
+            record_backlog(&deliverer).await;
+            backlog_read = Some(std::time::Instant::now());
+        }
         match deliverer.endpoints.due(outbox::now_ms()).await {
             Ok(due) => {
                 for endpoint in due {
@@ -713,6 +718,22 @@ async fn deliver_due(deliverer: Arc<Deliverer>, client: reqwest::Client, held: C
         }
     }
     tasks.abort_all();
+}
+
+/// The webhooks' backlog: the log's events after each active endpoint's checkpoint, summed.
+async fn record_backlog(deliverer: &Deliverer) {
+    let (Ok(head), Ok(endpoints)) = (
+        deliverer.store.head_position().await,
+        deliverer.endpoints.list().await,
+    ) else {
+        return;
+    };
+    let backlog: u64 = endpoints
+        .iter()
+        .filter(|endpoint| endpoint.status == "active")
+        .map(|endpoint| head.saturating_sub(endpoint.checkpoint))
+        .sum();
+    metrics::gauge!("mercato_webhook_backlog_events").set(backlog as f64);
 }
 
 /// Delivers the events after `endpoint`'s checkpoint until one fails or the log ends.
@@ -988,6 +1009,7 @@ async fn tell_admins(
                 "reason": reason,
                 "position": event.position,
             }),
+            trace_context: event.metadata.stored_trace_context(),
         };
         outbox::insert(deliverer.db.pool(), &message).await?;
     }

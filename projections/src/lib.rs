@@ -271,6 +271,8 @@ mod tests {
                 saga_id: None,
                 actor: "test".to_owned(),
                 source: "test".to_owned(),
+                traceparent: None,
+                tracestate: None,
             },
             payload: encoded.payload,
         }

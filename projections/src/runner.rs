@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use eventstore::{EventStore, RecordedEvent};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::ProjectionError;
 use crate::readdb::ReadDb;
@@ -106,8 +107,48 @@ pub async fn apply_new(
     if fresh.is_empty() {
         return Ok(0);
     }
-    projection.apply(feed, &fresh).await?;
+    let spans = batch_spans(projection.name(), &fresh);
+    projection
+        .apply(feed, &fresh)
+        .instrument(spans.main())
+        .await?;
     Ok(fresh.len())
+}
+
+/// The spans of one projection batch, when spans are exported ([`follow_events`]). Without
+/// export, none at all.
+pub fn batch_spans(projection: &str, events: &[RecordedEvent]) -> telemetry::BatchSpans {
+    follow_events(
+        || {
+            tracing::info_span!(
+                "projection batch",
+                otel.name = %format_args!("project {projection}"),
+                projection,
+                events = events.len(),
+                first_position = events.first().map_or(0, |event| event.position),
+                last_position = events.last().map_or(0, |event| event.position),
+            )
+        },
+        events,
+    )
+}
+
+/// Spans made by `make` for the work on `events`, one continuing each trace among them
+/// ([`telemetry::BatchSpans`]): work on a batch serves the events of many requests.
+pub fn follow_events(
+    make: impl Fn() -> tracing::Span,
+    events: &[RecordedEvent],
+) -> telemetry::BatchSpans {
+    telemetry::BatchSpans::new(
+        make,
+        events.iter().filter_map(|event| {
+            event
+                .metadata
+                .traceparent
+                .as_deref()
+                .map(|traceparent| (traceparent, event.metadata.tracestate.as_deref()))
+        }),
+    )
 }
 
 /// How far one projection got, as this process knows it.
@@ -525,7 +566,13 @@ pub async fn run_projection(
             let Some(last) = batch.last() else { continue };
             let (last_position, last_at) = (last.position, last.occurred_at.timestamp());
             let started = Instant::now();
-            if let Err(error) = projection.apply(&Feed::Log, &batch).await {
+            let spans = batch_spans(name, &batch);
+            let applied = projection
+                .apply(&Feed::Log, &batch)
+                .instrument(spans.main())
+                .await;
+            drop(spans);
+            if let Err(error) = applied {
                 if let ProjectionError::CheckpointMoved { stored, .. } = &error {
                     // A replay swapped in a rebuilt read model: follow on from its checkpoint.
                     tracing::info!(

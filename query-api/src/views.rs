@@ -143,6 +143,8 @@ async fn run(store: Arc<dyn EventStore>, mut receiver: mpsc::Receiver<(Uuid, Opt
                         saga_id: None,
                         actor,
                         source: "query-api".to_owned(),
+                        traceparent: None,
+                        tracestate: None,
                     },
                 })
             })

@@ -23,6 +23,8 @@ fn event() -> NewEvent {
             saga_id: None,
             actor: "test".to_owned(),
             source: "test".to_owned(),
+            traceparent: None,
+            tracestate: None,
         },
     }
 }

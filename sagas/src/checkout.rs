@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use tracing::Instrument;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -314,9 +315,14 @@ impl Checkout {
                 // after the gateway charged must learn of that charge (the order id is the
                 // idempotency key, so asking again never charges twice) instead of cancelling a
                 // charged order.
-                tokio::time::timeout(RECONCILE_WAIT, self.gateway.charge(&request))
-                    .await
-                    .ok()
+                tokio::time::timeout(
+                    RECONCILE_WAIT,
+                    self.gateway
+                        .charge(&request)
+                        .instrument(gateway_span("payment gateway charge")),
+                )
+                .await
+                .ok()
             }
             // Nothing to charge with: declined, as a gateway declines a token it cannot use.
             None => Some(Ok(ChargeOutcome::Declined {
@@ -394,8 +400,13 @@ impl Checkout {
         let left = Duration::from_millis(
             u64::try_from(charge.deadline - crate::state::now_ms()).unwrap_or(0),
         );
-        let (step, command) = match tokio::time::timeout(left, self.gateway.charge(&charge.request))
-            .await
+        let (step, command) = match tokio::time::timeout(
+            left,
+            self.gateway
+                .charge(&charge.request)
+                .instrument(gateway_span("payment gateway charge")),
+        )
+        .await
         {
             Ok(answer) => (
                 SagaStep::PaymentResult,
@@ -674,7 +685,10 @@ impl Checkout {
         {
             return Ok(request.key.clone());
         }
-        self.gateway.refund(request).await
+        self.gateway
+            .refund(request)
+            .instrument(gateway_span("payment gateway refund"))
+            .await
     }
 
     /// Puts `quantity` units of `product_id` back in stock, once for `step`.
@@ -886,6 +900,8 @@ pub async fn record_gateway_answer(
         saga_id: None,
         actor: "payment-gateway".to_owned(),
         source: answer.source.clone(),
+        traceparent: None,
+        tracestate: None,
     };
     let command = match &answer.outcome {
         ChargeOutcome::Approved { charge_id } => PaymentCommand::RecordSuccess {
@@ -933,4 +949,12 @@ fn command_error<E: std::error::Error>(what: &str, error: CommandError<E>) -> Sa
         CommandError::Domain(refusal) => SagaError::Refused(format!("{what}: {refusal}")),
         other => SagaError::Transient(format!("{what}: {other}")),
     }
+}
+
+/// The client span of a call to the payment gateway, when spans are exported.
+fn gateway_span(name: &'static str) -> tracing::Span {
+    if !telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!("payment gateway", otel.name = name, otel.kind = "client")
 }

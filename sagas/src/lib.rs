@@ -252,13 +252,30 @@ impl Worker {
     }
 }
 
+/// How often the lease holder counts the sagas in each state (`mercato_sagas`).
+const COUNT_EVERY: Duration = Duration::from_secs(5);
+
 /// Runs every due saga, at most `options.concurrency` at once, until `held` is cancelled.
 async fn run_due(worker: Arc<Worker>) {
     let (db, options) = (&worker.db, &worker.options);
     let mut running: HashSet<Uuid> = HashSet::new();
     let mut tasks: JoinSet<Uuid> = JoinSet::new();
     let mut failures = 0_u32;
+    let mut counted: Option<std::time::Instant> = None;
     loop {
+        // How many sagas are in each state: every few seconds, not after every step.
+        if counted.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
+            if let Ok(counts) = state::count_by_state(db).await {
+                for name in [state::RUNNING, state::DONE, state::FAILED] {
+                    let count = counts
+                        .iter()
+                        .find(|(found, _)| found == name)
+                        .map_or(0, |(_, count)| *count);
+                    metrics::gauge!("mercato_sagas", "state" => name).set(count as f64);
+                }
+            }
+            counted = Some(std::time::Instant::now());
+        }
         // Wakes on a finished step, an intake batch, or the next timer; a second at most.
         let mut wait = Duration::from_secs(1);
         let free = options.concurrency.saturating_sub(running.len());
@@ -325,7 +342,7 @@ async fn run_due(worker: Arc<Worker>) {
 /// after its timer is stored, so that its answer's wake-up always comes after the timer.
 async fn run_one(worker: Arc<Worker>, run: SagaRun) -> Uuid {
     let order_id = run.order_id;
-    let span = tracing::info_span!("saga", %order_id, saga_id = %run.saga_id(), correlation_id = %run.correlation_id);
+    let span = run.span("saga step");
     // This order's charge still waits for the gateway in this process: its answer, or its
     // timeout at the deadline, is recorded and wakes the saga; a step now would race it.
     if worker.charging().contains(&order_id) {
@@ -402,7 +419,7 @@ fn start_charge(worker: &Arc<Worker>, run: &SagaRun, charge: Charge) {
     metrics::gauge!("mercato_saga_charges_waiting").increment(1.0);
     let (worker, run) = (worker.clone(), run.clone());
     tokio::spawn(async move {
-        let span = tracing::info_span!("saga_charge", order_id = %run.order_id, correlation_id = %run.correlation_id);
+        let span = run.span("saga charge");
         let answered = tokio::select! {
             // The lease is lost: the holder's timer asks again.
             _ = worker.held.cancelled() => Ok(false),

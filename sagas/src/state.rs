@@ -35,7 +35,9 @@ pub const SCHEMA: &[&str] = &[
         started_at BIGINT NOT NULL,
         finished_at BIGINT,
         updated_at TEXT NOT NULL,
-        wakes BIGINT NOT NULL DEFAULT 0)",
+        wakes BIGINT NOT NULL DEFAULT 0,
+        -- The trace context of the order's creation, which the saga's steps continue.
+        trace_context TEXT)",
     "CREATE INDEX IF NOT EXISTS checkout_sagas_due ON checkout_sagas (state, next_run_at)",
 ];
 
@@ -45,12 +47,16 @@ pub const RUNNING: &str = "running";
 pub const DONE: &str = "done";
 pub const FAILED: &str = "failed";
 
-/// Creates the saga's tables in `db`, adding `wakes` to a table made before it existed.
+/// Creates the saga's tables in `db`, adding `wakes` and `trace_context` to a table made before
+/// they existed.
 pub async fn ensure_schema(db: &ReadDb) -> Result<(), SagaError> {
     db.ensure_schema(SCHEMA).await?;
-    // `wakes` came after the table was first released.
-    db.ensure_columns(&[("checkout_sagas", "wakes", "BIGINT NOT NULL DEFAULT 0")])
-        .await?;
+    // `wakes` and `trace_context` came after the table was first released.
+    db.ensure_columns(&[
+        ("checkout_sagas", "wakes", "BIGINT NOT NULL DEFAULT 0"),
+        ("checkout_sagas", "trace_context", "TEXT"),
+    ])
+    .await?;
     Ok(())
 }
 
@@ -79,9 +85,38 @@ pub struct SagaRun {
     /// How many times the log woke the saga, as read when this run started: a step stores its
     /// end or its timer only if no wake-up came meanwhile (else it runs again).
     pub wakes: i64,
+    /// The trace context of the order's creation (as stored: `traceparent`, then `tracestate`
+    /// after a line break), which the saga's steps continue; none when it was not traced.
+    pub trace_context: Option<String>,
 }
 
 impl SagaRun {
+    /// The span of a step of this saga (`name`): it carries the order, the saga and the
+    /// correlation id, and, when spans are exported, continues the trace of the order's creation.
+    pub fn span(&self, name: &'static str) -> tracing::Span {
+        use tracing::field::Empty;
+        let span = tracing::info_span!(
+            "saga",
+            otel.name = name,
+            order_id = %self.order_id,
+            saga_id = %self.saga_id(),
+            correlation_id = %self.correlation_id,
+            trace_id = Empty,
+            span_id = Empty,
+        );
+        if telemetry::enabled() {
+            if let Some((parent, state)) = self
+                .trace_context
+                .as_deref()
+                .map(schemas::split_trace_context)
+            {
+                telemetry::continue_trace(&span, Some(parent), state);
+            }
+            telemetry::record_ids(&span);
+        }
+        span
+    }
+
     /// The reference `PaymentRequested` carries: the vault's, or empty for a saga whose token
     /// was never in the vault.
     pub fn event_payment_ref(&self) -> String {
@@ -142,7 +177,7 @@ pub async fn count_by_state(db: &ReadDb) -> Result<Vec<(String, i64)>, SagaError
 pub(crate) async fn due(db: &ReadDb, now: i64, limit: usize) -> Result<Vec<SagaRun>, SagaError> {
     let rows = sqlx::query(
         "SELECT order_id, order_event_id, correlation_id, payment_token, attempts, started_at,
-                outcome, wakes
+                outcome, wakes, trace_context
          FROM checkout_sagas WHERE state = 'running' AND next_run_at <= $1
          ORDER BY next_run_at LIMIT $2",
     )
@@ -164,6 +199,7 @@ pub(crate) async fn due(db: &ReadDb, now: i64, limit: usize) -> Result<Vec<SagaR
                 started_at: row.try_get(5)?,
                 outcome: row.try_get(6)?,
                 wakes: row.try_get(7)?,
+                trace_context: row.try_get(8)?,
             })
         })
         .collect()
@@ -342,8 +378,8 @@ impl Projection for SagaIntake {
                     let inserted = sqlx::query(
                         "INSERT INTO checkout_sagas (order_id, order_event_id, correlation_id,
                              payment_token, state, outcome, next_run_at, attempts, last_error,
-                             started_at, finished_at, updated_at)
-                         VALUES ($1, $2, $3, $4, 'running', NULL, $5, 0, NULL, $6, NULL, $7)
+                             started_at, finished_at, updated_at, trace_context)
+                         VALUES ($1, $2, $3, $4, 'running', NULL, $5, 0, NULL, $6, NULL, $7, $8)
                          ON CONFLICT (order_id) DO NOTHING",
                     )
                     .bind(created.order_id.to_string())
@@ -353,6 +389,7 @@ impl Projection for SagaIntake {
                     .bind(now)
                     .bind(event.occurred_at.timestamp_millis())
                     .bind(&updated_at)
+                    .bind(event.metadata.stored_trace_context())
                     .execute(&mut *write.transaction)
                     .await?;
                     started += inserted.rows_affected();

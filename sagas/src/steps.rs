@@ -97,6 +97,8 @@ pub fn metadata(order_event_id: Uuid, correlation_id: &str) -> EventMetadata {
         saga_id: Some(saga_id(order_event_id).to_string()),
         actor: SOURCE.to_owned(),
         source: SOURCE.to_owned(),
+        traceparent: None,
+        tracestate: None,
     }
 }
 

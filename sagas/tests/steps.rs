@@ -34,6 +34,8 @@ fn metadata() -> EventMetadata {
         saga_id: None,
         actor: "test".to_owned(),
         source: "test".to_owned(),
+        traceparent: None,
+        tracestate: None,
     }
 }
 
@@ -127,6 +129,7 @@ impl Shop {
             started_at: 0,
             outcome: None,
             wakes: 0,
+            trace_context: None,
         }
     }
 

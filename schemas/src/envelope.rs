@@ -19,6 +19,46 @@ pub struct EventMetadata {
     pub actor: String,
     /// Which part of mercato wrote it: `command-api`, `saga`, `seed`, ...
     pub source: String,
+    /// The W3C `traceparent` of the work that appended the event, when it was traced: what runs
+    /// later because of the event (a projection batch, a saga step, a message, a consumer in
+    /// another process) continues that trace. Events stored without one have none. It says how
+    /// the event was observed, not what happened, and the hash chain does not cover it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` that came with [`EventMetadata::traceparent`], if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+impl EventMetadata {
+    /// The trace context as one stored value: the `traceparent`, then the `tracestate` after a
+    /// line break (neither may hold one); `None` without a `traceparent`.
+    pub fn stored_trace_context(&self) -> Option<String> {
+        let traceparent = self.traceparent.as_deref()?;
+        Some(match self.tracestate.as_deref() {
+            Some(tracestate) if !tracestate.is_empty() => format!("{traceparent}\n{tracestate}"),
+            _ => traceparent.to_owned(),
+        })
+    }
+
+    /// Sets the trace context from its stored value ([`EventMetadata::stored_trace_context`]).
+    pub fn with_stored_trace_context(mut self, stored: Option<&str>) -> Self {
+        if let Some(stored) = stored.filter(|stored| !stored.is_empty()) {
+            let (traceparent, tracestate) = split_trace_context(stored);
+            self.traceparent = Some(traceparent.to_owned());
+            self.tracestate = tracestate.map(str::to_owned);
+        }
+        self
+    }
+}
+
+/// A stored trace context ([`EventMetadata::stored_trace_context`]) as its `traceparent` and
+/// `tracestate`.
+pub fn split_trace_context(stored: &str) -> (&str, Option<&str>) {
+    match stored.split_once('\n') {
+        Some((traceparent, tracestate)) => (traceparent, Some(tracestate)),
+        None => (stored, None),
+    }
 }
 
 /// An event about to be appended: the store assigns its stream version and global position.

@@ -15,7 +15,7 @@ pub mod topics;
 pub mod upcast;
 
 pub use codec::{CodecError, EncodedEvent, decode, encode};
-pub use envelope::{EventMetadata, NewEvent, RecordedEvent};
+pub use envelope::{EventMetadata, NewEvent, RecordedEvent, split_trace_context};
 
 /// FNV-1a of `text`: the same in every process and build, unlike the standard library's hasher.
 /// It picks a stream's Kafka partition ([`topics::partition_for`]) and names a deployment's

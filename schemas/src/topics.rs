@@ -79,6 +79,10 @@ pub mod headers {
     pub const STREAM_TYPE: &str = "streamType";
     /// The envelope's `position` in the store's log (mercato's addition).
     pub const POSITION: &str = "position";
+    /// The envelope's `metadata.traceparent` (W3C Trace Context); absent when untraced.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// The envelope's `metadata.tracestate`; absent when there is none.
+    pub const TRACESTATE: &str = "tracestate";
 
     /// Dead-letter headers: why, where and how often a message failed, and who failed it.
     pub mod dead_letter {
@@ -153,6 +157,12 @@ pub fn event_headers(event: &crate::RecordedEvent) -> Vec<(&'static str, String)
         (headers::STREAM_TYPE, event.stream_type.clone()),
         (headers::POSITION, event.position.to_string()),
     ]);
+    if let Some(traceparent) = &event.metadata.traceparent {
+        pairs.push((headers::TRACEPARENT, traceparent.clone()));
+        if let Some(tracestate) = &event.metadata.tracestate {
+            pairs.push((headers::TRACESTATE, tracestate.clone()));
+        }
+    }
     pairs
 }
 

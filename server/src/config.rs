@@ -594,9 +594,15 @@ settings! {
     /// OpenSearch or Elasticsearch for product search (ELASTICSEARCH_URL is an alias) [default: embedded index]
     #[arg(long, global = true, env = "OPENSEARCH_URL", value_name = "URL", hide_env_values = true)]
     opensearch_url: Secret;
-    /// OTLP endpoint for traces [default: no export]
+    /// The OTLP collector that traces are exported to (gRPC, or HTTP with /v1/traces added);
+    /// OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES and OTEL_TRACES_SAMPLER apply as the
+    /// OpenTelemetry specification says [default: no export]
     #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
     otel_endpoint: String;
+    /// How traces reach OTEL_EXPORTER_OTLP_ENDPOINT: grpc or http/protobuf [default:
+    /// http/protobuf]
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_name = "PROTOCOL")]
+    otel_protocol: String;
     /// Log format
     #[arg(long, global = true, env = "MERCATO_LOG_FORMAT", value_enum)]
     log_format: LogFormat = LogFormat::Text;
@@ -1012,6 +1018,7 @@ mod tests {
                 "kafka_ssl_key_password",
                 "opensearch_url",
                 "otel_endpoint",
+                "otel_protocol",
                 "log_format",
                 "payment_timeout",
                 "test_gateway_latency",

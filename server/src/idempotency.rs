@@ -226,6 +226,7 @@ async fn keep(
 
 /// A kept answer, given again.
 fn replayed(answer: StoredAnswer) -> Response {
+    metrics::counter!("mercato_idempotency_replays_total").increment(1);
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
     let mut response = (status, answer.body).into_response();
     let headers = response.headers_mut();

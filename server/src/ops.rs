@@ -416,6 +416,21 @@ const METRICS: &[(&str, Kind, &str)] = &[
         "Saga steps retried after a transient failure",
     ),
     (
+        "mercato_sagas",
+        Kind::Gauge,
+        "Checkout sagas by state (running: open, done, failed: parked), as the saga's lease holder counts them every 5 s",
+    ),
+    (
+        "mercato_webhook_backlog_events",
+        Kind::Gauge,
+        "Events of the log after the checkpoints of the active webhook endpoints, summed (every 5 s)",
+    ),
+    (
+        "mercato_idempotency_replays_total",
+        Kind::Counter,
+        "Requests answered with the kept answer of an earlier request with the same Idempotency-Key",
+    ),
+    (
         "mercato_saga_failed_total",
         Kind::Counter,
         "Saga steps that failed for good (the saga is parked)",

@@ -258,6 +258,8 @@ pub async fn add_staff_account(
         saga_id: None,
         actor: "operator".to_owned(),
         source: "mercato users add".to_owned(),
+        traceparent: None,
+        tracestate: None,
     };
     identity
         .accounts

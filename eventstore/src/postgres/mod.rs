@@ -571,7 +571,8 @@ async fn insert_alone(
                     .bind(event.metadata.saga_id.as_deref())
                     .bind(event.metadata.actor.as_str())
                     .bind(event.metadata.source.as_str())
-                    .bind(event.payload.get());
+                    .bind(event.payload.get())
+                    .bind(event.metadata.stored_trace_context());
             }
         }
     }

@@ -55,7 +55,10 @@ pub(crate) fn recorded_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
             saga_id: row.try_get_unchecked(10)?,
             actor: row.try_get_unchecked(11)?,
             source: row.try_get_unchecked(12)?,
-        },
+            traceparent: None,
+            tracestate: None,
+        }
+        .with_stored_trace_context(row.try_get_unchecked::<Option<&str>, _>(14)?),
         payload,
     })
 }
@@ -78,6 +81,7 @@ pub(crate) struct EventColumns<'a> {
     pub actors: Vec<&'a str>,
     pub sources: Vec<&'a str>,
     pub payloads: Vec<&'a str>,
+    pub trace_contexts: Vec<Option<String>>,
 }
 
 impl<'a> EventColumns<'a> {
@@ -93,6 +97,7 @@ impl<'a> EventColumns<'a> {
             actors: Vec::with_capacity(n_events),
             sources: Vec::with_capacity(n_events),
             payloads: Vec::with_capacity(n_events),
+            trace_contexts: Vec::with_capacity(n_events),
         }
     }
 
@@ -117,9 +122,11 @@ impl<'a> EventColumns<'a> {
         self.actors.push(&event.metadata.actor);
         self.sources.push(&event.metadata.source);
         self.payloads.push(event.payload.get());
+        self.trace_contexts
+            .push(event.metadata.stored_trace_context());
     }
 
-    /// Binds the ten arrays, in this order, as the statement's next parameters.
+    /// Binds the eleven arrays, in this order, as the statement's next parameters.
     pub(crate) fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
         query
             .bind(&self.event_ids)
@@ -132,6 +139,7 @@ impl<'a> EventColumns<'a> {
             .bind(&self.actors)
             .bind(&self.sources)
             .bind(&self.payloads)
+            .bind(&self.trace_contexts)
     }
 }
 

@@ -21,7 +21,7 @@ macro_rules! row_columns {
     () => {
         "r.position, r.event_id, r.stream_type, r.stream_id, r.stream_version, r.event_type, \
          r.schema_version, r.occurred_at, r.correlation_id, r.causation_id, r.saga_id, r.actor, \
-         r.source, r.payload"
+         r.source, r.payload, r.trace_context"
     };
 }
 
@@ -71,7 +71,7 @@ macro_rules! chained_insert {
         concat!(
             "INSERT INTO events (position, event_id, stream_type, stream_id, stream_version, \
              event_type, schema_version, occurred_at, correlation_id, causation_id, saga_id, \
-             actor, source, payload, hash) SELECT ",
+             actor, source, payload, trace_context, hash) SELECT ",
             row_columns!(),
             ", chain.hash FROM r LEFT JOIN chain ON chain.chain_key = r.chain_key \
              AND chain.index_in_stream = r.index_in_stream ORDER BY r.event_index"
@@ -105,8 +105,8 @@ pub(crate) const READ_STREAMS: &str = concat!(
      LIMIT r.max_rows) e ORDER BY r.request_number, e.stream_version"
 );
 
-/// The index of the read number in a row of [`READ_STREAMS`] (after the 14 event columns).
-pub(crate) const READ_STREAMS_REQUEST_COLUMN: usize = 14;
+/// The index of the read number in a row of [`READ_STREAMS`] (after the 15 event columns).
+pub(crate) const READ_STREAMS_REQUEST_COLUMN: usize = 15;
 
 pub(crate) const FIND_EVENTS: &str = concat!(
     "SELECT ",
@@ -128,7 +128,8 @@ pub(crate) const READ_CORRELATED: &str = concat!(
 ///
 /// Parameters: $1 stream_type, $2 stream_id, $3 required version (-1 for any), then one array
 /// per column: $4 event ids, $5 event types, $6 schema versions, $7 occurred_at,
-/// $8 correlation ids, $9 causation ids, $10 saga ids, $11 actors, $12 sources, $13 payloads.
+/// $8 correlation ids, $9 causation ids, $10 saga ids, $11 actors, $12 sources, $13 payloads,
+/// $14 trace contexts.
 ///
 /// The statement inserts only when every guard holds:
 /// - the stream is at the required version;
@@ -179,14 +180,15 @@ WITH RECURSIVE head AS (
         $1::text AS stream_type, $2::text AS stream_id,
         accepted.current_version + input.event_index AS stream_version, input.event_type,
         input.schema_version, input.occurred_at, input.correlation_id, input.causation_id,
-        input.saga_id, input.actor, input.source, input.payload,
+        input.saga_id, input.actor, input.source, input.payload, input.trace_context,
         1 AS chain_key, input.event_index AS index_in_stream, input.event_index,
         accepted.previous_hash
     FROM accepted,
         UNNEST($4::uuid[], $5::text[], $6::int4[], $7::timestamptz[], $8::text[], $9::text[],
-               $10::text[], $11::text[], $12::text[], $13::text[])
+               $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
         WITH ORDINALITY AS input(event_id, event_type, schema_version, occurred_at,
-            correlation_id, causation_id, saga_id, actor, source, payload, event_index)
+            correlation_id, causation_id, saga_id, actor, source, payload, trace_context,
+            event_index)
 ), "#,
     chain_cte!(),
     ", inserted AS (",
@@ -209,7 +211,7 @@ pub(crate) const VALUES_MAX_ROWS: usize = 32;
 
 const INSERT_COLUMNS: &str = "INSERT INTO events (position, event_id, stream_type, stream_id, \
     stream_version, event_type, schema_version, occurred_at, correlation_id, causation_id, \
-    saga_id, actor, source, payload, hash)";
+    saga_id, actor, source, payload, trace_context, hash)";
 
 /// The rows `r` of the lone statement, read from `input` (a `VALUES` list or an `UNNEST` of
 /// arrays, with `event_index`), after the stream's head: nothing when the stream is not at the
@@ -220,7 +222,8 @@ fn alone_rows(input: &str) -> String {
          input.event_id, $1::text AS stream_type, $2::text AS stream_id, \
          seen.current_version + input.event_index AS stream_version, input.event_type, \
          input.schema_version, input.occurred_at, input.correlation_id, input.causation_id, \
-         input.saga_id, input.actor, input.source, input.payload, 1 AS chain_key, \
+         input.saga_id, input.actor, input.source, input.payload, input.trace_context, \
+         1 AS chain_key, \
          input.event_index AS index_in_stream, input.event_index, seen.previous_hash \
          FROM (SELECT COALESCE(head.stream_version, 0) AS current_version, \
          CASE WHEN head.stream_version IS NULL THEN {} ELSE head.hash END AS previous_hash \
@@ -235,7 +238,7 @@ fn alone_rows(input: &str) -> String {
 /// The append statement for a request that is its transaction's only statement (the common
 /// case, run outside any explicit transaction): it inserts every event or none, and returns the
 /// inserted rows. Parameters: $1 stream_type, $2 stream_id, $3 required version (-1 for any),
-/// then 10 per event as in [`APPEND`] (bound row by row for up to [`VALUES_MAX_ROWS`] events,
+/// then 11 per event as in [`APPEND`] (bound row by row for up to [`VALUES_MAX_ROWS`] events,
 /// as arrays beyond). One event is hashed directly ([`chain_hash!`]), more are chained in the
 /// statement ([`chain_cte!`]).
 ///
@@ -266,18 +269,19 @@ pub(crate) fn append_alone(n_events: usize) -> &'static str {
         let mut statements = Vec::with_capacity(VALUES_MAX_ROWS + 2);
         statements.push(alone_statement(
             "UNNEST($4::uuid[], $5::text[], $6::int4[], $7::timestamptz[], $8::text[], \
-             $9::text[], $10::text[], $11::text[], $12::text[], $13::text[]) WITH ORDINALITY \
-             AS input(event_id, event_type, schema_version, occurred_at, correlation_id, \
-             causation_id, saga_id, actor, source, payload, event_index)",
+             $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[]) \
+             WITH ORDINALITY AS input(event_id, event_type, schema_version, occurred_at, \
+             correlation_id, causation_id, saga_id, actor, source, payload, trace_context, \
+             event_index)",
             VALUES_MAX_ROWS + 1,
         ));
         for n_rows in 1..=VALUES_MAX_ROWS {
             let rows: Vec<String> = (0..n_rows)
                 .map(|row_index| {
-                    let first = 4 + row_index * 10;
+                    let first = 4 + row_index * 11;
                     format!(
                         "({}, ${}::uuid, ${}::text, ${}::int4, ${}::timestamptz, ${}::text, \
-                         ${}::text, ${}::text, ${}::text, ${}::text, ${}::text)",
+                         ${}::text, ${}::text, ${}::text, ${}::text, ${}::text, ${}::text)",
                         row_index + 1,
                         first,
                         first + 1,
@@ -288,13 +292,15 @@ pub(crate) fn append_alone(n_events: usize) -> &'static str {
                         first + 6,
                         first + 7,
                         first + 8,
-                        first + 9
+                        first + 9,
+                        first + 10
                     )
                 })
                 .collect();
             let input = format!(
                 "(VALUES {}) AS input(event_index, event_id, event_type, schema_version, \
-                 occurred_at, correlation_id, causation_id, saga_id, actor, source, payload)",
+                 occurred_at, correlation_id, causation_id, saga_id, actor, source, payload, \
+                 trace_context)",
                 rows.join(", ")
             );
             statements.push(alone_statement(&input, n_rows));
@@ -338,7 +344,7 @@ macro_rules! batch_requests {
     };
 }
 
-/// The rows `r` of a batch append: its events ($4 to $15) joined to their requests, for the
+/// The rows `r` of a batch append: its events ($4 to $16) joined to their requests, for the
 /// requests whose stream is at the required version.
 macro_rules! batch_rows {
     () => {
@@ -347,15 +353,15 @@ macro_rules! batch_rows {
         input.event_id, request.stream_type, request.stream_id,
         request.current_version + input.index_in_request AS stream_version, input.event_type,
         input.schema_version, input.occurred_at, input.correlation_id, input.causation_id,
-        input.saga_id, input.actor, input.source, input.payload,
+        input.saga_id, input.actor, input.source, input.payload, input.trace_context,
         input.request_number AS chain_key, input.index_in_request AS index_in_stream,
         input.event_index, request.previous_hash
     FROM UNNEST(mercato_unsized($4::int4[]), $5::bigint[], $6::uuid[], $7::text[], $8::int4[],
                 $9::timestamptz[], $10::text[], $11::text[], $12::text[], $13::text[],
-                $14::text[], $15::text[])
+                $14::text[], $15::text[], $16::text[])
         WITH ORDINALITY AS input(request_number, index_in_request, event_id, event_type,
             schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source,
-            payload, event_index)
+            payload, trace_context, event_index)
     JOIN request ON request.request_number = input.request_number
     WHERE request.required_version < 0 OR request.current_version = request.required_version"#
     };
@@ -367,7 +373,7 @@ macro_rules! batch_rows {
 /// Parameters, one entry per request: $1 stream types, $2 stream ids, $3 required versions
 /// (-1 for any); one entry per event, request by request and in each request's order:
 /// $4 the request's number (1-based), $5 the event's number within its request (1-based), then
-/// the columns as in [`APPEND`] from $6 (event ids) to $15 (payloads). No two requests name the
+/// the columns as in [`APPEND`] from $6 (event ids) to $16 (trace contexts). No two requests name the
 /// same stream.
 ///
 /// Each request whose stream is at its required version has all its events inserted; the
@@ -384,7 +390,7 @@ pub(crate) const APPEND_BATCH: &str = concat!(
     r#"
 INSERT INTO events (position, event_id, stream_type, stream_id, stream_version, event_type,
     schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload,
-    hash)
+    trace_context, hash)
 SELECT "#,
     row_columns!(),
     ", ",
@@ -442,7 +448,8 @@ WITH bound AS MATERIALIZED (
     FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20 AS horizon) AS now
 ), page AS (
     SELECT position, event_id, stream_type, stream_id, stream_version, event_type,
-        schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload
+        schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, payload,
+        trace_context
     FROM events
     WHERE position > $1
     ORDER BY position
@@ -453,8 +460,8 @@ FROM bound
 LEFT JOIN page ON page.position < bound.horizon
 "#;
 
-/// The index of the `pending` flag in a row of [`READ_PAGE`] (after the 14 event columns).
-pub(crate) const READ_PAGE_PENDING_COLUMN: usize = 14;
+/// The index of the `pending` flag in a row of [`READ_PAGE`] (after the 15 event columns).
+pub(crate) const READ_PAGE_PENDING_COLUMN: usize = 15;
 
 pub(crate) const HEAD_POSITION: &str = "SELECT COALESCE(max(position), 0) FROM events \
     WHERE position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)";

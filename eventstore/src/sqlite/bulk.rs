@@ -210,6 +210,7 @@ fn recorded_event(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> 
         actor: text(row, 11, "actor")?,
         source: text(row, 12, "source")?,
         payload: text(row, 13, "payload")?,
+        trace_context: optional_text(row, 14, "trace_context")?,
     }
     .into_event()
 }
@@ -267,7 +268,8 @@ fn fill_chain_row(row: &rusqlite::Row<'_>, target: &mut ChainRow) -> Result<(), 
     put_text(&mut target.actor, column(row, 11)?);
     put_text(&mut target.source, column(row, 12)?);
     put_text(&mut target.payload, column(row, 13)?);
-    match column(row, 14)? {
+    // Column 14 is the trace context, which the chain does not cover.
+    match column(row, 15)? {
         ValueRef::Blob(bytes) | ValueRef::Text(bytes) => {
             let hash = target.hash.get_or_insert_with(Vec::new);
             hash.clear();

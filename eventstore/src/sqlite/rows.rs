@@ -53,6 +53,7 @@ pub(crate) struct StoredEvent {
     pub actor: String,
     pub source: String,
     pub payload: String,
+    pub trace_context: Option<String>,
 }
 
 impl StoredEvent {
@@ -91,7 +92,10 @@ impl StoredEvent {
                 saga_id: self.saga_id,
                 actor: self.actor,
                 source: self.source,
-            },
+                traceparent: None,
+                tracestate: None,
+            }
+            .with_stored_trace_context(self.trace_context.as_deref()),
             payload,
         })
     }
@@ -114,6 +118,7 @@ pub(crate) fn recorded_event(row: &SqliteRow) -> Result<RecordedEvent, StoreErro
         actor: row.try_get("actor")?,
         source: row.try_get("source")?,
         payload: row.try_get("payload")?,
+        trace_context: row.try_get("trace_context")?,
     }
     .into_event()
 }

@@ -468,7 +468,7 @@ fn chain_events(
 
 /// The insert statement for `n_rows` events (at most [`ROWS_PER_INSERT`]), built once per row
 /// count: it inserts them all if the stream is at version ?3 (the version their hashes chain
-/// to), else nothing. ?1 stream_type, ?2 stream_id, then 12 parameters per event.
+/// to), else nothing. ?1 stream_type, ?2 stream_id, then 13 parameters per event.
 fn guarded_insert_sql(n_rows: usize) -> std::borrow::Cow<'static, str> {
     static BY_ROW_COUNT: [std::sync::OnceLock<String>; ROWS_PER_INSERT + 1] =
         [const { std::sync::OnceLock::new() }; ROWS_PER_INSERT + 1];
@@ -484,8 +484,8 @@ fn guarded_insert_sql(n_rows: usize) -> std::borrow::Cow<'static, str> {
 fn build_guarded_insert_sql(n_rows: usize) -> String {
     let rows: Vec<String> = (0..n_rows)
         .map(|row_index| {
-            let first = 4 + row_index * 12;
-            let parameters: Vec<String> = (first..first + 12)
+            let first = 4 + row_index * 13;
+            let parameters: Vec<String> = (first..first + 13)
                 .map(|parameter| format!("?{parameter}"))
                 .collect();
             format!("({}, {})", row_index + 1, parameters.join(", "))
@@ -494,10 +494,11 @@ fn build_guarded_insert_sql(n_rows: usize) -> String {
     format!(
         "INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, \
          schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, \
-         payload, position, hash) \
+         payload, position, hash, trace_context) \
          SELECT input.column2, ?1, ?2, seen.current_version + input.column1, input.column3, \
          input.column4, input.column5, input.column6, input.column7, input.column8, \
-         input.column9, input.column10, input.column11, input.column12, input.column13 \
+         input.column9, input.column10, input.column11, input.column12, input.column13, \
+         input.column14 \
          FROM (SELECT COALESCE((SELECT stream_version FROM events \
          WHERE stream_type = ?1 AND stream_id = ?2 ORDER BY stream_version DESC LIMIT 1), 0) \
          AS current_version) AS seen, (VALUES {}) AS input \
@@ -535,7 +536,8 @@ async fn insert_guarded(
             .bind(event.metadata.source.as_str())
             .bind(event.payload.get())
             .bind(chained.position)
-            .bind(chained.hash.as_slice());
+            .bind(chained.hash.as_slice())
+            .bind(event.metadata.stored_trace_context());
     }
     let rows = query.fetch_all(&mut *connection).await?;
     if rows.len() != request.events.len() {
@@ -606,7 +608,7 @@ async fn insert_chunk(
     let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
         "INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, \
          schema_version, occurred_at, correlation_id, causation_id, saga_id, actor, source, \
-         payload, position, hash) ",
+         payload, position, hash, trace_context) ",
     );
     let rows = chunk.iter().zip(chained).enumerate();
     builder.push_values(rows, |mut row, (event_index, (event, chained))| {
@@ -624,7 +626,8 @@ async fn insert_chunk(
             .push_bind(event.metadata.source.as_str())
             .push_bind(event.payload.get())
             .push_bind(chained.position)
-            .push_bind(chained.hash.as_slice());
+            .push_bind(chained.hash.as_slice())
+            .push_bind(event.metadata.stored_trace_context());
     });
     builder.push(" RETURNING position, stream_version");
     let rows = builder.build().fetch_all(&mut *connection).await?;

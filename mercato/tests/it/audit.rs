@@ -39,6 +39,8 @@ fn event(label: &str) -> NewEvent {
             saga_id: None,
             actor: "test".to_owned(),
             source: "mercato-tests".to_owned(),
+            traceparent: None,
+            tracestate: None,
         },
     }
 }

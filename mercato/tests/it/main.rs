@@ -20,4 +20,5 @@ mod replay_opensearch;
 mod replay_redis;
 mod saga;
 mod secrets;
+mod traces;
 mod unreachable;

@@ -101,6 +101,8 @@ async fn append_legacy_order(data: &ServerData) -> String {
             saga_id: None,
             actor: "alice-42".to_owned(),
             source: "command-api".to_owned(),
+            traceparent: None,
+            tracestate: None,
         },
     };
     store

@@ -52,6 +52,8 @@ fn events(stream: usize, n: usize) -> AppendRequest {
                 saga_id: None,
                 actor: "test".to_owned(),
                 source: "test".to_owned(),
+                traceparent: None,
+                tracestate: None,
             },
         })
         .collect();

@@ -76,6 +76,8 @@ fn views(stream: &str, n: usize) -> AppendRequest {
                 saga_id: None,
                 actor: "test".to_owned(),
                 source: "test".to_owned(),
+                traceparent: None,
+                tracestate: None,
             },
         })
         .collect();

@@ -128,6 +128,8 @@ async fn a_projection_that_cannot_apply_an_event_parks_and_makes_the_process_not
                     saga_id: None,
                     actor: "test".to_owned(),
                     source: "mercato-tests".to_owned(),
+                    traceparent: None,
+                    tracestate: None,
                 },
             }],
         ))

@@ -21,6 +21,8 @@ pub fn metadata() -> EventMetadata {
         saga_id: None,
         actor: "test-actor".to_owned(),
         source: "eventstore-tests".to_owned(),
+        traceparent: None,
+        tracestate: None,
     }
 }
 

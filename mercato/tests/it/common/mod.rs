@@ -144,10 +144,22 @@ impl Server {
         extra: &[&str],
         log_filter: &str,
     ) -> Server {
+        Server::start_with_env(data, role, extra, log_filter, &[]).await
+    }
+
+    /// [`Server::start_with_log_filter`] with more environment variables.
+    pub async fn start_with_env(
+        data: &ServerData,
+        role: &str,
+        extra: &[&str],
+        log_filter: &str,
+        variables: &[(&str, &str)],
+    ) -> Server {
         let admin_key = admin_key(data, extra).await;
         let mut command = mercato_on(data, &["serve", "--listen", "127.0.0.1:0", "--role", role]);
         command
             .args(extra)
+            .envs(variables.iter().copied())
             .env("RUST_LOG", log_filter)
             .stdout(Stdio::piped());
         // Tests and benches register and log in many customers, drive load from one address

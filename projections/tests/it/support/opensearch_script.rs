@@ -408,6 +408,8 @@ pub fn recorded(
             saga_id: None,
             actor: "test".to_owned(),
             source: "test".to_owned(),
+            traceparent: None,
+            tracestate: None,
         },
         payload: encoded.payload,
     }
