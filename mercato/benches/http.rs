@@ -29,8 +29,7 @@ use std::time::{Duration, Instant};
 use common::{Api, Server, ServerData, Setup, peak_memory_mb, status_mb};
 use identity::password::{ARGON2_ITERATIONS, ARGON2_MEMORY_KIB, ARGON2_PARALLELISM};
 use serde_json::{Value, json};
-use support::{percentile, phase_seconds};
-use tokio::process::Command;
+use support::{WrkResult, percentile, phase_seconds, wrk};
 
 /// Registered customers logging in concurrently in the throughput phase: each wrk thread takes
 /// its turn through half of them, so no account has two logins in flight at once.
@@ -45,55 +44,6 @@ fn millis(duration: Duration) -> String {
 /// A word unique per call that no stemmer shortens (digits inside, a consonant at the end).
 fn token(n: u64) -> String {
     format!("w{n}q")
-}
-
-struct WrkResult {
-    requests_per_second: f64,
-    p50: String,
-    p99: String,
-    non_2xx: u64,
-}
-
-/// Runs wrk against `url` with an optional Lua script; parses its summary.
-async fn wrk(url: &str, connections: u32, script: Option<&str>) -> WrkResult {
-    let mut command = Command::new("wrk");
-    command.args([
-        "-t2",
-        &format!("-c{connections}"),
-        &format!("-d{}s", phase_seconds()),
-        "--latency",
-    ]);
-    let script_file = script.map(|script| {
-        let file = tempfile::NamedTempFile::new().expect("script file");
-        std::fs::write(file.path(), script).expect("write script");
-        file
-    });
-    if let Some(file) = &script_file {
-        command.arg("-s").arg(file.path());
-    }
-    command.arg(url);
-    let output = command.output().await.unwrap_or_else(|error| {
-        eprintln!("error: cannot run wrk ({error}); install it: apt-get install wrk");
-        std::process::exit(1);
-    });
-    let text = String::from_utf8_lossy(&output.stdout).to_string();
-    let find = |prefix: &str| {
-        text.lines()
-            .find_map(|line| {
-                line.trim()
-                    .strip_prefix(prefix)
-                    .map(|rest| rest.trim().to_owned())
-            })
-            .unwrap_or_else(|| "?".to_owned())
-    };
-    let requests_per_second = find("Requests/sec:").parse().unwrap_or(0.0);
-    let non_2xx = find("Non-2xx or 3xx responses:").parse().unwrap_or(0);
-    WrkResult {
-        requests_per_second,
-        p50: find("50%"),
-        p99: find("99%"),
-        non_2xx,
-    }
 }
 
 /// `script` with every request carrying `Authorization: Bearer {credential}`.
