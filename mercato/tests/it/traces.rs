@@ -238,3 +238,81 @@ async fn one_checkout_is_one_trace_exported_over_grpc() {
 async fn one_checkout_is_one_trace_exported_over_http() {
     one_checkout_is_one_trace("http/protobuf", "trace_http").await;
 }
+
+/// With Kafka: the relay publishes the checkout's events with their trace context in the
+/// headers, and a Kafka-fed projector in another process (with a database of its own) applies
+/// them in spans of the same trace.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkout_s_trace_crosses_the_relay_into_a_kafka_fed_projector() {
+    let test_name = "trace_kafka";
+    let Some(broker) = server::testing::broker::Broker::start(test_name).await else {
+        return;
+    };
+    let Some(receiver) = Receiver::start(test_name).await else {
+        return;
+    };
+    let Some(source) = ServerData::new(Setup::PostgresRedis, "trace_kafka_source").await else {
+        return;
+    };
+    let Some(fed) = ServerData::new(Setup::PostgresRedis, "trace_kafka_fed").await else {
+        return;
+    };
+    let endpoint = receiver.grpc();
+    let variables = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ];
+    let bootstrap = broker.bootstrap();
+    let server = Server::start_with_env(
+        &source,
+        "all",
+        &["--kafka-bootstrap", &bootstrap],
+        "info",
+        &variables,
+    )
+    .await;
+    let projector = Server::start_with_env(
+        &fed,
+        "projector",
+        &["--kafka-bootstrap", &bootstrap, "--source", "kafka"],
+        "info",
+        &variables,
+    )
+    .await;
+    let joined = eventually(Duration::from_secs(60), || async {
+        let ready: Value = projector.get("/ready").await.json().await.ok()?;
+        (ready["checks"]["kafka"] == "ok").then_some(())
+    })
+    .await;
+    assert!(joined.is_some(), "the Kafka-fed projector did not join");
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    checkout(&server, &format!("00-{trace_id}-00f067aa0ba902b8-01")).await;
+    // The projector's spans of this trace arrive with its next export (every 5 s).
+    let crossed = eventually(Duration::from_secs(60), || async {
+        let spans = receiver.of_trace(trace_id);
+        spans
+            .iter()
+            .any(|span| {
+                span["resource"]["mercato.role"] == "projector" && span["name"] == "project orders"
+            })
+            .then_some(spans)
+    })
+    .await;
+    let log = std::fs::read_to_string(fed.data_dir.path().join("server.log")).unwrap_or_default();
+    let (spans, _) = crossed.unwrap_or_else(|| {
+        panic!(
+            "no Kafka-fed projection batch in the checkout's trace: {:?}\nprojector log:\n{log}",
+            names(&receiver.of_trace(trace_id))
+        )
+    });
+    assert!(
+        spans.iter().any(|span| span["name"] == "relay publish"
+            && span["resource"]["mercato.role"] == "all"
+            && span["kind"] == 4),
+        "no relay publish (a producer span) in the trace: {:?}",
+        names(&spans)
+    );
+    projector.terminate().await;
+    server.terminate().await;
+}
