@@ -140,8 +140,7 @@ fn request_span(request: &Request, correlation_id: &str) -> tracing::Span {
             .get(name)
             .and_then(|value| value.to_str().ok())
     };
-    telemetry::continue_trace(&span, header("traceparent"), header("tracestate"));
-    telemetry::record_ids(&span);
+    telemetry::follow(&span, header("traceparent"), header("tracestate"));
     span
 }
 

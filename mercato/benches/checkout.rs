@@ -47,13 +47,7 @@ async fn run(setup: Setup, label: &str) -> Vec<String> {
         return Vec::new();
     };
     let server = Server::start_with(&data, "all", &["--payment-timeout", "30"]).await;
-    let target = ServerTarget {
-        base: server.base.clone(),
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .expect("client"),
-    };
+    let target = ServerTarget::new(&server.base);
     let products = create_products(&server, "Bench item", PRODUCTS, 100_000_000).await;
     // One customer for the single client, one for each of the concurrent clients.
     let customers = register(&server, CLIENTS).await;

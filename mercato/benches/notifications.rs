@@ -457,13 +457,7 @@ async fn checkouts(
     } else {
         None
     };
-    let target = ServerTarget {
-        base: command.base.clone(),
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .expect("client"),
-    };
+    let target = ServerTarget::new(&command.base);
     if with_notifier {
         let response = command
             .post(

@@ -66,13 +66,7 @@ async fn measure(label: &str, variables: &[(&str, &str)]) -> (f64, f64) {
     // Once into the cache, then measured.
     let _ = reqwest::get(&product_url).await;
     let reads = wrk(&product_url, 8, None).await;
-    let target = ServerTarget {
-        base: server.base.clone(),
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()
-            .expect("client"),
-    };
+    let target = ServerTarget::new(&server.base);
     let checkouts = throughput(&target, &tokens, &products, true, phase_seconds()).await;
     server.terminate().await;
     eprintln!(

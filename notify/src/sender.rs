@@ -546,16 +546,10 @@ async fn send_one(
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
-    if telemetry::enabled() {
-        if let Some((parent, state)) = message
-            .trace_context
-            .as_deref()
-            .map(schemas::split_trace_context)
-        {
-            telemetry::continue_trace(&span, Some(parent), state);
-        }
-        telemetry::record_ids(&span);
-    }
+    let (parent, state) = (message.trace_context.as_deref())
+        .map(schemas::split_trace_context)
+        .unzip();
+    telemetry::follow(&span, parent, state.flatten());
     attempt_and_store(recipients, options, message)
         .instrument(span)
         .await

@@ -104,16 +104,10 @@ impl SagaRun {
             trace_id = Empty,
             span_id = Empty,
         );
-        if telemetry::enabled() {
-            if let Some((parent, state)) = self
-                .trace_context
-                .as_deref()
-                .map(schemas::split_trace_context)
-            {
-                telemetry::continue_trace(&span, Some(parent), state);
-            }
-            telemetry::record_ids(&span);
-        }
+        let (parent, state) = (self.trace_context.as_deref())
+            .map(schemas::split_trace_context)
+            .unzip();
+        telemetry::follow(&span, parent, state.flatten());
         span
     }
 

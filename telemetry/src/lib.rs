@@ -40,15 +40,7 @@ impl TraceContext {
         if !enabled() {
             return None;
         }
-        TraceContext::of(&Span::current())
-    }
-
-    /// The context of `span`, when spans are exported and it is traced.
-    pub fn of(span: &Span) -> Option<TraceContext> {
-        if !enabled() {
-            return None;
-        }
-        let context = span.context();
+        let context = Span::current().context();
         if !context.span().span_context().is_valid() {
             return None;
         }
@@ -81,7 +73,7 @@ pub fn remote_context(
 
 /// Makes `span` (new, not yet entered) continue the trace of `traceparent`; without one, or with
 /// a malformed one, it stays where it is (a root, or the child of the current span).
-pub fn continue_trace(span: &Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+fn continue_trace(span: &Span, traceparent: Option<&str>, tracestate: Option<&str>) {
     if !enabled() {
         return;
     }
@@ -141,9 +133,16 @@ impl BatchSpans {
     }
 }
 
+/// Makes `span` (new, not yet entered) continue the trace of `traceparent` ([`continue_trace`])
+/// and records its ids in its log fields ([`record_ids`]).
+pub fn follow(span: &Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    continue_trace(span, traceparent, tracestate);
+    record_ids(span);
+}
+
 /// Records `span`'s trace and span ids in its fields `trace_id` and `span_id` (declared with
 /// `tracing::field::Empty`), so that the log lines written inside it name the trace.
-pub fn record_ids(span: &Span) {
+fn record_ids(span: &Span) {
     if !enabled() {
         return;
     }
@@ -153,18 +152,6 @@ pub fn record_ids(span: &Span) {
         span.record("trace_id", tracing::field::display(span_context.trace_id()));
         span.record("span_id", tracing::field::display(span_context.span_id()));
     }
-}
-
-/// The trace id of `span`, when traced (for tests and log lines).
-pub fn trace_id(span: &Span) -> Option<String> {
-    if !enabled() {
-        return None;
-    }
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context
-        .is_valid()
-        .then(|| span_context.trace_id().to_string())
 }
 
 #[cfg(test)]

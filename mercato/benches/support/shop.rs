@@ -105,6 +105,20 @@ pub struct ServerTarget {
     pub client: reqwest::Client,
 }
 
+impl ServerTarget {
+    /// The server at `base`, through a client that keeps enough idle connections for
+    /// [`CLIENTS`] customers.
+    pub fn new(base: &str) -> ServerTarget {
+        ServerTarget {
+            base: base.to_owned(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("client"),
+        }
+    }
+}
+
 /// A fresh access token for each customer: a phase never outlives its tokens' 15 minutes.
 pub async fn log_in_all(server: &Server, customers: &[Customer]) -> Vec<String> {
     let mut tokens = Vec::with_capacity(customers.len());
