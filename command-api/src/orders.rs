@@ -66,7 +66,7 @@ pub async fn check_out(
     options: &CommandOptions,
 ) -> Result<Placed, CheckoutError> {
     let run = check_out_untraced(store, request, metadata, options);
-    if !telemetry::enabled() {
+    if !telemetry::traced() {
         return run.await;
     }
     let span = tracing::info_span!(

@@ -306,7 +306,7 @@ where
     A::Command: Clone,
 {
     let run = execute_untraced::<A>(store, stream_id, command, services, metadata, options);
-    if !telemetry::enabled() {
+    if !telemetry::traced() {
         return run.await;
     }
     let span = tracing::info_span!(
@@ -383,7 +383,7 @@ where
                 duplicate: false,
             });
         }
-        if telemetry::enabled() {
+        if telemetry::traced() {
             tracing::Span::current().record("expected_version", decided.loaded_version);
         }
         let append = store_span("store append", A::TYPE, stream_id);
@@ -424,7 +424,7 @@ where
                 });
             }
             Err(error) if error.is_conflict() && attempt < max_attempts => {
-                if telemetry::enabled() {
+                if telemetry::traced() {
                     tracing::Span::current().record("conflict_retries", attempt);
                 }
                 tracing::debug!(
@@ -442,7 +442,7 @@ where
 /// A client span of a call to the event store (`store read`, `store append`), when spans are
 /// exported.
 pub fn store_span(operation: &'static str, stream_type: &str, stream_id: &str) -> tracing::Span {
-    if !telemetry::enabled() {
+    if !telemetry::traced() {
         return tracing::Span::none();
     }
     tracing::info_span!(

@@ -90,58 +90,63 @@ fn header_text(request: &Request, name: &HeaderName) -> Option<String> {
     valid.then(|| value.to_owned())
 }
 
-/// The request's span: a server span named by its route (`GET /products/{id}`) with the HTTP
-/// semantic conventions' attributes, continuing the caller's trace when the request carries a
-/// valid W3C `traceparent` (a malformed one is ignored), and carrying the correlation id and,
-/// when traced, the trace and span ids that its log lines then show.
-fn request_span(request: &Request, correlation_id: &str) -> tracing::Span {
+/// The request's work and span: a server span named by its route (`GET /products/{id}`) with
+/// the HTTP semantic conventions' attributes, continuing the caller's trace when the request
+/// carries a valid W3C `traceparent` (a malformed one is ignored), and carrying the correlation
+/// id and, when traced, the trace and span ids that its log lines then show. Without export, or
+/// when the trace is not sampled, a span with what the log lines need and nothing more
+/// ([`telemetry::begin`]).
+fn request_work(request: &Request, correlation_id: &str) -> telemetry::Work {
     use tracing::field::Empty;
     let method = request.method();
     let path = request.uri().path();
-    if !telemetry::enabled() {
-        // Untraced: what the log lines need, nothing more.
-        return tracing::info_span!(
-            "request",
-            method = %method,
-            path = %path,
-            correlation_id = %correlation_id,
-        );
-    }
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|route| route.as_str());
-    let span = tracing::info_span!(
-        "request",
-        otel.name = %match route {
-            Some(route) => format!("{method} {route}"),
-            None => method.to_string(),
-        },
-        otel.kind = "server",
-        otel.status_code = Empty,
-        method = %method,
-        path = %path,
-        http.request.method = %method,
-        url.path = %path,
-        http.route = route,
-        http.response.status_code = Empty,
-        network.protocol.version = protocol_version(request.version()),
-        user_agent.original = request
-            .headers()
-            .get(axum::http::header::USER_AGENT)
-            .and_then(|agent| agent.to_str().ok()),
-        correlation_id = %correlation_id,
-        trace_id = Empty,
-        span_id = Empty,
-    );
     let header = |name: &str| {
         request
             .headers()
             .get(name)
             .and_then(|value| value.to_str().ok())
     };
-    telemetry::follow(&span, header("traceparent"), header("tracestate"));
-    span
+    let traced = || {
+        let route = request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(|route| route.as_str());
+        tracing::info_span!(
+            "request",
+            otel.name = %match route {
+                Some(route) => format!("{method} {route}"),
+                None => method.to_string(),
+            },
+            otel.kind = "server",
+            otel.status_code = Empty,
+            method = %method,
+            path = %path,
+            http.request.method = %method,
+            url.path = %path,
+            http.route = route,
+            http.response.status_code = Empty,
+            network.protocol.version = protocol_version(request.version()),
+            user_agent.original = header(axum::http::header::USER_AGENT.as_str()),
+            correlation_id = %correlation_id,
+            trace_id = Empty,
+            span_id = Empty,
+        )
+    };
+    let untraced = || {
+        tracing::info_span!(
+            "request",
+            method = %method,
+            path = %path,
+            correlation_id = %correlation_id,
+            trace_id = Empty,
+        )
+    };
+    telemetry::begin(
+        header("traceparent"),
+        header("tracestate"),
+        traced,
+        untraced,
+    )
 }
 
 /// HTTP's version as the semantic conventions write it.
@@ -205,11 +210,11 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
                     .map(|ConnectInfo(address)| address.ip())
             }),
     };
-    let span = request_span(&request, &context.correlation_id);
+    let work = request_work(&request, &context.correlation_id);
     let correlation_id = context.correlation_id.clone();
     request.extensions_mut().insert(context);
     let started = std::time::Instant::now();
-    let run = tracing::Instrument::instrument(next.run(request), span.clone());
+    let run = work.run(next.run(request));
     let mut response = match tokio::time::timeout(REQUEST_TIMEOUT, run).await {
         Ok(response) => response,
         Err(_elapsed) => Problem::unavailable(format!(
@@ -218,7 +223,8 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         ))
         .into_response(),
     };
-    if telemetry::enabled() {
+    let span = work.span();
+    if telemetry::enabled() && work.sampled() {
         span.record(
             "http.response.status_code",
             i64::from(response.status().as_u16()),
@@ -227,7 +233,7 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
             span.record("otel.status_code", "ERROR");
         }
     }
-    span.in_scope(|| {
+    work.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,

@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::Instrument;
 
 use eventstore::{EventStore, RecordedEvent};
 use projections::lease::{self, Lease, LeaseStatus, Tenure};
@@ -242,8 +241,7 @@ async fn publish_while_held(
             let spans = publish_spans(&batch);
             let published = tokio::select! {
                 _ = held.cancelled() => break 'restart,
-                published = publish(&producer, settings, &counts, &batch)
-                    .instrument(spans.main()) => published,
+                published = spans.run(publish(&producer, settings, &counts, &batch)) => published,
             };
             drop(spans);
             if let Err(error) = published {

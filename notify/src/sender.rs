@@ -341,7 +341,7 @@ impl Recipients {
 
 /// A client span of a message handed to a channel's adapter, when spans are exported.
 fn client_span(name: &'static str, adapter: &'static str) -> tracing::Span {
-    if !telemetry::enabled() {
+    if !telemetry::traced() {
         return tracing::Span::none();
     }
     tracing::info_span!("channel", otel.name = name, otel.kind = "client", adapter)
@@ -536,22 +536,22 @@ async fn send_one(
     options: Arc<NotifierOptions>,
     message: Message,
 ) -> String {
-    let span = tracing::info_span!(
-        "notification",
-        otel.name = %format_args!("send {}", message.template),
-        key = %message.key,
-        template = %message.template,
-        channel = message.channel.as_str(),
-        correlation_id = %message.correlation_id,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-    );
     let (parent, state) = (message.trace_context.as_deref())
         .map(schemas::split_trace_context)
         .unzip();
-    telemetry::follow(&span, parent, state.flatten());
-    attempt_and_store(recipients, options, message)
-        .instrument(span)
+    let work = telemetry::follow(parent, state.flatten(), || {
+        tracing::info_span!(
+            "notification",
+            otel.name = %format_args!("send {}", message.template),
+            key = %message.key,
+            template = %message.template,
+            channel = message.channel.as_str(),
+            correlation_id = %message.correlation_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        )
+    });
+    work.run(attempt_and_store(recipients, options, message))
         .await
 }
 

@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use eventstore::{EventStore, RecordedEvent};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::ProjectionError;
 use crate::readdb::ReadDb;
@@ -108,10 +107,7 @@ pub async fn apply_new(
         return Ok(0);
     }
     let spans = batch_spans(projection.name(), &fresh);
-    projection
-        .apply(feed, &fresh)
-        .instrument(spans.main())
-        .await?;
+    spans.run(projection.apply(feed, &fresh)).await?;
     Ok(fresh.len())
 }
 
@@ -567,10 +563,7 @@ pub async fn run_projection(
             let (last_position, last_at) = (last.position, last.occurred_at.timestamp());
             let started = Instant::now();
             let spans = batch_spans(name, &batch);
-            let applied = projection
-                .apply(&Feed::Log, &batch)
-                .instrument(spans.main())
-                .await;
+            let applied = spans.run(projection.apply(&Feed::Log, &batch)).await;
             drop(spans);
             if let Err(error) = applied {
                 if let ProjectionError::CheckpointMoved { stored, .. } = &error {

@@ -342,18 +342,19 @@ async fn run_due(worker: Arc<Worker>) {
 /// after its timer is stored, so that its answer's wake-up always comes after the timer.
 async fn run_one(worker: Arc<Worker>, run: SagaRun) -> Uuid {
     let order_id = run.order_id;
-    let span = run.span("saga step");
+    let work = run.work("saga step");
+    let span = work.span();
     // This order's charge still waits for the gateway in this process: its answer, or its
     // timeout at the deadline, is recorded and wakes the saga; a step now would race it.
     if worker.charging().contains(&order_id) {
         let later = state::now_ms() + CHARGE_RECHECK_MS;
         if let Err(error) = state::set_charge_timer(&worker.db, order_id, later).await {
-            tracing::warn!(parent: &span, %error, "cannot store the saga's progress");
+            tracing::warn!(parent: span, %error, "cannot store the saga's progress");
         }
         return order_id;
     }
-    let step = tracing::Instrument::instrument(worker.checkout.drive(&run), span.clone()).await;
-    store_step(&worker, &run, step, &span).await;
+    let step = work.run(worker.checkout.drive(&run)).await;
+    store_step(&worker, &run, step, span).await;
     order_id
 }
 
@@ -419,18 +420,16 @@ fn start_charge(worker: &Arc<Worker>, run: &SagaRun, charge: Charge) {
     metrics::gauge!("mercato_saga_charges_waiting").increment(1.0);
     let (worker, run) = (worker.clone(), run.clone());
     tokio::spawn(async move {
-        let span = run.span("saga charge");
+        let work = run.work("saga charge");
         let answered = tokio::select! {
             // The lease is lost: the holder's timer asks again.
             _ = worker.held.cancelled() => Ok(false),
-            answered = tracing::Instrument::instrument(worker.checkout.charge(&run, &charge), span.clone()) => answered,
+            answered = work.run(worker.checkout.charge(&run, &charge)) => answered,
         };
         let next = match answered {
             // The answer (or the timeout) is recorded: the saga's next step runs here at once,
             // while the order still counts as charging, so that no other step of it runs.
-            Ok(true) => Some(
-                tracing::Instrument::instrument(worker.checkout.drive(&run), span.clone()).await,
-            ),
+            Ok(true) => Some(work.run(worker.checkout.drive(&run)).await),
             // The lease was lost: the holder's timer runs the saga.
             Ok(false) => None,
             Err(error) => Some(Err(error)),
@@ -438,7 +437,7 @@ fn start_charge(worker: &Arc<Worker>, run: &SagaRun, charge: Charge) {
         worker.charging().remove(&run.order_id);
         metrics::gauge!("mercato_saga_charges_waiting").decrement(1.0);
         if let Some(step) = next {
-            store_step(&worker, &run, step, &span).await;
+            store_step(&worker, &run, step, work.span()).await;
         }
     });
 }

@@ -91,24 +91,25 @@ pub struct SagaRun {
 }
 
 impl SagaRun {
-    /// The span of a step of this saga (`name`): it carries the order, the saga and the
-    /// correlation id, and, when spans are exported, continues the trace of the order's creation.
-    pub fn span(&self, name: &'static str) -> tracing::Span {
+    /// The work of a step of this saga (`name`), in a span that carries the order, the saga and
+    /// the correlation id, and, when spans are exported, continues the trace of the order's
+    /// creation ([`telemetry::follow`]).
+    pub fn work(&self, name: &'static str) -> telemetry::Work {
         use tracing::field::Empty;
-        let span = tracing::info_span!(
-            "saga",
-            otel.name = name,
-            order_id = %self.order_id,
-            saga_id = %self.saga_id(),
-            correlation_id = %self.correlation_id,
-            trace_id = Empty,
-            span_id = Empty,
-        );
         let (parent, state) = (self.trace_context.as_deref())
             .map(schemas::split_trace_context)
             .unzip();
-        telemetry::follow(&span, parent, state.flatten());
-        span
+        telemetry::follow(parent, state.flatten(), || {
+            tracing::info_span!(
+                "saga",
+                otel.name = name,
+                order_id = %self.order_id,
+                saga_id = %self.saga_id(),
+                correlation_id = %self.correlation_id,
+                trace_id = Empty,
+                span_id = Empty,
+            )
+        })
     }
 
     /// The reference `PaymentRequested` carries: the vault's, or empty for a saga whose token

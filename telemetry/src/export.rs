@@ -8,6 +8,7 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::Layer;
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::registry::LookupSpan;
 
 /// How spans reach the collector (`OTEL_EXPORTER_OTLP_PROTOCOL`).
@@ -55,6 +56,14 @@ pub enum ExportError {
         "OTEL_EXPORTER_OTLP_PROTOCOL is {0:?}; use grpc or http/protobuf (http/json is not supported)"
     )]
     Protocol(String),
+    #[error(
+        "OTEL_TRACES_SAMPLER is {0:?}; use always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio"
+    )]
+    Sampler(String),
+    #[error(
+        "OTEL_TRACES_SAMPLER_ARG is {0:?}; the sampling ratio is a number between 0 and 1 (0.1 samples a tenth of the traces)"
+    )]
+    SamplerArgument(String),
     #[error("OTEL_EXPORTER_OTLP_ENDPOINT {endpoint:?} is not a usable address: {reason}")]
     Endpoint { endpoint: String, reason: String },
 }
@@ -87,6 +96,10 @@ impl Export {
                 "it needs http:// or https:// and a host".to_owned(),
             ));
         }
+        let sampler = crate::sampler_from(
+            std::env::var("OTEL_TRACES_SAMPLER").ok().as_deref(),
+            std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().as_deref(),
+        )?;
         let exporter = match settings.protocol {
             Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
@@ -118,17 +131,23 @@ impl Export {
                 env!("CARGO_PKG_VERSION"),
             ))
             .build();
-        // The sampler comes from OTEL_TRACES_SAMPLER (parent-based, always on, by default).
+        // The sampler comes from OTEL_TRACES_SAMPLER (parent-based, always on, by default); the
+        // same one decides before a request's span is made (crate::begin), and the ids let a
+        // root start with the trace id it was decided on.
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(resource)
+            .with_sampler(sampler.clone())
+            .with_id_generator(crate::sampling::HeadIds::default())
             .build();
+        crate::sampling::install(Some(sampler));
         super::ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(Export { provider })
     }
 
     /// The layer that turns this process's spans into exported ones: mercato's own spans from
-    /// `info`, none of its libraries' (the exporter's own HTTP and gRPC calls among them).
+    /// `info`, none of its libraries' (the exporter's own HTTP and gRPC calls among them), and
+    /// none of an unsampled trace's work ([`crate::Work`]).
     pub fn layer<S>(&self) -> impl Layer<S> + use<S>
     where
         S: tracing::Subscriber + for<'span> LookupSpan<'span>,
@@ -143,12 +162,13 @@ impl Export {
             .with_level(true)
             .with_threads(false)
             .with_location(false)
-            .with_filter(filter)
+            .with_filter(filter.and(crate::scope::sampled_only()))
     }
 
     /// Exports what is buffered and stops (waits at most a few seconds).
     pub async fn shutdown(self) {
         super::ENABLED.store(false, std::sync::atomic::Ordering::Relaxed);
+        crate::sampling::install(None);
         let provider = self.provider;
         let flushed = tokio::task::spawn_blocking(move || {
             let _ = provider.force_flush();

@@ -4,6 +4,11 @@
 //!
 //! Without an endpoint nothing is exported, no trace context is made, read or stored, and every
 //! function here returns after one check of a flag ([`enabled`]).
+//!
+//! Whether a trace is sampled is decided where it starts, before any span of it is made
+//! ([`begin`], [`follow`]). Work of an unsampled trace ([`Work`]) makes no span for the export
+//! (its filter refuses them all while such work runs) and passes its context on with the
+//! sampled flag off, so that an unsampled request costs about what it costs without export.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +20,12 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 mod export;
+mod sampling;
+mod scope;
 
 pub use export::{Export, ExportError, Protocol, Settings};
+pub use sampling::sampler_from;
+pub use scope::{Traced, Work};
 
 /// Set once the export is installed.
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -27,6 +36,13 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+/// Whether the work running now is traced: spans are exported and its trace is sampled. Spans
+/// made only for the export are made only then.
+#[inline]
+pub fn traced() -> bool {
+    enabled() && !scope::unsampled_now()
+}
+
 /// A W3C trace context, as an event's metadata or a Kafka message's headers carry it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TraceContext {
@@ -35,10 +51,14 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
-    /// The context of the current span, when spans are exported.
+    /// The context of the current span, when spans are exported: of the unsampled trace whose
+    /// work runs now, or of the current span.
     pub fn current() -> Option<TraceContext> {
         if !enabled() {
             return None;
+        }
+        if let Some(unsampled) = scope::unsampled_context() {
+            return Some(unsampled);
         }
         let context = Span::current().context();
         if !context.span().span_context().is_valid() {
@@ -71,40 +91,126 @@ pub fn remote_context(
     valid.then_some(context)
 }
 
-/// Makes `span` (new, not yet entered) continue the trace of `traceparent`; without one, or with
-/// a malformed one, it stays where it is (a root, or the child of the current span).
-fn continue_trace(span: &Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+/// A request's work, the start of its trace or the continuation of its caller's (a valid W3C
+/// `traceparent` with its `tracestate`; a malformed one is ignored). Sampling is decided first,
+/// with the export's sampler: a sampled request runs in the span `traced` makes, which continues
+/// the caller's trace and has its ids recorded ([`record_ids`]); an unsampled one in the span
+/// `untraced` makes, which the export never sees. Without export, in `untraced`'s span.
+pub fn begin(
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+    traced: impl FnOnce() -> Span,
+    untraced: impl FnOnce() -> Span,
+) -> Work {
     if !enabled() {
-        return;
+        return Work::traced(untraced());
     }
-    if let Some(context) = traceparent.and_then(|parent| remote_context(parent, tracestate)) {
-        let _ = span.set_parent(context);
+    let remote = traceparent.and_then(|parent| remote_context(parent, tracestate));
+    let trace_id = match &remote {
+        Some(remote) => remote.span().span_context().trace_id(),
+        None => sampling::new_trace_id(),
+    };
+    if !sampling::sampled(remote.as_ref(), trace_id) {
+        let context = TraceContext {
+            traceparent: format!("00-{trace_id}-{}-00", sampling::new_span_id()),
+            tracestate: remote.and(tracestate.map(str::to_owned)),
+        };
+        let work = Work::unsampled(context, untraced);
+        let span = work.span();
+        span.record("trace_id", tracing::field::display(trace_id));
+        return work;
+    }
+    let span = traced();
+    match remote {
+        Some(remote) => {
+            let _ = span.set_parent(remote);
+            record_ids(&span);
+        }
+        // The root starts here, with the trace id its sampling was decided on.
+        None => sampling::with_trace_id(trace_id, || record_ids(&span)),
+    }
+    Work::traced(span)
+}
+
+/// Work done later because of an event or a message that carries `traceparent` (and
+/// `tracestate`): in the span `make` gives, continuing that trace when it is sampled, with its
+/// ids recorded ([`record_ids`]); as work of the unsampled trace when it is not. Without a
+/// (valid) context, the span is a root that the sampler decides on.
+pub fn follow(
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+    make: impl FnOnce() -> Span,
+) -> Work {
+    if !enabled() {
+        return Work::traced(make());
+    }
+    let remote = traceparent
+        .and_then(|parent| remote_context(parent, tracestate).map(|remote| (parent, remote)));
+    match remote {
+        Some((parent, remote)) if !remote.span().span_context().is_sampled() => {
+            let context = TraceContext {
+                traceparent: parent.to_owned(),
+                tracestate: tracestate.map(str::to_owned),
+            };
+            Work::unsampled(context, make)
+        }
+        Some((_, remote)) => {
+            let span = make();
+            let _ = span.set_parent(remote);
+            record_ids(&span);
+            Work::traced(span)
+        }
+        None => {
+            let span = make();
+            record_ids(&span);
+            Work::traced(span)
+        }
+    }
+}
+
+/// Records `span`'s trace and span ids in its fields `trace_id` and `span_id` (declared with
+/// `tracing::field::Empty`), so that the log lines written inside it name the trace. This starts
+/// the span's export.
+fn record_ids(span: &Span) {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", tracing::field::display(span_context.trace_id()));
+        span.record("span_id", tracing::field::display(span_context.span_id()));
     }
 }
 
 /// The spans of work done at once for events of several traces (a projection batch, a relay
-/// batch): one span per distinct trace among them (at most [`BatchSpans::MAX_TRACES`]), each
-/// continuing its trace, all open while the work runs, so that every request's trace shows the
-/// batch that applied its events. The work runs in the first ([`BatchSpans::main`]); the others
-/// end when this is dropped.
+/// batch): one span per distinct sampled trace among them (at most [`BatchSpans::MAX_TRACES`]),
+/// each continuing its trace, all open while the work runs, so that every sampled request's trace
+/// shows the batch that applied its events. The work runs in the first; the others end when this
+/// is dropped. A batch of unsampled traces only is work of the first of them ([`Work`]), and a
+/// batch whose events carry no trace context a root the sampler decides on.
 #[derive(Debug)]
-pub struct BatchSpans(Vec<Span>);
+pub struct BatchSpans {
+    work: Work,
+    _others: Vec<Span>,
+}
 
 impl BatchSpans {
     /// More traces in one batch share the spans of the first ones.
     pub const MAX_TRACES: usize = 32;
 
-    /// Spans made by `make` for the traces of `contexts` (traceparent and tracestate); one
-    /// untraced span when none is valid, none at all when spans are not exported.
+    /// Spans made by `make` for the traces of `contexts` (traceparent and tracestate); none at
+    /// all when spans are not exported.
     pub fn new<'a>(
         make: impl Fn() -> Span,
         contexts: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
     ) -> BatchSpans {
         if !enabled() {
-            return BatchSpans(Vec::new());
+            return BatchSpans {
+                work: Work::traced(Span::none()),
+                _others: Vec::new(),
+            };
         }
         let mut spans = Vec::new();
         let mut seen: Vec<opentelemetry::trace::TraceId> = Vec::new();
+        let mut unsampled = None;
         for (traceparent, tracestate) in contexts {
             if seen.len() >= BatchSpans::MAX_TRACES {
                 break;
@@ -112,45 +218,40 @@ impl BatchSpans {
             let Some(context) = remote_context(traceparent, tracestate) else {
                 continue;
             };
-            let trace_id = context.span().span_context().trace_id();
-            if seen.contains(&trace_id) {
+            let span_context = context.span().span_context().clone();
+            if !span_context.is_sampled() {
+                unsampled.get_or_insert((traceparent, tracestate));
                 continue;
             }
-            seen.push(trace_id);
+            if seen.contains(&span_context.trace_id()) {
+                continue;
+            }
+            seen.push(span_context.trace_id());
             let span = make();
             let _ = span.set_parent(context);
             spans.push(span);
         }
-        if spans.is_empty() {
-            spans.push(make());
+        let mut spans = spans.into_iter();
+        let work = match (spans.next(), unsampled) {
+            (Some(first), _) => Work::traced(first),
+            (None, Some((traceparent, tracestate))) => Work::unsampled(
+                TraceContext {
+                    traceparent: traceparent.to_owned(),
+                    tracestate: tracestate.map(str::to_owned),
+                },
+                make,
+            ),
+            (None, None) => Work::traced(make()),
+        };
+        BatchSpans {
+            work,
+            _others: spans.collect(),
         }
-        BatchSpans(spans)
     }
 
-    /// The span the work runs in.
-    pub fn main(&self) -> Span {
-        self.0.first().cloned().unwrap_or_else(Span::none)
-    }
-}
-
-/// Makes `span` (new, not yet entered) continue the trace of `traceparent` ([`continue_trace`])
-/// and records its ids in its log fields ([`record_ids`]).
-pub fn follow(span: &Span, traceparent: Option<&str>, tracestate: Option<&str>) {
-    continue_trace(span, traceparent, tracestate);
-    record_ids(span);
-}
-
-/// Records `span`'s trace and span ids in its fields `trace_id` and `span_id` (declared with
-/// `tracing::field::Empty`), so that the log lines written inside it name the trace.
-fn record_ids(span: &Span) {
-    if !enabled() {
-        return;
-    }
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    if span_context.is_valid() {
-        span.record("trace_id", tracing::field::display(span_context.trace_id()));
-        span.record("span_id", tracing::field::display(span_context.span_id()));
+    /// `future`, run as the batch's work (in its first span).
+    pub fn run<F: std::future::Future>(&self, future: F) -> Traced<F> {
+        self.work.run(future)
     }
 }
 

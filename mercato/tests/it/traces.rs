@@ -68,22 +68,28 @@ fn names(spans: &[Value]) -> BTreeSet<String> {
 
 /// A customer checks out with a `traceparent` of the client's trace: answers the order id.
 async fn checkout(server: &Server, traceparent: &str) -> String {
+    checkout_in(server, traceparent, "traced-cart").await
+}
+
+/// [`checkout`], with the cart `cart`.
+async fn checkout_in(server: &Server, traceparent: &str, cart: &str) -> String {
     let (product_id, _) = server
         .create_product("Traced lamp", "lights a trace", 12.5, 10, "lighting")
         .await;
     let customer = server.register_customer("Tess").await;
     let added = customer
         .post(
-            "/carts/traced-cart/items",
+            &format!("/carts/{cart}/items"),
             json!({ "product_id": product_id, "quantity": 1 }),
         )
         .await;
     assert_eq!(added.status(), StatusCode::OK);
+    let path = format!("/carts/{cart}/checkout");
     let checked_out = customer
         .send(
-            "/carts/traced-cart/checkout",
+            &path,
             customer
-                .request(reqwest::Method::POST, "/carts/traced-cart/checkout")
+                .request(reqwest::Method::POST, &path)
                 .header("traceparent", traceparent)
                 .header("tracestate", "mercato-test=1")
                 .json(&json!({ "payment_token": "tok_visa" })),
@@ -237,6 +243,108 @@ async fn one_checkout_is_one_trace_exported_over_grpc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_checkout_is_one_trace_exported_over_http() {
     one_checkout_is_one_trace("http/protobuf", "trace_http").await;
+}
+
+/// Sampling is decided where a trace starts, and the work it causes follows that decision: with
+/// no root sampled, a request without a sampled caller exports nothing, not even of the saga,
+/// projections and mails its events cause later, while its events still carry its context (its
+/// sampled flag off); a caller's sampled trace is exported whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsampled_checkout_exports_nothing_and_a_sampled_one_everything() {
+    let test_name = "trace_sampling";
+    let Some(receiver) = Receiver::start(test_name).await else {
+        return;
+    };
+    let data = ServerData::new(Setup::Embedded, test_name)
+        .await
+        .expect("embedded");
+    let endpoint = receiver.http();
+    let server = Server::start_with_env(
+        &data,
+        "all",
+        &["--payment-timeout", "30"],
+        "info",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+        ],
+    )
+    .await;
+    let unsampled = "6bf92f3577b34da6a3ce929d0e0e4738";
+    let sampled = "7bf92f3577b34da6a3ce929d0e0e4739";
+    let unsampled_order = checkout_in(
+        &server,
+        &format!("00-{unsampled}-00f067aa0ba902b9-00"),
+        "cart-a",
+    )
+    .await;
+    checkout_in(
+        &server,
+        &format!("00-{sampled}-00f067aa0ba902ba-01"),
+        "cart-b",
+    )
+    .await;
+    let root = server.get("/search?q=lamp").await;
+    assert_eq!(root.status(), StatusCode::OK);
+    let mail_dir = data.data_dir.path().join("mail");
+    eventually(Duration::from_secs(60), || async {
+        (mail::testing::outbox_messages(&mail_dir).len() >= 8).then_some(())
+    })
+    .await;
+    let status = server.terminate().await;
+    assert!(status.success(), "{status:?}");
+
+    let found = names(&receiver.of_trace(sampled));
+    for expected in [
+        "POST /carts/{cart_id}/checkout",
+        "checkout command",
+        "saga step",
+        "payment gateway charge",
+        "send order_confirmed",
+    ] {
+        assert!(
+            found.contains(expected),
+            "no {expected:?} in the sampled trace: {found:?}"
+        );
+    }
+    let exported = receiver.spans();
+    assert!(
+        receiver.of_trace(unsampled).is_empty(),
+        "spans of the unsampled trace were exported: {:?}",
+        names(&receiver.of_trace(unsampled))
+    );
+    assert!(
+        exported.iter().all(|span| span["trace_id"] == sampled),
+        "only the sampled trace is exported (no root is sampled): {:?}",
+        exported
+            .iter()
+            .filter(|span| span["trace_id"] != sampled)
+            .map(|span| (span["trace_id"].clone(), span["name"].clone()))
+            .collect::<Vec<_>>()
+    );
+    // The unsampled order's events (the request's and the saga's alike) carry its trace, not
+    // sampled.
+    let events = data.store().await;
+    let order_events = events
+        .read_stream("order", &unsampled_order, 0, 100)
+        .await
+        .expect("read the order");
+    assert!(
+        order_events.len() >= 2
+            && order_events
+                .iter()
+                .any(|event| event.metadata.source == "saga"),
+        "the request's event and the saga's: {order_events:?}"
+    );
+    for event in &order_events {
+        let parent = event.metadata.traceparent.as_deref().unwrap_or_default();
+        assert!(
+            parent.starts_with(&format!("00-{unsampled}-")) && parent.ends_with("-00"),
+            "{} carries {parent:?}",
+            event.event_type
+        );
+    }
 }
 
 /// With Kafka: the relay publishes the checkout's events with their trace context in the
