@@ -36,6 +36,13 @@ pub struct Recommendation {
     pub score: i64,
 }
 
+/// A category of the catalogue and how many products it has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CategoryCount {
+    pub name: String,
+    pub products: i64,
+}
+
 /// The reads of the query API, over the read-model database and, when configured, Redis (where
 /// carts and popularity then live).
 #[derive(Clone, Debug)]
@@ -182,6 +189,26 @@ impl Queries {
             }
         }
         Ok(picks)
+    }
+
+    /// The catalogue's categories by name, with how many products each has (products without
+    /// a category are in none).
+    pub async fn categories(&self) -> Result<Vec<CategoryCount>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT category, COUNT(*) FROM rm_products
+             WHERE category IS NOT NULL AND category <> ''
+             GROUP BY category ORDER BY category",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(CategoryCount {
+                    name: row.try_get(0)?,
+                    products: row.try_get(1)?,
+                })
+            })
+            .collect()
     }
 
     /// Products in stock that customer `customer_id` has not ordered, the most recently changed

@@ -151,6 +151,15 @@ fn routes() -> DocumentedRouter<QueryState> {
         )
         .route(
             read(
+                "/categories",
+                "The catalogue's categories by name, with how many products each has",
+                "Categories",
+                &[],
+            ),
+            categories,
+        )
+        .route(
+            read(
                 "/recommendations",
                 "Popular products the customer has not ordered yet; without customer_id, the most popular products",
                 "Recommendations",
@@ -257,6 +266,8 @@ pub fn api_doc() -> ApiDoc {
     users::routes(routes()).into_doc(schemas(json!({
         "Profile": users::profile_schema(),
         "Product": product,
+        "Categories": { "type": "object", "properties": { "categories": { "type": "array", "items": { "type": "object", "properties": {
+            "name": { "type": "string" }, "products": { "type": "integer", "description": "how many products are in it" } } } } } },
         "SearchResult": { "type": "object", "properties": { "total": { "type": "integer" }, "hits": { "type": "array", "items": schema_ref("Product") } } },
         "Cart": { "type": "object", "properties": { "cart_id": id, "lines": { "type": "array", "items": line }, "total": amount_schema() } },
         "Receipt": { "allOf": [schema_ref("Order")], "properties": {
@@ -847,6 +858,24 @@ async fn customer_orders(
         .map(order_json)
         .collect();
     Ok(Json(json!({ "customer_id": customer_id.as_str(), "orders": orders })).into_response())
+}
+
+#[tracing::instrument(skip_all)]
+async fn categories(
+    State(state): State<QueryState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    wait_for(&state, ProductsProjection::NAME, &headers, &params).await?;
+    let categories: Vec<Value> = state
+        .queries
+        .categories()
+        .await
+        .map_err(|error| db_problem(&error))?
+        .into_iter()
+        .map(|category| json!({ "name": category.name, "products": category.products }))
+        .collect();
+    Ok(Json(json!({ "categories": categories })).into_response())
 }
 
 #[tracing::instrument(skip_all)]

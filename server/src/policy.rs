@@ -104,6 +104,7 @@ pub const POLICY: &[Rule] = &[
     // The catalogue.
     rule(Get, "/products/{product_id}", Access::ANYONE),
     rule(Get, "/search", Access::ANYONE),
+    rule(Get, "/categories", Access::ANYONE),
     rule(Get, "/recommendations", Access::ANYONE),
     rule(Post, "/products", CATALOG).creates(),
     rule(Put, "/products/{product_id}", CATALOG),

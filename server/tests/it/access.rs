@@ -312,6 +312,7 @@ async fn probe(rule: &Rule, caller: &Caller, fixture: &Fixture) -> Option<Probe>
             Probe::new(format!("/products/{product_id}"), Answers(StatusCode::OK)).reading()
         }
         (Get, "/search") => Probe::new("/search?q=matrix", Answers(StatusCode::OK)).reading(),
+        (Get, "/categories") => Probe::new("/categories", Answers(StatusCode::OK)).reading(),
         // With a customer_id: the caller's own, or any for support; another's is a 403.
         (Get, "/recommendations") => Probe::new(
             format!("/recommendations?customer_id={}", customer_a.user_id),
