@@ -19,6 +19,8 @@ pub struct Parts {
     pub relay: Relay,
     /// Notifications and outgoing webhooks.
     pub notifier: bool,
+    /// The web console's pages (`/`), over the command and query routes of the same process.
+    pub console: bool,
 }
 
 /// When a role runs the relay.
@@ -54,6 +56,7 @@ impl Role {
             saga: false,
             relay: Relay::Never,
             notifier: false,
+            console: false,
         };
         match self {
             Role::All => Parts {
@@ -63,6 +66,7 @@ impl Role {
                 saga: true,
                 relay: Relay::WithKafka,
                 notifier: true,
+                console: true,
             },
             Role::CommandApi => Parts {
                 command_api: true,

@@ -532,7 +532,7 @@ fn app(
             identity: Arc::new(platform.identity.clone()),
         }));
     }
-    router
+    let api = router
         // After routing: the permission table's rule of the matched route.
         .route_layer(axum::middleware::from_fn_with_state(
             guard,
@@ -560,7 +560,36 @@ fn app(
                 )
                 .into_response()
             },
-        ))
+        ));
+    if !plan.parts.console {
+        return api;
+    }
+    // The console's pages call the API above in memory, as any client would over HTTP.
+    let payment_choices = if config.stripe_api_key.is_none() {
+        vec![
+            (
+                "Card, approved (test)".to_owned(),
+                sagas::gateway::TOKEN_APPROVED.to_owned(),
+            ),
+            (
+                "Card, declined (test)".to_owned(),
+                sagas::gateway::TOKEN_DECLINED.to_owned(),
+            ),
+            ("Bank transfer".to_owned(), "bank_transfer".to_owned()),
+        ]
+    } else {
+        // Card details go to Stripe from its own page, which the console does not embed.
+        vec![("Bank transfer".to_owned(), "bank_transfer".to_owned())]
+    };
+    let pages = console::router(console::ConsoleState::new(
+        console::Api::in_process(api.clone()),
+        config.shop_name.clone(),
+        payment_choices,
+        crate::policy::access_of,
+    ))
+    .layer(axum::middleware::from_fn(request_context))
+    .layer(axum::middleware::from_fn(ops::record_request));
+    pages.merge(api)
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -14,7 +14,11 @@ use crate::common::{Server, ServerData, Setup, eventually, mercato_on};
 
 /// Runs the binary on `data` with `stdin` as its standard input; answers its exit code, stdout
 /// and stderr.
-async fn run_with_input(data: &ServerData, args: &[&str], stdin: &str) -> (i32, String, String) {
+pub(crate) async fn run_with_input(
+    data: &ServerData,
+    args: &[&str],
+    stdin: &str,
+) -> (i32, String, String) {
     let mut command = mercato_on(data, args);
     command
         .stdin(Stdio::piped())

@@ -7,6 +7,7 @@ mod accounts;
 mod audit;
 mod cli;
 mod common;
+mod console;
 mod erasure;
 mod generate;
 mod history;

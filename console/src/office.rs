@@ -1,0 +1,594 @@
+//! The back office, for staff by role: products (list, create, edit, restock) for the catalog
+//! role, orders (open, ship, cancel, refund) for support. Each page and button is shown by the
+//! permission table's rule of the API route it calls, and the API checks the caller again.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use http_common::openapi::Method;
+use minijinja::{Value, context};
+use serde_json::json;
+
+use crate::ConsoleState;
+use crate::api::Call;
+use crate::pages::{Form, Visit, message, page, query_text, redirect, refusal};
+use crate::shop::failure;
+
+/// Products per page of the list.
+const PAGE_SIZE: u64 = 25;
+
+/// `/office`: what the account may do here.
+pub async fn home(State(state): State<ConsoleState>, Visit(visitor): Visit) -> Response {
+    let products = state.may(&visitor, Method::Post, "/products");
+    let orders = state.may(&visitor, Method::Post, "/orders/{order_id}/refunds");
+    if !products && !orders {
+        // Neither: log in, or be told the account may not.
+        if let Some(refused) = refusal(&state, &visitor, Method::Post, "/products", "/office") {
+            return refused;
+        }
+    }
+    page(&state, &visitor, StatusCode::OK, "office.html", context! {})
+}
+
+/// A price typed in a form (`24.50`), as the API takes it; `None` when it is not a number.
+fn price(text: &str) -> Option<serde_json::Value> {
+    let text = text.trim().replace(',', ".");
+    let valid = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && text.matches('.').count() <= 1;
+    if !valid {
+        return None;
+    }
+    serde_json::from_str::<serde_json::Number>(&text)
+        .ok()
+        .map(serde_json::Value::Number)
+}
+
+fn whole_number(text: &str) -> Option<i64> {
+    text.trim().parse().ok()
+}
+
+/// `/office/products`: the catalogue, a page at a time, by search words.
+pub async fn products(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(refused) = refusal(
+        &state,
+        &visitor,
+        Method::Post,
+        "/products",
+        "/office/products",
+    ) {
+        return refused;
+    }
+    let q = params.get("q").map_or("", |q| q.trim()).to_owned();
+    let page_number = params
+        .get("page")
+        .and_then(|page| page.parse::<u64>().ok())
+        .filter(|page| (1..=400).contains(page))
+        .unwrap_or(1);
+    let mut target = format!(
+        "/search?limit={PAGE_SIZE}&offset={}",
+        (page_number - 1) * PAGE_SIZE
+    );
+    if !q.is_empty() {
+        target.push_str(&format!("&q={}", query_text(&q)));
+    }
+    let answer = visitor.call(&state.api, Call::get(target)).await;
+    if !answer.ok() {
+        return failure(&state, &visitor, &answer, "The catalogue cannot be shown");
+    }
+    let total = answer.body["total"].as_u64().unwrap_or(0);
+    let pages = total.div_ceil(PAGE_SIZE).max(1);
+    let link = |number: u64| format!("/office/products?page={number}&q={}", query_text(&q));
+    page(
+        &state,
+        &visitor,
+        StatusCode::OK,
+        "office_products.html",
+        context! {
+            q => q, total => total,
+            hits => Value::from_serialize(&answer.body["hits"]),
+            previous => (page_number > 1).then(|| link(page_number - 1)),
+            next => (page_number < pages).then(|| link(page_number + 1)),
+        },
+    )
+}
+
+/// `/office/products/new`.
+pub async fn new_product(State(state): State<ConsoleState>, Visit(visitor): Visit) -> Response {
+    if let Some(refused) = refusal(
+        &state,
+        &visitor,
+        Method::Post,
+        "/products",
+        "/office/products/new",
+    ) {
+        return refused;
+    }
+    page(
+        &state,
+        &visitor,
+        StatusCode::OK,
+        "office_product.html",
+        context! {
+            product => None::<Value>,
+            entered => Value::from_serialize(json!({})),
+            attempt => uuid::Uuid::new_v4().to_string(),
+        },
+    )
+}
+
+/// The product fields of a form, or what to fix.
+fn product_fields(form: &Form, creating: bool) -> Result<serde_json::Value, String> {
+    let mut fields = json!({
+        "name": form.text("name"),
+        "description": form.text("description"),
+    });
+    let category = form.text("category");
+    fields["category"] = if category.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json!(category)
+    };
+    fields["price"] =
+        price(form.text("price")).ok_or("The price must be a number such as 24.50.")?;
+    if creating {
+        fields["stock_qty"] =
+            json!(whole_number(form.text("stock_qty")).ok_or("The stock must be a whole number.")?);
+    }
+    Ok(fields)
+}
+
+/// `POST /office/products/new`: creates the product.
+pub async fn create_product(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    form: Form,
+) -> Response {
+    if let Some(refused) = form.refusal(&visitor) {
+        return refused;
+    }
+    let entered = json!({
+        "name": form.text("name"), "description": form.text("description"),
+        "price": form.text("price"), "stock_qty": form.text("stock_qty"),
+        "category": form.text("category"),
+    });
+    let answer = match product_fields(&form, true) {
+        Ok(fields) => {
+            let mut call = Call::post("/products", fields);
+            if let Ok(attempt) = uuid::Uuid::parse_str(form.text("attempt")) {
+                call = call.header("idempotency-key", attempt.to_string());
+            }
+            visitor.call(&state.api, call).await
+        }
+        Err(problem) => {
+            return page(
+                &state,
+                &visitor,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "office_product.html",
+                context! { product => None::<Value>, entered => Value::from_serialize(&entered), error => problem },
+            );
+        }
+    };
+    if answer.status.is_client_error() {
+        return page(
+            &state,
+            &visitor,
+            answer.status,
+            "office_product.html",
+            context! { product => None::<Value>, entered => Value::from_serialize(&entered), error => answer.problem() },
+        );
+    }
+    if !answer.ok() {
+        return failure(
+            &state,
+            &visitor,
+            &answer,
+            "The product could not be created",
+        );
+    }
+    let product_id = answer.body["product_id"].as_str().unwrap_or_default();
+    let at = answer.body["position"].as_u64().unwrap_or(0);
+    redirect(
+        &visitor,
+        &format!(
+            "/office/products/{}?at={at}&saved=1",
+            query_text(product_id)
+        ),
+    )
+}
+
+/// `/office/products/{id}`: the product's form, and its stock.
+pub async fn product(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    Path(product_id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let here = format!("/office/products/{}", query_text(&product_id));
+    if let Some(refused) = refusal(
+        &state,
+        &visitor,
+        Method::Put,
+        "/products/{product_id}",
+        &here,
+    ) {
+        return refused;
+    }
+    let mut target = format!("/products/{}", query_text(&product_id));
+    if let Some(at) = params.get("at").and_then(|at| at.parse::<u64>().ok()) {
+        target.push_str(&format!("?min_position={at}"));
+    }
+    let answer = visitor.call(&state.api, Call::get(target)).await;
+    if !answer.ok() {
+        return failure(&state, &visitor, &answer, "This product cannot be shown");
+    }
+    page(
+        &state,
+        &visitor,
+        StatusCode::OK,
+        "office_product.html",
+        context! {
+            product => Value::from_serialize(&answer.body),
+            entered => Value::from_serialize(&answer.body),
+            saved => params.contains_key("saved"),
+        },
+    )
+}
+
+/// `POST /office/products/{id}`: changes the product's name, description, price or category.
+pub async fn update_product(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    Path(product_id): Path<String>,
+    form: Form,
+) -> Response {
+    if let Some(refused) = form.refusal(&visitor) {
+        return refused;
+    }
+    let answer = match product_fields(&form, false) {
+        Ok(fields) => {
+            visitor
+                .call(
+                    &state.api,
+                    Call {
+                        method: http::Method::PUT,
+                        ..Call::post(format!("/products/{}", query_text(&product_id)), fields)
+                    },
+                )
+                .await
+        }
+        Err(problem) => {
+            return message(
+                &state,
+                &visitor,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "The product was not changed",
+                &problem,
+            );
+        }
+    };
+    if !answer.ok() {
+        return failure(&state, &visitor, &answer, "The product was not changed");
+    }
+    let at = answer.body["position"].as_u64().unwrap_or(0);
+    redirect(
+        &visitor,
+        &format!(
+            "/office/products/{}?at={at}&saved=1",
+            query_text(&product_id)
+        ),
+    )
+}
+
+/// `POST /office/products/{id}/stock`: adds (or, negative, removes) units.
+pub async fn restock(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    Path(product_id): Path<String>,
+    form: Form,
+) -> Response {
+    if let Some(refused) = form.refusal(&visitor) {
+        return refused;
+    }
+    let Some(delta) = whole_number(form.text("delta")) else {
+        return message(
+            &state,
+            &visitor,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The stock was not changed",
+            "The change must be a whole number: 10 adds ten units, -2 removes two.",
+        );
+    };
+    let mut call = Call::post(
+        format!("/products/{}/stock", query_text(&product_id)),
+        json!({ "delta": delta }),
+    );
+    if let Ok(attempt) = uuid::Uuid::parse_str(form.text("attempt")) {
+        call = call.header("idempotency-key", attempt.to_string());
+    }
+    let answer = visitor.call(&state.api, call).await;
+    if !answer.ok() {
+        return failure(&state, &visitor, &answer, "The stock was not changed");
+    }
+    let at = answer.body["position"].as_u64().unwrap_or(0);
+    redirect(
+        &visitor,
+        &format!(
+            "/office/products/{}?at={at}&saved=1",
+            query_text(&product_id)
+        ),
+    )
+}
+
+/// `/office/orders?order_id=`: opens an order by its id.
+pub async fn find_order(
+    State(state): State<ConsoleState>,
+    Visit(visitor): Visit,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(refused) = refusal(
+        &state,
+        &visitor,
+        Method::Post,
+        "/orders/{order_id}/refunds",
+        "/office/orders",
+    ) {
+        return refused;
+    }
+    match params.get("order_id").map(|id| id.trim()) {
+        Some(id) if uuid::Uuid::parse_str(id).is_ok() => {
+            redirect(&visitor, &format!("/office/orders/{id}"))
+        }
+        Some(id) if !id.is_empty() => message(
+            &state,
+            &visitor,
+            StatusCode::BAD_REQUEST,
+            "That is not an order id",
+            "An order id looks like 3f2b8c1e-5d4a-4c8e-9a7b-1c2d3e4f5a6b.",
+        ),
+        _ => page(&state, &visitor, StatusCode::OK, "office.html", context! {}),
+    }
+}
+
+/// `/office/orders/{id}`: the order, and what support may do with it.
+pub async fn order(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    Path(order_id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let here = format!("/office/orders/{}", query_text(&order_id));
+    if let Some(refused) = refusal(
+        &state,
+        &visitor,
+        Method::Post,
+        "/orders/{order_id}/refunds",
+        &here,
+    ) {
+        return refused;
+    }
+    if uuid::Uuid::parse_str(&order_id).is_err() {
+        return message(
+            &state,
+            &visitor,
+            StatusCode::NOT_FOUND,
+            "No such order",
+            "This address names no order.",
+        );
+    }
+    let mut target = format!("/orders/{order_id}");
+    if let Some(at) = params.get("at").and_then(|at| at.parse::<u64>().ok()) {
+        target.push_str(&format!("?min_position={at}"));
+    }
+    let answer = visitor.call(&state.api, Call::get(target)).await;
+    if !answer.ok() {
+        return failure(&state, &visitor, &answer, "This order cannot be shown");
+    }
+    let mut order = answer.body;
+    // What is left to ship of each line.
+    let mut shipped: HashMap<String, i64> = HashMap::new();
+    for shipment in order["shipments"].as_array().into_iter().flatten() {
+        for line in shipment["lines"].as_array().into_iter().flatten() {
+            *shipped
+                .entry(line["product_id"].as_str().unwrap_or_default().to_owned())
+                .or_default() += line["quantity"].as_i64().unwrap_or(0);
+        }
+    }
+    if let Some(lines) = order["lines"].as_array_mut() {
+        for line in lines {
+            let product_id = line["product_id"].as_str().unwrap_or_default().to_owned();
+            let left = line["quantity"].as_i64().unwrap_or(0)
+                - shipped.get(&product_id).copied().unwrap_or(0);
+            line["unshipped"] = json!(left.max(0));
+            let product = visitor
+                .call(&state.api, Call::get(format!("/products/{product_id}")))
+                .await;
+            line["name"] = product.body["name"].clone();
+        }
+    }
+    // What is left to refund: the total less what was refunded.
+    let refundable = (order["total"].as_f64().unwrap_or(0.0)
+        - order["refunded_total"].as_f64().unwrap_or(0.0))
+    .max(0.0);
+    let unshipped = order["lines"].as_array().is_some_and(|lines| {
+        lines
+            .iter()
+            .any(|line| line["unshipped"].as_i64() > Some(0))
+    });
+    page(
+        &state,
+        &visitor,
+        StatusCode::OK,
+        "office_order.html",
+        context! {
+            order => Value::from_serialize(&order),
+            can_ship => unshipped && order["status"] == "CONFIRMED"
+                && state.may(&visitor, Method::Post, "/orders/{order_id}/shipments"),
+            can_cancel => order["status"] == "PENDING"
+                && state.may(&visitor, Method::Post, "/orders/{order_id}/cancel"),
+            can_refund => order["status"] == "CONFIRMED" && refundable > 0.0,
+            refundable => refundable,
+            history => state.may(&visitor, Method::Get, "/streams/{stream_type}/{stream_id}/events"),
+            attempt => uuid::Uuid::new_v4().to_string(),
+            done => params.get("done").cloned(),
+        },
+    )
+}
+
+/// Answers after an order form: back to the order, or what went wrong.
+fn after_order_form(
+    state: &ConsoleState,
+    visitor: &crate::visitor::Visitor,
+    order_id: &str,
+    answer: &crate::api::Answer,
+    what: &str,
+    done: &str,
+) -> Response {
+    if !answer.ok() {
+        return failure(state, visitor, answer, what);
+    }
+    let at = answer.body["position"].as_u64().unwrap_or(0);
+    redirect(
+        visitor,
+        &format!(
+            "/office/orders/{}?at={at}&done={done}",
+            query_text(order_id)
+        ),
+    )
+}
+
+/// `POST /office/orders/{id}/ship`: ships every unshipped unit, with the carrier's tracking.
+pub async fn ship(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    Path(order_id): Path<String>,
+    form: Form,
+) -> Response {
+    if let Some(refused) = form.refusal(&visitor) {
+        return refused;
+    }
+    let order = visitor
+        .call(
+            &state.api,
+            Call::get(format!("/orders/{}", query_text(&order_id))),
+        )
+        .await;
+    if !order.ok() {
+        return failure(&state, &visitor, &order, "The order was not shipped");
+    }
+    let mut shipped: HashMap<String, i64> = HashMap::new();
+    for shipment in order.body["shipments"].as_array().into_iter().flatten() {
+        for line in shipment["lines"].as_array().into_iter().flatten() {
+            *shipped
+                .entry(line["product_id"].as_str().unwrap_or_default().to_owned())
+                .or_default() += line["quantity"].as_i64().unwrap_or(0);
+        }
+    }
+    let lines: Vec<serde_json::Value> = order.body["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|line| {
+            let product_id = line["product_id"].as_str()?;
+            let left = line["quantity"].as_i64()? - shipped.get(product_id).copied().unwrap_or(0);
+            (left > 0).then(|| json!({ "product_id": product_id, "quantity": left }))
+        })
+        .collect();
+    let mut call = Call::post(
+        format!("/orders/{}/shipments", query_text(&order_id)),
+        json!({
+            "carrier": form.text("carrier"),
+            "tracking_number": form.text("tracking_number"),
+            "lines": lines,
+        }),
+    );
+    if let Ok(attempt) = uuid::Uuid::parse_str(form.text("attempt")) {
+        call = call.header("idempotency-key", attempt.to_string());
+    }
+    let answer = visitor.call(&state.api, call).await;
+    after_order_form(
+        &state,
+        &visitor,
+        &order_id,
+        &answer,
+        "The order was not shipped",
+        "shipped",
+    )
+}
+
+/// `POST /office/orders/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    Path(order_id): Path<String>,
+    form: Form,
+) -> Response {
+    if let Some(refused) = form.refusal(&visitor) {
+        return refused;
+    }
+    let reason = form.text("reason");
+    let body = if reason.is_empty() {
+        json!({})
+    } else {
+        json!({ "reason": reason })
+    };
+    let answer = visitor
+        .call(
+            &state.api,
+            Call::post(format!("/orders/{}/cancel", query_text(&order_id)), body),
+        )
+        .await;
+    after_order_form(
+        &state,
+        &visitor,
+        &order_id,
+        &answer,
+        "The order was not cancelled",
+        "cancelled",
+    )
+}
+
+/// `POST /office/orders/{id}/refund`: refunds an amount (the form offers what is left).
+pub async fn refund(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    Path(order_id): Path<String>,
+    form: Form,
+) -> Response {
+    if let Some(refused) = form.refusal(&visitor) {
+        return refused;
+    }
+    let Some(amount) = price(form.text("amount")) else {
+        return message(
+            &state,
+            &visitor,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Nothing was refunded",
+            "The amount must be a number such as 12.50.",
+        );
+    };
+    let mut body = json!({ "amount": amount });
+    if !form.text("reason").is_empty() {
+        body["reason"] = json!(form.text("reason"));
+    }
+    let mut call = Call::post(format!("/orders/{}/refunds", query_text(&order_id)), body);
+    if let Ok(attempt) = uuid::Uuid::parse_str(form.text("attempt")) {
+        call = call.header("idempotency-key", attempt.to_string());
+    }
+    let answer = visitor.call(&state.api, call).await;
+    after_order_form(
+        &state,
+        &visitor,
+        &order_id,
+        &answer,
+        "Nothing was refunded",
+        "refunded",
+    )
+}
