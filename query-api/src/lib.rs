@@ -535,7 +535,9 @@ fn cached_answer(body: String, hit: bool, kind: &'static str) -> Response {
     response
 }
 
-#[tracing::instrument(skip_all, fields(product_id = %product_id))]
+// At debug: a product read is the hottest route, and its server span (`GET /products/{product_id}`)
+// already says everything this span would.
+#[tracing::instrument(level = "debug", skip_all, fields(product_id = %product_id))]
 async fn get_product(
     State(state): State<QueryState>,
     Extension(context): Extension<RequestContext>,

@@ -111,8 +111,9 @@ pub fn begin(
         None => sampling::new_trace_id(),
     };
     if !sampling::sampled(remote.as_ref(), trace_id) {
-        let context = TraceContext {
-            traceparent: format!("00-{trace_id}-{}-00", sampling::new_span_id()),
+        let context = scope::Unsampled::Made {
+            trace_id,
+            span_id: sampling::new_span_id(),
             tracestate: remote.and(tracestate.map(str::to_owned)),
         };
         let work = Work::unsampled(context, untraced);
@@ -152,7 +153,7 @@ pub fn follow(
                 traceparent: parent.to_owned(),
                 tracestate: tracestate.map(str::to_owned),
             };
-            Work::unsampled(context, make)
+            Work::unsampled(scope::Unsampled::Given(context), make)
         }
         Some((_, remote)) => {
             let span = make();
@@ -235,10 +236,10 @@ impl BatchSpans {
         let work = match (spans.next(), unsampled) {
             (Some(first), _) => Work::traced(first),
             (None, Some((traceparent, tracestate))) => Work::unsampled(
-                TraceContext {
+                scope::Unsampled::Given(TraceContext {
                     traceparent: traceparent.to_owned(),
                     tracestate: tracestate.map(str::to_owned),
-                },
+                }),
                 make,
             ),
             (None, None) => Work::traced(make()),

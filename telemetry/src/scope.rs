@@ -14,9 +14,39 @@ use tracing::instrument::Instrumented;
 
 use crate::TraceContext;
 
+/// The trace context of unsampled work.
+#[derive(Debug)]
+pub(crate) enum Unsampled {
+    /// One given (an event's, a message's): passed on as it is.
+    Given(TraceContext),
+    /// A request's, starting or continuing a trace: written out only when something asks for it
+    /// (most requests append nothing).
+    Made {
+        trace_id: opentelemetry::trace::TraceId,
+        span_id: opentelemetry::trace::SpanId,
+        tracestate: Option<String>,
+    },
+}
+
+impl Unsampled {
+    fn context(&self) -> TraceContext {
+        match self {
+            Unsampled::Given(context) => context.clone(),
+            Unsampled::Made {
+                trace_id,
+                span_id,
+                tracestate,
+            } => TraceContext {
+                traceparent: format!("00-{trace_id}-{span_id}-00"),
+                tracestate: tracestate.clone(),
+            },
+        }
+    }
+}
+
 thread_local! {
     /// The unsampled trace whose work runs on this thread now, if any.
-    static UNSAMPLED: RefCell<Option<Arc<TraceContext>>> = const { RefCell::new(None) };
+    static UNSAMPLED: RefCell<Option<Arc<Unsampled>>> = const { RefCell::new(None) };
 }
 
 /// Whether the work running on this thread belongs to an unsampled trace.
@@ -24,30 +54,33 @@ pub(crate) fn unsampled_now() -> bool {
     UNSAMPLED.with(|unsampled| unsampled.borrow().is_some())
 }
 
-/// The export's filter: refuses every span and event of unsampled work. Decided per span, never
-/// cached per callsite (as `filter_fn` would cache its first answer): the same span is taken in
-/// a sampled request and refused in an unsampled one.
+/// The export's filter: refuses every span and event of unsampled work, and of sampled work the
+/// events below a warning (log lines are not spans; a warning or an error marks the span it
+/// happened in). Decided per span, never cached per callsite (as `filter_fn` would cache its
+/// first answer): the same span is taken in a sampled request and refused in an unsampled one.
 pub(crate) fn sampled_only<S>() -> impl tracing_subscriber::layer::Filter<S> + Send + Sync + 'static
 where
     S: tracing::Subscriber,
 {
-    tracing_subscriber::filter::dynamic_filter_fn(|_, _| !unsampled_now())
+    tracing_subscriber::filter::dynamic_filter_fn(|metadata, _| {
+        (metadata.is_span() || *metadata.level() <= tracing::Level::WARN) && !unsampled_now()
+    })
 }
 
 /// The trace context of the unsampled work running on this thread.
 pub(crate) fn unsampled_context() -> Option<TraceContext> {
-    UNSAMPLED.with(|unsampled| unsampled.borrow().as_deref().cloned())
+    UNSAMPLED.with(|unsampled| unsampled.borrow().as_deref().map(Unsampled::context))
 }
 
 /// Runs `run` as work of the unsampled trace `context`.
-pub(crate) fn as_unsampled<R>(context: &Arc<TraceContext>, run: impl FnOnce() -> R) -> R {
+pub(crate) fn as_unsampled<R>(context: &Arc<Unsampled>, run: impl FnOnce() -> R) -> R {
     let before = UNSAMPLED.with(|unsampled| unsampled.replace(Some(context.clone())));
     let _restore = Restore(before);
     run()
 }
 
 /// Puts back the unsampled trace that ran before, also when the work panics.
-struct Restore(Option<Arc<TraceContext>>);
+struct Restore(Option<Arc<Unsampled>>);
 
 impl Drop for Restore {
     fn drop(&mut self) {
@@ -61,7 +94,7 @@ impl Drop for Restore {
 #[derive(Clone, Debug)]
 pub struct Work {
     span: Span,
-    unsampled: Option<Arc<TraceContext>>,
+    unsampled: Option<Arc<Unsampled>>,
 }
 
 impl Work {
@@ -74,7 +107,7 @@ impl Work {
 
     /// Work of the unsampled trace `context`, in the span `make` gives (made as such work, so
     /// that the export does not take it).
-    pub(crate) fn unsampled(context: TraceContext, make: impl FnOnce() -> Span) -> Work {
+    pub(crate) fn unsampled(context: Unsampled, make: impl FnOnce() -> Span) -> Work {
         let context = Arc::new(context);
         let span = as_unsampled(&context, make);
         Work {
@@ -115,7 +148,7 @@ pin_project_lite::pin_project! {
     pub struct Traced<F> {
         #[pin]
         inner: Instrumented<F>,
-        unsampled: Option<Arc<TraceContext>>,
+        unsampled: Option<Arc<Unsampled>>,
     }
 }
 
@@ -171,10 +204,10 @@ mod tests {
             tracing_subscriber::registry().with(Count(seen.clone()).with_filter(sampled_only()));
         tracing::subscriber::with_default(subscriber, || {
             let make = || tracing::info_span!("work");
-            let unsampled = Arc::new(TraceContext {
+            let unsampled = Arc::new(Unsampled::Given(TraceContext {
                 traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".to_owned(),
                 tracestate: None,
-            });
+            }));
             // The same callsite, first in unsampled work (where it is registered), then in
             // sampled work, then unsampled again.
             let _first = as_unsampled(&unsampled, make);
