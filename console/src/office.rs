@@ -161,9 +161,7 @@ pub async fn create_product(
     let answer = match product_fields(&form, true) {
         Ok(fields) => {
             let mut call = Call::post("/products", fields);
-            if let Ok(attempt) = uuid::Uuid::parse_str(form.text("attempt")) {
-                call = call.header("idempotency-key", attempt.to_string());
-            }
+            call = form.idempotent(call);
             visitor.call(&state.api, call).await
         }
         Err(problem) => {
@@ -310,9 +308,7 @@ pub async fn restock(
         format!("/products/{}/stock", query_text(&product_id)),
         json!({ "delta": delta }),
     );
-    if let Ok(attempt) = uuid::Uuid::parse_str(form.text("attempt")) {
-        call = call.header("idempotency-key", attempt.to_string());
-    }
+    call = form.idempotent(call);
     let answer = visitor.call(&state.api, call).await;
     if !answer.ok() {
         return failure(&state, &visitor, &answer, "The stock was not changed");
@@ -325,6 +321,19 @@ pub async fn restock(
             query_text(&product_id)
         ),
     )
+}
+
+/// How many units of each product `order`'s shipments hold.
+fn shipped(order: &serde_json::Value) -> HashMap<String, i64> {
+    let mut shipped: HashMap<String, i64> = HashMap::new();
+    for shipment in order["shipments"].as_array().into_iter().flatten() {
+        for line in shipment["lines"].as_array().into_iter().flatten() {
+            *shipped
+                .entry(line["product_id"].as_str().unwrap_or_default().to_owned())
+                .or_default() += line["quantity"].as_i64().unwrap_or(0);
+        }
+    }
+    shipped
 }
 
 /// `/office/orders?order_id=`: opens an order by its id.
@@ -393,26 +402,14 @@ pub async fn order(
     }
     let mut order = answer.body;
     // What is left to ship of each line.
-    let mut shipped: HashMap<String, i64> = HashMap::new();
-    for shipment in order["shipments"].as_array().into_iter().flatten() {
-        for line in shipment["lines"].as_array().into_iter().flatten() {
-            *shipped
-                .entry(line["product_id"].as_str().unwrap_or_default().to_owned())
-                .or_default() += line["quantity"].as_i64().unwrap_or(0);
-        }
+    let shipped = shipped(&order);
+    for line in order["lines"].as_array_mut().into_iter().flatten() {
+        let product_id = line["product_id"].as_str().unwrap_or_default();
+        let left =
+            line["quantity"].as_i64().unwrap_or(0) - shipped.get(product_id).copied().unwrap_or(0);
+        line["unshipped"] = json!(left.max(0));
     }
-    if let Some(lines) = order["lines"].as_array_mut() {
-        for line in lines {
-            let product_id = line["product_id"].as_str().unwrap_or_default().to_owned();
-            let left = line["quantity"].as_i64().unwrap_or(0)
-                - shipped.get(&product_id).copied().unwrap_or(0);
-            line["unshipped"] = json!(left.max(0));
-            let product = visitor
-                .call(&state.api, Call::get(format!("/products/{product_id}")))
-                .await;
-            line["name"] = product.body["name"].clone();
-        }
-    }
+    crate::shop::name_lines(&state, &mut visitor, &mut order["lines"]).await;
     // What is left to refund: the total less what was refunded.
     let refundable = (order["total"].as_f64().unwrap_or(0.0)
         - order["refunded_total"].as_f64().unwrap_or(0.0))
@@ -483,14 +480,7 @@ pub async fn ship(
     if !order.ok() {
         return failure(&state, &visitor, &order, "The order was not shipped");
     }
-    let mut shipped: HashMap<String, i64> = HashMap::new();
-    for shipment in order.body["shipments"].as_array().into_iter().flatten() {
-        for line in shipment["lines"].as_array().into_iter().flatten() {
-            *shipped
-                .entry(line["product_id"].as_str().unwrap_or_default().to_owned())
-                .or_default() += line["quantity"].as_i64().unwrap_or(0);
-        }
-    }
+    let shipped = shipped(&order.body);
     let lines: Vec<serde_json::Value> = order.body["lines"]
         .as_array()
         .into_iter()
@@ -509,9 +499,7 @@ pub async fn ship(
             "lines": lines,
         }),
     );
-    if let Ok(attempt) = uuid::Uuid::parse_str(form.text("attempt")) {
-        call = call.header("idempotency-key", attempt.to_string());
-    }
+    call = form.idempotent(call);
     let answer = visitor.call(&state.api, call).await;
     after_order_form(
         &state,
@@ -579,9 +567,7 @@ pub async fn refund(
         body["reason"] = json!(form.text("reason"));
     }
     let mut call = Call::post(format!("/orders/{}/refunds", query_text(&order_id)), body);
-    if let Ok(attempt) = uuid::Uuid::parse_str(form.text("attempt")) {
-        call = call.header("idempotency-key", attempt.to_string());
-    }
+    call = form.idempotent(call);
     let answer = visitor.call(&state.api, call).await;
     after_order_form(
         &state,

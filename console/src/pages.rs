@@ -195,6 +195,15 @@ impl Form {
         self.fields.get(name).map_or("", String::as_str)
     }
 
+    /// `call` with the form's `attempt` (a UUID the page put in it) as its `Idempotency-Key`,
+    /// so that a form sent twice does its work once.
+    pub fn idempotent(&self, call: crate::api::Call) -> crate::api::Call {
+        match uuid::Uuid::parse_str(self.text("attempt")) {
+            Ok(attempt) => call.header("idempotency-key", attempt.to_string()),
+            Err(_) => call,
+        }
+    }
+
     /// The refusal of a form that did not come from the visitor's own page: its `csrf` field
     /// must be the token of the visitor's cookie, and a browser that says where it comes from
     /// must say this site.

@@ -234,17 +234,25 @@ async fn load_cart(
         return Err(answer);
     }
     let mut body = answer.body;
-    if let Some(lines) = body["lines"].as_array_mut() {
-        for line in lines {
-            let product_id = line["product_id"].as_str().unwrap_or_default().to_owned();
-            let product = visitor
-                .call(&state.api, Call::get(format!("/products/{product_id}")))
-                .await;
-            line["name"] = product.body["name"].clone();
-            line["stock_qty"] = product.body["stock_qty"].clone();
-        }
-    }
+    name_lines(state, visitor, &mut body["lines"]).await;
     Ok(Some(body))
+}
+
+/// Gives each of `lines` (a cart's or an order's) its product's name and stock, as the API
+/// shows the product now.
+pub async fn name_lines(
+    state: &ConsoleState,
+    visitor: &mut Visitor,
+    lines: &mut serde_json::Value,
+) {
+    for line in lines.as_array_mut().into_iter().flatten() {
+        let product_id = query_text(line["product_id"].as_str().unwrap_or_default());
+        let product = visitor
+            .call(&state.api, Call::get(format!("/products/{product_id}")))
+            .await;
+        line["name"] = product.body["name"].clone();
+        line["stock_qty"] = product.body["stock_qty"].clone();
+    }
 }
 
 /// `/shop/cart`: the cart, and the checkout form.
@@ -410,9 +418,7 @@ pub async fn check_out(
         json!({ "payment_token": payment, "shipping_address": address })
     };
     let mut call = Call::post(format!("/carts/{}/checkout", cart.cart_id), body);
-    if let Ok(attempt) = uuid::Uuid::parse_str(form.text("attempt")) {
-        call = call.header("idempotency-key", attempt.to_string());
-    }
+    call = form.idempotent(call);
     if !cart.token.is_empty() {
         call = call.header("x-cart-token", cart.token.clone());
     }
@@ -493,15 +499,7 @@ pub async fn order(
         return failure(&state, &visitor, &answer, "This order cannot be shown");
     }
     let mut order = answer.body;
-    if let Some(lines) = order["lines"].as_array_mut() {
-        for line in lines {
-            let product_id = line["product_id"].as_str().unwrap_or_default().to_owned();
-            let product = visitor
-                .call(&state.api, Call::get(format!("/products/{product_id}")))
-                .await;
-            line["name"] = product.body["name"].clone();
-        }
-    }
+    name_lines(&state, &mut visitor, &mut order["lines"]).await;
     let pending = order["status"] == "PENDING";
     page(
         &state,

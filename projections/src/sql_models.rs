@@ -137,8 +137,11 @@ pub struct ProductsProjection {
 impl ProductsProjection {
     pub const NAME: &'static str = "products";
 
-    /// Drops what the cache holds of every product in the read model.
+    /// Drops what the cache holds of every product in the read model, and of the catalogue.
     async fn invalidate_every_product(&self, cache: &dyn Cache) {
+        cache
+            .invalidate(&[crate::cache::CATALOGUE_SCOPE.to_owned()])
+            .await;
         match sqlx::query_scalar::<_, String>("SELECT product_id FROM rm_products")
             .fetch_all(self.db.pool())
             .await
@@ -307,7 +310,11 @@ impl Projection for ProductsProjection {
         if let Some(cache) = &self.cache
             && !products.is_empty()
         {
-            let scopes: Vec<String> = products.keys().map(|id| product_scope(id)).collect();
+            let scopes: Vec<String> = products
+                .keys()
+                .map(|id| product_scope(id))
+                .chain([crate::cache::CATALOGUE_SCOPE.to_owned()])
+                .collect();
             cache.invalidate(&scopes).await;
         }
         Ok(())

@@ -28,7 +28,7 @@ use http_common::params::{product_id_of, truncate};
 use http_common::problem::store_problem;
 use identity::{GUEST_CUSTOMER_ID, Identity, Principal, Resource};
 use projections::Progress;
-use projections::cache::{Cache, SEARCH_SCOPE};
+use projections::cache::{CATALOGUE_SCOPE, Cache, SEARCH_SCOPE};
 use projections::queries::{OrderRow, Queries};
 use projections::search::{ProductDoc, SearchIndex, SearchQuery};
 use projections::sql_models::{
@@ -152,7 +152,7 @@ fn routes() -> DocumentedRouter<QueryState> {
         .route(
             read(
                 "/categories",
-                "The catalogue's categories by name, with how many products each has",
+                "The catalogue's categories by name, with how many products each has (x-cache: hit or miss)",
                 "Categories",
                 &[],
             ),
@@ -869,6 +869,14 @@ async fn categories(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     wait_for(&state, ProductsProjection::NAME, &headers, &params).await?;
+    // Counted once per change of the catalogue, not per request.
+    let lookup = match &state.cache {
+        Some(cache) => Some(cache.lookup(CATALOGUE_SCOPE, "categories").await),
+        None => None,
+    };
+    if let Some(body) = lookup.as_ref().and_then(|lookup| lookup.value.clone()) {
+        return Ok(cached_answer(body, true, "categories"));
+    }
     let categories: Vec<Value> = state
         .queries
         .categories()
@@ -877,7 +885,15 @@ async fn categories(
         .into_iter()
         .map(|category| json!({ "name": category.name, "products": category.products }))
         .collect();
-    Ok(Json(json!({ "categories": categories })).into_response())
+    let body = json!({ "categories": categories }).to_string();
+    if let (Some(cache), Some(lookup)) = (&state.cache, &lookup)
+        && state.progress.serving(ProductsProjection::NAME)
+    {
+        cache
+            .store(CATALOGUE_SCOPE, lookup.generation, "categories", &body)
+            .await;
+    }
+    Ok(cached_answer(body, false, "categories"))
 }
 
 #[tracing::instrument(skip_all)]

@@ -52,6 +52,19 @@ async fn pages_carry_their_policy_and_forms_need_their_token() {
     })
     .await
     .expect("GET /categories names the new product's category");
+    // The counts are cached until the catalogue changes: a repeated read is a hit, and the next
+    // product is counted.
+    let again = server.get("/categories").await;
+    assert_eq!(again.headers()["x-cache"], "hit");
+    server
+        .create_product("Console teapot", "pours a page", 12.0, 2, "Kitchen")
+        .await;
+    eventually(Duration::from_secs(30), || async {
+        let categories: Value = server.get("/categories").await.json().await.ok()?;
+        (categories["categories"] == json!([{ "name": "Kitchen", "products": 2 }])).then_some(())
+    })
+    .await
+    .expect("a new product is counted: the cached counts are dropped");
 
     let home = client.get(format!("{base}/")).send().await.expect("home");
     assert_eq!(home.status(), StatusCode::OK);

@@ -23,6 +23,10 @@ pub use redis::RedisCache;
 /// The scope of every search answer: any product change can change any search.
 pub const SEARCH_SCOPE: &str = "search";
 
+/// The scope of answers about the catalogue as a whole (its categories and their counts): the
+/// products projection drops it with every batch that changes a product.
+pub const CATALOGUE_SCOPE: &str = "catalogue";
+
 /// A scope's generation within an epoch, as one number: the epoch in the high bits. A scope is
 /// invalidated far fewer than 2^40 times in an epoch.
 fn generation_in(epoch: u64, scope_generation: u64) -> u64 {
