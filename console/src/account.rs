@@ -10,8 +10,7 @@ use serde_json::json;
 
 use crate::ConsoleState;
 use crate::api::Call;
-use crate::pages::{Form, Visit, message, page, redirect};
-use crate::shop::failure;
+use crate::pages::{Form, Visit, failure, message, page, redirect};
 
 /// Where to go after logging in: a page of this console (`next`), or the home page. Anything
 /// else (another site, `//host`) is ignored.

@@ -11,8 +11,7 @@ use minijinja::{Value, context};
 
 use crate::ConsoleState;
 use crate::api::Call;
-use crate::pages::{Visit, page, query_text, redirect, refusal};
-use crate::shop::failure;
+use crate::pages::{Visit, failure, page, percent_encode, redirect, refusal};
 
 /// The most events a page shows.
 const PAGE_EVENTS: u32 = 1000;
@@ -50,7 +49,10 @@ pub async fn home(
     if !text("correlation_id").is_empty() {
         return redirect(
             &visitor,
-            &format!("/audit/correlations/{}", query_text(text("correlation_id"))),
+            &format!(
+                "/audit/correlations/{}",
+                percent_encode(text("correlation_id"))
+            ),
         );
     }
     if !text("stream_type").is_empty() && !text("stream_id").is_empty() {
@@ -58,8 +60,8 @@ pub async fn home(
             &visitor,
             &format!(
                 "/audit/streams/{}/{}",
-                query_text(text("stream_type")),
-                query_text(text("stream_id"))
+                percent_encode(text("stream_type")),
+                percent_encode(text("stream_id"))
             ),
         );
     }
@@ -69,75 +71,72 @@ pub async fn home(
 /// `/audit/streams/{type}/{id}`: the stream's events, oldest first.
 pub async fn stream(
     State(state): State<ConsoleState>,
-    Visit(mut visitor): Visit,
+    Visit(visitor): Visit,
     Path((stream_type, stream_id)): Path<(String, String)>,
 ) -> Response {
-    let here = format!(
-        "/audit/streams/{}/{}",
-        query_text(&stream_type),
-        query_text(&stream_id)
-    );
-    let route = "/streams/{stream_type}/{stream_id}/events";
-    if let Some(refused) = refusal(&state, &visitor, Method::Get, route, &here) {
-        return refused;
-    }
-    let answer = visitor
-        .call(
-            &state.api,
-            Call::get(format!(
-                "/streams/{}/{}/events?limit={PAGE_EVENTS}",
-                query_text(&stream_type),
-                query_text(&stream_id)
-            )),
-        )
-        .await;
-    if !answer.ok() {
-        return failure(&state, &visitor, &answer, "This stream cannot be shown");
-    }
-    page(
-        &state,
-        &visitor,
-        StatusCode::OK,
-        "audit_events.html",
-        context! {
-            title => format!("{stream_type} {stream_id}"),
-            stream => true,
-            events => shown(&answer.body["events"]),
-        },
-    )
+    let (kind, id) = (percent_encode(&stream_type), percent_encode(&stream_id));
+    let events = EventsPage {
+        route: "/streams/{stream_type}/{stream_id}/events",
+        here: format!("/audit/streams/{kind}/{id}"),
+        target: format!("/streams/{kind}/{id}/events?limit={PAGE_EVENTS}"),
+        title: format!("{stream_type} {stream_id}"),
+        stream: true,
+        failed: "This stream cannot be shown",
+    };
+    events.answer(&state, visitor).await
 }
 
 /// `/audit/correlations/{id}`: every event one request or saga caused, in log order.
 pub async fn correlation(
     State(state): State<ConsoleState>,
-    Visit(mut visitor): Visit,
+    Visit(visitor): Visit,
     Path(correlation_id): Path<String>,
 ) -> Response {
-    let here = format!("/audit/correlations/{}", query_text(&correlation_id));
-    if let Some(refused) = refusal(&state, &visitor, Method::Get, "/events", &here) {
-        return refused;
-    }
-    let answer = visitor
-        .call(
-            &state.api,
-            Call::get(format!(
-                "/events?limit={PAGE_EVENTS}&correlation_id={}",
-                query_text(&correlation_id)
-            )),
+    let id = percent_encode(&correlation_id);
+    let events = EventsPage {
+        route: "/events",
+        here: format!("/audit/correlations/{id}"),
+        target: format!("/events?limit={PAGE_EVENTS}&correlation_id={id}"),
+        title: format!("Everything correlation {correlation_id} caused"),
+        stream: false,
+        failed: "This timeline cannot be shown",
+    };
+    events.answer(&state, visitor).await
+}
+
+/// A page of events read from the API's event routes.
+struct EventsPage {
+    /// The permission table's route the page reads.
+    route: &'static str,
+    /// The page's own address (where to come back after logging in).
+    here: String,
+    /// What the page asks the API.
+    target: String,
+    title: String,
+    /// Whether the events are one stream's (else each names its stream).
+    stream: bool,
+    failed: &'static str,
+}
+
+impl EventsPage {
+    async fn answer(self, state: &ConsoleState, mut visitor: crate::visitor::Visitor) -> Response {
+        if let Some(refused) = refusal(state, &visitor, Method::Get, self.route, &self.here) {
+            return refused;
+        }
+        let answer = visitor.call(&state.api, Call::get(self.target)).await;
+        if !answer.ok() {
+            return failure(state, &visitor, &answer, self.failed);
+        }
+        page(
+            state,
+            &visitor,
+            StatusCode::OK,
+            "audit_events.html",
+            context! {
+                title => self.title,
+                stream => self.stream,
+                events => shown(&answer.body["events"]),
+            },
         )
-        .await;
-    if !answer.ok() {
-        return failure(&state, &visitor, &answer, "This timeline cannot be shown");
     }
-    page(
-        &state,
-        &visitor,
-        StatusCode::OK,
-        "audit_events.html",
-        context! {
-            title => format!("Everything correlation {correlation_id} caused"),
-            stream => false,
-            events => shown(&answer.body["events"]),
-        },
-    )
 }

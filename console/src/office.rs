@@ -13,8 +13,9 @@ use serde_json::json;
 
 use crate::ConsoleState;
 use crate::api::Call;
-use crate::pages::{Form, Visit, message, page, query_text, redirect, refusal};
-use crate::shop::failure;
+use crate::pages::{
+    Form, Visit, after_write, failure, message, page, percent_encode, read_at, redirect, refusal,
+};
 
 /// Products per page of the list.
 const PAGE_SIZE: u64 = 25;
@@ -76,7 +77,7 @@ pub async fn products(
         (page_number - 1) * PAGE_SIZE
     );
     if !q.is_empty() {
-        target.push_str(&format!("&q={}", query_text(&q)));
+        target.push_str(&format!("&q={}", percent_encode(&q)));
     }
     let answer = visitor.call(&state.api, Call::get(target)).await;
     if !answer.ok() {
@@ -84,7 +85,7 @@ pub async fn products(
     }
     let total = answer.body["total"].as_u64().unwrap_or(0);
     let pages = total.div_ceil(PAGE_SIZE).max(1);
-    let link = |number: u64| format!("/office/products?page={number}&q={}", query_text(&q));
+    let link = |number: u64| format!("/office/products?page={number}&q={}", percent_encode(&q));
     page(
         &state,
         &visitor,
@@ -160,9 +161,9 @@ pub async fn create_product(
     });
     let answer = match product_fields(&form, true) {
         Ok(fields) => {
-            let mut call = Call::post("/products", fields);
-            call = form.idempotent(call);
-            visitor.call(&state.api, call).await
+            visitor
+                .call(&state.api, form.idempotent(Call::post("/products", fields)))
+                .await
         }
         Err(problem) => {
             return page(
@@ -192,13 +193,10 @@ pub async fn create_product(
         );
     }
     let product_id = answer.body["product_id"].as_str().unwrap_or_default();
-    let at = answer.body["position"].as_u64().unwrap_or(0);
-    redirect(
+    after_write(
         &visitor,
-        &format!(
-            "/office/products/{}?at={at}&saved=1",
-            query_text(product_id)
-        ),
+        &answer,
+        &format!("/office/products/{}?saved=1", percent_encode(product_id)),
     )
 }
 
@@ -209,7 +207,7 @@ pub async fn product(
     Path(product_id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let here = format!("/office/products/{}", query_text(&product_id));
+    let here = format!("/office/products/{}", percent_encode(&product_id));
     if let Some(refused) = refusal(
         &state,
         &visitor,
@@ -219,10 +217,10 @@ pub async fn product(
     ) {
         return refused;
     }
-    let mut target = format!("/products/{}", query_text(&product_id));
-    if let Some(at) = params.get("at").and_then(|at| at.parse::<u64>().ok()) {
-        target.push_str(&format!("?min_position={at}"));
-    }
+    let target = read_at(
+        format!("/products/{}", percent_encode(&product_id)),
+        &params,
+    );
     let answer = visitor.call(&state.api, Call::get(target)).await;
     if !answer.ok() {
         return failure(&state, &visitor, &answer, "This product cannot be shown");
@@ -257,7 +255,7 @@ pub async fn update_product(
                     &state.api,
                     Call {
                         method: http::Method::PUT,
-                        ..Call::post(format!("/products/{}", query_text(&product_id)), fields)
+                        ..Call::post(format!("/products/{}", percent_encode(&product_id)), fields)
                     },
                 )
                 .await
@@ -275,13 +273,10 @@ pub async fn update_product(
     if !answer.ok() {
         return failure(&state, &visitor, &answer, "The product was not changed");
     }
-    let at = answer.body["position"].as_u64().unwrap_or(0);
-    redirect(
+    after_write(
         &visitor,
-        &format!(
-            "/office/products/{}?at={at}&saved=1",
-            query_text(&product_id)
-        ),
+        &answer,
+        &format!("/office/products/{}?saved=1", percent_encode(&product_id)),
     )
 }
 
@@ -304,36 +299,42 @@ pub async fn restock(
             "The change must be a whole number: 10 adds ten units, -2 removes two.",
         );
     };
-    let mut call = Call::post(
-        format!("/products/{}/stock", query_text(&product_id)),
+    let call = form.idempotent(Call::post(
+        format!("/products/{}/stock", percent_encode(&product_id)),
         json!({ "delta": delta }),
-    );
-    call = form.idempotent(call);
+    ));
     let answer = visitor.call(&state.api, call).await;
     if !answer.ok() {
         return failure(&state, &visitor, &answer, "The stock was not changed");
     }
-    let at = answer.body["position"].as_u64().unwrap_or(0);
-    redirect(
+    after_write(
         &visitor,
-        &format!(
-            "/office/products/{}?at={at}&saved=1",
-            query_text(&product_id)
-        ),
+        &answer,
+        &format!("/office/products/{}?saved=1", percent_encode(&product_id)),
     )
 }
 
-/// How many units of each product `order`'s shipments hold.
-fn shipped(order: &serde_json::Value) -> HashMap<String, i64> {
-    let mut shipped: HashMap<String, i64> = HashMap::new();
+/// How many units of each of `order`'s lines no shipment holds yet, line by line.
+fn left_to_ship(order: &serde_json::Value) -> Vec<(String, i64)> {
+    let mut shipped: HashMap<&str, i64> = HashMap::new();
     for shipment in order["shipments"].as_array().into_iter().flatten() {
         for line in shipment["lines"].as_array().into_iter().flatten() {
             *shipped
-                .entry(line["product_id"].as_str().unwrap_or_default().to_owned())
+                .entry(line["product_id"].as_str().unwrap_or_default())
                 .or_default() += line["quantity"].as_i64().unwrap_or(0);
         }
     }
-    shipped
+    order["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|line| {
+            let product_id = line["product_id"].as_str().unwrap_or_default();
+            let left = line["quantity"].as_i64().unwrap_or(0)
+                - shipped.get(product_id).copied().unwrap_or(0);
+            (product_id.to_owned(), left.max(0))
+        })
+        .collect()
 }
 
 /// `/office/orders?order_id=`: opens an order by its id.
@@ -373,7 +374,7 @@ pub async fn order(
     Path(order_id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let here = format!("/office/orders/{}", query_text(&order_id));
+    let here = format!("/office/orders/{}", percent_encode(&order_id));
     if let Some(refused) = refusal(
         &state,
         &visitor,
@@ -392,33 +393,27 @@ pub async fn order(
             "This address names no order.",
         );
     }
-    let mut target = format!("/orders/{order_id}");
-    if let Some(at) = params.get("at").and_then(|at| at.parse::<u64>().ok()) {
-        target.push_str(&format!("?min_position={at}"));
-    }
+    let target = read_at(format!("/orders/{order_id}"), &params);
     let answer = visitor.call(&state.api, Call::get(target)).await;
     if !answer.ok() {
         return failure(&state, &visitor, &answer, "This order cannot be shown");
     }
     let mut order = answer.body;
-    // What is left to ship of each line.
-    let shipped = shipped(&order);
-    for line in order["lines"].as_array_mut().into_iter().flatten() {
-        let product_id = line["product_id"].as_str().unwrap_or_default();
-        let left =
-            line["quantity"].as_i64().unwrap_or(0) - shipped.get(product_id).copied().unwrap_or(0);
-        line["unshipped"] = json!(left.max(0));
+    let left = left_to_ship(&order);
+    let unshipped = left.iter().any(|(_, units)| *units > 0);
+    for (line, (_, units)) in order["lines"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .zip(left)
+    {
+        line["unshipped"] = json!(units);
     }
     crate::shop::name_lines(&state, &mut visitor, &mut order["lines"]).await;
     // What is left to refund: the total less what was refunded.
     let refundable = (order["total"].as_f64().unwrap_or(0.0)
         - order["refunded_total"].as_f64().unwrap_or(0.0))
     .max(0.0);
-    let unshipped = order["lines"].as_array().is_some_and(|lines| {
-        lines
-            .iter()
-            .any(|line| line["unshipped"].as_i64() > Some(0))
-    });
     page(
         &state,
         &visitor,
@@ -451,13 +446,10 @@ fn after_order_form(
     if !answer.ok() {
         return failure(state, visitor, answer, what);
     }
-    let at = answer.body["position"].as_u64().unwrap_or(0);
-    redirect(
+    after_write(
         visitor,
-        &format!(
-            "/office/orders/{}?at={at}&done={done}",
-            query_text(order_id)
-        ),
+        answer,
+        &format!("/office/orders/{}?done={done}", percent_encode(order_id)),
     )
 }
 
@@ -474,32 +466,25 @@ pub async fn ship(
     let order = visitor
         .call(
             &state.api,
-            Call::get(format!("/orders/{}", query_text(&order_id))),
+            Call::get(format!("/orders/{}", percent_encode(&order_id))),
         )
         .await;
     if !order.ok() {
         return failure(&state, &visitor, &order, "The order was not shipped");
     }
-    let shipped = shipped(&order.body);
-    let lines: Vec<serde_json::Value> = order.body["lines"]
-        .as_array()
+    let lines: Vec<serde_json::Value> = left_to_ship(&order.body)
         .into_iter()
-        .flatten()
-        .filter_map(|line| {
-            let product_id = line["product_id"].as_str()?;
-            let left = line["quantity"].as_i64()? - shipped.get(product_id).copied().unwrap_or(0);
-            (left > 0).then(|| json!({ "product_id": product_id, "quantity": left }))
-        })
+        .filter(|(_, units)| *units > 0)
+        .map(|(product_id, units)| json!({ "product_id": product_id, "quantity": units }))
         .collect();
-    let mut call = Call::post(
-        format!("/orders/{}/shipments", query_text(&order_id)),
+    let call = form.idempotent(Call::post(
+        format!("/orders/{}/shipments", percent_encode(&order_id)),
         json!({
             "carrier": form.text("carrier"),
             "tracking_number": form.text("tracking_number"),
             "lines": lines,
         }),
-    );
-    call = form.idempotent(call);
+    ));
     let answer = visitor.call(&state.api, call).await;
     after_order_form(
         &state,
@@ -530,7 +515,10 @@ pub async fn cancel(
     let answer = visitor
         .call(
             &state.api,
-            Call::post(format!("/orders/{}/cancel", query_text(&order_id)), body),
+            Call::post(
+                format!("/orders/{}/cancel", percent_encode(&order_id)),
+                body,
+            ),
         )
         .await;
     after_order_form(
@@ -566,8 +554,10 @@ pub async fn refund(
     if !form.text("reason").is_empty() {
         body["reason"] = json!(form.text("reason"));
     }
-    let mut call = Call::post(format!("/orders/{}/refunds", query_text(&order_id)), body);
-    call = form.idempotent(call);
+    let call = form.idempotent(Call::post(
+        format!("/orders/{}/refunds", percent_encode(&order_id)),
+        body,
+    ));
     let answer = visitor.call(&state.api, call).await;
     after_order_form(
         &state,

@@ -225,7 +225,6 @@ impl Form {
             (Some(origin), Some(host)) => {
                 origin != "null" && origin.split_once("://").map(|(_, rest)| rest) != Some(host)
             }
-            (Some("null"), None) => false,
             _ => false,
         };
         (cross_site || origin_elsewhere || !visitor.form_token_matches(self.text("csrf"))).then(
@@ -326,19 +325,47 @@ fn with_cookies(visitor: &Visitor, mut response: Response) -> Response {
     response
 }
 
-/// The API's answer status as the page's: a refusal stays one, anything else that failed is
-/// the shop being unavailable.
-pub fn status_of(answer: &crate::api::Answer) -> StatusCode {
+/// A page saying the API refused or failed `what`, with its reason: a refusal keeps its status,
+/// anything else that failed is the shop being unavailable (503 with `Retry-After`).
+pub fn failure(
+    state: &ConsoleState,
+    visitor: &Visitor,
+    answer: &crate::api::Answer,
+    what: &str,
+) -> Response {
     if answer.status.is_client_error() {
-        answer.status
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        return message(state, visitor, answer.status, what, &answer.problem());
     }
+    let mut response = message(
+        state,
+        visitor,
+        StatusCode::SERVICE_UNAVAILABLE,
+        what,
+        &answer.problem(),
+    );
+    let after = answer.retry_after.as_deref().unwrap_or("1");
+    if let Ok(value) = HeaderValue::from_str(after) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
-/// `text` for a URL's query or path ([`percent_encode`]).
-pub fn query_text(text: &str) -> String {
-    percent_encode(text)
+/// The redirect after a form whose write the API answered with `answer`: to `to`, which then
+/// reads what was written (`at=`, the write's log position; [`read_at`]).
+pub fn after_write(visitor: &Visitor, answer: &crate::api::Answer, to: &str) -> Response {
+    let at = answer.body["position"].as_u64().unwrap_or(0);
+    let separator = if to.contains('?') { '&' } else { '?' };
+    redirect(visitor, &format!("{to}{separator}at={at}"))
+}
+
+/// `target` (an API read), waiting for the position a page's `at=` names ([`after_write`]), so
+/// that the page shows what the form before it wrote.
+pub fn read_at(target: String, params: &HashMap<String, String>) -> String {
+    match params.get("at").and_then(|at| at.parse::<u64>().ok()) {
+        Some(at) if target.contains('?') => format!("{target}&min_position={at}"),
+        Some(at) => format!("{target}?min_position={at}"),
+        None => target,
+    }
 }
 
 /// The refusal of a page (`here`) whose work is the API's route `method` `path`, when the
@@ -357,7 +384,7 @@ pub fn refusal(
     if visitor.me.is_none() {
         return Some(redirect(
             visitor,
-            &format!("/account/login?next={}", query_text(here)),
+            &format!("/account/login?next={}", percent_encode(here)),
         ));
     }
     Some(message(

@@ -4,47 +4,22 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::Response;
 use minijinja::{Value, context};
 use serde_json::json;
 
 use crate::ConsoleState;
 use crate::api::{Answer, Call};
-use crate::pages::{Form, Visit, message, page, query_text, redirect, status_of};
+use crate::pages::{
+    Form, Visit, after_write, failure, message, page, percent_encode, read_at, redirect,
+};
 use crate::visitor::{CartCookie, Visitor};
 
 /// Hits per search page.
 const PAGE_SIZE: u64 = 20;
 /// The last search page the API's window reaches (offset + limit at most 10,000).
 const LAST_PAGE: u64 = 10_000 / PAGE_SIZE;
-
-/// A page saying the API refused or failed `what`, with its reason; 503 with `Retry-After`
-/// when the shop is unavailable.
-pub fn failure(state: &ConsoleState, visitor: &Visitor, answer: &Answer, what: &str) -> Response {
-    let status = status_of(answer);
-    let mut response = message(state, visitor, status, what, &answer.problem());
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        let after = answer.retry_after.as_deref().unwrap_or("1");
-        if let Ok(value) = HeaderValue::from_str(after) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-    }
-    response
-}
-
-/// The read position a page waits for (`?at=`, set by the form that wrote just before).
-fn position(params: &HashMap<String, String>) -> Option<u64> {
-    params.get("at").and_then(|at| at.parse().ok())
-}
-
-fn with_position(target: String, at: Option<u64>) -> String {
-    match at {
-        Some(at) if target.contains('?') => format!("{target}&min_position={at}"),
-        Some(at) => format!("{target}?min_position={at}"),
-        None => target,
-    }
-}
 
 /// Popular products, for the visitor when they are a customer.
 async fn recommendations(state: &ConsoleState, visitor: &mut Visitor, limit: u32) -> Vec<Value> {
@@ -128,7 +103,7 @@ pub async fn search(
         ("max_price", &max_price),
     ] {
         if !value.is_empty() {
-            target.push_str(&format!("&{name}={}", query_text(value)));
+            target.push_str(&format!("&{name}={}", percent_encode(value)));
         }
     }
     let answer = visitor.call(&state.api, Call::get(target)).await;
@@ -151,7 +126,7 @@ pub async fn search(
             ("max_price", &max_price),
         ] {
             if !value.is_empty() {
-                link.push_str(&format!("&{name}={}", query_text(value)));
+                link.push_str(&format!("&{name}={}", percent_encode(value)));
             }
         }
         link
@@ -215,15 +190,15 @@ pub async fn product(
 async fn load_cart(
     state: &ConsoleState,
     visitor: &mut Visitor,
-    at: Option<u64>,
+    params: &HashMap<String, String>,
 ) -> Result<Option<serde_json::Value>, Answer> {
     let Some(cart) = visitor.own_cart().cloned() else {
         return Ok(None);
     };
-    let mut call = Call::get(with_position(format!("/carts/{}", cart.cart_id), at));
-    if !cart.token.is_empty() {
-        call = call.header("x-cart-token", cart.token.clone());
-    }
+    let call = cart.authorize(Call::get(read_at(
+        format!("/carts/{}", cart.cart_id),
+        params,
+    )));
     let answer = visitor.call(&state.api, call).await;
     if answer.status == StatusCode::NOT_FOUND {
         // Checked out, or never written: a new cart next time.
@@ -246,7 +221,7 @@ pub async fn name_lines(
     lines: &mut serde_json::Value,
 ) {
     for line in lines.as_array_mut().into_iter().flatten() {
-        let product_id = query_text(line["product_id"].as_str().unwrap_or_default());
+        let product_id = percent_encode(line["product_id"].as_str().unwrap_or_default());
         let product = visitor
             .call(&state.api, Call::get(format!("/products/{product_id}")))
             .await;
@@ -264,7 +239,7 @@ pub async fn cart(
     cart_page(
         &state,
         &mut visitor,
-        position(&params),
+        &params,
         StatusCode::OK,
         None,
         json!({}),
@@ -275,12 +250,12 @@ pub async fn cart(
 async fn cart_page(
     state: &ConsoleState,
     visitor: &mut Visitor,
-    at: Option<u64>,
+    params: &HashMap<String, String>,
     status: StatusCode,
     error: Option<String>,
     entered: serde_json::Value,
 ) -> Response {
-    let cart = match load_cart(state, visitor, at).await {
+    let cart = match load_cart(state, visitor, params).await {
         Ok(cart) => cart,
         Err(answer) => return failure(state, visitor, &answer, "Your cart cannot be shown"),
     };
@@ -331,13 +306,10 @@ pub async fn add_to_cart(
         token: String::new(),
         owner: visitor.user_id().unwrap_or_default().to_owned(),
     });
-    let mut call = Call::post(
+    let call = cart.authorize(Call::post(
         format!("/carts/{}/items", cart.cart_id),
         json!({ "product_id": product_id, "quantity": quantity }),
-    );
-    if !cart.token.is_empty() {
-        call = call.header("x-cart-token", cart.token.clone());
-    }
+    ));
     let answer = visitor.call(&state.api, call).await;
     if !answer.ok() {
         return failure(
@@ -351,8 +323,7 @@ pub async fn add_to_cart(
         .as_str()
         .map_or(cart.token.clone(), str::to_owned);
     visitor.keep_cart(CartCookie { token, ..cart });
-    let at = answer.body["position"].as_u64().unwrap_or(0);
-    redirect(&visitor, &format!("/shop/cart?at={at}"))
+    after_write(&visitor, &answer, "/shop/cart")
 }
 
 /// `POST /shop/cart/remove`: removes a line.
@@ -367,17 +338,16 @@ pub async fn remove_from_cart(
     let Some(cart) = visitor.own_cart().cloned() else {
         return redirect(&visitor, "/shop/cart");
     };
-    let product_id = query_text(form.text("product_id"));
-    let mut call = Call::delete(format!("/carts/{}/items/{product_id}", cart.cart_id));
-    if !cart.token.is_empty() {
-        call = call.header("x-cart-token", cart.token.clone());
-    }
+    let product_id = percent_encode(form.text("product_id"));
+    let call = cart.authorize(Call::delete(format!(
+        "/carts/{}/items/{product_id}",
+        cart.cart_id
+    )));
     let answer = visitor.call(&state.api, call).await;
     if !answer.ok() {
         return failure(&state, &visitor, &answer, "That line could not be removed");
     }
-    let at = answer.body["position"].as_u64().unwrap_or(0);
-    redirect(&visitor, &format!("/shop/cart?at={at}"))
+    after_write(&visitor, &answer, "/shop/cart")
 }
 
 /// `POST /shop/checkout`: places the cart's order with the address and payment chosen. The form's
@@ -417,18 +387,17 @@ pub async fn check_out(
     } else {
         json!({ "payment_token": payment, "shipping_address": address })
     };
-    let mut call = Call::post(format!("/carts/{}/checkout", cart.cart_id), body);
-    call = form.idempotent(call);
-    if !cart.token.is_empty() {
-        call = call.header("x-cart-token", cart.token.clone());
-    }
+    let call = cart.authorize(form.idempotent(Call::post(
+        format!("/carts/{}/checkout", cart.cart_id),
+        body,
+    )));
     let answer = visitor.call(&state.api, call).await;
     if answer.status.is_client_error() {
         let problem = answer.problem();
         return cart_page(
             &state,
             &mut visitor,
-            None,
+            &HashMap::new(),
             answer.status,
             Some(problem),
             entered,
@@ -446,10 +415,10 @@ pub async fn check_out(
         visitor.keep_guest_order(&order_id, token);
     }
     visitor.drop_cart();
-    let at = answer.body["position"].as_u64().unwrap_or(0);
-    redirect(
+    after_write(
         &visitor,
-        &format!("/shop/orders/{}?at={at}", query_text(&order_id)),
+        &answer,
+        &format!("/shop/orders/{}", percent_encode(&order_id)),
     )
 }
 
@@ -470,10 +439,7 @@ pub async fn order(
             "This address names no order.",
         );
     }
-    let mut call = Call::get(with_position(
-        format!("/orders/{order_id}"),
-        position(&params),
-    ));
+    let mut call = Call::get(read_at(format!("/orders/{order_id}"), &params));
     if let Some(token) = visitor.guest_order_token(&order_id) {
         call = call.header("x-order-token", token.to_owned());
     }
@@ -491,7 +457,7 @@ pub async fn order(
             &visitor,
             &format!(
                 "/account/login?next={}",
-                query_text(&format!("/shop/orders/{order_id}"))
+                percent_encode(&format!("/shop/orders/{order_id}"))
             ),
         );
     }

@@ -64,6 +64,17 @@ pub struct CartCookie {
     pub owner: String,
 }
 
+impl CartCookie {
+    /// `call`, made for this cart: with its token when a guest holds it.
+    pub fn authorize(&self, call: Call) -> Call {
+        if self.token.is_empty() {
+            call
+        } else {
+            call.header("x-cart-token", self.token.clone())
+        }
+    }
+}
+
 /// The value of cookie `name` in `headers`.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers

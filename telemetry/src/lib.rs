@@ -149,11 +149,7 @@ pub fn follow(
         .and_then(|parent| remote_context(parent, tracestate).map(|remote| (parent, remote)));
     match remote {
         Some((parent, remote)) if !remote.span().span_context().is_sampled() => {
-            let context = TraceContext {
-                traceparent: parent.to_owned(),
-                tracestate: tracestate.map(str::to_owned),
-            };
-            Work::unsampled(scope::Unsampled::Given(context), make)
+            Work::unsampled(scope::Unsampled::given(parent, tracestate), make)
         }
         Some((_, remote)) => {
             let span = make();
@@ -235,13 +231,9 @@ impl BatchSpans {
         let mut spans = spans.into_iter();
         let work = match (spans.next(), unsampled) {
             (Some(first), _) => Work::traced(first),
-            (None, Some((traceparent, tracestate))) => Work::unsampled(
-                scope::Unsampled::Given(TraceContext {
-                    traceparent: traceparent.to_owned(),
-                    tracestate: tracestate.map(str::to_owned),
-                }),
-                make,
-            ),
+            (None, Some((traceparent, tracestate))) => {
+                Work::unsampled(scope::Unsampled::given(traceparent, tracestate), make)
+            }
             (None, None) => Work::traced(make()),
         };
         BatchSpans {
@@ -259,6 +251,56 @@ impl BatchSpans {
 #[cfg(test)]
 mod tests {
     use super::remote_context;
+
+    /// A root sampled by `begin`'s decision is the root the SDK starts, with the trace id the
+    /// decision was made on: with a ratio sampler, every root `begin` samples is sampled by the
+    /// SDK too (with another trace id, about half of them would not be).
+    #[test]
+    fn a_root_is_started_with_the_trace_id_its_sampling_was_decided_on() {
+        use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+        use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let sampler = Sampler::TraceIdRatioBased(0.5);
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(sampler.clone())
+            .with_id_generator(super::sampling::HeadIds::default())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        super::sampling::install(Some(sampler));
+        super::ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sampled = tracing::subscriber::with_default(subscriber, || {
+            let mut sampled = 0;
+            for _ in 0..200 {
+                let work = super::begin(
+                    None,
+                    None,
+                    || {
+                        tracing::info_span!(
+                            "request",
+                            trace_id = tracing::field::Empty,
+                            span_id = tracing::field::Empty
+                        )
+                    },
+                    || tracing::info_span!("request"),
+                );
+                if work.sampled() {
+                    sampled += 1;
+                    let context = work.span().context();
+                    assert!(context.span().span_context().is_sampled());
+                }
+            }
+            sampled
+        });
+        super::ENABLED.store(false, std::sync::atomic::Ordering::Relaxed);
+        super::sampling::install(None);
+        assert!(
+            (50..=150).contains(&sampled),
+            "{sampled} of 200 sampled at 0.5"
+        );
+    }
 
     #[test]
     fn a_valid_traceparent_is_taken_and_a_malformed_one_is_ignored() {

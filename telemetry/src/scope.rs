@@ -29,6 +29,14 @@ pub(crate) enum Unsampled {
 }
 
 impl Unsampled {
+    /// The context given as `traceparent` (valid, its sampled flag off) and `tracestate`.
+    pub(crate) fn given(traceparent: &str, tracestate: Option<&str>) -> Unsampled {
+        Unsampled::Given(TraceContext {
+            traceparent: traceparent.to_owned(),
+            tracestate: tracestate.map(str::to_owned),
+        })
+    }
+
     fn context(&self) -> TraceContext {
         match self {
             Unsampled::Given(context) => context.clone(),
