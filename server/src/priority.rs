@@ -10,8 +10,25 @@ use std::io;
 /// threads were lowered.
 ///
 /// Linux keeps a niceness per thread, so each of `/proc/self/task` is set; elsewhere the
-/// process's is.
+/// process's is. A thread that one not yet lowered makes while the list is read inherits the
+/// old niceness, so the list is read again until a reading finds none to lower (at most
+/// [`PASSES`] times).
 pub fn lower_to(niceness: i32) -> io::Result<usize> {
+    let mut lowered = 0;
+    for _ in 0..PASSES {
+        match lower_listed(niceness)? {
+            0 => break,
+            more => lowered += more,
+        }
+    }
+    Ok(lowered)
+}
+
+/// The most readings of the thread list [`lower_to`] makes.
+const PASSES: usize = 16;
+
+/// One reading of the thread list: lowers each listed thread; answers how many it lowered.
+fn lower_listed(niceness: i32) -> io::Result<usize> {
     use rustix::process::{Pid, getpriority_process, setpriority_process};
     let tasks = match std::fs::read_dir("/proc/self/task") {
         Ok(tasks) => tasks,
