@@ -10,12 +10,18 @@
 //                                      the customer logs in again and sees the order's shipment
 //   office <email> <password> <order id>
 //                                      staff create a product, find it in the storefront's
-//                                      search, ship the order and refund part of it
+//                                      search, ship the order and refund part of it, find it
+//                                      among the confirmed orders and see no saga parked
 //   audit <email> <password> <order id>
-//                                      an auditor opens the order's history and the timeline of
-//                                      one of its correlation ids
+//                                      an auditor opens the order's history, the timeline of
+//                                      one of its correlation ids and its CloudEvents export,
+//                                      the payment's state before the refund and now, and
+//                                      verifies the whole log
 //   refused <email> <password>         a customer sees no back-office or audit link, and typing
 //                                      their addresses is refused
+//   admin <email> <password> <customer email>
+//                                      an admin sees the projections, finds the customer's
+//                                      account and deactivates it
 //
 // Every page load must be free of console errors (a Content-Security-Policy violation is one),
 // page errors and failed requests. The last line printed is the scenario's result as JSON.
@@ -222,7 +228,17 @@ try {
     }
     check(refunds.length === 1 && refunds[0].includes("5.00"), `refunds shown: ${JSON.stringify(refunds)}`);
     await shoot(page, "office-order-desktop");
-    result = { refunds };
+    // The order is found among the confirmed ones, and the sagas page shows no parked saga.
+    await page.goto("/office/orders");
+    await page.getByLabel("Status").selectOption("CONFIRMED");
+    await page.getByRole("button", { name: "Find orders" }).click();
+    check(await page.getByRole("link", { name: orderId }).count() === 1, "the order is not among the confirmed ones");
+    await shoot(page, "office-orders-desktop");
+    await page.goto("/office");
+    await page.getByRole("link", { name: "Checkout sagas" }).click();
+    const sagas = await page.locator(".facts").textContent();
+    check(/Parked\s*0/.test(sagas), `the sagas: ${sagas}`);
+    result = { refunds, sagas };
   } else if (scenario === "audit") {
     const [email, password, orderId] = rest;
     await logIn(page, email, password);
@@ -237,13 +253,62 @@ try {
     await page.waitForURL(/\/audit\/correlations\//);
     const caused = await page.locator(".event-type").allTextContents();
     check(caused.length >= 1, "the correlation's timeline is empty");
-    result = { history: types, caused };
+    await shoot(page, "audit-timeline-desktop");
+    // The timeline as CloudEvents, as the export link downloads it.
+    const exported = await page.request.get(await page.getByRole("link", { name: "Export as CloudEvents" }).getAttribute("href"));
+    check(exported.status() === 200, `the export answered ${exported.status()}`);
+    const cloudEvents = await exported.json();
+    check(cloudEvents.length === caused.length && cloudEvents.every((event) => event.specversion === "1.0"),
+      `the export: ${JSON.stringify(cloudEvents).slice(0, 400)}`);
+    // The payment (its stream has the order's id) as it stood before the refund, and now.
+    await page.goto(`/audit/streams/payment/${orderId}`);
+    const refund = page.locator(".event").filter({ has: page.locator(".event-type", { hasText: /^RefundRequested$/ }) });
+    check(await refund.count() === 1, "no RefundRequested in the payment's history");
+    await refund.getByRole("link", { name: "before this event" }).click();
+    await page.waitForURL(/\/state\?at=\d+/);
+    const before = await page.locator("pre.state").textContent();
+    check(before.includes('"refunds": {}'), `the state before the refund: ${before}`);
+    await shoot(page, "audit-state-desktop");
+    await page.getByRole("link", { name: "Its history" }).click();
+    await page.getByRole("link", { name: "Its state now" }).click();
+    const now = await page.locator("pre.state").textContent();
+    check(!now.includes('"refunds": {}'), `the state now: ${now}`);
+    // The whole log verifies.
+    await page.goto("/audit");
+    await page.getByRole("link", { name: "Verify the history" }).click();
+    await page.getByRole("button", { name: "Verify" }).click();
+    const verdict = await page.locator("#result-heading").textContent();
+    check(verdict.startsWith("Verified"), `the verification: ${verdict}`);
+    await shoot(page, "audit-verify-desktop");
+    result = { history: types, caused, before: JSON.parse(before), now: JSON.parse(now), verdict };
+  } else if (scenario === "admin") {
+    const [email, password, customerEmail] = rest;
+    await logIn(page, email, password);
+    await page.getByRole("link", { name: "Back office" }).click();
+    await page.getByRole("link", { name: "Projections" }).click();
+    const projections = await page.locator("tbody th[scope=row]").allTextContents();
+    check(projections.includes("products") && projections.includes("orders"), `projections: ${JSON.stringify(projections)}`);
+    await shoot(page, "office-projections-desktop");
+    await page.goto("/office");
+    await page.getByRole("link", { name: "Accounts" }).click();
+    await page.getByLabel("Kind").selectOption("customer");
+    await page.getByRole("button", { name: "Show" }).click();
+    const row = page.locator("tbody tr").filter({ hasText: customerEmail });
+    check(await row.count() === 1, `the customer's account is not listed`);
+    await shoot(page, "office-accounts-desktop");
+    await row.getByRole("button", { name: "Deactivate" }).click();
+    await page.waitForURL(/done=/);
+    const status = await page.locator("tbody tr").filter({ hasText: customerEmail }).locator("td").nth(4).textContent();
+    check(status.startsWith("deactivated"), `the account's status: ${status}`);
+    result = { projections, status };
   } else if (scenario === "refused") {
     const [email, password] = rest;
     await logIn(page, email, password);
     check(await page.getByRole("link", { name: "Back office" }).count() === 0, "a customer sees the back office");
     check(await page.getByRole("link", { name: "Audit" }).count() === 0, "a customer sees the audit");
-    for (const path of ["/office", "/office/products", "/office/products/new", "/audit"]) {
+    for (const path of ["/office", "/office/products", "/office/products/new", "/office/orders", "/office/sagas",
+      "/office/projections", "/office/accounts", "/office/notifications", "/office/webhooks", "/audit",
+      "/audit/verification"]) {
       expectedRefusals.add(path);
       const response = await page.goto(path);
       check(response.status() === 403, `${path} answered ${response.status()} to a customer`);

@@ -1,6 +1,9 @@
 //! How the console reaches mercato: through its HTTP API, as every other client does. In one
-//! process the API's router is called in memory; the request still passes its authentication,
-//! permission table, rate limits and validation, and the console holds no key of its own.
+//! process (role `all`) the API's router is called in memory; in a process of its own (role
+//! `console`) the API is called over HTTP at its address, with the visitor's address in
+//! `X-Forwarded-For` (which the API believes from the proxies it trusts). Either way the request
+//! passes the API's authentication, permission table, rate limits and validation, and the
+//! console holds no key of its own.
 
 use std::net::IpAddr;
 
@@ -18,8 +21,22 @@ const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 /// The API the pages call.
 #[derive(Clone)]
 pub struct Api {
-    router: Router,
+    transport: Transport,
 }
+
+#[derive(Clone)]
+enum Transport {
+    /// The API's router of this process, called in memory.
+    InProcess(Router),
+    /// The API at `base` (`http://host:port`, no trailing slash), called over HTTP.
+    Remote {
+        base: String,
+        client: reqwest::Client,
+    },
+}
+
+/// How long a call over HTTP may take, connecting included.
+const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl std::fmt::Debug for Api {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,7 +132,39 @@ impl Api {
     /// The API served by this process: `router` with its middleware (authentication,
     /// permission table, limits).
     pub fn in_process(router: Router) -> Api {
-        Api { router }
+        Api {
+            transport: Transport::InProcess(router),
+        }
+    }
+
+    /// The API served at `base` (`http://` or `https://`, host and port, no path), called over
+    /// HTTP; the error says what is wrong with `base`.
+    pub fn remote(base: &str) -> Result<Api, String> {
+        let base = base.trim().trim_end_matches('/');
+        let uri: http::Uri = base
+            .parse()
+            .map_err(|_| format!("{base:?} is not a URL such as http://command-api:8080"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(format!(
+                "{base:?} is not an http:// or https:// URL with a host, such as http://command-api:8080"
+            ));
+        }
+        if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+            return Err(format!(
+                "{base:?} has a path: give the API's address only, such as http://command-api:8080"
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(REMOTE_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|error| format!("the HTTP client cannot be made: {error}"))?;
+        Ok(Api {
+            transport: Transport::Remote {
+                base: base.to_owned(),
+                client,
+            },
+        })
     }
 
     /// Makes `call` for the visitor at `origin`. A failure to reach the API is a 503 answer.
@@ -152,10 +201,16 @@ impl Api {
             Ok(request) => request,
             Err(error) => return unavailable(format!("the request could not be made: {error}")),
         };
+        let router = match &self.transport {
+            Transport::InProcess(router) => router,
+            Transport::Remote { base, client } => {
+                return remote_call(client, base, request, origin).await;
+            }
+        };
         if let Some(client) = origin.client {
             request.extensions_mut().insert(ClientAddress(client));
         }
-        let response = match self.router.clone().oneshot(request).await {
+        let response = match router.clone().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         };
@@ -175,6 +230,70 @@ impl Api {
             body,
             retry_after,
         }
+    }
+}
+
+/// `request` sent to the API at `base` over HTTP, for the visitor at `origin`.
+async fn remote_call(
+    client: &reqwest::Client,
+    base: &str,
+    request: Request<Body>,
+    origin: &Origin,
+) -> Answer {
+    let (parts, body) = request.into_parts();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let body = match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
+        Ok(body) => body,
+        Err(error) => return unavailable(format!("the request could not be made: {error}")),
+    };
+    let mut headers = parts.headers;
+    headers.remove(http::header::HOST);
+    if let Some(client) = origin.client
+        && let Ok(value) = HeaderValue::from_str(&client.to_string())
+    {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+    }
+    let sent = client
+        .request(parts.method, format!("{base}{target}"))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(error) => return unavailable(format!("the API cannot be reached: {error}")),
+    };
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_ANSWER_BYTES as u64)
+    {
+        return unavailable("the API's answer is too large".to_owned());
+    }
+    let mut response = response;
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if bytes.len() + chunk.len() <= MAX_ANSWER_BYTES => {
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(Some(_)) => return unavailable("the API's answer is too large".to_owned()),
+            Ok(None) => break,
+            Err(error) => return unavailable(format!("the answer could not be read: {error}")),
+        }
+    }
+    Answer {
+        status,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        retry_after,
     }
 }
 

@@ -128,15 +128,46 @@ pub fn router(state: ConsoleState) -> Router {
         .route("/office/orders/{order_id}/ship", post(office::ship))
         .route("/office/orders/{order_id}/cancel", post(office::cancel))
         .route("/office/orders/{order_id}/refund", post(office::refund))
+        .route("/office/sagas", get(office::sagas))
+        .route("/office/sagas/{order_id}/retry", post(office::retry_saga))
+        .route("/office/projections", get(office::projections))
+        .route("/office/accounts", get(office::accounts))
+        .route("/office/notifications", get(office::notifications))
+        .route(
+            "/office/notifications/{key}/{action}",
+            post(office::notification_action),
+        )
+        .route("/office/webhooks", get(office::webhooks))
+        .route(
+            "/office/accounts/{user_id}/deactivate",
+            post(office::deactivate),
+        )
+        .route(
+            "/office/projections/{name}/retry",
+            post(office::retry_projection),
+        )
         .route("/audit", get(audit::home))
         .route(
             "/audit/streams/{stream_type}/{stream_id}",
             get(audit::stream),
         )
         .route(
+            "/audit/streams/{stream_type}/{stream_id}/state",
+            get(audit::stream_state),
+        )
+        .route(
+            "/audit/streams/{stream_type}/{stream_id}/cloudevents",
+            get(audit::stream_export),
+        )
+        .route(
             "/audit/correlations/{correlation_id}",
             get(audit::correlation),
         )
+        .route(
+            "/audit/correlations/{correlation_id}/cloudevents",
+            get(audit::correlation_export),
+        )
+        .route("/audit/verification", get(audit::verify))
         .route("/assets/console.css", get(stylesheet))
         .route("/assets/icon.svg", get(icon))
         .layer(DefaultBodyLimit::max(FORM_LIMIT))

@@ -1,6 +1,7 @@
 //! The back office, for staff by role: products (list, create, edit, restock) for the catalog
-//! role, orders (open, ship, cancel, refund) for support. Each page and button is shown by the
-//! permission table's rule of the API route it calls, and the API checks the caller again.
+//! role; orders (open, ship, cancel, refund) and parked checkout sagas (run again) for support;
+//! projections (lag, parks, rebuilds; clear a park) for admins. Each page and button is shown by
+//! the permission table's rule of the API route it calls, and the API checks the caller again.
 
 use std::collections::HashMap;
 
@@ -22,9 +23,18 @@ const PAGE_SIZE: u64 = 25;
 
 /// `/office`: what the account may do here.
 pub async fn home(State(state): State<ConsoleState>, Visit(visitor): Visit) -> Response {
-    let products = state.may(&visitor, Method::Post, "/products");
-    let orders = state.may(&visitor, Method::Post, "/orders/{order_id}/refunds");
-    if !products && !orders {
+    let any = [
+        (Method::Post, "/products"),
+        (Method::Post, "/orders/{order_id}/refunds"),
+        (Method::Get, "/sagas"),
+        (Method::Get, "/projections"),
+        (Method::Get, "/users"),
+        (Method::Get, "/notifications"),
+        (Method::Get, "/webhooks"),
+    ]
+    .into_iter()
+    .any(|(method, path)| state.may(&visitor, method, path));
+    if !any {
         // Neither: log in, or be told the account may not.
         if let Some(refused) = refusal(&state, &visitor, Method::Post, "/products", "/office") {
             return refused;
@@ -340,7 +350,7 @@ fn left_to_ship(order: &serde_json::Value) -> Vec<(String, i64)> {
 /// `/office/orders?order_id=`: opens an order by its id.
 pub async fn find_order(
     State(state): State<ConsoleState>,
-    Visit(visitor): Visit,
+    Visit(mut visitor): Visit,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     if let Some(refused) = refusal(
@@ -363,8 +373,59 @@ pub async fn find_order(
             "That is not an order id",
             "An order id looks like 3f2b8c1e-5d4a-4c8e-9a7b-1c2d3e4f5a6b.",
         ),
-        _ => page(&state, &visitor, StatusCode::OK, "office.html", context! {}),
+        _ => order_list(&state, &mut visitor, &params).await,
     }
+}
+
+/// Orders per page of the list.
+const ORDERS_PAGE: u32 = 25;
+
+/// The orders by status and customer, newest first, a page at a time.
+async fn order_list(
+    state: &ConsoleState,
+    visitor: &mut crate::visitor::Visitor,
+    params: &HashMap<String, String>,
+) -> Response {
+    let text = |name: &str| params.get(name).map_or("", |value| value.trim()).to_owned();
+    let (status, customer_id, before) = (text("status"), text("customer_id"), text("before"));
+    let mut query = String::new();
+    for (name, value) in [("status", &status), ("customer_id", &customer_id)] {
+        if !value.is_empty() {
+            query.push_str(&format!("&{name}={}", percent_encode(value)));
+        }
+    }
+    let mut target = format!("/orders?limit={ORDERS_PAGE}{query}");
+    if !before.is_empty() {
+        target.push_str(&format!("&before={}", percent_encode(&before)));
+    }
+    let answer = visitor.call(&state.api, Call::get(target)).await;
+    if answer.status.is_client_error() {
+        return page(
+            state,
+            visitor,
+            answer.status,
+            "office_orders.html",
+            context! { status => status, customer_id => customer_id, error => answer.problem() },
+        );
+    }
+    if !answer.ok() {
+        return failure(state, visitor, &answer, "The orders cannot be shown");
+    }
+    let next = answer.body["next_before"]
+        .as_i64()
+        .map(|before| format!("/office/orders?before={before}{query}"));
+    page(
+        state,
+        visitor,
+        StatusCode::OK,
+        "office_orders.html",
+        context! {
+            status => status, customer_id => customer_id,
+            orders => Value::from_serialize(&answer.body["orders"]),
+            next => next,
+            first => (!before.is_empty()).then(|| format!("/office/orders?{}", query.trim_start_matches('&'))),
+        },
+    )
 }
 
 /// `/office/orders/{id}`: the order, and what support may do with it.
@@ -566,5 +627,326 @@ pub async fn refund(
         &answer,
         "Nothing was refunded",
         "refunded",
+    )
+}
+
+/// `/office/sagas`: how many checkout sagas are in each state, and the parked ones.
+pub async fn sagas(
+    State(state): State<ConsoleState>,
+    Visit(visitor): Visit,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    Overview {
+        route: "/sagas",
+        here: "/office/sagas",
+        template: "office_sagas.html",
+        failed: "The sagas cannot be shown",
+    }
+    .answer(&state, visitor, &params)
+    .await
+}
+
+/// `/office/projections`: every projection's checkpoint, lag, park and rebuild.
+pub async fn projections(
+    State(state): State<ConsoleState>,
+    Visit(visitor): Visit,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    Overview {
+        route: "/projections",
+        here: "/office/projections",
+        template: "office_projections.html",
+        failed: "The projections cannot be shown",
+    }
+    .answer(&state, visitor, &params)
+    .await
+}
+
+/// A page that shows what one operational read of the API answers.
+struct Overview {
+    route: &'static str,
+    here: &'static str,
+    template: &'static str,
+    failed: &'static str,
+}
+
+impl Overview {
+    async fn answer(
+        self,
+        state: &ConsoleState,
+        mut visitor: crate::visitor::Visitor,
+        params: &HashMap<String, String>,
+    ) -> Response {
+        if let Some(refused) = refusal(state, &visitor, Method::Get, self.route, self.here) {
+            return refused;
+        }
+        let answer = visitor.call(&state.api, Call::get(self.route)).await;
+        if !answer.ok() {
+            return failure(state, &visitor, &answer, self.failed);
+        }
+        page(
+            state,
+            &visitor,
+            StatusCode::OK,
+            self.template,
+            context! {
+                overview => Value::from_serialize(&answer.body),
+                done => params.get("done"),
+            },
+        )
+    }
+}
+
+/// `POST /office/sagas/{order_id}/retry`: runs a parked saga again.
+pub async fn retry_saga(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    Path(order_id): Path<String>,
+    form: Form,
+) -> Response {
+    if let Some(refused) = form.refusal(&visitor) {
+        return refused;
+    }
+    let answer = visitor
+        .call(
+            &state.api,
+            Call::post(
+                format!("/sagas/{}/retry", percent_encode(&order_id)),
+                json!({}),
+            ),
+        )
+        .await;
+    if !answer.ok() {
+        return failure(&state, &visitor, &answer, "The saga was not run again");
+    }
+    redirect(
+        &visitor,
+        &format!("/office/sagas?done={}", percent_encode(&order_id)),
+    )
+}
+
+/// `POST /office/projections/{name}/retry`: clears a projection's park.
+pub async fn retry_projection(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    Path(name): Path<String>,
+    form: Form,
+) -> Response {
+    if let Some(refused) = form.refusal(&visitor) {
+        return refused;
+    }
+    let answer = visitor
+        .call(
+            &state.api,
+            Call::post(
+                format!("/projections/{}/retry", percent_encode(&name)),
+                json!({}),
+            ),
+        )
+        .await;
+    if !answer.ok() {
+        return failure(&state, &visitor, &answer, "The projection was not retried");
+    }
+    redirect(
+        &visitor,
+        &format!("/office/projections?done={}", percent_encode(&name)),
+    )
+}
+
+/// Accounts per page of the list.
+const ACCOUNTS_PAGE: usize = 25;
+
+/// `/office/accounts`: the accounts, newest first, customers or staff (admins).
+pub async fn accounts(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(refused) = refusal(&state, &visitor, Method::Get, "/users", "/office/accounts") {
+        return refused;
+    }
+    let kind = params.get("kind").map_or("", |kind| kind.trim()).to_owned();
+    let offset = params
+        .get("offset")
+        .and_then(|offset| offset.trim().parse::<usize>().ok())
+        .filter(|offset| *offset <= 10_000)
+        .unwrap_or(0);
+    let mut target = read_at(
+        format!("/users?limit={ACCOUNTS_PAGE}&offset={offset}"),
+        &params,
+    );
+    if !kind.is_empty() {
+        target.push_str(&format!("&kind={}", percent_encode(&kind)));
+    }
+    let answer = visitor.call(&state.api, Call::get(target)).await;
+    if !answer.ok() {
+        return failure(&state, &visitor, &answer, "The accounts cannot be shown");
+    }
+    let link = |offset: usize| {
+        format!(
+            "/office/accounts?offset={offset}&kind={}",
+            percent_encode(&kind)
+        )
+    };
+    page(
+        &state,
+        &visitor,
+        StatusCode::OK,
+        "office_accounts.html",
+        context! {
+            kind => kind.clone(),
+            accounts => Value::from_serialize(&answer.body["accounts"]),
+            next => answer.body["next_offset"].as_u64().map(|next| link(usize::try_from(next).unwrap_or(0))),
+            previous => (offset > 0).then(|| link(offset.saturating_sub(ACCOUNTS_PAGE))),
+            done => params.get("done"),
+            may_deactivate => state.may(&visitor, Method::Post, "/users/{user_id}/deactivate"),
+        },
+    )
+}
+
+/// `POST /office/accounts/{user_id}/deactivate`: the account can no longer log in.
+pub async fn deactivate(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    Path(user_id): Path<String>,
+    form: Form,
+) -> Response {
+    if let Some(refused) = form.refusal(&visitor) {
+        return refused;
+    }
+    let answer = visitor
+        .call(
+            &state.api,
+            Call::post(
+                format!("/users/{}/deactivate", percent_encode(&user_id)),
+                json!({}),
+            ),
+        )
+        .await;
+    if !answer.ok() {
+        return failure(&state, &visitor, &answer, "The account was not deactivated");
+    }
+    after_write(
+        &visitor,
+        &answer,
+        &format!("/office/accounts?done={}", percent_encode(&user_id)),
+    )
+}
+
+/// `/office/notifications`: the recorded messages by status, with parked ones to send again and
+/// any to send once more (support).
+pub async fn notifications(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(refused) = refusal(
+        &state,
+        &visitor,
+        Method::Get,
+        "/notifications",
+        "/office/notifications",
+    ) {
+        return refused;
+    }
+    let status = params
+        .get("status")
+        .map_or("", |status| status.trim())
+        .to_owned();
+    let mut target = read_at("/notifications?limit=100".to_owned(), &params);
+    if !status.is_empty() {
+        target.push_str(&format!("&status={}", percent_encode(&status)));
+    }
+    let answer = visitor.call(&state.api, Call::get(target)).await;
+    if !answer.ok() {
+        return failure(&state, &visitor, &answer, "The messages cannot be shown");
+    }
+    // Each resend button its own attempt: a form sent twice resends once.
+    let notifications: Vec<serde_json::Value> = answer.body["notifications"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|message| {
+            let mut message = message.clone();
+            message["attempt"] = json!(uuid::Uuid::new_v4().to_string());
+            message
+        })
+        .collect();
+    page(
+        &state,
+        &visitor,
+        StatusCode::OK,
+        "office_notifications.html",
+        context! {
+            status => status,
+            notifications => Value::from_serialize(notifications),
+            done => params.get("done"),
+            may_retry => state.may(&visitor, Method::Post, "/notifications/{key}/retry"),
+            may_resend => state.may(&visitor, Method::Post, "/notifications/{key}/resend"),
+        },
+    )
+}
+
+/// `POST /office/notifications/{key}/{action}`: `retry` sends a parked message again, `resend`
+/// sends any message once more.
+pub async fn notification_action(
+    State(state): State<ConsoleState>,
+    Visit(mut visitor): Visit,
+    Path((key, action)): Path<(String, String)>,
+    form: Form,
+) -> Response {
+    if let Some(refused) = form.refusal(&visitor) {
+        return refused;
+    }
+    let (what, done) = match action.as_str() {
+        "retry" => ("The message was not sent again", "retried"),
+        "resend" => ("The message was not sent once more", "resent"),
+        _ => {
+            return message(
+                &state,
+                &visitor,
+                StatusCode::NOT_FOUND,
+                "No such action",
+                "A message can be retried or resent.",
+            );
+        }
+    };
+    let call = Call::post(
+        format!("/notifications/{}/{action}", percent_encode(&key)),
+        json!({}),
+    );
+    let call = if action == "resend" {
+        form.idempotent(call)
+    } else {
+        call
+    };
+    let answer = visitor.call(&state.api, call).await;
+    if !answer.ok() {
+        return failure(&state, &visitor, &answer, what);
+    }
+    redirect(&visitor, &format!("/office/notifications?done={done}"))
+}
+
+/// `/office/webhooks`: the webhook endpoints, whether each is failing or disabled (admins).
+pub async fn webhooks(State(state): State<ConsoleState>, Visit(mut visitor): Visit) -> Response {
+    if let Some(refused) = refusal(
+        &state,
+        &visitor,
+        Method::Get,
+        "/webhooks",
+        "/office/webhooks",
+    ) {
+        return refused;
+    }
+    let answer = visitor.call(&state.api, Call::get("/webhooks")).await;
+    if !answer.ok() {
+        return failure(&state, &visitor, &answer, "The webhooks cannot be shown");
+    }
+    page(
+        &state,
+        &visitor,
+        StatusCode::OK,
+        "office_webhooks.html",
+        context! { webhooks => Value::from_serialize(&answer.body["webhooks"]) },
     )
 }

@@ -49,6 +49,38 @@ const TEMPLATES: &[(&str, &str)] = &[
         "audit_events.html",
         include_str!("../templates/audit_events.html"),
     ),
+    (
+        "audit_state.html",
+        include_str!("../templates/audit_state.html"),
+    ),
+    (
+        "audit_verify.html",
+        include_str!("../templates/audit_verify.html"),
+    ),
+    (
+        "office_orders.html",
+        include_str!("../templates/office_orders.html"),
+    ),
+    (
+        "office_accounts.html",
+        include_str!("../templates/office_accounts.html"),
+    ),
+    (
+        "office_notifications.html",
+        include_str!("../templates/office_notifications.html"),
+    ),
+    (
+        "office_webhooks.html",
+        include_str!("../templates/office_webhooks.html"),
+    ),
+    (
+        "office_sagas.html",
+        include_str!("../templates/office_sagas.html"),
+    ),
+    (
+        "office_projections.html",
+        include_str!("../templates/office_projections.html"),
+    ),
 ];
 
 /// The page templates.
@@ -82,12 +114,30 @@ impl Pages {
     ) -> Result<String, minijinja::Error> {
         let office_products = state.may(visitor, Method::Post, "/products");
         let office_orders = state.may(visitor, Method::Post, "/orders/{order_id}/refunds");
+        let office_sagas = state.may(visitor, Method::Get, "/sagas");
+        let office_projections = state.may(visitor, Method::Get, "/projections");
+        let office_accounts = state.may(visitor, Method::Get, "/users");
+        let office_notifications = state.may(visitor, Method::Get, "/notifications");
+        let office_webhooks = state.may(visitor, Method::Get, "/webhooks");
         let common = context! {
             shop_name => &state.shop_name,
             me => visitor.me.as_ref().map(Value::from_serialize),
             office_products => office_products,
             office_orders => office_orders,
-            office => office_products || office_orders,
+            office_sagas => office_sagas,
+            office_projections => office_projections,
+            office_accounts => office_accounts,
+            office_notifications => office_notifications,
+            office_webhooks => office_webhooks,
+            may_retry_saga => state.may(visitor, Method::Post, "/sagas/{order_id}/retry"),
+            may_retry_projection => state.may(visitor, Method::Post, "/projections/{name}/retry"),
+            office => office_products
+                || office_orders
+                || office_sagas
+                || office_projections
+                || office_accounts
+                || office_notifications
+                || office_webhooks,
             audit => state.may(visitor, Method::Get, "/events"),
             csrf => &visitor.form_token,
             has_cart => visitor.own_cart().is_some(),
@@ -432,13 +482,47 @@ mod tests {
                 product => Value::from_serialize(&product),
                 order => Value::from_serialize(&order),
                 hits => Value::from_serialize([&product]),
+                orders => Value::from_serialize([&order]),
+                accounts => Value::from_serialize([serde_json::json!({
+                    "user_id": "u", "email": "<b>Lamp</b>", "name": "<b>Lamp</b>", "kind": "staff",
+                    "roles": ["admin"], "status": "active",
+                })]),
+                may_deactivate => true, may_retry => true, may_resend => true,
+                notifications => Value::from_serialize([serde_json::json!({
+                    "key": "k", "template": "<b>Lamp</b>", "channel": "email", "recipient": "user:u",
+                    "status": "parked", "attempts": 2, "last_error": "<b>Lamp</b>", "created_at": 1,
+                })]),
+                webhooks => Value::from_serialize([serde_json::json!({
+                    "webhook_id": "w", "url": "https://<b>Lamp</b>", "event_types": ["*"],
+                    "status": "disabled", "checkpoint": 3, "disabled_reason": "<b>Lamp</b>",
+                })]),
                 popular => Value::from_serialize([&product]),
                 cart => Value::from_serialize(serde_json::json!({ "lines": [
                     { "product_id": "p", "quantity": 2, "unit_price": 12.5, "name": "<b>Lamp</b>" }
                 ], "total": 25 })),
                 payment_choices => Value::from_serialize(&state.payment_choices),
                 entered => Value::from_serialize(serde_json::json!({})),
-                events => Value::from_serialize(serde_json::json!([])),
+                events => Value::from_serialize(serde_json::json!([{
+                    "event_type": "<b>Lamp</b>", "stream_type": "order", "stream_id": "o",
+                    "stream_version": 2, "position": 7, "metadata": { "actor": "a" },
+                }])),
+                aggregates => Value::from_serialize(["order"]),
+                stream => true, stream_type => "order", stream_id => "<b>Lamp</b>",
+                may_verify => true, export => "/audit/streams/order/o/cloudevents",
+                reached => Value::from_serialize(serde_json::json!({
+                    "at": "position 7", "event_type": "OrderCreated", "version": 1,
+                    "current_version": 3, "position": 7, "occurred_at": "2026-01-01T00:00:00Z",
+                })),
+                report => Value::from_serialize(serde_json::json!({
+                    "verified": false, "scope": "all", "events": 3,
+                    "first_problem": { "text": "<b>Lamp</b>", "stream_type": "order", "stream_id": "o" },
+                })),
+                overview => Value::from_serialize(serde_json::json!({
+                    "running": 1, "done": 2, "parked": 1, "head": 9,
+                    "parked_sagas": [{ "order_id": "o", "last_error": "<b>Lamp</b>", "attempts": 3 }],
+                    "projections": [{ "name": "products", "checkpoint": 9, "lag": 0,
+                        "state": "<b>Lamp</b>", "parked": { "position": 3, "reason": "r" } }],
+                })),
                 title => "A title", text => "A text", total => 1, page => 1, pages => 1,
             };
             let html = state

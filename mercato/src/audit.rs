@@ -3,12 +3,9 @@
 
 use std::io::{self, BufWriter, Write};
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Subcommand;
-use cqrs_es::Aggregate;
 use eventstore::audit::{self, Scope};
-use eventstore::{EventStore, RecordedEvent};
-use serde_json::{Value, json};
+use query_api::audit::{AGGREGATES, Moment, StateError, stream_state};
 use server::error::store_failure;
 use server::{Config, Error, Result, SEAL_EVERY};
 
@@ -124,68 +121,6 @@ fn verify_scope(stream: &str) -> Result<Scope> {
     }
 }
 
-/// The stream types that hold an aggregate `audit state` can rebuild.
-const AGGREGATES: &[&str] = &["product", "cart", "order", "payment", "user"];
-
-/// The moment `audit state --at` names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Moment {
-    Position(u64),
-    Time(DateTime<Utc>),
-}
-
-impl Moment {
-    fn parse(text: &str) -> Result<Moment> {
-        let text = text.trim();
-        if !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) {
-            return text
-                .parse()
-                .map(Moment::Position)
-                .map_err(|_| at_usage(text));
-        }
-        DateTime::parse_from_rfc3339(text)
-            .map(|time| Moment::Time(time.with_timezone(&Utc)))
-            .map_err(|_| at_usage(text))
-    }
-
-    fn includes(self, event: &RecordedEvent) -> bool {
-        match self {
-            Moment::Position(position) => event.position <= position,
-            Moment::Time(time) => event.occurred_at <= time,
-        }
-    }
-
-    fn describe(self) -> String {
-        match self {
-            Moment::Position(position) => format!("position {position}"),
-            Moment::Time(time) => time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        }
-    }
-}
-
-fn at_usage(text: &str) -> Error {
-    Error::Usage(format!(
-        "--at `{text}` is neither a global position (a whole number such as 1234) nor an RFC 3339 time (such as 2026-01-31T12:00:00Z or 2026-01-31T13:00:00+01:00)"
-    ))
-}
-
-/// The aggregate of `stream_id` at `moment`, as JSON, and the last event folded in.
-async fn fold<A: Aggregate>(
-    store: &dyn EventStore,
-    stream_id: &str,
-    moment: Moment,
-) -> Result<(Value, Option<RecordedEvent>)> {
-    let (state, last) =
-        eventstore::aggregate::state_at::<A>(store, stream_id, |event| moment.includes(event))
-            .await
-            .map_err(|error| {
-                Error::runtime(format!("cannot read stream {}/{stream_id}", A::TYPE), error)
-            })?;
-    let state = serde_json::to_value(&state)
-        .map_err(|error| Error::runtime("cannot write the state as JSON", error))?;
-    Ok((state, last))
-}
-
 async fn state(config: &Config, stream: &str, at: &str) -> Result<()> {
     let (stream_type, stream_id) = parse_stream(stream)?;
     if !AGGREGATES.contains(&stream_type) {
@@ -194,49 +129,20 @@ async fn state(config: &Config, stream: &str, at: &str) -> Result<()> {
             AGGREGATES.join(", ")
         )));
     }
-    let moment = Moment::parse(at)?;
+    let moment = Moment::parse(at).map_err(|usage| Error::Usage(format!("--at {usage}")))?;
     let store = server::open_existing_store(config).await?;
-    let (state, reached) = match stream_type {
-        "product" => fold::<domain::Product>(store.as_ref(), &stream_id, moment).await?,
-        "cart" => fold::<domain::Cart>(store.as_ref(), &stream_id, moment).await?,
-        "order" => fold::<domain::Order>(store.as_ref(), &stream_id, moment).await?,
-        "user" => fold::<domain::User>(store.as_ref(), &stream_id, moment).await?,
-        _ => fold::<domain::Payment>(store.as_ref(), &stream_id, moment).await?,
+    let answer = match stream_state(store.as_ref(), stream_type, &stream_id, moment).await {
+        Ok(answer) => answer,
+        Err(StateError::NotFound(message) | StateError::NoAggregate(message)) => {
+            return Err(nothing_found(message));
+        }
+        Err(error) => {
+            return Err(Error::runtime(
+                format!("cannot read stream {stream_type}/{stream_id}"),
+                error,
+            ));
+        }
     };
-    let read_failure = || store_failure(format!("cannot read stream {stream_type}/{stream_id}"));
-    let Some(reached) = reached else {
-        let first = store
-            .read_stream(stream_type, &stream_id, 0, 1)
-            .await
-            .map_err(read_failure())?;
-        return Err(match first.first() {
-            None => nothing_found(format!(
-                "stream {stream_type}/{stream_id} has no events: check the type and id"
-            )),
-            Some(first) => nothing_found(format!(
-                "{stream_type}/{stream_id} did not exist yet at {}: its first event is at position {} ({})",
-                moment.describe(),
-                first.position,
-                first
-                    .occurred_at
-                    .to_rfc3339_opts(SecondsFormat::Micros, true)
-            )),
-        });
-    };
-    let current_version = store
-        .stream_version(stream_type, &stream_id)
-        .await
-        .map_err(read_failure())?;
-    let answer = json!({
-        "stream_type": stream_type,
-        "stream_id": stream_id,
-        "at": moment.describe(),
-        "version": reached.stream_version,
-        "position": reached.position,
-        "occurred_at": reached.occurred_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-        "current_version": current_version,
-        "state": state,
-    });
     let mut out = BufWriter::new(io::stdout().lock());
     let written = serde_json::to_writer_pretty(&mut out, &answer)
         .map_err(io::Error::from)
@@ -247,36 +153,5 @@ async fn state(config: &Config, stream: &str, at: &str) -> Result<()> {
             Err(Error::runtime("cannot write to standard output", error))
         }
         _ => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn at_is_a_position_or_an_rfc3339_time() {
-        assert_eq!(Moment::parse("42").ok(), Some(Moment::Position(42)));
-        let time = Moment::parse("2026-01-31T13:00:00+01:00").ok();
-        assert_eq!(
-            time,
-            Some(Moment::Time(
-                DateTime::parse_from_rfc3339("2026-01-31T12:00:00Z")
-                    .unwrap()
-                    .with_timezone(&Utc)
-            ))
-        );
-        for bad in [
-            "",
-            "yesterday",
-            "-1",
-            "2026-01-31",
-            "99999999999999999999999",
-        ] {
-            match Moment::parse(bad) {
-                Err(Error::Usage(message)) => assert!(message.contains("RFC 3339"), "{message}"),
-                other => panic!("{bad}: {other:?}"),
-            }
-        }
     }
 }

@@ -3,8 +3,8 @@
 
 use std::io::Write;
 
-use projections::ReadModel;
 use projections::rebuild::status::LAG_COUNT_LIMIT;
+use server::admin::{OTHER_PROJECTIONS as OTHERS, projection_names};
 use server::{Access, Config, Error, Platform, Result};
 
 use crate::replay::rebuild_failure;
@@ -25,14 +25,6 @@ enum Command {
         name: String,
     },
 }
-
-/// The projections that keep their checkpoint in the read-model database but are no read
-/// model: the checkout saga's intake, which starts a saga for every order placed, and the
-/// notifier's, which records the messages events call for.
-const OTHERS: &[&str] = &[
-    sagas::state::SagaIntake::NAME,
-    notify::NotificationIntake::NAME,
-];
 
 pub async fn run(config: Config, args: &Args) -> Result<()> {
     match &args.command {
@@ -73,8 +65,7 @@ async fn list(config: Config) -> Result<()> {
 
 /// Clears projection `name`'s park (`projections::readdb::ReadDb::unpark`).
 async fn retry(config: Config, name: &str) -> Result<()> {
-    let mut known = ReadModel::names();
-    known.extend_from_slice(OTHERS);
+    let known = projection_names();
     if !known.contains(&name) {
         return Err(Error::Usage(format!(
             "there is no projection named {name:?}; the projections are {}",

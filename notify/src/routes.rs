@@ -99,6 +99,32 @@ fn routes() -> DocumentedRouter<NotifyState> {
             },
             order_notifications,
         )
+        .route(
+            RouteDoc {
+                query: &[
+                    ("status", "only messages in this status: pending, sent, parked, skipped or erased"),
+                    ("order_id", "only the messages about this order"),
+                    ("limit", "at most this many, newest first (1 to 1000, default 100)"),
+                ],
+                ..RouteDoc::get("/notifications", "The recorded messages, newest first: what, to whom, whether and when sent, and why a parked one parked", "Notifications")
+            },
+            all_notifications,
+        )
+        .route(
+            RouteDoc {
+                method: Method::Post,
+                ..RouteDoc::get("/notifications/{key}/retry", "Send a parked message again once its cause is fixed (409 if it is not parked)", "NotificationRetried")
+            },
+            retry_notification,
+        )
+        .route(
+            RouteDoc {
+                method: Method::Post,
+                success: (201, "NotificationResent"),
+                ..RouteDoc::get("/notifications/{key}/resend", "Send a message once more, as a new message (a customer lost it)", "NotificationResent")
+            },
+            resend_notification,
+        )
 }
 
 /// The routes with their state.
@@ -146,6 +172,11 @@ pub fn api_doc() -> ApiDoc {
             "attempts": { "type": "integer" }, "last_error": { "type": ["string", "null"] },
             "position": { "type": "integer" }, "created_at": { "type": "integer" },
             "sent_at": { "type": ["integer", "null"] } } } } } },
+        "NotificationRetried": { "type": "object", "properties": {
+            "key": { "type": "string" }, "status": { "enum": ["pending"] } } },
+        "NotificationResent": { "type": "object", "properties": {
+            "key": { "type": "string", "description": "the new message's key" },
+            "resent": { "type": "string", "description": "the original's key" } } },
     })))
 }
 
@@ -294,6 +325,112 @@ async fn order_notifications(
     };
     match views(&state.db, &messages).await {
         Ok(shown) => Json(json!({ "notifications": shown })).into_response(),
+        Err(error) => unavailable(&error).into_response(),
+    }
+}
+
+/// The statuses a message can be in.
+const STATUSES: &[&str] = &["pending", "sent", "parked", "skipped", "erased"];
+
+async fn all_notifications(
+    State(state): State<NotifyState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(name) = query
+        .keys()
+        .find(|name| !["status", "order_id", "limit"].contains(&name.as_str()))
+    {
+        return Problem::bad_request(format!(
+            "unknown query parameter {:?}: GET /notifications takes status, order_id and limit",
+            http_common::params::truncate(name, 40)
+        ))
+        .into_response();
+    }
+    let limit = match limit_of(&query) {
+        Ok(limit) => limit,
+        Err(problem) => return problem.into_response(),
+    };
+    let text = |name: &str| {
+        query
+            .get(name)
+            .map(|value| value.trim())
+            .filter(|value| !value.is_empty())
+    };
+    let status = match text("status") {
+        None => None,
+        Some(status) if STATUSES.contains(&status) => Some(status.to_owned()),
+        Some(other) => {
+            return Problem::invalid(
+                "status",
+                format!(
+                    "{:?} is none of {}",
+                    http_common::params::truncate(other, 40),
+                    STATUSES.join(", ")
+                ),
+            )
+            .into_response();
+        }
+    };
+    let order_id = match text("order_id") {
+        None => None,
+        Some(id) => match Uuid::parse_str(id) {
+            Ok(id) => Some(id.to_string()),
+            Err(_) => {
+                return Problem::invalid("order_id", "an order id is a UUID").into_response();
+            }
+        },
+    };
+    let filter = outbox::Filter {
+        status,
+        order_id,
+        limit,
+        ..outbox::Filter::default()
+    };
+    let messages = match outbox::list(&state.db, &filter).await {
+        Ok(messages) => messages,
+        Err(error) => return unavailable(&error).into_response(),
+    };
+    match views(&state.db, &messages).await {
+        Ok(shown) => Json(json!({ "notifications": shown })).into_response(),
+        Err(error) => unavailable(&error).into_response(),
+    }
+}
+
+fn no_such_message(key: &str) -> Problem {
+    Problem::not_found(format!(
+        "no message has key {:?}: GET /notifications lists them",
+        http_common::params::truncate(key, 80)
+    ))
+}
+
+async fn retry_notification(State(state): State<NotifyState>, Path(key): Path<String>) -> Response {
+    match outbox::retry_parked(&state.db, Some(&key)).await {
+        Ok(0) => {}
+        Ok(_) => return Json(json!({ "key": key, "status": "pending" })).into_response(),
+        Err(error) => return unavailable(&error).into_response(),
+    }
+    match outbox::get(&state.db, &key).await {
+        Ok(None) => no_such_message(&key).into_response(),
+        Ok(Some(message)) => Problem::conflict(format!(
+            "message {key} is {}, not parked: only a parked message is sent again (POST /notifications/{{key}}/resend sends any once more)",
+            message.status
+        ))
+        .into_response(),
+        Err(error) => unavailable(&error).into_response(),
+    }
+}
+
+async fn resend_notification(
+    State(state): State<NotifyState>,
+    Path(key): Path<String>,
+) -> Response {
+    match outbox::resend(&state.db, &key).await {
+        Ok(Some(new_key)) => (
+            axum::http::StatusCode::CREATED,
+            Json(json!({ "key": new_key, "resent": key })),
+        )
+            .into_response(),
+        Ok(None) => no_such_message(&key).into_response(),
         Err(error) => unavailable(&error).into_response(),
     }
 }

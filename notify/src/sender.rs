@@ -177,13 +177,15 @@ impl Recipients {
             variables.extend(own.clone());
         }
         if let Some(order_id) = &message.order_id {
+            // The console's order page: it asks a visitor who is not logged in to log in, and
+            // shows the lines, payments, shipments and refunds.
             variables.insert(
                 "order_url".to_owned(),
-                json!(format!("{public_url}/orders/{order_id}")),
+                json!(format!("{public_url}/shop/orders/{order_id}")),
             );
             variables.insert(
                 "receipt_url".to_owned(),
-                json!(format!("{public_url}/orders/{order_id}/receipt")),
+                json!(format!("{public_url}/shop/orders/{order_id}#payments")),
             );
         }
         if let Some(reason) = message

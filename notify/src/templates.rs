@@ -565,7 +565,7 @@ pub fn sample(message: &str, language: &str) -> serde_json::Value {
     let order = json!({
         "order_id": "0193b8f0-7c1e-7a8e-9f00-000000000001",
         "order_number": "0193B8F0",
-        "order_url": "https://shop.example/orders/0193b8f0-7c1e-7a8e-9f00-000000000001",
+        "order_url": "https://shop.example/shop/orders/0193b8f0-7c1e-7a8e-9f00-000000000001",
     });
     let own = match message {
         "verify_email" => json!({
@@ -598,7 +598,7 @@ pub fn sample(message: &str, language: &str) -> serde_json::Value {
         "payment_receipt" => json!({
             "amount": "19.98",
             "charge_id": "ch_sample",
-            "receipt_url": "https://shop.example/orders/0193b8f0-7c1e-7a8e-9f00-000000000001/receipt",
+            "receipt_url": "https://shop.example/shop/orders/0193b8f0-7c1e-7a8e-9f00-000000000001#payments",
         }),
         "webhook_disabled" => json!({
             "webhook_id": "0193b8f0-0000-7000-8000-0000000000ff",

@@ -26,6 +26,18 @@ pub struct OrderRow {
     pub cancel_reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// The log position of the order's creation: the order of a listing, and its cursor.
+    pub created_position: i64,
+}
+
+/// Which orders [`Queries::orders`] lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OrderFilter {
+    /// `PENDING`, `CONFIRMED` or `CANCELLED`.
+    pub status: Option<String>,
+    pub customer_id: Option<String>,
+    /// Only orders created before this log position (the cursor of the page before).
+    pub before_position: Option<i64>,
 }
 
 /// A recommended product: one the customer has not ordered, by popularity.
@@ -52,7 +64,7 @@ pub struct Queries {
 }
 
 const ORDER_COLUMNS: &str = "order_id, customer_id, status, lines, total_minor, payment_status, \
-    cancel_reason, created_at, updated_at";
+    cancel_reason, created_at, updated_at, created_position";
 
 /// How many more candidates than asked for a Redis recommendation reads, since products the
 /// catalogue does not know (yet) are left out.
@@ -117,6 +129,52 @@ impl Queries {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(self.db.pool())
         .await?;
+        rows.iter().map(order_row).collect()
+    }
+
+    /// Up to `limit` orders that `filter` selects, newest first.
+    pub async fn orders(
+        &self,
+        filter: &OrderFilter,
+        limit: usize,
+    ) -> Result<Vec<OrderRow>, ProjectionError> {
+        let mut conditions = Vec::new();
+        let mut next = 1;
+        let mut condition = |column: &str, operator: &str| {
+            conditions.push(format!("{column} {operator} ${next}"));
+            next += 1;
+        };
+        if filter.status.is_some() {
+            condition("status", "=");
+        }
+        if filter.customer_id.is_some() {
+            condition("customer_id", "=");
+        }
+        if filter.before_position.is_some() {
+            condition("created_position", "<");
+        }
+        let clause = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {ORDER_COLUMNS} FROM rm_orders {clause} ORDER BY created_position DESC LIMIT ${next}"
+        );
+        let mut query = sqlx::query(&sql);
+        if let Some(status) = &filter.status {
+            query = query.bind(status.as_str());
+        }
+        if let Some(customer_id) = &filter.customer_id {
+            query = query.bind(customer_id.as_str());
+        }
+        if let Some(before) = filter.before_position {
+            query = query.bind(before);
+        }
+        let rows = query
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(self.db.pool())
+            .await?;
         rows.iter().map(order_row).collect()
     }
 
@@ -326,5 +384,6 @@ fn order_row(row: &AnyRow) -> Result<OrderRow, ProjectionError> {
         cancel_reason: row.try_get("cancel_reason")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        created_position: row.try_get("created_position")?,
     })
 }

@@ -57,6 +57,8 @@ const SCHEMA: &[&str] = &[
         updated_at TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS rm_orders_by_customer
         ON rm_orders (customer_id, created_position)",
+    "CREATE INDEX IF NOT EXISTS rm_orders_by_status ON rm_orders (status, created_position)",
+    "CREATE INDEX IF NOT EXISTS rm_orders_by_position ON rm_orders (created_position)",
     "CREATE TABLE IF NOT EXISTS rm_carts (
         cart_id TEXT PRIMARY KEY,
         lines TEXT NOT NULL,

@@ -134,6 +134,37 @@ pub async fn load_user_row(db: &ReadDb, user_id: &str) -> Result<Option<UserRow>
     row.as_ref().map(UserRow::of_row).transpose()
 }
 
+/// Up to `limit` accounts after the first `offset`, newest first: all, or those of `kind`
+/// (`customer` or `staff`).
+pub async fn list_user_rows(
+    db: &ReadDb,
+    kind: Option<&str>,
+    offset: usize,
+    limit: usize,
+) -> Result<Vec<UserRow>, ProjectionError> {
+    let (clause, next) = if kind.is_some() {
+        ("WHERE kind = $1", 2)
+    } else {
+        ("", 1)
+    };
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM rm_users {clause} ORDER BY created_at DESC, user_id \
+         LIMIT ${} OFFSET ${}",
+        next,
+        next + 1
+    );
+    let mut query = sqlx::query(&sql);
+    if let Some(kind) = kind {
+        query = query.bind(kind);
+    }
+    let rows = query
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter().map(UserRow::of_row).collect()
+}
+
 /// The users read model's projection.
 #[derive(Debug)]
 pub struct UsersProjection {

@@ -3,6 +3,7 @@
 //! or `?min_position=`, read-your-writes, at most 5 s). It never appends events except the
 //! `ProductViewed` that a product read by a known customer records, off the request's path.
 
+pub mod audit;
 pub mod head;
 mod orders;
 pub mod users;
@@ -142,6 +143,23 @@ fn routes() -> DocumentedRouter<QueryState> {
         )
         .route(
             read(
+                "/orders",
+                "Orders, newest first, by status and customer (support staff). Any other query parameter is a 400 naming the accepted ones",
+                "OrderList",
+                &[
+                    ("status", "PENDING, CONFIRMED or CANCELLED"),
+                    ("customer_id", "only this customer's orders"),
+                    (
+                        "before",
+                        "only orders created before this log position: the next_before of the page before",
+                    ),
+                    ("limit", "1 to 100, default 25"),
+                ],
+            ),
+            orders::list_orders,
+        )
+        .route(
+            read(
                 "/customers/{customer_id}/orders",
                 "A customer's orders, newest first",
                 "CustomerOrders",
@@ -176,7 +194,7 @@ fn routes() -> DocumentedRouter<QueryState> {
         .route(
             read(
                 "/streams/{stream_type}/{stream_id}/events",
-                "One stream's history in version order, with each event's metadata; stream_type is product, cart, order, payment or product_views (another is 404). Any other query parameter is a 400 naming the accepted ones",
+                "One stream's history in version order, with each event's metadata; stream_type is product, cart, order, payment or product_views (another is 404). Any other query parameter is a 400 naming the accepted ones. Accept: application/cloudevents-batch+json answers the events as a CloudEvents 1.0 JSON batch, with next_after_version in the x-next-after-version header",
                 "StreamEvents",
                 &[
                     (
@@ -195,7 +213,7 @@ fn routes() -> DocumentedRouter<QueryState> {
         .route(
             read(
                 "/events",
-                "The global feed in position order. Any other query parameter is a 400 naming the accepted ones",
+                "The global feed in position order. Any other query parameter is a 400 naming the accepted ones. Accept: application/cloudevents-batch+json answers the events as a CloudEvents 1.0 JSON batch, with next_after in the x-next-after header",
                 "EventFeed",
                 &[
                     (
@@ -215,7 +233,9 @@ fn routes() -> DocumentedRouter<QueryState> {
 
 /// The query routes of CONTRACT.md.
 pub fn router(state: QueryState) -> Router {
-    users::routes(routes()).into_router().with_state(state)
+    audit::routes(users::routes(routes()))
+        .into_router()
+        .with_state(state)
 }
 
 /// The query routes' part of the OpenAPI document.
@@ -263,8 +283,10 @@ pub fn api_doc() -> ApiDoc {
         "stream_id": { "type": "string" }, "stream_version": { "type": "integer" },
         "position": { "type": "integer" }, "occurred_at": { "type": "string", "format": "date-time" },
         "metadata": { "type": "object" }, "payload": { "type": "object" } } });
-    users::routes(routes()).into_doc(schemas(json!({
+    let mut schemas = schemas(json!({
         "Profile": users::profile_schema(),
+        "Accounts": { "type": "object", "properties": { "accounts": { "type": "array", "items": schema_ref("Profile") },
+            "next_offset": { "type": ["integer", "null"], "description": "pass as offset for the next page; null on the last page" } } },
         "Product": product,
         "Categories": { "type": "object", "properties": { "categories": { "type": "array", "items": { "type": "object", "properties": {
             "name": { "type": "string" }, "products": { "type": "integer", "description": "how many products are in it" } } } } } },
@@ -273,6 +295,8 @@ pub fn api_doc() -> ApiDoc {
         "Receipt": { "allOf": [schema_ref("Order")], "properties": {
             "paid_total": amount_schema(), "net_total": { "type": "number" } } },
         "Order": order,
+        "OrderList": { "type": "object", "properties": { "orders": { "type": "array", "items": schema_ref("Order") },
+            "next_before": { "type": ["integer", "null"], "description": "pass as before for the next page; null on the last page" } } },
         "CustomerOrders": { "type": "object", "properties": { "customer_id": id, "orders": { "type": "array", "items": schema_ref("Order") } } },
         "Recommendations": { "type": "object", "properties": { "customer_id": { "anyOf": [id, { "type": "null" }], "description": "null: the most popular products, for no one in particular" }, "items": { "type": "array", "items": { "type": "object", "properties": {
             "product_id": { "type": "string", "format": "uuid" }, "name": { "type": "string" }, "score": { "type": "integer" } } } } } },
@@ -282,7 +306,9 @@ pub fn api_doc() -> ApiDoc {
             "next_after_version": { "type": "integer", "description": "the last stream version this answer read: pass it as after_version for the next page" } } },
         "EventFeed": { "type": "object", "properties": { "events": { "type": "array", "items": schema_ref("Event") },
             "next_after": { "type": "integer", "description": "the position of the last event returned (or after): pass it as after for the next page" } } }
-    })))
+    }));
+    schemas.extend(audit::schemas().map(|(name, schema)| (name.to_owned(), schema)));
+    audit::routes(users::routes(routes())).into_doc(schemas)
 }
 
 /// A money amount as a JSON number in major units, written from its exact decimal text.
@@ -596,7 +622,7 @@ fn price_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i6
     Ok(Some(money.minor()))
 }
 
-fn count_param(
+pub(crate) fn count_param(
     params: &HashMap<String, String>,
     name: &str,
     default: usize,
@@ -934,7 +960,10 @@ fn position_param(params: &HashMap<String, String>, name: &str) -> Result<u64, P
 }
 
 /// 400 for a query parameter the route does not take, naming the ones it does.
-fn known_params(params: &HashMap<String, String>, known: &[&str]) -> Result<(), Problem> {
+pub(crate) fn known_params(
+    params: &HashMap<String, String>,
+    known: &[&str],
+) -> Result<(), Problem> {
     let mut unknown: Vec<&str> = params
         .keys()
         .map(String::as_str)
@@ -1026,6 +1055,7 @@ async fn stream_events(
     let after_version = position_param(&params, "after_version")?;
     let limit = count_param(&params, "limit", 1_000, 1..=FEED_LIMIT_MAX)?;
     let correlation_id = correlation_param(&params)?;
+    let form = FeedForm::asked(&headers);
     wait_for_log(&state, &headers, &params).await?;
     let mut events = Vec::new();
     let mut next_after_version = after_version;
@@ -1050,12 +1080,19 @@ async fn stream_events(
             }
             next_after_version = event.stream_version;
             if correlation_id.is_none_or(|id| event.metadata.correlation_id == id) {
-                events.push(feed_json(event));
+                events.push(form.render(event));
             }
         }
         if !full || events.len() == limit || scanned >= STREAM_SCAN_MAX {
             break;
         }
+    }
+    if form == FeedForm::CloudEvents {
+        return Ok(FeedForm::batch(
+            events,
+            "x-next-after-version",
+            next_after_version,
+        ));
     }
     Ok(Json(json!({
         "stream_type": stream_type,
@@ -1079,6 +1116,7 @@ async fn global_events(
     let after = position_param(&params, "after")?;
     let limit = count_param(&params, "limit", 100, 1..=FEED_LIMIT_MAX)?;
     let correlation_id = correlation_param(&params)?;
+    let form = FeedForm::asked(&headers);
     wait_for_log(&state, &headers, &params).await?;
     let events = match correlation_id {
         Some(correlation_id) => {
@@ -1091,8 +1129,62 @@ async fn global_events(
     }
     .map_err(|error| store_problem(&error))?;
     let next_after = events.last().map_or(after, |event| event.position);
-    let events: Vec<Value> = events.iter().map(feed_json).collect();
+    let events: Vec<Value> = events.iter().map(|event| form.render(event)).collect();
+    if form == FeedForm::CloudEvents {
+        return Ok(FeedForm::batch(events, "x-next-after", next_after));
+    }
     Ok(Json(json!({ "events": events, "next_after": next_after })).into_response())
+}
+
+/// The CloudEvents 1.0 JSON batch media type.
+pub const CLOUDEVENTS_BATCH: &str = "application/cloudevents-batch+json";
+
+/// The form a feed answers in: mercato's own JSON, or CloudEvents when the caller's `Accept`
+/// names the CloudEvents batch type (an export another system can read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FeedForm {
+    Mercato,
+    CloudEvents,
+}
+
+impl FeedForm {
+    fn asked(headers: &HeaderMap) -> FeedForm {
+        let accepts = headers
+            .get_all(axum::http::header::ACCEPT)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|range| {
+                range
+                    .split(';')
+                    .next()
+                    .is_some_and(|media| media.trim().eq_ignore_ascii_case(CLOUDEVENTS_BATCH))
+            });
+        if accepts {
+            FeedForm::CloudEvents
+        } else {
+            FeedForm::Mercato
+        }
+    }
+
+    fn render(self, event: &eventstore::RecordedEvent) -> Value {
+        match self {
+            FeedForm::Mercato => feed_json(event),
+            FeedForm::CloudEvents => schemas::cloudevents::cloud_event(event),
+        }
+    }
+
+    /// A batch of CloudEvents, with where to continue in header `next`.
+    fn batch(events: Vec<Value>, next: &'static str, after: u64) -> Response {
+        let mut answer = Json(Value::Array(events)).into_response();
+        let headers = answer.headers_mut();
+        headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static(CLOUDEVENTS_BATCH),
+        );
+        headers.insert(next, HeaderValue::from(after));
+        answer
+    }
 }
 
 #[cfg(test)]

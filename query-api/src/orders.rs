@@ -11,11 +11,14 @@ use http_common::params::truncate;
 use http_common::{Problem, RequestContext};
 use identity::Opened;
 use projections::order_details::{CountRow, OrderPart, PaymentPart};
-use projections::queries::OrderRow;
+use projections::queries::{OrderFilter, OrderRow};
 use projections::sql_models::OrdersProjection;
 use serde_json::{Value, json};
 
-use crate::{QueryState, db_problem, may_read_order, money_raw, order_json, wait_for};
+use crate::{
+    QueryState, count_param, db_problem, known_params, may_read_order, money_raw, order_json,
+    wait_for,
+};
 
 /// An address as the order shows it: opened with its person's key, `null` when none was given,
 /// `"erased"` once the person is erased.
@@ -336,4 +339,85 @@ td,th{{border-bottom:1px solid #ccc;padding:.3em;text-align:left}}.n{{text-align
         refunded = escape(&text(&receipt["refunded_total"])),
         net = escape(&text(&receipt["net_total"])),
     )
+}
+
+/// The statuses an order listing may filter by.
+const ORDER_STATUSES: &[&str] = &["PENDING", "CONFIRMED", "CANCELLED"];
+
+/// `GET /orders`: the orders, newest first, by status and customer (support staff).
+pub(crate) async fn list_orders(
+    State(state): State<QueryState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    known_params(
+        &params,
+        &["status", "customer_id", "before", "limit", "min_position"],
+    )?;
+    let text = |name: &str| {
+        params
+            .get(name)
+            .map(|value| value.trim())
+            .filter(|value| !value.is_empty())
+    };
+    let status = match text("status") {
+        None => None,
+        Some(status) => Some(
+            ORDER_STATUSES
+                .iter()
+                .find(|known| known.eq_ignore_ascii_case(status))
+                .ok_or_else(|| {
+                    Problem::invalid(
+                        "status",
+                        format!(
+                            "{:?} is none of {}",
+                            truncate(status, 40),
+                            ORDER_STATUSES.join(", ")
+                        ),
+                    )
+                })?
+                .to_string(),
+        ),
+    };
+    let customer_id = match text("customer_id") {
+        None => None,
+        Some(id) => Some(
+            domain::CustomerId::parse(id)
+                .map_err(|error| Problem::invalid(error.field, &error.message))?
+                .as_str()
+                .to_owned(),
+        ),
+    };
+    let before_position = match text("before") {
+        None => None,
+        Some(before) => Some(
+            before
+                .parse::<i64>()
+                .ok()
+                .filter(|before| *before >= 0)
+                .ok_or_else(|| {
+                    Problem::invalid(
+                        "before",
+                        "must be a log position (a whole number): the next_before of the page before",
+                    )
+                })?,
+        ),
+    };
+    let limit = count_param(&params, "limit", 25, 1..=100)?;
+    wait_for(&state, OrdersProjection::NAME, &headers, &params).await?;
+    let filter = OrderFilter {
+        status,
+        customer_id,
+        before_position,
+    };
+    let rows = state
+        .queries
+        .orders(&filter, limit)
+        .await
+        .map_err(|error| db_problem(&error))?;
+    let next_before = (rows.len() == limit)
+        .then(|| rows.last().map(|row| row.created_position))
+        .flatten();
+    let orders: Vec<Value> = rows.iter().map(order_json).collect();
+    Ok(Json(json!({ "orders": orders, "next_before": next_before })).into_response())
 }

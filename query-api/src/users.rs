@@ -13,11 +13,11 @@ use http_common::openapi::DocumentedRouter;
 use http_common::params::truncate;
 use http_common::{Problem, RequestContext};
 use identity::profile::SealedProfile;
-use projections::users::{UserRow, UsersProjection, load_user_row};
+use projections::users::{UserRow, UsersProjection, list_user_rows, load_user_row};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{QueryState, read, wait_for};
+use crate::{QueryState, count_param, known_params, read, wait_for};
 
 /// The account routes that read, added to the query routes.
 pub(crate) fn routes(router: DocumentedRouter<QueryState>) -> DocumentedRouter<QueryState> {
@@ -30,6 +30,19 @@ pub(crate) fn routes(router: DocumentedRouter<QueryState>) -> DocumentedRouter<Q
                 &[],
             ),
             own_profile,
+        )
+        .route(
+            read(
+                "/users",
+                "The accounts, newest first, with their profiles (admins). Any other query parameter is a 400 naming the accepted ones",
+                "Accounts",
+                &[
+                    ("kind", "customer or staff"),
+                    ("limit", "1 to 100, default 25"),
+                    ("offset", "0 to 10000, default 0"),
+                ],
+            ),
+            accounts,
         )
         .route(
             read(
@@ -62,6 +75,11 @@ pub(crate) fn profile_schema() -> Value {
 }
 
 async fn profile_answer(state: &QueryState, row: &UserRow) -> Result<Response, Problem> {
+    Ok(Json(profile_json(state, row).await?).into_response())
+}
+
+/// The profile of `row`, its personal values opened with the person's key.
+async fn profile_json(state: &QueryState, row: &UserRow) -> Result<Value, Problem> {
     let sealed = SealedProfile {
         email: row.email.clone(),
         name: row.name.clone(),
@@ -81,7 +99,7 @@ async fn profile_answer(state: &QueryState, row: &UserRow) -> Result<Response, P
         .split(',')
         .filter(|role| !role.is_empty())
         .collect();
-    Ok(Json(json!({
+    Ok(json!({
         "user_id": row.user_id,
         "kind": row.kind,
         "roles": roles,
@@ -98,7 +116,6 @@ async fn profile_answer(state: &QueryState, row: &UserRow) -> Result<Response, P
         "last_login_at": row.last_login_at,
         "version": row.version,
     }))
-    .into_response())
 }
 
 async fn profile_of(
@@ -144,4 +161,35 @@ async fn profile(
         ))
     })?;
     profile_of(&state, &user_id.to_string(), &headers, &params).await
+}
+
+#[tracing::instrument(skip_all)]
+async fn accounts(
+    State(state): State<QueryState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    known_params(&params, &["kind", "limit", "offset", "min_position"])?;
+    let kind = match params.get("kind").map(|kind| kind.trim()) {
+        None | Some("") => None,
+        Some(kind @ ("customer" | "staff")) => Some(kind),
+        Some(other) => {
+            return Err(Problem::invalid(
+                "kind",
+                format!("{:?} is neither customer nor staff", truncate(other, 40)),
+            ));
+        }
+    };
+    let limit = count_param(&params, "limit", 25, 1..=100)?;
+    let offset = count_param(&params, "offset", 0, 0..=10_000)?;
+    wait_for(&state, UsersProjection::NAME, &headers, &params).await?;
+    let rows = list_user_rows(state.queries.db(), kind, offset, limit)
+        .await
+        .map_err(|error| crate::db_problem(&error))?;
+    let mut accounts = Vec::with_capacity(rows.len());
+    for row in &rows {
+        accounts.push(profile_json(&state, row).await?);
+    }
+    let next_offset = (rows.len() == limit).then_some(offset + limit);
+    Ok(Json(json!({ "accounts": accounts, "next_offset": next_offset })).into_response())
 }

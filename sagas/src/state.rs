@@ -168,6 +168,45 @@ pub async fn count_by_state(db: &ReadDb) -> Result<Vec<(String, i64)>, SagaError
         .collect()
 }
 
+/// A parked saga: its order stays `PENDING` until it is run again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkedSaga {
+    pub order_id: Uuid,
+    pub correlation_id: String,
+    /// Failed attempts of the step it parked at.
+    pub attempts: i64,
+    /// Why it parked.
+    pub last_error: Option<String>,
+    /// When the order was created (ms).
+    pub started_at: i64,
+    /// When it parked (RFC 3339).
+    pub parked_at: String,
+}
+
+/// Up to `limit` parked sagas, the most recently parked first.
+pub async fn parked(db: &ReadDb, limit: usize) -> Result<Vec<ParkedSaga>, SagaError> {
+    let rows = sqlx::query(
+        "SELECT order_id, correlation_id, attempts, last_error, started_at, updated_at
+         FROM checkout_sagas WHERE state = 'failed' ORDER BY updated_at DESC, order_id LIMIT $1",
+    )
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(db.pool())
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let order_id: String = row.try_get(0)?;
+            Ok(ParkedSaga {
+                order_id: parse_uuid(&order_id)?,
+                correlation_id: row.try_get(1)?,
+                attempts: row.try_get(2)?,
+                last_error: row.try_get(3)?,
+                started_at: row.try_get(4)?,
+                parked_at: row.try_get(5)?,
+            })
+        })
+        .collect()
+}
+
 /// Up to `limit` running sagas whose timer is due at `now`, oldest timer first.
 pub(crate) async fn due(db: &ReadDb, now: i64, limit: usize) -> Result<Vec<SagaRun>, SagaError> {
     let rows = sqlx::query(

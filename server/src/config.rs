@@ -89,6 +89,8 @@ pub enum Role {
     Relay,
     /// Notifications and outgoing webhooks.
     Notifier,
+    /// The web console's pages alone, calling the API at MERCATO_API_URL over HTTP.
+    Console,
 }
 
 /// Where the projector and saga roles take their events from.
@@ -694,6 +696,12 @@ settings! {
     /// Where the shop's pages are, for the links in its emails [default: http://{listen}]
     #[arg(long, global = true, env = "MERCATO_PUBLIC_URL", value_name = "URL")]
     public_url: String = format!("http://{listen}");
+    /// The HTTP API the pages of role `console` call: the address (http:// or https://, no
+    /// path) of a process or proxy serving the command and query routes; the API must trust
+    /// the console's address as a proxy (MERCATO_TRUSTED_PROXIES) to count each visitor
+    /// apart [default: none; role console needs it]
+    #[arg(long, global = true, env = "MERCATO_API_URL", value_name = "URL")]
+    api_url: String;
     /// Requests per second each anonymous caller (by address), guest and customer may make, and
     /// twice as many in a burst; beyond, 429 with Retry-After; 0 turns it off [default: 100]
     #[arg(long, global = true, env = "MERCATO_RATE_LIMIT", value_name = "PER_SECOND")]
@@ -1045,6 +1053,7 @@ mod tests {
                 "oidc_issuer_url",
                 "oidc_audience",
                 "public_url",
+                "api_url",
                 "rate_limit",
                 "staff_rate_limit",
                 "account_rate_limit",

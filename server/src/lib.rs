@@ -26,6 +26,7 @@
 //! - [`error`]: bad usage (exit 2) told apart from failures at run time (exit 1) by type.
 //! - [`reference`]: the reference documents of the HTTP API and the configuration, generated.
 
+pub mod admin;
 pub mod bus;
 pub mod config;
 pub mod error;

@@ -77,6 +77,7 @@ pub fn openapi_document() -> serde_json::Value {
             command_api::api_doc(),
             query_api::api_doc(),
             notify::routes::api_doc(),
+            crate::admin::api_doc(),
             routes().into_doc(Map::new()),
         ],
         &|method, path| {
@@ -94,6 +95,7 @@ pub fn documented_routes() -> Vec<RouteDoc> {
         command_api::api_doc(),
         query_api::api_doc(),
         notify::routes::api_doc(),
+        crate::admin::api_doc(),
         routes().into_doc(Map::new()),
     ]
     .into_iter()

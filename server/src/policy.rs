@@ -122,6 +122,7 @@ pub const POLICY: &[Rule] = &[
     ),
     // Orders: their customer or guest, and support staff.
     rule(Post, "/orders", Access::roles(&[Support]).and_customers()).creates(),
+    rule(Get, "/orders", SUPPORT),
     rule(
         Get,
         "/orders/{order_id}",
@@ -171,6 +172,7 @@ pub const POLICY: &[Rule] = &[
     rule(Delete, "/users/me", ACCOUNTS),
     rule(Post, "/password-resets", Access::ANYONE).accounts(),
     rule(Post, "/password-resets/complete", Access::ANYONE).accounts(),
+    rule(Get, "/users", ADMINS),
     rule(Get, "/users/{user_id}", Access::roles(&[Support])),
     rule(Post, "/users/{user_id}/erase", ADMINS),
     rule(Post, "/users/{user_id}/deactivate", ADMINS),
@@ -186,9 +188,19 @@ pub const POLICY: &[Rule] = &[
     rule(Post, "/webhooks/{webhook_id}/replay", ADMINS),
     // The messages sent about an order: support staff.
     rule(Get, "/orders/{order_id}/notifications", SUPPORT),
+    rule(Get, "/notifications", SUPPORT),
+    rule(Post, "/notifications/{key}/retry", SUPPORT),
+    rule(Post, "/notifications/{key}/resend", SUPPORT).creates(),
     // The event history, for auditors.
     rule(Get, "/streams/{stream_type}/{stream_id}/events", AUDITORS),
+    rule(Get, "/streams/{stream_type}/{stream_id}/state", AUDITORS),
     rule(Get, "/events", AUDITORS),
+    rule(Get, "/audit/verify", AUDITORS),
+    // What runs behind the API.
+    rule(Get, "/sagas", SUPPORT),
+    rule(Post, "/sagas/{order_id}/retry", SUPPORT),
+    rule(Get, "/projections", ADMINS),
+    rule(Post, "/projections/{name}/retry", ADMINS),
 ];
 
 /// The table by method and path, made once: every request looks its route up here.

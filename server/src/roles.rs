@@ -19,7 +19,8 @@ pub struct Parts {
     pub relay: Relay,
     /// Notifications and outgoing webhooks.
     pub notifier: bool,
-    /// The web console's pages (`/`), over the command and query routes of the same process.
+    /// The web console's pages (`/`), over the command and query routes of the same process
+    /// (role `all`) or of the API at MERCATO_API_URL (role `console`).
     pub console: bool,
 }
 
@@ -87,6 +88,10 @@ impl Role {
             },
             Role::Notifier => Parts {
                 notifier: true,
+                ..none
+            },
+            Role::Console => Parts {
+                console: true,
                 ..none
             },
         }
@@ -183,6 +188,9 @@ mod tests {
         }
         assert!(plan(Role::Relay, false, Source::Log).relay);
         assert!(!plan(Role::Saga, true, Source::Log).relay);
+        let console = Role::Console.parts();
+        assert!(console.console && !console.command_api && !console.query_api);
+        assert!(Role::All.parts().console && !Role::QueryApi.parts().console);
     }
 
     #[test]

@@ -245,6 +245,21 @@ impl Server {
             )));
         }
         workers.push(guard.limits.spawn_forgetting(shutdown.clone()));
+        // The console of a process without the API's routes calls the API over HTTP.
+        let remote_api = if plan.parts.console && !plan.parts.command_api {
+            let url = config.api_url.as_deref().ok_or_else(|| {
+                Error::Usage(
+                    "role console calls the API at MERCATO_API_URL: set it to the address of the command and query routes, such as http://api:8080"
+                        .to_owned(),
+                )
+            })?;
+            Some(
+                console::Api::remote(url)
+                    .map_err(|error| Error::Usage(format!("MERCATO_API_URL: {error}")))?,
+            )
+        } else {
+            None
+        };
         let router = app(
             &platform,
             &plan,
@@ -253,6 +268,7 @@ impl Server {
             RouteParts {
                 views,
                 notify: notify.as_ref(),
+                remote_api,
             },
             guard,
             config,
@@ -470,6 +486,8 @@ struct RouteParts<'a> {
     views: Option<ViewRecorder>,
     /// Notifications and webhooks (the command API serves their routes).
     notify: Option<&'a crate::platform::NotifyParts>,
+    /// The API the console calls over HTTP, when this process does not serve it.
+    remote_api: Option<console::Api>,
 }
 
 /// The HTTP application of a plan: the operational routes, and the API routes of its role.
@@ -482,7 +500,11 @@ fn app(
     guard: Arc<crate::policy::Guard>,
     config: &Config,
 ) -> Router {
-    let RouteParts { views, notify } = parts;
+    let RouteParts {
+        views,
+        notify,
+        remote_api,
+    } = parts;
     let read_models = &platform.read_models;
     let mut router = ops::router(OpsState {
         store: platform.store.clone(),
@@ -508,6 +530,12 @@ fn app(
                     sagas::stripe::WebhookSecret::new(secret.expose()),
                 ))) as Arc<dyn command_api::webhooks::PaymentWebhook>
             }),
+        }));
+    }
+    if plan.parts.command_api {
+        router = router.merge(crate::admin::router(crate::admin::AdminState {
+            store: platform.store.clone(),
+            read_models: read_models.clone(),
         }));
     }
     if plan.parts.command_api
@@ -564,7 +592,8 @@ fn app(
     if !plan.parts.console {
         return api;
     }
-    // The console's pages call the API above in memory, as any client would over HTTP.
+    // The console's pages call the API above in memory (role `all`), or the API at MERCATO_API_URL
+    // over HTTP (role `console`), as any client would.
     let payment_choices = if config.stripe_api_key.is_none() {
         vec![
             (
@@ -582,7 +611,7 @@ fn app(
         vec![("Bank transfer".to_owned(), "bank_transfer".to_owned())]
     };
     let pages = console::router(console::ConsoleState::new(
-        console::Api::in_process(api.clone()),
+        remote_api.unwrap_or_else(|| console::Api::in_process(api.clone())),
         config.shop_name.clone(),
         payment_choices,
         crate::policy::access_of,

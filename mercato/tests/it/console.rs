@@ -259,6 +259,7 @@ async fn a_guest_and_a_customer_shop_in_chromium() {
     for (email, role) in [
         ("ops@example.com", "staff"),
         ("books@example.com", "auditor"),
+        ("boss@example.com", "admin"),
     ] {
         let (code, _, stderr) = crate::accounts::run_with_input(
             &data,
@@ -374,6 +375,22 @@ async fn a_guest_and_a_customer_shop_in_chromium() {
         history.contains("OrderConfirmed") && history.contains("ShipmentCreated"),
         "{history}"
     );
+    // The payment before the refund had none; now it has the one of 5.00.
+    assert_eq!(audit["before"]["refunds"], serde_json::json!({}), "{audit}");
+    let refunds = audit["now"]["refunds"].as_object().expect("refunds");
+    assert_eq!(refunds.len(), 1, "{audit}");
+    assert!(
+        audit["verdict"]
+            .as_str()
+            .is_some_and(|verdict| verdict.starts_with("Verified")),
+        "{audit}"
+    );
+    assert!(
+        office["sagas"]
+            .as_str()
+            .is_some_and(|sagas| sagas.contains("Running")),
+        "{office}"
+    );
     // The customer has no way into either.
     scenario(
         &directory,
@@ -382,5 +399,24 @@ async fn a_guest_and_a_customer_shop_in_chromium() {
         &["refused", email, password],
     )
     .await;
+    // An admin sees the projections and deactivates the customer, who can then not log in.
+    let admin = scenario(
+        &directory,
+        &server.base,
+        &shots,
+        &["admin", "boss@example.com", staff_password, email],
+    )
+    .await;
+    assert!(
+        admin["status"]
+            .as_str()
+            .is_some_and(|status| status.starts_with("deactivated")),
+        "{admin}"
+    );
+    let login = server
+        .anonymous()
+        .post("/sessions", json!({ "email": email, "password": password }))
+        .await;
+    assert!(login.status().is_client_error(), "{}", login.status());
     server.terminate().await;
 }

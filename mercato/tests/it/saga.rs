@@ -739,7 +739,28 @@ async fn a_parked_saga_shows_on_its_order_and_runs_again_after_saga_retry() {
         .expect("status")
         .expect("saga");
     assert_eq!(status.state, "failed");
-    // ... until an operator runs it again.
+    // ... support staff see it parked, with why ...
+    let sagas: Value = commands.get("/sagas").await.json().await.expect("json");
+    assert_eq!(sagas["parked"], 1, "{sagas}");
+    assert_eq!(
+        sagas["parked_sagas"][0]["order_id"],
+        order_id.as_str(),
+        "{sagas}"
+    );
+    assert_eq!(
+        sagas["parked_sagas"][0]["last_error"], "payment gateway: connection refused",
+        "{sagas}"
+    );
+    // ... and run it again, over HTTP as `mercato saga retry` does.
+    let retried = commands
+        .post(&format!("/sagas/{order_id}/retry"), Value::Null)
+        .await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    // Only a parked saga runs again; the CLI finds none left.
+    let again = commands
+        .post(&format!("/sagas/{order_id}/retry"), Value::Null)
+        .await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
     let output = mercato()
         .args(["saga", "retry", &order_id])
         .env("DATABASE_URL", data.store_url())
@@ -747,7 +768,7 @@ async fn a_parked_saga_shows_on_its_order_and_runs_again_after_saga_retry() {
         .expect("run mercato saga retry");
     assert!(output.status.success(), "{output:?}");
     assert!(
-        String::from_utf8_lossy(&output.stdout).contains("1 parked saga"),
+        String::from_utf8_lossy(&output.stdout).contains("0 parked saga"),
         "{output:?}"
     );
     let order = ended_order(&queries, &order_id, None).await;

@@ -544,6 +544,35 @@ async fn probe(rule: &Rule, caller: &Caller, fixture: &Fixture) -> Option<Probe>
         )
         .reading(),
         (Get, "/events") => Probe::new("/events?limit=5", Answers(StatusCode::OK)).reading(),
+        (Get, "/streams/{stream_type}/{stream_id}/state") => Probe::new(
+            format!("/streams/product/{product_id}/state"),
+            Answers(StatusCode::OK),
+        ),
+        (Get, "/audit/verify") => Probe::new(
+            format!("/audit/verify?stream=product/{product_id}"),
+            Answers(StatusCode::OK),
+        ),
+        // What runs behind the API.
+        (Get, "/sagas") => Probe::new("/sagas", Answers(StatusCode::OK)),
+        (Get, "/notifications") => Probe::new("/notifications?limit=5", Answers(StatusCode::OK)),
+        (Post, "/notifications/{key}/retry") => Probe::new(
+            "/notifications/no-such-key/retry",
+            Answers(StatusCode::NOT_FOUND),
+        ),
+        (Post, "/notifications/{key}/resend") => Probe::new(
+            "/notifications/no-such-key/resend",
+            Answers(StatusCode::NOT_FOUND),
+        ),
+        (Get, "/users") => Probe::new("/users?limit=5", Answers(StatusCode::OK)).reading(),
+        (Get, "/orders") => Probe::new("/orders?limit=5", Answers(StatusCode::OK)).reading(),
+        (Post, "/sagas/{order_id}/retry") => Probe::new(
+            format!("/sagas/{}/retry", Uuid::new_v4()),
+            Answers(StatusCode::NOT_FOUND),
+        ),
+        (Get, "/projections") => Probe::new("/projections", Answers(StatusCode::OK)),
+        (Post, "/projections/{name}/retry") => {
+            Probe::new("/projections/products/retry", Answers(StatusCode::CONFLICT))
+        }
         _ => return None,
     };
     Some(probe)

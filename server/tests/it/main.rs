@@ -4,6 +4,8 @@
 mod access;
 mod accounts;
 mod after_checkout;
+mod audit;
+mod console_role;
 mod docs;
 mod e2e;
 mod edges;

@@ -292,7 +292,7 @@ async fn an_order_life_cycle_mails_each_message_once_in_the_customers_language()
     );
     let html = shipped.html.replace("&#x2f;", "/");
     assert!(
-        html.contains(&format!("http://127.0.0.1:0/orders/{shipped_order}")),
+        html.contains(&format!("http://127.0.0.1:0/shop/orders/{shipped_order}")),
         "{html}"
     );
     let cancelled = mails
@@ -478,6 +478,63 @@ async fn a_dropped_connection_and_a_deferral_are_retried_and_end_in_one_message(
         sent.iter().all(|message| message.attempts >= 2),
         "each took a retry: {sent:?}"
     );
+    // Support staff see the parked message over HTTP, with why, and send it again.
+    let (status, listed) = status_and_body(server.get("/notifications?status=parked").await).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let listed = listed["notifications"]
+        .as_array()
+        .expect("notifications")
+        .clone();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["key"], parked[0].key.as_str());
+    assert!(
+        listed[0]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("550"),
+        "{listed:?}"
+    );
+    let (status, retried) = status_and_body(
+        server
+            .post(
+                &format!("/notifications/{}/retry", parked[0].key),
+                Value::Null,
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    let (status, again) = status_and_body(
+        server
+            .post(
+                &format!("/notifications/{}/retry", parked[0].key),
+                Value::Null,
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{again}");
+    // A sent message is sent once more as a new one.
+    let (status, resent) = status_and_body(
+        server
+            .post(
+                &format!("/notifications/{}/resend", sent[0].key),
+                Value::Null,
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{resent}");
+    assert_ne!(resent["key"], sent[0].key.as_str(), "{resent}");
+    let (status, unknown) = status_and_body(
+        server
+            .post("/notifications/no-such-key/resend", Value::Null)
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
+    let (status, bad) = status_and_body(server.get("/notifications?status=lost").await).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
     server.stop().await;
 }
 

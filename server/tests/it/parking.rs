@@ -1,7 +1,8 @@
 //! A poison event stops nothing else: the projection that cannot apply it parks on it (kept in
 //! the read-model database, shown by `/ready` and `/metrics`, still parked after a restart),
-//! the other read models carry on, and once the cause is fixed `mercato projections retry`
-//! (`ReadDb::unpark`) lets it apply the event and everything after it, nothing missing.
+//! the other read models carry on, and once the cause is fixed `POST /projections/{name}/retry`
+//! (as `mercato projections retry`, `ReadDb::unpark`) lets it apply the event and everything
+//! after it, nothing missing.
 
 use std::time::Duration;
 
@@ -140,13 +141,51 @@ async fn a_poison_event_parks_its_projection_the_others_carry_on_and_a_retry_res
         "a restart skipped the parked event"
     );
 
-    // Fixed, and retried as `mercato projections retry products` does.
+    // The operators' route shows the park, with the event it stopped at.
+    let overview: Value = server.get("/projections").await.json().await.expect("json");
+    let products = overview["projections"]
+        .as_array()
+        .expect("projections")
+        .iter()
+        .find(|projection| projection["name"] == "products")
+        .expect("the products projection")
+        .clone();
+    assert_eq!(
+        products["parked"]["position"], poison_position,
+        "{overview}"
+    );
+    assert!(
+        products["state"].as_str().unwrap_or("").contains("parked"),
+        "{overview}"
+    );
+    // Fixed, and retried over HTTP (as `mercato projections retry products` does).
     sqlx::query("ALTER TABLE rm_products DROP CONSTRAINT refuse_poison")
         .execute(db.pool())
         .await
         .expect("drop the constraint");
-    let cleared = db.unpark("products").await.expect("unpark");
-    assert_eq!(cleared.map(|park| park.position), Some(poison_position));
+    let retried = server
+        .post("/projections/products/retry", Value::Null)
+        .await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    let retried: Value = retried.json().await.expect("json");
+    assert_eq!(retried["cleared"]["position"], poison_position, "{retried}");
+    // Nothing to retry any more, and no such projection: each says what is wrong.
+    let again = server
+        .post("/projections/products/retry", Value::Null)
+        .await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    let unknown = server
+        .post("/projections/nonesuch/retry", Value::Null)
+        .await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let unknown: Value = unknown.json().await.expect("json");
+    assert!(
+        unknown["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("products"),
+        "{unknown}"
+    );
     for (product_id, name) in [
         (&poison_id, poison_name.clone()),
         (&after_id, format!("{word} teapot")),
