@@ -11,7 +11,8 @@
 //   office <email> <password> <order id>
 //                                      staff create a product, find it in the storefront's
 //                                      search, ship the order and refund part of it, find it
-//                                      among the confirmed orders and see no saga parked
+//                                      among the confirmed orders, see no saga parked and
+//                                      send a sent message once more
 //   audit <email> <password> <order id>
 //                                      an auditor opens the order's history, the timeline of
 //                                      one of its correlation ids and its CloudEvents export,
@@ -238,7 +239,19 @@ try {
     await page.getByRole("link", { name: "Checkout sagas" }).click();
     const sagas = await page.locator(".facts").textContent();
     check(/Parked\s*0/.test(sagas), `the sagas: ${sagas}`);
-    result = { refunds, sagas };
+    // The messages the shop sent; one is sent once more.
+    await page.goto("/office");
+    await page.getByRole("link", { name: "Notifications" }).click();
+    await page.getByLabel("Status").selectOption("sent");
+    await page.getByRole("button", { name: "Show" }).click();
+    const sent = await page.locator("tbody tr").count();
+    check(sent >= 1, "no sent message is listed");
+    await shoot(page, "office-notifications-desktop");
+    await page.locator("tbody tr").first().getByRole("button", { name: "Resend" }).click();
+    await page.waitForURL(/done=resent/);
+    const notice = await page.getByRole("status").textContent();
+    check(notice.includes("once more"), `after the resend: ${notice}`);
+    result = { refunds, sagas, sent };
   } else if (scenario === "audit") {
     const [email, password, orderId] = rest;
     await logIn(page, email, password);

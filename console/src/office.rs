@@ -700,57 +700,68 @@ impl Overview {
 /// `POST /office/sagas/{order_id}/retry`: runs a parked saga again.
 pub async fn retry_saga(
     State(state): State<ConsoleState>,
-    Visit(mut visitor): Visit,
+    Visit(visitor): Visit,
     Path(order_id): Path<String>,
     form: Form,
 ) -> Response {
-    if let Some(refused) = form.refusal(&visitor) {
-        return refused;
-    }
-    let answer = visitor
-        .call(
-            &state.api,
-            Call::post(
-                format!("/sagas/{}/retry", percent_encode(&order_id)),
-                json!({}),
-            ),
-        )
-        .await;
-    if !answer.ok() {
-        return failure(&state, &visitor, &answer, "The saga was not run again");
-    }
-    redirect(
-        &visitor,
-        &format!("/office/sagas?done={}", percent_encode(&order_id)),
+    let call = Call::post(
+        format!("/sagas/{}/retry", percent_encode(&order_id)),
+        json!({}),
+    );
+    let back = format!("/office/sagas?done={}", percent_encode(&order_id));
+    form_action(
+        &state,
+        visitor,
+        &form,
+        call,
+        "The saga was not run again",
+        &back,
     )
+    .await
 }
 
 /// `POST /office/projections/{name}/retry`: clears a projection's park.
 pub async fn retry_projection(
     State(state): State<ConsoleState>,
-    Visit(mut visitor): Visit,
+    Visit(visitor): Visit,
     Path(name): Path<String>,
     form: Form,
+) -> Response {
+    let call = Call::post(
+        format!("/projections/{}/retry", percent_encode(&name)),
+        json!({}),
+    );
+    let back = format!("/office/projections?done={}", percent_encode(&name));
+    form_action(
+        &state,
+        visitor,
+        &form,
+        call,
+        "The projection was not retried",
+        &back,
+    )
+    .await
+}
+
+/// A form whose work is one API write: refused when it does not come from the visitor's own
+/// page; else `call` is made and, when it worked, the visitor is sent to `back`, which reads at
+/// the write's position.
+async fn form_action(
+    state: &ConsoleState,
+    mut visitor: crate::visitor::Visitor,
+    form: &Form,
+    call: Call,
+    failed: &str,
+    back: &str,
 ) -> Response {
     if let Some(refused) = form.refusal(&visitor) {
         return refused;
     }
-    let answer = visitor
-        .call(
-            &state.api,
-            Call::post(
-                format!("/projections/{}/retry", percent_encode(&name)),
-                json!({}),
-            ),
-        )
-        .await;
+    let answer = visitor.call(&state.api, call).await;
     if !answer.ok() {
-        return failure(&state, &visitor, &answer, "The projection was not retried");
+        return failure(state, &visitor, &answer, failed);
     }
-    redirect(
-        &visitor,
-        &format!("/office/projections?done={}", percent_encode(&name)),
-    )
+    after_write(&visitor, &answer, back)
 }
 
 /// Accounts per page of the list.
@@ -807,30 +818,24 @@ pub async fn accounts(
 /// `POST /office/accounts/{user_id}/deactivate`: the account can no longer log in.
 pub async fn deactivate(
     State(state): State<ConsoleState>,
-    Visit(mut visitor): Visit,
+    Visit(visitor): Visit,
     Path(user_id): Path<String>,
     form: Form,
 ) -> Response {
-    if let Some(refused) = form.refusal(&visitor) {
-        return refused;
-    }
-    let answer = visitor
-        .call(
-            &state.api,
-            Call::post(
-                format!("/users/{}/deactivate", percent_encode(&user_id)),
-                json!({}),
-            ),
-        )
-        .await;
-    if !answer.ok() {
-        return failure(&state, &visitor, &answer, "The account was not deactivated");
-    }
-    after_write(
-        &visitor,
-        &answer,
-        &format!("/office/accounts?done={}", percent_encode(&user_id)),
+    let call = Call::post(
+        format!("/users/{}/deactivate", percent_encode(&user_id)),
+        json!({}),
+    );
+    let back = format!("/office/accounts?done={}", percent_encode(&user_id));
+    form_action(
+        &state,
+        visitor,
+        &form,
+        call,
+        "The account was not deactivated",
+        &back,
     )
+    .await
 }
 
 /// `/office/notifications`: the recorded messages by status, with parked ones to send again and
@@ -853,7 +858,7 @@ pub async fn notifications(
         .get("status")
         .map_or("", |status| status.trim())
         .to_owned();
-    let mut target = read_at("/notifications?limit=100".to_owned(), &params);
+    let mut target = "/notifications?limit=100".to_owned();
     if !status.is_empty() {
         target.push_str(&format!("&status={}", percent_encode(&status)));
     }
@@ -891,14 +896,11 @@ pub async fn notifications(
 /// sends any message once more.
 pub async fn notification_action(
     State(state): State<ConsoleState>,
-    Visit(mut visitor): Visit,
+    Visit(visitor): Visit,
     Path((key, action)): Path<(String, String)>,
     form: Form,
 ) -> Response {
-    if let Some(refused) = form.refusal(&visitor) {
-        return refused;
-    }
-    let (what, done) = match action.as_str() {
+    let (failed, done) = match action.as_str() {
         "retry" => ("The message was not sent again", "retried"),
         "resend" => ("The message was not sent once more", "resent"),
         _ => {
@@ -920,11 +922,8 @@ pub async fn notification_action(
     } else {
         call
     };
-    let answer = visitor.call(&state.api, call).await;
-    if !answer.ok() {
-        return failure(&state, &visitor, &answer, what);
-    }
-    redirect(&visitor, &format!("/office/notifications?done={done}"))
+    let back = format!("/office/notifications?done={done}");
+    form_action(&state, visitor, &form, call, failed, &back).await
 }
 
 /// `/office/webhooks`: the webhook endpoints, whether each is failing or disabled (admins).

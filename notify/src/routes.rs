@@ -319,11 +319,16 @@ async fn order_notifications(
         limit,
         ..outbox::Filter::default()
     };
-    let messages = match outbox::list(&state.db, &filter).await {
+    listing(&state.db, &filter).await
+}
+
+/// The messages `filter` selects, as the listings answer them.
+async fn listing(db: &ReadDb, filter: &outbox::Filter) -> Response {
+    let messages = match outbox::list(db, filter).await {
         Ok(messages) => messages,
         Err(error) => return unavailable(&error).into_response(),
     };
-    match views(&state.db, &messages).await {
+    match views(db, &messages).await {
         Ok(shown) => Json(json!({ "notifications": shown })).into_response(),
         Err(error) => unavailable(&error).into_response(),
     }
@@ -386,14 +391,7 @@ async fn all_notifications(
         limit,
         ..outbox::Filter::default()
     };
-    let messages = match outbox::list(&state.db, &filter).await {
-        Ok(messages) => messages,
-        Err(error) => return unavailable(&error).into_response(),
-    };
-    match views(&state.db, &messages).await {
-        Ok(shown) => Json(json!({ "notifications": shown })).into_response(),
-        Err(error) => unavailable(&error).into_response(),
-    }
+    listing(&state.db, &filter).await
 }
 
 fn no_such_message(key: &str) -> Problem {
