@@ -303,6 +303,10 @@ try {
     check(projections.includes("products") && projections.includes("orders"), `projections: ${JSON.stringify(projections)}`);
     await shoot(page, "office-projections-desktop");
     await page.goto("/office");
+    await page.getByRole("link", { name: "Dead letters" }).click();
+    const deadLetters = await page.locator("main p").first().textContent();
+    check(deadLetters.includes("without Kafka"), `the dead letters page: ${deadLetters}`);
+    await page.goto("/office");
     await page.getByRole("link", { name: "Accounts" }).click();
     await page.getByLabel("Kind").selectOption("customer");
     await page.getByRole("button", { name: "Show" }).click();
@@ -320,7 +324,8 @@ try {
     check(await page.getByRole("link", { name: "Back office" }).count() === 0, "a customer sees the back office");
     check(await page.getByRole("link", { name: "Audit" }).count() === 0, "a customer sees the audit");
     for (const path of ["/office", "/office/products", "/office/products/new", "/office/orders", "/office/sagas",
-      "/office/projections", "/office/accounts", "/office/notifications", "/office/webhooks", "/audit",
+      "/office/projections", "/office/accounts", "/office/notifications", "/office/webhooks",
+      "/office/dead-letters", "/audit",
       "/audit/verification"]) {
       expectedRefusals.add(path);
       const response = await page.goto(path);

@@ -138,6 +138,11 @@ pub fn router(state: ConsoleState) -> Router {
             post(office::notification_action),
         )
         .route("/office/webhooks", get(office::webhooks))
+        .route("/office/dead-letters", get(office::dead_letters))
+        .route(
+            "/office/dead-letters/replay",
+            post(office::replay_dead_letters),
+        )
         .route(
             "/office/accounts/{user_id}/deactivate",
             post(office::deactivate),

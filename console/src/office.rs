@@ -31,6 +31,7 @@ pub async fn home(State(state): State<ConsoleState>, Visit(visitor): Visit) -> R
         (Method::Get, "/users"),
         (Method::Get, "/notifications"),
         (Method::Get, "/webhooks"),
+        (Method::Get, "/dead-letters"),
     ]
     .into_iter()
     .any(|(method, path)| state.may(&visitor, method, path));
@@ -948,4 +949,38 @@ pub async fn webhooks(State(state): State<ConsoleState>, Visit(mut visitor): Vis
         "office_webhooks.html",
         context! { webhooks => Value::from_serialize(&answer.body["webhooks"]) },
     )
+}
+
+/// `/office/dead-letters`: the messages Kafka consumers could not process (admins).
+pub async fn dead_letters(
+    State(state): State<ConsoleState>,
+    Visit(visitor): Visit,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    Overview {
+        route: "/dead-letters",
+        here: "/office/dead-letters",
+        template: "office_dead_letters.html",
+        failed: "The dead letters cannot be shown",
+    }
+    .answer(&state, visitor, &params)
+    .await
+}
+
+/// `POST /office/dead-letters/replay`: sends the dead letters back to their topics.
+pub async fn replay_dead_letters(
+    State(state): State<ConsoleState>,
+    Visit(visitor): Visit,
+    form: Form,
+) -> Response {
+    let call = Call::post("/dead-letters/replay", json!({}));
+    form_action(
+        &state,
+        visitor,
+        &form,
+        call,
+        "The dead letters were not sent back",
+        "/office/dead-letters?done=replayed",
+    )
+    .await
 }

@@ -74,6 +74,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../templates/office_webhooks.html"),
     ),
     (
+        "office_dead_letters.html",
+        include_str!("../templates/office_dead_letters.html"),
+    ),
+    (
         "office_sagas.html",
         include_str!("../templates/office_sagas.html"),
     ),
@@ -119,6 +123,7 @@ impl Pages {
         let office_accounts = state.may(visitor, Method::Get, "/users");
         let office_notifications = state.may(visitor, Method::Get, "/notifications");
         let office_webhooks = state.may(visitor, Method::Get, "/webhooks");
+        let office_dead_letters = state.may(visitor, Method::Get, "/dead-letters");
         let common = context! {
             shop_name => &state.shop_name,
             me => visitor.me.as_ref().map(Value::from_serialize),
@@ -129,6 +134,8 @@ impl Pages {
             office_accounts => office_accounts,
             office_notifications => office_notifications,
             office_webhooks => office_webhooks,
+            office_dead_letters => office_dead_letters,
+            may_replay_dead_letters => state.may(visitor, Method::Post, "/dead-letters/replay"),
             may_retry_saga => state.may(visitor, Method::Post, "/sagas/{order_id}/retry"),
             may_retry_projection => state.may(visitor, Method::Post, "/projections/{name}/retry"),
             office => office_products
@@ -137,7 +144,8 @@ impl Pages {
                 || office_projections
                 || office_accounts
                 || office_notifications
-                || office_webhooks,
+                || office_webhooks
+                || office_dead_letters,
             audit => state.may(visitor, Method::Get, "/events"),
             csrf => &visitor.form_token,
             has_cart => visitor.own_cart().is_some(),
@@ -520,6 +528,10 @@ mod tests {
                 overview => Value::from_serialize(serde_json::json!({
                     "running": 1, "done": 2, "parked": 1, "head": 9,
                     "parked_sagas": [{ "order_id": "o", "last_error": "<b>Lamp</b>", "attempts": 3 }],
+                    "kafka": true,
+                    "dead_letters": [{ "dlq_topic": "product.events.dlq", "topic": "product.events",
+                        "event_type": "ProductCreated", "stream": "product/p", "reason": "<b>Lamp</b>",
+                        "attempts": 5, "group": "mercato-projector" }],
                     "projections": [{ "name": "products", "checkpoint": 9, "lag": 0,
                         "state": "<b>Lamp</b>", "parked": { "position": 3, "reason": "r" } }],
                 })),

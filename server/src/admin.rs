@@ -1,8 +1,9 @@
 //! The operators' routes over what runs behind the API: the checkout sagas (how many in each
-//! state, the parked ones, and running a parked one again) and the projections (checkpoint, lag,
-//! park and unfinished rebuild, and clearing a park). They do over HTTP what `mercato saga` and
-//! `mercato projections` do, for the console's back office and any other client the permission
-//! table lets in. Served with the command routes, since two of them write.
+//! state, the parked ones, and running a parked one again), the projections (checkpoint, lag,
+//! park and unfinished rebuild, and clearing a park) and Kafka's dead letters (listed, and sent
+//! back once their cause is fixed). They do over HTTP what `mercato saga`, `mercato projections`
+//! and `mercato dlq` do, for the console's back office and any other client the permission table
+//! lets in. Served with the command routes, since some of them write.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ const PARKED_LIST_MAX: usize = 500;
 pub(crate) struct AdminState {
     pub store: Arc<dyn EventStore>,
     pub read_models: ReadModelStores,
+    /// The configuration, for Kafka's dead letters.
+    pub config: Arc<crate::Config>,
 }
 
 fn routes() -> DocumentedRouter<AdminState> {
@@ -81,7 +84,35 @@ fn routes() -> DocumentedRouter<AdminState> {
             },
             retry_projection,
         )
+        .route(
+            RouteDoc {
+                query: DLQ_QUERY,
+                ..RouteDoc::get(
+                    "/dead-letters",
+                    "The messages Kafka consumers could not process: where each came from, why and how often it failed (kafka: false and none without Kafka)",
+                    "DeadLetters",
+                )
+            },
+            dead_letters,
+        )
+        .route(
+            RouteDoc {
+                method: Method::Post,
+                query: DLQ_QUERY,
+                ..RouteDoc::get(
+                    "/dead-letters/replay",
+                    "Send the dead letters not replayed yet back to their topics once their cause is fixed: the consumers that failed them apply them again (409 without Kafka)",
+                    "DeadLettersReplayed",
+                )
+            },
+            replay_dead_letters,
+        )
 }
+
+const DLQ_QUERY: &[(&str, &str)] = &[(
+    "topic",
+    "one topic's dead letters (product.events or product.events.dlq); all without it",
+)];
 
 /// The routes with their state.
 pub(crate) fn router(state: AdminState) -> Router {
@@ -115,7 +146,12 @@ pub(crate) fn api_doc() -> ApiDoc {
                 "rebuild": { "type": ["object", "null"], "properties": {
                     "started_at": { "type": "string" }, "position": { "type": ["integer", "null"] } } } } } } } },
         "ProjectionRetried": { "type": "object", "properties": {
-            "name": { "type": "string" }, "cleared": park } }
+            "name": { "type": "string" }, "cleared": park } },
+        "DeadLetters": { "type": "object", "properties": {
+            "kafka": { "type": "boolean", "description": "whether this deployment has Kafka" },
+            "dead_letters": { "type": "array", "items": { "type": "object", "description": "as mercato dlq list --json prints it: dlq_topic, dlq_partition, dlq_offset, topic, partition, offset, key, event_type, stream, group, projections, attempts, failed_at, reason, replayed" } } } },
+        "DeadLettersReplayed": { "type": "object", "properties": {
+            "replayed": { "type": "integer" } } }
     })))
 }
 
@@ -289,4 +325,55 @@ async fn retry_projection(
             "{name} is not parked: there is nothing to retry"
         ))),
     }
+}
+
+/// The `topic` parameter of the dead-letter routes, the only one they take.
+fn dlq_topic(params: &HashMap<String, String>) -> Result<Option<String>, Problem> {
+    if let Some(name) = params.keys().find(|name| name.as_str() != "topic") {
+        return Err(Problem::bad_request(format!(
+            "unknown query parameter {:?}: the dead-letter routes take topic",
+            truncate(name, 40)
+        )));
+    }
+    Ok(params
+        .get("topic")
+        .map(|topic| topic.trim().to_owned())
+        .filter(|topic| !topic.is_empty()))
+}
+
+fn dlq_problem(error: &crate::Error) -> Problem {
+    match error {
+        crate::Error::Usage(message) => Problem::invalid("topic", message.clone()),
+        other => Problem::unavailable_logged("Kafka cannot be read right now", other),
+    }
+}
+
+async fn dead_letters(
+    State(state): State<AdminState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    let topic = dlq_topic(&params)?;
+    if state.config.kafka_bootstrap.is_none() {
+        return Ok(Json(json!({ "kafka": false, "dead_letters": [] })).into_response());
+    }
+    let letters = crate::bus::dead_letters(&state.config, topic.as_deref())
+        .await
+        .map_err(|error| dlq_problem(&error))?;
+    Ok(Json(json!({ "kafka": true, "dead_letters": letters })).into_response())
+}
+
+async fn replay_dead_letters(
+    State(state): State<AdminState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, Problem> {
+    let topic = dlq_topic(&params)?;
+    if state.config.kafka_bootstrap.is_none() {
+        return Err(Problem::conflict(
+            "this deployment has no Kafka (KAFKA_BOOTSTRAP is not set): nothing is dead-lettered",
+        ));
+    }
+    let replayed = crate::bus::replay_dead_letters(&state.config, topic.as_deref())
+        .await
+        .map_err(|error| dlq_problem(&error))?;
+    Ok(Json(json!({ "replayed": replayed })).into_response())
 }

@@ -201,6 +201,8 @@ pub const POLICY: &[Rule] = &[
     rule(Post, "/sagas/{order_id}/retry", SUPPORT),
     rule(Get, "/projections", ADMINS),
     rule(Post, "/projections/{name}/retry", ADMINS),
+    rule(Get, "/dead-letters", ADMINS),
+    rule(Post, "/dead-letters/replay", ADMINS),
 ];
 
 /// The table by method and path, made once: every request looks its route up here.

@@ -536,6 +536,7 @@ fn app(
         router = router.merge(crate::admin::router(crate::admin::AdminState {
             store: platform.store.clone(),
             read_models: read_models.clone(),
+            config: Arc::new(config.clone()),
         }));
     }
     if plan.parts.command_api

@@ -647,20 +647,38 @@ async fn a_poison_message_goes_to_the_dlq_and_replays_once_fixed() {
             .is_some_and(|reason| reason.contains("not an event envelope")),
         "{garbage}"
     );
-    // The table lists the same.
+    // The table lists the same, and so does the admins' route.
     let listed_table = dlq("list", Vec::new()).await;
     assert!(
         listed_table.contains("poison pill refused"),
         "{listed_table}"
     );
+    let over_http: Value = server
+        .get("/dead-letters?topic=product.events")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(over_http["kafka"], true, "{over_http}");
+    assert_eq!(
+        over_http["dead_letters"].as_array().map(Vec::len),
+        Some(2),
+        "{over_http}"
+    );
 
-    // Fixed: the trigger goes; the replay sends both back, and the product is applied.
+    // Fixed: the trigger goes; the replay (over HTTP, as `mercato dlq replay` does) sends both
+    // back, and the product is applied.
     sqlx::query("DROP TRIGGER refuse_poison ON rm_products")
         .execute(fed_db.pool())
         .await
         .expect("drop the trigger");
-    let replayed = dlq("replay", Vec::new()).await;
-    assert!(replayed.contains("2 dead letter(s) replayed"), "{replayed}");
+    let replayed: Value = server
+        .post("/dead-letters/replay", Value::Null)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(replayed["replayed"], 2, "{replayed}");
     let fixed = eventually(Duration::from_secs(60), || async {
         (names().await == ["Good one", "Good two", "Poison Pill"]).then_some(())
     })

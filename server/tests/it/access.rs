@@ -570,6 +570,11 @@ async fn probe(rule: &Rule, caller: &Caller, fixture: &Fixture) -> Option<Probe>
             Answers(StatusCode::NOT_FOUND),
         ),
         (Get, "/projections") => Probe::new("/projections", Answers(StatusCode::OK)),
+        // Without Kafka: none listed, nothing to replay.
+        (Get, "/dead-letters") => Probe::new("/dead-letters", Answers(StatusCode::OK)),
+        (Post, "/dead-letters/replay") => {
+            Probe::new("/dead-letters/replay", Answers(StatusCode::CONFLICT))
+        }
         (Post, "/projections/{name}/retry") => {
             Probe::new("/projections/products/retry", Answers(StatusCode::CONFLICT))
         }

@@ -676,6 +676,8 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_exists() 
         ("post", "/sagas/{order_id}/retry"),
         ("get", "/projections"),
         ("post", "/projections/{name}/retry"),
+        ("get", "/dead-letters"),
+        ("post", "/dead-letters/replay"),
         ("get", "/health"),
         ("get", "/ready"),
         ("get", "/metrics"),
