@@ -1,8 +1,9 @@
 //! What exporting traces costs, embedded, in one run: cached `GET /products/{id}` (wrk, 8
 //! connections) and checkouts confirmed per second (32 customers placing orders and waiting for
-//! their confirmation), with export off, on at 10% sampling and on at 100%, each against the
-//! same server with export off. The spans go over OTLP/HTTP to a collector in this process that
-//! takes them and answers as a collector does (so what is measured is mercato's side of it).
+//! their confirmation), with export off, on at 10% sampling and on at 100%: three servers side
+//! by side, the reads measured in alternating rounds. The spans go over OTLP/HTTP to a collector
+//! in this process that takes them and answers as a collector does (so what is measured is
+//! mercato's side of it).
 //!
 //! Run with `just bench` or `cargo bench -p mercato --bench traces`. BENCH_SECONDS (default 5)
 //! sets each phase.
@@ -46,8 +47,22 @@ async fn collector() -> (String, Arc<AtomicU64>) {
     (url, bytes)
 }
 
-/// Product reads per second and checkouts confirmed per second of one server.
-async fn measure(label: &str, variables: &[(&str, &str)]) -> (f64, f64) {
+/// How many rounds of cached reads: each round measures export off, 10% and 100% one after the
+/// other, so that the machine's drift (export off alone varies by up to 10% between two runs a
+/// minute apart) weighs on all three alike; the ratio reported is the median of the rounds'.
+const READ_ROUNDS: usize = 5;
+
+/// One server of the comparison, with its products and logged-in customers.
+struct Contender {
+    label: &'static str,
+    server: Server,
+    _data: ServerData,
+    product_url: String,
+    products: Vec<String>,
+    tokens: Vec<String>,
+}
+
+async fn start(label: &'static str, variables: &[(&str, &str)]) -> Contender {
     let data = ServerData::new(Setup::Embedded, &format!("bench_traces_{label}"))
         .await
         .expect("embedded");
@@ -65,15 +80,19 @@ async fn measure(label: &str, variables: &[(&str, &str)]) -> (f64, f64) {
     let product_url = format!("{}/products/{}", server.base, products[0]);
     // Once into the cache, then measured.
     let _ = reqwest::get(&product_url).await;
-    let reads = wrk(&product_url, 8, None).await;
-    let target = ServerTarget::new(&server.base);
-    let checkouts = throughput(&target, &tokens, &products, true, phase_seconds()).await;
-    server.terminate().await;
-    eprintln!(
-        "{label}: {:.0} product reads/s (p99 {}), {checkouts:.0} checkouts confirmed/s",
-        reads.requests_per_second, reads.p99
-    );
-    (reads.requests_per_second, checkouts)
+    Contender {
+        label,
+        server,
+        _data: data,
+        product_url,
+        products,
+        tokens,
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 #[tokio::main]
@@ -86,7 +105,7 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let (endpoint, exported) = collector().await;
-    let on = |ratio: &'static str| {
+    let on = |ratio: &str| {
         vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
@@ -94,44 +113,88 @@ async fn main() {
             ("OTEL_TRACES_SAMPLER_ARG", ratio.to_owned()),
         ]
     };
-    // Off, 10%, 100%, then off again: the two baselines bracket the drift of the machine.
-    let mut rows = Vec::new();
-    let off_first = measure("off", &[]).await;
+    // The three servers run side by side, idle but for the one measured.
+    let mut contenders = vec![start("off", &[]).await];
     for (label, ratio) in [("10%", "0.1"), ("100%", "1.0")] {
         let variables = on(ratio);
         let pairs: Vec<(&str, &str)> = variables
             .iter()
             .map(|(name, value)| (*name, value.as_str()))
             .collect();
+        contenders.push(start(label, &pairs).await);
+    }
+    // Cached reads, in rounds of off, 10%, 100%.
+    let mut reads: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
+    for round in 1..=READ_ROUNDS {
+        for (index, contender) in contenders.iter().enumerate() {
+            let measured = wrk(&contender.product_url, 8, None).await;
+            eprintln!(
+                "round {round}, {}: {:.0} product reads/s (p99 {})",
+                contender.label, measured.requests_per_second, measured.p99
+            );
+            reads[index].push(measured.requests_per_second);
+        }
+    }
+    // Checkouts: off, 10%, 100%, then off again, which brackets the drift.
+    let mut checkouts = Vec::new();
+    let mut bytes = Vec::new();
+    for contender in &contenders {
         let before = exported.load(Ordering::Relaxed);
-        let measured = measure(label, &pairs).await;
-        let bytes = exported.load(Ordering::Relaxed) - before;
-        rows.push((label, measured, bytes));
+        let target = ServerTarget::new(&contender.server.base);
+        let confirmed = throughput(
+            &target,
+            &contender.tokens,
+            &contender.products,
+            true,
+            phase_seconds(),
+        )
+        .await;
+        eprintln!("{}: {confirmed:.0} checkouts confirmed/s", contender.label);
+        checkouts.push(confirmed);
+        bytes.push(exported.load(Ordering::Relaxed) - before);
     }
-    let off_last = measure("off again", &[]).await;
-    let off = (
-        (off_first.0 + off_last.0) / 2.0,
-        (off_first.1 + off_last.1) / 2.0,
-    );
+    let off = &contenders[0];
+    let again = throughput(
+        &ServerTarget::new(&off.server.base),
+        &off.tokens,
+        &off.products,
+        true,
+        phase_seconds(),
+    )
+    .await;
+    eprintln!("off again: {again:.0} checkouts confirmed/s");
+    let off_checkouts = (checkouts[0] + again) / 2.0;
     println!(
-        "\n| figure | export off (mean of two runs) | export on | ratio | target |\n| --- | --- | --- | --- | --- |"
+        "\n| figure | export off | export on | ratio | target |\n| --- | --- | --- | --- | --- |"
     );
-    for (label, (reads, checkouts), bytes) in rows {
+    for index in 1..contenders.len() {
+        let label = contenders[index].label;
         let target = if label == "10%" { "at least 0.9x" } else { "" };
+        let mut ratios: Vec<f64> = reads[index]
+            .iter()
+            .zip(&reads[0])
+            .map(|(on, off)| on / off)
+            .collect();
+        let shown: Vec<String> = ratios.iter().map(|ratio| format!("{ratio:.2}")).collect();
+        let ratio = median(&mut ratios);
         println!(
-            "| cached `GET /products/{{id}}`, sampling {label} | {:.0}/s | {reads:.0}/s | {:.2}x | {target} |",
-            off.0,
-            reads / off.0
+            "| cached `GET /products/{{id}}`, sampling {label} (median of {READ_ROUNDS} rounds: {}) | {:.0}/s | {:.0}/s | {ratio:.2}x | {target} |",
+            shown.join(", "),
+            median(&mut reads[0].clone()),
+            median(&mut reads[index].clone()),
         );
         println!(
-            "| checkouts confirmed/s, sampling {label} ({:.1} MB of spans exported) | {:.0}/s | {checkouts:.0}/s | {:.2}x | {target} |",
-            bytes as f64 / 1e6,
-            off.1,
-            checkouts / off.1
+            "| checkouts confirmed/s, sampling {label} ({:.1} MB of spans exported) | {off_checkouts:.0}/s (mean of two runs) | {:.0}/s | {:.2}x | {target} |",
+            bytes[index] as f64 / 1e6,
+            checkouts[index],
+            checkouts[index] / off_checkouts
         );
     }
     println!(
-        "\n(export off: {:.0} and {:.0} reads/s, {:.0} and {:.0} checkouts/s in its two runs)",
-        off_first.0, off_last.0, off_first.1, off_last.1
+        "\n(export off: {:.0} and {again:.0} checkouts/s in its two runs)",
+        checkouts[0]
     );
+    for contender in contenders {
+        contender.server.terminate().await;
+    }
 }
