@@ -138,10 +138,13 @@ impl ReadModel {
                 Arc::new(RedisCartsProjection::new(models.clone()))
             }
             (ReadModel::Carts, None, _) => Arc::new(SqlCartsProjection::new(db)),
-            (ReadModel::Popularity, Some(models), _) => {
-                Arc::new(RedisPopularityProjection::new(models.clone()))
+            (ReadModel::Popularity, Some(models), _) => Arc::new(RedisPopularityProjection::new(
+                models.clone(),
+                stores.cache.clone(),
+            )),
+            (ReadModel::Popularity, None, _) => {
+                Arc::new(SqlPopularityProjection::new(db, stores.cache.clone()))
             }
-            (ReadModel::Popularity, None, _) => Arc::new(SqlPopularityProjection::new(db)),
             (ReadModel::Search, _, SearchStore::Tantivy { index, .. }) => Arc::new(index.clone()),
             (ReadModel::Search, _, SearchStore::OpenSearch(index)) => Arc::new(
                 OpenSearchProjection::new(index.clone(), db, stores.cache.clone()),
@@ -167,10 +170,10 @@ impl ReadModel {
             }
             (ReadModel::Carts, None, _) => Arc::new(SqlCartsProjection::new(shadow.clone())),
             (ReadModel::Popularity, Some(models), _) => {
-                Arc::new(RedisPopularityProjection::new(models.shadow()))
+                Arc::new(RedisPopularityProjection::new(models.shadow(), None))
             }
             (ReadModel::Popularity, None, _) => {
-                Arc::new(SqlPopularityProjection::new(shadow.clone()))
+                Arc::new(SqlPopularityProjection::new(shadow.clone(), None))
             }
             (ReadModel::Search, _, Some(ShadowSearch::Generation(generation))) => {
                 Arc::new(generation)

@@ -47,11 +47,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use eventstore::RecordedEvent;
 use redis::aio::ConnectionManager;
 
+use crate::cache::Cache;
 use crate::rebuild::shadow::{ReplayRun, Swap};
 use crate::runner::{Feed, Projection};
 use crate::sql_models::CartRow;
@@ -742,13 +744,15 @@ impl RedisCartsProjection {
 #[derive(Debug)]
 pub struct RedisPopularityProjection {
     models: RedisModels,
+    /// The query cache, whose most popular products each batch drops.
+    cache: Option<Arc<dyn Cache>>,
 }
 
 impl RedisPopularityProjection {
     pub const NAME: &'static str = "popularity";
 
-    pub fn new(models: RedisModels) -> Self {
-        Self { models }
+    pub fn new(models: RedisModels, cache: Option<Arc<dyn Cache>>) -> Self {
+        Self { models, cache }
     }
 }
 
@@ -766,7 +770,10 @@ impl Projection for RedisPopularityProjection {
 
     async fn apply(&self, feed: &Feed, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
         let (batch, ops) = self.prepare(feed, events).await?;
-        self.models.apply_ops(&batch, ops).await
+        let scored = ops.iter().filter(|op| op[0] == "Z").count();
+        self.models.apply_ops(&batch, ops).await?;
+        crate::sql_models::popular_changed(self.cache.as_ref(), scored).await;
+        Ok(())
     }
 }
 

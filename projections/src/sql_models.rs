@@ -140,7 +140,10 @@ impl ProductsProjection {
     /// Drops what the cache holds of every product in the read model, and of the catalogue.
     async fn invalidate_every_product(&self, cache: &dyn Cache) {
         cache
-            .invalidate(&[crate::cache::CATALOGUE_SCOPE.to_owned()])
+            .invalidate(&[
+                crate::cache::CATALOGUE_SCOPE.to_owned(),
+                crate::cache::POPULAR_SCOPE.to_owned(),
+            ])
             .await;
         match sqlx::query_scalar::<_, String>("SELECT product_id FROM rm_products")
             .fetch_all(self.db.pool())
@@ -313,7 +316,10 @@ impl Projection for ProductsProjection {
             let scopes: Vec<String> = products
                 .keys()
                 .map(|id| product_scope(id))
-                .chain([crate::cache::CATALOGUE_SCOPE.to_owned()])
+                .chain([
+                    crate::cache::CATALOGUE_SCOPE.to_owned(),
+                    crate::cache::POPULAR_SCOPE.to_owned(),
+                ])
                 .collect();
             cache.invalidate(&scopes).await;
         }
@@ -783,13 +789,26 @@ impl Projection for SqlCartsProjection {
 #[derive(Debug)]
 pub struct SqlPopularityProjection {
     db: ReadDb,
+    /// The query cache, whose most popular products each batch drops.
+    cache: Option<Arc<dyn Cache>>,
 }
 
 impl SqlPopularityProjection {
     pub const NAME: &'static str = "popularity";
 
-    pub fn new(db: ReadDb) -> Self {
-        Self { db }
+    pub fn new(db: ReadDb, cache: Option<Arc<dyn Cache>>) -> Self {
+        Self { db, cache }
+    }
+}
+
+/// Drops the cached most popular products after a batch that scored `scored` products.
+pub(crate) async fn popular_changed(cache: Option<&Arc<dyn Cache>>, scored: usize) {
+    if let Some(cache) = cache
+        && scored > 0
+    {
+        cache
+            .invalidate(&[crate::cache::POPULAR_SCOPE.to_owned()])
+            .await;
     }
 }
 
@@ -808,6 +827,7 @@ impl Projection for SqlPopularityProjection {
             return Ok(());
         }
         let PopularityBatch { scores, ordered } = popularity_of_batch(events)?;
+        let scored = scores.len();
         let backend = self.db.backend();
         let mut write = self.db.begin_write().await?;
         let connection = &mut *write.transaction;
@@ -840,6 +860,7 @@ impl Projection for SqlPopularityProjection {
         )
         .await?;
         write.commit_batch(feed, Self::NAME, events).await?;
+        popular_changed(self.cache.as_ref(), scored).await;
         Ok(())
     }
 }

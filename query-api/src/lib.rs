@@ -29,7 +29,7 @@ use http_common::params::{product_id_of, truncate};
 use http_common::problem::store_problem;
 use identity::{GUEST_CUSTOMER_ID, Identity, Principal, Resource};
 use projections::Progress;
-use projections::cache::{CATALOGUE_SCOPE, Cache, SEARCH_SCOPE};
+use projections::cache::{CATALOGUE_SCOPE, Cache, POPULAR_SCOPE, SEARCH_SCOPE};
 use projections::queries::{OrderRow, Queries};
 use projections::search::{ProductDoc, SearchIndex, SearchQuery};
 use projections::sql_models::{
@@ -179,7 +179,7 @@ fn routes() -> DocumentedRouter<QueryState> {
         .route(
             read(
                 "/recommendations",
-                "Popular products the customer has not ordered yet; without customer_id, the most popular products",
+                "Popular products the customer has not ordered yet; without customer_id, the most popular products (x-cache: hit or miss)",
                 "Recommendations",
                 &[
                     (
@@ -932,7 +932,19 @@ async fn recommendations(
     let customer_id = own_customer_param(&context, &params, true)?;
     let limit = count_param(&params, "limit", 10, 1..=100)?;
     wait_for(&state, SqlPopularityProjection::NAME, &headers, &params).await?;
-    // Without a customer: the most popular products (no one has ordered them, for this list).
+    // Without a customer: the most popular products (no one has ordered them, for this list),
+    // the same for everyone: cached until a batch scores or changes a product.
+    let popular = match (&state.cache, &customer_id) {
+        (Some(cache), None) => {
+            let key = format!("popular:{limit}");
+            let lookup = cache.lookup(POPULAR_SCOPE, &key).await;
+            if let Some(body) = lookup.value {
+                return Ok(cached_answer(body, true, "popular"));
+            }
+            Some((cache, key, lookup.generation))
+        }
+        _ => None,
+    };
     let for_whom = customer_id
         .as_ref()
         .map_or("", |customer_id| customer_id.as_str());
@@ -946,7 +958,17 @@ async fn recommendations(
             |item| json!({ "product_id": item.product_id, "name": item.name, "score": item.score }),
         )
         .collect();
-    Ok(Json(json!({ "customer_id": customer_id, "items": items })).into_response())
+    let body = json!({ "customer_id": customer_id, "items": items });
+    let Some((cache, key, generation)) = popular else {
+        return Ok(Json(body).into_response());
+    };
+    let body = body.to_string();
+    if state.progress.serving(SqlPopularityProjection::NAME)
+        && state.progress.serving(ProductsProjection::NAME)
+    {
+        cache.store(POPULAR_SCOPE, generation, &key, &body).await;
+    }
+    Ok(cached_answer(body, false, "popular"))
 }
 
 fn position_param(params: &HashMap<String, String>, name: &str) -> Result<u64, Problem> {

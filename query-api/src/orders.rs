@@ -354,12 +354,8 @@ pub(crate) async fn list_orders(
         &params,
         &["status", "customer_id", "before", "limit", "min_position"],
     )?;
-    let text = |name: &str| {
-        params
-            .get(name)
-            .map(|value| value.trim())
-            .filter(|value| !value.is_empty())
-    };
+    // Given, a filter must name something: an empty one is a mistake, not "any".
+    let text = |name: &str| params.get(name).map(|value| value.trim());
     let status = match text("status") {
         None => None,
         Some(status) => Some(

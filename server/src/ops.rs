@@ -360,7 +360,7 @@ const METRICS: &[(&str, Kind, &str)] = &[
     (
         "mercato_cache_requests_total",
         Kind::Counter,
-        "Query cache lookups, by kind (product, search, categories) and result (hit, miss)",
+        "Query cache lookups, by kind (product, search, categories, popular) and result (hit, miss)",
     ),
     (
         "mercato_projection_lag_events",

@@ -27,6 +27,11 @@ pub const SEARCH_SCOPE: &str = "search";
 /// products projection drops it with every batch that changes a product.
 pub const CATALOGUE_SCOPE: &str = "catalogue";
 
+/// The scope of the most popular products (recommendations for no one in particular): the
+/// popularity projection drops it with every batch that scores a product, the products
+/// projection with every batch that changes one (a name).
+pub const POPULAR_SCOPE: &str = "popular";
+
 /// A scope's generation within an epoch, as one number: the epoch in the high bits. A scope is
 /// invalidated far fewer than 2^40 times in an epoch.
 fn generation_in(epoch: u64, scope_generation: u64) -> u64 {

@@ -121,7 +121,7 @@ fn projections(db: &ReadDb, former: bool) -> Vec<Arc<dyn Projection>> {
             Arc::new(ProductsProjection::new(db.clone(), None)),
             Arc::new(OrdersProjection::new(db.clone())),
             Arc::new(SqlCartsProjection::new(db.clone())),
-            Arc::new(SqlPopularityProjection::new(db.clone())),
+            Arc::new(SqlPopularityProjection::new(db.clone(), None)),
         ]
     }
 }

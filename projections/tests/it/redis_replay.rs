@@ -162,7 +162,7 @@ async fn a_rebuild_replaces_broken_keys_and_moves_the_checkpoint_of_every_feed()
     let reference_prefix = reference.prefix().to_owned();
     feed(&RedisCartsProjection::new(reference.clone()), &history, 97).await;
     feed(
-        &RedisPopularityProjection::new(reference.clone()),
+        &RedisPopularityProjection::new(reference.clone(), None),
         &history,
         97,
     )
@@ -170,7 +170,7 @@ async fn a_rebuild_replaces_broken_keys_and_moves_the_checkpoint_of_every_feed()
 
     // The read models in service follow the log, then a bug breaks them.
     let carts = RedisCartsProjection::new(live.clone());
-    let popularity = RedisPopularityProjection::new(live.clone());
+    let popularity = RedisPopularityProjection::new(live.clone(), None);
     feed(&carts, early, 50).await;
     feed(&popularity, early, 50).await;
     let before = dump(&mut connection, &prefix).await;
@@ -232,7 +232,7 @@ async fn a_rebuild_replaces_broken_keys_and_moves_the_checkpoint_of_every_feed()
     )
     .await;
     feed(
-        &RedisPopularityProjection::new(shadow.clone()),
+        &RedisPopularityProjection::new(shadow.clone(), None),
         &history[..600],
         1000,
     )
@@ -364,13 +364,13 @@ async fn a_rebuild_started_over_or_dropped_leaves_nothing_behind() {
     };
     let prefix = live.prefix().to_owned();
     let history = history();
-    let popularity = RedisPopularityProjection::new(live.clone());
+    let popularity = RedisPopularityProjection::new(live.clone(), None);
     feed(&popularity, &history[..200], 100).await;
     let in_service = dump(&mut connection, &prefix).await;
     assert!(!in_service.is_empty());
 
     live.start_replay(&run("popularity", 0)).await.unwrap();
-    let shadow = RedisPopularityProjection::new(live.shadow());
+    let shadow = RedisPopularityProjection::new(live.shadow(), None);
     feed(&shadow, &history[..500], 1000).await;
     assert!(
         !dump(&mut connection, &format!("{prefix}replay:"))

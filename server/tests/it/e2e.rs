@@ -309,6 +309,58 @@ async fn scenario_b(setup: Setup, test_name: &str) {
         "{recommended}"
     );
     assert_eq!(items[0]["name"], format!("Espresso beans {word}"));
+
+    // The most popular products, for no one in particular, are cached until a batch scores a
+    // product or changes one.
+    let popular = || async {
+        let response = server.anonymous().get("/recommendations?limit=3").await;
+        let hit = cache_header(&response);
+        let body: Value = response.json().await.expect("json");
+        (hit, body)
+    };
+    let (_, first) = popular().await;
+    let (hit, again) = popular().await;
+    assert_eq!(hit, "hit", "{again}");
+    assert_eq!(again, first);
+    let score_of = |body: &Value, id: &str| {
+        body["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|item| item["product_id"] == id))
+            .and_then(|item| item["score"].as_i64())
+    };
+    let before = score_of(&first, &other_id).expect("the other product is popular");
+    // A view scores a product: the next answer counts it.
+    let viewed = alice
+        .get(&format!(
+            "/products/{other_id}?customer_id={}",
+            alice.user_id
+        ))
+        .await;
+    assert_eq!(viewed.status(), StatusCode::OK);
+    let scored = eventually(Duration::from_secs(30), || async {
+        let (hit, body) = popular().await;
+        (score_of(&body, &other_id) == Some(before + 1)).then_some(hit)
+    })
+    .await
+    .expect("the view is counted in the most popular products");
+    assert_eq!(scored.0, "miss");
+    // A new name shows at once too.
+    let renamed = catalog
+        .put(
+            &format!("/products/{popular_id}"),
+            json!({ "name": format!("Roasted beans {word}"), "description": "Dark roast", "price": 12.5 }),
+        )
+        .await;
+    assert_eq!(renamed.status(), StatusCode::OK);
+    let named = eventually(Duration::from_secs(30), || async {
+        let (_, body) = popular().await;
+        (body["items"][0]["name"] == format!("Roasted beans {word}")).then_some(())
+    })
+    .await;
+    assert!(
+        named.is_some(),
+        "a renamed product keeps its old name in the cached list"
+    );
     server.stop().await;
 }
 
