@@ -13,7 +13,9 @@ use minijinja::{Value, context};
 
 use crate::ConsoleState;
 use crate::api::Call;
-use crate::pages::{Visit, failure, message, page, percent_encode, redirect, refusal};
+use crate::pages::{
+    Visit, failure, message, page, percent_encode, redirect, refusal, with_cookies,
+};
 use crate::visitor::Visitor;
 
 /// The most events a page shows.
@@ -250,8 +252,9 @@ pub async fn verify(
 /// The CloudEvents JSON batch media type, which the API's feeds answer in when asked.
 const CLOUDEVENTS_BATCH: &str = "application/cloudevents-batch+json";
 
-/// The most events one export holds.
-const EXPORT_MAX_EVENTS: usize = 100_000;
+/// The most events one export holds: a longer history is refused, not cut short (`mercato events
+/// --format cloudevents` exports any length).
+const EXPORT_MAX_EVENTS: usize = 20_000;
 
 /// `/audit/streams/{type}/{id}/cloudevents`: the stream's history as a CloudEvents JSON batch,
 /// to download.
@@ -322,8 +325,19 @@ impl Export {
                 .map(str::to_owned);
             let full = page.len() == PAGE_EVENTS as usize;
             events.extend(page);
+            if full && events.len() >= EXPORT_MAX_EVENTS {
+                return message(
+                    state,
+                    &visitor,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "This history is too long to download here",
+                    &format!(
+                        "The console exports at most {EXPORT_MAX_EVENTS} events. Export it with `mercato events --format cloudevents`, which takes any length."
+                    ),
+                );
+            }
             match next {
-                Some(next) if full && events.len() < EXPORT_MAX_EVENTS => {
+                Some(next) if full => {
                     target = format!("{}&{parameter}={next}", self.target);
                 }
                 _ => break,
@@ -351,7 +365,8 @@ impl Export {
             .take(120)
             .collect();
         let body = serde_json::to_vec(&events).unwrap_or_default();
-        (
+        drop(events);
+        let download = (
             StatusCode::OK,
             [
                 (header::CONTENT_TYPE, CLOUDEVENTS_BATCH.to_owned()),
@@ -362,6 +377,8 @@ impl Export {
             ],
             body,
         )
-            .into_response()
+            .into_response();
+        // A session refreshed on the way keeps its new cookies.
+        with_cookies(&visitor, download)
     }
 }

@@ -491,9 +491,23 @@ pub async fn order(
             refundable => refundable,
             history => state.may(&visitor, Method::Get, "/streams/{stream_type}/{stream_id}/events"),
             attempt => uuid::Uuid::new_v4().to_string(),
-            done => params.get("done").cloned(),
+            done => done_of(&params),
         },
     )
+}
+
+/// What a page's `done` says was done: an id or a word the console itself put in the address
+/// after a form (a link made elsewhere cannot make a page say something else).
+fn done_of(params: &HashMap<String, String>) -> Option<String> {
+    params
+        .get("done")
+        .filter(|done| {
+            (1..=64).contains(&done.len())
+                && done
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+        })
+        .cloned()
 }
 
 /// Answers after an order form: back to the order, or what went wrong.
@@ -692,7 +706,7 @@ impl Overview {
             self.template,
             context! {
                 overview => Value::from_serialize(&answer.body),
-                done => params.get("done"),
+                done => done_of(params),
             },
         )
     }
@@ -810,7 +824,7 @@ pub async fn accounts(
             accounts => Value::from_serialize(&answer.body["accounts"]),
             next => answer.body["next_offset"].as_u64().map(|next| link(usize::try_from(next).unwrap_or(0))),
             previous => (offset > 0).then(|| link(offset.saturating_sub(ACCOUNTS_PAGE))),
-            done => params.get("done"),
+            done => done_of(&params),
             may_deactivate => state.may(&visitor, Method::Post, "/users/{user_id}/deactivate"),
         },
     )
@@ -886,7 +900,7 @@ pub async fn notifications(
         context! {
             status => status,
             notifications => Value::from_serialize(notifications),
-            done => params.get("done"),
+            done => done_of(&params),
             may_retry => state.may(&visitor, Method::Post, "/notifications/{key}/retry"),
             may_resend => state.may(&visitor, Method::Post, "/notifications/{key}/resend"),
         },

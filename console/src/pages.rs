@@ -164,12 +164,13 @@ fn money(value: Value) -> String {
     }
 }
 
-/// `text` with everything but RFC 3986's unreserved characters percent-encoded: safe in a path
-/// segment and in a query value alike.
+/// `text` with everything but RFC 3986's unreserved characters (`.` aside) percent-encoded:
+/// safe in a path segment and in a query value alike.
 pub fn percent_encode(text: &str) -> String {
     let mut encoded = String::with_capacity(text.len());
     for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+        // `.` too: a segment of dots would be a relative step in the API's path.
+        if byte.is_ascii_alphanumeric() || b"-_~".contains(&byte) {
             encoded.push(char::from(byte));
         } else {
             encoded.push_str(&format!("%{byte:02X}"));
@@ -374,7 +375,8 @@ pub fn redirect(visitor: &Visitor, to: &str) -> Response {
     with_cookies(visitor, response)
 }
 
-fn with_cookies(visitor: &Visitor, mut response: Response) -> Response {
+/// `response` with the cookies `visitor`'s request changed (a refreshed session's among them).
+pub fn with_cookies(visitor: &Visitor, mut response: Response) -> Response {
     for cookie in visitor.cookies() {
         if let Ok(value) = HeaderValue::from_str(&cookie) {
             response.headers_mut().append(header::SET_COOKIE, value);
@@ -549,5 +551,6 @@ mod tests {
         }
         assert_eq!(money(Value::from(12.5)), "12.50");
         assert_eq!(percent_encode("a b/ü?&=+"), "a%20b%2F%C3%BC%3F%26%3D%2B");
+        assert_eq!(percent_encode(".."), "%2E%2E");
     }
 }

@@ -429,6 +429,10 @@ async fn resend_notification(
         )
             .into_response(),
         Ok(None) => no_such_message(&key).into_response(),
+        Err(crate::NotifyError::Invalid(reason)) => {
+            Problem::conflict(format!("message {key} cannot be sent again: {reason}"))
+                .into_response()
+        }
         Err(error) => unavailable(&error).into_response(),
     }
 }

@@ -258,7 +258,11 @@ async fn state_of_stream(
         }
         Err(StateError::Store(error)) => Err(store_problem(&error)),
         Err(StateError::Load(LoadError::Store(error))) => Err(store_problem(&error)),
-        Err(error @ StateError::Load(_)) => Err(Problem::internal(&error)),
+        // An event the aggregate cannot read (changed in the store, or of a newer schema):
+        // the answer names it.
+        Err(StateError::Load(error)) => Err(Problem::conflict(format!(
+            "the state cannot be rebuilt: {error}"
+        ))),
     }
 }
 
@@ -334,9 +338,15 @@ async fn verify(
             stream_id,
         } => format!("{stream_type}/{stream_id}"),
     };
+    let one_stream = scope != Scope::All;
     let report = audit::verify(state.store.as_ref(), scope, expect_head)
         .await
         .map_err(|error| store_problem(&error))?;
+    if one_stream && report.events == 0 {
+        return Err(Problem::not_found(format!(
+            "stream {scope_name} has no events: check the type and id"
+        )));
+    }
     let first_problem = report.first_problem.as_ref().map(|problem| {
         json!({
             "position": problem.position,

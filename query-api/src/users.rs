@@ -163,6 +163,9 @@ async fn profile(
     profile_of(&state, &user_id.to_string(), &headers, &params).await
 }
 
+/// How deep the accounts may be paged.
+const ACCOUNTS_OFFSET_MAX: usize = 10_000;
+
 #[tracing::instrument(skip_all)]
 async fn accounts(
     State(state): State<QueryState>,
@@ -181,7 +184,7 @@ async fn accounts(
         }
     };
     let limit = count_param(&params, "limit", 25, 1..=100)?;
-    let offset = count_param(&params, "offset", 0, 0..=10_000)?;
+    let offset = count_param(&params, "offset", 0, 0..=ACCOUNTS_OFFSET_MAX)?;
     wait_for(&state, UsersProjection::NAME, &headers, &params).await?;
     let rows = list_user_rows(state.queries.db(), kind, offset, limit)
         .await
@@ -190,6 +193,7 @@ async fn accounts(
     for row in &rows {
         accounts.push(profile_json(&state, row).await?);
     }
-    let next_offset = (rows.len() == limit).then_some(offset + limit);
+    let next_offset =
+        Some(offset + limit).filter(|next| rows.len() == limit && *next <= ACCOUNTS_OFFSET_MAX);
     Ok(Json(json!({ "accounts": accounts, "next_offset": next_offset })).into_response())
 }

@@ -327,6 +327,12 @@ async fn retry_projection(
     }
 }
 
+/// One replay of the dead letters at a time, in this process.
+static REPLAYING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// How long a caller is asked to wait while another replay runs.
+const REPLAY_RETRY_AFTER_SECONDS: u32 = 5;
+
 /// The `topic` parameter of the dead-letter routes, the only one they take.
 fn dlq_topic(params: &HashMap<String, String>) -> Result<Option<String>, Problem> {
     if let Some(name) = params.keys().find(|name| name.as_str() != "topic") {
@@ -372,6 +378,18 @@ async fn replay_dead_letters(
             "this deployment has no Kafka (KAFKA_BOOTSTRAP is not set): nothing is dead-lettered",
         ));
     }
+    // Two replays at once would both send what neither has marked replayed yet.
+    let Ok(_replaying) = REPLAYING.try_acquire() else {
+        let mut busy = Problem::unavailable(
+            "another replay of the dead letters is running: ask again when it is done",
+        )
+        .into_response();
+        busy.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(REPLAY_RETRY_AFTER_SECONDS),
+        );
+        return Ok(busy);
+    };
     let replayed = crate::bus::replay_dead_letters(&state.config, topic.as_deref())
         .await
         .map_err(|error| dlq_problem(&error))?;

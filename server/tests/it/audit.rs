@@ -129,6 +129,11 @@ async fn an_auditor_sees_a_stream_at_any_moment_verifies_the_log_and_exports_clo
             "TYPE/ID",
         ),
         (
+            "/audit/verify?stream=product/no-such-product".to_owned(),
+            StatusCode::NOT_FOUND,
+            "has no events",
+        ),
+        (
             "/audit/verify?expect_head=xyz".to_owned(),
             StatusCode::UNPROCESSABLE_ENTITY,
             "64 hex digits",
