@@ -91,6 +91,8 @@ impl RouteDoc {
 pub struct ApiDoc {
     pub routes: Vec<RouteDoc>,
     pub schemas: Map<String, Value>,
+    /// The roles whose processes serve these routes (`x-mercato-roles`); none said when empty.
+    pub served_by: Vec<String>,
 }
 
 /// A router that keeps the documentation of every route it was given.
@@ -137,6 +139,7 @@ impl<S: Clone + Send + Sync + 'static> DocumentedRouter<S> {
         ApiDoc {
             routes: self.routes,
             schemas,
+            served_by: Vec::new(),
         }
     }
 }
@@ -359,10 +362,13 @@ pub fn document(
                 .or_insert_with(|| Value::Object(Map::new()));
             if let Some(methods) = entry.as_object_mut() {
                 let rule = rule_of(route.method, route.path);
-                methods.insert(
-                    route.method.as_str().to_owned(),
-                    operation(route, rule.as_ref()),
-                );
+                let mut operation = operation(route, rule.as_ref());
+                if let (false, Some(object)) =
+                    (part.served_by.is_empty(), operation.as_object_mut())
+                {
+                    object.insert("x-mercato-roles".to_owned(), json!(part.served_by));
+                }
+                methods.insert(route.method.as_str().to_owned(), operation);
             }
         }
         for (name, schema) in &part.schemas {

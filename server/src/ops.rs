@@ -18,6 +18,7 @@ use projections::{Feed, Progress, Projection, READY_LAG, oldest_unapplied};
 use serde_json::{Map, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Role;
 use crate::health::Components;
 
 /// What the operational routes read.
@@ -73,13 +74,7 @@ pub fn openapi_document() -> serde_json::Value {
         "mercato",
         env!("CARGO_PKG_VERSION"),
         "An event-sourced commerce backend: commands in, every change kept as an event, read models out.",
-        &[
-            command_api::api_doc(),
-            query_api::api_doc(),
-            notify::routes::api_doc(),
-            crate::admin::api_doc(),
-            routes().into_doc(Map::new()),
-        ],
+        &parts(),
         &|method, path| {
             crate::policy::rule_of(method, path).map(|rule| http_common::openapi::RouteRule {
                 access: rule.access,
@@ -91,16 +86,46 @@ pub fn openapi_document() -> serde_json::Value {
 
 /// Every route the document lists.
 pub fn documented_routes() -> Vec<RouteDoc> {
+    parts()
+        .into_iter()
+        .flat_map(|doc: ApiDoc| doc.routes)
+        .collect()
+}
+
+/// Every part of the API, each with the roles whose processes serve it (read off the roles
+/// table, [`crate::roles`]).
+fn parts() -> [ApiDoc; 5] {
+    let serving = |serves: fn(&crate::roles::Parts) -> bool| -> Vec<String> {
+        <Role as clap::ValueEnum>::value_variants()
+            .iter()
+            .filter(|role| serves(&role.parts()))
+            .filter_map(clap::ValueEnum::to_possible_value)
+            .map(|value| value.get_name().to_owned())
+            .collect()
+    };
+    let commands = serving(|parts| parts.command_api);
     [
-        command_api::api_doc(),
-        query_api::api_doc(),
-        notify::routes::api_doc(),
-        crate::admin::api_doc(),
-        routes().into_doc(Map::new()),
+        ApiDoc {
+            served_by: commands.clone(),
+            ..command_api::api_doc()
+        },
+        ApiDoc {
+            served_by: serving(|parts| parts.query_api),
+            ..query_api::api_doc()
+        },
+        ApiDoc {
+            served_by: commands.clone(),
+            ..notify::routes::api_doc()
+        },
+        ApiDoc {
+            served_by: commands,
+            ..crate::admin::api_doc()
+        },
+        ApiDoc {
+            served_by: serving(|_| true),
+            ..routes().into_doc(Map::new())
+        },
     ]
-    .into_iter()
-    .flat_map(|doc: ApiDoc| doc.routes)
-    .collect()
 }
 
 /// The Prometheus recorder of this process (installed once).

@@ -44,6 +44,14 @@ pub fn http_markdown() -> String {
                 if let Some(access) = operation["x-mercato-access"].as_str() {
                     let _ = writeln!(out, "Who may call it: {access}.\n");
                 }
+                if let Some(roles) = operation["x-mercato-roles"].as_array() {
+                    let roles: Vec<String> = roles
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(|role| format!("`{role}`"))
+                        .collect();
+                    let _ = writeln!(out, "Served by the roles {}.\n", roles.join(", "));
+                }
                 parameters(&mut out, &operation["parameters"]);
                 if let Some(body) =
                     operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]

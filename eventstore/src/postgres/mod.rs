@@ -37,7 +37,7 @@ pub(crate) use subscription::PgSubscription;
 
 /// How often an append that lost a race (or found its transaction id too old for the stream)
 /// is tried again before the caller gets [`StoreError::Conflict`].
-const MAX_APPEND_ATTEMPTS: usize = 8;
+const MAX_APPEND_ATTEMPTS: usize = 16;
 
 /// How long the notifier lets commits gather before it sends one NOTIFY for all of them
 /// (other processes' subscribers learn of a commit this much later; this process's own
@@ -305,7 +305,7 @@ impl PgEventStore {
         } else {
             None
         };
-        for _ in 0..MAX_APPEND_ATTEMPTS {
+        for attempt in 0..MAX_APPEND_ATTEMPTS {
             let inserted = if judge_first {
                 judge_first = false;
                 Ok(None)
@@ -327,7 +327,7 @@ impl PgEventStore {
                 Verdict::Duplicate(result) => return Ok(result),
                 Verdict::Refused(error) => return Err(error),
                 // A concurrent writer won the race for the next version (expected: any).
-                Verdict::Appendable => continue,
+                Verdict::Appendable => back_off(attempt).await,
             }
         }
         let current_version =
@@ -346,7 +346,7 @@ impl PgEventStore {
         }
         check_size(requests.iter().map(|request| request.events.len()).sum())?;
         let columns = requests.iter().map(EventColumns::of).collect::<Vec<_>>();
-        for _ in 0..MAX_APPEND_ATTEMPTS {
+        for attempt in 0..MAX_APPEND_ATTEMPTS {
             let mut transaction = self.inner.pool.begin().await?;
             let mut results = Vec::with_capacity(requests.len());
             let mut refused = false;
@@ -384,7 +384,7 @@ impl PgEventStore {
             match verdict::decide(requests, verdicts) {
                 Decision::Duplicates(results) => return Ok(results),
                 Decision::Refused(error) => return Err(error),
-                Decision::Retry => continue,
+                Decision::Retry => back_off(attempt).await,
             }
         }
         let mut connection = self.inner.pool.acquire().await?;
@@ -588,6 +588,18 @@ async fn insert_alone(
 }
 
 /// Decides what a refused request is, from what `connection` sees now.
+/// The pause before an append that lost the race for a stream's next version is tried again:
+/// up to 0.2 ms after the first loss, doubling with each loss to 6.4 ms, and spread over that
+/// range by the clock's nanoseconds, so that writers racing for one stream (each expecting any
+/// version) stop colliding instead of losing together until their attempts run out.
+async fn back_off(attempt: usize) {
+    let ceiling_micros = 200u64 << attempt.min(5);
+    let spread = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::from(since.subsec_nanos()));
+    tokio::time::sleep(Duration::from_micros(spread % ceiling_micros)).await;
+}
+
 async fn judge(
     connection: &mut PgConnection,
     request: &AppendRequest,
