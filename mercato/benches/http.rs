@@ -247,32 +247,40 @@ struct Shopper {
     issued: Instant,
 }
 
-/// Waits until every projection stands at the same position, unchanged for a quarter of a
+/// Waits until every projection is caught up, at positions unchanged for a quarter of a
 /// second: nothing is left to apply, so no projection drops cached answers during the next run
 /// (the search projection drops every cached search after each batch it applies, whatever its
-/// events). At most 60 s.
-async fn quiesce(client: &reqwest::Client, base: &str) {
+/// events). `/ready` shows the projections to staff and services only: `credential` is the
+/// admin key. At most 60 s.
+async fn quiesce(client: &reqwest::Client, base: &str, credential: &str) {
     let started = Instant::now();
-    let mut last = None;
+    let mut last: Option<Vec<u64>> = None;
     while started.elapsed() < Duration::from_secs(60) {
-        let ready = get_json(client, &format!("{base}/ready")).await;
-        let positions: Vec<u64> = ready["projections"]
+        let ready: Value = client
+            .get(format!("{base}/ready"))
+            .bearer_auth(credential)
+            .send()
+            .await
+            .expect("get /ready")
+            .json()
+            .await
+            .expect("json");
+        let projections: Vec<&Value> = ready["projections"]
             .as_object()
-            .map(|projections| {
-                projections
-                    .values()
-                    .filter_map(|projection| projection["position"].as_u64())
-                    .collect()
-            })
+            .map(|projections| projections.values().collect())
             .unwrap_or_default();
-        let settled = positions
-            .first()
-            .copied()
-            .filter(|first| positions.iter().all(|position| position == first));
-        if settled.is_some() && settled == last {
+        let caught_up = !projections.is_empty()
+            && projections
+                .iter()
+                .all(|projection| projection["caught_up"] == true);
+        let positions: Vec<u64> = projections
+            .iter()
+            .filter_map(|projection| projection["position"].as_u64())
+            .collect();
+        if caught_up && last.as_ref() == Some(&positions) {
             return;
         }
-        last = settled;
+        last = caught_up.then_some(positions);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     eprintln!("the projections did not settle within 60 s");
@@ -291,9 +299,10 @@ async fn token_pairs(
     warm_up: bool,
 ) -> Vec<TokenPair> {
     let client = reqwest::Client::new();
+    let admin_key = server.credentials().expect("the admin API key").to_owned();
     let without_script = (!script.is_empty()).then_some(script);
     let settle = async || {
-        quiesce(&client, &server.base).await;
+        quiesce(&client, &server.base, &admin_key).await;
         if warm_up {
             wrk(url, 8, without_script).await;
         }
