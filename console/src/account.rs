@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::ConsoleState;
 use crate::api::Call;
-use crate::pages::{Form, Visit, failure, message, page, redirect};
+use crate::pages::{Form, Visit, failure, message, page, param, redirect};
 
 /// Where to go after logging in: a page of this console (`next`), or the home page. Anything
 /// else (another site, `//host`) is ignored.
@@ -190,7 +190,7 @@ pub async fn reset_page(
     Visit(visitor): Visit,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let token = params.get("token").map_or("", |token| token.trim());
+    let token = param(&params, "token");
     page(
         &state,
         &visitor,
@@ -252,7 +252,7 @@ pub async fn verify_email(
     Visit(visitor): Visit,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let token = params.get("token").map_or("", |token| token.trim());
+    let token = param(&params, "token");
     page(
         &state,
         &visitor,

@@ -214,22 +214,26 @@ impl Api {
             Ok(response) => response,
             Err(never) => match never {},
         };
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        let bytes = match axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES).await {
-            Ok(bytes) => bytes,
-            Err(error) => return unavailable(format!("the answer could not be read: {error}")),
-        };
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer {
-            status,
-            body,
-            retry_after,
-        }
+        answer_of(response).await
+    }
+}
+
+/// The API's answer `response`, read up to [`MAX_ANSWER_BYTES`].
+async fn answer_of(response: http::Response<Body>) -> Answer {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let bytes = match axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(error) => return unavailable(format!("the answer could not be read: {error}")),
+    };
+    Answer {
+        status,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        retry_after,
     }
 }
 
@@ -262,38 +266,9 @@ async fn remote_call(
         .body(body)
         .send()
         .await;
-    let response = match sent {
-        Ok(response) => response,
-        Err(error) => return unavailable(format!("the API cannot be reached: {error}")),
-    };
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(http::header::RETRY_AFTER)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
-    if response
-        .content_length()
-        .is_some_and(|length| length > MAX_ANSWER_BYTES as u64)
-    {
-        return unavailable("the API's answer is too large".to_owned());
-    }
-    let mut response = response;
-    let mut bytes = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) if bytes.len() + chunk.len() <= MAX_ANSWER_BYTES => {
-                bytes.extend_from_slice(&chunk);
-            }
-            Ok(Some(_)) => return unavailable("the API's answer is too large".to_owned()),
-            Ok(None) => break,
-            Err(error) => return unavailable(format!("the answer could not be read: {error}")),
-        }
-    }
-    Answer {
-        status,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        retry_after,
+    match sent {
+        Ok(response) => answer_of(http::Response::from(response).map(Body::new)).await,
+        Err(error) => unavailable(format!("the API cannot be reached: {error}")),
     }
 }
 

@@ -14,7 +14,7 @@ use minijinja::{Value, context};
 use crate::ConsoleState;
 use crate::api::Call;
 use crate::pages::{
-    Visit, failure, message, page, percent_encode, redirect, refusal, with_cookies,
+    Visit, failure, message, page, param, percent_encode, redirect, refusal, with_cookies,
 };
 use crate::visitor::Visitor;
 
@@ -50,7 +50,7 @@ pub async fn home(
     if let Some(refused) = refusal(&state, &visitor, Method::Get, "/events", "/audit") {
         return refused;
     }
-    let text = |name: &str| params.get(name).map_or("", |value| value.trim());
+    let text = |name: &str| param(&params, name);
     if !text("correlation_id").is_empty() {
         return redirect(
             &visitor,
@@ -142,7 +142,7 @@ impl EventsPage {
                 stream => self.stream.is_some(),
                 stream_type => self.stream.as_ref().map(|(kind, _)| kind.clone()),
                 stream_id => self.stream.as_ref().map(|(_, id)| id.clone()),
-                aggregates => AGGREGATES,
+                aggregates => domain::AGGREGATE_STREAM_TYPES,
                 export => format!("{}/cloudevents", self.here),
                 may_verify => state.may(&visitor, Method::Get, "/audit/verify"),
                 events => shown(&answer.body["events"]),
@@ -150,9 +150,6 @@ impl EventsPage {
         )
     }
 }
-
-/// The stream types whose state the API rebuilds.
-const AGGREGATES: &[&str] = &["product", "cart", "order", "payment", "user"];
 
 /// `/audit/streams/{type}/{id}/state?at=`: the aggregate as it stood at a position or time
 /// (now, without `at`).
@@ -173,7 +170,7 @@ pub async fn stream_state(
     ) {
         return refused;
     }
-    let at = params.get("at").map_or("", |at| at.trim()).to_owned();
+    let at = param(&params, "at").to_owned();
     let mut target = format!("/streams/{kind}/{id}/state");
     if !at.is_empty() {
         target.push_str(&format!("?at={}", percent_encode(&at)));
@@ -214,10 +211,7 @@ pub async fn verify(
     ) {
         return refused;
     }
-    let stream = params
-        .get("stream")
-        .map_or("", |stream| stream.trim())
-        .to_owned();
+    let stream = param(&params, "stream").to_owned();
     if !params.contains_key("run") {
         return page(
             &state,

@@ -15,7 +15,8 @@ use serde_json::json;
 use crate::ConsoleState;
 use crate::api::Call;
 use crate::pages::{
-    Form, Visit, after_write, failure, message, page, percent_encode, read_at, redirect, refusal,
+    Form, Visit, after_write, failure, message, page, param, percent_encode, read_at, redirect,
+    refusal,
 };
 
 /// Products per page of the list.
@@ -77,7 +78,7 @@ pub async fn products(
     ) {
         return refused;
     }
-    let q = params.get("q").map_or("", |q| q.trim()).to_owned();
+    let q = param(&params, "q").to_owned();
     let page_number = params
         .get("page")
         .and_then(|page| page.parse::<u64>().ok())
@@ -387,7 +388,7 @@ async fn order_list(
     visitor: &mut crate::visitor::Visitor,
     params: &HashMap<String, String>,
 ) -> Response {
-    let text = |name: &str| params.get(name).map_or("", |value| value.trim()).to_owned();
+    let text = |name: &str| param(params, name).to_owned();
     let (status, customer_id, before) = (text("status"), text("customer_id"), text("before"));
     let mut query = String::new();
     for (name, value) in [("status", &status), ("customer_id", &customer_id)] {
@@ -791,7 +792,7 @@ pub async fn accounts(
     if let Some(refused) = refusal(&state, &visitor, Method::Get, "/users", "/office/accounts") {
         return refused;
     }
-    let kind = params.get("kind").map_or("", |kind| kind.trim()).to_owned();
+    let kind = param(&params, "kind").to_owned();
     let offset = params
         .get("offset")
         .and_then(|offset| offset.trim().parse::<usize>().ok())
@@ -869,10 +870,7 @@ pub async fn notifications(
     ) {
         return refused;
     }
-    let status = params
-        .get("status")
-        .map_or("", |status| status.trim())
-        .to_owned();
+    let status = param(&params, "status").to_owned();
     let mut target = "/notifications?limit=100".to_owned();
     if !status.is_empty() {
         target.push_str(&format!("&status={}", percent_encode(&status)));

@@ -179,6 +179,11 @@ pub fn percent_encode(text: &str) -> String {
     encoded
 }
 
+/// Query parameter `name` of a page's address, trimmed; empty when it is not given.
+pub fn param<'p>(params: &'p HashMap<String, String>, name: &str) -> &'p str {
+    params.get(name).map_or("", |value| value.trim())
+}
+
 /// A request's visitor, with the account of its session ([`Visitor::identify`]).
 pub struct Visit(pub Visitor);
 

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::ConsoleState;
 use crate::api::{Answer, Call};
 use crate::pages::{
-    Form, Visit, after_write, failure, message, page, percent_encode, read_at, redirect,
+    Form, Visit, after_write, failure, message, page, param, percent_encode, read_at, redirect,
 };
 use crate::visitor::{CartCookie, Visitor};
 
@@ -70,7 +70,7 @@ pub async fn search(
     Visit(mut visitor): Visit,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let text = |name: &str| params.get(name).map_or("", |value| value.trim()).to_owned();
+    let text = |name: &str| param(&params, name).to_owned();
     let (q, category, min_price, max_price) = (
         text("q"),
         text("category"),

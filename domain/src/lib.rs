@@ -68,6 +68,10 @@ pub const EVENT_TYPES: &[(&str, &str, u32)] = &[
     ("user", "UserPasswordResetRequested", 1),
 ];
 
+/// The stream types whose events fold into an aggregate (whose state at a moment can be
+/// rebuilt); the others (`product_views`) only record.
+pub const AGGREGATE_STREAM_TYPES: &[&str] = &["product", "cart", "order", "payment", "user"];
+
 /// Every stream type events are written to, in the order of [`EVENT_TYPES`].
 pub fn stream_types() -> Vec<&'static str> {
     let mut types: Vec<&'static str> = Vec::new();

@@ -1,4 +1,6 @@
-//! Path and text helpers the routes of both APIs use.
+//! Path, query and text helpers the routes of every API use.
+
+use std::collections::HashMap;
 
 use uuid::Uuid;
 
@@ -20,6 +22,59 @@ pub fn truncate(text: &str, max_chars: usize) -> String {
         Some((index, _)) => format!("{}...", &text[..index]),
         None => text.to_owned(),
     }
+}
+
+/// Query parameter `name` as a whole number in `range`, `default` when it is not given; 422
+/// naming it otherwise.
+pub fn count_param(
+    params: &HashMap<String, String>,
+    name: &str,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, Problem> {
+    let Some(text) = params.get(name) else {
+        return Ok(default);
+    };
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|value| range.contains(value))
+        .ok_or_else(|| {
+            Problem::invalid(
+                name,
+                format!(
+                    "must be a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            )
+        })
+}
+
+/// 400 for a query parameter the route does not take, naming the ones it does.
+pub fn known_params(params: &HashMap<String, String>, known: &[&str]) -> Result<(), Problem> {
+    let mut unknown: Vec<&str> = params
+        .keys()
+        .map(String::as_str)
+        .filter(|name| !known.contains(name))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort_unstable();
+    Err(Problem::bad_request(format!(
+        "unknown query parameter {}: this route takes {}",
+        unknown
+            .iter()
+            .map(|name| format!("`{}`", truncate(name, 40)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        known
+            .iter()
+            .map(|name| format!("`{name}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
 }
 
 #[cfg(test)]

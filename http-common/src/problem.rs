@@ -96,6 +96,16 @@ impl Problem {
             .with_error_id(error_id)
     }
 
+    /// 503 for work that runs one at a time and is running now: `detail`, and `Retry-After` in
+    /// `retry_after_seconds`.
+    pub fn busy(detail: impl Into<String>, retry_after_seconds: u32) -> Response {
+        let mut response = Problem::unavailable(detail).into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+        response
+    }
+
     pub fn with_error_id(mut self, error_id: String) -> Problem {
         self.error_id = Some(error_id);
         self

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
 use eventstore::EventStore;
 use http_common::openapi::{ApiDoc, DocumentedRouter, Method, RouteDoc, schemas};
+use http_common::params::known_params;
 use http_common::{JsonBody, Problem, RequestContext};
 use projections::readdb::ReadDb;
 use serde::Deserialize;
@@ -341,15 +342,8 @@ async fn all_notifications(
     State(state): State<NotifyState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(name) = query
-        .keys()
-        .find(|name| !["status", "order_id", "limit"].contains(&name.as_str()))
-    {
-        return Problem::bad_request(format!(
-            "unknown query parameter {:?}: GET /notifications takes status, order_id and limit",
-            http_common::params::truncate(name, 40)
-        ))
-        .into_response();
+    if let Err(problem) = known_params(&query, &["status", "order_id", "limit"]) {
+        return problem.into_response();
     }
     let limit = match limit_of(&query) {
         Ok(limit) => limit,

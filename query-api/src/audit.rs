@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::Aggregate;
@@ -16,15 +15,15 @@ use eventstore::audit::{self, Scope};
 use eventstore::{EventStore, RecordedEvent, StoreError};
 use http_common::Problem;
 use http_common::openapi::{DocumentedRouter, RouteDoc};
-use http_common::params::truncate;
+use http_common::params::{known_params, truncate};
 use http_common::problem::store_problem;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
-use crate::{QueryState, known_params};
+use crate::QueryState;
 
 /// The stream types that hold an aggregate a state can be rebuilt of.
-pub const AGGREGATES: &[&str] = &["product", "cart", "order", "payment", "user"];
+pub const AGGREGATES: &[&str] = domain::AGGREGATE_STREAM_TYPES;
 
 /// A moment of the history: a global position or a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -321,15 +320,10 @@ async fn verify(
         }
     }
     let Ok(_permit) = VERIFYING.try_acquire() else {
-        let mut busy = Problem::unavailable(
+        return Ok(Problem::busy(
             "another verification of the log is running: ask again when it is done",
-        )
-        .into_response();
-        busy.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(VERIFY_RETRY_AFTER_SECONDS),
-        );
-        return Ok(busy);
+            VERIFY_RETRY_AFTER_SECONDS,
+        ));
     };
     let scope_name = match &scope {
         Scope::All => "all".to_owned(),

@@ -25,7 +25,7 @@ use http_common::openapi::{
     ApiDoc, DocumentedRouter, RouteDoc, amount_schema, client_id_schema, money_schema, schema_ref,
     schemas,
 };
-use http_common::params::{product_id_of, truncate};
+use http_common::params::{count_param, known_params, product_id_of, truncate};
 use http_common::problem::store_problem;
 use identity::{GUEST_CUSTOMER_ID, Identity, Principal, Resource};
 use projections::Progress;
@@ -622,31 +622,6 @@ fn price_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i6
     Ok(Some(money.minor()))
 }
 
-pub(crate) fn count_param(
-    params: &HashMap<String, String>,
-    name: &str,
-    default: usize,
-    range: std::ops::RangeInclusive<usize>,
-) -> Result<usize, Problem> {
-    let Some(text) = params.get(name) else {
-        return Ok(default);
-    };
-    text.trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|value| range.contains(value))
-        .ok_or_else(|| {
-            Problem::invalid(
-                name,
-                format!(
-                    "must be a whole number from {} to {}",
-                    range.start(),
-                    range.end()
-                ),
-            )
-        })
-}
-
 /// The longest search text accepted, in characters.
 const QUERY_MAX_CHARS: usize = 200;
 
@@ -979,35 +954,6 @@ fn position_param(params: &HashMap<String, String>, name: &str) -> Result<u64, P
             .parse()
             .map_err(|_| Problem::invalid(name, "must be a position (a whole number, 0 or more)")),
     }
-}
-
-/// 400 for a query parameter the route does not take, naming the ones it does.
-pub(crate) fn known_params(
-    params: &HashMap<String, String>,
-    known: &[&str],
-) -> Result<(), Problem> {
-    let mut unknown: Vec<&str> = params
-        .keys()
-        .map(String::as_str)
-        .filter(|name| !known.contains(name))
-        .collect();
-    if unknown.is_empty() {
-        return Ok(());
-    }
-    unknown.sort_unstable();
-    Err(Problem::bad_request(format!(
-        "unknown query parameter {}: this route takes {}",
-        unknown
-            .iter()
-            .map(|name| format!("`{}`", truncate(name, 40)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        known
-            .iter()
-            .map(|name| format!("`{name}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )))
 }
 
 /// The longest correlation id accepted (the request context's limit).

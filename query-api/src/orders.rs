@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use http_common::params::truncate;
+use http_common::params::{count_param, known_params, truncate};
 use http_common::{Problem, RequestContext};
 use identity::Opened;
 use projections::order_details::{CountRow, OrderPart, PaymentPart};
@@ -15,10 +15,7 @@ use projections::queries::{OrderFilter, OrderRow};
 use projections::sql_models::OrdersProjection;
 use serde_json::{Value, json};
 
-use crate::{
-    QueryState, count_param, db_problem, known_params, may_read_order, money_raw, order_json,
-    wait_for,
-};
+use crate::{QueryState, db_problem, may_read_order, money_raw, order_json, wait_for};
 
 /// An address as the order shows it: opened with its person's key, `null` when none was given,
 /// `"erased"` once the person is erased.

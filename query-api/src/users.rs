@@ -10,14 +10,14 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use http_common::openapi::DocumentedRouter;
-use http_common::params::truncate;
+use http_common::params::{count_param, known_params, truncate};
 use http_common::{Problem, RequestContext};
 use identity::profile::SealedProfile;
 use projections::users::{UserRow, UsersProjection, list_user_rows, load_user_row};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{QueryState, count_param, known_params, read, wait_for};
+use crate::{QueryState, read, wait_for};
 
 /// The account routes that read, added to the query routes.
 pub(crate) fn routes(router: DocumentedRouter<QueryState>) -> DocumentedRouter<QueryState> {

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use eventstore::EventStore;
 use http_common::Problem;
 use http_common::openapi::{ApiDoc, DocumentedRouter, Method, RouteDoc};
-use http_common::params::truncate;
+use http_common::params::{count_param, known_params, truncate};
 use projections::ReadModelStores;
 use projections::rebuild::status::LAG_COUNT_LIMIT;
 use projections::runner::Park;
@@ -173,27 +173,8 @@ async fn sagas_overview(
     State(state): State<AdminState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, Problem> {
-    if let Some(name) = params.keys().find(|name| name.as_str() != "limit") {
-        return Err(Problem::bad_request(format!(
-            "unknown query parameter {:?}: GET /sagas takes limit",
-            truncate(name, 40)
-        )));
-    }
-    let limit = match params.get("limit") {
-        None => 100,
-        Some(text) => match text.trim().parse::<usize>() {
-            Ok(limit) if (1..=PARKED_LIST_MAX).contains(&limit) => limit,
-            _ => {
-                return Err(Problem::invalid(
-                    "limit",
-                    format!(
-                        "{:?} is not a whole number from 1 to {PARKED_LIST_MAX}",
-                        truncate(text, 40)
-                    ),
-                ));
-            }
-        },
-    };
+    known_params(&params, &["limit"])?;
+    let limit = count_param(&params, "limit", 100, 1..=PARKED_LIST_MAX)?;
     let db = &state.read_models.db;
     let counts = sagas::state::count_by_state(db)
         .await
@@ -335,12 +316,7 @@ const REPLAY_RETRY_AFTER_SECONDS: u32 = 5;
 
 /// The `topic` parameter of the dead-letter routes, the only one they take.
 fn dlq_topic(params: &HashMap<String, String>) -> Result<Option<String>, Problem> {
-    if let Some(name) = params.keys().find(|name| name.as_str() != "topic") {
-        return Err(Problem::bad_request(format!(
-            "unknown query parameter {:?}: the dead-letter routes take topic",
-            truncate(name, 40)
-        )));
-    }
+    known_params(params, &["topic"])?;
     Ok(params
         .get("topic")
         .map(|topic| topic.trim().to_owned())
@@ -380,15 +356,10 @@ async fn replay_dead_letters(
     }
     // Two replays at once would both send what neither has marked replayed yet.
     let Ok(_replaying) = REPLAYING.try_acquire() else {
-        let mut busy = Problem::unavailable(
+        return Ok(Problem::busy(
             "another replay of the dead letters is running: ask again when it is done",
-        )
-        .into_response();
-        busy.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from(REPLAY_RETRY_AFTER_SECONDS),
-        );
-        return Ok(busy);
+            REPLAY_RETRY_AFTER_SECONDS,
+        ));
     };
     let replayed = crate::bus::replay_dead_letters(&state.config, topic.as_deref())
         .await

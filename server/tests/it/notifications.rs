@@ -494,44 +494,20 @@ async fn a_dropped_connection_and_a_deferral_are_retried_and_end_in_one_message(
             .contains("550"),
         "{listed:?}"
     );
-    let (status, retried) = status_and_body(
-        server
-            .post(
-                &format!("/notifications/{}/retry", parked[0].key),
-                Value::Null,
-            )
-            .await,
-    )
-    .await;
+    let support = &*server;
+    let act = |key: &str, action: &str| {
+        let path = format!("/notifications/{key}/{action}");
+        async move { status_and_body(support.post(&path, Value::Null).await).await }
+    };
+    let (status, retried) = act(&parked[0].key, "retry").await;
     assert_eq!(status, StatusCode::OK, "{retried}");
-    let (status, again) = status_and_body(
-        server
-            .post(
-                &format!("/notifications/{}/retry", parked[0].key),
-                Value::Null,
-            )
-            .await,
-    )
-    .await;
+    let (status, again) = act(&parked[0].key, "retry").await;
     assert_eq!(status, StatusCode::CONFLICT, "{again}");
     // A sent message is sent once more as a new one.
-    let (status, resent) = status_and_body(
-        server
-            .post(
-                &format!("/notifications/{}/resend", sent[0].key),
-                Value::Null,
-            )
-            .await,
-    )
-    .await;
+    let (status, resent) = act(&sent[0].key, "resend").await;
     assert_eq!(status, StatusCode::CREATED, "{resent}");
     assert_ne!(resent["key"], sent[0].key.as_str(), "{resent}");
-    let (status, unknown) = status_and_body(
-        server
-            .post("/notifications/no-such-key/resend", Value::Null)
-            .await,
-    )
-    .await;
+    let (status, unknown) = act("no-such-key", "resend").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
     let (status, bad) = status_and_body(server.get("/notifications?status=lost").await).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
