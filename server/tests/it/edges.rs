@@ -622,3 +622,34 @@ async fn a_refused_checkout_keeps_no_payment_token() {
     assert_eq!(kept, 0, "a refused checkout left its token in the vault");
     server.stop().await;
 }
+
+/// HEAD, which proxies and monitors send, is a GET without the body: it is admitted by the GET's
+/// rule (not a 500 for a missing one), and refused as the GET would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_answered_as_get_would_be() {
+    let Some((server, _data)) = TestApp::spawn(Setup::Embedded, "head_is_answered").await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    for path in [
+        "/search?q=mug",
+        "/health",
+        "/orders/0b6c7a7e-4d2a-4c39-9f3e-2f1c1d0e5a11",
+        "/events",
+        "/sagas",
+    ] {
+        let get = client.get(server.url(path)).send().await.unwrap().status();
+        let head = client.head(server.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), get, "HEAD {path}");
+        assert!(!get.is_server_error(), "GET {path}: {get}");
+    }
+    assert_eq!(
+        client
+            .head(server.url("/events"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
