@@ -217,6 +217,35 @@ async fn a_reader_of_a_generation_deleted_by_a_swap_reads_the_one_in_service() {
     );
 }
 
+/// A process that only reads the index (a query-api beside a projector fed from Kafka) sees
+/// each commit the projector makes, though the log's checkpoint stays 0 beside the partitions'.
+#[tokio::test]
+async fn a_reader_sees_the_commits_of_a_projector_fed_from_kafka() {
+    let directory = tempfile::tempdir().unwrap();
+    let root = directory.path().join("search");
+    let events = history();
+    let live = Arc::new(TantivySearch::open(&root, None).unwrap());
+    let reader = Arc::new(TantivySearch::open_read_only(&root, None).unwrap());
+    let empty = reader
+        .search(&SearchQuery {
+            text: "lamp".to_owned(),
+            limit: 10,
+            ..SearchQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(empty.total, 0);
+
+    apply_new(&live, &partition("product.events", 0), &events[..1])
+        .await
+        .unwrap();
+    assert_eq!(lamp_popularity(&reader).await, 0);
+    apply_new(&live, &partition("product_views.events", 1), &events[1..4])
+        .await
+        .unwrap();
+    assert_eq!(lamp_popularity(&reader).await, 3);
+}
+
 /// A batch that changes no product (an account's login, a cart) keeps every cached search: only
 /// a batch that changes a product's document drops them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

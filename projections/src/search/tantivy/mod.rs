@@ -98,7 +98,7 @@ struct Generation {
     reader: IndexReader,
     /// `None` when opened to read only (a query-api process beside the projector's).
     writer: Option<Arc<Mutex<IndexWriter>>>,
-    /// The checkpoint of the commit the reader was last reloaded at (read-only mode).
+    /// The opstamp of the commit the reader was last reloaded at (read-only mode).
     reloaded_at: std::sync::atomic::AtomicU64,
 }
 
@@ -258,13 +258,15 @@ impl Generation {
     }
 
     /// In read-only mode, reloads the reader when the projector committed since the last reload,
-    /// so that a search never answers from before a checkpoint it reported.
+    /// so that a search never answers from before a checkpoint it reported. A commit is told by
+    /// its opstamp, which every commit raises whatever feeds the index (the log, or Kafka
+    /// partitions, whose checkpoints the log's stays 0 beside).
     fn catch_up_reader(&self) -> Result<(), ProjectionError> {
         use std::sync::atomic::Ordering;
         if self.writer.is_some() {
             return Ok(()); // the writer reloads after each of its commits
         }
-        let committed = self.committed_checkpoint_of(&Feed::Log)?;
+        let committed = self.index.load_metas()?.opstamp;
         if committed > self.reloaded_at.load(Ordering::Acquire) {
             self.reader.reload()?;
             self.reloaded_at.fetch_max(committed, Ordering::AcqRel);
