@@ -1,0 +1,6 @@
+environment = "dev"
+region      = "eu-west-1"
+
+tags = {
+  CostCenter = "mercato-dev"
+}

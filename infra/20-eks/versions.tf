@@ -1,0 +1,17 @@
+terraform {
+  required_version = ">= 1.6"
+
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = "~> 5.60"
+    }
+    tls = {
+      source  = "hashicorp/tls"
+      version = "~> 4.0"
+    }
+  }
+
+  # Partial configuration: `terraform init -backend-config=backend.hcl` (backend.hcl.example).
+  backend "s3" {}
+}
