@@ -33,6 +33,28 @@ up:
 down:
     docker compose down
 
-# Validate compose.yaml, the Dockerfile and deploy/ without a container engine.
+# Validate compose.yaml, the Dockerfile, the Helm chart, infra/ and the CI workflow without a
+# container engine, a cluster or a cloud account (deploy/README.md lists the checks).
 check-deploy:
     scripts/check-deploy
+
+# The scaled-out topology as processes on this machine: every role, the chart's gateway on
+# http://127.0.0.1:8088, Kafka (tansu), a mail catcher, on the local PostgreSQL and Redis.
+local-up:
+    scripts/local up
+
+# Load the sample catalogue into the local topology.
+seed-data:
+    scripts/local seed
+
+# One line per service and role of the local topology, green or red.
+local-health:
+    scripts/local health
+
+# A smoke test through the local gateway: catalogue, search, console, a checkout confirmed.
+test-local:
+    scripts/local test
+
+# Stop the local topology (its data is kept; `scripts/local down --purge` drops it).
+local-down:
+    scripts/local down

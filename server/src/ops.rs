@@ -94,7 +94,7 @@ pub fn documented_routes() -> Vec<RouteDoc> {
 
 /// Every part of the API, each with the roles whose processes serve it (read off the roles
 /// table, [`crate::roles`]).
-fn parts() -> [ApiDoc; 5] {
+pub(crate) fn parts() -> [ApiDoc; 5] {
     let serving = |serves: fn(&crate::roles::Parts) -> bool| -> Vec<String> {
         <Role as clap::ValueEnum>::value_variants()
             .iter()

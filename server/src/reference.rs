@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::config::Settings;
-use crate::ops::openapi_document;
+use crate::ops::{openapi_document, parts};
 
 /// `docs/reference/http.md`: every route, its parameters, body and answers.
 pub fn http_markdown() -> String {
@@ -213,4 +213,74 @@ pub fn configuration_markdown() -> String {
         );
     }
     out
+}
+
+/// The gateway's route table (`deploy/helm/mercato/files/gateway/routes.conf`): an nginx `map`
+/// from a request's method and path to the role that serves it, for a deployment that runs
+/// each role as its own process behind one address. Read off the same parts as the OpenAPI
+/// document, so a route cannot be served by one role and sent to another.
+///
+/// The map's key is `"$mercato_method $mercato_path"` (HEAD counted as GET, the path without
+/// its query string, as the client sent it); its value names an nginx upstream:
+/// `command-api`, `query-api`, or `console` for every other path (the console's pages). A
+/// route every role serves (`/health`, `/openapi.json`, ...) goes to `query-api`.
+pub fn gateway_routes() -> String {
+    let mut exact = Vec::new();
+    let mut patterns = Vec::new();
+    for part in parts() {
+        let serves = |role: &str| part.served_by.iter().any(|served| served == role);
+        let upstream = if serves("command-api") && !serves("query-api") {
+            "command-api"
+        } else if serves("query-api") {
+            "query-api"
+        } else {
+            continue;
+        };
+        for route in &part.routes {
+            let method = route.method.as_str().to_uppercase();
+            if route.path.contains('{') {
+                // A path parameter is one segment: anything but '/' and the query's '?'.
+                let pattern: String = route
+                    .path
+                    .split('/')
+                    .map(|segment| {
+                        if segment.starts_with('{') {
+                            "[^/?]+".to_owned()
+                        } else {
+                            regex_escape(segment)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("/");
+                patterns.push(format!("    \"~^{method} {pattern}$\" {upstream};"));
+            } else {
+                exact.push(format!("    \"{method} {}\" {upstream};", route.path));
+            }
+        }
+    }
+    exact.sort();
+    exact.dedup();
+    patterns.sort();
+    patterns.dedup();
+    format!(
+        "# Generated from the routes and the roles table (server/src/reference.rs); do not edit.\n\
+         # `MERCATO_UPDATE_DOCS=1 cargo test -p server --all-features --test it docs` rewrites it.\n\
+         # Which role serves a request, by method and path; any other path is the console's.\n\
+         # nginx tries the exact keys first, then the patterns in order.\n\
+         map \"$mercato_method $mercato_path\" $mercato_upstream {{\n    default console;\n{}\n{}\n}}\n",
+        exact.join("\n"),
+        patterns.join("\n")
+    )
+}
+
+/// `text` with the characters a PCRE pattern gives a meaning to escaped.
+fn regex_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if ".^$*+?()[]{}|\\".contains(character) {
+            escaped.push('\\');
+        }
+        escaped.push(character);
+    }
+    escaped
 }

@@ -1,12 +1,13 @@
-//! The reference documents in `docs/reference/` are what the server generates from its own
-//! OpenAPI document and table of settings: a change to either without the documents fails here.
-//! `MERCATO_UPDATE_DOCS=1` rewrites them.
+//! The reference documents in `docs/reference/` and the deployment's gateway route table are
+//! what the server generates from its own routes, roles and table of settings: a change to
+//! either without the files fails here. `MERCATO_UPDATE_DOCS=1` rewrites them.
 
 use std::path::PathBuf;
 
+/// Checks (or rewrites) the generated file at `name`, a path from the repository's root.
 fn check(name: &str, generated: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../docs/reference")
+        .join("..")
         .join(name);
     if std::env::var_os("MERCATO_UPDATE_DOCS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -36,7 +37,7 @@ fn the_http_reference_is_generated_from_the_openapi_document() {
             route.path
         );
     }
-    check("http.md", &generated);
+    check("docs/reference/http.md", &generated);
 }
 
 #[test]
@@ -50,5 +51,26 @@ fn the_configuration_reference_lists_every_setting() {
     ] {
         assert!(generated.contains(variable), "{variable} is missing");
     }
-    check("configuration.md", &generated);
+    check("docs/reference/configuration.md", &generated);
+}
+
+#[test]
+fn the_gateway_sends_every_route_to_a_role_that_serves_it() {
+    let generated = server::reference::gateway_routes();
+    for (key, upstream) in [
+        ("\"GET /search\" query-api;", "query-api"),
+        ("\"POST /orders\" command-api;", "command-api"),
+        ("\"GET /sagas\" command-api;", "command-api"),
+        ("\"~^GET /products/[^/?]+$\" query-api;", "query-api"),
+        ("\"~^PUT /products/[^/?]+$\" command-api;", "command-api"),
+        ("\"GET /health\" query-api;", "query-api"),
+    ] {
+        assert!(generated.contains(key), "{key} ({upstream}) is missing");
+    }
+    assert!(generated.contains("default console;"));
+    assert!(
+        !generated.contains("/shop"),
+        "the console's pages are the default"
+    );
+    check("deploy/helm/mercato/files/gateway/routes.conf", &generated);
 }
