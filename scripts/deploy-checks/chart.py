@@ -4,7 +4,7 @@ the probes, security context and resources a production pod needs; every Deploym
 Service, PodDisruptionBudget and NetworkPolicy, and the stateless ones an autoscaler; secrets
 are referenced, never written; the migration Job runs as a hook before the roles.
 
-Usage: chart.py MANIFESTS.yaml ROLE...   (ROLE: the roles the chart must deploy)
+Usage: chart.py MANIFESTS.yaml ENVIRONMENT   (ENVIRONMENT: dev or prod, whose values rendered it)
 Prints one line per problem; exits 1 if there is any.
 """
 
@@ -12,7 +12,26 @@ import sys
 
 import yaml
 
-path, roles = sys.argv[1], sys.argv[2:]
+path, environment = sys.argv[1], sys.argv[2]
+
+# The roles, and the ports each must reach beyond DNS, as the code connects (server/src/platform.rs,
+# serve.rs, bus.rs): PostgreSQL 5432 and Redis 6379 for all, Kafka 9096 (MSK's SASL/SCRAM port)
+# for the Kafka-fed roles, the relay, the notifier and the command API's dead-letter routes,
+# OpenSearch 443 for the query API and the projector, HTTPS 443 for Stripe, OIDC keys, webhooks
+# and SMS, SMTP 587 for the notifier, OTLP 4317 for traces, the gateway 8080 for the console.
+REACHES = {
+    "command-api": {5432, 6379, 9096, 443, 4317},
+    "query-api": {5432, 6379, 9096, 443, 4317},
+    "projector": {5432, 6379, 9096, 443, 4317},
+    "saga": {5432, 6379, 9096, 443, 4317},
+    "relay": {5432, 6379, 9096, 4317},
+    "notifier": {5432, 6379, 9096, 587, 443, 4317},
+    "console": {5432, 6379, 8080, 4317},
+}
+roles = list(REACHES)
+# The roles scaled by CPU in each environment (prod's values turn the autoscalers on); the others
+# hold a lease or a share of Kafka's partitions, which more pods would not speed up.
+AUTOSCALED = {"dev": set(), "prod": {"command-api", "query-api", "console", "gateway"}}[environment]
 documents = [document for document in yaml.safe_load_all(open(path)) if document]
 errors = []
 
@@ -55,6 +74,8 @@ for deployment in of_kind("Deployment"):
                 errors.append(f"{where}: securityContext.{key} is not {wanted}")
         if context.get("capabilities", {}).get("drop") != ["ALL"]:
             errors.append(f"{where}: does not drop every capability")
+        if component != "migrate" and "preStop" not in container.get("lifecycle", {}):
+            errors.append(f"{where}: no preStop pause (a rollout would drop requests)")
         resources = container.get("resources", {})
         if not resources.get("requests") or not resources.get("limits", {}).get("memory"):
             errors.append(f"{where}: no resource requests or memory limit")
@@ -98,13 +119,25 @@ for component, deployment in deployments.items():
     types = {kind for policy in selecting for kind in policy["spec"].get("policyTypes", [])}
     if types != {"Ingress", "Egress"}:
         errors.append(f"{name}: NetworkPolicies cover {sorted(types)}, not both Ingress and Egress")
-    if component in ("command-api", "query-api", "console", "gateway"):
-        if "replicas" in deployment["spec"] and name not in autoscalers:
-            pass  # a fixed count, chosen in the values (dev)
-        elif name not in autoscalers:
-            errors.append(f"{name}: no replica count and no HorizontalPodAutoscaler")
+    if component in AUTOSCALED:
+        if name not in autoscalers:
+            errors.append(f"{name}: no HorizontalPodAutoscaler in {environment}")
+        elif "replicas" in deployment["spec"]:
+            errors.append(f"{name}: a fixed replica count beside its autoscaler (each apply would reset it)")
     elif name in autoscalers:
-        errors.append(f"{name}: a {component} is scaled by CPU, but its work is held by a lease or partitions")
+        errors.append(f"{name}: scaled by CPU in {environment}, which its values do not ask for")
+    elif "replicas" not in deployment["spec"]:
+        errors.append(f"{name}: no replica count and no autoscaler")
+    if component in REACHES:
+        ports = {port["port"] for policy in selecting for rule in policy["spec"].get("egress", [])
+                 for port in rule.get("ports", []) if port.get("protocol", "TCP") == "TCP"} - {53}
+        if ports != REACHES[component]:
+            missing, extra = REACHES[component] - ports, ports - REACHES[component]
+            errors.append(f"{name}: egress to ports {sorted(ports)}; missing {sorted(missing)}, not needed {sorted(extra)}")
+    for budget in budgets:
+        if labels_match(budget["spec"]["selector"]["matchLabels"], labels) and \
+                budget["spec"].get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
+            errors.append(f"{name}: its budget keeps unready pods from eviction (a node drain would wait on them)")
 
 jobs = [job for job in of_kind("Job") if job["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == "migrate"]
 if not jobs:

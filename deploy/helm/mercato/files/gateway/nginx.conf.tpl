@@ -39,7 +39,10 @@ http {
 
     upstream {{ $name }} {
         server {{ $address }};
+        # Idle connections kept for reuse, closed well before mercato closes an idle one (10 s),
+        # so that a request is never sent on a connection the other side is closing.
         keepalive 32;
+        keepalive_timeout 5s;
     }
     {{- end }}
 
@@ -65,8 +68,16 @@ http {
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_read_timeout 60s;
-            # A role whose replicas all refuse the connection: the client is told to come back.
+            # A role that cannot be reached: a problem body telling the client to come back,
+            # like mercato's own 503 (nginx retries nothing that is not idempotent).
             proxy_next_upstream error timeout;
+            error_page 502 504 = @unavailable;
+        }
+
+        location @unavailable {
+            default_type application/problem+json;
+            add_header Retry-After 1 always;
+            return 503 '{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the part of the shop that answers this request cannot be reached just now: try again in a moment"}';
         }
     }
 }
