@@ -25,6 +25,37 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// The longest a request may take before it is answered 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest an operator's request whose work grows with the data may take (a whole log
+/// verified, every dead letter sent back): [`Deadlines`] names them.
+pub const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long each request may take: [`REQUEST_TIMEOUT`], or [`LONG_REQUEST_TIMEOUT`] for the
+/// routes named (method and exact path, as the permission table marks them).
+#[derive(Clone, Debug, Default)]
+pub struct Deadlines {
+    long: Vec<(axum::http::Method, &'static str)>,
+}
+
+impl Deadlines {
+    /// Every request [`REQUEST_TIMEOUT`], but those to `long` (routes without path parameters).
+    pub fn with_long(long: Vec<(axum::http::Method, &'static str)>) -> Deadlines {
+        Deadlines { long }
+    }
+
+    /// The time a request to `method` `path` may take.
+    pub fn of(&self, method: &axum::http::Method, path: &str) -> Duration {
+        if self
+            .long
+            .iter()
+            .any(|(long_method, long_path)| long_method == method && *long_path == path)
+        {
+            LONG_REQUEST_TIMEOUT
+        } else {
+            REQUEST_TIMEOUT
+        }
+    }
+}
+
 /// The client's address as the connection layer resolved it (the peer, or the client a trusted
 /// proxy names in `X-Forwarded-For`); without it the peer's address is the client's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,8 +193,12 @@ fn protocol_version(version: axum::http::Version) -> &'static str {
 }
 
 /// Sets the request context, runs the request inside a span carrying the correlation id, answers
-/// 503 when it takes longer than [`REQUEST_TIMEOUT`], and echoes `X-Correlation-Id`.
-pub async fn request_context(mut request: Request, next: Next) -> Response {
+/// 503 when it takes longer than its deadline ([`Deadlines`]), and echoes `X-Correlation-Id`.
+pub async fn request_context(
+    axum::extract::State(deadlines): axum::extract::State<std::sync::Arc<Deadlines>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     // HTTP/1.1 requires a Host header (RFC 9112, section 3.2); HTTP/2 carries :authority.
     if request.version() == axum::http::Version::HTTP_11
         && request.uri().authority().is_none()
@@ -210,16 +245,17 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
                     .map(|ConnectInfo(address)| address.ip())
             }),
     };
+    let deadline = deadlines.of(request.method(), request.uri().path());
     let work = request_work(&request, &context.correlation_id);
     let correlation_id = context.correlation_id.clone();
     request.extensions_mut().insert(context);
     let started = std::time::Instant::now();
     let run = work.run(next.run(request));
-    let mut response = match tokio::time::timeout(REQUEST_TIMEOUT, run).await {
+    let mut response = match tokio::time::timeout(deadline, run).await {
         Ok(response) => response,
         Err(_elapsed) => Problem::unavailable(format!(
             "the request took longer than {} s; retry later",
-            REQUEST_TIMEOUT.as_secs()
+            deadline.as_secs()
         ))
         .into_response(),
     };

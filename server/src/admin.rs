@@ -355,14 +355,23 @@ async fn replay_dead_letters(
         ));
     }
     // Two replays at once would both send what neither has marked replayed yet.
-    let Ok(_replaying) = REPLAYING.try_acquire() else {
+    let Ok(replaying) = REPLAYING.try_acquire() else {
         return Ok(Problem::busy(
             "another replay of the dead letters is running: ask again when it is done",
             REPLAY_RETRY_AFTER_SECONDS,
         ));
     };
-    let replayed = crate::bus::replay_dead_letters(&state.config, topic.as_deref())
+    // A task of its own, holding the permit: a caller who goes away (or whose request runs out
+    // of time) does not stop a replay halfway, between sending letters back and recording
+    // where it got to.
+    let config = state.config.clone();
+    let replay = tokio::spawn(async move {
+        let _replaying = replaying;
+        crate::bus::replay_dead_letters(&config, topic.as_deref()).await
+    });
+    let replayed = replay
         .await
+        .map_err(|error| Problem::internal(&error))?
         .map_err(|error| dlq_problem(&error))?;
     Ok(Json(json!({ "replayed": replayed })).into_response())
 }

@@ -28,6 +28,9 @@ pub struct Rule {
     pub bucket: Bucket,
     /// Whether it creates something, so that `Idempotency-Key` makes a retry safe.
     pub creates: bool,
+    /// Whether its work grows with the data (an operator's verification or replay), so that it
+    /// may take [`http_common::context::LONG_REQUEST_TIMEOUT`] instead of the usual limit.
+    pub long: bool,
 }
 
 /// The rate limit a route's requests count against ([`crate::limits`]).
@@ -49,6 +52,7 @@ const fn rule(method: Method, path: &'static str, access: Access) -> Rule {
         access,
         bucket: Bucket::Caller,
         creates: false,
+        long: false,
     }
 }
 
@@ -67,6 +71,11 @@ impl Rule {
             bucket: Bucket::Probe,
             ..self
         }
+    }
+
+    /// The same, for a route whose work grows with the data.
+    const fn long(self) -> Rule {
+        Rule { long: true, ..self }
     }
 
     /// The same, for a route that creates something.
@@ -195,14 +204,14 @@ pub const POLICY: &[Rule] = &[
     rule(Get, "/streams/{stream_type}/{stream_id}/events", AUDITORS),
     rule(Get, "/streams/{stream_type}/{stream_id}/state", AUDITORS),
     rule(Get, "/events", AUDITORS),
-    rule(Get, "/audit/verify", AUDITORS),
+    rule(Get, "/audit/verify", AUDITORS).long(),
     // What runs behind the API.
     rule(Get, "/sagas", SUPPORT),
     rule(Post, "/sagas/{order_id}/retry", SUPPORT),
     rule(Get, "/projections", ADMINS),
     rule(Post, "/projections/{name}/retry", ADMINS),
     rule(Get, "/dead-letters", ADMINS),
-    rule(Post, "/dead-letters/replay", ADMINS),
+    rule(Post, "/dead-letters/replay", ADMINS).long(),
 ];
 
 /// The table by method and path, made once: every request looks its route up here.
@@ -216,6 +225,17 @@ static RULES: LazyLock<HashMap<(Method, &'static str), Rule>> = LazyLock::new(||
 /// The rule of `method` `path`, if the table has one.
 pub fn rule_of(method: Method, path: &str) -> Option<Rule> {
     RULES.get(&(method, path)).copied()
+}
+
+/// How long each request may take: the routes marked long get the long limit.
+pub fn deadlines() -> http_common::context::Deadlines {
+    http_common::context::Deadlines::with_long(
+        POLICY
+            .iter()
+            .filter(|rule| rule.long)
+            .map(|rule| (rule.method.http(), rule.path))
+            .collect(),
+    )
 }
 
 /// Who may call `method` `path`, if the table has a rule for it.
@@ -331,6 +351,40 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_operators_long_routes_get_the_long_deadline_and_no_other() {
+        use axum::http::Method as Http;
+        use http_common::context::{LONG_REQUEST_TIMEOUT, REQUEST_TIMEOUT};
+        let deadlines = deadlines();
+        assert_eq!(
+            deadlines.of(&Http::GET, "/audit/verify"),
+            LONG_REQUEST_TIMEOUT
+        );
+        assert_eq!(
+            deadlines.of(&Http::POST, "/dead-letters/replay"),
+            LONG_REQUEST_TIMEOUT
+        );
+        for (method, path) in [
+            (Http::GET, "/dead-letters"),
+            (Http::POST, "/audit/verify"),
+            (Http::GET, "/audit/verify/x"),
+            (Http::GET, "/search"),
+        ] {
+            assert_eq!(
+                deadlines.of(&method, path),
+                REQUEST_TIMEOUT,
+                "{method} {path}"
+            );
+        }
+        // A long route is matched by its exact path: it can have no path parameter.
+        assert!(
+            POLICY
+                .iter()
+                .filter(|rule| rule.long)
+                .all(|rule| !rule.path.contains('{'))
+        );
+    }
 
     #[test]
     fn every_served_route_has_one_entry_and_every_entry_a_route() {

@@ -577,7 +577,10 @@ fn app(
             Arc::new(platform.identity.authenticator.clone()),
             http_common::access::authenticate,
         ))
-        .layer(axum::middleware::from_fn(request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(crate::policy::deadlines()),
+            request_context,
+        ))
         .layer(axum::middleware::from_fn(ops::record_request))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
@@ -617,7 +620,10 @@ fn app(
         payment_choices,
         crate::policy::access_of,
     ))
-    .layer(axum::middleware::from_fn(request_context))
+    .layer(axum::middleware::from_fn_with_state(
+        Arc::new(http_common::context::Deadlines::default()),
+        request_context,
+    ))
     .layer(axum::middleware::from_fn(ops::record_request));
     pages.merge(api)
 }
