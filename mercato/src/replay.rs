@@ -126,6 +126,11 @@ struct Meter {
     terminal: bool,
     read: u64,
     position: u64,
+    /// Debug builds only, for the tests of an interrupted rebuild: after this many events the
+    /// rebuild prints its progress line and stops there, never swapping anything in, until the
+    /// test kills it (`MERCATO_TEST_REPLAY_STALL_AFTER`). A rebuild killed at a progress line
+    /// could otherwise have finished a small history before the kill arrived.
+    stall_after: Option<u64>,
 }
 
 impl Meter {
@@ -139,6 +144,13 @@ impl Meter {
             terminal: std::io::stderr().is_terminal(),
             read: 0,
             position: 0,
+            stall_after: if cfg!(debug_assertions) {
+                std::env::var("MERCATO_TEST_REPLAY_STALL_AFTER")
+                    .ok()
+                    .and_then(|events| events.parse().ok())
+            } else {
+                None
+            },
         }
     }
 
@@ -217,6 +229,15 @@ impl Observer for Meter {
     fn progress(&mut self, read: u64, position: u64) {
         self.read = read;
         self.position = position;
+        if self
+            .stall_after
+            .is_some_and(|stall_after| read >= stall_after)
+        {
+            eprintln!("{}", self.line());
+            loop {
+                std::thread::park();
+            }
+        }
         if self.terminal {
             self.draw();
         } else if self.last_line.elapsed() >= LINE_EVERY {

@@ -34,10 +34,12 @@ pub async fn run(data: &ServerData, args: &[&str]) -> (i32, String, String) {
     output(&mut mercato(data, args)).await
 }
 
-/// Starts `mercato replay --all` on `data` and kills it at its first progress line: half-way
-/// through. Returns once the process is gone.
+/// Starts `mercato replay --all` on `data` and kills it half-way through: the debug build's
+/// `MERCATO_TEST_REPLAY_STALL_AFTER` stops the rebuild after 1,000 events at a progress line,
+/// before anything could be swapped in. Returns once the process is gone.
 pub async fn interrupt_replay(data: &ServerData) {
     let mut child = mercato(data, &["replay", "--all"])
+        .env("MERCATO_TEST_REPLAY_STALL_AFTER", "1000")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -45,6 +47,10 @@ pub async fn interrupt_replay(data: &ServerData) {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let line = lines.next_line().await.unwrap().expect("a progress line");
     assert!(line.starts_with("replay: "), "{line}");
+    assert!(
+        !line.contains("(100%)"),
+        "the rebuild was not stopped half-way: {line}"
+    );
     // Kills it and waits for it to end.
     child.kill().await.unwrap();
 }
