@@ -72,10 +72,11 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
+{{/* The container's: call with its user and group id (mercato's image: 10001). */}}
 {{- define "mercato.containerSecurityContext" -}}
 runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
+runAsUser: {{ . }}
+runAsGroup: {{ . }}
 readOnlyRootFilesystem: true
 allowPrivilegeEscalation: false
 privileged: false
